@@ -1,0 +1,137 @@
+//! Session parameters, with the defaults `PROTOCOL.md` §6 documents.
+
+use std::time::Duration;
+
+/// Parameters of a session as the server runs it. Every field has a default
+/// sized for proxies that cut silent connections at 30 s.
+///
+/// ```
+/// use std::time::Duration;
+/// use holdfast_protocol::SessionConfig;
+///
+/// let mut config = SessionConfig::default();
+/// config.resume_window = Duration::from_secs(300);
+/// config.set_max_message(1 << 20);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// How often the server pings on WebSocket and SSE. Default 20 s: under
+    /// the 30 s after which many proxies cut a silent connection.
+    pub ping_interval: Duration,
+    /// How long the server waits without hearing from the client before it
+    /// drops the attachment. Default 40 s (two ping intervals).
+    pub timeout: Duration,
+    /// How long a session survives with no attachment. Default 120 s: long
+    /// enough for a mobile network switch or a deploy.
+    pub resume_window: Duration,
+    /// How long a poll with nothing to deliver is held. Default 25 s, below
+    /// common 30 s proxy cut-offs; must be below `timeout`.
+    pub poll_hold: Duration,
+    /// Largest message payload accepted or sent, in bytes. Default 64 KiB.
+    /// Also the size at which batches are cut.
+    pub max_message: usize,
+    /// Largest wire unit accepted (WebSocket message, send body), in bytes.
+    /// Default `6 × max_message + 4096`: any message of `max_message` bytes
+    /// fits, however its text must be escaped.
+    pub max_batch: usize,
+    /// Replay buffer limit in bytes: past it, `send` reports the buffer full
+    /// until the peer acknowledges. Default 1 MiB.
+    pub max_unacked_bytes: usize,
+    /// Replay buffer limit in messages. Default 4096.
+    pub max_unacked_messages: usize,
+    /// Received messages the application has not taken yet, in bytes, past
+    /// which transports stop reading (backpressure). Default 1 MiB.
+    pub max_inbound_bytes: usize,
+    /// Send an ack once this many messages are unacknowledged. Default 32.
+    pub ack_every: u64,
+    /// …or this long after the first unacknowledged message. Default 100 ms.
+    pub ack_delay: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        let max_message = 64 * 1024;
+        Self {
+            ping_interval: Duration::from_secs(20),
+            timeout: Duration::from_secs(40),
+            resume_window: Duration::from_secs(120),
+            poll_hold: Duration::from_secs(25),
+            max_message,
+            max_batch: default_max_batch(max_message),
+            max_unacked_bytes: 1024 * 1024,
+            max_unacked_messages: 4096,
+            max_inbound_bytes: 1024 * 1024,
+            ack_every: 32,
+            ack_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Sets `max_message` and the `max_batch` that goes with it.
+    pub fn set_max_message(&mut self, max_message: usize) -> &mut Self {
+        self.max_message = max_message;
+        self.max_batch = default_max_batch(max_message);
+        self
+    }
+
+    /// Checks that the parameters make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |what: &'static str| Err(ConfigError(what));
+        if self.ping_interval.is_zero() || self.timeout <= self.ping_interval {
+            return fail("timeout must be longer than a non-zero ping_interval");
+        }
+        if self.poll_hold >= self.timeout {
+            return fail("poll_hold must be shorter than timeout");
+        }
+        if self.max_message == 0 || self.max_batch < self.max_message {
+            return fail("max_batch must be at least max_message, which must be non-zero");
+        }
+        if self.max_unacked_bytes < self.max_message || self.max_unacked_messages == 0 {
+            return fail("the replay buffer must hold at least one message of max_message bytes");
+        }
+        if self.max_inbound_bytes < self.max_message {
+            return fail("max_inbound_bytes must be at least max_message");
+        }
+        if self.ack_every == 0 {
+            return fail("ack_every must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `max_batch` for a `max_message`: room for the worst JSON escaping (6×).
+pub fn default_max_batch(max_message: usize) -> usize {
+    max_message.saturating_mul(6).saturating_add(4096)
+}
+
+/// A configuration whose parameters contradict each other.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid session configuration: {0}")]
+pub struct ConfigError(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_proxy_friendly() {
+        let config = SessionConfig::default();
+        assert_eq!(config.validate(), Ok(()));
+        assert!(config.ping_interval < Duration::from_secs(30));
+        assert!(config.poll_hold < Duration::from_secs(30));
+        assert_eq!(config.max_batch, 397_312);
+    }
+
+    #[test]
+    fn contradictions_are_refused() {
+        let mut config = SessionConfig::default();
+        config.poll_hold = config.timeout;
+        assert!(config.validate().is_err());
+        let mut config = SessionConfig::default();
+        config.max_unacked_bytes = 10;
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The receiving half of a session: duplicate suppression, the queue of
+//! messages for the application, and when an acknowledgement is due.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::error::ProtocolError;
+use crate::wire::Message;
+
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    /// Highest sequence number accepted.
+    received: u64,
+    /// Highest acknowledgement handed to the peer.
+    acked_out: u64,
+    /// When the oldest unacknowledged message arrived (or an ack was lost).
+    unacked_since: Option<Instant>,
+    /// An acknowledgement was lost: send one again even if nothing new came.
+    resend_ack: bool,
+    /// Accepted messages the application has not taken yet.
+    queue: VecDeque<Message>,
+    queue_bytes: usize,
+}
+
+/// What happened to an incoming message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Accepted {
+    New,
+    Duplicate,
+}
+
+impl Inbound {
+    pub(crate) fn new() -> Self {
+        Self {
+            received: 0,
+            acked_out: 0,
+            unacked_since: None,
+            resend_ack: false,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+        }
+    }
+
+    /// Accepts the next message, drops a replayed one, refuses a gap.
+    pub(crate) fn accept(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        message: Message,
+    ) -> Result<Accepted, ProtocolError> {
+        if seq <= self.received {
+            return Ok(Accepted::Duplicate);
+        }
+        if seq != self.received + 1 {
+            return Err(ProtocolError::SeqGap {
+                expected: self.received + 1,
+                got: seq,
+            });
+        }
+        self.received = seq;
+        self.unacked_since.get_or_insert(now);
+        self.queue_bytes += message.len();
+        self.queue.push_back(message);
+        Ok(Accepted::New)
+    }
+
+    /// Takes the oldest message for the application.
+    pub(crate) fn pop(&mut self) -> Option<Message> {
+        let message = self.queue.pop_front()?;
+        self.queue_bytes -= message.len();
+        Some(message)
+    }
+
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queue_bytes
+    }
+
+    pub(crate) fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether messages arrived since the last acknowledgement.
+    pub(crate) fn has_unacked(&self) -> bool {
+        self.received > self.acked_out || self.resend_ack
+    }
+
+    /// When an acknowledgement is due: at once after `every` messages, else
+    /// `delay` after the first unacknowledged one.
+    pub(crate) fn ack_deadline(&self, every: u64, delay: Duration) -> Option<Instant> {
+        let since = self.unacked_since?;
+        if self.resend_ack || self.received - self.acked_out >= every {
+            Some(since)
+        } else {
+            Some(since + delay)
+        }
+    }
+
+    /// Records that an acknowledgement of everything received is on its way
+    /// and returns it.
+    pub(crate) fn take_ack(&mut self) -> u64 {
+        self.acked_out = self.received;
+        self.unacked_since = None;
+        self.resend_ack = false;
+        self.received
+    }
+
+    /// Records an acknowledgement that travelled outside frames (the `last`
+    /// of a poll request).
+    pub(crate) fn acked_through(&mut self, seq: u64) {
+        if seq >= self.received {
+            self.take_ack();
+        } else if seq > self.acked_out {
+            self.acked_out = seq;
+        }
+    }
+
+    /// Forgets that an acknowledgement was sent (it may have been lost), so
+    /// a new one goes out.
+    pub(crate) fn ack_lost(&mut self, now: Instant) {
+        if self.received > 0 {
+            self.resend_ack = true;
+            self.unacked_since.get_or_insert(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_in_order_drops_duplicates_refuses_gaps() {
+        let now = Instant::now();
+        let mut inb = Inbound::new();
+        assert_eq!(inb.accept(now, 1, Message::text("a")), Ok(Accepted::New));
+        assert_eq!(
+            inb.accept(now, 1, Message::text("a")),
+            Ok(Accepted::Duplicate)
+        );
+        assert_eq!(
+            inb.accept(now, 3, Message::text("c")),
+            Err(ProtocolError::SeqGap {
+                expected: 2,
+                got: 3
+            })
+        );
+        assert_eq!(inb.pop(), Some(Message::text("a")));
+        assert_eq!(inb.pop(), None);
+    }
+
+    #[test]
+    fn ack_is_due_after_a_count_or_a_delay() {
+        let t0 = Instant::now();
+        let delay = Duration::from_millis(100);
+        let mut inb = Inbound::new();
+        assert_eq!(inb.ack_deadline(3, delay), None);
+        inb.accept(t0, 1, Message::text("a")).ok();
+        assert_eq!(inb.ack_deadline(3, delay), Some(t0 + delay));
+        inb.accept(t0, 2, Message::text("b")).ok();
+        inb.accept(t0, 3, Message::text("c")).ok();
+        assert_eq!(inb.ack_deadline(3, delay), Some(t0));
+        assert_eq!(inb.take_ack(), 3);
+        assert_eq!(inb.ack_deadline(3, delay), None);
+        inb.ack_lost(t0);
+        assert!(inb.has_unacked());
+    }
+}

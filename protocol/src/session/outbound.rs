@@ -1,0 +1,169 @@
+//! The sending half of a session: sequence numbers, the replay buffer and
+//! the transmit cursor.
+//!
+//! ```text
+//!      acked          cursor                 next_seq - 1
+//!   ─────┤───────────────┤─────────────────────────┤
+//!        │ sent, unacked │ queued, not yet sent     │
+//!        └──────────── replay buffer ──────────────┘
+//! ```
+//!
+//! Messages leave the buffer only when acknowledged; a new attachment
+//! rewinds the cursor to `acked`, so anything unacknowledged is sent again.
+
+use std::collections::VecDeque;
+
+use crate::error::{ProtocolError, SendError};
+use crate::wire::Message;
+
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    /// Sequence number the next message will get.
+    next_seq: u64,
+    /// Highest sequence number the peer acknowledged.
+    acked: u64,
+    /// Highest sequence number handed out for transmission on the current
+    /// path.
+    cursor: u64,
+    /// Unacknowledged messages; `buffer[i]` has seq `acked + 1 + i`.
+    buffer: VecDeque<Message>,
+    bytes: usize,
+    max_bytes: usize,
+    max_messages: usize,
+}
+
+impl Outbound {
+    pub(crate) fn new(max_bytes: usize, max_messages: usize) -> Self {
+        Self {
+            next_seq: 1,
+            acked: 0,
+            cursor: 0,
+            buffer: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            max_messages,
+        }
+    }
+
+    /// Queues a message, giving it the next sequence number.
+    pub(crate) fn push(&mut self, message: Message) -> Result<u64, SendError> {
+        if !self.has_room_for(message.len()) {
+            return Err(SendError::Full);
+        }
+        self.bytes += message.len();
+        self.buffer.push_back(message);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Whether a message of `len` bytes fits now.
+    pub(crate) fn has_room_for(&self, len: usize) -> bool {
+        self.buffer.len() < self.max_messages && self.bytes + len <= self.max_bytes
+    }
+
+    /// Applies a cumulative acknowledgement; returns how many messages it
+    /// freed.
+    pub(crate) fn ack(&mut self, ack: u64) -> Result<usize, ProtocolError> {
+        let sent = self.last_seq();
+        if ack > sent {
+            return Err(ProtocolError::AckBeyondSent { ack, sent });
+        }
+        if ack <= self.acked {
+            return Ok(0);
+        }
+        let freed = (ack - self.acked) as usize;
+        for message in self.buffer.drain(..freed) {
+            self.bytes -= message.len();
+        }
+        self.acked = ack;
+        self.cursor = self.cursor.max(ack);
+        Ok(freed)
+    }
+
+    /// Sends everything unacknowledged again, from the oldest.
+    pub(crate) fn rewind(&mut self) {
+        self.cursor = self.acked;
+    }
+
+    /// The next message to transmit, if any.
+    pub(crate) fn peek(&self) -> Option<(u64, &Message)> {
+        let index = usize::try_from(self.cursor - self.acked).ok()?;
+        self.buffer.get(index).map(|m| (self.cursor + 1, m))
+    }
+
+    /// Marks the message returned by [`peek`](Self::peek) as transmitted.
+    pub(crate) fn advance(&mut self) {
+        self.cursor += 1;
+    }
+
+    /// Whether messages are waiting for transmission.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.cursor < self.last_seq()
+    }
+
+    /// Highest sequence number ever assigned.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Bytes held in the replay buffer.
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Messages held in the replay buffer.
+    pub(crate) fn buffered_messages(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &str) -> Message {
+        Message::text(s)
+    }
+
+    #[test]
+    fn trims_only_on_ack_and_replays_after_rewind() {
+        let mut out = Outbound::new(1024, 16);
+        for s in ["a", "b", "c"] {
+            out.push(msg(s)).ok();
+        }
+        let mut sent = Vec::new();
+        while let Some((seq, _)) = out.peek() {
+            sent.push(seq);
+            out.advance();
+        }
+        assert_eq!(sent, [1, 2, 3]);
+        assert_eq!(out.buffered_messages(), 3, "writing does not trim");
+        assert_eq!(out.ack(1), Ok(1));
+        out.rewind();
+        assert_eq!(out.peek().map(|(s, m)| (s, m.clone())), Some((2, msg("b"))));
+        assert_eq!(
+            out.ack(4),
+            Err(ProtocolError::AckBeyondSent { ack: 4, sent: 3 })
+        );
+        assert_eq!(out.ack(0), Ok(0), "stale acks are ignored");
+        assert_eq!(out.ack(3), Ok(2));
+        assert!(!out.has_pending());
+        assert_eq!(out.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn refuses_past_either_limit() {
+        let mut out = Outbound::new(4, 2);
+        assert_eq!(out.push(msg("abc")), Ok(1));
+        assert_eq!(out.push(msg("de")), Err(SendError::Full), "bytes");
+        assert_eq!(out.push(msg("d")), Ok(2));
+        assert_eq!(out.push(msg("")), Err(SendError::Full), "count");
+        out.ack(2).ok();
+        assert_eq!(out.push(msg("wxyz")), Ok(3));
+    }
+}

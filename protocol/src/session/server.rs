@@ -1,0 +1,673 @@
+//! The server's end of a session.
+//!
+//! Lifecycle (`PROTOCOL.md` §4–§6):
+//!
+//! ```text
+//!            attach                 detach / peer timeout
+//!   ┌────────────────────┐  ┌─────────────────────────────────┐
+//!   │                    ▼  │                                 ▼
+//! (new) ──attach──▶ Attached ◀──attach (resume)── Detached ──resume window──▶ lost
+//!                    │   ▲                                     ▲
+//!      poll answered │   │ next poll                           │ timeout
+//!                    ▼   │                                     │
+//!                  BetweenPolls ───────────────────────────────┘
+//! ```
+//!
+//! Independently of presence, the session is `Open` or `Closed`; a closed
+//! session stays resumable (a tombstone that replays and repeats its
+//! `close`) for the resume window.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::inbound::{Accepted, Inbound};
+use super::outbound::Outbound;
+use super::{AttachmentId, Initiator, Transmit, TransportKind, due, earliest};
+use crate::close::CloseCode;
+use crate::config::SessionConfig;
+use crate::error::{AttachError, ProtocolError, SendError};
+use crate::wire::{Close, Frame, OpenParams, PROTOCOL_VERSION, json};
+
+/// The key and public id of a session, chosen by the server's driver (the
+/// core has no random number generator).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionIdentity {
+    /// The secret session key (≥ 128 random bits).
+    pub key: String,
+    /// The public session id, for logs.
+    pub session_id: String,
+}
+
+/// What happened to a session, for the driver to log and act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A transport attached (not reported for each poll of an ongoing
+    /// long-poll attachment).
+    Attached {
+        /// The attachment.
+        id: AttachmentId,
+        /// Its transport.
+        kind: TransportKind,
+        /// `false` for the attachment that opened the session.
+        resumed: bool,
+    },
+    /// The session lost its attachment; it lives on for the resume window.
+    Detached {
+        /// The attachment.
+        id: AttachmentId,
+        /// Its transport.
+        kind: TransportKind,
+        /// Why, for logs.
+        reason: &'static str,
+    },
+    /// The session ended.
+    Closed {
+        /// The code and reason.
+        close: Close,
+        /// Who ended it.
+        initiator: Initiator,
+    },
+}
+
+/// The server's end of one session. See the [module docs](super) for the
+/// calling convention.
+#[derive(Debug)]
+pub struct ServerSession {
+    config: SessionConfig,
+    identity: SessionIdentity,
+    out: Outbound,
+    inb: Inbound,
+    /// Whether `open` was ever queued (the first attachment greets with it).
+    opened: bool,
+    state: State,
+    presence: Presence,
+    next_attachment: u64,
+    /// Attachments this core ended (replaced, timed out) whose drivers have
+    /// not been told yet.
+    ended: Vec<(AttachmentId, Close)>,
+    /// Last time anything arrived from the client, on any path.
+    last_heard: Instant,
+    /// A `ping` arrived in a send request: answer in its reply.
+    request_pong: bool,
+    events: VecDeque<ServerEvent>,
+}
+
+#[derive(Debug)]
+enum State {
+    Open,
+    Closed {
+        close: Close,
+        at: Instant,
+        initiator: Initiator,
+        /// Our `close` frame went out on some path.
+        close_sent: bool,
+        /// The peer's `close` frame arrived (as the first or as the answer).
+        peer_closed: bool,
+    },
+}
+
+#[derive(Debug)]
+enum Presence {
+    Attached(Attachment),
+    /// A long-poll attachment between two polls.
+    BetweenPolls {
+        since: Instant,
+        id: AttachmentId,
+    },
+    Detached {
+        since: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct Attachment {
+    id: AttachmentId,
+    kind: TransportKind,
+    greeting: Option<Frame>,
+    pong_due: bool,
+    ack_due: bool,
+    ping_due: bool,
+    /// Streaming transports: when the next `ping` is due.
+    next_ping: Option<Instant>,
+    /// Long-polling: when a poll with nothing to deliver is answered `[]`.
+    hold_until: Option<Instant>,
+    hold_expired: bool,
+}
+
+impl ServerSession {
+    /// A new session, not attached yet. `config` should be
+    /// [validated](SessionConfig::validate).
+    pub fn new(now: Instant, config: SessionConfig, identity: SessionIdentity) -> Self {
+        Self {
+            out: Outbound::new(config.max_unacked_bytes, config.max_unacked_messages),
+            inb: Inbound::new(),
+            config,
+            identity,
+            opened: false,
+            state: State::Open,
+            presence: Presence::Detached { since: now },
+            next_attachment: 1,
+            ended: Vec::new(),
+            last_heard: now,
+            request_pong: false,
+            events: VecDeque::new(),
+        }
+    }
+
+    // ---- getters -------------------------------------------------------
+
+    /// The session's key and public id.
+    pub fn identity(&self) -> &SessionIdentity {
+        &self.identity
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The transport currently attached, if any (a long-poll session between
+    /// two polls counts as attached).
+    pub fn transport(&self) -> Option<TransportKind> {
+        match &self.presence {
+            Presence::Attached(a) => Some(a.kind),
+            Presence::BetweenPolls { .. } => Some(TransportKind::LongPoll),
+            Presence::Detached { .. } => None,
+        }
+    }
+
+    /// Whether the session has ended (it may still linger as a tombstone).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed { .. })
+    }
+
+    /// How the session ended, if it did.
+    pub fn close_reason(&self) -> Option<&Close> {
+        match &self.state {
+            State::Closed { close, .. } => Some(close),
+            State::Open => None,
+        }
+    }
+
+    /// Whether the session is over for good and can be forgotten: expired,
+    /// or closed with the closing handshake done, or its tombstone expired.
+    pub fn is_finished(&self, now: Instant) -> bool {
+        match &self.state {
+            State::Open => false,
+            State::Closed {
+                at,
+                initiator,
+                close_sent,
+                peer_closed,
+                ..
+            } => {
+                *initiator == Initiator::Expired
+                    || (*close_sent && *peer_closed)
+                    || now >= *at + self.config.resume_window
+            }
+        }
+    }
+
+    /// Whether a message of `len` bytes can be sent now.
+    pub fn has_room_for(&self, len: usize) -> bool {
+        self.out.has_room_for(len)
+    }
+
+    /// Bytes in the replay buffer (sent or queued, not acknowledged).
+    pub fn unacked_bytes(&self) -> usize {
+        self.out.buffered_bytes()
+    }
+
+    /// Messages in the replay buffer.
+    pub fn unacked_messages(&self) -> usize {
+        self.out.buffered_messages()
+    }
+
+    /// Bytes received and not yet taken by the application.
+    pub fn inbound_bytes(&self) -> usize {
+        self.inb.queued_bytes()
+    }
+
+    /// Highest upstream sequence number received.
+    pub fn received(&self) -> u64 {
+        self.inb.received()
+    }
+
+    /// Highest downstream sequence number sent (assigned).
+    pub fn sent(&self) -> u64 {
+        self.out.last_seq()
+    }
+
+    // ---- inputs --------------------------------------------------------
+
+    /// A transport attaches, having delivered everything up to `last`.
+    /// Replaces the current attachment. The first attachment greets with
+    /// `open`, later ones with `resumed` (except a poll continuing a
+    /// long-poll attachment).
+    pub fn attach(
+        &mut self,
+        now: Instant,
+        kind: TransportKind,
+        last: u64,
+    ) -> Result<AttachmentId, AttachError> {
+        if self.is_finished(now) {
+            return Err(AttachError::SessionLost);
+        }
+        self.out.ack(last)?;
+        let continuing = kind == TransportKind::LongPoll
+            && match &self.presence {
+                Presence::BetweenPolls { .. } => true,
+                Presence::Attached(a) => a.kind == TransportKind::LongPoll,
+                Presence::Detached { .. } => false,
+            };
+        if let Presence::Attached(old) = &self.presence {
+            self.ended.push((
+                old.id,
+                Close::new(CloseCode::REPLACED, "replaced by a newer attachment"),
+            ));
+            if !continuing {
+                self.events.push_back(ServerEvent::Detached {
+                    id: old.id,
+                    kind: old.kind,
+                    reason: "replaced",
+                });
+            }
+        }
+        self.out.rewind();
+        let greeting = if !self.opened {
+            self.opened = true;
+            Some(Frame::Open(self.open_params()))
+        } else if continuing {
+            None
+        } else {
+            Some(Frame::Resumed {
+                ack: self.inb.received(),
+            })
+        };
+        let id = AttachmentId(self.next_attachment);
+        self.next_attachment += 1;
+        if !continuing {
+            self.events.push_back(ServerEvent::Attached {
+                id,
+                kind,
+                resumed: matches!(greeting, Some(Frame::Resumed { .. })),
+            });
+        }
+        self.last_heard = now;
+        self.presence = Presence::Attached(Attachment {
+            id,
+            kind,
+            greeting,
+            pong_due: false,
+            ack_due: false,
+            ping_due: false,
+            next_ping: kind
+                .is_streaming()
+                .then(|| now + self.config.ping_interval),
+            hold_until: (kind == TransportKind::LongPoll).then(|| now + self.config.poll_hold),
+            hold_expired: false,
+        });
+        Ok(id)
+    }
+
+    /// The transport of attachment `id` is gone (socket closed, stream
+    /// ended, request finished). A no-op for attachments already ended.
+    pub fn detach(&mut self, now: Instant, id: AttachmentId) {
+        self.ended.retain(|(e, _)| *e != id);
+        let Presence::Attached(a) = &self.presence else {
+            return;
+        };
+        if a.id != id {
+            return;
+        }
+        if a.kind == TransportKind::LongPoll && !self.is_closed() {
+            self.presence = Presence::BetweenPolls { since: now, id };
+        } else {
+            self.events.push_back(ServerEvent::Detached {
+                id,
+                kind: a.kind,
+                reason: "transport closed",
+            });
+            self.presence = Presence::Detached { since: now };
+        }
+        self.out.rewind();
+    }
+
+    /// Frames from the client, arriving on attachment `via` (WebSocket) or
+    /// in a send request (`None`). On error, frames before the bad one have
+    /// been applied; [`ProtocolError::ends_session`] says whether the
+    /// session survived.
+    pub fn handle_frames(
+        &mut self,
+        now: Instant,
+        via: Option<AttachmentId>,
+        frames: impl IntoIterator<Item = Frame>,
+    ) -> Result<(), ProtocolError> {
+        self.last_heard = now;
+        for frame in frames {
+            self.handle_frame(now, via, frame)?;
+        }
+        Ok(())
+    }
+
+    fn handle_frame(
+        &mut self,
+        now: Instant,
+        via: Option<AttachmentId>,
+        frame: Frame,
+    ) -> Result<(), ProtocolError> {
+        match frame {
+            Frame::Message { seq, message } => {
+                if message.len() > self.config.max_message {
+                    let error = ProtocolError::MessageTooBig {
+                        len: message.len(),
+                        max: self.config.max_message,
+                    };
+                    self.fail(now, &error);
+                    return Err(error);
+                }
+                if self.is_closed() {
+                    return Ok(()); // the session is over: nobody will read it
+                }
+                if self.inb.accept(now, seq, message)? == Accepted::Duplicate {
+                    return Ok(());
+                }
+            }
+            Frame::Ack { seq } => {
+                self.out.ack(seq)?;
+            }
+            Frame::Ping => match (via, &mut self.presence) {
+                (Some(id), Presence::Attached(a)) if a.id == id => a.pong_due = true,
+                (Some(_), _) => {} // an attachment already gone: nobody to answer
+                (None, _) => self.request_pong = true,
+            },
+            Frame::Pong => {}
+            Frame::Close(close) => self.peer_closed(now, close),
+            other @ (Frame::Open(_) | Frame::Resumed { .. } | Frame::Detach(_)) => {
+                return Err(ProtocolError::UnexpectedFrame(other.type_name()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The client broke a limit that ends the session (a message or wire
+    /// unit too big). The driver reports it with the error's close code.
+    pub fn fail(&mut self, now: Instant, error: &ProtocolError) {
+        if error.ends_session() {
+            self.end(
+                now,
+                Close::new(error.close_code(), error.to_string()),
+                Initiator::Local,
+            );
+        }
+    }
+
+    /// Queues a message for the client.
+    pub fn send(&mut self, message: crate::wire::Message) -> Result<u64, SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        if message.len() > self.config.max_message {
+            return Err(SendError::TooBig {
+                len: message.len(),
+                max: self.config.max_message,
+            });
+        }
+        self.out.push(message)
+    }
+
+    /// Ends the session. The `close` frame goes out after the messages
+    /// already queued, so the client delivers those first.
+    pub fn close(&mut self, now: Instant, close: Close) {
+        self.end(now, close, Initiator::Local);
+    }
+
+    /// Advances timers: call when [`poll_timeout`](Self::poll_timeout)
+    /// passes (earlier calls are harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let timeout = self.config.timeout;
+        match &mut self.presence {
+            Presence::Attached(a) => {
+                if a.kind.is_duplex()
+                    && !a.ack_due
+                    && due(
+                        self.inb
+                            .ack_deadline(self.config.ack_every, self.config.ack_delay),
+                        now,
+                    )
+                {
+                    a.ack_due = true;
+                }
+                if due(a.next_ping, now) {
+                    a.ping_due = true;
+                    a.next_ping = Some(now + self.config.ping_interval);
+                }
+                if due(a.hold_until, now) {
+                    a.hold_expired = true;
+                    a.hold_until = None;
+                }
+                if now >= self.last_heard + timeout {
+                    let (id, kind) = (a.id, a.kind);
+                    self.ended.push((
+                        id,
+                        Close::new(CloseCode::PEER_TIMEOUT, "heard nothing from the client"),
+                    ));
+                    self.events.push_back(ServerEvent::Detached {
+                        id,
+                        kind,
+                        reason: "peer timeout",
+                    });
+                    self.presence = Presence::Detached { since: now };
+                    self.out.rewind();
+                }
+            }
+            Presence::BetweenPolls { since, id } => {
+                if now >= *since + timeout {
+                    self.events.push_back(ServerEvent::Detached {
+                        id: *id,
+                        kind: TransportKind::LongPoll,
+                        reason: "no new poll",
+                    });
+                    self.presence = Presence::Detached { since: *since };
+                }
+            }
+            Presence::Detached { since } => {
+                let closed = matches!(self.state, State::Closed { .. });
+                if !closed && now >= *since + self.config.resume_window {
+                    self.end(
+                        now,
+                        Close::new(CloseCode::SESSION_LOST, "resume window expired"),
+                        Initiator::Expired,
+                    );
+                }
+            }
+        }
+    }
+
+    // ---- outputs -------------------------------------------------------
+
+    /// What to write on attachment `id` now. For an attachment this core
+    /// ended, its `detach` frame. On long-polling, each transmit answers
+    /// the poll and ends it.
+    pub fn poll_transmit(&mut self, now: Instant, id: AttachmentId) -> Option<Transmit> {
+        if let Some(pos) = self.ended.iter().position(|(e, _)| *e == id) {
+            let (_, close) = self.ended.swap_remove(pos);
+            return Some(Transmit {
+                frames: vec![Frame::Detach(close.clone())],
+                end: Some(close),
+            });
+        }
+        let Presence::Attached(a) = &mut self.presence else {
+            return None;
+        };
+        if a.id != id {
+            return None;
+        }
+        let mut frames = Vec::new();
+        if let Some(greeting) = a.greeting.take() {
+            frames.push(greeting);
+        }
+        if std::mem::take(&mut a.pong_due) {
+            frames.push(Frame::Pong);
+        }
+        if std::mem::take(&mut a.ping_due) {
+            frames.push(Frame::Ping);
+        }
+        let peer_closing = matches!(
+            self.state,
+            State::Closed {
+                initiator: Initiator::Peer,
+                ..
+            }
+        );
+        if !peer_closing {
+            push_messages(&mut self.out, self.config.max_message, &mut frames);
+        }
+        if a.kind.is_duplex() && self.inb.has_unacked() && (a.ack_due || !frames.is_empty()) {
+            a.ack_due = false;
+            frames.push(Frame::Ack {
+                seq: self.inb.take_ack(),
+            });
+        }
+        let mut end = None;
+        let send_close = peer_closing || !self.out.has_pending();
+        if let State::Closed {
+            close, close_sent, ..
+        } = &mut self.state
+            && send_close
+        {
+            frames.push(Frame::Close(close.clone()));
+            *close_sent = true;
+            end = Some(close.clone());
+        }
+        let kind = a.kind;
+        let hold_expired = a.hold_expired;
+        if frames.is_empty() && !(kind == TransportKind::LongPoll && hold_expired) {
+            return None;
+        }
+        if end.is_some() {
+            self.presence = Presence::Detached { since: now };
+        } else if kind == TransportKind::LongPoll {
+            self.presence = Presence::BetweenPolls { since: now, id };
+        }
+        Some(Transmit { frames, end })
+    }
+
+    /// The reply to a send request, after its frames were handled: the
+    /// acknowledgement of everything received, a `pong` if it held a `ping`,
+    /// and the `close` frame if the session has ended.
+    pub fn request_reply(&mut self) -> Vec<Frame> {
+        let mut frames = vec![Frame::Ack {
+            seq: self.inb.take_ack(),
+        }];
+        if std::mem::take(&mut self.request_pong) {
+            frames.push(Frame::Pong);
+        }
+        if let State::Closed {
+            close, close_sent, ..
+        } = &mut self.state
+        {
+            frames.push(Frame::Close(close.clone()));
+            *close_sent = true;
+        }
+        frames
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let presence = match &self.presence {
+            Presence::Attached(a) => earliest([
+                (a.kind.is_duplex() && !a.ack_due)
+                    .then(|| {
+                        self.inb
+                            .ack_deadline(self.config.ack_every, self.config.ack_delay)
+                    })
+                    .flatten(),
+                (!a.ping_due).then_some(a.next_ping).flatten(),
+                a.hold_until,
+                Some(self.last_heard + self.config.timeout),
+            ]),
+            Presence::BetweenPolls { since, .. } => Some(*since + self.config.timeout),
+            Presence::Detached { since } => {
+                (!self.is_closed()).then(|| *since + self.config.resume_window)
+            }
+        };
+        let tombstone = match &self.state {
+            State::Closed { at, initiator, .. } if *initiator != Initiator::Expired => {
+                Some(*at + self.config.resume_window)
+            }
+            _ => None,
+        };
+        earliest([presence, tombstone])
+    }
+
+    /// The next lifecycle event.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next message from the client, for the application.
+    pub fn poll_message(&mut self) -> Option<crate::wire::Message> {
+        self.inb.pop()
+    }
+
+    // ---- internals -----------------------------------------------------
+
+    fn open_params(&self) -> OpenParams {
+        OpenParams {
+            version: PROTOCOL_VERSION,
+            key: self.identity.key.clone(),
+            session_id: self.identity.session_id.clone(),
+            ping_interval: self.config.ping_interval,
+            timeout: self.config.timeout,
+            resume_window: self.config.resume_window,
+            max_message: self.config.max_message,
+            max_batch: self.config.max_batch,
+        }
+    }
+
+    fn peer_closed(&mut self, now: Instant, close: Close) {
+        match &mut self.state {
+            State::Open => self.end(now, close, Initiator::Peer),
+            State::Closed { peer_closed, .. } => *peer_closed = true,
+        }
+    }
+
+    fn end(&mut self, now: Instant, close: Close, initiator: Initiator) {
+        if self.is_closed() {
+            return;
+        }
+        self.events.push_back(ServerEvent::Closed {
+            close: close.clone(),
+            initiator,
+        });
+        self.state = State::Closed {
+            close,
+            at: now,
+            initiator,
+            close_sent: initiator == Initiator::Expired,
+            peer_closed: initiator != Initiator::Local,
+        };
+    }
+}
+
+/// Moves queued messages into `frames`, cutting the batch at about
+/// `target` encoded bytes (a single larger message travels alone).
+pub(super) fn push_messages(out: &mut Outbound, target: usize, frames: &mut Vec<Frame>) {
+    let mut budget = target;
+    let mut any = false;
+    while let Some((seq, message)) = out.peek() {
+        let frame = Frame::Message {
+            seq,
+            message: message.clone(),
+        };
+        let len = json::encoded_len_hint(&frame);
+        if any && len > budget {
+            break;
+        }
+        budget = budget.saturating_sub(len);
+        frames.push(frame);
+        out.advance();
+        any = true;
+    }
+}

@@ -1,0 +1,60 @@
+//! Native binary messages on WebSocket (`PROTOCOL.md` §2.2): one byte of
+//! type, eight bytes of sequence number, then the payload.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::wire::DecodeError;
+
+/// Type byte of a binary WebSocket message carrying one application message.
+pub const BINARY_MESSAGE_TYPE: u8 = 0x01;
+
+/// Length of the header before the payload.
+pub const BINARY_HEADER_LEN: usize = 9;
+
+/// Encodes one binary application message as a WebSocket binary message.
+pub fn encode_binary_message(seq: u64, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(BINARY_HEADER_LEN + payload.len());
+    out.put_u8(BINARY_MESSAGE_TYPE);
+    out.put_u64(seq);
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// Decodes a WebSocket binary message into its sequence number and payload
+/// (the payload shares the input's memory).
+pub fn decode_binary_message(mut input: Bytes) -> Result<(u64, Bytes), DecodeError> {
+    if input.len() < BINARY_HEADER_LEN {
+        return Err(DecodeError::BinaryHeader("shorter than its 9-byte header"));
+    }
+    if input[0] != BINARY_MESSAGE_TYPE {
+        return Err(DecodeError::BinaryHeader("unknown type byte"));
+    }
+    let mut seq_bytes = [0u8; 8];
+    seq_bytes.copy_from_slice(&input[1..BINARY_HEADER_LEN]);
+    let seq = u64::from_be_bytes(seq_bytes);
+    if seq == 0 {
+        return Err(DecodeError::ZeroSeq);
+    }
+    Ok((seq, input.split_off(BINARY_HEADER_LEN)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrips_and_refuses_bad_headers() {
+        let encoded = encode_binary_message(258, &[9, 8, 7]);
+        assert_eq!(&encoded[..], &[1, 0, 0, 0, 0, 0, 0, 1, 2, 9, 8, 7]);
+        assert_eq!(
+            decode_binary_message(encoded),
+            Ok((258, Bytes::from_static(&[9, 8, 7])))
+        );
+        assert!(decode_binary_message(Bytes::from_static(&[1, 0])).is_err());
+        assert!(decode_binary_message(Bytes::from_static(&[2, 0, 0, 0, 0, 0, 0, 0, 1])).is_err());
+        assert_eq!(
+            decode_binary_message(Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0, 0])),
+            Err(DecodeError::ZeroSeq)
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! The frames of `PROTOCOL.md` §2, as Rust values.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::close::CloseCode;
+use crate::wire::Message;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One protocol frame. Frames travel in batches (`Vec<Frame>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Server → client: a new session is open.
+    Open(OpenParams),
+    /// Server → client: the session resumed; `ack` is the highest upstream
+    /// seq the server has received.
+    Resumed {
+        /// Highest upstream sequence number received by the server.
+        ack: u64,
+    },
+    /// An application message with its sequence number.
+    Message {
+        /// The message's sequence number in its direction.
+        seq: u64,
+        /// The payload.
+        message: Message,
+    },
+    /// Cumulative acknowledgement of every message up to `seq`.
+    Ack {
+        /// Highest sequence number received.
+        seq: u64,
+    },
+    /// Liveness probe; must be answered with [`Frame::Pong`].
+    Ping,
+    /// Answer to [`Frame::Ping`].
+    Pong,
+    /// The session is over (or was never opened).
+    Close(Close),
+    /// Server → client: this attachment is over; the session lives.
+    Detach(Close),
+}
+
+impl Frame {
+    /// The frame's type name on the wire (`t`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Open(_) => "open",
+            Self::Resumed { .. } => "resumed",
+            Self::Message {
+                message: Message::Text(_),
+                ..
+            } => "msg",
+            Self::Message {
+                message: Message::Binary(_),
+                ..
+            } => "bin",
+            Self::Ack { .. } => "ack",
+            Self::Ping => "ping",
+            Self::Pong => "pong",
+            Self::Close(_) => "close",
+            Self::Detach(_) => "detach",
+        }
+    }
+
+    /// A `close` frame.
+    pub fn close(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::Close(Close::new(code, reason))
+    }
+
+    /// A `detach` frame.
+    pub fn detach(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::Detach(Close::new(code, reason))
+    }
+}
+
+/// Why a session or attachment ended: a code, a human-readable reason and,
+/// for overload refusals, when to retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Close {
+    /// The close code.
+    pub code: CloseCode,
+    /// A human-readable reason (may be empty).
+    pub reason: Cow<'static, str>,
+    /// For [`CloseCode::OVERLOADED`]: how long to wait before retrying.
+    pub retry_after: Option<Duration>,
+}
+
+impl Close {
+    /// A close with a code and a reason.
+    pub fn new(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The same close, with a retry delay.
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = Some(retry_after);
+        self
+    }
+}
+
+/// The parameters a server announces in its `open` frame (`PROTOCOL.md` §2.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenParams {
+    /// Protocol version in use.
+    pub version: u32,
+    /// The session key: a bearer credential; never log it whole.
+    pub key: String,
+    /// Public session id, for logs.
+    pub session_id: String,
+    /// The server's ping interval.
+    pub ping_interval: Duration,
+    /// How long the server waits without hearing from the client.
+    pub timeout: Duration,
+    /// How long the session survives without an attachment.
+    pub resume_window: Duration,
+    /// Largest message payload the server accepts, in bytes.
+    pub max_message: usize,
+    /// Largest wire unit (WebSocket message, send body) the server accepts.
+    pub max_batch: usize,
+}
