@@ -48,7 +48,7 @@ pub use close::CloseCode;
 pub use config::{ConfigError, SessionConfig};
 pub use error::{AttachError, ProtocolError, SendError};
 pub use session::{
-    AttachmentId, ClientConfig, ClientEvent, ClientSession, ConnectTarget, Initiator,
-    ServerEvent, ServerSession, SessionIdentity, Transmit, TransportFailure, TransportKind,
+    AttachmentId, ClientConfig, ClientEvent, ClientSession, ConnectTarget, Initiator, ServerEvent,
+    ServerSession, SessionIdentity, Transmit, TransportFailure, TransportKind,
 };
 pub use wire::{Close, DecodeError, Frame, Message, OpenParams, Text};

@@ -1,1 +1,37 @@
-//! placeholder
+//! # holdfast-server
+//!
+//! The axum side of holdfast: mount [`Holdfast::router`] at any path and
+//! each client gets one [`Session`] — an ordered, exactly-once message
+//! stream that survives dropped connections and switches between
+//! WebSocket, Server-Sent Events and long-polling.
+//!
+//! ```text
+//!  GET  <mount>/ws   ─┐                                   ┌─▶ Incoming::accept() → Session
+//!  GET  <mount>/sse  ─┤  transport adapters   session core │      recv() / send() / close()
+//!  GET  <mount>/poll ─┼─▶ (origin, auth,  ─▶ (holdfast-   ─┤
+//!  POST <mount>/send ─┘   limits, codecs)     protocol)    └─▶ per-session timer task
+//! ```
+//!
+//! Each transport is a thin adapter: it decodes what arrives, hands frames
+//! to the session's sans-IO core, and writes what the core says to write.
+//! The core decides sequence numbers, acknowledgements, replay and timers;
+//! one timer task per session drives its clock. Refusals map to HTTP
+//! statuses and close codes in one place (`PROTOCOL.md` §7).
+//!
+//! See [`Holdfast`] for a complete example.
+
+mod auth;
+mod config;
+mod origin;
+mod registry;
+mod reject;
+mod server;
+mod session;
+mod transport;
+
+pub use auth::{OpenRequest, Refusal};
+pub use config::ServerConfig;
+pub use holdfast_protocol::{Close, CloseCode, Message, SendError, SessionConfig, TransportKind};
+pub use origin::OriginPolicy;
+pub use server::{Builder, Holdfast, Incoming};
+pub use session::{Session, SessionEnd};

@@ -237,6 +237,12 @@ impl ClientSession {
 
     /// A transport connected to [`connect_target`](Self::connect_target);
     /// its first frame is awaited. Replaces any current attachment.
+    ///
+    /// Except on long-polling once the session is open: a poll that the
+    /// server takes as continuing its poll attachment gets no `resumed`
+    /// (`PROTOCOL.md` §5), and the client cannot tell such a poll from a
+    /// resume, so that attachment is usable at once; a `resumed` may still
+    /// come (and is reported) on any poll.
     pub fn attach(&mut self, now: Instant, kind: TransportKind) -> AttachmentId {
         let id = AttachmentId(self.next_attachment);
         self.next_attachment += 1;
@@ -244,7 +250,7 @@ impl ClientSession {
         self.attachment = Some(Attachment {
             id,
             kind,
-            greeted: false,
+            greeted: kind == TransportKind::LongPoll && self.params.is_some(),
             greeting_deadline: now + self.config.probe_timeout,
             last_heard: now,
             ack_due: false,
@@ -290,7 +296,8 @@ impl ClientSession {
         via: Option<AttachmentId>,
         frame: Frame,
     ) -> Result<(), ProtocolError> {
-        let greeting_pending = via.is_some() && self.attachment.as_ref().is_some_and(|a| !a.greeted);
+        let greeting_pending =
+            via.is_some() && self.attachment.as_ref().is_some_and(|a| !a.greeted);
         match frame {
             Frame::Open(params) if greeting_pending && self.params.is_none() => {
                 self.params = Some(params);
@@ -455,7 +462,10 @@ impl ClientSession {
             State::Open | State::Closing { sent_at: None, .. }
         );
         if open {
-            let target = self.params.as_ref().map_or(self.config.max_message, |p| p.max_message);
+            let target = self
+                .params
+                .as_ref()
+                .map_or(self.config.max_message, |p| p.max_message);
             push_messages(&mut self.out, target, &mut frames);
         }
         if self.inb.has_unacked() && (a.ack_due || !frames.is_empty()) {

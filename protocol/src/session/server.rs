@@ -89,6 +89,9 @@ pub struct ServerSession {
     last_heard: Instant,
     /// A `ping` arrived in a send request: answer in its reply.
     request_pong: bool,
+    /// Bumped by every input that may give an attachment something to
+    /// write, so a driver can wake its transport only then.
+    output_epoch: u64,
     events: VecDeque<ServerEvent>,
 }
 
@@ -150,6 +153,7 @@ impl ServerSession {
             ended: Vec::new(),
             last_heard: now,
             request_pong: false,
+            output_epoch: 0,
             events: VecDeque::new(),
         }
     }
@@ -233,6 +237,12 @@ impl ServerSession {
         self.inb.received()
     }
 
+    /// Changes whenever an input may have given an attachment (current or
+    /// just replaced) something to write: wake transports only then.
+    pub fn output_epoch(&self) -> u64 {
+        self.output_epoch
+    }
+
     /// Highest downstream sequence number sent (assigned).
     pub fn sent(&self) -> u64 {
         self.out.last_seq()
@@ -254,6 +264,7 @@ impl ServerSession {
             return Err(AttachError::SessionLost);
         }
         self.out.ack(last)?;
+        self.output_epoch += 1;
         let continuing = kind == TransportKind::LongPoll
             && match &self.presence {
                 Presence::BetweenPolls { .. } => true,
@@ -301,9 +312,7 @@ impl ServerSession {
             pong_due: false,
             ack_due: false,
             ping_due: false,
-            next_ping: kind
-                .is_streaming()
-                .then(|| now + self.config.ping_interval),
+            next_ping: kind.is_streaming().then(|| now + self.config.ping_interval),
             hold_until: (kind == TransportKind::LongPoll).then(|| now + self.config.poll_hold),
             hold_expired: false,
         });
@@ -377,7 +386,10 @@ impl ServerSession {
                 self.out.ack(seq)?;
             }
             Frame::Ping => match (via, &mut self.presence) {
-                (Some(id), Presence::Attached(a)) if a.id == id => a.pong_due = true,
+                (Some(id), Presence::Attached(a)) if a.id == id => {
+                    a.pong_due = true;
+                    self.output_epoch += 1;
+                }
                 (Some(_), _) => {} // an attachment already gone: nobody to answer
                 (None, _) => self.request_pong = true,
             },
@@ -413,6 +425,7 @@ impl ServerSession {
                 max: self.config.max_message,
             });
         }
+        self.output_epoch += 1;
         self.out.push(message)
     }
 
@@ -425,6 +438,7 @@ impl ServerSession {
     /// Advances timers: call when [`poll_timeout`](Self::poll_timeout)
     /// passes (earlier calls are harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.output_epoch += 1;
         let timeout = self.config.timeout;
         match &mut self.presence {
             Presence::Attached(a) => {
@@ -555,7 +569,9 @@ impl ServerSession {
 
     /// The reply to a send request, after its frames were handled: the
     /// acknowledgement of everything received, a `pong` if it held a `ping`,
-    /// and the `close` frame if the session has ended.
+    /// and the `close` frame if the session has ended — but a close of
+    /// ours only once the client acknowledged every message, which must
+    /// reach it first (they and the close follow on the attachment).
     pub fn request_reply(&mut self) -> Vec<Frame> {
         let mut frames = vec![Frame::Ack {
             seq: self.inb.take_ack(),
@@ -564,8 +580,12 @@ impl ServerSession {
             frames.push(Frame::Pong);
         }
         if let State::Closed {
-            close, close_sent, ..
+            close,
+            close_sent,
+            initiator,
+            ..
         } = &mut self.state
+            && (*initiator != Initiator::Local || self.out.buffered_messages() == 0)
         {
             frames.push(Frame::Close(close.clone()));
             *close_sent = true;
@@ -637,6 +657,7 @@ impl ServerSession {
         if self.is_closed() {
             return;
         }
+        self.output_epoch += 1;
         self.events.push_back(ServerEvent::Closed {
             close: close.clone(),
             initiator,

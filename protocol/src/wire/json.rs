@@ -228,9 +228,7 @@ impl RawFrame<'_> {
                 session_id: self.sid.ok_or_else(|| missing("sid"))?.into_owned(),
                 ping_interval: Duration::from_millis(self.ping.ok_or_else(|| missing("ping"))?),
                 timeout: Duration::from_millis(self.timeout.ok_or_else(|| missing("timeout"))?),
-                resume_window: Duration::from_millis(
-                    self.resume.ok_or_else(|| missing("resume"))?,
-                ),
+                resume_window: Duration::from_millis(self.resume.ok_or_else(|| missing("resume"))?),
                 max_message: to_usize(self.max_msg.ok_or_else(|| missing("max_msg"))?),
                 max_batch: to_usize(self.max_batch.ok_or_else(|| missing("max_batch"))?),
             }),
@@ -308,7 +306,9 @@ mod tests {
             ),
         ];
         assert_eq!(
-            String::from_utf8(encode_batch_to_vec(&frames)).ok().as_deref(),
+            String::from_utf8(encode_batch_to_vec(&frames))
+                .ok()
+                .as_deref(),
             Some(
                 r#"[{"t":"bin","seq":19,"d":"AAEC/w=="},{"t":"close","code":4503,"reason":"too many sessions","retry_after":5000}]"#
             )

@@ -1,0 +1,85 @@
+//! Server-wide parameters: the session parameters plus limits and
+//! proxy-hardening knobs of the HTTP transports.
+
+use std::time::Duration;
+
+use holdfast_protocol::SessionConfig;
+
+/// Parameters of a [`Holdfast`](crate::Holdfast) server. Every field has a
+/// default sized for proxies that cut silent connections at 30 s.
+///
+/// ```
+/// use std::time::Duration;
+/// use holdfast_server::ServerConfig;
+///
+/// let mut config = ServerConfig::default();
+/// config.max_sessions = 10_000;
+/// config.session.resume_window = Duration::from_secs(60);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Timers and per-session limits, announced to clients in `open`.
+    pub session: SessionConfig,
+    /// Most sessions held at once (closed ones count until forgotten);
+    /// past it, new sessions get `503` + `Retry-After` (WebSocket: close
+    /// 4503). Default 100 000.
+    pub max_sessions: usize,
+    /// Most bytes buffered across all sessions (replay buffers and
+    /// received-but-unread messages); past it, `send` waits and `try_send`
+    /// reports full. Default 512 MiB.
+    pub max_buffered_bytes: usize,
+    /// `Retry-After` given with overload refusals. Default 5 s.
+    pub retry_after: Duration,
+    /// Bytes of padding comment at the start of each SSE stream, which makes
+    /// some buffering proxies start forwarding. Default 2048; 0 disables.
+    pub sse_padding: usize,
+    /// An SSE stream is recycled (ended with `detach` 4000, the client
+    /// reconnects at once) after this many bytes… Default 256 KiB.
+    pub sse_max_bytes: usize,
+    /// …or after this long, so a buffering proxy can never hoard it.
+    /// Default 300 s.
+    pub sse_max_age: Duration,
+    /// How long a send request waits for the application to read before it
+    /// is refused with `503` (the client retries; nothing is lost).
+    /// Default 10 s.
+    pub send_wait: Duration,
+    /// New sessions waiting for [`Incoming::accept`](crate::Incoming::accept);
+    /// past it, new sessions are refused with `503`. Default 1024.
+    pub accept_backlog: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            session: SessionConfig::default(),
+            max_sessions: 100_000,
+            max_buffered_bytes: 512 * 1024 * 1024,
+            retry_after: Duration::from_secs(5),
+            sse_padding: 2048,
+            sse_max_bytes: 256 * 1024,
+            sse_max_age: Duration::from_secs(300),
+            send_wait: Duration::from_secs(10),
+            accept_backlog: 1024,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks that the parameters make sense together.
+    pub fn validate(&self) -> Result<(), holdfast_protocol::ConfigError> {
+        self.session.validate()?;
+        if self.max_sessions == 0 || self.accept_backlog == 0 {
+            return Err(holdfast_protocol::ConfigError(
+                "max_sessions and accept_backlog must be at least 1",
+            ));
+        }
+        if self.max_buffered_bytes < self.session.max_unacked_bytes {
+            return Err(holdfast_protocol::ConfigError(
+                "max_buffered_bytes must hold at least one session's replay buffer",
+            ));
+        }
+        Ok(())
+    }
+}

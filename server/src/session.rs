@@ -1,0 +1,445 @@
+//! One session on the server: the sans-IO core behind a mutex, the wakers
+//! of the tasks that wait on it, the timer task that drives it, and the
+//! [`Session`] handle the application holds.
+//!
+//! Every change to the core goes through a [`CoreGuard`]; when the guard
+//! drops, it compares the core before and after and wakes exactly the tasks
+//! that can now make progress (the attached transport, the application's
+//! `recv`, senders waiting for room, the timer task), logs lifecycle events
+//! and keeps the server-wide byte count.
+
+use std::ops::{Deref, DerefMut};
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use holdfast_protocol::{
+    Close, CloseCode, Message, SendError, ServerEvent, ServerSession, TransportKind,
+};
+use http::{Extensions, HeaderMap};
+use tokio::sync::Notify;
+
+use crate::server::ServerState;
+
+/// The current time on tokio's clock (so paused-time tests work too).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// State shared by the application's handles, the transports and the timer
+/// task of one session.
+pub(crate) struct Shared {
+    pub(crate) session_id: Arc<str>,
+    pub(crate) key: Arc<str>,
+    inner: Mutex<Inner>,
+    /// The attached transport: output may be ready.
+    pub(crate) transmit: Notify,
+    /// The application's `recv`: a message arrived or the session closed.
+    app: Notify,
+    /// Senders: room in the replay buffer, or the session closed.
+    space: Notify,
+    /// Transports holding back input: the application read some.
+    pub(crate) drained: Notify,
+    /// The timer task: the next deadline moved earlier.
+    timer: Notify,
+    headers: HeaderMap,
+    extensions: Extensions,
+    server: Arc<ServerState>,
+}
+
+struct Inner {
+    core: ServerSession,
+    /// The deadline the timer task sleeps until.
+    armed: Option<Instant>,
+    /// Bytes this session counts in the server-wide total.
+    accounted: usize,
+}
+
+/// What the guard compares to decide whom to wake.
+#[derive(Clone, Copy)]
+struct Snapshot {
+    received: u64,
+    unacked_bytes: usize,
+    inbound_bytes: usize,
+    closed: bool,
+    output_epoch: u64,
+}
+
+impl Snapshot {
+    fn of(core: &ServerSession) -> Self {
+        Self {
+            received: core.received(),
+            unacked_bytes: core.unacked_bytes(),
+            inbound_bytes: core.inbound_bytes(),
+            closed: core.is_closed(),
+            output_epoch: core.output_epoch(),
+        }
+    }
+}
+
+/// Exclusive access to a session's core; wakes whoever can progress when
+/// dropped.
+pub(crate) struct CoreGuard<'a> {
+    shared: &'a Shared,
+    inner: Option<MutexGuard<'a, Inner>>,
+    before: Snapshot,
+}
+
+impl Deref for CoreGuard<'_> {
+    type Target = ServerSession;
+    fn deref(&self) -> &ServerSession {
+        match &self.inner {
+            Some(inner) => &inner.core,
+            None => unreachable!("the guard is only emptied in drop"),
+        }
+    }
+}
+
+impl DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ServerSession {
+        match &mut self.inner {
+            Some(inner) => &mut inner.core,
+            None => unreachable!("the guard is only emptied in drop"),
+        }
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.inner.take() else {
+            return;
+        };
+        let after = Snapshot::of(&inner.core);
+        let shared = self.shared;
+        while let Some(event) = inner.core.poll_event() {
+            log_event(&shared.session_id, &event);
+        }
+        let total = after.unacked_bytes + after.inbound_bytes;
+        let accounted = std::mem::replace(&mut inner.accounted, total);
+        if total > accounted {
+            shared
+                .server
+                .buffered
+                .fetch_add(total - accounted, Ordering::Relaxed);
+        } else if total < accounted {
+            shared
+                .server
+                .buffered
+                .fetch_sub(accounted - total, Ordering::Relaxed);
+        }
+        let deadline = inner.core.poll_timeout();
+        let rearm = match (deadline, inner.armed) {
+            (Some(new), Some(armed)) => new < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        drop(inner);
+
+        let before = self.before;
+        let closed_now = after.closed && !before.closed;
+        if after.received > before.received || closed_now {
+            shared.app.notify_waiters();
+        }
+        if after.unacked_bytes < before.unacked_bytes || closed_now {
+            shared.space.notify_waiters();
+        }
+        let limit = shared.server.config.session.max_inbound_bytes;
+        if before.inbound_bytes >= limit && after.inbound_bytes < limit {
+            shared.drained.notify_waiters();
+        }
+        if after.output_epoch != before.output_epoch {
+            shared.transmit.notify_waiters();
+        }
+        if rearm {
+            shared.timer.notify_one();
+        }
+    }
+}
+
+fn log_event(session: &str, event: &ServerEvent) {
+    match event {
+        ServerEvent::Attached {
+            kind,
+            resumed: false,
+            ..
+        } => tracing::info!(session, transport = %kind, "session opened"),
+        ServerEvent::Attached {
+            kind,
+            resumed: true,
+            ..
+        } => tracing::info!(session, transport = %kind, "session resumed"),
+        ServerEvent::Detached { kind, reason, .. } => {
+            tracing::info!(session, transport = %kind, reason, "transport detached")
+        }
+        ServerEvent::Closed { close, initiator } => tracing::info!(
+            session,
+            code = close.code.0,
+            reason = %close.reason,
+            by = ?initiator,
+            "session closed"
+        ),
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        core: ServerSession,
+        headers: HeaderMap,
+        extensions: Extensions,
+        server: Arc<ServerState>,
+    ) -> Arc<Self> {
+        let identity = core.identity();
+        Arc::new(Self {
+            session_id: identity.session_id.as_str().into(),
+            key: identity.key.as_str().into(),
+            inner: Mutex::new(Inner {
+                core,
+                armed: None,
+                accounted: 0,
+            }),
+            transmit: Notify::new(),
+            app: Notify::new(),
+            space: Notify::new(),
+            drained: Notify::new(),
+            timer: Notify::new(),
+            headers,
+            extensions,
+            server,
+        })
+    }
+
+    /// The server's configuration.
+    pub(crate) fn server_config(&self) -> &crate::config::ServerConfig {
+        &self.server.config
+    }
+
+    /// Locks the core.
+    pub(crate) fn lock(&self) -> CoreGuard<'_> {
+        // A panic while holding the lock cannot leave the core half-updated
+        // in a way worse than the panic itself; keep serving.
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let before = Snapshot::of(&inner.core);
+        CoreGuard {
+            shared: self,
+            inner: Some(inner),
+            before,
+        }
+    }
+
+    /// Runs the session's timers until it is finished, then forgets it.
+    pub(crate) async fn drive_timers(self: Arc<Self>) {
+        loop {
+            let notified = self.timer.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            let deadline = {
+                let mut guard = self.lock();
+                let now = now();
+                guard.handle_timeout(now);
+                if guard.is_finished(now) {
+                    break;
+                }
+                let deadline = guard.poll_timeout();
+                if let Some(inner) = &mut guard.inner {
+                    inner.armed = deadline;
+                }
+                deadline
+            };
+            match deadline {
+                Some(deadline) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline.into()) => {}
+                        () = notified => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+        self.server.registry.remove(&self.key);
+        let accounted = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut inner.accounted)
+        };
+        self.server.buffered.fetch_sub(accounted, Ordering::Relaxed);
+        self.app.notify_waiters();
+        self.space.notify_waiters();
+        self.transmit.notify_waiters();
+        tracing::debug!(session = %self.session_id, "session forgotten");
+    }
+
+    fn try_send(&self, message: Message) -> Result<(), SendError> {
+        let mut core = self.lock();
+        if core.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let limit = self.server.config.max_buffered_bytes;
+        if self.server.buffered.load(Ordering::Relaxed) + message.len() > limit
+            && core.unacked_bytes() > 0
+        {
+            // Over the server-wide budget: wait for acknowledgements (this
+            // session's own, when it has some in flight).
+            return Err(SendError::Full);
+        }
+        core.send(message).map(|_| ())
+    }
+}
+
+/// The application's handle on one client's session: receive its messages,
+/// send to it with backpressure, close it. Cheap to clone; the session is
+/// closed (code 1000) when the last handle is dropped.
+///
+/// A transport closing is never reported here: the session lives across
+/// reconnects and transport switches, and [`recv`](Self::recv) returns
+/// `None` only when the session itself is over.
+#[derive(Clone)]
+pub struct Session {
+    handle: Arc<Handle>,
+}
+
+/// Closes the session when the application lets go of it.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let mut core = self.shared.lock();
+        if !core.is_closed() {
+            core.close(now(), Close::new(CloseCode::NORMAL, "session dropped"));
+        }
+    }
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            handle: Arc::new(Handle { shared }),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    /// The session's public id, for logs. Not its key: the id cannot
+    /// resume anything.
+    pub fn id(&self) -> &str {
+        &self.shared().session_id
+    }
+
+    /// The headers of the request that opened the session.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.shared().headers
+    }
+
+    /// What the authentication hook attached (the identity), if anything.
+    pub fn extensions(&self) -> &Extensions {
+        &self.shared().extensions
+    }
+
+    /// The transport currently attached, if any.
+    pub fn transport(&self) -> Option<TransportKind> {
+        self.shared().lock().transport()
+    }
+
+    /// The next message from the client, in order, exactly once. `None`
+    /// once the session is over (messages received before that are
+    /// returned first).
+    pub async fn recv(&self) -> Option<Message> {
+        let shared = self.shared();
+        loop {
+            let notified = shared.app.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut core = shared.lock();
+                if let Some(message) = core.poll_message() {
+                    return Some(message);
+                }
+                if core.is_closed() {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Queues a message for the client, waiting while the replay buffer is
+    /// full (until the client acknowledges). Fails only if the session is
+    /// closed or the message is larger than the session's maximum.
+    pub async fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        let message = message.into();
+        let shared = self.shared();
+        loop {
+            let notified = shared.space.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            match shared.try_send(message.clone()) {
+                Err(SendError::Full) => notified.await,
+                other => return other,
+            }
+        }
+    }
+
+    /// Queues a message if there is room now; [`SendError::Full`] otherwise.
+    pub fn try_send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        self.shared().try_send(message.into())
+    }
+
+    /// Ends the session: messages already sent are delivered first, then the
+    /// client gets `close` with this code and reason.
+    pub fn close(&self, code: CloseCode, reason: impl Into<String>) {
+        self.shared()
+            .lock()
+            .close(now(), Close::new(code, reason.into()));
+    }
+
+    /// Whether the session is over.
+    pub fn is_closed(&self) -> bool {
+        self.shared().lock().is_closed()
+    }
+
+    /// Waits until the session is over and says how it ended.
+    pub async fn closed(&self) -> SessionEnd {
+        let shared = self.shared();
+        loop {
+            let notified = shared.app.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if let Some(end) = self.end() {
+                return end;
+            }
+            notified.await;
+        }
+    }
+
+    fn end(&self) -> Option<SessionEnd> {
+        let core = self.shared().lock();
+        core.close_reason().map(|close| SessionEnd {
+            close: close.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id()).finish()
+    }
+}
+
+/// How a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEnd {
+    /// The code and reason sent to (or received from) the client;
+    /// [`CloseCode::SESSION_LOST`] when the resume window ran out.
+    pub close: Close,
+}
+
+impl SessionEnd {
+    /// Whether the session ended because the client stayed away longer than
+    /// the resume window.
+    pub fn expired(&self) -> bool {
+        self.close.code == CloseCode::SESSION_LOST
+    }
+}

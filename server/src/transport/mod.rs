@@ -1,0 +1,252 @@
+//! The four endpoints, each a thin adapter between HTTP and the session
+//! core, and what they share: reading the query, opening or resuming.
+//!
+//! Opening is split in two so that WebSocket can refuse after its upgrade
+//! (browsers cannot read the status of a refused upgrade): [`prepare`] runs
+//! on the request (origin, query, authentication), [`attach`] when the
+//! transport is ready to carry frames.
+
+pub(crate) mod poll;
+pub(crate) mod send;
+pub(crate) mod sse;
+pub(crate) mod ws;
+
+use std::sync::Arc;
+
+use holdfast_protocol::{
+    AttachmentId, Close, CloseCode, ServerSession, SessionIdentity, TransportKind,
+};
+use http::{Extensions, HeaderMap, Uri};
+
+use holdfast_protocol::wire::PROTOCOL_VERSION;
+
+use crate::auth::OpenRequest;
+use crate::registry::{new_key, new_session_id};
+use crate::reject::Reject;
+use crate::server::{HandOffError, ServerState};
+use crate::session::{Session, Shared, now};
+
+/// The query parameters every endpoint reads (`PROTOCOL.md` §1).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ConnectQuery {
+    pub(crate) key: Option<String>,
+    pub(crate) last: u64,
+}
+
+impl ConnectQuery {
+    pub(crate) fn parse(query: Option<&str>) -> Result<Self, Reject> {
+        let query = query.unwrap_or("");
+        if let Some(v) = query_value(query, "v")
+            && v != PROTOCOL_VERSION.to_string()
+        {
+            return Err(Reject::bad_request(format!(
+                "unsupported protocol version {v:?}; this server speaks {PROTOCOL_VERSION}"
+            )));
+        }
+        let last = match query_value(query, "last") {
+            None => 0,
+            Some(last) => last.parse().map_err(|_| {
+                Reject::bad_request(format!("`last` must be a number, got {last:?}"))
+            })?,
+        };
+        let key = query_value(query, "key").filter(|k| !k.is_empty());
+        Ok(Self { key, last })
+    }
+}
+
+/// A request checked and ready to open or resume a session.
+pub(crate) enum Prepared {
+    Open {
+        headers: HeaderMap,
+        identity: Extensions,
+    },
+    Resume {
+        key: String,
+        last: u64,
+    },
+}
+
+/// Checks a downstream request: origin, query, and for a new session the
+/// session limit and the authentication hook.
+pub(crate) async fn prepare(
+    state: &ServerState,
+    headers: HeaderMap,
+    uri: Uri,
+    kind: TransportKind,
+    last_event_id: Option<u64>,
+) -> Result<Prepared, Reject> {
+    state.origins.check(&headers)?;
+    let query = ConnectQuery::parse(uri.query())?;
+    if let Some(key) = query.key {
+        let last = query.last.max(last_event_id.unwrap_or(0));
+        return Ok(Prepared::Resume { key, last });
+    }
+    if state.registry.len() >= state.config.max_sessions {
+        return Err(overloaded(state, "too many sessions"));
+    }
+    let identity = match &state.auth {
+        Some(hook) => {
+            hook.check(OpenRequest {
+                headers: headers.clone(),
+                uri,
+                transport: kind,
+            })
+            .await?
+        }
+        None => Extensions::new(),
+    };
+    Ok(Prepared::Open { headers, identity })
+}
+
+/// Opens or resumes the session and attaches the transport to it.
+pub(crate) fn attach(
+    state: &Arc<ServerState>,
+    prepared: Prepared,
+    kind: TransportKind,
+) -> Result<(Arc<Shared>, AttachmentId), Reject> {
+    match prepared {
+        Prepared::Resume { key, last } => {
+            let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+            let id = shared.lock().attach(now(), kind, last)?;
+            Ok((shared, id))
+        }
+        Prepared::Open { headers, identity } => {
+            let shared = open(state, headers, identity)?;
+            let id = shared.lock().attach(now(), kind, 0)?;
+            Ok((shared, id))
+        }
+    }
+}
+
+fn open(
+    state: &Arc<ServerState>,
+    headers: HeaderMap,
+    identity: Extensions,
+) -> Result<Arc<Shared>, Reject> {
+    let (key, session_id) = match (new_key(), new_session_id()) {
+        (Ok(key), Ok(id)) => (key, id),
+        _ => {
+            tracing::error!("the operating system's random number generator failed");
+            return Err(Reject::session(
+                CloseCode::INTERNAL_ERROR,
+                "cannot create a session key",
+            ));
+        }
+    };
+    let core = ServerSession::new(
+        now(),
+        state.config.session.clone(),
+        SessionIdentity { key, session_id },
+    );
+    let shared = Shared::new(core, headers, identity, state.clone());
+    if state
+        .registry
+        .insert(shared.clone(), state.config.max_sessions)
+        .is_err()
+    {
+        return Err(overloaded(state, "too many sessions"));
+    }
+    if let Err(HandOffError::NotAccepting) = state.hand_off(Session::new(shared.clone())) {
+        state.registry.remove(&shared.key);
+        return Err(overloaded(
+            state,
+            "the application is not accepting sessions",
+        ));
+    }
+    tokio::spawn(shared.clone().drive_timers());
+    Ok(shared)
+}
+
+pub(crate) fn overloaded(state: &ServerState, reason: &'static str) -> Reject {
+    tracing::warn!(reason, "refusing a new session");
+    Reject::Session(
+        Close::new(CloseCode::OVERLOADED, reason).with_retry_after(state.config.retry_after),
+    )
+}
+
+/// Detaches an attachment when its transport goes away, however it goes:
+/// normal end, error, or the client hanging up (the future is dropped).
+pub(crate) struct DetachOnDrop {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: AttachmentId,
+}
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        self.shared.lock().detach(now(), self.id);
+    }
+}
+
+/// A `200` JSON batch that no cache may keep.
+pub(crate) fn batch_response(frames: &[holdfast_protocol::Frame]) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = holdfast_protocol::wire::json::encode_batch_to_vec(frames);
+    (
+        [
+            (http::header::CONTENT_TYPE, "application/json"),
+            (http::header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A query parameter's value, percent-decoded.
+pub(crate) fn query_value(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k)? == name).then(|| percent_decode(v))?
+        })
+        .next()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = (bytes.next()? as char).to_digit(16)?;
+                let lo = (bytes.next()? as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+            }
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_connect_query() {
+        assert_eq!(
+            ConnectQuery::parse(Some("v=1&key=abc&last=12&t=999")).ok(),
+            Some(ConnectQuery {
+                key: Some("abc".into()),
+                last: 12
+            })
+        );
+        assert_eq!(
+            ConnectQuery::parse(None).ok(),
+            Some(ConnectQuery { key: None, last: 0 })
+        );
+        assert!(matches!(
+            ConnectQuery::parse(Some("v=2")),
+            Err(Reject::Session(c)) if c.code == CloseCode::BAD_REQUEST
+        ));
+        assert!(ConnectQuery::parse(Some("key=a&last=-1")).is_err());
+    }
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(query_value("a=x%2By+z&b", "a").as_deref(), Some("x+y z"));
+        assert_eq!(query_value("a=x&b", "b").as_deref(), Some(""));
+        assert_eq!(query_value("a=%zz", "a"), None);
+    }
+}

@@ -1,0 +1,45 @@
+//! `GET <mount>/poll`: one downstream batch per request (`PROTOCOL.md`
+//! §8.3), answered as soon as there is something to deliver, or `[]` after
+//! the poll hold.
+
+use std::pin::pin;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use holdfast_protocol::TransportKind;
+use http::{HeaderMap, Uri};
+
+use super::{DetachOnDrop, attach, batch_response, prepare};
+use crate::server::ServerState;
+use crate::session::now;
+
+pub(crate) async fn handle(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let attached = match prepare(&state, headers, uri, TransportKind::LongPoll, None).await {
+        Ok(prepared) => attach(&state, prepared, TransportKind::LongPoll),
+        Err(reject) => Err(reject),
+    };
+    let (shared, id) = match attached {
+        Ok(attached) => attached,
+        Err(reject) => return reject.into_http(),
+    };
+    // If the client hangs up, this future is dropped and the poll ends.
+    let _detach = DetachOnDrop {
+        shared: shared.clone(),
+        id,
+    };
+    loop {
+        let notified = shared.transmit.notified();
+        let mut notified = pin!(notified);
+        notified.as_mut().enable();
+        let transmit = shared.lock().poll_transmit(now(), id);
+        if let Some(transmit) = transmit {
+            return batch_response(&transmit.frames);
+        }
+        notified.await;
+    }
+}

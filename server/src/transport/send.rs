@@ -1,0 +1,101 @@
+//! `POST <mount>/send`: upstream batches for SSE and long-polling
+//! (`PROTOCOL.md` §8.4). The reply acknowledges everything received.
+
+use std::pin::pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use holdfast_protocol::wire::json;
+use holdfast_protocol::{Close, CloseCode, ProtocolError};
+use http::{HeaderMap, Uri, header};
+
+use super::{ConnectQuery, batch_response};
+use crate::reject::Reject;
+use crate::server::ServerState;
+use crate::session::now;
+
+pub(crate) async fn handle(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    match receive(&state, &headers, &uri, body).await {
+        Ok(response) => response,
+        Err(reject) => reject.into_http(),
+    }
+}
+
+async fn receive(
+    state: &ServerState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+) -> Result<Response, Reject> {
+    state.origins.check(headers)?;
+    let query = ConnectQuery::parse(uri.query())?;
+    let key = query
+        .key
+        .ok_or_else(|| Reject::protocol("a send request needs the session `key`"))?;
+    let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+    let max = state.config.session.max_batch;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_big = |len: usize| {
+        let error = ProtocolError::BatchTooBig { len, max };
+        shared.lock().fail(now(), &error);
+        Reject::from(error)
+    };
+    if let Some(len) = declared.filter(|len| *len > max) {
+        return Err(too_big(len));
+    }
+    let bytes = match axum::body::to_bytes(body, max).await {
+        Ok(bytes) => bytes,
+        Err(error) if is_length_limit(&error) => return Err(too_big(max + 1)),
+        Err(_) => return Err(Reject::protocol("the request body could not be read")),
+    };
+    let frames = json::decode_batch(&bytes).map_err(ProtocolError::from)?;
+
+    // Wait while the application is behind on reading, then refuse: the
+    // client retries the same messages later and nothing is lost.
+    let limit = state.config.session.max_inbound_bytes;
+    let wait = tokio::time::sleep(state.config.send_wait);
+    let mut wait = pin!(wait);
+    loop {
+        let drained = shared.drained.notified();
+        let mut drained = pin!(drained);
+        drained.as_mut().enable();
+        if shared.lock().inbound_bytes() < limit {
+            break;
+        }
+        tokio::select! {
+            () = &mut drained => {}
+            () = &mut wait => {
+                return Err(Reject::Attachment(
+                    Close::new(CloseCode::OVERLOADED, "the application is not keeping up")
+                        .with_retry_after(state.config.retry_after),
+                ));
+            }
+        }
+    }
+
+    let mut core = shared.lock();
+    core.handle_frames(now(), None, frames)?;
+    Ok(batch_response(&core.request_reply()))
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let source: &(dyn std::error::Error + 'static) = error;
+    let mut current = Some(source);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}

@@ -1,0 +1,140 @@
+//! `GET <mount>/sse`: the downstream as a `text/event-stream` (`PROTOCOL.md`
+//! §8.2). Hardened for proxies: no caching or transformation, no nginx
+//! buffering, a padding prelude, and the stream recycled after a byte or
+//! time budget so a buffering proxy can never hoard it.
+
+use std::convert::Infallible;
+use std::pin::pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use bytes::Bytes;
+use holdfast_protocol::wire::sse;
+use holdfast_protocol::{AttachmentId, CloseCode, Frame, TransportKind};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use tokio::time::Instant;
+
+use super::{DetachOnDrop, attach, prepare};
+use crate::server::ServerState;
+use crate::session::{Shared, now};
+
+pub(crate) async fn handle(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let attached = match prepare(&state, headers, uri, TransportKind::Sse, last_event_id).await {
+        Ok(prepared) => attach(&state, prepared, TransportKind::Sse),
+        Err(reject) => Err(reject),
+    };
+    let (shared, id) = match attached {
+        Ok(attached) => attached,
+        Err(reject) => return reject.into_http(),
+    };
+    let config = &state.config;
+    let feed = Feed {
+        detach: DetachOnDrop {
+            shared: shared.clone(),
+            id,
+        },
+        shared,
+        id,
+        padding: config.sse_padding,
+        budget: config.sse_max_bytes,
+        recycle_at: Instant::now() + config.sse_max_age,
+        done: false,
+    };
+    let body = futures_util::stream::unfold(feed, |mut feed| async move {
+        let chunk = feed.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), feed))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// One SSE attachment, producing the body chunk by chunk.
+struct Feed {
+    shared: Arc<Shared>,
+    id: AttachmentId,
+    /// Detaches when the body is dropped (client gone, stream ended).
+    detach: DetachOnDrop,
+    /// Padding still to write at the start.
+    padding: usize,
+    /// Bytes left before the stream is recycled.
+    budget: usize,
+    recycle_at: Instant,
+    done: bool,
+}
+
+impl Feed {
+    /// The next chunk of the body: every event ready now. `None` once the
+    /// stream has ended.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let mut out = Vec::new();
+        if self.padding > 0 {
+            sse::encode_padding(std::mem::take(&mut self.padding), &mut out);
+        }
+        let shared = self.shared.clone();
+        loop {
+            let notified = shared.transmit.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            loop {
+                let transmit = shared.lock().poll_transmit(now(), self.id);
+                let Some(transmit) = transmit else { break };
+                sse::encode_event(&transmit.frames, &mut out);
+                if transmit.end.is_some() {
+                    self.done = true;
+                    return Some(out.into());
+                }
+            }
+            if !out.is_empty() {
+                self.budget = self.budget.saturating_sub(out.len());
+                if self.budget == 0 {
+                    self.recycle(&mut out);
+                }
+                return Some(out.into());
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(self.recycle_at) => {
+                    self.recycle(&mut out);
+                    return Some(out.into());
+                }
+            }
+        }
+    }
+
+    /// Ends the stream with `detach` 4000: the client reconnects at once.
+    fn recycle(&mut self, out: &mut Vec<u8>) {
+        sse::encode_event(
+            &[Frame::detach(
+                CloseCode::RECONNECT,
+                "stream recycled, reconnect",
+            )],
+            out,
+        );
+        self.shared.lock().detach(now(), self.detach.id);
+        self.done = true;
+    }
+}

@@ -1,0 +1,209 @@
+//! `GET <mount>/ws`: one WebSocket carries both directions (`PROTOCOL.md`
+//! §8.1). Text messages are JSON batches; binary application messages
+//! travel natively with a 9-byte header.
+
+use std::pin::pin;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use holdfast_protocol::wire::{binary, json};
+use holdfast_protocol::{AttachmentId, Close, Frame, Message, ProtocolError, TransportKind};
+use http::{HeaderMap, Uri};
+
+use super::{DetachOnDrop, attach, prepare};
+use crate::reject::Reject;
+use crate::server::ServerState;
+use crate::session::{Shared, now};
+
+type Sink = SplitSink<WebSocket, WsMessage>;
+
+pub(crate) async fn handle(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // The one refusal made before the upgrade: pages from foreign origins
+    // get nothing at all.
+    if let Err(reject) = state.origins.check(&headers) {
+        return reject.into_http();
+    }
+    let prepared = prepare(&state, headers, uri, TransportKind::WebSocket, None).await;
+    let max_batch = state.config.session.max_batch;
+    upgrade
+        .max_message_size(max_batch)
+        .max_frame_size(max_batch)
+        .on_upgrade(move |socket| async move {
+            // Attach only now that the upgrade is complete: an upgrade that
+            // never completes never pins the session.
+            match prepared.and_then(|p| attach(&state, p, TransportKind::WebSocket)) {
+                Ok((shared, id)) => run(socket, shared, id).await,
+                Err(reject) => refuse(socket, reject).await,
+            }
+        })
+}
+
+/// Reports a refusal after the upgrade: the frame, then the close code.
+async fn refuse(socket: WebSocket, reject: Reject) {
+    let (mut sink, _) = socket.split();
+    let _ = write_frames(&mut sink, vec![reject.frame()]).await;
+    let _ = sink.send(close_message(reject.close())).await;
+}
+
+async fn run(socket: WebSocket, shared: Arc<Shared>, id: AttachmentId) {
+    let _detach = DetachOnDrop {
+        shared: shared.clone(),
+        id,
+    };
+    let inbound_limit = shared.server_config().session.max_inbound_bytes;
+    let (mut sink, mut stream) = socket.split();
+    loop {
+        let notified = shared.transmit.notified();
+        let mut notified = pin!(notified);
+        notified.as_mut().enable();
+        loop {
+            let transmit = shared.lock().poll_transmit(now(), id);
+            let Some(transmit) = transmit else { break };
+            if write_frames(&mut sink, transmit.frames).await.is_err() {
+                return;
+            }
+            if let Some(close) = transmit.end {
+                let _ = sink.send(close_message(&close)).await;
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        // Stop reading while the application is behind: TCP backpressure
+        // reaches the client. Reading resumes when `recv` frees room.
+        let drained = shared.drained.notified();
+        let mut drained = pin!(drained);
+        drained.as_mut().enable();
+        let reading = shared.lock().inbound_bytes() < inbound_limit;
+        tokio::select! {
+            incoming = stream.next(), if reading => {
+                if let Err(reject) = receive(&shared, id, incoming) {
+                    if let Some(reject) = reject {
+                        let _ = write_frames(&mut sink, vec![reject.frame()]).await;
+                        let _ = sink.send(close_message(reject.close())).await;
+                    }
+                    return;
+                }
+            }
+            () = &mut notified => {}
+            () = &mut drained, if !reading => {}
+        }
+    }
+}
+
+/// Feeds one WebSocket message to the session. `Err(None)`: the transport
+/// is gone; `Err(Some(_))`: refuse and close.
+fn receive(
+    shared: &Shared,
+    id: AttachmentId,
+    incoming: Option<Result<WsMessage, axum::Error>>,
+) -> Result<(), Option<Reject>> {
+    let frames = match incoming {
+        None | Some(Ok(WsMessage::Close(_))) => return Err(None),
+        Some(Err(error)) => {
+            return Err(too_big(&error).map(|len| {
+                let error = ProtocolError::BatchTooBig {
+                    len,
+                    max: shared.server_config().session.max_batch,
+                };
+                shared.lock().fail(now(), &error);
+                Reject::from(error)
+            }));
+        }
+        Some(Ok(WsMessage::Text(text))) => {
+            json::decode_batch(text.as_bytes()).map_err(|e| Some(ProtocolError::from(e).into()))?
+        }
+        Some(Ok(WsMessage::Binary(bytes))) => {
+            let (seq, payload) = binary::decode_binary_message(bytes)
+                .map_err(|e| Some(ProtocolError::from(e).into()))?;
+            vec![Frame::Message {
+                seq,
+                message: Message::Binary(payload),
+            }]
+        }
+        // WebSocket-level pings prove the client alive too.
+        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Vec::new(),
+    };
+    shared
+        .lock()
+        .handle_frames(now(), Some(id), frames)
+        .map_err(|e| Some(e.into()))
+}
+
+/// The size limit a read error reports, if it is one.
+fn too_big(error: &axum::Error) -> Option<usize> {
+    let source: &(dyn std::error::Error + 'static) = error;
+    let mut current = Some(source);
+    while let Some(e) = current {
+        if let Some(tungstenite::Error::Capacity(capacity)) = e.downcast_ref::<tungstenite::Error>()
+        {
+            return Some(match capacity {
+                tungstenite::error::CapacityError::MessageTooLong { size, .. } => *size,
+                _ => 0,
+            });
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Writes a batch: JSON frames as text messages, binary application
+/// messages natively, in order. Does not flush.
+async fn write_frames(sink: &mut Sink, frames: Vec<Frame>) -> Result<(), axum::Error> {
+    let mut text: Vec<Frame> = Vec::new();
+    for frame in frames {
+        match frame {
+            Frame::Message {
+                seq,
+                message: Message::Binary(payload),
+            } => {
+                if !text.is_empty() {
+                    sink.feed(text_message(&std::mem::take(&mut text))).await?;
+                }
+                sink.feed(WsMessage::Binary(binary::encode_binary_message(
+                    seq, &payload,
+                )))
+                .await?;
+            }
+            other => text.push(other),
+        }
+    }
+    if !text.is_empty() {
+        sink.feed(text_message(&text)).await?;
+    }
+    Ok(())
+}
+
+fn text_message(frames: &[Frame]) -> WsMessage {
+    let encoded = json::encode_batch_to_vec(frames);
+    // The encoder writes JSON, which is UTF-8 by construction.
+    WsMessage::Text(Utf8Bytes::from(
+        String::from_utf8(encoded).unwrap_or_default(),
+    ))
+}
+
+fn close_message(close: &Close) -> WsMessage {
+    // A WebSocket close reason is at most 123 bytes.
+    let mut reason = close.reason.as_ref();
+    while reason.len() > 123 {
+        let mut end = 123;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason = &reason[..end];
+    }
+    WsMessage::Close(Some(CloseFrame {
+        code: close.code.0,
+        reason: Utf8Bytes::from(reason),
+    }))
+}
