@@ -243,10 +243,16 @@ impl ClientSession {
     /// (`PROTOCOL.md` §5), and the client cannot tell such a poll from a
     /// resume, so that attachment is usable at once; a `resumed` may still
     /// come (and is reported) on any poll.
+    ///
+    /// While closing, the new attachment carries the unacknowledged
+    /// messages again, then the `close`.
     pub fn attach(&mut self, now: Instant, kind: TransportKind) -> AttachmentId {
         let id = AttachmentId(self.next_attachment);
         self.next_attachment += 1;
         self.out.rewind();
+        if let State::Closing { sent_at, .. } = &mut self.state {
+            *sent_at = None;
+        }
         self.attachment = Some(Attachment {
             id,
             kind,
