@@ -16,3 +16,8 @@ pub use holdfast_protocol as protocol;
 
 #[cfg(feature = "server")]
 pub use holdfast_server as server;
+
+/// The README's code examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

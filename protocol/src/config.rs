@@ -127,11 +127,16 @@ mod tests {
 
     #[test]
     fn contradictions_are_refused() {
-        let mut config = SessionConfig::default();
-        config.poll_hold = config.timeout;
+        let defaults = SessionConfig::default();
+        let config = SessionConfig {
+            poll_hold: defaults.timeout,
+            ..defaults.clone()
+        };
         assert!(config.validate().is_err());
-        let mut config = SessionConfig::default();
-        config.max_unacked_bytes = 10;
+        let config = SessionConfig {
+            max_unacked_bytes: 10,
+            ..defaults
+        };
         assert!(config.validate().is_err());
     }
 }

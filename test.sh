@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every holdfast test, installing what they need on a fresh Debian
+# machine first. This is the command the README gives and CI runs.
+#
+#   ./test.sh            everything
+#   ./test.sh --quick    skip fmt and clippy
+set -euo pipefail
+cd "$(dirname "$0")"
+
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install Rust from https://rustup.rs first" >&2
+  exit 1
+fi
+
+if [ "$quick" = 0 ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy (all targets, warnings are errors)"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+step "cargo test (unit, property, integration and doc tests)"
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
+
+step "examples build"
+cargo build --examples --locked
+
+printf '\nall tests passed\n'
