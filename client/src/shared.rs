@@ -1,0 +1,168 @@
+//! What the application's handles and the driver task share: the session
+//! core, the ordered queue of events for the application, and the wakers.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use holdfast_protocol::{ClientSession, Close, Message, SendError, TransportKind};
+use tokio::sync::{Notify, watch};
+
+use crate::error::ConnectError;
+use crate::event::Event;
+
+/// Where `connect` stands.
+#[derive(Clone, Debug)]
+pub(crate) enum ConnectState {
+    Pending,
+    Open,
+    Failed(ConnectError),
+}
+
+/// The current time on tokio's clock.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    /// The application: events are ready.
+    pub(crate) app: Notify,
+    /// Senders: room in the replay buffer, or the session ended.
+    pub(crate) space: Notify,
+    /// The driver: the application queued something, or let go.
+    pub(crate) driver: Notify,
+    /// Transports holding back input: the application took events.
+    pub(crate) drained: Notify,
+    /// Largest size of unread message payloads before transports stop
+    /// reading.
+    pub(crate) max_inbound_bytes: usize,
+    /// Whether the session opened yet, for `connect`.
+    pub(crate) connect_state: watch::Sender<ConnectState>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) core: ClientSession,
+    /// Events for the application, in order; messages among them.
+    events: VecDeque<Event>,
+    /// Payload bytes of the messages in `events`.
+    event_bytes: usize,
+    /// Set once the session is over (after `Event::Closed` is queued).
+    pub(crate) closed: Option<Close>,
+    /// The transport that last carried the session.
+    pub(crate) transport: Option<TransportKind>,
+    /// The application dropped every handle.
+    pub(crate) abandoned: bool,
+}
+
+impl Shared {
+    pub(crate) fn new(core: ClientSession, max_inbound_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner {
+                core,
+                events: VecDeque::new(),
+                event_bytes: 0,
+                closed: None,
+                transport: None,
+                abandoned: false,
+            }),
+            app: Notify::new(),
+            space: Notify::new(),
+            driver: Notify::new(),
+            drained: Notify::new(),
+            max_inbound_bytes,
+            connect_state: watch::Sender::new(ConnectState::Pending),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an event for the application.
+    pub(crate) fn push_event(&self, event: Event) {
+        self.lock().push_event(event);
+        self.app.notify_waiters();
+    }
+
+    /// Moves messages the core received into the event queue. Returns
+    /// whether any moved.
+    pub(crate) fn take_messages(&self, inner: &mut Inner) -> bool {
+        let mut any = false;
+        while let Some(message) = inner.core.poll_message() {
+            inner.push_event(Event::Message(message));
+            any = true;
+        }
+        if any {
+            self.app.notify_waiters();
+            // Acks may now be due and the space freed by acks too.
+        }
+        any
+    }
+
+    /// Whether transports should stop reading until the application
+    /// catches up.
+    pub(crate) fn inbound_full(&self) -> bool {
+        self.lock().event_bytes >= self.max_inbound_bytes
+    }
+
+    /// The next event, waiting for one; `None` after `Closed`.
+    pub(crate) async fn next_event(&self) -> Option<Event> {
+        loop {
+            let notified = self.app.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                let was_full = inner.event_bytes >= self.max_inbound_bytes;
+                if let Some(event) = inner.events.pop_front() {
+                    if let Event::Message(m) = &event {
+                        inner.event_bytes -= m.len();
+                    }
+                    let full = inner.event_bytes >= self.max_inbound_bytes;
+                    drop(inner);
+                    if was_full && !full {
+                        self.drained.notify_waiters();
+                    }
+                    return Some(event);
+                }
+                if inner.closed.is_some() {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Queues a message for the server.
+    pub(crate) fn try_send(&self, message: Message) -> Result<(), SendError> {
+        let result = self.lock().core.send(message).map(|_| ());
+        if result.is_ok() {
+            self.driver.notify_one();
+        }
+        result
+    }
+
+    /// Queues a message, waiting while the replay buffer is full.
+    pub(crate) async fn send(&self, message: Message) -> Result<(), SendError> {
+        loop {
+            let notified = self.space.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            match self.try_send(message.clone()) {
+                Err(SendError::Full) => notified.await,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn push_event(&mut self, event: Event) {
+        if let Event::Message(m) = &event {
+            self.event_bytes += m.len();
+        }
+        self.events.push_back(event);
+    }
+}

@@ -1,0 +1,127 @@
+//! The long-polling transport: one downstream batch per request, each
+//! carrying the acknowledgement of everything delivered so far in its
+//! `last`; the upstream as send requests.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use holdfast_protocol::wire::json;
+use holdfast_protocol::{Frame, TransportKind};
+use http::header;
+use tokio::sync::Notify;
+
+use super::sse::refused;
+use super::upstream::Upstream;
+use super::{Ctx, EndReason, Link, Outcome, Step, sleep_until};
+use crate::error::AttemptError;
+use crate::shared::Shared;
+
+/// A poll's result: its `last`, and the answer.
+type Poll<'c> = Pin<Box<dyn Future<Output = (u64, PollAnswer)> + Send + 'c>>;
+
+enum PollAnswer {
+    Frames(Vec<Frame>),
+    Refused { status: u16, body: Vec<u8> },
+    Failed { connect: bool, why: String },
+}
+
+pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
+    let Some((mut link, target)) = Link::attach(shared, TransportKind::LongPoll) else {
+        return Outcome::SessionClosed;
+    };
+    let mut upstream = Upstream::new(ctx);
+    let mut poll: Option<Poll<'_>> = Some(start_poll(ctx, target.key.as_deref(), target.last));
+    let outcome = loop {
+        upstream.start(&mut link);
+        if poll.is_none() && !link.inbound_full() {
+            let target = shared.lock().core.connect_target();
+            match target {
+                Some(target) => poll = Some(start_poll(ctx, target.key.as_deref(), target.last)),
+                None => break Outcome::SessionClosed,
+            }
+        }
+        let polling = poll.is_some();
+        let step = tokio::select! {
+            (last, answer) = async { match &mut poll { Some(p) => p.await, None => std::future::pending().await } }, if polling => {
+                poll = None;
+                match answer {
+                    PollAnswer::Frames(frames) => {
+                        shared.lock().core.acked_by_request(last);
+                        link.feed(frames, false)
+                    }
+                    PollAnswer::Refused { status, body } => {
+                        let outcome = refused(&mut link, status, &body);
+                        break if link.greeted() {
+                            match outcome {
+                                Outcome::Failed(e) => link.ended(EndReason::Lost(e.describe())),
+                                other => other,
+                            }
+                        } else {
+                            outcome
+                        };
+                    }
+                    PollAnswer::Failed { connect, why } if connect && !link.greeted() => {
+                        break Outcome::Failed(AttemptError::Unreachable(why));
+                    }
+                    PollAnswer::Failed { why, .. } => Step::Ended(EndReason::Lost(why)),
+                }
+            }
+            result = upstream.finish(), if upstream.busy() => Upstream::apply(&mut link, result),
+            () = shared.driver.notified() => Step::Continue,
+            () = shared.drained.notified(), if !polling => Step::Continue,
+            () = sleep_until(link.deadline()) => link.timeout(),
+            () = stop.notified() => Step::Ended(EndReason::Stopped),
+        };
+        if let Step::Ended(EndReason::Lost(why)) = step {
+            break link.lost(why);
+        }
+        if let Some(outcome) = link.outcome(step) {
+            break outcome;
+        }
+    };
+    link.detach();
+    outcome
+}
+
+fn start_poll<'c>(ctx: &'c Ctx, key: Option<&str>, last: u64) -> Poll<'c> {
+    let target = holdfast_protocol::ConnectTarget {
+        key: key.map(str::to_owned),
+        last,
+    };
+    let request = ctx
+        .net
+        .http
+        .get(ctx.endpoint(TransportKind::LongPoll, &target))
+        .header(header::CACHE_CONTROL, "no-cache")
+        .timeout(ctx.poll_timeout)
+        .send();
+    Box::pin(async move {
+        let answer = match request.await {
+            Err(e) => PollAnswer::Failed {
+                connect: e.is_connect(),
+                why: format!("poll failed: {e}"),
+            },
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Err(e) => PollAnswer::Failed {
+                        connect: false,
+                        why: format!("poll answer cut: {e}"),
+                    },
+                    Ok(body) if status == 200 => match json::decode_batch(&body) {
+                        Ok(frames) => PollAnswer::Frames(frames),
+                        Err(e) => PollAnswer::Failed {
+                            connect: false,
+                            why: format!("poll answer is not a holdfast batch: {e}"),
+                        },
+                    },
+                    Ok(body) => PollAnswer::Refused {
+                        status,
+                        body: body.to_vec(),
+                    },
+                }
+            }
+        };
+        (last, answer)
+    })
+}
