@@ -31,6 +31,8 @@ use crate::session::{Session, Shared, now};
 pub(crate) struct ConnectQuery {
     pub(crate) key: Option<String>,
     pub(crate) last: u64,
+    /// `probe=1`: test the transport without attaching (`PROTOCOL.md` §8.5).
+    pub(crate) probe: bool,
 }
 
 impl ConnectQuery {
@@ -50,7 +52,8 @@ impl ConnectQuery {
             })?,
         };
         let key = query_value(query, "key").filter(|k| !k.is_empty());
-        Ok(Self { key, last })
+        let probe = query_value(query, "probe").is_some_and(|p| p == "1");
+        Ok(Self { key, last, probe })
     }
 }
 
@@ -64,6 +67,8 @@ pub(crate) enum Prepared {
         key: String,
         last: u64,
     },
+    /// A probe of a session's transport: answers, never attaches.
+    Probe,
 }
 
 /// Checks a downstream request: origin, query, and for a new session the
@@ -77,6 +82,12 @@ pub(crate) async fn prepare(
 ) -> Result<Prepared, Reject> {
     state.origins.check(&headers)?;
     let query = ConnectQuery::parse(uri.query())?;
+    if query.probe {
+        // Only a session's own client may probe: it proves it holds a key.
+        let key = query.key.ok_or_else(|| Reject::bad_request("a probe needs the session `key`"))?;
+        state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+        return Ok(Prepared::Probe);
+    }
     if let Some(key) = query.key {
         let last = query.last.max(last_event_id.unwrap_or(0));
         return Ok(Prepared::Resume { key, last });
@@ -105,6 +116,7 @@ pub(crate) fn attach(
     kind: TransportKind,
 ) -> Result<(Arc<Shared>, AttachmentId), Reject> {
     match prepared {
+        Prepared::Probe => Err(Reject::bad_request("a probe does not attach")),
         Prepared::Resume { key, last } => {
             let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
             let id = shared.lock().attach(now(), kind, last)?;
@@ -156,6 +168,9 @@ fn open(
     tokio::spawn(shared.clone().drive_timers());
     Ok(shared)
 }
+
+/// How long a probe connection stays open at most.
+pub(crate) const PROBE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(crate) fn overloaded(state: &ServerState, reason: &'static str) -> Reject {
     tracing::warn!(reason, "refusing a new session");
@@ -229,7 +244,8 @@ mod tests {
             ConnectQuery::parse(Some("v=1&key=abc&last=12&t=999")).ok(),
             Some(ConnectQuery {
                 key: Some("abc".into()),
-                last: 12
+                last: 12,
+                probe: false,
             })
         );
         assert_eq!(

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
+use futures_util::StreamExt;
 use bytes::Bytes;
 use holdfast_protocol::wire::sse;
 use holdfast_protocol::{AttachmentId, CloseCode, Frame, TransportKind};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use tokio::time::Instant;
 
-use super::{DetachOnDrop, attach, prepare};
+use super::{DetachOnDrop, PROBE_LIFETIME, Prepared, attach, prepare};
 use crate::server::ServerState;
 use crate::session::{Shared, now};
 
@@ -30,6 +31,7 @@ pub(crate) async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let attached = match prepare(&state, headers, uri, TransportKind::Sse, last_event_id).await {
+        Ok(Prepared::Probe) => return probe(state.config.sse_padding),
         Ok(prepared) => attach(&state, prepared, TransportKind::Sse),
         Err(reject) => Err(reject),
     };
@@ -54,7 +56,28 @@ pub(crate) async fn handle(
         let chunk = feed.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), feed))
     });
-    let mut response = Response::new(Body::from_stream(body));
+    event_stream(Body::from_stream(body))
+}
+
+/// A probe (`PROTOCOL.md` §8.5): the padding and one `ping` event at once,
+/// then the stream stays open (so a proxy that buffers until the end shows
+/// itself) until [`PROBE_LIFETIME`].
+fn probe(padding: usize) -> Response {
+    let mut first = Vec::new();
+    sse::encode_padding(padding, &mut first);
+    sse::encode_event(&[Frame::Ping], &mut first);
+    let body = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(first)) })
+        .chain(futures_util::stream::once(async {
+            tokio::time::sleep(PROBE_LIFETIME).await;
+            Ok(Bytes::new())
+        }));
+    event_stream(Body::from_stream(body))
+}
+
+/// A `200` event stream with the headers that keep proxies from caching,
+/// transforming or buffering it.
+fn event_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(

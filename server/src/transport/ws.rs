@@ -14,7 +14,7 @@ use holdfast_protocol::wire::{binary, json};
 use holdfast_protocol::{AttachmentId, Close, Frame, Message, ProtocolError, TransportKind};
 use http::{HeaderMap, Uri};
 
-use super::{DetachOnDrop, attach, prepare};
+use super::{DetachOnDrop, PROBE_LIFETIME, Prepared, attach, prepare};
 use crate::reject::Reject;
 use crate::server::ServerState;
 use crate::session::{Shared, now};
@@ -40,11 +40,33 @@ pub(crate) async fn handle(
         .on_upgrade(move |socket| async move {
             // Attach only now that the upgrade is complete: an upgrade that
             // never completes never pins the session.
+            if matches!(prepared, Ok(Prepared::Probe)) {
+                return probe(socket).await;
+            }
             match prepared.and_then(|p| attach(&state, p, TransportKind::WebSocket)) {
                 Ok((shared, id)) => run(socket, shared, id).await,
                 Err(reject) => refuse(socket, reject).await,
             }
         })
+}
+
+/// A probe (`PROTOCOL.md` §8.5): answers each `ping` with `pong`, touches
+/// no session, and ends after [`PROBE_LIFETIME`].
+async fn probe(mut socket: WebSocket) {
+    let answer = async {
+        while let Some(Ok(message)) = socket.recv().await {
+            let pinged = match &message {
+                WsMessage::Text(text) => json::decode_batch(text.as_bytes())
+                    .is_ok_and(|frames| frames.contains(&Frame::Ping)),
+                WsMessage::Close(_) => return,
+                _ => false,
+            };
+            if pinged && socket.send(text_message(&[Frame::Pong])).await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(PROBE_LIFETIME, answer).await;
 }
 
 /// Reports a refusal after the upgrade: the frame, then the close code.
