@@ -131,6 +131,8 @@ pub(crate) struct Link<'a> {
     pub(crate) id: AttachmentId,
     pub(crate) kind: TransportKind,
     pub(crate) greeted_at: Option<Instant>,
+    /// Whether the application heard that the session is on this link.
+    announced: bool,
     pub(crate) sent_any: bool,
     pub(crate) received_any: bool,
 }
@@ -141,13 +143,18 @@ impl<'a> Link<'a> {
         let mut inner = shared.lock();
         let target = inner.core.connect_target()?;
         let id = inner.core.attach(now(), kind);
+        // A poll that continues a poll attachment gets no `resumed`
+        // (`PROTOCOL.md` §5): the core counts such an attachment as greeted
+        // at once, and so does the link.
+        let greeted = inner.core.transport() == Some(kind);
         drop(inner);
         Some((
             Self {
                 shared,
                 id,
                 kind,
-                greeted_at: None,
+                greeted_at: greeted.then(Instant::now),
+                announced: false,
                 sent_any: false,
                 received_any: false,
             },
@@ -285,7 +292,9 @@ impl<'a> Link<'a> {
                 {
                     let resumed = matches!(event, ClientEvent::Resumed { .. });
                     self.greeted_at.get_or_insert_with(Instant::now);
-                    self.announce(kind, resumed);
+                    if !self.announced {
+                        self.announce(kind, resumed);
+                    }
                 }
                 ClientEvent::Opened { .. } | ClientEvent::Resumed { .. } => {}
                 ClientEvent::Detached { id, close } if id == self.id => {
@@ -322,8 +331,17 @@ impl<'a> Link<'a> {
         step
     }
 
+    /// Tells the application the session is (again) on this link, if the
+    /// server's greeting did not already (a continuing poll has none).
+    pub(crate) fn confirm(&mut self) {
+        if !self.announced && self.greeted() {
+            self.announce(self.kind, true);
+        }
+    }
+
     /// Tells the application the session is (again) on a transport.
-    fn announce(&self, kind: TransportKind, resumed: bool) {
+    fn announce(&mut self, kind: TransportKind, resumed: bool) {
+        self.announced = true;
         let mut inner = self.shared.lock();
         let previous = inner.transport.replace(kind);
         if resumed {

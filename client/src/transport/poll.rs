@@ -47,7 +47,9 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
                 match answer {
                     PollAnswer::Frames(frames) => {
                         shared.lock().core.acked_by_request(last);
-                        link.feed(frames, false)
+                        let step = link.feed(frames, false);
+                        link.confirm();
+                        step
                     }
                     PollAnswer::Refused { status, body } => {
                         let outcome = refused(&mut link, status, &body);

@@ -84,7 +84,9 @@ pub(crate) async fn prepare(
     let query = ConnectQuery::parse(uri.query())?;
     if query.probe {
         // Only a session's own client may probe: it proves it holds a key.
-        let key = query.key.ok_or_else(|| Reject::bad_request("a probe needs the session `key`"))?;
+        let key = query
+            .key
+            .ok_or_else(|| Reject::bad_request("a probe needs the session `key`"))?;
         state.registry.get(&key).ok_or_else(Reject::session_lost)?;
         return Ok(Prepared::Probe);
     }
