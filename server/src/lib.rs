@@ -21,6 +21,7 @@
 //! See [`Holdfast`] for a complete example.
 
 mod auth;
+mod client_js;
 mod config;
 mod origin;
 mod registry;

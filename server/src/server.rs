@@ -95,7 +95,9 @@ impl Holdfast {
     }
 
     /// The routes to mount (with [`Router::nest`]) at the path of your
-    /// choice: `/ws`, `/sse`, `/poll` and `/send` under it. They compose
+    /// choice: `/ws`, `/sse`, `/poll` and `/send` under it, and the
+    /// JavaScript client at `/client.js` (revalidated on each load) and
+    /// `/client-<version>.js` (immutable). They compose
     /// with any tower layer (tracing, auth, …); do not wrap them in a
     /// compression layer that buffers `text/event-stream`.
     pub fn router<S>(&self) -> Router<S>
@@ -103,6 +105,11 @@ impl Holdfast {
         S: Clone + Send + Sync + 'static,
     {
         let http_routes = Router::new()
+            .route("/client.js", get(crate::client_js::latest))
+            .route(
+                &format!("/{}", crate::client_js::VERSIONED_NAME),
+                get(crate::client_js::versioned),
+            )
             .route("/sse", get(transport::sse::handle))
             .route("/poll", get(transport::poll::handle))
             .route("/send", post(transport::send::handle));
