@@ -41,6 +41,9 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
             }
         }
         let polling = poll.is_some();
+        let busy = upstream.busy();
+        let retry_at = upstream.retry_at();
+        let mut posted = None;
         let step = tokio::select! {
             (last, answer) = async { match &mut poll { Some(p) => p.await, None => std::future::pending().await } }, if polling => {
                 poll = None;
@@ -68,11 +71,19 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
                     PollAnswer::Failed { why, .. } => Step::Ended(EndReason::Lost(why)),
                 }
             }
-            result = upstream.finish(), if upstream.busy() => Upstream::apply(&mut link, result),
+            result = upstream.finish(), if busy => {
+                posted = Some(result);
+                Step::Continue
+            }
+            () = sleep_until(retry_at), if retry_at.is_some() => Step::Continue,
             () = shared.driver.notified() => Step::Continue,
             () = shared.drained.notified(), if !polling => Step::Continue,
             () = sleep_until(link.deadline()) => link.timeout(),
             () = stop.notified() => Step::Ended(EndReason::Stopped),
+        };
+        let step = match posted {
+            Some(result) => upstream.apply(&mut link, result),
+            None => step,
         };
         if let Step::Ended(EndReason::Lost(why)) = step {
             break link.lost(why);

@@ -69,17 +69,28 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
     let outcome = loop {
         upstream.start(&mut link);
         let reading = !link.inbound_full();
+        let busy = upstream.busy();
+        let retry_at = upstream.retry_at();
+        let mut posted = None;
         let step = tokio::select! {
             chunk = body.next(), if reading => match chunk {
                 Some(Ok(bytes)) => read(&mut link, &mut parser, &bytes),
                 Some(Err(e)) => Step::Ended(EndReason::Lost(format!("stream cut: {e}"))),
                 None => Step::Ended(EndReason::Lost("stream ended without a detach".into())),
             },
-            result = upstream.finish(), if upstream.busy() => Upstream::apply(&mut link, result),
+            result = upstream.finish(), if busy => {
+                posted = Some(result);
+                Step::Continue
+            }
+            () = sleep_until(retry_at), if retry_at.is_some() => Step::Continue,
             () = shared.driver.notified() => Step::Continue,
             () = shared.drained.notified(), if !reading => Step::Continue,
             () = sleep_until(link.deadline()) => link.timeout(),
             () = stop.notified() => Step::Ended(EndReason::Stopped),
+        };
+        let step = match posted {
+            Some(result) => upstream.apply(&mut link, result),
+            None => step,
         };
         if let Step::Ended(EndReason::Lost(why)) = step {
             break link.lost(why);

@@ -15,10 +15,17 @@ use crate::shared::now;
 
 type Request<'c> = Pin<Box<dyn Future<Output = Result<Vec<Frame>, HttpFailure>> + Send + 'c>>;
 
-/// At most one send request in flight.
+/// Consecutive failed send requests after which the attachment is given
+/// up (the downstream is probably gone too).
+const MAX_FAILURES: u32 = 4;
+
+/// At most one send request in flight; a failed one is retried after a
+/// short, growing delay.
 pub(crate) struct Upstream<'c> {
     ctx: &'c Ctx,
     in_flight: Option<Request<'c>>,
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
 }
 
 impl<'c> Upstream<'c> {
@@ -26,7 +33,14 @@ impl<'c> Upstream<'c> {
         Self {
             ctx,
             in_flight: None,
+            failures: 0,
+            retry_at: None,
         }
+    }
+
+    /// When a failed request may be retried, if one is waiting.
+    pub(crate) fn retry_at(&self) -> Option<tokio::time::Instant> {
+        self.retry_at
     }
 
     pub(crate) fn busy(&self) -> bool {
@@ -38,6 +52,12 @@ impl<'c> Upstream<'c> {
     pub(crate) fn start(&mut self, link: &mut Link<'_>) {
         if self.in_flight.is_some() || !link.greeted() {
             return;
+        }
+        if let Some(at) = self.retry_at {
+            if tokio::time::Instant::now() < at {
+                return;
+            }
+            self.retry_at = None;
         }
         let Some(key) = link.key() else { return };
         let Some(frames) = link.transmit() else {
@@ -85,12 +105,32 @@ impl<'c> Upstream<'c> {
     }
 
     /// Applies a finished request to the link.
-    pub(crate) fn apply(link: &mut Link<'_>, result: Result<Vec<Frame>, HttpFailure>) -> Step {
+    pub(crate) fn apply(
+        &mut self,
+        link: &mut Link<'_>,
+        result: Result<Vec<Frame>, HttpFailure>,
+    ) -> Step {
         match result {
-            Ok(frames) => link.feed(frames, true),
+            Ok(frames) => {
+                self.failures = 0;
+                link.feed(frames, true)
+            }
             Err(HttpFailure::Closed(close)) => link.feed(vec![Frame::Close(close)], true),
             Err(failure) => {
                 link.shared.lock().core.request_failed(now());
+                self.failures += 1;
+                if self.failures < MAX_FAILURES && matches!(failure, HttpFailure::Intermediary(_)) {
+                    // Nothing is lost (the same messages go again); the
+                    // downstream may well be fine: retry before giving up.
+                    let delay = Duration::from_millis(100) * 2u32.pow(self.failures - 1);
+                    self.retry_at = Some(tokio::time::Instant::now() + delay);
+                    tracing::debug!(
+                        failures = self.failures,
+                        ?delay,
+                        "send request failed; retrying"
+                    );
+                    return Step::Continue;
+                }
                 match failure {
                     HttpFailure::Detached(close) if close.retry_after.is_some() => {
                         Step::Ended(EndReason::Busy(close.retry_after))
