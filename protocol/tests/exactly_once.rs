@@ -5,7 +5,9 @@ mod sim;
 
 use std::time::Duration;
 
-use holdfast_protocol::{ClientEvent, Close, CloseCode, Initiator, ServerEvent, TransportKind};
+use holdfast_protocol::{
+    ClientConfig, ClientEvent, Close, CloseCode, Initiator, ServerEvent, TransportKind,
+};
 use proptest::prelude::*;
 use sim::{Pair, payload, small_client_config, small_server_config};
 
@@ -63,21 +65,117 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// A pair whose session is open over `kind`, with `early` client messages
-/// queued before the `open` arrived.
-fn opened(kind: TransportKind, early: u8) -> Pair {
+/// Session parameters drawn per scenario, so that pings, count-based
+/// acks, full replay buffers and cut batches all happen often.
+#[derive(Clone, Debug)]
+struct Tuning {
+    ping: Duration,
+    ack_every: u64,
+    ack_delay: Duration,
+    unacked_messages: usize,
+    max_message: usize,
+}
+
+fn tuning() -> impl Strategy<Value = Tuning> {
+    (
+        prop_oneof![Just(2u64), Just(20)],
+        prop_oneof![1u64..8, Just(32)],
+        10u64..200,
+        prop_oneof![4usize..16, Just(64)],
+        prop_oneof![Just(128usize), Just(512)],
+    )
+        .prop_map(
+            |(ping, ack_every, ack_delay, unacked_messages, max_message)| Tuning {
+                ping: Duration::from_secs(ping),
+                ack_every,
+                ack_delay: Duration::from_millis(ack_delay),
+                unacked_messages,
+                max_message,
+            },
+        )
+}
+
+/// A random scenario: the first transport, client messages queued before
+/// the session opened, the steps, the transport of the final reconnect.
+#[derive(Clone, Debug)]
+struct Scenario {
+    first: TransportKind,
+    early: u8,
+    ops: Vec<Op>,
+    last: TransportKind,
+    tuning: Tuning,
+}
+
+fn scenario_of(len: std::ops::Range<usize>) -> impl Strategy<Value = Scenario> {
+    (
+        transport(),
+        0u8..3,
+        prop::collection::vec(op(), len),
+        transport(),
+        tuning(),
+    )
+        .prop_map(|(first, early, ops, last, tuning)| Scenario {
+            first,
+            early,
+            ops,
+            last,
+            tuning,
+        })
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    scenario_of(1..120)
+}
+
+/// A pair tuned for `s` whose session is open over `s.first`, with
+/// `s.early` client messages queued before the `open` arrived; `adjust`
+/// may change the client's configuration.
+fn opened(s: &Scenario, adjust: impl FnOnce(&mut ClientConfig)) -> Pair {
+    let t = &s.tuning;
     let mut server_config = small_server_config();
+    server_config.ping_interval = t.ping;
+    server_config.timeout = t.ping * 2;
+    server_config.poll_hold = t.ping;
     // Long enough that the random scenarios never lose the session.
     server_config.resume_window = Duration::from_secs(24 * 3600);
-    let mut pair = Pair::new(server_config, small_client_config());
-    for n in 0..early {
+    server_config.ack_every = t.ack_every;
+    server_config.ack_delay = t.ack_delay;
+    server_config.max_unacked_messages = t.unacked_messages;
+    server_config.set_max_message(t.max_message);
+    let mut client_config = small_client_config();
+    client_config.heartbeat_tolerance = t.ping / 2;
+    client_config.ack_every = t.ack_every;
+    client_config.ack_delay = t.ack_delay;
+    client_config.max_unacked_messages = t.unacked_messages;
+    client_config.max_message = t.max_message;
+    adjust(&mut client_config);
+    let mut pair = Pair::new(server_config, client_config);
+    for n in 0..s.early {
         pair.client_send(payload('c', n.into(), n))
             .expect("queued before open");
     }
-    pair.connect(kind);
+    pair.connect(s.first);
     pair.settle();
     assert!(pair.client.params().is_some(), "the session opened");
     pair
+}
+
+/// A pair opened over `kind` with the default tuning of these tests.
+fn opened_over(kind: TransportKind, early: u8) -> Pair {
+    let s = Scenario {
+        first: kind,
+        early,
+        ops: Vec::new(),
+        last: kind,
+        tuning: Tuning {
+            ping: Duration::from_secs(20),
+            ack_every: 4,
+            ack_delay: Duration::from_millis(100),
+            unacked_messages: 64,
+            max_message: 512,
+        },
+    };
+    opened(&s, |_| {})
 }
 
 /// Applies one step.
@@ -143,59 +241,46 @@ fn apply(pair: &mut Pair, op: &Op) {
     }
 }
 
-fn scenario() -> impl Strategy<Value = (TransportKind, u8, Vec<Op>, TransportKind)> {
-    (
-        transport(),
-        0u8..3,
-        prop::collection::vec(op(), 1..120),
-        transport(),
-    )
+/// `cases` cases, or `PROPTEST_CASES` when set (for long exploratory runs).
+fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(cases);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        // A failing case can be slow (a livelock runs into the
+        // simulator's bounds): keep shrinking short.
+        max_shrink_time: 30_000,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 256,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(512))]
 
     /// At every step, what each side delivered is a prefix of what the
     /// other sent; after a clean reconnect, everything sent is delivered.
     #[test]
-    fn every_message_is_delivered_exactly_once_in_order(
-        (first, early, ops, last) in scenario()
-    ) {
-        let mut pair = opened(first, early);
-        for op in &ops {
+    fn every_message_is_delivered_exactly_once_in_order(s in scenario()) {
+        let mut pair = opened(&s, |_| {});
+        for op in &s.ops {
             apply(&mut pair, op);
             pair.assert_prefixes();
             pair.assert_no_errors();
             prop_assert!(!pair.client.is_closed(), "the session never ends here");
         }
-        let during = (pair.log.client_got.len(), pair.log.server_got.len());
-        pair.reconnect_and_quiesce(last);
-        if std::env::var_os("SIM_STATS").is_some() {
-            let ev = pair.log.client_event_list();
-            eprintln!("STATS ops={} sent=({},{}) during={:?} links={} t={:?} resumed={} failed={} detached={} sends={} polls={}",
-                ops.len(), pair.log.client_sent.len(), pair.log.server_sent.len(), during, pair.links.len(), pair.elapsed(),
-                ev.iter().filter(|e| matches!(e, ClientEvent::Resumed{..})).count(),
-                ev.iter().filter(|e| matches!(e, ClientEvent::TransportFailed{..})).count(),
-                ev.iter().filter(|e| matches!(e, ClientEvent::Detached{..})).count(),
-                pair.links.iter().filter(|l| l.kind == sim::LinkKind::Send).count(),
-                pair.links.iter().filter(|l| l.kind == sim::LinkKind::Poll).count(),
-            );
-        }
+        pair.reconnect_and_quiesce(s.last);
     }
 
     /// A client away longer than the resume window is told the session is
     /// lost (4410) when it comes back, and what it delivered before is
     /// still an exact prefix of what was sent.
     #[test]
-    fn a_session_resumed_too_late_is_lost_and_nothing_is_corrupted(
-        (first, early, ops, last) in (transport(), 0u8..3, prop::collection::vec(op(), 0..60), transport())
-    ) {
-        let mut pair = opened(first, early);
-        for op in &ops {
+    fn a_session_resumed_too_late_is_lost_and_nothing_is_corrupted(s in scenario_of(0..60)) {
+        let mut pair = opened(&s, |_| {});
+        for op in &s.ops {
             apply(&mut pair, op);
         }
         for id in pair.live_links() {
@@ -211,7 +296,7 @@ proptest! {
         prop_assert!(expired, "the server reports the expiry");
         let got_before = pair.log.client_got.len();
 
-        pair.connect(last);
+        pair.connect(s.last);
         pair.settle();
 
         let closed = pair.client_events_matching(|e| matches!(e, ClientEvent::Closed { .. }));
@@ -229,23 +314,19 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 128,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(256))]
 
     /// The server closes in the middle of a random scenario: the client
     /// still delivers every message sent before the close, exactly once,
     /// then reports the close — resuming from the tombstone if it has to.
     #[test]
     fn a_server_close_comes_after_everything_sent_before_it(
-        (first, early, ops, last) in scenario(),
+        s in scenario(),
         close_at in any::<prop::sample::Index>(),
     ) {
-        let mut pair = opened(first, early);
-        let close_at = close_at.index(ops.len());
-        for (i, op) in ops.iter().enumerate() {
+        let mut pair = opened(&s, |_| {});
+        let close_at = close_at.index(s.ops.len());
+        for (i, op) in s.ops.iter().enumerate() {
             if i == close_at {
                 pair.server_close(Close::new(CloseCode::NORMAL, "the end"));
             }
@@ -257,7 +338,7 @@ proptest! {
             for id in pair.live_links() {
                 pair.cut(id, true);
             }
-            pair.connect(last);
+            pair.connect(s.last);
             pair.run_until(Duration::from_millis(50), Duration::from_secs(120), |p| p.client.is_closed());
         }
         pair.assert_no_errors();
@@ -275,11 +356,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 128,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(256))]
 
     /// The client closes in the middle of a random scenario: when the
     /// server learns of the close, it has delivered every message the
@@ -287,22 +364,18 @@ proptest! {
     /// close.
     #[test]
     fn a_client_close_comes_after_everything_sent_before_it(
-        (first, early, ops, last) in scenario(),
+        s in scenario(),
         close_at in any::<prop::sample::Index>(),
     ) {
-        let mut pair = opened(first, early);
-        let close_at = close_at.index(ops.len());
-        for (i, op) in ops.iter().enumerate() {
+        // The client's close timeout is out of reach: this is about order,
+        // not about giving up (a client may give up on an unanswered close).
+        let mut pair = opened(&s, |c| c.close_timeout = Duration::from_secs(24 * 3600));
+        let close_at = close_at.index(s.ops.len());
+        for (i, op) in s.ops.iter().enumerate() {
             if i == close_at {
                 pair.client_close(Close::new(CloseCode::NORMAL, "client done"));
             }
-            // Keep the client's close timeout out of reach: this is about
-            // order, not about giving up.
-            let op = match op {
-                Op::Advance(by) => Op::Advance((*by).min(Duration::from_secs(1))),
-                other => other.clone(),
-            };
-            apply(&mut pair, &op);
+            apply(&mut pair, op);
             pair.assert_prefixes();
             pair.assert_no_errors();
         }
@@ -310,7 +383,7 @@ proptest! {
             for id in pair.live_links() {
                 pair.cut(id, true);
             }
-            pair.connect(last);
+            pair.connect(s.last);
             pair.run_until(Duration::from_millis(50), Duration::from_secs(4), |p| p.client.is_closed());
         }
         pair.assert_no_errors();
@@ -342,7 +415,7 @@ proptest! {
 #[test]
 fn each_transport_carries_both_directions() {
     for kind in TransportKind::ALL {
-        let mut pair = opened(kind, 2);
+        let mut pair = opened_over(kind, 2);
         for n in 0..10 {
             pair.client_send(payload('c', 2 + n, n as u8)).unwrap();
             pair.server_send(payload('s', n, n as u8)).unwrap();
@@ -365,7 +438,7 @@ fn each_transport_carries_both_directions() {
 fn switching_between_every_pair_of_transports_keeps_the_stream_whole() {
     for from in TransportKind::ALL {
         for to in TransportKind::ALL {
-            let mut pair = opened(from, 0);
+            let mut pair = opened_over(from, 0);
             for n in 0..5 {
                 pair.client_send(payload('c', n, n as u8)).unwrap();
                 pair.server_send(payload('s', n, n as u8)).unwrap();

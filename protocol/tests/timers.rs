@@ -118,6 +118,10 @@ fn long_polling_acknowledges_with_the_next_poll() {
         0,
         "the next poll carried last=5"
     );
+    // The poll's `last` counts as the ack: a send request does not repeat it.
+    pair.client_send(Message::text("up")).unwrap();
+    pair.settle();
+    assert_eq!(pair.log.server_got, [Message::text("up")]);
     assert_eq!(pair.log.client_tx_count(is_ack), 0, "no ack frames needed");
 }
 

@@ -34,6 +34,13 @@
 //! [`Pair::abandon`] is a half-open connection: the client gives up on it,
 //! the server does not know yet.
 //!
+//! The simulator checks on its own, at every step: every batch round-trips
+//! through the codec; no timer stays due after `handle_timeout` (a driver
+//! would spin); `ServerSession::output_epoch` moved whenever an attachment
+//! has something new to write (the server driver wakes transports by it);
+//! the network goes idle and the cores stop producing output (a livelock
+//! fails fast instead of hanging).
+//!
 //! Set `SIM_TRACE=1` to print every step.
 
 #![allow(dead_code)] // each test binary uses a different part of the simulator
@@ -439,7 +446,7 @@ impl Pair {
     /// Delivers everything in flight in one direction only; the other
     /// direction stays queued.
     pub fn settle_dir(&mut self, dir: Dir) {
-        for _ in 0..20_000 {
+        for _ in 0..5_000 {
             let Some(&(id, _)) = self.deliverable().iter().find(|(_, d)| *d == dir) else {
                 return;
             };
@@ -527,7 +534,7 @@ impl Pair {
     /// Delivers everything in flight, and what that causes, until the
     /// network is idle. Time does not move.
     pub fn settle(&mut self) {
-        for _ in 0..20_000 {
+        for _ in 0..5_000 {
             let Some(&(id, dir)) = self.deliverable().first() else {
                 return;
             };
@@ -1155,7 +1162,7 @@ pub fn small_client_config() -> ClientConfig {
     config
 }
 
-/// The client events of a kind, as a short list for assertions.
+/// Matches a `ClientEvent::Closed` with this code.
 pub fn is_closed_with(code: CloseCode) -> impl Fn(&ClientEvent) -> bool {
     move |e| matches!(e, ClientEvent::Closed { close, .. } if close.code == code)
 }
