@@ -36,7 +36,10 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
         if poll.is_none() && !link.inbound_full() {
             let target = shared.lock().core.connect_target();
             match target {
-                Some(target) => poll = Some(start_poll(ctx, target.key.as_deref(), target.last)),
+                Some(target) => {
+                    tracing::trace!(last = target.last, "poll");
+                    poll = Some(start_poll(ctx, target.key.as_deref(), target.last))
+                }
                 None => break Outcome::SessionClosed,
             }
         }
@@ -49,6 +52,7 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
                 poll = None;
                 match answer {
                     PollAnswer::Frames(frames) => {
+                        tracing::trace!(last, frames = frames.len(), "poll answered");
                         shared.lock().core.acked_by_request(last);
                         let step = link.feed(frames, false);
                         link.confirm();

@@ -65,6 +65,7 @@ impl<'c> Upstream<'c> {
         };
         let url = self.ctx.send_url(&key);
         let body = json::encode_batch_to_vec(&frames);
+        tracing::trace!(frames = frames.len(), bytes = body.len(), "send request");
         let request = self
             .ctx
             .net
