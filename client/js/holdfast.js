@@ -1,2 +1,1863 @@
-// holdfast JS client — placeholder until the client lands.
+// holdfast — the browser and Node client.
+//
+// One ordered, exactly-once message stream to a holdfast server over
+// WebSocket, Server-Sent Events or HTTP long-polling, whichever the network
+// allows. The API mirrors the browser WebSocket:
+//
+//   import { Holdfast } from "/realtime/client.js";
+//   const hf = new Holdfast("/realtime");
+//   hf.onmessage = (event) => console.log(event.data);
+//   hf.send("hello");
+//
+// Connections drop and transports switch; the session — and every message
+// in it — survives them. The wire protocol is PROTOCOL.md (version 1).
+// Plain ES module, no dependencies, no build step; browsers and Node >= 20.
+
 export const VERSION = "0.1.0";
+
+const PROTOCOL_VERSION = 1;
+
+/** Transport names, best first. */
+const TRANSPORTS = Object.freeze(["websocket", "sse", "long-poll"]);
+const ENDPOINTS = { websocket: "ws", sse: "sse", "long-poll": "poll" };
+
+/** Close codes of PROTOCOL.md §7. */
+export const CloseCodes = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002,
+  TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  RECONNECT: 4000,
+  BAD_REQUEST: 4400,
+  UNAUTHORIZED: 4401,
+  FORBIDDEN: 4403,
+  TIMEOUT: 4408,
+  REPLACED: 4409,
+  SESSION_LOST: 4410,
+  OVERLOADED: 4503,
+});
+
+const DEFAULTS = Object.freeze({
+  transports: TRANSPORTS,
+  probeTimeout: 2000,
+  heartbeatTolerance: null, // null: half the server's ping interval
+  backoff: Object.freeze({ initial: 250, max: 30000, jitter: 0.5, resetAfter: 10000 }),
+  maxUnackedBytes: 1024 * 1024,
+  closeTimeout: 5000,
+  reprobeAfter: 15000,
+  rememberFor: 10 * 60 * 1000,
+  credentials: "same-origin",
+});
+
+/** Acknowledge after this many messages… (PROTOCOL.md §3) */
+const ACK_EVERY = 32;
+/** …or this long after the first unacknowledged one. */
+const ACK_DELAY = 100;
+/** Message limit assumed until the server's `open` says otherwise. */
+const DEFAULT_MAX_MESSAGE = 64 * 1024;
+/** A transport that dies without carrying frames both ways within this long
+ * after greeting, twice, is demoted. */
+const FLAP_WINDOW = 10000;
+const FLAPS_TO_DEMOTE = 2;
+/** Longest wait between re-probes of a better transport. */
+const MAX_REPROBE = 5 * 60 * 1000;
+/** Shortest timeout of a send request. */
+const MIN_SEND_TIMEOUT = 10000;
+/** An SSE event larger than this is a broken stream, not data. */
+const MAX_SSE_EVENT = 16 * 1024 * 1024;
+
+const now = () => Date.now();
+const inBrowser = typeof window !== "undefined" && typeof document !== "undefined";
+
+// ---------------------------------------------------------------------------
+// Events
+
+class HoldfastEvent extends Event {
+  constructor(type, fields) {
+    super(type);
+    Object.assign(this, fields);
+  }
+}
+
+/** `close`: the session is over. */
+export class HoldfastCloseEvent extends HoldfastEvent {
+  constructor(fields) {
+    super("close", fields);
+  }
+}
+
+/** `error`: something went wrong that the application should hear about. */
+export class HoldfastErrorEvent extends HoldfastEvent {
+  constructor(fields) {
+    super("error", fields);
+  }
+}
+
+function messageEvent(data) {
+  return typeof MessageEvent === "function"
+    ? new MessageEvent("message", { data })
+    : new HoldfastEvent("message", { data });
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+/** UTF-8 length of a well-formed string. */
+function utf8Length(text) {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) bytes += 1;
+    else if (c < 0x800) bytes += 2;
+    else if (c >= 0xd800 && c <= 0xdbff) {
+      bytes += 4;
+      i++;
+    } else bytes += 3;
+  }
+  return bytes;
+}
+
+/** Replaces lone surrogates with U+FFFD, as WebSocket.send does. */
+function wellFormed(text) {
+  if (typeof text.toWellFormed === "function") return text.toWellFormed();
+  return text.replace(
+    /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g,
+    "\ufffd",
+  );
+}
+
+function toBase64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+function fromBase64(text) {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** A protocol violation by the server (the transport is dropped and the
+ * session resumed). */
+class ProtocolViolation extends Error {}
+
+/** Parses one batch (a JSON array of frames). */
+function parseBatch(text) {
+  let batch;
+  try {
+    batch = JSON.parse(text);
+  } catch {
+    throw new ProtocolViolation(`not JSON: ${preview(text)}`);
+  }
+  if (!Array.isArray(batch)) throw new ProtocolViolation(`not a batch: ${preview(text)}`);
+  for (const frame of batch) {
+    if (frame === null || typeof frame !== "object" || typeof frame.t !== "string") {
+      throw new ProtocolViolation(`not a frame: ${preview(JSON.stringify(frame))}`);
+    }
+  }
+  return batch;
+}
+
+function preview(text) {
+  const s = String(text);
+  return s.length > 80 ? `${s.slice(0, 80)}…` : s;
+}
+
+function describeError(error) {
+  if (!error) return "unknown error";
+  const cause = error.cause;
+  const detail = cause && (cause.code || cause.message);
+  return detail ? `${error.message} (${detail})` : String(error.message || error);
+}
+
+/** `Retry-After` (seconds or an HTTP date) in milliseconds. */
+function parseRetryAfter(value) {
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds) && seconds >= 0) return seconds * 1000;
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now());
+}
+
+/** The close fields of a `close` or `detach` frame. */
+function closeOf(frame) {
+  return {
+    code: Number.isInteger(frame.code) ? frame.code : CloseCodes.INTERNAL_ERROR,
+    reason: typeof frame.reason === "string" ? frame.reason : "",
+    retryAfter: Number.isFinite(frame.retry_after) ? frame.retry_after : undefined,
+  };
+}
+
+/** What a non-200 answer means: holdfast's own refusals carry a JSON
+ * `close` or `detach` frame; anything else (502, 504, an HTML page) comes
+ * from an intermediary and is never data. */
+function classifyHttp(status, text, headers) {
+  let first;
+  try {
+    first = parseBatch(text)[0];
+  } catch {
+    first = undefined;
+  }
+  if (first && first.t === "close") return { close: closeOf(first) };
+  const retryAfter = parseRetryAfter(headers.get("retry-after"));
+  if (first && first.t === "detach") {
+    const detach = closeOf(first);
+    return {
+      why: `refused: ${detach.code} ${detach.reason}`,
+      retryAfter: detach.retryAfter ?? retryAfter,
+    };
+  }
+  const type = headers.get("content-type") || "";
+  const html = type.includes("html") || /<(!doctype|html|head|body|h1|title)/i.test(text);
+  return {
+    why: `HTTP ${status} ${html ? "(an HTML error page: an intermediary, not holdfast)" : "(not from holdfast)"}`,
+    retryAfter,
+  };
+}
+
+/** Whether a failed fetch never reached any server (refused, DNS, no
+ * network). Browsers do not say; their network errors count as such. */
+function unreachable(error) {
+  const code = error && error.cause && error.cause.code;
+  if (!code) return true;
+  return [
+    "ECONNREFUSED",
+    "ENOTFOUND",
+    "EAI_AGAIN",
+    "EHOSTUNREACH",
+    "ENETUNREACH",
+    "ENETDOWN",
+    "EADDRNOTAVAIL",
+    "UND_ERR_CONNECT_TIMEOUT",
+  ].includes(code);
+}
+
+/** Reads a response body as text, giving up after `timeout` ms. */
+async function readText(response, timeout) {
+  let timer;
+  const expired = new Promise((resolve) => {
+    timer = setTimeout(() => resolve(""), timeout);
+  });
+  try {
+    return await Promise.race([response.text().catch(() => ""), expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The delay before reconnect attempt `attempt` (0-based): exponential,
+ * capped, with the `jitter` fraction of it random. */
+function backoffDelay(backoff, attempt) {
+  const base = Math.min(backoff.initial * 2 ** Math.min(attempt, 30), backoff.max);
+  const jitter = Math.min(Math.max(backoff.jitter, 0), 1);
+  return Math.round(base * (1 - jitter * Math.random()));
+}
+
+// ---------------------------------------------------------------------------
+// What worked, per server: sessionStorage in browsers (this tab, with an
+// expiry), memory in Node.
+
+const memory = new Map();
+
+function storage() {
+  try {
+    return typeof sessionStorage !== "undefined" ? sessionStorage : null;
+  } catch {
+    return null; // sandboxed frames throw on access
+  }
+}
+
+function recall(base) {
+  const key = `holdfast:transport:${base}`;
+  let entry = memory.get(key);
+  const store = storage();
+  if (store) {
+    try {
+      entry = JSON.parse(store.getItem(key) || "null");
+    } catch {
+      entry = null;
+    }
+  }
+  return entry && entry.until > now() ? entry.transport : null;
+}
+
+function remember(base, transport, duration) {
+  const key = `holdfast:transport:${base}`;
+  const entry = { transport, until: now() + duration };
+  memory.set(key, entry);
+  const store = storage();
+  if (store) {
+    try {
+      store.setItem(key, JSON.stringify(entry));
+    } catch {
+      // quota or privacy mode: memory only
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The upstream replay buffer (PROTOCOL.md §3)
+//
+//      acked          cursor                 sent
+//   ─────┤───────────────┤─────────────────────┤
+//        │ sent, unacked │ queued, not yet sent │
+//        └────────── replay buffer ─────────────┘
+//
+// Messages leave only when acknowledged; a new attachment rewinds the
+// cursor to `acked`, so anything unacknowledged goes out again.
+
+class Outbox {
+  entries = []; // entries[i].seq === acked + 1 + i
+  nextSeq = 1;
+  acked = 0;
+  cursor = 0;
+  bytes = 0;
+
+  get sent() {
+    return this.nextSeq - 1;
+  }
+
+  /** Queues a message: `{ text }` or `{ bytes }` (or a Blob still being
+   * read, `ready: false`). */
+  push(entry) {
+    entry.seq = this.nextSeq++;
+    this.entries.push(entry);
+    this.bytes += entry.size;
+    return entry;
+  }
+
+  /** A cumulative acknowledgement; returns the bytes it freed. */
+  ack(seq) {
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new ProtocolViolation(`bad ack ${seq}`);
+    if (seq > this.sent) {
+      throw new ProtocolViolation(`ack ${seq} is beyond the last message sent (${this.sent})`);
+    }
+    if (seq <= this.acked) return 0;
+    const freed = this.entries.splice(0, seq - this.acked);
+    let bytes = 0;
+    for (const entry of freed) bytes += entry.size;
+    this.bytes -= bytes;
+    this.acked = seq;
+    this.cursor = Math.max(this.cursor, seq);
+    return bytes;
+  }
+
+  rewind() {
+    this.cursor = this.acked;
+  }
+
+  /** Whether a message is ready to go out. */
+  hasPending() {
+    const next = this.entries[this.cursor - this.acked];
+    return next !== undefined && next.ready;
+  }
+
+  /** Whether messages are waiting to be transmitted (ready or not). */
+  hasUnsent() {
+    return this.cursor < this.sent;
+  }
+
+  /** The next messages to transmit, cut so that several stay under
+   * `budget` encoded bytes (a single large one travels alone). */
+  take(budget, nativeBinary, parts) {
+    let any = false;
+    while (this.hasPending()) {
+      const entry = this.entries[this.cursor - this.acked];
+      const native = nativeBinary && entry.bytes !== undefined;
+      const size = native ? entry.size + 9 : encodedSize(entry);
+      if (any && size > budget) break;
+      budget -= size;
+      parts.push(native ? entry : encodedFrame(entry));
+      this.cursor++;
+      any = true;
+    }
+    return any;
+  }
+}
+
+/** The JSON frame of a queued message, computed once. */
+function encodedFrame(entry) {
+  if (entry.json === undefined) {
+    entry.json =
+      entry.text !== undefined
+        ? JSON.stringify({ t: "msg", seq: entry.seq, d: entry.text })
+        : `{"t":"bin","seq":${entry.seq},"d":"${toBase64(entry.bytes)}"}`;
+  }
+  return entry.json;
+}
+
+function encodedSize(entry) {
+  if (entry.jsonSize === undefined) entry.jsonSize = utf8Length(encodedFrame(entry));
+  return entry.jsonSize;
+}
+
+/** A native WebSocket binary message (PROTOCOL.md §2.2). */
+function binaryMessage(entry) {
+  const out = new Uint8Array(9 + entry.bytes.length);
+  const view = new DataView(out.buffer);
+  view.setUint8(0, 1);
+  view.setUint32(1, Math.floor(entry.seq / 2 ** 32));
+  view.setUint32(5, entry.seq >>> 0);
+  out.set(entry.bytes, 9);
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Attachments: one transport carrying the session, from its request to its
+// end. Each ends exactly once, with an outcome the driver acts on:
+//
+//   { type: "failed", cause: "unreachable" | "blocked", why, retryAfter }
+//       never delivered its first frame
+//   { type: "refused", close }    holdfast refused to open a session
+//   { type: "ended", reason, why, trusted, greetedAt, retryAfter }
+//       carried the session, then ended (reason: "lost", "detached",
+//       "silent", "busy", "stopped", "recheck")
+//   { type: "closed" }            the session is over
+
+class Attachment {
+  constructor(engine, kind, target) {
+    this.engine = engine;
+    this.kind = kind;
+    this.target = target;
+    this.startedAt = now();
+    this.lastHeard = this.startedAt;
+    this.greeted = false;
+    this.greetedAt = 0;
+    this.announced = false;
+    this.sentAny = false;
+    this.receivedAny = false;
+    this.ackDue = false;
+    this.verifyBy = 0;
+    this.ended = false;
+    this.done = new Promise((resolve) => {
+      this.resolve = resolve;
+    });
+  }
+
+  get streaming() {
+    return this.kind !== "long-poll";
+  }
+
+  get trusted() {
+    return this.sentAny && this.receivedAny;
+  }
+
+  end(outcome) {
+    if (this.ended) return;
+    this.ended = true;
+    this.teardown();
+    this.resolve(outcome);
+  }
+
+  fail(cause, why, retryAfter) {
+    this.end({ type: "failed", cause, why: `${this.kind}: ${why}`, retryAfter });
+  }
+
+  /** The transport itself ended or failed (no `detach`, no `close`). */
+  lost(why, retryAfter) {
+    if (!this.greeted) {
+      this.fail("blocked", `closed before its first frame: ${why}`, retryAfter);
+      return;
+    }
+    this.finish(retryAfter === undefined ? "lost" : "busy", why, retryAfter);
+  }
+
+  /** Ends an attachment that greeted. */
+  finish(reason, why, retryAfter) {
+    this.end({
+      type: "ended",
+      reason,
+      why,
+      retryAfter,
+      trusted: this.trusted,
+      greetedAt: this.greetedAt,
+    });
+  }
+
+  /** A non-200 answer from an HTTP endpoint. */
+  refused(response, text) {
+    const verdict = classifyHttp(response.status, text, response.headers);
+    if (verdict.close) {
+      this.engine.onFrames(this, [{ t: "close", ...verdict.close }], true);
+      return;
+    }
+    const why = `${this.requestName || this.kind} answered ${verdict.why}`;
+    if (this.greeted) this.lost(why, verdict.retryAfter);
+    else this.fail("blocked", why, verdict.retryAfter);
+  }
+
+  /** A closer look after the network came back or the tab woke up. */
+  check() {}
+
+  flush() {}
+
+  teardown() {}
+}
+
+class WebSocketAttachment extends Attachment {
+  start() {
+    const url = this.engine.endpoint("websocket", this.target);
+    try {
+      this.ws = this.engine.newWebSocket(url);
+    } catch (error) {
+      this.fail("blocked", `cannot open a WebSocket: ${describeError(error)}`);
+      return;
+    }
+    const ws = this.ws;
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = (event) => this.receive(event.data);
+    ws.onclose = (event) =>
+      this.lost(`socket closed (code ${event.code}${event.reason ? `, ${event.reason}` : ""})`);
+    ws.onerror = () => this.lost("socket error");
+  }
+
+  receive(data) {
+    if (this.ended) return;
+    let frames;
+    try {
+      frames = typeof data === "string" ? parseBatch(data) : [this.binaryFrame(data)];
+    } catch (error) {
+      this.lost(`bad data from the server: ${error.message}`);
+      return;
+    }
+    this.engine.onFrames(this, frames, false);
+  }
+
+  /** A native binary message (§2.2) as a frame. */
+  binaryFrame(data) {
+    const buffer =
+      data instanceof ArrayBuffer
+        ? data
+        : ArrayBuffer.isView(data)
+          ? data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)
+          : null;
+    if (!buffer || buffer.byteLength < 9) throw new ProtocolViolation("short binary message");
+    const view = new DataView(buffer);
+    if (view.getUint8(0) !== 1) {
+      throw new ProtocolViolation(`binary message of unknown type ${view.getUint8(0)}`);
+    }
+    const seq = view.getUint32(1) * 2 ** 32 + view.getUint32(5);
+    return { t: "bin", seq, payload: buffer.slice(9) };
+  }
+
+  flush() {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== 1) return;
+    let parts;
+    while (!this.ended && (parts = this.engine.transmit(this, true))) {
+      let text = [];
+      for (const part of parts) {
+        if (typeof part === "string") {
+          text.push(part);
+          continue;
+        }
+        if (text.length) ws.send(`[${text.join(",")}]`);
+        text = [];
+        ws.send(binaryMessage(part));
+      }
+      if (text.length) ws.send(`[${text.join(",")}]`);
+    }
+  }
+
+  /** Pings: a socket that does not answer within the probe timeout after
+   * the network changed is dead, whatever TCP thinks. */
+  check() {
+    if (!this.greeted || !this.ws || this.ws.readyState !== 1) return;
+    this.engine.pingOnce(this);
+    this.verifyBy = now() + this.engine.options.probeTimeout;
+    this.engine.schedule();
+  }
+
+  teardown() {
+    const ws = this.ws;
+    if (!ws) return;
+    ws.onmessage = ws.onclose = ws.onerror = ws.onopen = null;
+    try {
+      ws.close(1000);
+    } catch {
+      // already closing
+    }
+  }
+}
+
+/** Sends the client's frames for SSE and long-polling: one request in
+ * flight at a time, each answered with an ack (PROTOCOL.md §8.4). */
+class Upstream {
+  constructor(attachment) {
+    this.attachment = attachment;
+    this.busy = false;
+  }
+
+  start() {
+    const att = this.attachment;
+    if (this.busy || att.ended) return;
+    const parts = att.engine.transmit(att, false);
+    if (!parts) return;
+    this.busy = true;
+    this.post(`[${parts.join(",")}]`);
+  }
+
+  async post(body) {
+    const att = this.attachment;
+    const engine = att.engine;
+    const timeout = Math.max(engine.options.probeTimeout, MIN_SEND_TIMEOUT);
+    let response;
+    let text;
+    try {
+      ({ response, text } = await engine.fetchText(att, engine.sendUrl(), timeout, {
+        method: "POST",
+        headers: { "Content-Type": "text/plain;charset=UTF-8" },
+        body,
+      }));
+    } catch (error) {
+      if (att.ended) return;
+      engine.requestFailed();
+      att.lost(`send request failed: ${describeError(error)}`);
+      return;
+    }
+    if (att.ended) return;
+    if (response.status !== 200) {
+      engine.requestFailed();
+      att.requestName = "send";
+      att.refused(response, text);
+      return;
+    }
+    let frames;
+    try {
+      frames = parseBatch(text);
+    } catch (error) {
+      engine.requestFailed();
+      att.lost(`the send reply is not a holdfast batch (an intermediary?): ${error.message}`);
+      return;
+    }
+    this.busy = false;
+    engine.onFrames(att, frames, true);
+    if (!att.ended) engine.confirm(att);
+  }
+}
+
+class SseAttachment extends Attachment {
+  constructor(...args) {
+    super(...args);
+    this.upstream = new Upstream(this);
+  }
+
+  async start() {
+    const engine = this.engine;
+    const url = engine.endpoint("sse", this.target);
+    let response;
+    try {
+      response = await engine.fetchStream(this, url, engine.options.probeTimeout, {
+        headers: { Accept: "text/event-stream" },
+      });
+    } catch (error) {
+      if (this.ended) return;
+      this.fail(unreachable(error) ? "unreachable" : "blocked", `request failed: ${describeError(error)}`);
+      return;
+    }
+    if (this.ended) return;
+    if (response.status !== 200) {
+      this.refused(response, await readText(response, engine.options.probeTimeout));
+      return;
+    }
+    const type = response.headers.get("content-type") || "";
+    if (!type.startsWith("text/event-stream") || !response.body) {
+      this.fail("blocked", `the answer is not an event stream (${type || "no type"}): an intermediary?`);
+      return;
+    }
+    this.reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    const parser = new SseParser();
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await this.reader.read();
+      } catch (error) {
+        this.lost(`stream cut: ${describeError(error)}`);
+        return;
+      }
+      if (this.ended) return;
+      if (chunk.done) {
+        this.lost("stream ended without a detach");
+        return;
+      }
+      engine.heard(this);
+      let events;
+      try {
+        events = parser.push(decoder.decode(chunk.value, { stream: true }));
+      } catch (error) {
+        this.lost(error.message);
+        return;
+      }
+      for (const data of events) {
+        let frames;
+        try {
+          frames = parseBatch(data);
+        } catch (error) {
+          this.lost(`bad event: ${error.message}`);
+          return;
+        }
+        engine.onFrames(this, frames, false);
+        if (this.ended) return;
+      }
+    }
+  }
+
+  flush() {
+    this.upstream.start();
+  }
+
+  /** A stream may be dead after a network change: take a fresh one. */
+  check() {
+    if (this.greeted) this.finish("recheck", "checking the connection");
+  }
+
+  teardown() {
+    this.engine.abortRequests(this);
+    if (this.reader) this.reader.cancel().catch(() => {});
+  }
+}
+
+/** `text/event-stream` parsing: events' data, comments skipped. */
+class SseParser {
+  buffer = "";
+  data = null;
+
+  push(text) {
+    this.buffer += text;
+    const events = [];
+    let start = 0;
+    for (;;) {
+      const lf = this.buffer.indexOf("\n", start);
+      const cr = this.buffer.indexOf("\r", start);
+      let end = lf;
+      if (cr !== -1 && (lf === -1 || cr < lf)) end = cr;
+      if (end === -1) break;
+      // A CR at the very end may be the first half of a CRLF.
+      if (end === cr && end === this.buffer.length - 1) break;
+      const line = this.buffer.slice(start, end);
+      start = end + (end === cr && this.buffer[end + 1] === "\n" ? 2 : 1);
+      this.line(line, events);
+    }
+    this.buffer = this.buffer.slice(start);
+    if (this.buffer.length + (this.data ? this.data.length : 0) > MAX_SSE_EVENT) {
+      throw new ProtocolViolation("an event on the stream is impossibly large");
+    }
+    return events;
+  }
+
+  line(line, events) {
+    if (line === "") {
+      if (this.data !== null) events.push(this.data);
+      this.data = null;
+      return;
+    }
+    if (line.startsWith(":")) return; // a comment: keep-alive or padding
+    const colon = line.indexOf(":");
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "data") this.data = this.data === null ? value : `${this.data}\n${value}`;
+  }
+}
+
+class PollAttachment extends Attachment {
+  constructor(engine, kind, target) {
+    super(engine, kind, target);
+    this.upstream = new Upstream(this);
+    this.answered = false;
+    // A resumed poll may be held with nothing to deliver (a continuing
+    // poll gets no `resumed`): a ping through a send request confirms the
+    // session at once.
+    this.pingDue = engine.params !== null;
+  }
+
+  async start() {
+    const engine = this.engine;
+    let target = this.target;
+    while (!this.ended) {
+      const last = target.last;
+      const timeout = engine.params ? engine.params.timeout : engine.options.probeTimeout;
+      this.polling = new AbortController();
+      const url = engine.endpoint("long-poll", target);
+      let response;
+      let text;
+      try {
+        ({ response, text } = await engine.fetchText(this, url, timeout, {}, this.polling.signal));
+      } catch (error) {
+        if (this.ended) return;
+        if (this.polling.signal.aborted && this.polling.signal.reason === "recheck") {
+          target = engine.target();
+          continue;
+        }
+        const why = `poll failed: ${describeError(error)}`;
+        if (!this.answered && unreachable(error)) this.fail("unreachable", why);
+        else this.lost(why);
+        return;
+      }
+      if (this.ended) return;
+      if (response.status !== 200) {
+        this.requestName = "poll";
+        this.refused(response, text);
+        return;
+      }
+      let frames;
+      try {
+        frames = parseBatch(text);
+      } catch (error) {
+        this.lost(`the poll answer is not a holdfast batch (an intermediary?): ${error.message}`);
+        return;
+      }
+      this.answered = true;
+      engine.ackedThrough(last);
+      engine.onFrames(this, frames, false);
+      if (this.ended) return;
+      engine.confirm(this);
+      target = engine.target();
+    }
+  }
+
+  flush() {
+    this.upstream.start();
+  }
+
+  /** A held poll may sit on a dead connection after a network change:
+   * poll again (the server takes the new poll in its place). */
+  check() {
+    if (this.polling) this.polling.abort("recheck");
+  }
+
+  teardown() {
+    this.engine.abortRequests(this);
+  }
+}
+
+const ATTACHMENTS = {
+  websocket: WebSocketAttachment,
+  sse: SseAttachment,
+  "long-poll": PollAttachment,
+};
+
+// ---------------------------------------------------------------------------
+// The engine: the session state and the driver that keeps it attached.
+
+class Engine {
+  constructor(client, base, options) {
+    this.client = client;
+    this.base = base; // URL: http(s)://host/mount (query kept)
+    this.options = options;
+    this.memoryKey = `${base.origin}${base.pathname}`;
+    this.fetch = options.fetch || globalThis.fetch;
+    this.WebSocket = options.WebSocket || globalThis.WebSocket;
+    const usable = (kind) => (kind === "websocket" ? !!this.WebSocket : !!this.fetch);
+    this.order = options.transports.filter(usable);
+    this.readyState = Holdfast.CONNECTING;
+    this.params = null;
+    this.closing = null; // { code, reason, sentAt, deadline }
+    this.out = new Outbox();
+    this.received = 0;
+    this.ackedOut = 0;
+    this.unackedSince = null;
+    this.resendAck = false;
+    this.pongDue = false;
+    this.attachment = null;
+    this.transport = null; // the transport carrying the session now
+    this.lastTransport = null;
+    this.requests = new Map(); // attachment -> Set<AbortController>
+    this.timer = null;
+    this.timerAt = 0;
+    this.waiting = null; // { resolve, timer } during a backoff wait
+    this.reprobeDelay = options.reprobeAfter;
+    this.listen();
+  }
+
+  // ---- the application's side --------------------------------------------
+
+  get closed() {
+    return this.readyState === Holdfast.CLOSED;
+  }
+
+  send(data) {
+    if (this.readyState === Holdfast.CLOSING || this.closed) {
+      throw stateError(`cannot send: the session is ${this.closed ? "closed" : "closing"}`);
+    }
+    let entry;
+    if (typeof data === "string") {
+      const text = wellFormed(data);
+      entry = { text, size: utf8Length(text), ready: true };
+    } else if (data instanceof ArrayBuffer) {
+      entry = { bytes: new Uint8Array(data.slice(0)), size: data.byteLength, ready: true };
+    } else if (ArrayBuffer.isView(data)) {
+      const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
+      entry = { bytes, size: bytes.length, ready: true };
+    } else if (typeof Blob === "function" && data instanceof Blob) {
+      entry = { size: data.size, ready: false };
+    } else {
+      throw new TypeError(
+        "send() takes a string, an ArrayBuffer, a typed array, a DataView or a Blob",
+      );
+    }
+    const max = this.params ? this.params.max_msg : Infinity;
+    if (entry.size > max) {
+      const error = new RangeError(
+        `message of ${entry.size} bytes is larger than the server accepts (max_msg ${max})`,
+      );
+      error.code = "TOO_BIG";
+      throw error;
+    }
+    if (this.out.bytes > 0 && this.out.bytes + entry.size > this.options.maxUnackedBytes) {
+      const error = new RangeError(
+        `${this.out.bytes} bytes are waiting for the server's acknowledgement; ` +
+          `sending ${entry.size} more would pass maxUnackedBytes (${this.options.maxUnackedBytes}). ` +
+          "Wait for bufferedAmount to go down.",
+      );
+      error.code = "BUFFER_FULL";
+      throw error;
+    }
+    this.out.push(entry);
+    if (!entry.ready) this.readBlob(entry, data);
+    this.flushSoon();
+  }
+
+  async readBlob(entry, blob) {
+    try {
+      entry.bytes = new Uint8Array(await blob.arrayBuffer());
+      entry.ready = true;
+      this.flush();
+    } catch (error) {
+      this.error(`could not read a Blob passed to send(): ${describeError(error)}`, error);
+      this.finish({ code: CloseCodes.INTERNAL_ERROR, reason: "a Blob could not be read" }, false);
+    }
+  }
+
+  close(code, reason) {
+    if (this.closing || this.closed) return;
+    if (!this.params) {
+      // Never opened: there is nobody to tell.
+      this.finish({ code, reason }, false);
+      return;
+    }
+    this.readyState = Holdfast.CLOSING;
+    this.closing = { code, reason, sentAt: null, deadline: now() + this.options.closeTimeout };
+    this.flush();
+    this.schedule();
+    this.wake();
+  }
+
+  // ---- what the attachments call ------------------------------------------
+
+  /** The URL of a downstream endpoint. */
+  endpoint(kind, { key, last }, probe = false) {
+    const url = new URL(this.base.href);
+    url.pathname = `${this.base.pathname.replace(/\/+$/, "")}/${ENDPOINTS[kind]}`;
+    if (kind === "websocket") url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("v", String(PROTOCOL_VERSION));
+    if (key) {
+      url.searchParams.set("key", key);
+      url.searchParams.set("last", String(last));
+    }
+    if (probe) url.searchParams.set("probe", "1");
+    return url.href;
+  }
+
+  sendUrl() {
+    const url = new URL(this.base.href);
+    url.pathname = `${this.base.pathname.replace(/\/+$/, "")}/send`;
+    url.searchParams.set("v", String(PROTOCOL_VERSION));
+    url.searchParams.set("key", this.params.key);
+    return url.href;
+  }
+
+  /** Where the next attachment points. */
+  target() {
+    return { key: this.params ? this.params.key : null, last: this.received };
+  }
+
+  newWebSocket(url) {
+    const Ctor = this.WebSocket;
+    if (this.options.headers && !inBrowser) return new Ctor(url, { headers: this.options.headers });
+    return new Ctor(url);
+  }
+
+  /** A request tied to an attachment (aborted when it ends), read whole:
+   * `{ response, text }`. Fails after `timeout` ms without the whole
+   * answer, or when `signal` aborts. */
+  async fetchText(att, url, timeout, init = {}, signal = undefined) {
+    const controller = this.controller(att, signal);
+    const timer = setTimeout(
+      () => controller.abort(new Error(`no answer within ${timeout} ms`)),
+      timeout,
+    );
+    try {
+      const response = await this.fetch.call(globalThis, url, this.init(init, controller));
+      const text = await response.text();
+      return { response, text };
+    } finally {
+      clearTimeout(timer);
+      this.release(att, controller);
+    }
+  }
+
+  /** A streaming request tied to an attachment: fails after `timeout` ms
+   * without response headers; the body is read by the caller (and the
+   * request aborted when the attachment ends). */
+  async fetchStream(att, url, timeout, init = {}) {
+    const controller = this.controller(att);
+    const timer = setTimeout(
+      () => controller.abort(new Error(`no answer within ${timeout} ms`)),
+      timeout,
+    );
+    try {
+      return await this.fetch.call(globalThis, url, this.init(init, controller));
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  init(init, controller) {
+    return {
+      ...init,
+      headers: { ...this.options.headers, ...init.headers },
+      cache: "no-store",
+      credentials: this.options.credentials,
+      signal: controller.signal,
+    };
+  }
+
+  controller(att, signal) {
+    const controller = new AbortController();
+    if (signal) {
+      if (signal.aborted) controller.abort(signal.reason);
+      else signal.addEventListener("abort", () => controller.abort(signal.reason), { once: true });
+    }
+    let set = this.requests.get(att);
+    if (!set) this.requests.set(att, (set = new Set()));
+    set.add(controller);
+    return controller;
+  }
+
+  release(att, controller) {
+    const set = this.requests.get(att);
+    if (set) set.delete(controller);
+  }
+
+  abortRequests(att) {
+    const set = this.requests.get(att);
+    if (!set) return;
+    this.requests.delete(att);
+    for (const controller of set) controller.abort("the attachment ended");
+  }
+
+  /** Any byte arrived on the attachment's downstream: it is alive. */
+  heard(att) {
+    if (att === this.attachment) att.lastHeard = now();
+  }
+
+  /** Frames from the server: on the attachment's downstream, or (via a
+   * request) in a send reply. */
+  onFrames(att, frames, viaRequest) {
+    if (att !== this.attachment || att.ended) return;
+    if (!viaRequest) {
+      att.lastHeard = now();
+      att.verifyBy = 0;
+    }
+    try {
+      for (const frame of frames) {
+        if (this.closed || att.ended) break;
+        this.frame(att, frame, viaRequest);
+      }
+    } catch (error) {
+      if (!(error instanceof ProtocolViolation)) throw error;
+      this.requestFailed();
+      att.lost(`the server broke the protocol: ${error.message}`);
+      return;
+    }
+    if (!att.ended) {
+      if (this.received - this.ackedOut >= ACK_EVERY && att.streaming) att.ackDue = true;
+      this.flush();
+      this.schedule();
+    }
+  }
+
+  frame(att, frame, viaRequest) {
+    const greeting = !viaRequest && !att.greeted;
+    switch (frame.t) {
+      case "open":
+        if (!greeting || this.params) throw new ProtocolViolation("unexpected open");
+        this.opened(att, frame);
+        return;
+      case "resumed":
+        if (viaRequest || !this.params) throw new ProtocolViolation("unexpected resumed");
+        this.ack(frame.ack);
+        this.out.rewind();
+        if (greeting || att.kind === "long-poll") this.greet(att, true);
+        return;
+      case "close":
+        this.closedByServer(closeOf(frame));
+        return;
+      case "detach":
+        if (viaRequest) return;
+        this.detached(att, closeOf(frame));
+        return;
+      default:
+    }
+    if (greeting) throw new ProtocolViolation(`${frame.t} before open or resumed`);
+    switch (frame.t) {
+      case "msg":
+        if (typeof frame.d !== "string") throw new ProtocolViolation("msg without text");
+        this.deliver(att, frame.seq, frame.d, viaRequest);
+        return;
+      case "bin": {
+        let payload = frame.payload;
+        if (payload === undefined) {
+          if (typeof frame.d !== "string") throw new ProtocolViolation("bin without data");
+          try {
+            payload = fromBase64(frame.d).buffer;
+          } catch {
+            throw new ProtocolViolation("bin data is not base64");
+          }
+        }
+        this.deliver(att, frame.seq, payload, viaRequest);
+        return;
+      }
+      case "ack":
+        this.ack(frame.seq);
+        return;
+      case "ping":
+        this.pongDue = true;
+        if (!viaRequest) att.receivedAny = true;
+        return;
+      case "pong":
+        return;
+      default:
+        throw new ProtocolViolation(`unknown frame type ${JSON.stringify(frame.t)}`);
+    }
+  }
+
+  opened(att, params) {
+    for (const field of ["key", "sid", "ping", "timeout", "max_msg", "max_batch"]) {
+      if (params[field] === undefined) throw new ProtocolViolation(`open without ${field}`);
+    }
+    this.params = params;
+    this.greet(att, false);
+  }
+
+  ack(seq) {
+    if (this.out.ack(seq) > 0 && this.closing) {
+      this.closing.deadline = Math.max(this.closing.deadline, now() + this.options.closeTimeout);
+    }
+  }
+
+  deliver(att, seq, data, viaRequest) {
+    if (!Number.isSafeInteger(seq) || seq < 1) throw new ProtocolViolation(`bad seq ${seq}`);
+    if (seq <= this.received) return; // a replay: drop it
+    if (seq !== this.received + 1) {
+      throw new ProtocolViolation(`gap: expected message ${this.received + 1}, got ${seq}`);
+    }
+    this.received = seq;
+    if (this.unackedSince === null) this.unackedSince = now();
+    if (!viaRequest) att.receivedAny = true;
+    if (typeof data !== "string" && this.client.binaryType === "blob") data = new Blob([data]);
+    this.client.dispatchEvent(messageEvent(data));
+  }
+
+  /** The attachment's first frame arrived (or, on long-polling, its first
+   * answer). */
+  greet(att, resumed) {
+    if (!att.greeted) {
+      att.greeted = true;
+      att.greetedAt = now();
+    }
+    att.lastHeard = now();
+    if (!att.announced) this.announce(att, resumed);
+  }
+
+  /** On long-polling: a poll answered, so the session is on this attachment
+   * (a continuing poll gets no `resumed`). */
+  confirm(att) {
+    if (!att.announced && att.greeted) this.announce(att, true);
+  }
+
+  announce(att, resumed) {
+    att.announced = true;
+    const previous = this.lastTransport;
+    this.transport = this.lastTransport = att.kind;
+    if (this.readyState === Holdfast.CONNECTING) {
+      this.readyState = Holdfast.OPEN;
+      this.client.dispatchEvent(
+        new HoldfastEvent("open", { transport: att.kind, sessionId: this.params.sid }),
+      );
+    } else if (resumed) {
+      this.client.dispatchEvent(new HoldfastEvent("resumed", { transport: att.kind }));
+    }
+    if (previous && previous !== att.kind) {
+      this.client.dispatchEvent(
+        new HoldfastEvent("transportchange", { from: previous, to: att.kind }),
+      );
+    }
+  }
+
+  detached(att, close) {
+    const why = `detached by the server: ${close.code} ${close.reason}`;
+    if (close.code === CloseCodes.RECONNECT || close.code === CloseCodes.REPLACED) {
+      att.finish("stopped", why);
+    } else if (close.retryAfter !== undefined) {
+      att.finish("busy", why, close.retryAfter);
+    } else {
+      att.finish("detached", why);
+    }
+  }
+
+  closedByServer(close) {
+    if (!this.params) {
+      // Refused before a session opened.
+      const att = this.attachment;
+      if (att) att.end({ type: "refused", close });
+      return;
+    }
+    this.finish(close, true);
+  }
+
+  /** On long-polling, a poll's `last` acknowledged everything up to it. */
+  ackedThrough(last) {
+    if (last >= this.received) {
+      this.ackedOut = this.received;
+      this.unackedSince = null;
+      this.resendAck = false;
+    } else if (last > this.ackedOut) {
+      this.ackedOut = last;
+    }
+  }
+
+  /** A send request failed: what it carried goes out again, acks included. */
+  requestFailed() {
+    this.out.rewind();
+    if (this.received > 0) {
+      this.resendAck = true;
+      if (this.unackedSince === null) this.unackedSince = now();
+    }
+    if (this.closing) this.closing.sentAt = null;
+  }
+
+  /** Frames to send now: strings (JSON frames), and with `nativeBinary`,
+   * queued binary entries to send as WebSocket binary messages. `null`
+   * when there is nothing to send. */
+  transmit(att, nativeBinary) {
+    if (att !== this.attachment || !att.greeted || att.ended || this.closed) return null;
+    const parts = [];
+    if (this.pongDue) {
+      this.pongDue = false;
+      parts.push('{"t":"pong"}');
+    }
+    if (att.pingDue) {
+      att.pingDue = false;
+      parts.push('{"t":"ping"}');
+    }
+    let sentMessages = false;
+    if (!this.closing || this.closing.sentAt === null) {
+      sentMessages = this.out.take(this.params.max_msg, nativeBinary, parts);
+    }
+    const unacked = this.received > this.ackedOut || this.resendAck;
+    if (unacked && (att.ackDue || parts.length > 0)) {
+      att.ackDue = false;
+      parts.push(`{"t":"ack","seq":${this.received}}`);
+      this.ackedOut = this.received;
+      this.unackedSince = null;
+      this.resendAck = false;
+    }
+    if (this.closing && this.closing.sentAt === null && !this.out.hasUnsent()) {
+      parts.push(JSON.stringify({ t: "close", code: this.closing.code, reason: this.closing.reason }));
+      this.closing.sentAt = now();
+    }
+    if (parts.length === 0) return null;
+    if (sentMessages || parts.some((p) => typeof p === "string" && !p.startsWith('{"t":"close"'))) {
+      att.sentAny = true;
+    }
+    if (att.trusted && att.announced) remember(this.memoryKey, att.kind, this.options.rememberFor);
+    return parts;
+  }
+
+  /** Sends a `ping` on the attachment (the connection check). */
+  pingOnce(att) {
+    if (att.kind === "websocket" && att.ws && att.ws.readyState === 1) att.ws.send('[{"t":"ping"}]');
+  }
+
+  flush() {
+    const att = this.attachment;
+    if (att && att.greeted && !att.ended) att.flush();
+  }
+
+  flushSoon() {
+    if (this.flushQueued) return;
+    this.flushQueued = true;
+    queueMicrotask(() => {
+      this.flushQueued = false;
+      this.flush();
+      this.schedule();
+    });
+  }
+
+  // ---- timers -------------------------------------------------------------
+  // One timer, re-armed after every change. Deadlines compare wall-clock
+  // time, so a timer that fires late (a throttled background tab, a
+  // sleeping laptop) still sees how long it has really been.
+
+  deadAfter() {
+    const ping = this.params ? this.params.ping : 20000;
+    const tolerance = this.options.heartbeatTolerance ?? ping / 2;
+    return ping + tolerance;
+  }
+
+  ackDeadline() {
+    if (this.unackedSince === null) return null;
+    const count = this.received - this.ackedOut;
+    return this.resendAck || count >= ACK_EVERY ? this.unackedSince : this.unackedSince + ACK_DELAY;
+  }
+
+  nextDeadline() {
+    const deadlines = [];
+    if (this.closing) deadlines.push(this.closing.deadline);
+    const att = this.attachment;
+    if (att && !att.ended) {
+      if (!att.greeted) deadlines.push(att.startedAt + this.options.probeTimeout);
+      else {
+        if (att.streaming) deadlines.push(att.lastHeard + this.deadAfter());
+        if (att.verifyBy) deadlines.push(att.verifyBy);
+        const ack = this.ackDeadline();
+        if (att.streaming && !att.ackDue && ack !== null) deadlines.push(ack);
+      }
+    }
+    return deadlines.length ? Math.min(...deadlines) : null;
+  }
+
+  schedule() {
+    if (this.closed) return;
+    const at = this.nextDeadline();
+    if (at === this.timerAt && this.timer) return;
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.timerAt = at;
+    if (at !== null) this.timer = setTimeout(() => this.onTimer(), Math.max(0, at - now()));
+  }
+
+  onTimer() {
+    this.timer = null;
+    if (this.closed) return;
+    const t = now();
+    if (this.closing && t >= this.closing.deadline) {
+      const { code, reason } = this.closing;
+      this.finish({ code, reason }, false);
+      return;
+    }
+    const att = this.attachment;
+    if (att && !att.ended) {
+      if (!att.greeted) {
+        if (t >= att.startedAt + this.options.probeTimeout) {
+          att.fail("blocked", `no first frame within the probe timeout (${this.options.probeTimeout} ms)`);
+        }
+      } else if (att.streaming && t >= att.lastHeard + this.deadAfter()) {
+        att.finish("silent", `nothing heard from the server for ${t - att.lastHeard} ms`);
+      } else if (att.verifyBy && t >= att.verifyBy) {
+        att.finish("lost", "no answer to a connection check");
+      } else {
+        const ack = this.ackDeadline();
+        if (att.streaming && ack !== null && t >= ack) {
+          att.ackDue = true;
+          this.flush();
+        }
+      }
+    }
+    this.schedule();
+  }
+
+  // ---- the browser's hints --------------------------------------------------
+
+  listen() {
+    this.onOnline = () => this.check(true);
+    this.onVisible = () => {
+      if (document.visibilityState === "visible") this.check(false);
+    };
+    if (inBrowser) {
+      window.addEventListener("online", this.onOnline);
+      document.addEventListener("visibilitychange", this.onVisible);
+    }
+  }
+
+  unlisten() {
+    if (inBrowser) {
+      window.removeEventListener("online", this.onOnline);
+      document.removeEventListener("visibilitychange", this.onVisible);
+    }
+  }
+
+  /** The network came back (`online`), or the tab became visible: run the
+   * timers now, stop waiting out a backoff, and look closer at a
+   * connection that may have died meanwhile. */
+  check(networkChanged) {
+    if (this.closed) return;
+    this.onTimer();
+    if (this.waiting) {
+      if (networkChanged) this.attempt = 0;
+      this.wake();
+      return;
+    }
+    const att = this.attachment;
+    if (!att || att.ended || !att.greeted) return;
+    const quiet = now() - att.lastHeard > (this.params ? this.params.ping : 20000);
+    if (networkChanged || quiet) att.check();
+  }
+
+  // ---- the driver -----------------------------------------------------------
+
+  /** Keeps the session attached until it is over: picks a transport,
+   * falls back when one is blocked, reconnects with backoff and jitter when
+   * one drops, remembers what worked, and switches up when a better
+   * transport works again. */
+  async run() {
+    if (this.order.length === 0) {
+      this.error("no usable transport: pass `WebSocket` or `fetch` in the options");
+      this.finish({ code: CloseCodes.GOING_AWAY, reason: "no usable transport" }, false);
+      return;
+    }
+    let index = this.bestIndex();
+    this.attempt = 0;
+    const flaps = new Map();
+    let errors = [];
+    let retryAfter = 0;
+    while (!this.closed) {
+      const kind = this.order[index];
+      const { outcome, switchTo } = await this.attach(index);
+      if (this.closed || outcome.type === "closed") return;
+      let delay = 0;
+      let reason = "";
+      if (outcome.type === "refused") {
+        const { close } = outcome;
+        if (close.code !== CloseCodes.OVERLOADED) {
+          this.finish(close, true);
+          return;
+        }
+        delay = (close.retryAfter ?? 0) + backoffDelay(this.options.backoff, this.attempt++);
+        reason = `the server is overloaded (${close.code} ${close.reason})`;
+      } else if (outcome.type === "failed") {
+        errors.push(outcome.why);
+        retryAfter = Math.max(retryAfter, outcome.retryAfter ?? 0);
+        if (outcome.cause !== "unreachable" && index + 1 < this.order.length) {
+          index += 1; // blocked: fall back at once
+          continue;
+        }
+        index = this.bestIndex();
+        delay = Math.max(backoffDelay(this.options.backoff, this.attempt++), retryAfter);
+        reason = errors.join("; ");
+      } else {
+        // ended: the transport carried the session, then ended.
+        const lasted = now() - outcome.greetedAt;
+        if (outcome.trusted) flaps.delete(kind);
+        else if (lasted < FLAP_WINDOW) {
+          const count = (flaps.get(kind) ?? 0) + 1;
+          flaps.set(kind, count);
+          if (count >= FLAPS_TO_DEMOTE && index + 1 < this.order.length) {
+            flaps.delete(kind);
+            index += 1; // it keeps dying right after opening: demote it
+          }
+        }
+        if (lasted >= this.options.backoff.resetAfter) this.attempt = 0;
+        if (switchTo !== null) {
+          index = switchTo;
+          this.reprobeDelay = this.options.reprobeAfter;
+        }
+        if (outcome.reason !== "stopped" && outcome.reason !== "recheck") {
+          delay = Math.max(
+            backoffDelay(this.options.backoff, this.attempt++),
+            outcome.retryAfter ?? 0,
+          );
+          reason = outcome.why;
+        }
+      }
+      errors = [];
+      retryAfter = 0;
+      if (delay > 0 || reason) {
+        this.client.dispatchEvent(
+          new HoldfastEvent("reconnecting", { attempt: this.attempt, delay, reason }),
+        );
+        await this.sleep(delay);
+      }
+    }
+  }
+
+  /** Runs one attachment to its end, re-probing better transports in the
+   * background. Returns how it ended and, if it was stopped to switch up,
+   * the better transport's index. */
+  async attach(index) {
+    const kind = this.order[index];
+    this.out.rewind();
+    if (this.closing) this.closing.sentAt = null;
+    const att = new ATTACHMENTS[kind](this, kind, this.target());
+    this.attachment = att;
+    if (kind === "long-poll" && this.params) {
+      // Usable at once: a continuing poll gets no greeting (PROTOCOL.md §5).
+      att.greeted = true;
+      att.greetedAt = now();
+    }
+    let switchTo = null;
+    let reprobe = null;
+    const armReprobe = () => {
+      const delay = this.reprobeDelay * (0.75 + 0.5 * Math.random());
+      reprobe = setTimeout(async () => {
+        const better = await this.probeBetter(index);
+        if (att.ended) return;
+        if (better === null) {
+          this.reprobeDelay = Math.min(this.reprobeDelay * 2, MAX_REPROBE);
+          armReprobe();
+          return;
+        }
+        switchTo = better;
+        att.finish("stopped", `switching to ${this.order[better]}`);
+      }, delay);
+    };
+    if (index > 0) armReprobe();
+    att.start();
+    this.flush();
+    this.schedule();
+    const outcome = await att.done;
+    clearTimeout(reprobe);
+    if (this.attachment === att) {
+      this.attachment = null;
+      this.transport = null;
+      this.out.rewind();
+      this.schedule();
+    }
+    return { outcome, switchTo };
+  }
+
+  /** The best transport better than `index` that works now (PROTOCOL.md
+   * §8.5), or null. */
+  async probeBetter(index) {
+    for (let better = 0; better < index; better++) {
+      if (!this.params || this.closed) return null;
+      const kind = this.order[better];
+      if (kind === "long-poll") return better;
+      if (await this.probe(kind)) return better;
+    }
+    return null;
+  }
+
+  probe(kind) {
+    const url = this.endpoint(kind, { key: this.params.key, last: 0 }, true);
+    const timeout = this.options.probeTimeout;
+    return kind === "websocket" ? this.probeWebSocket(url, timeout) : this.probeSse(url, timeout);
+  }
+
+  /** A WebSocket works once a `ping` got its `pong`: a frame went both ways. */
+  probeWebSocket(url, timeout) {
+    return new Promise((resolve) => {
+      let ws;
+      let settled = false;
+      const done = (works) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (ws) {
+          ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+          try {
+            ws.close(1000);
+          } catch {
+            // already closed
+          }
+        }
+        resolve(works);
+      };
+      const timer = setTimeout(() => done(false), timeout);
+      try {
+        ws = this.newWebSocket(url);
+      } catch {
+        done(false);
+        return;
+      }
+      ws.onopen = () => ws.send('[{"t":"ping"}]');
+      ws.onmessage = (event) => {
+        if (typeof event.data !== "string") return;
+        try {
+          if (parseBatch(event.data).some((f) => f.t === "pong")) done(true);
+        } catch {
+          done(false);
+        }
+      };
+      ws.onclose = ws.onerror = () => done(false);
+    });
+  }
+
+  /** An event stream works if its first event arrives within the probe
+   * timeout: a buffering proxy would hold it. */
+  async probeSse(url, timeout) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort("probe timeout"), timeout);
+    try {
+      const response = await this.fetch.call(globalThis, url, {
+        headers: { ...this.options.headers, Accept: "text/event-stream" },
+        cache: "no-store",
+        credentials: this.options.credentials,
+        signal: controller.signal,
+      });
+      const type = response.headers.get("content-type") || "";
+      if (response.status !== 200 || !type.startsWith("text/event-stream") || !response.body) {
+        return false;
+      }
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      const parser = new SseParser();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return false;
+        for (const data of parser.push(decoder.decode(value, { stream: true }))) {
+          if (parseBatch(data).some((f) => f.t === "ping")) return true;
+        }
+      }
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+      controller.abort("probe done");
+    }
+  }
+
+  /** The transport to try first: the one remembered for this server. */
+  bestIndex() {
+    const remembered = recall(this.memoryKey);
+    const index = remembered ? this.order.indexOf(remembered) : -1;
+    return index === -1 ? 0 : index;
+  }
+
+  /** Waits out a backoff; `wake` ends it early. */
+  sleep(delay) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.wake(), delay);
+      this.waiting = { resolve, timer };
+    });
+  }
+
+  wake() {
+    const waiting = this.waiting;
+    if (!waiting) return;
+    this.waiting = null;
+    clearTimeout(waiting.timer);
+    waiting.resolve();
+  }
+
+  // ---- endings --------------------------------------------------------------
+
+  error(message, cause) {
+    this.client.dispatchEvent(new HoldfastErrorEvent({ message, error: cause }));
+  }
+
+  /** The session is over. `wasClean`: it ended with a `close` frame
+   * (rather than the client giving up). */
+  finish(close, wasClean) {
+    if (this.closed) return;
+    this.readyState = Holdfast.CLOSED;
+    this.closing = null;
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.unlisten();
+    const att = this.attachment;
+    this.attachment = null;
+    this.transport = null;
+    if (att) {
+      // Let a close answer on the WebSocket reach the server before the
+      // socket goes.
+      att.end({ type: "closed" });
+    }
+    this.wake();
+    const code = close.code;
+    const sessionLost = code === CloseCodes.SESSION_LOST;
+    const failure = !(code === 1000 || code === 1001 || (code >= 3000 && code < 4000));
+    if (failure) {
+      const what = sessionLost
+        ? "the session is lost (the server no longer knows it; messages in flight may be lost)"
+        : `the session ended with ${code}`;
+      this.error(`${what}: ${close.reason}`, undefined);
+    }
+    this.client.dispatchEvent(
+      new HoldfastCloseEvent({
+        code,
+        reason: close.reason ?? "",
+        wasClean,
+        sessionLost,
+        retryAfter: close.retryAfter,
+      }),
+    );
+  }
+}
+
+function stateError(message) {
+  if (typeof DOMException === "function") return new DOMException(message, "InvalidStateError");
+  const error = new Error(message);
+  error.name = "InvalidStateError";
+  return error;
+}
+
+function validCloseCode(code) {
+  return code === 1000 || (Number.isInteger(code) && code >= 3000 && code <= 4999);
+}
+
+/** The `http(s)://host/mount` base of a URL given as http(s), ws(s) or
+ * (in a page) relative. */
+function baseUrl(url) {
+  const location = typeof globalThis.location === "object" ? globalThis.location.href : undefined;
+  let parsed;
+  try {
+    parsed = new URL(String(url), location);
+  } catch {
+    throw new SyntaxError(`not a URL: ${url}`);
+  }
+  if (parsed.protocol === "ws:") parsed.protocol = "http:";
+  else if (parsed.protocol === "wss:") parsed.protocol = "https:";
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw new SyntaxError(`holdfast URLs are http(s):// or ws(s)://, not ${parsed.protocol}`);
+  }
+  parsed.hash = "";
+  parsed.pathname = parsed.pathname.replace(/\/+$/, "");
+  return parsed;
+}
+
+function resolveOptions(options = {}) {
+  const merged = { ...DEFAULTS, ...options };
+  merged.backoff = { ...DEFAULTS.backoff, ...(options.backoff || {}) };
+  const transports = [...(options.transports || DEFAULTS.transports)];
+  for (const kind of transports) {
+    if (!TRANSPORTS.includes(kind)) {
+      throw new TypeError(`unknown transport ${JSON.stringify(kind)}; use ${TRANSPORTS.join(", ")}`);
+    }
+  }
+  if (transports.length === 0) throw new TypeError("`transports` is empty");
+  merged.transports = transports;
+  for (const name of ["probeTimeout", "maxUnackedBytes", "closeTimeout", "reprobeAfter", "rememberFor"]) {
+    if (!(merged[name] >= 0)) throw new TypeError(`\`${name}\` must be a non-negative number`);
+  }
+  return merged;
+}
+
+// ---------------------------------------------------------------------------
+// The public class
+
+const HANDLERS = ["open", "message", "close", "error", "reconnecting", "resumed", "transportchange"];
+
+/**
+ * A holdfast session: one ordered, exactly-once message stream to the
+ * server, carried by whichever transport works. Mirrors the browser
+ * WebSocket API; see README.md.
+ */
+export class Holdfast extends EventTarget {
+  static CONNECTING = 0;
+  static OPEN = 1;
+  static CLOSING = 2;
+  static CLOSED = 3;
+
+  #engine;
+  #url;
+  #binaryType = "arraybuffer";
+  #handlers = {};
+
+  constructor(url, options = {}) {
+    super();
+    const base = baseUrl(url);
+    this.#url = base.href;
+    for (const type of HANDLERS) {
+      this.addEventListener(type, (event) => {
+        const handler = this.#handlers[type];
+        if (typeof handler === "function") handler.call(this, event);
+      });
+    }
+    this.#engine = new Engine(this, base, resolveOptions(options));
+    queueMicrotask(() => this.#engine.run());
+  }
+
+  get CONNECTING() {
+    return 0;
+  }
+  get OPEN() {
+    return 1;
+  }
+  get CLOSING() {
+    return 2;
+  }
+  get CLOSED() {
+    return 3;
+  }
+
+  /** The server's base URL, `http(s)://host/mount`. */
+  get url() {
+    return this.#url;
+  }
+
+  get readyState() {
+    return this.#engine.readyState;
+  }
+
+  /** Bytes sent or queued but not yet acknowledged by the server. */
+  get bufferedAmount() {
+    return this.#engine.out.bytes;
+  }
+
+  /** `"websocket"`, `"sse"` or `"long-poll"` while a transport carries the
+   * session; `null` while connecting or reconnecting. */
+  get transport() {
+    return this.#engine.transport;
+  }
+
+  /** The session's public id (for logs and support), once open. */
+  get sessionId() {
+    return this.#engine.params ? this.#engine.params.sid : null;
+  }
+
+  /** How binary messages are delivered: `"arraybuffer"` or `"blob"`. */
+  get binaryType() {
+    return this.#binaryType;
+  }
+
+  set binaryType(value) {
+    if (value !== "arraybuffer" && value !== "blob") {
+      throw new SyntaxError(`binaryType must be "arraybuffer" or "blob", not ${JSON.stringify(value)}`);
+    }
+    if (value === "blob" && typeof Blob !== "function") throw new TypeError("Blob is not available");
+    this.#binaryType = value;
+  }
+
+  /** Queues a message. Messages reach the server in order, exactly once,
+   * across reconnects; while offline they wait and go out first. */
+  send(data) {
+    this.#engine.send(data);
+  }
+
+  /** Ends the session: queued messages are delivered first, then the
+   * server confirms and `close` fires. */
+  close(code = 1000, reason = "") {
+    if (code !== undefined && !validCloseCode(code)) {
+      const message = `close code must be 1000 or 3000-4999, not ${code}`;
+      if (typeof DOMException === "function") throw new DOMException(message, "InvalidAccessError");
+      throw new RangeError(message);
+    }
+    reason = String(reason ?? "");
+    if (utf8Length(reason) > 123) throw new SyntaxError("close reason is longer than 123 bytes");
+    this.#engine.close(code ?? 1000, reason);
+  }
+
+  static {
+    for (const type of HANDLERS) {
+      Object.defineProperty(this.prototype, `on${type}`, {
+        get() {
+          return this.#handlers[type] ?? null;
+        },
+        set(handler) {
+          this.#handlers[type] = typeof handler === "function" ? handler : null;
+        },
+        configurable: true,
+        enumerable: true,
+      });
+    }
+  }
+}

@@ -1,0 +1,101 @@
+// Every transport, forced and automatic, against the echo example behind a
+// proxy that cuts every connection now and then: 1,000 messages each way,
+// text and binary, delivered exactly once and in order.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import { Holdfast } from "../../holdfast.js";
+import { echoExchange, nextEvent, record, until } from "../support/helpers.js";
+import { startProxy } from "../support/proxy.js";
+import { startExample } from "../support/servers.js";
+
+const FAST = { backoff: { initial: 20, max: 200, jitter: 0.5 }, probeTimeout: 1500 };
+
+let echo;
+before(async () => {
+  echo = await startExample("echo");
+});
+after(async () => {
+  await echo?.stop();
+});
+
+for (const transports of [["websocket"], ["sse"], ["long-poll"], undefined]) {
+  const name = transports ? transports[0] : "auto";
+  describe(`${name}`, () => {
+    let proxy;
+    before(async () => {
+      proxy = await startProxy(echo.port);
+    });
+    after(async () => {
+      await proxy.close();
+    });
+
+    test("1,000 messages each way through cuts, exactly once and in order", async () => {
+      const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports });
+      const events = record(client);
+      const open = await nextEvent(client, "open", 5000);
+      assert.equal(open.transport, transports ? transports[0] : "websocket");
+      assert.equal(client.readyState, Holdfast.OPEN);
+      assert.match(client.sessionId, /^\w+$/);
+
+      const { cuts, received } = await echoExchange(client, {
+        count: 1000,
+        cut: () => proxy.cut(),
+        cutEvery: 150,
+      });
+      assert.ok(cuts >= 5, `the network was cut ${cuts} times`);
+      const resumes = events.filter((e) => e.type === "resumed");
+      assert.ok(resumes.length >= 1, "the session resumed after cuts");
+      assert.ok(
+        resumes.every((e) => e.transport === open.transport),
+        `stayed on ${open.transport}: ${JSON.stringify(resumes)}`,
+      );
+      assert.equal(client.readyState, Holdfast.OPEN, "a cut never closes the session");
+      await until(() => client.bufferedAmount === 0, 5000, "every message acknowledged");
+
+      client.close(1000, "done");
+      assert.equal(client.readyState, Holdfast.CLOSING);
+      const closed = await nextEvent(client, "close", 5000);
+      assert.deepEqual(
+        [closed.code, closed.reason, closed.wasClean, closed.sessionLost],
+        [1000, "done", true, false],
+      );
+      assert.equal(client.readyState, Holdfast.CLOSED);
+      assert.equal(received.length, 1000, "nothing arrived twice, even late");
+      assert.deepEqual(
+        events.filter((e) => e.type === "error"),
+        [],
+        "no error events",
+      );
+    });
+
+    test("messages queued before the session opens go out first, in order", async () => {
+      const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports });
+      const got = [];
+      client.onmessage = (event) => got.push(event.data);
+      for (let i = 0; i < 20; i++) client.send(`early ${i}`);
+      assert.equal(client.readyState, Holdfast.CONNECTING);
+      assert.ok(client.bufferedAmount > 0);
+      await nextEvent(client, "open", 5000);
+      client.send("after open");
+      await until(() => got.length === 21, 5000, () => `${got.length} of 21 echoes`);
+      assert.deepEqual(got, [...Array.from({ length: 20 }, (_, i) => `early ${i}`), "after open"]);
+      client.close();
+      await nextEvent(client, "close", 5000);
+    });
+
+    test("a cut before the first message resumes an empty session", async () => {
+      const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports });
+      await nextEvent(client, "open", 5000);
+      const resumed = nextEvent(client, "resumed", 5000);
+      proxy.cut();
+      await resumed;
+      client.send("still here");
+      const echoed = await nextEvent(client, "message", 5000);
+      assert.equal(echoed.data, "still here");
+      client.close();
+      await nextEvent(client, "close", 5000);
+    });
+  });
+}

@@ -1,0 +1,112 @@
+// Bounded waits and the message exchange the tests share.
+
+import assert from "node:assert/strict";
+
+/** Rejects with `describe()` if `promise` has not settled after `ms`. */
+export function within(ms, promise, describe) {
+  let timer;
+  const expired = new Promise((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`timed out after ${ms} ms: ${typeof describe === "function" ? describe() : describe}`)),
+      ms,
+    );
+  });
+  return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
+}
+
+/** The next `type` event on `target` that passes `filter`, within `ms`. */
+export function nextEvent(target, type, ms, filter = () => true) {
+  let listener;
+  const promise = new Promise((resolve) => {
+    listener = (event) => {
+      if (filter(event)) resolve(event);
+    };
+    target.addEventListener(type, listener);
+  });
+  return within(ms, promise, `no ${type} event`).finally(() =>
+    target.removeEventListener(type, listener),
+  );
+}
+
+/** Resolves once `condition()` holds, checking on every event loop turn
+ * (and at least every 20 ms), within `ms`. */
+export function until(condition, ms, describe) {
+  return within(
+    ms,
+    new Promise((resolve) => {
+      const check = () => (condition() ? resolve() : setTimeout(check, 20));
+      check();
+    }),
+    describe,
+  );
+}
+
+/** Records every event of a client, in order. */
+export function record(client) {
+  const events = [];
+  for (const type of ["open", "close", "error", "reconnecting", "resumed", "transportchange"]) {
+    client.addEventListener(type, (event) => {
+      const { code, reason, wasClean, sessionLost, attempt, delay, transport, from, to, message } =
+        event;
+      events.push({ type, code, reason, wasClean, sessionLost, attempt, delay, transport, from, to, message });
+    });
+  }
+  return events;
+}
+
+/** Message `i` of an exchange: even ones text (with non-ASCII), odd ones
+ * binary (every byte value appears across the run). */
+export function payload(i) {
+  if (i % 2 === 0) return `message ${i} — ünïcødé ✓ "quoted" \\ ${"x".repeat(i % 37)}`;
+  const bytes = new Uint8Array(9 + (i % 61));
+  for (let j = 0; j < bytes.length; j++) bytes[j] = (i * 31 + j * 7) & 0xff;
+  bytes[0] = i & 0xff;
+  bytes[1] = i >> 8;
+  return bytes;
+}
+
+export function assertPayload(received, i) {
+  const expected = payload(i);
+  if (typeof expected === "string") {
+    assert.equal(received, expected, `message ${i}`);
+  } else {
+    assert.ok(received instanceof ArrayBuffer, `message ${i} is an ArrayBuffer`);
+    assert.deepEqual(new Uint8Array(received), expected, `message ${i}`);
+  }
+}
+
+/**
+ * Sends `count` messages to the echo server in small waves and waits for
+ * every echo; calls `cut()` after every `cutEvery` echoes. Asserts exact,
+ * in-order delivery; returns how many cuts were made and the received
+ * messages (still recorded afterwards, so a late duplicate shows).
+ */
+export async function echoExchange(client, { count = 1000, cut, cutEvery = 150, timeout = 30000 } = {}) {
+  const received = [];
+  let cuts = 0;
+  let failure;
+  const done = new Promise((resolve, reject) => {
+    const onMessage = (event) => {
+      received.push(event.data);
+      if (received.length > count) failure = new Error(`more than ${count} messages arrived`);
+      if (cut && received.length % cutEvery === 0 && received.length < count) {
+        cuts += 1;
+        cut();
+      }
+      if (received.length === count) resolve();
+    };
+    client.addEventListener("message", onMessage);
+    client.addEventListener("close", (event) =>
+      reject(new Error(`the session closed mid-exchange: ${event.code} ${event.reason}`)),
+    );
+  });
+  let sent = 0;
+  while (sent < count) {
+    for (let i = 0; i < 25 && sent < count; i++) client.send(payload(sent++));
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+  await within(timeout, done, () => `${received.length} of ${count} echoes arrived`);
+  if (failure) throw failure;
+  received.forEach(assertPayload);
+  return { cuts, received };
+}

@@ -1,0 +1,201 @@
+// A hostile HTTP proxy for the tests, in front of a holdfast server.
+//
+// It forwards requests and WebSocket upgrades, serves the browser test pages
+// from test/browser/, and on command misbehaves the way real middleboxes
+// do:
+//
+//   proxy.refuseWebSocket = true   upgrades answered 403 (an HTML page)
+//   proxy.bufferSse = true         event streams held back until they end
+//   proxy.failNext(n)              the next n requests answered 502 (HTML)
+//   proxy.overloadNext(n, ms)      the next n requests answered 503 with
+//                                  holdfast's own 4503 refusal
+//   proxy.cut()                    every open connection killed (TCP reset)
+//   proxy.down = true              new connections killed at once
+//
+// Everything listens on loopback only.
+
+import http from "node:http";
+import net from "node:net";
+import { readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+
+const pages = fileURLToPath(new URL("../browser/", import.meta.url));
+
+const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8" };
+
+const ERROR_PAGE = (status, text) =>
+  `<!doctype html><html><head><title>${status} ${text}</title></head>` +
+  `<body><h1>${status} ${text}</h1><p>hostile-proxy</p></body></html>`;
+
+export async function startProxy(upstreamPort) {
+  const sockets = new Set();
+  const track = (socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  };
+  let failing = 0;
+  let overloading = 0;
+  let retryAfter = 0;
+  const counts = { ws: 0, sse: 0, poll: 0, send: 0, probes: 0 };
+
+  const proxy = {
+    refuseWebSocket: false,
+    bufferSse: false,
+    down: false,
+    counts,
+    failNext(n) {
+      failing = n;
+    },
+    overloadNext(n, ms) {
+      overloading = n;
+      retryAfter = ms;
+    },
+    cut() {
+      for (const socket of sockets) socket.destroy();
+      sockets.clear();
+    },
+    setUpstream(port) {
+      upstreamPort = port;
+    },
+  };
+
+  /** Answers the request itself instead of forwarding it, if it should. */
+  function intercept(req, res) {
+    if (failing > 0) {
+      failing -= 1;
+      res.writeHead(502, { "Content-Type": "text/html", Connection: "close" });
+      res.end(ERROR_PAGE(502, "Bad Gateway"));
+      return true;
+    }
+    if (overloading > 0) {
+      overloading -= 1;
+      res.writeHead(503, {
+        "Content-Type": "application/json",
+        "Retry-After": String(Math.ceil(retryAfter / 1000)),
+      });
+      res.end(
+        JSON.stringify([
+          { t: "close", code: 4503, reason: "too many sessions", retry_after: retryAfter },
+        ]),
+      );
+      return true;
+    }
+    return false;
+  }
+
+  function count(url) {
+    const { pathname, searchParams } = new URL(url, "http://proxy");
+    const endpoint = pathname.split("/").pop();
+    if (endpoint in counts) counts[endpoint] += 1;
+    if (searchParams.get("probe") === "1") counts.probes += 1;
+  }
+
+  async function servePage(req, res) {
+    const { pathname } = new URL(req.url, "http://proxy");
+    const name = pathname.slice("/test/".length);
+    if (!/^[\w-]+\.(html|js)$/.test(name)) return false;
+    try {
+      const body = await readFile(path.join(pages, name));
+      res.writeHead(200, {
+        "Content-Type": TYPES[path.extname(name)],
+        "Cache-Control": "no-store",
+      });
+      res.end(body);
+    } catch {
+      res.writeHead(404).end("no such page");
+    }
+    return true;
+  }
+
+  const server = http.createServer(async (req, res) => {
+    if (req.url.startsWith("/test/") && (await servePage(req, res))) return;
+    count(req.url);
+    if (intercept(req, res)) return;
+    const upstream = http.request({
+      host: "127.0.0.1",
+      port: upstreamPort,
+      method: req.method,
+      path: req.url,
+      headers: req.headers,
+      agent: false,
+    });
+    upstream.on("socket", track);
+    req.pipe(upstream);
+    upstream.on("response", (answer) => {
+      const stream = (answer.headers["content-type"] || "").startsWith("text/event-stream");
+      res.writeHead(answer.statusCode, answer.headers);
+      if (stream && proxy.bufferSse) {
+        // A buffering middlebox: nothing until the whole body is in.
+        const chunks = [];
+        answer.on("data", (chunk) => chunks.push(chunk));
+        answer.on("end", () => res.end(Buffer.concat(chunks)));
+      } else {
+        answer.pipe(res);
+      }
+      answer.on("error", () => res.destroy());
+    });
+    upstream.on("error", () => {
+      if (!res.headersSent) {
+        res.writeHead(502, { "Content-Type": "text/html" });
+        res.end(ERROR_PAGE(502, "Bad Gateway"));
+      } else {
+        res.destroy();
+      }
+    });
+    res.on("close", () => upstream.destroy());
+  });
+
+  server.on("connection", (socket) => {
+    if (proxy.down) {
+      socket.destroy();
+      return;
+    }
+    track(socket);
+  });
+
+  server.on("upgrade", (req, socket, head) => {
+    count(req.url);
+    if (proxy.refuseWebSocket || failing > 0) {
+      const status = proxy.refuseWebSocket ? [403, "Forbidden"] : [502, "Bad Gateway"];
+      if (!proxy.refuseWebSocket) failing -= 1;
+      const body = ERROR_PAGE(...status);
+      socket.end(
+        `HTTP/1.1 ${status[0]} ${status[1]}\r\nContent-Type: text/html\r\n` +
+          `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+      return;
+    }
+    const upstream = net.connect(upstreamPort, "127.0.0.1");
+    track(upstream);
+    upstream.on("connect", () => {
+      let headText = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) {
+        headText += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      }
+      upstream.write(`${headText}\r\n`);
+      if (head.length) upstream.write(head);
+      socket.pipe(upstream).pipe(socket);
+    });
+    const kill = () => {
+      socket.destroy();
+      upstream.destroy();
+    };
+    upstream.on("error", kill);
+    socket.on("error", kill);
+    upstream.on("close", kill);
+    socket.on("close", kill);
+  });
+
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address();
+  proxy.port = port;
+  proxy.origin = `http://127.0.0.1:${port}`;
+  proxy.close = () =>
+    new Promise((resolve) => {
+      proxy.cut();
+      server.close(() => resolve());
+      server.closeAllConnections?.();
+    });
+  return proxy;
+}
