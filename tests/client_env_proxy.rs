@@ -32,7 +32,16 @@ fn client_example() -> PathBuf {
 async fn run_client(url: &str, transport: &str, env: &[(&str, &str)]) -> serde_json::Value {
     let mut command = tokio::process::Command::new(client_example());
     command
-        .args(["--url", url, "--transport", transport, "--count", "300", "--timeout", "20"])
+        .args([
+            "--url",
+            url,
+            "--transport",
+            transport,
+            "--count",
+            "300",
+            "--timeout",
+            "20",
+        ])
         .env_remove("HTTP_PROXY")
         .env_remove("http_proxy")
         .env_remove("HTTPS_PROXY")
@@ -103,7 +112,10 @@ async fn no_proxy_bypasses_the_proxy() {
     let summary = run_client(
         &server.url(),
         "auto",
-        &[("HTTP_PROXY", &proxy.url()), ("NO_PROXY", "localhost,127.0.0.1")],
+        &[
+            ("HTTP_PROXY", &proxy.url()),
+            ("NO_PROXY", "localhost,127.0.0.1"),
+        ],
     )
     .await;
     assert_eq!(summary["transport"], "websocket", "{summary}");

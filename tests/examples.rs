@@ -83,7 +83,11 @@ async fn client_example_delivers_10k_exactly_on_every_transport() {
         assert_eq!(summary["lost"], 0);
         assert_eq!(summary["duplicated"], 0);
         assert_eq!(summary["reordered"], 0);
-        let expected = if transport == "auto" { "websocket" } else { transport };
+        let expected = if transport == "auto" {
+            "websocket"
+        } else {
+            transport
+        };
         assert_eq!(summary["transport"], expected);
     }
 }

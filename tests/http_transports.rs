@@ -286,7 +286,6 @@ async fn sse_streams_are_recycled_with_4000_and_lose_nothing() {
 }
 
 #[tokio::test]
-#[ignore = "bug: an SSE stream is recycled only after a whole chunk of every ready event, overshooting sse_max_bytes by up to the replay buffer"]
 async fn sse_recycling_bounds_each_stream() {
     let budget = 16 * 1024;
     let mut config = ServerConfig::default();

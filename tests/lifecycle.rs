@@ -181,7 +181,6 @@ async fn shutdown_closes_every_session_with_1001_after_pending_messages() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a session whose closing handshake completed is forgotten at once (410), not kept resumable for the resume window (§5)"]
 async fn a_closed_session_stays_resumable_for_the_resume_window() {
     // §5: "A session closed with a close frame (by either side) remains
     // resumable for the resume window". A long-poll client that closes

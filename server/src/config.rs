@@ -22,9 +22,10 @@ use holdfast_protocol::SessionConfig;
 pub struct ServerConfig {
     /// Timers and per-session limits, announced to clients in `open`.
     pub session: SessionConfig,
-    /// Most sessions held at once (closed ones count until forgotten);
-    /// past it, new sessions get `503` + `Retry-After` (WebSocket: close
-    /// 4503). Default 100 000.
+    /// Most sessions open at once; past it, new sessions get `503` +
+    /// `Retry-After` (WebSocket: close 4503). Closed sessions stay
+    /// resumable for the resume window without counting here, up to this
+    /// many too (the oldest go first). Default 100 000.
     pub max_sessions: usize,
     /// Most bytes buffered across all sessions (replay buffers and
     /// received-but-unread messages); past it, `send` waits and `try_send`
@@ -73,6 +74,11 @@ impl ServerConfig {
         if self.max_sessions == 0 || self.accept_backlog == 0 {
             return Err(holdfast_protocol::ConfigError(
                 "max_sessions and accept_backlog must be at least 1",
+            ));
+        }
+        if self.sse_max_bytes < self.sse_padding + 4096 {
+            return Err(holdfast_protocol::ConfigError(
+                "sse_max_bytes must leave room for events after the padding",
             ));
         }
         if self.max_buffered_bytes < self.session.max_unacked_bytes {

@@ -1,6 +1,6 @@
 //! The sessions a server holds, by key, and the keys themselves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -8,43 +8,114 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::session::Shared;
 
-/// Sessions by key. The count includes closed sessions until they are
-/// forgotten, so that [`max_sessions`](crate::ServerConfig::max_sessions)
-/// bounds memory.
+/// Sessions by key: open ones, and closed ones kept resumable for the
+/// resume window (tombstones, PROTOCOL.md §5).
+///
+/// [`max_sessions`](crate::ServerConfig::max_sessions) bounds the open
+/// sessions; tombstones are bounded by the same number, the oldest evicted
+/// first, so a client that opens and closes sessions in a loop can neither
+/// lock others out nor grow memory without bound.
 #[derive(Default)]
 pub(crate) struct Registry {
-    sessions: Mutex<HashMap<Arc<str>, Arc<Shared>>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<Arc<str>, Entry>,
+    open: usize,
+    /// Tombstones, oldest first.
+    closed: VecDeque<Arc<str>>,
+}
+
+struct Entry {
+    shared: Arc<Shared>,
+    closed: bool,
 }
 
 impl Registry {
     pub(crate) fn get(&self, key: &str) -> Option<Arc<Shared>> {
-        self.lock().get(key).cloned()
+        self.lock().sessions.get(key).map(|e| e.shared.clone())
     }
 
-    /// Inserts a session unless `max` are already held.
+    /// Inserts a new session unless `max` are already open.
     pub(crate) fn insert(&self, shared: Arc<Shared>, max: usize) -> Result<(), Arc<Shared>> {
-        let mut sessions = self.lock();
-        if sessions.len() >= max {
+        let mut inner = self.lock();
+        if inner.open >= max {
             return Err(shared);
         }
-        sessions.insert(shared.key.clone(), shared);
+        inner.open += 1;
+        inner.sessions.insert(
+            shared.key.clone(),
+            Entry {
+                shared,
+                closed: false,
+            },
+        );
         Ok(())
     }
 
-    pub(crate) fn remove(&self, key: &str) {
-        self.lock().remove(key);
+    /// Records that a session closed (it stays, as a tombstone). Returns
+    /// the tombstones evicted to keep at most `max_tombstones`.
+    pub(crate) fn closed(&self, key: &str, max_tombstones: usize) -> Vec<Arc<Shared>> {
+        let mut inner = self.lock();
+        let Some(entry) = inner.sessions.get_mut(key) else {
+            return Vec::new();
+        };
+        if entry.closed {
+            return Vec::new();
+        }
+        entry.closed = true;
+        let key = entry.shared.key.clone();
+        inner.open -= 1;
+        inner.closed.push_back(key);
+        let mut evicted = Vec::new();
+        while inner.closed.len() > max_tombstones {
+            let Some(oldest) = inner.closed.pop_front() else {
+                break;
+            };
+            if let Some(entry) = inner.sessions.remove(&oldest) {
+                evicted.push(entry.shared);
+            }
+        }
+        evicted
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+    /// Forgets a session.
+    pub(crate) fn remove(&self, key: &str) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.sessions.remove(key) else {
+            return;
+        };
+        if !entry.closed {
+            inner.open -= 1;
+        } else if inner.closed.front().is_some_and(|k| &**k == key) {
+            inner.closed.pop_front();
+        } else {
+            inner.closed.retain(|k| &**k != key);
+        }
+    }
+
+    /// Open sessions.
+    pub(crate) fn open(&self) -> usize {
+        self.lock().open
+    }
+
+    /// Sessions held, tombstones included.
+    pub(crate) fn held(&self) -> usize {
+        self.lock().sessions.len()
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<Shared>> {
-        self.lock().values().cloned().collect()
+        self.lock()
+            .sessions
+            .values()
+            .map(|e| e.shared.clone())
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Shared>>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

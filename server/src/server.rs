@@ -123,9 +123,15 @@ impl Holdfast {
             .with_state(self.state.clone())
     }
 
-    /// Sessions held now (closed ones count until forgotten).
+    /// Open sessions now (what `max_sessions` limits).
     pub fn session_count(&self) -> usize {
-        self.state.registry.len()
+        self.state.registry.open()
+    }
+
+    /// Sessions held now: the open ones and the closed ones still
+    /// resumable for the resume window.
+    pub fn held_sessions(&self) -> usize {
+        self.state.registry.held()
     }
 
     /// Bytes buffered across all sessions now.

@@ -10,7 +10,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::pin::pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -41,8 +41,11 @@ pub(crate) struct Shared {
     space: Notify,
     /// Transports holding back input: the application read some.
     pub(crate) drained: Notify,
-    /// The timer task: the next deadline moved earlier.
+    /// The timer task: the next deadline moved earlier (or the session was
+    /// evicted).
     timer: Notify,
+    /// A tombstone evicted from the registry: the timer task ends now.
+    evicted: AtomicBool,
     headers: HeaderMap,
     extensions: Extensions,
     server: Arc<ServerState>,
@@ -138,6 +141,13 @@ impl Drop for CoreGuard<'_> {
 
         let before = self.before;
         let closed_now = after.closed && !before.closed;
+        if closed_now {
+            let max = shared.server.config.max_sessions;
+            for evicted in shared.server.registry.closed(&shared.key, max) {
+                evicted.evicted.store(true, Ordering::Relaxed);
+                evicted.timer.notify_one();
+            }
+        }
         if after.received > before.received || closed_now {
             shared.app.notify_waiters();
         }
@@ -203,6 +213,7 @@ impl Shared {
             space: Notify::new(),
             drained: Notify::new(),
             timer: Notify::new(),
+            evicted: AtomicBool::new(false),
             headers,
             extensions,
             server,
@@ -237,7 +248,7 @@ impl Shared {
                 let mut guard = self.lock();
                 let now = now();
                 guard.handle_timeout(now);
-                if guard.is_finished(now) {
+                if guard.is_finished(now) || self.evicted.load(Ordering::Relaxed) {
                     break;
                 }
                 let deadline = guard.poll_timeout();

@@ -102,10 +102,6 @@ enum State {
         close: Close,
         at: Instant,
         initiator: Initiator,
-        /// Our `close` frame went out on some path.
-        close_sent: bool,
-        /// The peer's `close` frame arrived (as the first or as the answer).
-        peer_closed: bool,
     },
 }
 
@@ -194,20 +190,15 @@ impl ServerSession {
     }
 
     /// Whether the session is over for good and can be forgotten: expired,
-    /// or closed with the closing handshake done, or its tombstone expired.
+    /// or closed longer ago than the resume window.
     pub fn is_finished(&self, now: Instant) -> bool {
         match &self.state {
             State::Open => false,
-            State::Closed {
-                at,
-                initiator,
-                close_sent,
-                peer_closed,
-                ..
-            } => {
-                *initiator == Initiator::Expired
-                    || (*close_sent && *peer_closed)
-                    || now >= *at + self.config.resume_window
+            State::Closed { at, initiator, .. } => {
+                // A closed session stays resumable for the resume window
+                // (PROTOCOL.md §5): a client that missed the end resumes and
+                // gets the rest, then the same `close`.
+                *initiator == Initiator::Expired || now >= *at + self.config.resume_window
             }
         }
     }
@@ -545,13 +536,10 @@ impl ServerSession {
         }
         let mut end = None;
         let send_close = peer_closing || !self.out.has_pending();
-        if let State::Closed {
-            close, close_sent, ..
-        } = &mut self.state
+        if let State::Closed { close, .. } = &self.state
             && send_close
         {
             frames.push(Frame::Close(close.clone()));
-            *close_sent = true;
             end = Some(close.clone());
         }
         let kind = a.kind;
@@ -580,15 +568,11 @@ impl ServerSession {
             frames.push(Frame::Pong);
         }
         if let State::Closed {
-            close,
-            close_sent,
-            initiator,
-            ..
-        } = &mut self.state
+            close, initiator, ..
+        } = &self.state
             && (*initiator != Initiator::Local || self.out.buffered_messages() == 0)
         {
             frames.push(Frame::Close(close.clone()));
-            *close_sent = true;
         }
         frames
     }
@@ -646,11 +630,9 @@ impl ServerSession {
         }
     }
 
+    /// The client's `close`: it ends the session, or answers ours.
     fn peer_closed(&mut self, now: Instant, close: Close) {
-        match &mut self.state {
-            State::Open => self.end(now, close, Initiator::Peer),
-            State::Closed { peer_closed, .. } => *peer_closed = true,
-        }
+        self.end(now, close, Initiator::Peer);
     }
 
     fn end(&mut self, now: Instant, close: Close, initiator: Initiator) {
@@ -666,23 +648,33 @@ impl ServerSession {
             close,
             at: now,
             initiator,
-            close_sent: initiator == Initiator::Expired,
-            peer_closed: initiator != Initiator::Local,
         };
     }
 }
 
-/// Moves queued messages into `frames`, cutting the batch at about
-/// `target` encoded bytes (a single larger message travels alone).
+/// Room kept in every batch for the control frames that may follow the
+/// messages (an `ack`, a `close`).
+const TRAILER_ROOM: usize = 192;
+
+/// Moves queued messages into `frames`, so that the encoded batch stays
+/// within `target` bytes when it holds more than one message (a single
+/// larger message travels alone; `PROTOCOL.md` §2.3).
 pub(super) fn push_messages(out: &mut Outbound, target: usize, frames: &mut Vec<Frame>) {
-    let mut budget = target;
+    // The brackets, the frames already in the batch and their commas.
+    let used: usize = 2
+        + TRAILER_ROOM
+        + frames
+            .iter()
+            .map(|f| json::encoded_len_hint(f) + 1)
+            .sum::<usize>();
+    let mut budget = target.saturating_sub(used);
     let mut any = false;
     while let Some((seq, message)) = out.peek() {
         let frame = Frame::Message {
             seq,
             message: message.clone(),
         };
-        let len = json::encoded_len_hint(&frame);
+        let len = json::encoded_len_hint(&frame) + 1;
         if any && len > budget {
             break;
         }

@@ -100,18 +100,37 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) {
     }
 }
 
-/// An upper estimate of a frame's encoded size, for cutting batches by bytes
-/// without encoding twice. Exact for everything but escaped text.
+/// A frame's encoded size, for cutting batches by bytes without encoding
+/// twice: exact for messages (escaping included), an upper bound for the
+/// other frames.
 pub fn encoded_len_hint(frame: &Frame) -> usize {
     match frame {
-        Frame::Message { message, .. } => match message {
-            Message::Text(t) => 48 + t.len() + t.len() / 8,
-            Message::Binary(b) => 48 + b.len().div_ceil(3) * 4,
-        },
-        Frame::Open(p) => 160 + p.key.len() + p.session_id.len(),
-        Frame::Close(c) | Frame::Detach(c) => 64 + c.reason.len(),
-        _ => 32,
+        Frame::Message { seq, message } => {
+            let digits = seq.checked_ilog10().unwrap_or(0) as usize + 1;
+            match message {
+                // {"t":"msg","seq":N,"d":"…"}
+                Message::Text(t) => 23 + digits + json_str_len(t.as_str()),
+                // {"t":"bin","seq":N,"d":"…"}
+                Message::Binary(b) => 25 + digits + b.len().div_ceil(3) * 4,
+            }
+        }
+        Frame::Open(p) => 160 + json_str_len(&p.key) + json_str_len(&p.session_id),
+        Frame::Close(c) | Frame::Detach(c) => 80 + json_str_len(&c.reason),
+        _ => 48,
     }
+}
+
+/// The length of `s` as a JSON string, quotes included, escaped the way
+/// serde_json escapes (and so [`encode_frame`]).
+pub fn json_str_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 fn encode_close(t: &[u8], close: &Close, out: &mut Vec<u8>) {
@@ -354,16 +373,25 @@ mod tests {
     }
 
     #[test]
-    fn size_hint_is_an_upper_bound_for_plain_text_and_binary() {
+    fn size_hint_is_exact_for_messages_however_escaped() {
+        let all_ascii: String = (0u8..128).map(char::from).collect();
+        for (seq, message) in [
+            (u64::MAX, Message::text("x".repeat(1000))),
+            (1, Message::text(all_ascii.repeat(3))),
+            (9, Message::text("\u{2028}é\"\\\u{1}\u{7f}")),
+            (10, Message::text("")),
+            (99_999, Message::binary(vec![7u8; 1001])),
+            (100_000, Message::binary(vec![])),
+        ] {
+            let frame = Frame::Message { seq, message };
+            let mut out = Vec::new();
+            encode_frame(&frame, &mut out);
+            assert_eq!(out.len(), encoded_len_hint(&frame), "{frame:?}");
+        }
         for frame in [
-            Frame::Message {
-                seq: u64::MAX,
-                message: Message::text("x".repeat(1000)),
-            },
-            Frame::Message {
-                seq: u64::MAX,
-                message: Message::binary(vec![7u8; 1001]),
-            },
+            Frame::Ack { seq: u64::MAX },
+            Frame::Resumed { ack: u64::MAX },
+            Frame::close(CloseCode::NORMAL, "a \u{1} reason"),
         ] {
             let mut out = Vec::new();
             encode_frame(&frame, &mut out);

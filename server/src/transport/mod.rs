@@ -36,22 +36,32 @@ pub(crate) struct ConnectQuery {
 }
 
 impl ConnectQuery {
+    /// Reads the query. A malformed one refuses the request: with `close`
+    /// 4400 when it would open a session, with `detach` 1002 when it names
+    /// one (that session lives on).
     pub(crate) fn parse(query: Option<&str>) -> Result<Self, Reject> {
         let query = query.unwrap_or("");
+        let key = query_value(query, "key").filter(|k| !k.is_empty());
+        let refuse = |reason: String| {
+            if key.is_some() {
+                Reject::protocol(reason)
+            } else {
+                Reject::bad_request(reason)
+            }
+        };
         if let Some(v) = query_value(query, "v")
             && v != PROTOCOL_VERSION.to_string()
         {
-            return Err(Reject::bad_request(format!(
+            return Err(refuse(format!(
                 "unsupported protocol version {v:?}; this server speaks {PROTOCOL_VERSION}"
             )));
         }
         let last = match query_value(query, "last") {
             None => 0,
-            Some(last) => last.parse().map_err(|_| {
-                Reject::bad_request(format!("`last` must be a number, got {last:?}"))
-            })?,
+            Some(last) => last
+                .parse()
+                .map_err(|_| refuse(format!("`last` must be a number, got {last:?}")))?,
         };
-        let key = query_value(query, "key").filter(|k| !k.is_empty());
         let probe = query_value(query, "probe").is_some_and(|p| p == "1");
         Ok(Self { key, last, probe })
     }
@@ -94,7 +104,7 @@ pub(crate) async fn prepare(
         let last = query.last.max(last_event_id.unwrap_or(0));
         return Ok(Prepared::Resume { key, last });
     }
-    if state.registry.len() >= state.config.max_sessions {
+    if state.registry.open() >= state.config.max_sessions {
         return Err(overloaded(state, "too many sessions"));
     }
     let identity = match &state.auth {
@@ -252,13 +262,24 @@ mod tests {
         );
         assert_eq!(
             ConnectQuery::parse(None).ok(),
-            Some(ConnectQuery { key: None, last: 0 })
+            Some(ConnectQuery {
+                key: None,
+                last: 0,
+                probe: false,
+            })
         );
         assert!(matches!(
             ConnectQuery::parse(Some("v=2")),
             Err(Reject::Session(c)) if c.code == CloseCode::BAD_REQUEST
         ));
-        assert!(ConnectQuery::parse(Some("key=a&last=-1")).is_err());
+        assert!(matches!(
+            ConnectQuery::parse(Some("key=a&last=-1")),
+            Err(Reject::Attachment(c)) if c.code == CloseCode::PROTOCOL_ERROR
+        ));
+        assert!(matches!(
+            ConnectQuery::parse(Some("key=a&v=9")),
+            Err(Reject::Attachment(c)) if c.code == CloseCode::PROTOCOL_ERROR
+        ));
     }
 
     #[test]

@@ -38,7 +38,7 @@ async fn receive(
     let query = ConnectQuery::parse(uri.query())?;
     let key = query
         .key
-        .ok_or_else(|| Reject::protocol("a send request needs the session `key`"))?;
+        .ok_or_else(|| Reject::bad_request("a send request needs the session `key`"))?;
     let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
     let max = state.config.session.max_batch;
     let declared = headers

@@ -122,7 +122,9 @@ impl Feed {
             let notified = shared.transmit.notified();
             let mut notified = pin!(notified);
             notified.as_mut().enable();
-            loop {
+            // Stop taking events once the budget is spent: what is left
+            // waits for the next stream (PROTOCOL.md §6, SSE recycling).
+            while out.len() < self.budget {
                 let transmit = shared.lock().poll_transmit(now(), self.id);
                 let Some(transmit) = transmit else { break };
                 sse::encode_event(&transmit.frames, &mut out);
