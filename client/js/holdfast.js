@@ -938,8 +938,9 @@ class Engine {
   close(code, reason) {
     if (this.closing || this.closed) return;
     if (!this.params) {
-      // Never opened: there is nobody to tell.
-      this.finish({ code, reason }, false);
+      // Never opened: there is nobody to tell. (Events fire after this
+      // call returns, as for a WebSocket.)
+      this.finish({ code, reason }, false, true);
       return;
     }
     this.readyState = Holdfast.CLOSING;
@@ -1656,7 +1657,7 @@ class Engine {
 
   /** The session is over. `wasClean`: it ended with a `close` frame
    * (rather than the client giving up). */
-  finish(close, wasClean) {
+  finish(close, wasClean, later = false) {
     if (this.closed) return;
     this.readyState = Holdfast.CLOSED;
     this.closing = null;
@@ -1675,21 +1676,25 @@ class Engine {
     const code = close.code;
     const sessionLost = code === CloseCodes.SESSION_LOST;
     const failure = !(code === 1000 || code === 1001 || (code >= 3000 && code < 4000));
-    if (failure) {
-      const what = sessionLost
-        ? "the session is lost (the server no longer knows it; messages in flight may be lost)"
-        : `the session ended with ${code}`;
-      this.error(`${what}: ${close.reason}`, undefined);
-    }
-    this.client.dispatchEvent(
-      new HoldfastCloseEvent({
-        code,
-        reason: close.reason ?? "",
-        wasClean,
-        sessionLost,
-        retryAfter: close.retryAfter,
-      }),
-    );
+    const dispatch = () => {
+      if (failure) {
+        const what = sessionLost
+          ? "the session is lost (the server no longer knows it; messages in flight may be lost)"
+          : `the session ended with ${code}`;
+        this.error(`${what}: ${close.reason}`, undefined);
+      }
+      this.client.dispatchEvent(
+        new HoldfastCloseEvent({
+          code,
+          reason: close.reason ?? "",
+          wasClean,
+          sessionLost,
+          retryAfter: close.retryAfter,
+        }),
+      );
+    };
+    if (later) queueMicrotask(dispatch);
+    else dispatch();
   }
 }
 

@@ -69,7 +69,8 @@ impl Connection {
             },
             receiver: Receiver {
                 _handle: handle,
-                events: Box::pin(events),
+                // Fused: polling again after the end keeps answering `None`.
+                events: Box::pin(futures_util::StreamExt::fuse(events)),
             },
         }
     }

@@ -36,6 +36,9 @@ impl CloseCode {
     pub const REPLACED: Self = Self(4409);
     /// Session lost: unknown or expired key.
     pub const SESSION_LOST: Self = Self(4410);
+    /// The client could not keep up with a fan-out and was disconnected
+    /// (the application's slow-consumer policy).
+    pub const TOO_SLOW: Self = Self(4429);
     /// Overloaded; retry after the `retry_after` given with it.
     pub const OVERLOADED: Self = Self(4503);
 
@@ -75,6 +78,7 @@ impl CloseCode {
             4408 => "peer timeout",
             4409 => "replaced",
             4410 => "session lost",
+            4429 => "too slow",
             4503 => "overloaded",
             _ => "other",
         }

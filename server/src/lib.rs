@@ -23,6 +23,7 @@
 mod auth;
 mod client_js;
 mod config;
+mod fanout;
 mod origin;
 mod registry;
 mod reject;
@@ -32,6 +33,7 @@ mod transport;
 
 pub use auth::{OpenRequest, Refusal};
 pub use config::ServerConfig;
+pub use fanout::{Fanout, FanoutReport, SlowConsumer};
 pub use holdfast_protocol::{Close, CloseCode, Message, SendError, SessionConfig, TransportKind};
 pub use origin::OriginPolicy;
 pub use server::{Builder, Holdfast, Incoming};

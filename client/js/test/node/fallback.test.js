@@ -1,0 +1,193 @@
+// Fallback and reconnection through a hostile proxy: refused upgrades,
+// buffering middleboxes, error pages, overload, a server that is down, and
+// switching back up once a better transport works again.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import { Holdfast } from "../../holdfast.js";
+import { echoExchange, nextEvent, record, until } from "../support/helpers.js";
+import { startProxy } from "../support/proxy.js";
+import { freePort, startExample } from "../support/servers.js";
+
+const FAST = { backoff: { initial: 20, max: 200, jitter: 0.5 } };
+
+let echo;
+let proxy;
+before(async () => {
+  echo = await startExample("echo");
+});
+after(async () => {
+  await echo?.stop();
+});
+
+describe("fallback", () => {
+  before(async () => {
+    proxy = await startProxy(echo.port);
+  });
+  after(async () => {
+    await proxy.close();
+  });
+
+  test("a refused WebSocket upgrade falls back to SSE at once", async () => {
+    proxy.refuseWebSocket = true;
+    try {
+      const started = Date.now();
+      const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, reprobeAfter: 60000 });
+      const open = await nextEvent(client, "open", 5000);
+      const elapsed = Date.now() - started;
+      assert.equal(open.transport, "sse");
+      assert.equal(client.transport, "sse");
+      assert.ok(elapsed < 1000, `the blocked WebSocket cost ${elapsed} ms (< 1 s)`);
+      await echoExchange(client, { count: 100 });
+      client.close();
+      await nextEvent(client, "close", 5000);
+    } finally {
+      proxy.refuseWebSocket = false;
+    }
+  });
+
+  test("a buffering proxy is caught by the probe timeout: long-polling", async () => {
+    proxy.refuseWebSocket = true;
+    proxy.bufferSse = true;
+    try {
+      const client = new Holdfast(`${proxy.origin}/realtime`, {
+        ...FAST,
+        probeTimeout: 600,
+        reprobeAfter: 60000,
+      });
+      const open = await nextEvent(client, "open", 5000);
+      assert.equal(open.transport, "long-poll");
+      await echoExchange(client, { count: 100 });
+      client.close();
+      await nextEvent(client, "close", 5000);
+    } finally {
+      proxy.refuseWebSocket = false;
+      proxy.bufferSse = false;
+    }
+  });
+
+  test("switches back up to WebSocket once it works again, losing nothing", async () => {
+    proxy.refuseWebSocket = true;
+    const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, reprobeAfter: 200 });
+    const events = record(client);
+    try {
+      assert.equal((await nextEvent(client, "open", 5000)).transport, "sse");
+      // The first re-probes fail while the proxy still refuses.
+      await until(() => proxy.counts.probes >= 1, 5000, "a re-probe of the WebSocket");
+      const changed = nextEvent(client, "transportchange", 10000);
+      setTimeout(() => {
+        proxy.refuseWebSocket = false;
+      }, 100);
+      const { received } = await echoExchange(client, { count: 600 });
+      const change = await changed;
+      assert.deepEqual([change.from, change.to], ["sse", "websocket"]);
+      assert.equal(client.transport, "websocket");
+      client.close();
+      await nextEvent(client, "close", 5000);
+      assert.equal(received.length, 600);
+      assert.ok(
+        !events.some((e) => e.type === "reconnecting"),
+        "a switch is not a reconnect",
+      );
+    } finally {
+      proxy.refuseWebSocket = false;
+    }
+  });
+
+  test("HTML 502 pages from an intermediary are transient: the session resumes", async () => {
+    const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports: ["sse"] });
+    const events = record(client);
+    await nextEvent(client, "open", 5000);
+    proxy.failNext(3);
+    const reconnecting = nextEvent(client, "reconnecting", 5000, (e) =>
+      /HTML error page/.test(e.reason),
+    );
+    const { received } = await echoExchange(client, {
+      count: 300,
+      cut: () => proxy.cut(),
+      cutEvery: 100,
+    });
+    const event = await reconnecting;
+    assert.match(event.reason, /HTTP 502 \(an HTML error page: an intermediary, not holdfast\)/);
+    assert.ok(events.some((e) => e.type === "resumed"));
+    client.close();
+    const closed = await nextEvent(client, "close", 5000);
+    assert.equal(closed.code, 1000);
+    assert.equal(received.length, 300);
+  });
+
+  test("overload (503 + 4503) is retried after Retry-After, with a fresh session", async () => {
+    const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports: ["long-poll"] });
+    proxy.overloadNext(2, 300);
+    const started = Date.now();
+    const first = await nextEvent(client, "reconnecting", 5000);
+    assert.match(first.reason, /overloaded \(4503 too many sessions\)/);
+    assert.ok(first.delay >= 300, `waited ${first.delay} ms, at least the 300 ms asked for`);
+    const open = await nextEvent(client, "open", 5000);
+    assert.equal(open.transport, "long-poll");
+    assert.ok(Date.now() - started >= 600, "two Retry-After waits");
+    client.close();
+    await nextEvent(client, "close", 5000);
+  });
+});
+
+describe("a server that is down", () => {
+  test("means backoff and reconnecting events, not fallback", async () => {
+    const port = await freePort();
+    const client = new Holdfast(`http://127.0.0.1:${port}/realtime`, {
+      backoff: { initial: 50, max: 400, jitter: 0.5 },
+    });
+    const events = record(client);
+    await until(
+      () => events.filter((e) => e.type === "reconnecting").length >= 3,
+      10000,
+      "three reconnecting events",
+    );
+    const attempts = events.filter((e) => e.type === "reconnecting");
+    assert.deepEqual(
+      attempts.slice(0, 3).map((e) => e.attempt),
+      [1, 2, 3],
+    );
+    assert.match(attempts[0].reason, /ECONNREFUSED|unreachable|fetch failed/);
+    assert.ok(attempts[2].delay >= 100, "the delays grow");
+    assert.equal(client.readyState, Holdfast.CONNECTING);
+
+    const server = await startExample("echo", { addr: `127.0.0.1:${port}` });
+    try {
+      const open = await nextEvent(client, "open", 5000);
+      assert.equal(open.transport, "websocket", "not demoted while the server was down");
+      client.send("up");
+      assert.equal((await nextEvent(client, "message", 5000)).data, "up");
+      client.close();
+      await nextEvent(client, "close", 5000);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test("a restarted server no longer knows the session: 4410 session lost", async () => {
+    for (const transports of [["websocket"], ["sse"], ["long-poll"]]) {
+      const server = await startExample("echo");
+      const client = new Holdfast(`${server.origin}/realtime`, { ...FAST, transports });
+      const errors = [];
+      client.onerror = (event) => errors.push(event.message);
+      await nextEvent(client, "open", 5000);
+      client.send("before");
+      await nextEvent(client, "message", 5000);
+      await server.stop();
+      const restarted = await startExample("echo", { addr: `127.0.0.1:${server.port}` });
+      try {
+        const closed = await nextEvent(client, "close", 10000);
+        assert.equal(closed.code, 4410, transports[0]);
+        assert.equal(closed.sessionLost, true);
+        assert.equal(client.readyState, Holdfast.CLOSED);
+        assert.equal(errors.length, 1);
+        assert.match(errors[0], /session is lost/);
+        assert.throws(() => client.send("after"), { name: "InvalidStateError" });
+      } finally {
+        await restarted.stop();
+      }
+    }
+  });
+});
