@@ -1,0 +1,257 @@
+//! `holdfast-bench`: how fast holdfast is, side by side with a raw
+//! tokio-tungstenite echo, in one run on one machine.
+//!
+//! ```text
+//! cargo run --release -p holdfast-bench              # the full table (a few minutes)
+//! cargo run --release -p holdfast-bench -- --quick   # seconds: proves the tool works (CI)
+//! cargo run --release -p holdfast-bench -- --json results.jsonl
+//! ```
+//!
+//! Each server runs as a child process pinned to CPU 0, the load generator
+//! on CPU 1; the figure that compares fairly on 2 cores is the server's CPU
+//! time per message, read from `/proc/<pid>/stat` over the measured period.
+//! Every run prints one JSON line; a Markdown table with the ratios to the
+//! baseline comes last.
+
+mod echo;
+mod fanout;
+mod idle;
+mod process;
+mod report;
+mod resume;
+mod serve;
+mod stats;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use holdfast_client::TransportKind;
+
+use crate::echo::{EchoSpec, Target};
+use crate::process::ServerProcess;
+use crate::report::{Report, Row};
+use crate::serve::ServerKind;
+
+/// How big a run is.
+struct Plan {
+    warmup: Duration,
+    duration: Duration,
+    client_counts: Vec<usize>,
+    sizes: Vec<usize>,
+    windows: Vec<usize>,
+    idle_sessions: usize,
+    fanout_subscribers: usize,
+    fanout_messages: usize,
+    resume_messages: u64,
+}
+
+impl Plan {
+    fn full() -> Self {
+        Self {
+            warmup: Duration::from_millis(500),
+            duration: Duration::from_secs(3),
+            client_counts: vec![1, 100],
+            sizes: vec![64, 4096],
+            windows: vec![1, 8],
+            idle_sessions: 10_000,
+            fanout_subscribers: 1000,
+            fanout_messages: 200,
+            resume_messages: 1000,
+        }
+    }
+
+    fn quick() -> Self {
+        Self {
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(300),
+            client_counts: vec![1, 10],
+            sizes: vec![64],
+            windows: vec![1, 4],
+            idle_sessions: 200,
+            fanout_subscribers: 20,
+            fanout_messages: 20,
+            resume_messages: 100,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve") {
+        return match serve::run(args.get(1).map_or("", String::as_str)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("serve: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some("load") {
+        return load(&args[1..]);
+    }
+    let mut plan = Plan::full();
+    let mut json_path = None;
+    let mut only: Option<Vec<String>> = None;
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => plan = Plan::quick(),
+            "--json" => json_path = it.next(),
+            "--only" => only = it.next().map(|s| s.split(',').map(str::to_owned).collect()),
+            "-h" | "--help" => {
+                println!(
+                    "usage: holdfast-bench [--quick] [--json FILE] [--only echo,fanout,idle,resume]"
+                );
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}; try --help");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
+
+    process::pin_self(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut report = Report::new(json_path);
+    let result = runtime.block_on(async {
+        if wants("echo") {
+            echo_runs(&plan, &mut report).await?;
+        }
+        if wants("fanout") {
+            fanout_run(&plan, &mut report).await?;
+        }
+        if wants("idle") {
+            idle_runs(&plan, &mut report).await?;
+        }
+        if wants("resume") {
+            resume_runs(&plan, &mut report).await?;
+        }
+        Ok::<_, String>(())
+    });
+    report.print_tables();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("benchmark failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `holdfast-bench load <raw|websocket|sse|long-poll> <addr> <clients>
+/// <window> <size> <seconds>`: echo load against a server started by hand
+/// (`holdfast-bench serve holdfast`), for profiling it (`perf record -p`).
+fn load(args: &[String]) -> ExitCode {
+    let usage = "usage: holdfast-bench load <raw|websocket|sse|long-poll> <addr> <clients> <window> <size> <seconds>";
+    let parsed = (|| {
+        let target = match args.first()?.as_str() {
+            "raw" => Target::RawWs,
+            other => Target::Holdfast(other.parse().ok()?),
+        };
+        let addr: std::net::SocketAddr = args.get(1)?.parse().ok()?;
+        let number = |i: usize| args.get(i)?.parse::<u64>().ok();
+        let spec = EchoSpec {
+            clients: number(2)? as usize,
+            window: number(3)? as usize,
+            size: number(4)? as usize,
+            warmup: Duration::from_millis(200),
+            duration: Duration::from_secs(number(5)?),
+        };
+        Some((target, addr, spec))
+    })();
+    let Some((target, addr, spec)) = parsed else {
+        eprintln!("{usage}");
+        return ExitCode::from(2);
+    };
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        return ExitCode::FAILURE;
+    };
+    let server = ServerProcess::external(addr);
+    match runtime.block_on(echo::run(&server, target, spec)) {
+        Ok(mut result) => {
+            let [p50, p99, _] = result.latencies.percentiles();
+            println!(
+                "{} round trips, {:.0}/s, p50 {p50} µs, p99 {p99} µs",
+                result.round_trips,
+                result.round_trips as f64 / result.seconds
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const TRANSPORTS: [TransportKind; 3] = TransportKind::ALL;
+
+async fn echo_runs(plan: &Plan, report: &mut Report) -> Result<(), String> {
+    for &window in &plan.windows {
+        for &clients in &plan.client_counts {
+            for &size in &plan.sizes {
+                let spec = EchoSpec {
+                    clients,
+                    size,
+                    window,
+                    warmup: plan.warmup,
+                    duration: plan.duration,
+                };
+                let mut targets = vec![Target::RawWs];
+                targets.extend(TRANSPORTS.map(Target::Holdfast));
+                for target in targets {
+                    let kind = match target {
+                        Target::RawWs => ServerKind::RawWs,
+                        Target::Holdfast(_) => ServerKind::Holdfast,
+                    };
+                    let server = ServerProcess::start(kind, Some(0)).await?;
+                    let mut result = echo::run(&server, target, spec).await;
+                    server.stop().await;
+                    let result = result.as_mut().map_err(|e| e.clone())?;
+                    report.add(Row::echo(target, spec, result));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn fanout_run(plan: &Plan, report: &mut Report) -> Result<(), String> {
+    let server = ServerProcess::start(ServerKind::Holdfast, Some(0)).await?;
+    let result = fanout::run(&server, plan.fanout_subscribers, plan.fanout_messages).await;
+    server.stop().await;
+    report.add(Row::fanout(result?));
+    Ok(())
+}
+
+async fn idle_runs(plan: &Plan, report: &mut Report) -> Result<(), String> {
+    for kind in TRANSPORTS {
+        let server = ServerProcess::start(ServerKind::Holdfast, Some(0)).await?;
+        let result = idle::run(&server, kind, plan.idle_sessions).await;
+        server.stop().await;
+        report.add(Row::idle(kind, result?));
+    }
+    Ok(())
+}
+
+async fn resume_runs(plan: &Plan, report: &mut Report) -> Result<(), String> {
+    for kind in TRANSPORTS {
+        let server = ServerProcess::start(ServerKind::Holdfast, Some(0)).await?;
+        let result = resume::run(&server, kind, plan.resume_messages).await;
+        server.stop().await;
+        report.add(Row::resume(kind, plan.resume_messages, result?));
+    }
+    Ok(())
+}

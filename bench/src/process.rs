@@ -1,0 +1,135 @@
+//! The server as a child process: started pinned to its own core, read
+//! from `/proc` (CPU time, resident memory), stopped by closing its stdin.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::serve::ServerKind;
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`,
+/// 100 on Linux).
+const CLK_TCK: f64 = 100.0;
+
+/// A running server process.
+pub struct ServerProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pid: u32,
+}
+
+impl ServerProcess {
+    /// Starts `holdfast-bench serve <kind>` pinned to CPU `cpu` (when
+    /// `taskset` exists and the machine has that CPU).
+    pub async fn start(kind: ServerKind, cpu: Option<usize>) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut command = match cpu.filter(|_| taskset_available()) {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = command
+            .arg("serve")
+            .arg(kind.arg())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the {} server: {e}", kind.arg()))?;
+        let pid = child.id().ok_or("the server exited at once")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .map_err(|_| "the server did not say where it listens")?
+            .map_err(|e| e.to_string())?
+            .ok_or("the server exited before listening")?;
+        let addr = line
+            .strip_prefix("LISTEN ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("unexpected server line {line:?}"))?;
+        Ok(Self {
+            child: Some(child),
+            addr,
+            pid,
+        })
+    }
+
+    /// A server started elsewhere (its CPU and memory are not read).
+    pub fn external(addr: SocketAddr) -> Self {
+        Self {
+            child: None,
+            addr,
+            pid: 0,
+        }
+    }
+
+    /// CPU time (user + system) the server has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid).unwrap_or(0.0)
+    }
+
+    /// Resident memory now, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid).unwrap_or(0)
+    }
+
+    /// Stops the server (closing its stdin ends it; killed if it lingers).
+    pub async fn stop(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        drop(child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(3), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+fn taskset_available() -> bool {
+    std::path::Path::new("/usr/bin/taskset").exists()
+        && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
+}
+
+/// Pins this process (the load generator) to `cpu`, best effort.
+pub fn pin_self(cpu: usize) {
+    if taskset_available() {
+        let _ = std::process::Command::new("taskset")
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &cpu.to_string(),
+                &std::process::id().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After ')': state is field 3, utime field 14, stime field 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / CLK_TCK)
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

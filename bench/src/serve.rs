@@ -1,0 +1,136 @@
+//! The servers under test, run as child processes (`holdfast-bench serve
+//! …`) so that their CPU time can be read from `/proc` and they can be
+//! pinned to a core of their own.
+//!
+//! Both use the same runtime (multi-threaded, one worker: the process is
+//! pinned to one core) and both echo every message.
+
+use std::io::Write as _;
+
+use futures_util::{StreamExt, TryStreamExt};
+use holdfast_protocol::Message;
+use holdfast_server::{Fanout, Holdfast, ServerConfig, Session, SlowConsumer};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+/// Which server to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    /// A raw tokio-tungstenite echo: the floor.
+    RawWs,
+    /// holdfast's echo on every transport, with `burst N` and `pub:` commands.
+    Holdfast,
+}
+
+impl ServerKind {
+    pub fn arg(self) -> &'static str {
+        match self {
+            Self::RawWs => "raw-ws",
+            Self::Holdfast => "holdfast",
+        }
+    }
+}
+
+/// Runs a server until stdin closes (the parent died or is done).
+pub fn run(kind: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("LISTEN {addr}");
+        let _ = std::io::stdout().flush();
+        let serve = async move {
+            match kind {
+                "raw-ws" => serve_raw(listener).await,
+                "holdfast" => serve_holdfast(listener).await,
+                other => eprintln!("unknown server {other}"),
+            }
+        };
+        tokio::select! {
+            () = serve => {}
+            () = stdin_closed() => {}
+        }
+        Ok(())
+    })
+}
+
+async fn stdin_closed() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// The baseline: accept, upgrade, send back every data message.
+async fn serve_raw(listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(async move {
+            let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                return;
+            };
+            // `forward` feeds while messages are ready and flushes when the
+            // socket has nothing more: the cheapest echo tungstenite allows.
+            let (tx, rx) = ws.split();
+            let data = rx.try_filter(|m| std::future::ready(m.is_text() || m.is_binary()));
+            let _ = data.forward(tx).await;
+        });
+    }
+}
+
+async fn serve_holdfast(listener: TcpListener) {
+    let room = Fanout::new(SlowConsumer::Wait);
+    let mut config = ServerConfig::default();
+    config.max_sessions = 200_000;
+    config.session.max_unacked_messages = 8192;
+    let holdfast = Holdfast::builder()
+        .config(config)
+        .on_session(move |session| {
+            let room = room.clone();
+            async move { app(session, room).await }
+        });
+    let app = axum::Router::new().nest("/realtime", holdfast.router());
+    let _ = axum::serve(listener, app).await;
+}
+
+/// Echo, plus `burst N` (send N numbered messages), `join` (receive
+/// broadcasts) and `pub:…` (broadcast this message to everyone joined).
+async fn app(session: Session, room: Fanout) {
+    while let Some(message) = session.recv().await {
+        if let Some(text) = message.as_text() {
+            if let Some(n) = text.strip_prefix("burst ") {
+                let n: u64 = n.parse().unwrap_or(0);
+                for i in 1..=n {
+                    if session.send(format!("b{i}")).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            if text == "join" {
+                room.join(&session);
+                continue;
+            }
+            if text.starts_with("pub:") {
+                room.send(Message::text(text)).await;
+                continue;
+            }
+        }
+        if session.send(message).await.is_err() {
+            break;
+        }
+    }
+    room.leave(&session);
+}
