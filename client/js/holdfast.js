@@ -146,6 +146,11 @@ function fromBase64(text) {
  * session resumed). */
 class ProtocolViolation extends Error {}
 
+/** A request that got no answer in time. */
+class RequestTimeout extends Error {
+  name = "TimeoutError";
+}
+
 /** Parses one batch (a JSON array of frames). */
 function parseBatch(text) {
   let batch;
@@ -203,7 +208,7 @@ function classifyHttp(status, text, headers) {
   } catch {
     first = undefined;
   }
-  if (first && first.t === "close") return { close: closeOf(first) };
+  if (first && first.t === "close") return { closeFrame: first };
   const retryAfter = parseRetryAfter(headers.get("retry-after"));
   if (first && first.t === "detach") {
     const detach = closeOf(first);
@@ -223,6 +228,7 @@ function classifyHttp(status, text, headers) {
 /** Whether a failed fetch never reached any server (refused, DNS, no
  * network). Browsers do not say; their network errors count as such. */
 function unreachable(error) {
+  if (error instanceof RequestTimeout || (error && error.name === "AbortError")) return false;
   const code = error && error.cause && error.cause.code;
   if (!code) return true;
   return [
@@ -482,8 +488,8 @@ class Attachment {
   /** A non-200 answer from an HTTP endpoint. */
   refused(response, text) {
     const verdict = classifyHttp(response.status, text, response.headers);
-    if (verdict.close) {
-      this.engine.onFrames(this, [{ t: "close", ...verdict.close }], true);
+    if (verdict.closeFrame) {
+      this.engine.onFrames(this, [verdict.closeFrame], true);
       return;
     }
     const why = `${this.requestName || this.kind} answered ${verdict.why}`;
@@ -990,14 +996,14 @@ class Engine {
    * answer, or when `signal` aborts. */
   async fetchText(att, url, timeout, init = {}, signal = undefined) {
     const controller = this.controller(att, signal);
-    const timer = setTimeout(
-      () => controller.abort(new Error(`no answer within ${timeout} ms`)),
-      timeout,
-    );
+    const expired = new RequestTimeout(`no answer within ${timeout} ms`);
+    const timer = setTimeout(() => controller.abort(expired), timeout);
     try {
       const response = await this.fetch.call(globalThis, url, this.init(init, controller));
       const text = await response.text();
       return { response, text };
+    } catch (error) {
+      throw controller.signal.reason === expired ? expired : error;
     } finally {
       clearTimeout(timer);
       this.release(att, controller);
@@ -1009,12 +1015,12 @@ class Engine {
    * request aborted when the attachment ends). */
   async fetchStream(att, url, timeout, init = {}) {
     const controller = this.controller(att);
-    const timer = setTimeout(
-      () => controller.abort(new Error(`no answer within ${timeout} ms`)),
-      timeout,
-    );
+    const expired = new RequestTimeout(`no answer within ${timeout} ms`);
+    const timer = setTimeout(() => controller.abort(expired), timeout);
     try {
       return await this.fetch.call(globalThis, url, this.init(init, controller));
+    } catch (error) {
+      throw controller.signal.reason === expired ? expired : error;
     } finally {
       clearTimeout(timer);
     }
@@ -1220,6 +1226,11 @@ class Engine {
       const att = this.attachment;
       if (att) att.end({ type: "refused", close });
       return;
+    }
+    if (this.closing && this.closing.sentAt !== null) {
+      // The answer to our `close`, which went out after every message: the
+      // server received them all (it would have refused a gap).
+      this.out.ack(this.out.sent);
     }
     this.finish(close, true);
   }

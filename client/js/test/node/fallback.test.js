@@ -10,7 +10,9 @@ import { echoExchange, nextEvent, record, until } from "../support/helpers.js";
 import { startProxy } from "../support/proxy.js";
 import { freePort, startExample } from "../support/servers.js";
 
-const FAST = { backoff: { initial: 20, max: 200, jitter: 0.5 } };
+// `rememberFor: 0`: each test starts from the best transport, whatever an
+// earlier one found.
+const FAST = { backoff: { initial: 20, max: 200, jitter: 0.5 }, rememberFor: 0 };
 
 let echo;
 let proxy;
@@ -33,7 +35,11 @@ describe("fallback", () => {
     proxy.refuseWebSocket = true;
     try {
       const started = Date.now();
-      const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, reprobeAfter: 60000 });
+      const client = new Holdfast(`${proxy.origin}/realtime`, {
+        ...FAST,
+        rememberFor: 60000,
+        reprobeAfter: 60000,
+      });
       const open = await nextEvent(client, "open", 5000);
       const elapsed = Date.now() - started;
       assert.equal(open.transport, "sse");
@@ -42,6 +48,14 @@ describe("fallback", () => {
       await echoExchange(client, { count: 100 });
       client.close();
       await nextEvent(client, "close", 5000);
+
+      // Remembered: the next client goes straight to SSE.
+      const upgrades = proxy.counts.ws;
+      const next = new Holdfast(`${proxy.origin}/realtime`, { reprobeAfter: 60000 });
+      assert.equal((await nextEvent(next, "open", 5000)).transport, "sse");
+      assert.equal(proxy.counts.ws, upgrades, "no WebSocket attempt");
+      next.close();
+      await nextEvent(next, "close", 5000);
     } finally {
       proxy.refuseWebSocket = false;
     }
@@ -118,15 +132,16 @@ describe("fallback", () => {
   });
 
   test("overload (503 + 4503) is retried after Retry-After, with a fresh session", async () => {
-    const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports: ["long-poll"] });
     proxy.overloadNext(2, 300);
+    const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports: ["long-poll"] });
+    const events = record(client);
     const started = Date.now();
     const first = await nextEvent(client, "reconnecting", 5000);
     assert.match(first.reason, /overloaded \(4503 too many sessions\)/);
     assert.ok(first.delay >= 300, `waited ${first.delay} ms, at least the 300 ms asked for`);
     const open = await nextEvent(client, "open", 5000);
     assert.equal(open.transport, "long-poll");
-    assert.ok(Date.now() - started >= 600, "two Retry-After waits");
+    assert.ok(Date.now() - started >= 600, `two Retry-After waits: ${JSON.stringify(events)}`);
     client.close();
     await nextEvent(client, "close", 5000);
   });
