@@ -20,7 +20,7 @@ import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 
-const pages = fileURLToPath(new URL("../browser/", import.meta.url));
+const pages = fileURLToPath(new URL("../browser/pages/", import.meta.url));
 
 const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8" };
 

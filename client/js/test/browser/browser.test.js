@@ -1,0 +1,140 @@
+// The client in a real browser (Debian's Chromium, headless): the harness
+// page, served through the hostile proxy in front of the echo example,
+// loads the client the server embeds (`/realtime/client.js`).
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import { launchBrowser } from "../support/browser.js";
+import { startProxy } from "../support/proxy.js";
+import { startExample } from "../support/servers.js";
+
+const FAST = { backoff: { initial: 20, max: 200, jitter: 0.5 }, rememberFor: 0 };
+
+let echo;
+let proxy;
+let browser;
+before(async () => {
+  echo = await startExample("echo");
+  proxy = await startProxy(echo.port);
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+  await proxy?.close();
+  await echo?.stop();
+});
+
+async function harness() {
+  const page = await browser.page(`${proxy.origin}/test/harness.html`);
+  await page.waitForFunction(() => window.harnessReady === true, null, { timeout: 10000 });
+  return page;
+}
+
+describe("browser", () => {
+  for (const transports of [["websocket"], ["sse"], ["long-poll"], undefined]) {
+    const name = transports ? transports[0] : "auto";
+    test(`${name}: 300 messages each way (text, bytes, Blobs), exactly once and in order`, async () => {
+      const page = await harness();
+      const result = await page.evaluate(
+        (options) => window.harness.exchange(options),
+        { ...FAST, transports, count: 300 },
+      );
+      assert.equal(result.transport, transports ? transports[0] : "websocket");
+      assert.equal(result.received, 300);
+      assert.equal(result.mismatch, null, `message ${result.mismatch} differs`);
+      assert.equal(result.bufferedAmount, 0);
+      const close = result.events.find((e) => e.type === "close");
+      assert.deepEqual([close.code, close.reason], [1000, "done"]);
+      assert.deepEqual(result.events.filter((e) => e.type === "error"), []);
+      assert.deepEqual(page.problems, []);
+      await page.close();
+    });
+  }
+
+  test("a hostile proxy refusing WebSocket upgrades: SSE within a second", async () => {
+    proxy.refuseWebSocket = true;
+    try {
+      const page = await harness();
+      const result = await page.evaluate(
+        (options) => window.harness.exchange(options),
+        { ...FAST, reprobeAfter: 60000, count: 100 },
+      );
+      assert.equal(result.transport, "sse");
+      assert.ok(result.openedAfter < 1000, `opened after ${result.openedAfter} ms`);
+      assert.equal(result.mismatch, null);
+      assert.equal(result.received, 100);
+      await page.close();
+    } finally {
+      proxy.refuseWebSocket = false;
+    }
+  });
+
+  for (const transports of [["websocket"], ["sse"], ["long-poll"]]) {
+    test(`${transports[0]}: keeps receiving while the network is cut and restored`, async () => {
+      const page = await harness();
+      const context = browser.context;
+      // A long backoff: only the browser's `online` event (and then the
+      // tab becoming visible) can bring the session back within the test.
+      await page.evaluate(
+        (options) => window.harness.startStream(options),
+        { transports, backoff: { initial: 20000, max: 20000, jitter: 0 }, rememberFor: 0 },
+      );
+      const status = () => page.evaluate(() => window.harness.streamStatus());
+      /** Waits (bounded) until `condition(status)` holds; returns the status. */
+      const waitStatus = async (condition, what) => {
+        const started = Date.now();
+        for (;;) {
+          const now = await status();
+          if (condition(now)) return now;
+          if (Date.now() - started > 5000) throw new Error(`${what}: ${JSON.stringify(now)}`);
+          await page.waitForTimeout(20);
+        }
+      };
+      const receiving = async (what) => {
+        const before = (await status()).received;
+        return waitStatus((now) => now.received >= before + 10, `${what}: no messages flowing`);
+      };
+      await receiving("at first");
+
+      // Cut: the browser goes offline and every connection dies.
+      await context.setOffline(true);
+      proxy.down = true;
+      proxy.cut();
+      let now = await waitStatus(
+        (s) => s.events.some((e) => e.type === "reconnecting"),
+        "no reconnecting event",
+      );
+      const reconnecting = now.events.find((e) => e.type === "reconnecting");
+      assert.equal(reconnecting.delay, 20000);
+      assert.equal(now.readyState, 1, "the session stays open while the network is down");
+      await page.waitForTimeout(300); // the page keeps sending meanwhile
+
+      // Restore: `online` ends the 20 s backoff at once.
+      proxy.down = false;
+      await context.setOffline(false);
+      await receiving("after the network came back");
+      now = await status();
+      assert.equal(now.transport, transports[0]);
+      assert.ok(now.events.some((e) => e.type === "resumed"), "resumed");
+
+      // Again, woken by the tab becoming visible this time.
+      proxy.down = true;
+      proxy.cut();
+      await waitStatus(
+        (s) => s.events.filter((e) => e.type === "reconnecting").length >= 2,
+        "no second reconnecting event",
+      );
+      proxy.down = false;
+      await page.evaluate(() => document.dispatchEvent(new Event("visibilitychange")));
+      await receiving("after the tab became visible");
+
+      const result = await page.evaluate(() => window.harness.stopStream());
+      assert.ok(result.sent > 30, `sent ${result.sent}`);
+      assert.equal(result.received, result.sent, "every message came back");
+      assert.equal(result.inOrder, true, "exactly once, in order");
+      assert.deepEqual(page.problems, []);
+      await page.close();
+    });
+  }
+});
