@@ -1,0 +1,109 @@
+// The chat example in a real browser: three people on three transports in
+// one room, typing into the page like people do, through a proxy that cuts
+// every connection mid-conversation. Saves a screenshot of what
+// they see (test/screenshots/chat.png with UPDATE_SCREENSHOTS=1, else
+// chat.png.tmp beside it, which git ignores).
+
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { after, before, test } from "node:test";
+
+import { launchBrowser } from "../support/browser.js";
+import { startProxy } from "../support/proxy.js";
+import { startExample } from "../support/servers.js";
+
+let chat;
+let proxy;
+let browser;
+before(async () => {
+  chat = await startExample("chat");
+  proxy = await startProxy(chat.port);
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+  await proxy?.close();
+  await chat?.stop();
+});
+
+const screenshot = fileURLToPath(
+  new URL(`../screenshots/chat.png${process.env.UPDATE_SCREENSHOTS === "1" ? "" : ".tmp"}`, import.meta.url),
+);
+
+async function join(name, transport) {
+  const query = transport ? `transport=${transport}&` : "";
+  const page = await browser.page(`${proxy.origin}/?${query}name=${name}`);
+  await page.locator("#status[data-state=live]").waitFor({ timeout: 10000 });
+  const shown = await page.locator("#transport").textContent();
+  return { page, name, transport, shown };
+}
+
+async function say(person, text) {
+  await person.page.locator("#text").fill(text);
+  await person.page.locator("#text").press("Enter");
+}
+
+/** The bubbles a page shows, once `count` are there and none is pending. */
+async function bubbles(page, count) {
+  await page.waitForFunction(
+    (n) =>
+      document.querySelectorAll(".bubble").length >= n &&
+      document.querySelectorAll(".row.pending").length === 0,
+    count,
+    { timeout: 10000 },
+  );
+  return page.locator(".bubble").allTextContents();
+}
+
+test("three people on three transports chat in one room", async () => {
+  const ada = await join("Ada", "websocket");
+  const grace = await join("Grace", "long-poll");
+  const linus = await join("Linus", "sse");
+  assert.equal(ada.shown, "· WebSocket");
+  assert.equal(grace.shown, "· Long-polling");
+  assert.equal(linus.shown, "· SSE");
+
+  const script = [
+    [grace, "Morning! Anyone around? I'm stuck behind the office proxy again."],
+    [ada, "Hi Grace — I'm here, on a WebSocket."],
+    [linus, "Same room, on Server-Sent Events. Reading you both fine."],
+    [grace, "Long-polling works for me. Nothing lost, nothing twice."],
+    [ada, "That's the point of holdfast: one ordered stream, whatever the network allows."],
+    [linus, "Shipping the release notes in 5 — the reconnect fixes are in."],
+    [ada, "Nice. Ship it!"],
+  ];
+  const expected = [];
+  for (const [index, [person, text]] of script.entries()) {
+    if (index === 4) proxy.cut(); // every connection drops mid-conversation
+    await say(person, text);
+    expected.push(text);
+    // Everyone sees it before the next line: a conversation, in order.
+    for (const reader of [ada, grace, linus]) {
+      assert.deepEqual(await bubbles(reader.page, expected.length), expected, reader.name);
+    }
+  }
+
+  // Everyone is listed online, on every page.
+  for (const reader of [ada, grace, linus]) {
+    await reader.page.waitForFunction(
+      () => document.querySelectorAll("#people li").length === 3,
+      null,
+      { timeout: 5000 },
+    );
+    assert.deepEqual(await reader.page.locator("#people li > span:first-of-type").allTextContents(), [
+      "Ada",
+      "Grace",
+      "Linus",
+    ]);
+  }
+
+  // A newcomer gets the history, exactly once.
+  const margaret = await join("Margaret", null);
+  assert.deepEqual(await bubbles(margaret.page, expected.length), expected);
+
+  await ada.page.screenshot({ path: screenshot, type: "png" });
+  for (const person of [ada, grace, linus, margaret]) {
+    assert.deepEqual(person.page.problems, [], person.name);
+    await person.page.close();
+  }
+});
