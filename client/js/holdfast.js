@@ -439,6 +439,7 @@ class Attachment {
     this.receivedAny = false;
     this.ackDue = false;
     this.verifyBy = 0;
+    this.remembered = false;
     this.ended = false;
     this.done = new Promise((resolve) => {
       this.resolve = resolve;
@@ -1168,7 +1169,10 @@ class Engine {
     }
     this.received = seq;
     if (this.unackedSince === null) this.unackedSince = now();
-    if (!viaRequest) att.receivedAny = true;
+    if (!viaRequest) {
+      att.receivedAny = true;
+      this.trust(att);
+    }
     if (typeof data !== "string" && this.client.binaryType === "blob") data = new Blob([data]);
     this.client.dispatchEvent(messageEvent(data));
   }
@@ -1289,9 +1293,17 @@ class Engine {
     if (parts.length === 0) return null;
     if (sentMessages || parts.some((p) => typeof p === "string" && !p.startsWith('{"t":"close"'))) {
       att.sentAny = true;
+      this.trust(att);
     }
-    if (att.trusted && att.announced) remember(this.memoryKey, att.kind, this.options.rememberFor);
     return parts;
+  }
+
+  /** Once frames went both ways on an attachment, its transport works
+   * here: remember it for the next connection. */
+  trust(att) {
+    if (att.remembered || !att.trusted || !att.announced) return;
+    att.remembered = true;
+    remember(this.memoryKey, att.kind, this.options.rememberFor);
   }
 
   /** Sends a `ping` on the attachment (the connection check). */
@@ -1432,7 +1444,10 @@ class Engine {
    * transport works again. */
   async run() {
     if (this.order.length === 0) {
-      this.error("no usable transport: pass `WebSocket` or `fetch` in the options");
+      this.error(
+        "no usable transport: there is no WebSocket here (Node 20 needs --experimental-websocket, " +
+          "or pass `WebSocket`, e.g. from the ws package) or no fetch (pass `fetch`)",
+      );
       this.finish({ code: CloseCodes.GOING_AWAY, reason: "no usable transport" }, false);
       return;
     }

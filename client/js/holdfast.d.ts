@@ -1,0 +1,226 @@
+// Type declarations for holdfast.js, the holdfast browser and Node client.
+// Hand-written; keep in step with holdfast.js and README.md.
+
+/** The client's version. */
+export declare const VERSION: string;
+
+/** A transport, best first: WebSocket, Server-Sent Events, long-polling. */
+export type Transport = "websocket" | "sse" | "long-poll";
+
+/** Close codes of the wire protocol (PROTOCOL.md §7). */
+export declare const CloseCodes: Readonly<{
+  NORMAL: 1000;
+  GOING_AWAY: 1001;
+  PROTOCOL_ERROR: 1002;
+  TOO_BIG: 1009;
+  INTERNAL_ERROR: 1011;
+  RECONNECT: 4000;
+  BAD_REQUEST: 4400;
+  UNAUTHORIZED: 4401;
+  FORBIDDEN: 4403;
+  TIMEOUT: 4408;
+  REPLACED: 4409;
+  SESSION_LOST: 4410;
+  OVERLOADED: 4503;
+}>;
+
+/** Reconnect delays: attempt n waits a random delay in
+ * `[base × (1 − jitter), base]`, `base = min(initial × 2ⁿ, max)`. */
+export interface BackoffOptions {
+  /** First delay, ms. Default 250. */
+  initial?: number;
+  /** Longest delay, ms. Default 30 000. */
+  max?: number;
+  /** Random fraction of each delay, 0–1. Default 0.5. */
+  jitter?: number;
+  /** A connection that lasted this long (ms) resets the backoff. Default 10 000. */
+  resetAfter?: number;
+}
+
+export interface HoldfastOptions {
+  /** Transports to use, in the order to try them. Default all:
+   * `["websocket", "sse", "long-poll"]`. */
+  transports?: Transport[];
+  /** A new transport that has not delivered its first frame after this
+   * long (ms) is blocked: the next one is tried. Also the time a re-probe
+   * of a better transport gets. Default 2000. */
+  probeTimeout?: number;
+  /** A WebSocket or SSE connection is dead when nothing arrived for the
+   * server's ping interval plus this (ms). Default: half the ping
+   * interval. */
+  heartbeatTolerance?: number | null;
+  /** Reconnect backoff. */
+  backoff?: BackoffOptions;
+  /** Most bytes sent but not yet acknowledged; past it `send` throws a
+   * `RangeError` with `code: "BUFFER_FULL"`. Default 1 MiB. */
+  maxUnackedBytes?: number;
+  /** How long `close()` waits for the server's answer (ms, extended while
+   * acknowledgements arrive). Default 5000. */
+  closeTimeout?: number;
+  /** First wait (ms) before re-probing a better transport while on a
+   * fallback; doubles after each failed probe, up to 5 minutes.
+   * Default 15 000. */
+  reprobeAfter?: number;
+  /** How long (ms) the transport that worked is remembered for this server
+   * (sessionStorage in browsers, memory in Node). Default 10 minutes. */
+  rememberFor?: number;
+  /** Extra request headers. Node only for WebSocket (browsers cannot set
+   * them); on HTTP transports cross-origin headers need CORS. */
+  headers?: Record<string, string>;
+  /** `fetch` credentials mode for the HTTP transports. Default
+   * `"same-origin"`. */
+  credentials?: "omit" | "same-origin" | "include";
+  /** The WebSocket constructor. Default `globalThis.WebSocket` (Node 20:
+   * run with `--experimental-websocket`, or pass the `ws` package's). */
+  WebSocket?: new (url: string, options?: unknown) => WebSocket;
+  /** The fetch function. Default `globalThis.fetch`. */
+  fetch?: typeof fetch;
+}
+
+export type ReadyState = 0 | 1 | 2 | 3;
+
+/** `open`: the session opened (once). */
+export interface HoldfastOpenEvent extends Event {
+  readonly transport: Transport;
+  readonly sessionId: string;
+}
+
+/** `close`: the session is over (the last event). */
+export declare class HoldfastCloseEvent extends Event {
+  readonly code: number;
+  readonly reason: string;
+  /** It ended with a `close` frame from the server (rather than the client
+   * giving up or closing before it opened). */
+  readonly wasClean: boolean;
+  /** The server no longer knew the session (code 4410): resume window
+   * expired or the server restarted. Messages in flight may be lost. */
+  readonly sessionLost: boolean;
+  /** For 4503 (overloaded): when the server asked to come back, ms. */
+  readonly retryAfter?: number;
+}
+
+/** `error`: a failure the application should hear about; a `close`
+ * follows. */
+export declare class HoldfastErrorEvent extends Event {
+  readonly message: string;
+  readonly error?: unknown;
+}
+
+/** `reconnecting`: the transport dropped; the session resumes after
+ * `delay`. */
+export interface HoldfastReconnectingEvent extends Event {
+  /** 1, 2, 3, … since the last stable connection. */
+  readonly attempt: number;
+  /** The wait, ms (backoff with jitter, or the server's Retry-After). */
+  readonly delay: number;
+  /** Why, for logs. */
+  readonly reason: string;
+}
+
+/** `resumed`: the session is back, whole — nothing lost or duplicated. */
+export interface HoldfastResumedEvent extends Event {
+  readonly transport: Transport;
+}
+
+/** `transportchange`: the session now travels on another transport. */
+export interface HoldfastTransportChangeEvent extends Event {
+  readonly from: Transport;
+  readonly to: Transport;
+}
+
+export interface HoldfastEventMap {
+  open: HoldfastOpenEvent;
+  message: MessageEvent<string | ArrayBuffer | Blob>;
+  close: HoldfastCloseEvent;
+  error: HoldfastErrorEvent;
+  reconnecting: HoldfastReconnectingEvent;
+  resumed: HoldfastResumedEvent;
+  transportchange: HoldfastTransportChangeEvent;
+}
+
+/**
+ * A holdfast session: one ordered, exactly-once message stream to the
+ * server, over whichever transport the network allows, surviving reconnects
+ * and transport switches. Mirrors the browser WebSocket.
+ */
+export declare class Holdfast extends EventTarget {
+  static readonly CONNECTING: 0;
+  static readonly OPEN: 1;
+  static readonly CLOSING: 2;
+  static readonly CLOSED: 3;
+  readonly CONNECTING: 0;
+  readonly OPEN: 1;
+  readonly CLOSING: 2;
+  readonly CLOSED: 3;
+
+  /**
+   * @param url `http(s)://host/mount` (or `ws(s)://`, or relative in a
+   *   page), e.g. `"/realtime"`. Its query is kept on every request.
+   * @throws SyntaxError for a URL that is not http(s) or ws(s); TypeError
+   *   for bad options.
+   */
+  constructor(url: string | URL, options?: HoldfastOptions);
+
+  /** The server's base URL, `http(s)://host/mount`. */
+  readonly url: string;
+  /** CONNECTING until the session opens; OPEN while it lives (also while
+   * reconnecting); CLOSING after `close()`; CLOSED once over. */
+  readonly readyState: ReadyState;
+  /** Bytes sent or queued but not yet acknowledged by the server. */
+  readonly bufferedAmount: number;
+  /** The transport carrying the session now; null while connecting or
+   * reconnecting. */
+  readonly transport: Transport | null;
+  /** The session's public id (for logs and support), once open. */
+  readonly sessionId: string | null;
+  /** How binary messages arrive. Default `"arraybuffer"`. */
+  binaryType: "arraybuffer" | "blob";
+
+  /**
+   * Queues a message: text, or binary (ArrayBuffer, typed array, DataView,
+   * Blob). Messages reach the server in order, exactly once, across
+   * reconnects; while offline they wait and go out first.
+   * @throws InvalidStateError once closing or closed; RangeError
+   *   (`code: "TOO_BIG"`) past the server's message limit, or
+   *   (`code: "BUFFER_FULL"`) past `maxUnackedBytes`; TypeError for other
+   *   types.
+   */
+  send(data: string | ArrayBuffer | ArrayBufferView | Blob): void;
+
+  /**
+   * Ends the session: messages already queued are delivered first, then
+   * the server confirms and `close` fires.
+   * @param code 1000 or 3000–4999. Default 1000.
+   * @param reason At most 123 bytes of UTF-8.
+   */
+  close(code?: number, reason?: string): void;
+
+  onopen: ((this: Holdfast, event: HoldfastOpenEvent) => unknown) | null;
+  onmessage: ((this: Holdfast, event: MessageEvent<string | ArrayBuffer | Blob>) => unknown) | null;
+  onclose: ((this: Holdfast, event: HoldfastCloseEvent) => unknown) | null;
+  onerror: ((this: Holdfast, event: HoldfastErrorEvent) => unknown) | null;
+  onreconnecting: ((this: Holdfast, event: HoldfastReconnectingEvent) => unknown) | null;
+  onresumed: ((this: Holdfast, event: HoldfastResumedEvent) => unknown) | null;
+  ontransportchange: ((this: Holdfast, event: HoldfastTransportChangeEvent) => unknown) | null;
+
+  addEventListener<K extends keyof HoldfastEventMap>(
+    type: K,
+    listener: (this: Holdfast, event: HoldfastEventMap[K]) => unknown,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  removeEventListener<K extends keyof HoldfastEventMap>(
+    type: K,
+    listener: (this: Holdfast, event: HoldfastEventMap[K]) => unknown,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+}

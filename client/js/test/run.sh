@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The JavaScript client's tests, from a fresh Debian machine:
+#
+#   1. Node (node:test) against the echo example: every transport, cuts,
+#      fallback, reconnects, refusals, the API;
+#   2. Debian's Chromium, headless, driven by playwright-core: the same
+#      exchange on every transport, a network cut and restore, a hostile
+#      proxy refusing WebSocket, and the chat example (with a screenshot).
+#
+# Installs what it needs (chromium with apt-get, playwright-core with npm
+# ci, the examples with cargo build) and exits non-zero if a test failed.
+# Called by the repository's ./test.sh; also `npm test` in client/js.
+#
+#   UPDATE_SCREENSHOTS=1 test/run.sh    also rewrites test/screenshots/chat.png
+#   CHROMIUM=/path/to/chromium          another browser binary
+set -euo pipefail
+cd "$(dirname "$0")/.."
+js=$(pwd)
+root=$(cd ../.. && pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v node >/dev/null; then
+  echo "node is missing: install Node.js 20 or newer" >&2
+  exit 1
+fi
+major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 20 ]; then
+  echo "Node.js $(node --version) is too old: the client needs 20 or newer" >&2
+  exit 1
+fi
+
+chromium=${CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$chromium" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing chromium (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "$chromium is missing: apt-get install chromium (as root), or set CHROMIUM" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -d node_modules/playwright-core ]; then
+  step "npm ci (playwright-core; no browser download)"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+fi
+
+step "cargo build --example echo --example chat"
+(cd "$root" && cargo build --locked --example echo --example chat)
+
+# Node 20 and 21 have a WebSocket only behind a flag.
+ws_flag=()
+if [ "$(node -p 'typeof WebSocket')" = undefined ]; then
+  ws_flag=(--experimental-websocket)
+fi
+
+failed=0
+step "Node client tests"
+node "${ws_flag[@]}" --test "$js"/test/node/*.test.js || failed=1
+
+step "browser tests (headless $("$chromium" --version 2>/dev/null | head -1))"
+node --test "$js"/test/browser/*.test.js || failed=1
+
+if [ "$failed" != 0 ]; then
+  echo "JavaScript client tests failed" >&2
+  exit 1
+fi
+printf '\nJavaScript client tests passed\n'
