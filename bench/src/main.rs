@@ -63,7 +63,7 @@ impl Plan {
     fn quick() -> Self {
         Self {
             warmup: Duration::from_millis(100),
-            duration: Duration::from_millis(300),
+            duration: Duration::from_millis(1500),
             client_counts: vec![1, 10],
             sizes: vec![64],
             windows: vec![1, 4],

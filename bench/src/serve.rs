@@ -78,7 +78,13 @@ async fn serve_raw(listener: TcpListener) {
         };
         let _ = tcp.set_nodelay(true);
         tokio::spawn(async move {
-            let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+            // The same read buffer as holdfast's server (`ws_read_buffer`):
+            // tungstenite zeroes it before every read, so both pay the
+            // same floor.
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(holdfast_server::ServerConfig::default().ws_read_buffer);
+            let Ok(ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await
+            else {
                 return;
             };
             // `forward` feeds while messages are ready and flushes when the

@@ -146,6 +146,9 @@ impl Net {
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(max_message);
         config.max_frame_size = Some(max_message);
+        // tungstenite zeroes its whole read buffer before each read: keep it
+        // small (larger messages just take several reads).
+        config.read_buffer_size = 16 * 1024;
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .map_err(AttemptError::from_ws_handshake)?;

@@ -46,6 +46,12 @@ pub struct ServerConfig {
     /// is refused with `503` (the client retries; nothing is lost).
     /// Default 10 s.
     pub send_wait: Duration,
+    /// WebSocket read buffer per connection, in bytes. tungstenite zeroes
+    /// this much before every read and keeps it allocated for the life of
+    /// the connection, so it sets both the per-message CPU floor and the
+    /// memory of an idle WebSocket session; larger messages simply take
+    /// several reads. Default 4 KiB.
+    pub ws_read_buffer: usize,
     /// New sessions waiting for [`Incoming::accept`](crate::Incoming::accept);
     /// past it, new sessions are refused with `503`. Default 1024.
     pub accept_backlog: usize,
@@ -62,6 +68,7 @@ impl Default for ServerConfig {
             sse_max_bytes: 256 * 1024,
             sse_max_age: Duration::from_secs(300),
             send_wait: Duration::from_secs(10),
+            ws_read_buffer: 4096,
             accept_backlog: 1024,
         }
     }

@@ -67,6 +67,7 @@ struct Snapshot {
     inbound_bytes: usize,
     closed: bool,
     output_epoch: u64,
+    transport: Option<TransportKind>,
 }
 
 impl Snapshot {
@@ -77,6 +78,7 @@ impl Snapshot {
             inbound_bytes: core.inbound_bytes(),
             closed: core.is_closed(),
             output_epoch: core.output_epoch(),
+            transport: core.transport(),
         }
     }
 }
@@ -131,15 +133,22 @@ impl Drop for CoreGuard<'_> {
                 .buffered
                 .fetch_sub(accounted - total, Ordering::Relaxed);
         }
-        let deadline = inner.core.poll_timeout();
-        let rearm = match (deadline, inner.armed) {
-            (Some(new), Some(armed)) => new < armed,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
+        // Only these changes can bring a deadline forward (a new message
+        // to acknowledge, an attachment, a timer's effect, the end): skip
+        // the computation otherwise.
+        let before = self.before;
+        let timers_moved = after.received != before.received
+            || after.output_epoch != before.output_epoch
+            || after.closed != before.closed
+            || after.transport != before.transport;
+        let rearm = timers_moved
+            && match (inner.core.poll_timeout(), inner.armed) {
+                (Some(new), Some(armed)) => new < armed,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
         drop(inner);
 
-        let before = self.before;
         let closed_now = after.closed && !before.closed;
         if closed_now {
             let max = shared.server.config.max_sessions;

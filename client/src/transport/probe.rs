@@ -36,12 +36,8 @@ async fn probe_ws(ctx: &Ctx, url: &url::Url) -> bool {
     let Ok(mut ws) = ctx.net.connect_ws(url, ctx.max_message).await else {
         return false;
     };
-    let ping = json::encode_batch_to_vec(&[Frame::Ping]);
-    if ws
-        .send(WsMessage::text(String::from_utf8(ping).unwrap_or_default()))
-        .await
-        .is_err()
-    {
+    let ping = json::encode_batch_to_string(&[Frame::Ping]);
+    if ws.send(WsMessage::text(ping)).await.is_err() {
         return false;
     }
     while let Some(Ok(message)) = ws.next().await {

@@ -75,7 +75,7 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
 /// The frames in one WebSocket message; `None` when the server closed.
 fn frames_of(message: WsMessage) -> Result<Option<Vec<Frame>>, String> {
     match message {
-        WsMessage::Text(text) => json::decode_batch(text.as_bytes())
+        WsMessage::Text(text) => json::decode_batch_str(text.as_str())
             .map(Some)
             .map_err(|e| format!("bad batch from the server: {e}")),
         WsMessage::Binary(bytes) => {
@@ -121,7 +121,5 @@ where
 }
 
 fn text_message(frames: &[Frame]) -> WsMessage {
-    let encoded = json::encode_batch_to_vec(frames);
-    // JSON from the encoder is UTF-8 by construction.
-    WsMessage::text(String::from_utf8(encoded).unwrap_or_default())
+    WsMessage::text(json::encode_batch_to_string(frames))
 }

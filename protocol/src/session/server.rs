@@ -429,7 +429,31 @@ impl ServerSession {
     /// Advances timers: call when [`poll_timeout`](Self::poll_timeout)
     /// passes (earlier calls are harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.output_epoch += 1;
+        let before = self.timer_state();
+        self.expire(now);
+        if self.timer_state() != before {
+            self.output_epoch += 1;
+        }
+    }
+
+    /// What the timers can change, to tell whether they changed anything.
+    fn timer_state(&self) -> (bool, bool, bool, usize, bool, bool) {
+        let (ack, ping, hold) = match &self.presence {
+            Presence::Attached(a) => (a.ack_due, a.ping_due, a.hold_expired),
+            _ => (false, false, false),
+        };
+        let detached = matches!(self.presence, Presence::Detached { .. });
+        (
+            ack,
+            ping,
+            hold,
+            self.ended.len(),
+            detached,
+            self.is_closed(),
+        )
+    }
+
+    fn expire(&mut self, now: Instant) {
         let timeout = self.config.timeout;
         match &mut self.presence {
             Presence::Attached(a) => {
@@ -587,7 +611,9 @@ impl ServerSession {
                             .ack_deadline(self.config.ack_every, self.config.ack_delay)
                     })
                     .flatten(),
-                (!a.ping_due).then_some(a.next_ping).flatten(),
+                // Already moved one interval on when it fell due, so never in
+                // the past: it needs no re-arming when the ping goes out.
+                a.next_ping,
                 a.hold_until,
                 Some(self.last_heard + self.config.timeout),
             ]),

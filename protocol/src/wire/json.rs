@@ -1,102 +1,148 @@
 //! The JSON encoding of batches (`PROTOCOL.md` §2): decoding untrusted input
 //! into [`Frame`]s, and encoding frames by hand into a caller's buffer.
 //!
-//! Decoding goes through one flat struct of optional fields (fast with serde,
-//! no buffering of internally tagged enums) and then checks, per frame type,
-//! that what is required is there: parse, don't validate.
+//! Decoding reads each frame into one flat set of optional fields (a
+//! single-pass reader written for these frames, checked against serde_json
+//! in the tests) and then checks, per frame type, that what is required is
+//! there: parse, don't validate.
 
 use std::borrow::Cow;
-use std::io::Write as _;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use serde::Deserialize;
 
 use crate::close::CloseCode;
+use crate::wire::decode::{self, Fields};
+use crate::wire::scan;
 use crate::wire::{Close, DecodeError, Frame, Message, OpenParams, Text};
 
-/// Decodes one batch (a JSON array of frames).
+/// Decodes one batch (a JSON array of frames) from bytes, which must be
+/// UTF-8.
 pub fn decode_batch(input: &[u8]) -> Result<Vec<Frame>, DecodeError> {
-    let raw: Vec<RawFrame<'_>> =
-        serde_json::from_slice(input).map_err(|e| DecodeError::Json(e.to_string()))?;
-    raw.into_iter().map(RawFrame::into_frame).collect()
+    let text = std::str::from_utf8(input).map_err(|_| DecodeError::InvalidUtf8)?;
+    decode_batch_str(text)
+}
+
+/// Decodes one batch from text already known to be UTF-8 (a WebSocket text
+/// message).
+pub fn decode_batch_str(input: &str) -> Result<Vec<Frame>, DecodeError> {
+    decode::read_batch(input, Fields::into_frame)
+}
+
+/// Where encoded JSON goes: a `String` (for WebSocket text messages, no
+/// UTF-8 check needed afterwards) or bytes (for HTTP bodies).
+pub trait JsonOut {
+    /// Appends UTF-8 text.
+    fn push_str(&mut self, s: &str);
+}
+
+impl JsonOut for String {
+    fn push_str(&mut self, s: &str) {
+        String::push_str(self, s);
+    }
+}
+
+impl JsonOut for Vec<u8> {
+    fn push_str(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
 }
 
 /// Encodes a batch of frames as a JSON array, appending to `out`.
-pub fn encode_batch<'a>(frames: impl IntoIterator<Item = &'a Frame>, out: &mut Vec<u8>) {
-    out.push(b'[');
+pub fn encode_batch<'a>(frames: impl IntoIterator<Item = &'a Frame>, out: &mut impl JsonOut) {
+    out.push_str("[");
     for (i, frame) in frames.into_iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push_str(",");
         }
         encode_frame(frame, out);
     }
-    out.push(b']');
+    out.push_str("]");
 }
 
-/// Encodes a batch into a fresh buffer.
-pub fn encode_batch_to_vec<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
+/// Encodes a batch into a fresh string, sized for it up front (exactly,
+/// unless text needs escapes).
+pub fn encode_batch_to_string(frames: &[Frame]) -> String {
+    let size = 2 + frames
+        .iter()
+        .map(|f| match f {
+            Frame::Message {
+                message: Message::Text(t),
+                ..
+            } => 48 + t.len(),
+            Frame::Message {
+                message: Message::Binary(b),
+                ..
+            } => 48 + b.len().div_ceil(3) * 4,
+            other => encoded_len_hint(other),
+        })
+        .sum::<usize>();
+    let mut out = String::with_capacity(size);
     encode_batch(frames, &mut out);
     out
 }
 
+/// Encodes a batch into fresh bytes.
+pub fn encode_batch_to_vec(frames: &[Frame]) -> Vec<u8> {
+    encode_batch_to_string(frames).into_bytes()
+}
+
 /// Encodes one frame as a JSON object, appending to `out`.
-pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) {
+pub fn encode_frame(frame: &Frame, out: &mut impl JsonOut) {
     match frame {
         Frame::Open(p) => {
-            out.extend_from_slice(b"{\"t\":\"open\",\"v\":");
+            out.push_str(r#"{"t":"open","v":"#);
             write_u64(out, u64::from(p.version));
-            out.extend_from_slice(b",\"key\":");
+            out.push_str(r#","key":"#);
             write_str(out, &p.key);
-            out.extend_from_slice(b",\"sid\":");
+            out.push_str(r#","sid":"#);
             write_str(out, &p.session_id);
-            out.extend_from_slice(b",\"ping\":");
+            out.push_str(r#","ping":"#);
             write_u64(out, millis(p.ping_interval));
-            out.extend_from_slice(b",\"timeout\":");
+            out.push_str(r#","timeout":"#);
             write_u64(out, millis(p.timeout));
-            out.extend_from_slice(b",\"resume\":");
+            out.push_str(r#","resume":"#);
             write_u64(out, millis(p.resume_window));
-            out.extend_from_slice(b",\"max_msg\":");
+            out.push_str(r#","max_msg":"#);
             write_u64(out, p.max_message as u64);
-            out.extend_from_slice(b",\"max_batch\":");
+            out.push_str(r#","max_batch":"#);
             write_u64(out, p.max_batch as u64);
-            out.push(b'}');
+            out.push_str("}");
         }
         Frame::Resumed { ack } => {
-            out.extend_from_slice(b"{\"t\":\"resumed\",\"ack\":");
+            out.push_str(r#"{"t":"resumed","ack":"#);
             write_u64(out, *ack);
-            out.push(b'}');
+            out.push_str("}");
         }
         Frame::Message { seq, message } => {
             match message {
                 Message::Text(text) => {
-                    out.extend_from_slice(b"{\"t\":\"msg\",\"seq\":");
+                    out.push_str(r#"{"t":"msg","seq":"#);
                     write_u64(out, *seq);
-                    out.extend_from_slice(b",\"d\":");
+                    out.push_str(r#","d":"#);
                     write_str(out, text.as_str());
                 }
                 Message::Binary(bytes) => {
-                    out.extend_from_slice(b"{\"t\":\"bin\",\"seq\":");
+                    out.push_str(r#"{"t":"bin","seq":"#);
                     write_u64(out, *seq);
-                    out.extend_from_slice(b",\"d\":\"");
-                    write_base64(out, bytes);
-                    out.push(b'"');
+                    out.push_str(r#","d":""#);
+                    out.push_str(&BASE64.encode(bytes));
+                    out.push_str(r#"""#);
                 }
             }
-            out.push(b'}');
+            out.push_str("}");
         }
         Frame::Ack { seq } => {
-            out.extend_from_slice(b"{\"t\":\"ack\",\"seq\":");
+            out.push_str(r#"{"t":"ack","seq":"#);
             write_u64(out, *seq);
-            out.push(b'}');
+            out.push_str("}");
         }
-        Frame::Ping => out.extend_from_slice(b"{\"t\":\"ping\"}"),
-        Frame::Pong => out.extend_from_slice(b"{\"t\":\"pong\"}"),
-        Frame::Close(close) => encode_close(b"close", close, out),
-        Frame::Detach(close) => encode_close(b"detach", close, out),
+        Frame::Ping => out.push_str(r#"{"t":"ping"}"#),
+        Frame::Pong => out.push_str(r#"{"t":"pong"}"#),
+        Frame::Close(close) => encode_close("close", close, out),
+        Frame::Detach(close) => encode_close("detach", close, out),
     }
 }
 
@@ -120,83 +166,92 @@ pub fn encoded_len_hint(frame: &Frame) -> usize {
     }
 }
 
-/// The length of `s` as a JSON string, quotes included, escaped the way
-/// serde_json escapes (and so [`encode_frame`]).
+/// The length of `s` as a JSON string, quotes included, escaped as
+/// [`encode_frame`] escapes it.
 pub fn json_str_len(s: &str) -> usize {
-    2 + s
-        .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
+    let bytes = s.as_bytes();
+    match scan::first_special(bytes) {
+        None => 2 + bytes.len(),
+        Some(first) => {
+            2 + first
+                + bytes[first..]
+                    .iter()
+                    .map(|&b| escape(b).map_or(1, str::len))
+                    .sum::<usize>()
+        }
+    }
 }
 
-fn encode_close(t: &[u8], close: &Close, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"t\":\"");
-    out.extend_from_slice(t);
-    out.extend_from_slice(b"\",\"code\":");
+/// How a byte of a string is escaped in JSON, if it must be (the same
+/// escapes as serde_json).
+fn escape(byte: u8) -> Option<&'static str> {
+    const CONTROL: [&str; 32] = [
+        "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007",
+        "\\b", "\\t", "\\n", "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f", "\\u0010", "\\u0011",
+        "\\u0012", "\\u0013", "\\u0014", "\\u0015", "\\u0016", "\\u0017", "\\u0018", "\\u0019",
+        "\\u001a", "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
+    ];
+    match byte {
+        b'"' => Some("\\\""),
+        b'\\' => Some("\\\\"),
+        0..=0x1f => Some(CONTROL[usize::from(byte)]),
+        _ => None,
+    }
+}
+
+fn encode_close(t: &str, close: &Close, out: &mut impl JsonOut) {
+    out.push_str(r#"{"t":""#);
+    out.push_str(t);
+    out.push_str(r#"","code":"#);
     write_u64(out, u64::from(close.code.0));
-    out.extend_from_slice(b",\"reason\":");
+    out.push_str(r#","reason":"#);
     write_str(out, &close.reason);
     if let Some(retry_after) = close.retry_after {
-        out.extend_from_slice(b",\"retry_after\":");
+        out.push_str(r#","retry_after":"#);
         write_u64(out, millis(retry_after));
     }
-    out.push(b'}');
+    out.push_str("}");
 }
 
-fn write_u64(out: &mut Vec<u8>, n: u64) {
-    // `write!` into a Vec cannot fail.
-    let _ = write!(out, "{n}");
+fn write_u64(out: &mut impl JsonOut, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits are UTF-8.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping; writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
-    let start = out.len();
-    out.resize(start + bytes.len().div_ceil(3) * 4, 0);
-    let written = BASE64.encode_slice(bytes, &mut out[start..]).unwrap_or(0);
-    out.truncate(start + written);
+/// Writes `s` as a JSON string: runs that need no escape are copied whole.
+fn write_str(out: &mut impl JsonOut, s: &str) {
+    out.push_str("\"");
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    while let Some(offset) = scan::first_special(&bytes[run..]) {
+        // Escaped bytes are ASCII, so every cut is on a char boundary.
+        let at = run + offset;
+        out.push_str(&s[run..at]);
+        out.push_str(escape(bytes[at]).unwrap_or(""));
+        run = at + 1;
+    }
+    out.push_str(&s[run..]);
+    out.push_str("\"");
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Every field any frame type may carry; which ones are required depends on
-/// `t`. Unknown fields are ignored (`PROTOCOL.md` §10).
-#[derive(Deserialize)]
-struct RawFrame<'a> {
-    #[serde(borrow)]
-    t: Cow<'a, str>,
-    seq: Option<u64>,
-    #[serde(borrow)]
-    d: Option<Cow<'a, str>>,
-    ack: Option<u64>,
-    code: Option<u16>,
-    #[serde(borrow)]
-    reason: Option<Cow<'a, str>>,
-    retry_after: Option<u64>,
-    v: Option<u32>,
-    #[serde(borrow)]
-    key: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    sid: Option<Cow<'a, str>>,
-    ping: Option<u64>,
-    timeout: Option<u64>,
-    resume: Option<u64>,
-    max_msg: Option<u64>,
-    max_batch: Option<u64>,
-}
-
-impl RawFrame<'_> {
+impl Fields<'_> {
     fn into_frame(self) -> Result<Frame, DecodeError> {
-        let t = self.t.as_ref();
+        let t = self.t.as_deref().unwrap_or("");
         let missing = |field: &'static str| DecodeError::MissingField {
             frame: t.to_owned(),
             field,
@@ -271,6 +326,156 @@ fn to_usize(n: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference decoder: serde_json into the same fields. The fast
+    /// decoder must accept and refuse exactly what this one does.
+    #[derive(serde::Deserialize)]
+    struct RawFrame<'a> {
+        #[serde(borrow)]
+        t: Cow<'a, str>,
+        seq: Option<u64>,
+        #[serde(borrow)]
+        d: Option<Cow<'a, str>>,
+        ack: Option<u64>,
+        code: Option<u16>,
+        #[serde(borrow)]
+        reason: Option<Cow<'a, str>>,
+        retry_after: Option<u64>,
+        v: Option<u32>,
+        #[serde(borrow)]
+        key: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        sid: Option<Cow<'a, str>>,
+        ping: Option<u64>,
+        timeout: Option<u64>,
+        resume: Option<u64>,
+        max_msg: Option<u64>,
+        max_batch: Option<u64>,
+    }
+
+    fn decode_reference(input: &[u8]) -> Result<Vec<Frame>, DecodeError> {
+        let raw: Vec<RawFrame<'_>> =
+            serde_json::from_slice(input).map_err(|e| DecodeError::Json(e.to_string()))?;
+        raw.into_iter()
+            .map(|r| {
+                Fields {
+                    t: Some(r.t),
+                    seq: r.seq,
+                    d: r.d,
+                    ack: r.ack,
+                    code: r.code,
+                    reason: r.reason,
+                    retry_after: r.retry_after,
+                    v: r.v,
+                    key: r.key,
+                    sid: r.sid,
+                    ping: r.ping,
+                    timeout: r.timeout,
+                    resume: r.resume,
+                    max_msg: r.max_msg,
+                    max_batch: r.max_batch,
+                }
+                .into_frame()
+            })
+            .collect()
+    }
+
+    /// Compares the two decoders on one input.
+    fn same_as_reference(input: &[u8]) -> Result<(), String> {
+        let fast = decode_batch(input);
+        let reference = decode_reference(input);
+        match (&fast, &reference) {
+            (Ok(a), Ok(b)) if a == b => Ok(()),
+            (Err(_), Err(_)) => Ok(()),
+            _ => Err(format!(
+                "{:?}: fast {fast:?}, reference {reference:?}",
+                String::from_utf8_lossy(input)
+            )),
+        }
+    }
+
+    #[test]
+    fn fast_decoder_agrees_with_serde_on_tricky_inputs() {
+        let cases: &[&[u8]] = &[
+            br#"[]"#,
+            br#" [ ] "#,
+            br#"[{"t":"msg","seq":1,"d":"a"}]"#,
+            br#"[ { "d" : "a\"b\\c\/\b\f\n\r\t\u00e9\ud83d\ude00" , "seq" : 12 , "t" : "msg" } ]"#,
+            br#"[{"t":"msg","seq":1,"d":"\ud800"}]"#,
+            br#"[{"t":"msg","seq":1,"d":"\udc00x"}]"#,
+            br#"[{"t":"msg","seq":1,"d":"\u00"}]"#,
+            br#"[{"t":"msg","seq":1,"d":"a","t":"msg"}]"#,
+            br#"[{"t":"msg","seq":01,"d":"a"}]"#,
+            br#"[{"t":"msg","seq":1.0,"d":"a"}]"#,
+            br#"[{"t":"msg","seq":1e2,"d":"a"}]"#,
+            br#"[{"t":"msg","seq":-1,"d":"a"}]"#,
+            br#"[{"t":"msg","seq":18446744073709551615,"d":"a"}]"#,
+            br#"[{"t":"msg","seq":18446744073709551616,"d":"a"}]"#,
+            br#"[{"t":"ack","seq":null}]"#,
+            br#"[{"t":null}]"#,
+            br#"[{}]"#,
+            br#"[{"x":1}]"#,
+            br#"[{"t":"ack","seq":3,"x":{"y":[1,-2.5e-3,true,false,null,"z",{}]}}]"#,
+            br#"[{"t":"ack","seq":3,"x":-}]"#,
+            br#"[{"t":"ack","seq":3,"x":01}]"#,
+            br#"[{"t":"ack","seq":3}]x"#,
+            br#"[{"t":"ack","seq":3},]"#,
+            br#"[{"t":"ack","seq":3,}]"#,
+            br#"[{"t":"close","code":70000}]"#,
+            br#"[{"t":"close","code":4503,"reason":null,"retry_after":5}]"#,
+            br#"[{"t":"open","v":4294967296,"key":"k","sid":"s","ping":1,"timeout":2,"resume":3,"max_msg":4,"max_batch":5}]"#,
+            br#"[{"t":"open","v":1,"key":"k","sid":"s","ping":1,"timeout":2,"resume":3,"max_msg":4,"max_batch":5}]"#,
+            "[{\"t\":\"msg\",\"seq\":1,\"d\":\"a\u{1}b\"}]".as_bytes(),
+            b"[{\"t\":\"msg\",\"seq\":1,\"d\":\"\xff\"}]",
+            br#"[{"t":"msg","seq":1,"d":"x"} {"t":"ack","seq":1}]"#,
+            br#"[{"\u0074":"ack","seq":1}]"#,
+            br#"[{"t":"ack","seq":1},{"t":"ping"},{"t":"pong"}]"#,
+            br#"[1]"#,
+            br#"{}"#,
+            br#""#,
+            br#"[{"t":"bin","seq":1,"d":"AAEC/w=="}]"#,
+        ];
+        for input in cases {
+            if let Err(e) = same_as_reference(input) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Valid batches of every frame, mutated: the two decoders agree
+        /// on every input.
+        #[test]
+        fn fast_decoder_agrees_with_serde_on_generated_input(
+            seqs in proptest::collection::vec(0u64..u64::MAX, 0..4),
+            text in "\\PC{0,12}",
+            cut in proptest::option::of(0usize..400),
+            flip in proptest::option::of((0usize..400, proptest::prelude::any::<u8>())),
+        ) {
+            let mut frames = Vec::new();
+            for (i, seq) in seqs.iter().enumerate() {
+                frames.push(match i % 4 {
+                    0 => Frame::Message { seq: seq.saturating_add(1), message: Message::text(text.clone()) },
+                    1 => Frame::Message { seq: seq.saturating_add(1), message: Message::binary(text.clone().into_bytes()) },
+                    2 => Frame::Ack { seq: *seq },
+                    _ => Frame::close(CloseCode(u16::try_from(*seq % 65536).unwrap_or(0)), text.clone()),
+                });
+            }
+            let mut input = encode_batch_to_vec(&frames);
+            proptest::prop_assert_eq!(decode_batch(&input), Ok(frames));
+            if let Some((at, byte)) = flip {
+                if let Some(b) = input.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            if let Some(cut) = cut {
+                input.truncate(cut);
+            }
+            let verdict = same_as_reference(&input);
+            proptest::prop_assert!(verdict.is_ok(), "{}", verdict.unwrap_err());
+        }
+    }
 
     fn roundtrip(frames: Vec<Frame>) {
         let encoded = encode_batch_to_vec(&frames);
@@ -384,7 +589,7 @@ mod tests {
             (100_000, Message::binary(vec![])),
         ] {
             let frame = Frame::Message { seq, message };
-            let mut out = Vec::new();
+            let mut out = String::new();
             encode_frame(&frame, &mut out);
             assert_eq!(out.len(), encoded_len_hint(&frame), "{frame:?}");
         }
@@ -393,7 +598,7 @@ mod tests {
             Frame::Resumed { ack: u64::MAX },
             Frame::close(CloseCode::NORMAL, "a \u{1} reason"),
         ] {
-            let mut out = Vec::new();
+            let mut out = String::new();
             encode_frame(&frame, &mut out);
             assert!(out.len() <= encoded_len_hint(&frame), "{frame:?}");
         }

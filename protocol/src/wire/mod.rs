@@ -6,9 +6,11 @@
 //! - [`sse`]: `text/event-stream` events, and an incremental parser for them.
 
 pub mod binary;
+mod decode;
 mod frame;
 pub mod json;
 mod message;
+mod scan;
 pub mod sse;
 
 pub use frame::{Close, Frame, OpenParams, PROTOCOL_VERSION};

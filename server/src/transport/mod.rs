@@ -36,12 +36,23 @@ pub(crate) struct ConnectQuery {
 }
 
 impl ConnectQuery {
-    /// Reads the query. A malformed one refuses the request: with `close`
-    /// 4400 when it would open a session, with `detach` 1002 when it names
-    /// one (that session lives on).
+    /// Reads the query in one pass. A malformed one refuses the request:
+    /// with `close` 4400 when it would open a session, with `detach` 1002
+    /// when it names one (that session lives on).
     pub(crate) fn parse(query: Option<&str>) -> Result<Self, Reject> {
-        let query = query.unwrap_or("");
-        let key = query_value(query, "key").filter(|k| !k.is_empty());
+        let (mut v, mut key, mut last, mut probe) = (None, None, None, false);
+        for pair in query.unwrap_or("").split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // Our parameter names need no decoding; values might.
+            match name {
+                "v" => v = Some(value),
+                "key" => key = Some(value),
+                "last" => last = Some(value),
+                "probe" => probe = value == "1",
+                _ => {}
+            }
+        }
+        let key = key.and_then(decode_if_needed).filter(|k| !k.is_empty());
         let refuse = |reason: String| {
             if key.is_some() {
                 Reject::protocol(reason)
@@ -49,21 +60,30 @@ impl ConnectQuery {
                 Reject::bad_request(reason)
             }
         };
-        if let Some(v) = query_value(query, "v")
-            && v != PROTOCOL_VERSION.to_string()
+        if let Some(v) = v
+            && v.parse::<u32>().ok() != Some(PROTOCOL_VERSION)
         {
             return Err(refuse(format!(
                 "unsupported protocol version {v:?}; this server speaks {PROTOCOL_VERSION}"
             )));
         }
-        let last = match query_value(query, "last") {
+        let last = match last {
             None => 0,
             Some(last) => last
                 .parse()
                 .map_err(|_| refuse(format!("`last` must be a number, got {last:?}")))?,
         };
-        let probe = query_value(query, "probe").is_some_and(|p| p == "1");
         Ok(Self { key, last, probe })
+    }
+}
+
+/// A query value, percent-decoded only when it has escapes (keys never
+/// do).
+fn decode_if_needed(value: &str) -> Option<String> {
+    if value.contains(['%', '+']) {
+        percent_decode(value)
+    } else {
+        Some(value.to_owned())
     }
 }
 

@@ -37,6 +37,7 @@ pub(crate) async fn handle(
     upgrade
         .max_message_size(max_batch)
         .max_frame_size(max_batch)
+        .read_buffer_size(state.config.ws_read_buffer)
         .on_upgrade(move |socket| async move {
             // Attach only now that the upgrade is complete: an upgrade that
             // never completes never pins the session.
@@ -76,17 +77,33 @@ async fn refuse(socket: WebSocket, reject: Reject) {
     let _ = sink.send(close_message(reject.close())).await;
 }
 
+/// Runs an attachment: a reader task feeds the session, this task writes
+/// what the session says to write. Two tasks, so that each wakes only for
+/// its own work (a waiting read costs tungstenite a buffer clear, so it is
+/// not polled when there is only output to write).
 async fn run(socket: WebSocket, shared: Arc<Shared>, id: AttachmentId) {
     let _detach = DetachOnDrop {
         shared: shared.clone(),
         id,
     };
-    let inbound_limit = shared.server_config().session.max_inbound_bytes;
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, stream) = socket.split();
+    let end = Arc::new(ReaderEnd::default());
+    let reader = tokio::spawn(read(stream, shared.clone(), id, end.clone()));
+    let _stop_reader = AbortOnDrop(reader);
     loop {
         let notified = shared.transmit.notified();
         let mut notified = pin!(notified);
         notified.as_mut().enable();
+        let ended = end.wake.notified();
+        let mut ended = pin!(ended);
+        ended.as_mut().enable();
+        if let Some(reject) = end.take() {
+            if let Some(reject) = reject {
+                let _ = write_frames(&mut sink, vec![reject.frame()]).await;
+                let _ = sink.send(close_message(reject.close())).await;
+            }
+            return;
+        }
         loop {
             let transmit = shared.lock().poll_transmit(now(), id);
             let Some(transmit) = transmit else { break };
@@ -101,24 +118,67 @@ async fn run(socket: WebSocket, shared: Arc<Shared>, id: AttachmentId) {
         if sink.flush().await.is_err() {
             return;
         }
-        // Stop reading while the application is behind: TCP backpressure
-        // reaches the client. Reading resumes when `recv` frees room.
-        let drained = shared.drained.notified();
-        let mut drained = pin!(drained);
-        drained.as_mut().enable();
-        let reading = shared.lock().inbound_bytes() < inbound_limit;
         tokio::select! {
-            incoming = stream.next(), if reading => {
-                if let Err(reject) = receive(&shared, id, incoming) {
-                    if let Some(reject) = reject {
-                        let _ = write_frames(&mut sink, vec![reject.frame()]).await;
-                        let _ = sink.send(close_message(reject.close())).await;
-                    }
-                    return;
-                }
-            }
             () = &mut notified => {}
-            () = &mut drained, if !reading => {}
+            () = &mut ended => {}
+        }
+    }
+}
+
+/// How the reader task ended: `Some(None)`, the client went away;
+/// `Some(Some(reject))`, refuse with this and close.
+#[derive(Default)]
+struct ReaderEnd {
+    outcome: std::sync::Mutex<Option<Option<Reject>>>,
+    wake: tokio::sync::Notify,
+}
+
+impl ReaderEnd {
+    fn set(&self, outcome: Option<Reject>) {
+        *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Option<Option<Reject>> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// Stops the reader task with the attachment.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The reader task: feeds what arrives to the session, holding back while
+/// the application is behind (TCP backpressure then reaches the client).
+async fn read(
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    shared: Arc<Shared>,
+    id: AttachmentId,
+    end: Arc<ReaderEnd>,
+) {
+    let inbound_limit = shared.server_config().session.max_inbound_bytes;
+    loop {
+        loop {
+            let drained = shared.drained.notified();
+            let mut drained = pin!(drained);
+            drained.as_mut().enable();
+            if shared.lock().inbound_bytes() < inbound_limit {
+                break;
+            }
+            drained.await;
+        }
+        let incoming = stream.next().await;
+        if let Err(reject) = receive(&shared, id, incoming) {
+            end.set(reject);
+            return;
         }
     }
 }
@@ -142,9 +202,8 @@ fn receive(
                 Reject::from(error)
             }));
         }
-        Some(Ok(WsMessage::Text(text))) => {
-            json::decode_batch(text.as_bytes()).map_err(|e| Some(ProtocolError::from(e).into()))?
-        }
+        Some(Ok(WsMessage::Text(text))) => json::decode_batch_str(text.as_str())
+            .map_err(|e| Some(ProtocolError::from(e).into()))?,
         Some(Ok(WsMessage::Binary(bytes))) => {
             let (seq, payload) = binary::decode_binary_message(bytes)
                 .map_err(|e| Some(ProtocolError::from(e).into()))?;
@@ -207,11 +266,7 @@ async fn write_frames(sink: &mut Sink, frames: Vec<Frame>) -> Result<(), axum::E
 }
 
 fn text_message(frames: &[Frame]) -> WsMessage {
-    let encoded = json::encode_batch_to_vec(frames);
-    // The encoder writes JSON, which is UTF-8 by construction.
-    WsMessage::Text(Utf8Bytes::from(
-        String::from_utf8(encoded).unwrap_or_default(),
-    ))
+    WsMessage::Text(Utf8Bytes::from(json::encode_batch_to_string(frames)))
 }
 
 fn close_message(close: &Close) -> WsMessage {
