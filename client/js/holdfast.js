@@ -1362,7 +1362,9 @@ class Engine {
   schedule() {
     if (this.closed) return;
     const at = this.nextDeadline();
-    if (at === this.timerAt && this.timer) return;
+    // An armed timer that fires no later is kept: `onTimer` re-arms (a
+    // busy connection moves its liveness deadline with every frame).
+    if (this.timer && at !== null && this.timerAt <= at) return;
     clearTimeout(this.timer);
     this.timer = null;
     this.timerAt = at;

@@ -3,6 +3,7 @@
 // loads the client the server embeds (`/realtime/client.js`).
 
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import { after, before, describe, test } from "node:test";
 
 import { launchBrowser } from "../support/browser.js";
@@ -137,4 +138,22 @@ describe("browser", () => {
       await page.close();
     });
   }
+
+  test("the README's example page works as written", async () => {
+    const readme = await readFile(new URL("../../README.md", import.meta.url), "utf8");
+    const html = /```html\n([\s\S]*?)```/.exec(readme)[1];
+    proxy.page("readme.html", html);
+    const page = await browser.page(`${proxy.origin}/test/readme.html`);
+    await page.locator("#status", { hasText: "open via websocket" }).waitFor({ timeout: 5000 });
+    for (const text of ["hello", "world"]) {
+      await page.locator("#text").fill(text);
+      await page.locator("#text").press("Enter");
+    }
+    await page.locator("#log li", { hasText: "← world" }).waitFor({ timeout: 5000 });
+    const lines = await page.locator("#log li").allTextContents();
+    assert.deepEqual([...lines].sort(), ["→ hello", "→ world", "← hello", "← world"].sort());
+    assert.ok(lines.indexOf("← hello") < lines.indexOf("← world"), "echoes in order");
+    assert.deepEqual(page.problems, []);
+    await page.close();
+  });
 });

@@ -85,6 +85,29 @@ for (const transports of [["websocket"], ["sse"], ["long-poll"], undefined]) {
       await nextEvent(client, "close", 5000);
     });
 
+    test("large messages, hundreds of KiB in all (SSE streams get recycled)", async () => {
+      const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports });
+      const events = record(client);
+      const got = [];
+      client.onmessage = (event) => got.push(event.data);
+      await nextEvent(client, "open", 5000);
+      const streams = proxy.counts.sse;
+      const big = (i) => `${i}:${"é".repeat(20000)}`; // 40 KB of UTF-8 each
+      for (let i = 0; i < 12; i++) client.send(big(i));
+      await until(() => got.length === 12, 10000, () => `${got.length} of 12 echoes`);
+      got.forEach((text, i) => assert.equal(text, big(i)));
+      assert.deepEqual(
+        events.filter((e) => e.type === "reconnecting"),
+        [],
+        "a recycled stream is resumed at once, without backoff",
+      );
+      if (name === "sse") {
+        assert.ok(proxy.counts.sse - streams >= 1, "the 256 KiB stream budget ran out: recycled");
+      }
+      client.close();
+      await nextEvent(client, "close", 5000);
+    });
+
     test("a cut before the first message resumes an empty session", async () => {
       const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports });
       await nextEvent(client, "open", 5000);

@@ -39,7 +39,12 @@ export async function startProxy(upstreamPort) {
   let retryAfter = 0;
   const counts = { ws: 0, sse: 0, poll: 0, send: 0, probes: 0 };
 
+  const extraPages = new Map();
   const proxy = {
+    /** Serves `html` at `/test/<name>`. */
+    page(name, html) {
+      extraPages.set(name, html);
+    },
     refuseWebSocket: false,
     bufferSse: false,
     down: false,
@@ -94,6 +99,11 @@ export async function startProxy(upstreamPort) {
   async function servePage(req, res) {
     const { pathname } = new URL(req.url, "http://proxy");
     const name = pathname.slice("/test/".length);
+    if (extraPages.has(name)) {
+      res.writeHead(200, { "Content-Type": TYPES[".html"], "Cache-Control": "no-store" });
+      res.end(extraPages.get(name));
+      return true;
+    }
     if (!/^[\w-]+\.(html|js)$/.test(name)) return false;
     try {
       const body = await readFile(path.join(pages, name));
