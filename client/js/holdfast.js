@@ -486,14 +486,14 @@ class Attachment {
     });
   }
 
-  /** A non-200 answer from an HTTP endpoint. */
-  refused(response, text) {
+  /** A non-200 answer from an HTTP endpoint (`what`: which request). */
+  refused(response, text, what = this.kind) {
     const verdict = classifyHttp(response.status, text, response.headers);
     if (verdict.closeFrame) {
       this.engine.onFrames(this, [verdict.closeFrame], true);
       return;
     }
-    const why = `${this.requestName || this.kind} answered ${verdict.why}`;
+    const why = `${what} answered ${verdict.why}`;
     if (this.greeted) this.lost(why, verdict.retryAfter);
     else this.fail("blocked", why, verdict.retryAfter);
   }
@@ -630,8 +630,7 @@ class Upstream {
     if (att.ended) return;
     if (response.status !== 200) {
       engine.requestFailed();
-      att.requestName = "send";
-      att.refused(response, text);
+      att.refused(response, text, "send");
       return;
     }
     let frames;
@@ -809,8 +808,7 @@ class PollAttachment extends Attachment {
       }
       if (this.ended) return;
       if (response.status !== 200) {
-        this.requestName = "poll";
-        this.refused(response, text);
+        this.refused(response, text, "poll");
         return;
       }
       let frames;
@@ -1303,7 +1301,8 @@ class Engine {
   trust(att) {
     if (att.remembered || !att.trusted || !att.announced) return;
     att.remembered = true;
-    remember(this.memoryKey, att.kind, this.options.rememberFor);
+    // A forced transport says nothing about what works here.
+    if (this.order.length > 1) remember(this.memoryKey, att.kind, this.options.rememberFor);
   }
 
   /** Sends a `ping` on the attachment (the connection check). */
