@@ -935,8 +935,9 @@ class Engine {
       entry.ready = true;
       this.flush();
     } catch (error) {
-      this.error(`could not read a Blob passed to send(): ${describeError(error)}`, error);
-      this.finish({ code: CloseCodes.INTERNAL_ERROR, reason: "a Blob could not be read" }, false);
+      // Its sequence number is taken: nothing after it could be delivered.
+      const reason = `a Blob passed to send() could not be read: ${describeError(error)}`;
+      this.finish({ code: CloseCodes.INTERNAL_ERROR, reason }, false);
     }
   }
 
