@@ -21,6 +21,7 @@ export declare const CloseCodes: Readonly<{
   TIMEOUT: 4408;
   REPLACED: 4409;
   SESSION_LOST: 4410;
+  TOO_SLOW: 4429;
   OVERLOADED: 4503;
 }>;
 

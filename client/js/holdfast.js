@@ -35,6 +35,7 @@ export const CloseCodes = Object.freeze({
   TIMEOUT: 4408,
   REPLACED: 4409,
   SESSION_LOST: 4410,
+  TOO_SLOW: 4429,
   OVERLOADED: 4503,
 });
 
@@ -64,6 +65,9 @@ const FLAPS_TO_DEMOTE = 2;
 const MAX_REPROBE = 5 * 60 * 1000;
 /** Shortest timeout of a send request. */
 const MIN_SEND_TIMEOUT = 10000;
+/** Times a failed send request is sent again before its attachment is
+ * given up. */
+const SEND_RETRIES = 2;
 /** An SSE event larger than this is a broken stream, not data. */
 const MAX_SSE_EVENT = 16 * 1024 * 1024;
 
@@ -213,6 +217,7 @@ function classifyHttp(status, text, headers) {
   if (first && first.t === "detach") {
     const detach = closeOf(first);
     return {
+      detach,
       why: `refused: ${detach.code} ${detach.reason}`,
       retryAfter: detach.retryAfter ?? retryAfter,
     };
@@ -368,21 +373,28 @@ class Outbox {
     return this.cursor < this.sent;
   }
 
-  /** The next messages to transmit, cut so that several stay under
-   * `budget` encoded bytes (a single large one travels alone). */
+  /** The next messages to transmit: JSON frames while they fit in
+   * `budget` bytes (a comma each; a single large one travels alone), and
+   * with `nativeBinary` binary entries as they are (§2.2: no part of any
+   * batch). Returns whether it took any. */
   take(budget, nativeBinary, parts) {
-    let any = false;
+    let took = false;
+    let json = false;
     while (this.hasPending()) {
       const entry = this.entries[this.cursor - this.acked];
-      const native = nativeBinary && entry.bytes !== undefined;
-      const size = native ? entry.size + 9 : encodedSize(entry);
-      if (any && size > budget) break;
-      budget -= size;
-      parts.push(native ? entry : encodedFrame(entry));
+      if (nativeBinary && entry.bytes !== undefined) {
+        parts.push(entry);
+      } else {
+        const size = encodedSize(entry) + 1;
+        if (json && size > budget) break;
+        budget -= size;
+        parts.push(encodedFrame(entry));
+        json = true;
+      }
       this.cursor++;
-      any = true;
+      took = true;
     }
-    return any;
+    return took;
   }
 }
 
@@ -400,6 +412,13 @@ function encodedFrame(entry) {
 function encodedSize(entry) {
   if (entry.jsonSize === undefined) entry.jsonSize = utf8Length(encodedFrame(entry));
   return entry.jsonSize;
+}
+
+/** Room for `,{"t":"ack","seq":<53-bit number>}` in a batch. */
+const ACK_ROOM = 36;
+
+function closeFrame({ code, reason }) {
+  return JSON.stringify({ t: "close", code, reason });
 }
 
 /** A native WebSocket binary message (PROTOCOL.md §2.2). */
@@ -593,11 +612,16 @@ class WebSocketAttachment extends Attachment {
 }
 
 /** Sends the client's frames for SSE and long-polling: one request in
- * flight at a time, each answered with an ack (PROTOCOL.md §8.4). */
+ * flight at a time, each answered with an ack (PROTOCOL.md §8.4). A failed
+ * request is sent again (the server drops what it already has) a few
+ * times before the attachment is given up; a `503` refusal (the
+ * application is not keeping up) is sent again after its `retry_after`. */
 class Upstream {
   constructor(attachment) {
     this.attachment = attachment;
     this.busy = false;
+    this.failures = 0;
+    this.retry = null;
   }
 
   start() {
@@ -607,6 +631,32 @@ class Upstream {
     if (!parts) return;
     this.busy = true;
     this.post(`[${parts.join(",")}]`);
+  }
+
+  stop() {
+    clearTimeout(this.retry);
+  }
+
+  /** Sends again (from the oldest unacknowledged message) after `delay`. */
+  again(delay) {
+    this.attachment.engine.requestFailed();
+    this.retry = setTimeout(() => {
+      this.busy = false;
+      this.start();
+    }, delay);
+  }
+
+  /** A request failed without an answer from holdfast. */
+  failed(why, retryAfter) {
+    const att = this.attachment;
+    if (this.failures < SEND_RETRIES) {
+      this.failures += 1;
+      const delay = backoffDelay(att.engine.options.backoff, this.failures - 1);
+      this.again(Math.max(delay, retryAfter ?? 0));
+      return;
+    }
+    att.engine.requestFailed();
+    att.lost(why, retryAfter);
   }
 
   async post(body) {
@@ -622,26 +672,34 @@ class Upstream {
         body,
       }));
     } catch (error) {
-      if (att.ended) return;
-      engine.requestFailed();
-      att.lost(`send request failed: ${describeError(error)}`);
+      if (!att.ended) this.failed(`send request failed: ${describeError(error)}`);
       return;
     }
     if (att.ended) return;
     if (response.status !== 200) {
-      engine.requestFailed();
-      att.refused(response, text, "send");
+      const verdict = classifyHttp(response.status, text, response.headers);
+      if (verdict.closeFrame) {
+        engine.requestFailed();
+        engine.onFrames(att, [verdict.closeFrame], true);
+      } else if (verdict.detach && verdict.detach.code === CloseCodes.OVERLOADED) {
+        this.again(verdict.retryAfter ?? engine.options.backoff.initial);
+      } else if (verdict.detach) {
+        engine.requestFailed();
+        att.lost(`send answered ${verdict.why}`);
+      } else {
+        this.failed(`send answered ${verdict.why}`, verdict.retryAfter);
+      }
       return;
     }
     let frames;
     try {
       frames = parseBatch(text);
     } catch (error) {
-      engine.requestFailed();
-      att.lost(`the send reply is not a holdfast batch (an intermediary?): ${error.message}`);
+      this.failed(`the send reply is not a holdfast batch (an intermediary?): ${error.message}`);
       return;
     }
     this.busy = false;
+    this.failures = 0;
     engine.onFrames(att, frames, true);
     if (!att.ended) engine.confirm(att);
   }
@@ -724,6 +782,7 @@ class SseAttachment extends Attachment {
   }
 
   teardown() {
+    this.upstream.stop();
     this.engine.abortRequests(this);
     if (this.reader) this.reader.cancel().catch(() => {});
   }
@@ -838,6 +897,7 @@ class PollAttachment extends Attachment {
   }
 
   teardown() {
+    this.upstream.stop();
     this.engine.abortRequests(this);
   }
 }
@@ -1275,7 +1335,12 @@ class Engine {
     }
     let sentMessages = false;
     if (!this.closing || this.closing.sentAt === null) {
-      sentMessages = this.out.take(this.params.max_msg, nativeBinary, parts);
+      // A batch stays within max_msg bytes, brackets, commas and control
+      // frames included (§2.3): room is kept for an ack and a close.
+      let budget = this.params.max_msg - 2 - ACK_ROOM;
+      for (const part of parts) budget -= part.length + 1;
+      if (this.closing) budget -= utf8Length(closeFrame(this.closing)) + 1;
+      sentMessages = this.out.take(budget, nativeBinary, parts);
     }
     const unacked = this.received > this.ackedOut || this.resendAck;
     if (unacked && (att.ackDue || parts.length > 0)) {
@@ -1286,7 +1351,7 @@ class Engine {
       this.resendAck = false;
     }
     if (this.closing && this.closing.sentAt === null && !this.out.hasUnsent()) {
-      parts.push(JSON.stringify({ t: "close", code: this.closing.code, reason: this.closing.reason }));
+      parts.push(closeFrame(this.closing));
       this.closing.sentAt = now();
     }
     if (parts.length === 0) return null;

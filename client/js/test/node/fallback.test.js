@@ -113,13 +113,15 @@ describe("fallback", () => {
     const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports: ["sse"] });
     const events = record(client);
     await nextEvent(client, "open", 5000);
-    proxy.failNext(3);
     const reconnecting = nextEvent(client, "reconnecting", 5000, (e) =>
       /HTML error page/.test(e.reason),
     );
     const { received } = await echoExchange(client, {
       count: 300,
-      cut: () => proxy.cut(),
+      cut: () => {
+        proxy.failNext(3, "sse"); // the stream's reconnects meet error pages
+        proxy.cut();
+      },
       cutEvery: 100,
     });
     const event = await reconnecting;
@@ -129,6 +131,42 @@ describe("fallback", () => {
     const closed = await nextEvent(client, "close", 5000);
     assert.equal(closed.code, 1000);
     assert.equal(received.length, 300);
+  });
+
+  test("a failed send request is sent again; the stream carries on", async () => {
+    for (const transports of [["sse"], ["long-poll"]]) {
+      const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports });
+      const events = record(client);
+      await nextEvent(client, "open", 5000);
+      proxy.failNext(2, "send");
+      const { received } = await echoExchange(client, { count: 200 });
+      assert.equal(received.length, 200);
+      assert.deepEqual(
+        events.filter((e) => e.type === "reconnecting" || e.type === "resumed"),
+        [],
+        `${transports[0]}: no reconnect`,
+      );
+      client.close();
+      await nextEvent(client, "close", 5000);
+    }
+  });
+
+  test("a send refused with 503 + 4503 detach goes again after retry_after", async () => {
+    const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports: ["sse"] });
+    const events = record(client);
+    await nextEvent(client, "open", 5000);
+    proxy.busySendNext(2, 150);
+    const started = Date.now();
+    const { received } = await echoExchange(client, { count: 50 });
+    assert.ok(Date.now() - started >= 300, "waited retry_after twice");
+    assert.equal(received.length, 50);
+    assert.deepEqual(
+      events.filter((e) => e.type === "reconnecting"),
+      [],
+      "the stream was never dropped",
+    );
+    client.close();
+    await nextEvent(client, "close", 5000);
   });
 
   test("overload (503 + 4503) is retried after Retry-After, with a fresh session", async () => {

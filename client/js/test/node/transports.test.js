@@ -108,6 +108,34 @@ for (const transports of [["websocket"], ["sse"], ["long-poll"], undefined]) {
       await nextEvent(client, "close", 5000);
     });
 
+    if (name === "long-poll" || name === "sse") {
+      test("send batches stay within max_msg, brackets and commas included (§2.3)", async () => {
+        const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports });
+        await nextEvent(client, "open", 5000);
+        const before = proxy.sends.length;
+        const got = [];
+        client.onmessage = (event) => got.push(event.data);
+        // Many small messages (where commas add up), a few large ones
+        // (escaped to more on the wire) and binary ones.
+        const count = 3000;
+        for (let i = 0; i < count; i++) {
+          if (i % 100 === 99) client.send(`"${i}"\n`.repeat(300).slice(0, 1500));
+          else if (i % 10 === 9) client.send(new Uint8Array(20).fill(i));
+          else client.send(`m${i}`);
+        }
+        await until(() => got.length === count, 10000, () => `${got.length} of ${count} echoes`);
+        const batches = proxy.sends.slice(before).filter((b) => b.messages > 1);
+        assert.ok(batches.length > 0, "messages were batched");
+        for (const batch of batches) {
+          assert.ok(batch.bytes <= 65536, `a batch of ${batch.messages} messages is ${batch.bytes} bytes`);
+        }
+        const biggest = Math.max(...batches.map((b) => b.bytes));
+        assert.ok(biggest > 60000, `batches are filled up to the limit (largest ${biggest} bytes)`);
+        client.close();
+        await nextEvent(client, "close", 5000);
+      });
+    }
+
     test("a cut before the first message resumes an empty session", async () => {
       const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports });
       await nextEvent(client, "open", 5000);

@@ -6,9 +6,14 @@
 //
 //   proxy.refuseWebSocket = true   upgrades answered 403 (an HTML page)
 //   proxy.bufferSse = true         event streams held back until they end
-//   proxy.failNext(n)              the next n requests answered 502 (HTML)
+//   proxy.failNext(n, endpoint?)   the next n requests (to `ws`, `sse`,
+//                                  `poll` or `send` only, if given)
+//                                  answered 502 (HTML)
 //   proxy.overloadNext(n, ms)      the next n requests answered 503 with
-//                                  holdfast's own 4503 refusal
+//                                  holdfast's own 4503 refusal (`close`)
+//   proxy.busySendNext(n, ms)      the next n sends answered 503 with a
+//                                  4503 `detach` (the application is not
+//                                  keeping up: send again later)
 //   proxy.cut()                    every open connection killed (TCP reset)
 //   proxy.down = true              new connections killed at once
 //
@@ -35,9 +40,13 @@ export async function startProxy(upstreamPort) {
     socket.once("close", () => sockets.delete(socket));
   };
   let failing = 0;
+  let failingEndpoint = null;
   let overloading = 0;
+  let busySends = 0;
   let retryAfter = 0;
   const counts = { ws: 0, sse: 0, poll: 0, send: 0, probes: 0 };
+  /** Every send body forwarded: its size and how many messages it held. */
+  const sends = [];
 
   const extraPages = new Map();
   const proxy = {
@@ -49,8 +58,14 @@ export async function startProxy(upstreamPort) {
     bufferSse: false,
     down: false,
     counts,
-    failNext(n) {
+    sends,
+    failNext(n, endpoint = null) {
       failing = n;
+      failingEndpoint = endpoint;
+    },
+    busySendNext(n, ms) {
+      busySends = n;
+      retryAfter = ms;
     },
     overloadNext(n, ms) {
       overloading = n;
@@ -67,7 +82,21 @@ export async function startProxy(upstreamPort) {
 
   /** Answers the request itself instead of forwarding it, if it should. */
   function intercept(req, res) {
-    if (failing > 0) {
+    const endpoint = new URL(req.url, "http://proxy").pathname.split("/").pop();
+    if (busySends > 0 && endpoint === "send") {
+      busySends -= 1;
+      res.writeHead(503, {
+        "Content-Type": "application/json",
+        "Retry-After": String(Math.ceil(retryAfter / 1000)),
+      });
+      res.end(
+        JSON.stringify([
+          { t: "detach", code: 4503, reason: "the application is not keeping up", retry_after: retryAfter },
+        ]),
+      );
+      return true;
+    }
+    if (failing > 0 && (failingEndpoint === null || failingEndpoint === endpoint)) {
       failing -= 1;
       res.writeHead(502, { "Content-Type": "text/html", Connection: "close" });
       res.end(ERROR_PAGE(502, "Bad Gateway"));
@@ -131,6 +160,20 @@ export async function startProxy(upstreamPort) {
       agent: false,
     });
     upstream.on("socket", track);
+    if (req.url.includes("/send")) {
+      const chunks = [];
+      req.on("data", (chunk) => chunks.push(chunk));
+      req.on("end", () => {
+        const body = Buffer.concat(chunks);
+        let messages = 0;
+        try {
+          messages = JSON.parse(body).filter((f) => f.t === "msg" || f.t === "bin").length;
+        } catch {
+          messages = -1;
+        }
+        sends.push({ bytes: body.length, messages });
+      });
+    }
     req.pipe(upstream);
     upstream.on("response", (answer) => {
       const stream = (answer.headers["content-type"] || "").startsWith("text/event-stream");
@@ -166,7 +209,8 @@ export async function startProxy(upstreamPort) {
 
   server.on("upgrade", (req, socket, head) => {
     count(req.url);
-    if (proxy.refuseWebSocket || failing > 0) {
+    const failingHere = failing > 0 && (failingEndpoint === null || failingEndpoint === "ws");
+    if (proxy.refuseWebSocket || failingHere) {
       const status = proxy.refuseWebSocket ? [403, "Forbidden"] : [502, "Bad Gateway"];
       if (!proxy.refuseWebSocket) failing -= 1;
       const body = ERROR_PAGE(...status);
