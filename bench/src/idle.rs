@@ -46,6 +46,19 @@ pub async fn run(
     })
 }
 
+/// Opens `sessions` idle sessions and holds them for `duration`.
+pub async fn hold(
+    addr: SocketAddr,
+    kind: TransportKind,
+    sessions: usize,
+    duration: Duration,
+) -> Result<(), String> {
+    let held = open_many(addr, kind, sessions).await?;
+    tokio::time::sleep(duration).await;
+    drop(held);
+    Ok(())
+}
+
 /// Lets the server finish what the last connections started.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -63,7 +63,7 @@ impl Plan {
     fn quick() -> Self {
         Self {
             warmup: Duration::from_millis(100),
-            duration: Duration::from_millis(1500),
+            duration: Duration::from_millis(300),
             client_counts: vec![1, 10],
             sizes: vec![64],
             windows: vec![1, 4],
@@ -88,6 +88,9 @@ fn main() -> ExitCode {
     }
     if args.first().map(String::as_str) == Some("load") {
         return load(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("idle-only") {
+        return idle_only(&args[1..]);
     }
     let mut plan = Plan::full();
     let mut json_path = None;
@@ -194,6 +197,34 @@ fn load(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `holdfast-bench idle-only <transport> <addr> <sessions>`: opens idle
+/// sessions against a server started by hand and holds them for 3 s, for
+/// heap profiling (`valgrind --tool=massif`).
+fn idle_only(args: &[String]) -> ExitCode {
+    let parsed = (|| {
+        let kind: TransportKind = args.first()?.parse().ok()?;
+        let addr: std::net::SocketAddr = args.get(1)?.parse().ok()?;
+        let sessions: usize = args.get(2)?.parse().ok()?;
+        Some((kind, addr, sessions))
+    })();
+    let Some((kind, addr, sessions)) = parsed else {
+        eprintln!("usage: holdfast-bench idle-only <websocket|sse|long-poll> <addr> <sessions>");
+        return ExitCode::from(2);
+    };
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        match idle::hold(addr, kind, sessions, Duration::from_secs(3)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 const TRANSPORTS: [TransportKind; 3] = TransportKind::ALL;

@@ -5,6 +5,7 @@
 //! Both use the same runtime (multi-threaded, one worker: the process is
 //! pinned to one core) and both echo every message.
 
+use axum::serve::ListenerExt;
 use std::io::Write as _;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -108,6 +109,9 @@ async fn serve_holdfast(listener: TcpListener) {
             async move { app(session, room).await }
         });
     let app = axum::Router::new().nest("/realtime", holdfast.router());
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let _ = axum::serve(listener, app).await;
 }
 

@@ -68,7 +68,7 @@ impl Default for ServerConfig {
             sse_max_bytes: 256 * 1024,
             sse_max_age: Duration::from_secs(300),
             send_wait: Duration::from_secs(10),
-            ws_read_buffer: 4096,
+            ws_read_buffer: 2048,
             accept_backlog: 1024,
         }
     }

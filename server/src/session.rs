@@ -176,6 +176,22 @@ impl Drop for CoreGuard<'_> {
     }
 }
 
+/// A copy of request headers in allocations of their own. hyper's header
+/// values are slices of the connection's read buffer (8–16 KiB): keeping
+/// them for the life of the session would keep that whole buffer.
+fn own_copy(headers: &HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let copied_name = http::HeaderName::from_bytes(name.as_str().as_bytes());
+        let copied = http::HeaderValue::from_bytes(value.as_bytes());
+        if let (Ok(name), Ok(mut copied)) = (copied_name, copied) {
+            copied.set_sensitive(value.is_sensitive());
+            copy.append(name, copied);
+        }
+    }
+    copy
+}
+
 fn log_event(session: &str, event: &ServerEvent) {
     match event {
         ServerEvent::Attached {
@@ -209,6 +225,7 @@ impl Shared {
         server: Arc<ServerState>,
     ) -> Arc<Self> {
         let identity = core.identity();
+        let headers = own_copy(&headers);
         Arc::new(Self {
             session_id: identity.session_id.as_str().into(),
             key: identity.key.as_str().into(),

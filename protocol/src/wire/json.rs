@@ -31,6 +31,20 @@ pub fn decode_batch_str(input: &str) -> Result<Vec<Frame>, DecodeError> {
     decode::read_batch(input, Fields::into_frame)
 }
 
+/// Decodes one batch from `text`, a view of `backing` (a received WebSocket
+/// text message): message payloads without escapes become slices of
+/// `backing` instead of copies.
+pub fn decode_batch_shared(text: &str, backing: &Bytes) -> Result<Vec<Frame>, DecodeError> {
+    let range = backing.as_ptr_range();
+    let inside = |s: &str| range.contains(&s.as_ptr()) && s.len() <= backing.len();
+    decode::read_batch(text, |fields| {
+        fields.into_frame_with(|d| match d {
+            Cow::Borrowed(s) if inside(s) => Text::shared(backing, s),
+            other => Text::from(other.into_owned()),
+        })
+    })
+}
+
 /// Where encoded JSON goes: a `String` (for WebSocket text messages, no
 /// UTF-8 check needed afterwards) or bytes (for HTTP bodies).
 pub trait JsonOut {
@@ -249,8 +263,16 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-impl Fields<'_> {
+impl<'a> Fields<'a> {
     fn into_frame(self) -> Result<Frame, DecodeError> {
+        self.into_frame_with(|d| Text::from(d.into_owned()))
+    }
+
+    /// The frame, making message text with `text`.
+    fn into_frame_with(
+        self,
+        text: impl FnOnce(Cow<'a, str>) -> Text,
+    ) -> Result<Frame, DecodeError> {
         let t = self.t.as_deref().unwrap_or("");
         let missing = |field: &'static str| DecodeError::MissingField {
             frame: t.to_owned(),
@@ -262,7 +284,7 @@ impl Fields<'_> {
                 let d = self.d.ok_or_else(|| missing("d"))?;
                 Frame::Message {
                     seq: nonzero_seq(seq)?,
-                    message: Message::Text(Text::from(d.into_owned())),
+                    message: Message::Text(text(d)),
                 }
             }
             "bin" => {
@@ -392,6 +414,26 @@ mod tests {
                 String::from_utf8_lossy(input)
             )),
         }
+    }
+
+    #[test]
+    fn shared_decoding_slices_payloads_without_escapes() {
+        let text: &str = r#"[{"t":"msg","seq":1,"d":"plain"},{"t":"msg","seq":2,"d":"a\nb"}]"#;
+        let backing = Bytes::copy_from_slice(text.as_bytes());
+        let view = std::str::from_utf8(&backing).unwrap_or_default();
+        let frames = decode_batch_shared(view, &backing).unwrap_or_default();
+        assert_eq!(frames, decode_batch(text.as_bytes()).unwrap_or_default());
+        let Some(Frame::Message {
+            message: Message::Text(plain),
+            ..
+        }) = frames.first()
+        else {
+            panic!("{frames:?}");
+        };
+        assert!(
+            backing.as_ptr_range().contains(&plain.as_str().as_ptr()),
+            "sliced, not copied"
+        );
     }
 
     #[test]

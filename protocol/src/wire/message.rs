@@ -18,6 +18,12 @@ impl Text {
         }
     }
 
+    /// `s`, a view into `backing`, as a slice of it (no copy). The caller
+    /// guarantees `s` lies within `backing`.
+    pub(crate) fn shared(backing: &Bytes, s: &str) -> Self {
+        Self(backing.slice_ref(s.as_bytes()))
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         // The constructors only ever store valid UTF-8; fall back to an empty

@@ -9,6 +9,7 @@
 pub(crate) mod poll;
 pub(crate) mod send;
 pub(crate) mod sse;
+mod upgrade;
 pub(crate) mod ws;
 
 use std::sync::Arc;

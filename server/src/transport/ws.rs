@@ -6,26 +6,31 @@ use std::pin::pin;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use holdfast_protocol::wire::{binary, json};
 use holdfast_protocol::{AttachmentId, Close, Frame, Message, ProtocolError, TransportKind};
 use http::{HeaderMap, Uri};
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{
+    WebSocketConfig, frame::coding::CloseCode as WsCloseCode,
+};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 
+use super::upgrade::{Socket, Upgrade};
 use super::{DetachOnDrop, PROBE_LIFETIME, Prepared, attach, prepare};
 use crate::reject::Reject;
 use crate::server::ServerState;
 use crate::session::{Shared, now};
 
-type Sink = SplitSink<WebSocket, WsMessage>;
+type Sink = SplitSink<Socket, WsMessage>;
 
 pub(crate) async fn handle(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     uri: Uri,
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
 ) -> Response {
     // The one refusal made before the upgrade: pages from foreign origins
     // get nothing at all.
@@ -34,28 +39,29 @@ pub(crate) async fn handle(
     }
     let prepared = prepare(&state, headers, uri, TransportKind::WebSocket, None).await;
     let max_batch = state.config.session.max_batch;
-    upgrade
-        .max_message_size(max_batch)
-        .max_frame_size(max_batch)
-        .read_buffer_size(state.config.ws_read_buffer)
-        .on_upgrade(move |socket| async move {
-            // Attach only now that the upgrade is complete: an upgrade that
-            // never completes never pins the session.
-            if matches!(prepared, Ok(Prepared::Probe)) {
-                return probe(socket).await;
-            }
-            match prepared.and_then(|p| attach(&state, p, TransportKind::WebSocket)) {
-                Ok((shared, id)) => run(socket, shared, id).await,
-                Err(reject) => refuse(socket, reject).await,
-            }
-        })
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_batch))
+        .max_frame_size(Some(max_batch))
+        .read_buffer_size(state.config.ws_read_buffer);
+    upgrade.on_upgrade(config, move |socket| async move {
+        // Attach only now that the upgrade is complete: an upgrade that
+        // never completes never pins the session. The short-lived branches
+        // are boxed so the long-lived task is only as large as `run`.
+        if matches!(prepared, Ok(Prepared::Probe)) {
+            return Box::pin(probe(socket)).await;
+        }
+        match prepared.and_then(|p| attach(&state, p, TransportKind::WebSocket)) {
+            Ok((shared, id)) => run(socket, shared, id).await,
+            Err(reject) => Box::pin(refuse(socket, reject)).await,
+        }
+    })
 }
 
 /// A probe (`PROTOCOL.md` §8.5): answers each `ping` with `pong`, touches
 /// no session, and ends after [`PROBE_LIFETIME`].
-async fn probe(mut socket: WebSocket) {
+async fn probe(mut socket: Socket) {
     let answer = async {
-        while let Some(Ok(message)) = socket.recv().await {
+        while let Some(Ok(message)) = socket.next().await {
             let pinged = match &message {
                 WsMessage::Text(text) => json::decode_batch(text.as_bytes())
                     .is_ok_and(|frames| frames.contains(&Frame::Ping)),
@@ -71,7 +77,7 @@ async fn probe(mut socket: WebSocket) {
 }
 
 /// Reports a refusal after the upgrade: the frame, then the close code.
-async fn refuse(socket: WebSocket, reject: Reject) {
+async fn refuse(socket: Socket, reject: Reject) {
     let (mut sink, _) = socket.split();
     let _ = write_frames(&mut sink, vec![reject.frame()]).await;
     let _ = sink.send(close_message(reject.close())).await;
@@ -81,7 +87,7 @@ async fn refuse(socket: WebSocket, reject: Reject) {
 /// what the session says to write. Two tasks, so that each wakes only for
 /// its own work (a waiting read costs tungstenite a buffer clear, so it is
 /// not polled when there is only output to write).
-async fn run(socket: WebSocket, shared: Arc<Shared>, id: AttachmentId) {
+async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId) {
     let _detach = DetachOnDrop {
         shared: shared.clone(),
         id,
@@ -159,7 +165,7 @@ impl Drop for AbortOnDrop {
 /// The reader task: feeds what arrives to the session, holding back while
 /// the application is behind (TCP backpressure then reaches the client).
 async fn read(
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    mut stream: SplitStream<Socket>,
     shared: Arc<Shared>,
     id: AttachmentId,
     end: Arc<ReaderEnd>,
@@ -188,7 +194,7 @@ async fn read(
 fn receive(
     shared: &Shared,
     id: AttachmentId,
-    incoming: Option<Result<WsMessage, axum::Error>>,
+    incoming: Option<Result<WsMessage, tungstenite::Error>>,
 ) -> Result<(), Option<Reject>> {
     let frames = match incoming {
         None | Some(Ok(WsMessage::Close(_))) => return Err(None),
@@ -202,8 +208,12 @@ fn receive(
                 Reject::from(error)
             }));
         }
-        Some(Ok(WsMessage::Text(text))) => json::decode_batch_str(text.as_str())
-            .map_err(|e| Some(ProtocolError::from(e).into()))?,
+        Some(Ok(WsMessage::Text(text))) => {
+            // Payloads become slices of the received message: no copy.
+            let backing = bytes::Bytes::from(text.clone());
+            json::decode_batch_shared(text.as_str(), &backing)
+                .map_err(|e| Some(ProtocolError::from(e).into()))?
+        }
         Some(Ok(WsMessage::Binary(bytes))) => {
             let (seq, payload) = binary::decode_binary_message(bytes)
                 .map_err(|e| Some(ProtocolError::from(e).into()))?;
@@ -213,7 +223,7 @@ fn receive(
             }]
         }
         // WebSocket-level pings prove the client alive too.
-        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Vec::new(),
+        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Vec::new(),
     };
     shared
         .lock()
@@ -222,25 +232,20 @@ fn receive(
 }
 
 /// The size limit a read error reports, if it is one.
-fn too_big(error: &axum::Error) -> Option<usize> {
-    let source: &(dyn std::error::Error + 'static) = error;
-    let mut current = Some(source);
-    while let Some(e) = current {
-        if let Some(tungstenite::Error::Capacity(capacity)) = e.downcast_ref::<tungstenite::Error>()
-        {
-            return Some(match capacity {
-                tungstenite::error::CapacityError::MessageTooLong { size, .. } => *size,
-                _ => 0,
-            });
-        }
-        current = e.source();
+fn too_big(error: &tungstenite::Error) -> Option<usize> {
+    match error {
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size,
+            ..
+        }) => Some(*size),
+        tungstenite::Error::Capacity(_) => Some(0),
+        _ => None,
     }
-    None
 }
 
 /// Writes a batch: JSON frames as text messages, binary application
 /// messages natively, in order. Does not flush.
-async fn write_frames(sink: &mut Sink, frames: Vec<Frame>) -> Result<(), axum::Error> {
+async fn write_frames(sink: &mut Sink, frames: Vec<Frame>) -> Result<(), tungstenite::Error> {
     let mut text: Vec<Frame> = Vec::new();
     for frame in frames {
         match frame {
@@ -280,7 +285,7 @@ fn close_message(close: &Close) -> WsMessage {
         reason = &reason[..end];
     }
     WsMessage::Close(Some(CloseFrame {
-        code: close.code.0,
+        code: WsCloseCode::from(close.code.0),
         reason: Utf8Bytes::from(reason),
     }))
 }
