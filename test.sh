@@ -23,6 +23,16 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# tests/nginx*.rs run a real nginx (they fail, not skip, without it).
+# Install the Debian package when it is missing; sudo only if not root.
+# (/usr/sbin is not on a normal user's PATH on Debian: look there too.)
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  step "installing nginx (apt-get install -y nginx)"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y nginx || { $sudo apt-get update && $sudo apt-get install -y nginx; }
+fi
+
 if [ "$quick" = 0 ]; then
   step "cargo fmt --check"
   cargo fmt --all -- --check
