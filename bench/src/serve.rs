@@ -108,7 +108,7 @@ async fn serve_holdfast(listener: TcpListener) {
             let room = room.clone();
             async move { app(session, room).await }
         });
-    let app = axum::Router::new().nest("/realtime", holdfast.router());
+    let app = axum::Router::new().merge(holdfast.router_at("/realtime"));
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });

@@ -109,21 +109,44 @@ impl Holdfast {
     where
         S: Clone + Send + Sync + 'static,
     {
+        self.routes("")
+    }
+
+    /// The same routes with `mount` (e.g. `"/realtime"`) already in their
+    /// paths, to [`merge`](Router::merge) rather than nest: it spares every
+    /// request the prefix stripping that nesting does.
+    ///
+    /// ```
+    /// # let (holdfast, _incoming) = holdfast_server::Holdfast::builder().build();
+    /// let app: axum::Router = axum::Router::new().merge(holdfast.router_at("/realtime"));
+    /// ```
+    pub fn router_at<S>(&self, mount: &str) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        self.routes(mount.trim_end_matches('/'))
+    }
+
+    fn routes<S>(&self, mount: &str) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let path = |name: &str| format!("{mount}/{name}");
         let http_routes = Router::new()
-            .route("/client.js", get(crate::client_js::latest))
+            .route(&path("client.js"), get(crate::client_js::latest))
             .route(
-                &format!("/{}", crate::client_js::VERSIONED_NAME),
+                &path(crate::client_js::VERSIONED_NAME),
                 get(crate::client_js::versioned),
             )
-            .route("/sse", get(transport::sse::handle))
-            .route("/poll", get(transport::poll::handle))
-            .route("/send", post(transport::send::handle));
+            .route(&path("sse"), get(transport::sse::handle))
+            .route(&path("poll"), get(transport::poll::handle))
+            .route(&path("send"), post(transport::send::handle));
         let http_routes = match self.state.origins.cors_layer() {
             Some(cors) => http_routes.layer(cors),
             None => http_routes,
         };
         Router::new()
-            .route("/ws", get(transport::ws::handle))
+            .route(&path("ws"), get(transport::ws::handle))
             .merge(http_routes)
             .with_state(self.state.clone())
     }
