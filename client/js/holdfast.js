@@ -650,9 +650,10 @@ class Upstream {
   failed(why, retryAfter) {
     const att = this.attachment;
     if (this.failures < SEND_RETRIES) {
+      // Nothing is lost (the same messages go again) and the downstream
+      // may well be fine: try again shortly (100 ms, 200 ms, …).
       this.failures += 1;
-      const delay = backoffDelay(att.engine.options.backoff, this.failures - 1);
-      this.again(Math.max(delay, retryAfter ?? 0));
+      this.again(Math.max(100 * 2 ** (this.failures - 1), retryAfter ?? 0));
       return;
     }
     att.engine.requestFailed();
@@ -1454,7 +1455,8 @@ class Engine {
       } else if (att.streaming && t >= att.lastHeard + this.deadAfter()) {
         att.finish("silent", `nothing heard from the server for ${t - att.lastHeard} ms`);
       } else if (att.verifyBy && t >= att.verifyBy) {
-        att.finish("lost", "no answer to a connection check");
+        // The network just came back: reconnect at once.
+        att.finish("recheck", "no answer to a connection check");
       } else {
         const ack = this.ackDeadline();
         if (att.streaming && ack !== null && t >= ack) {

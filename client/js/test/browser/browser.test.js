@@ -8,7 +8,7 @@ import { after, before, describe, test } from "node:test";
 
 import { launchBrowser } from "../support/browser.js";
 import { startProxy } from "../support/proxy.js";
-import { startExample } from "../support/servers.js";
+import { assertEmbedsCurrentClient, startExample } from "../support/servers.js";
 
 const FAST = { backoff: { initial: 20, max: 200, jitter: 0.5 }, rememberFor: 0 };
 
@@ -17,6 +17,7 @@ let proxy;
 let browser;
 before(async () => {
   echo = await startExample("echo");
+  await assertEmbedsCurrentClient(echo.origin);
   proxy = await startProxy(echo.port);
   browser = await launchBrowser();
 });
@@ -72,9 +73,13 @@ describe("browser", () => {
   });
 
   for (const transports of [["websocket"], ["sse"], ["long-poll"]]) {
-    test(`${transports[0]}: keeps receiving while the network is cut and restored`, async () => {
+    test(`${transports[0]}: keeps receiving while the network is cut and restored`, async (t) => {
       const page = await harness();
       const context = browser.context;
+      t.after(async () => {
+        proxy.down = false;
+        await context.setOffline(false);
+      });
       // A long backoff: only the browser's `online` event (and then the
       // tab becoming visible) can bring the session back within the test.
       await page.evaluate(
@@ -98,8 +103,7 @@ describe("browser", () => {
       };
       await receiving("at first");
 
-      // Cut: the browser goes offline and every connection dies.
-      await context.setOffline(true);
+      // Cut: every connection dies, then the browser goes offline.
       proxy.down = true;
       proxy.cut();
       let now = await waitStatus(
@@ -109,6 +113,7 @@ describe("browser", () => {
       const reconnecting = now.events.find((e) => e.type === "reconnecting");
       assert.equal(reconnecting.delay, 20000);
       assert.equal(now.readyState, 1, "the session stays open while the network is down");
+      await context.setOffline(true);
       await page.waitForTimeout(300); // the page keeps sending meanwhile
 
       // Restore: `online` ends the 20 s backoff at once.
@@ -138,6 +143,46 @@ describe("browser", () => {
       await page.close();
     });
   }
+
+  test("a WebSocket gone silent is caught at once when the browser comes online", async () => {
+    const page = await harness();
+    // Heartbeats would take 30 s and the backoff 20 s: only the check that
+    // `online` triggers (a ping that must be answered) can help in time.
+    await page.evaluate(
+      (options) => window.harness.startStream(options),
+      {
+        transports: ["websocket"],
+        probeTimeout: 500,
+        backoff: { initial: 20000, max: 20000, jitter: 0 },
+        rememberFor: 0,
+      },
+    );
+    const status = () => page.evaluate(() => window.harness.streamStatus());
+    const flowing = async (what) => {
+      const before = (await status()).received;
+      const started = Date.now();
+      for (;;) {
+        const now = await status();
+        if (now.received >= before + 10) return now;
+        if (Date.now() - started > 5000) throw new Error(`${what}: ${JSON.stringify(now)}`);
+        await page.waitForTimeout(20);
+      }
+    };
+    await flowing("at first");
+    proxy.silenceTunnels();
+    await page.waitForTimeout(200);
+    const stalled = (await status()).received;
+    await page.waitForTimeout(200);
+    assert.equal((await status()).received, stalled, "nothing gets through the silent tunnel");
+    await page.evaluate(() => window.dispatchEvent(new Event("online")));
+    const now = await flowing("after the online check");
+    assert.ok(now.events.some((e) => e.type === "resumed"), "resumed on a new socket");
+    assert.ok(!now.events.some((e) => e.type === "reconnecting"), "at once, no backoff");
+    const result = await page.evaluate(() => window.harness.stopStream());
+    assert.equal(result.received, result.sent);
+    assert.equal(result.inOrder, true);
+    await page.close();
+  });
 
   test("the README's example page works as written", async () => {
     const readme = await readFile(new URL("../../README.md", import.meta.url), "utf8");

@@ -10,13 +10,14 @@ import { after, before, test } from "node:test";
 
 import { launchBrowser } from "../support/browser.js";
 import { startProxy } from "../support/proxy.js";
-import { startExample } from "../support/servers.js";
+import { assertEmbedsCurrentClient, startExample } from "../support/servers.js";
 
 let chat;
 let proxy;
 let browser;
 before(async () => {
   chat = await startExample("chat");
+  await assertEmbedsCurrentClient(chat.origin);
   proxy = await startProxy(chat.port);
   browser = await launchBrowser();
 });

@@ -14,6 +14,8 @@
 //   proxy.busySendNext(n, ms)      the next n sends answered 503 with a
 //                                  4503 `detach` (the application is not
 //                                  keeping up: send again later)
+//   proxy.silenceTunnels()         open WebSocket tunnels go silent (bytes
+//                                  dropped both ways, connections kept)
 //   proxy.cut()                    every open connection killed (TCP reset)
 //   proxy.down = true              new connections killed at once
 //
@@ -49,6 +51,7 @@ export async function startProxy(upstreamPort) {
   const sends = [];
 
   const extraPages = new Map();
+  const tunnels = new Set();
   const proxy = {
     /** Serves `html` at `/test/<name>`. */
     page(name, html) {
@@ -74,6 +77,9 @@ export async function startProxy(upstreamPort) {
     cut() {
       for (const socket of sockets) socket.destroy();
       sockets.clear();
+    },
+    silenceTunnels() {
+      for (const tunnel of tunnels) tunnel.silent = true;
     },
     setUpstream(port) {
       upstreamPort = port;
@@ -229,9 +235,13 @@ export async function startProxy(upstreamPort) {
       }
       upstream.write(`${headText}\r\n`);
       if (head.length) upstream.write(head);
-      socket.pipe(upstream).pipe(socket);
+      socket.on("data", (data) => tunnel.silent || upstream.write(data));
+      upstream.on("data", (data) => tunnel.silent || socket.write(data));
     });
+    const tunnel = { silent: false };
+    tunnels.add(tunnel);
     const kill = () => {
+      tunnels.delete(tunnel);
       socket.destroy();
       upstream.destroy();
     };

@@ -85,3 +85,17 @@ export function freePort() {
     });
   });
 }
+
+/** Fails clearly when a server embeds an older holdfast.js than the one
+ * under test (the examples embed it at build time). */
+export async function assertEmbedsCurrentClient(origin) {
+  const { readFile } = await import("node:fs/promises");
+  const local = await readFile(new URL("../../holdfast.js", import.meta.url), "utf8");
+  const served = await (await fetch(`${origin}/realtime/client.js`)).text();
+  if (served !== local) {
+    throw new Error(
+      "the example serves an older holdfast.js than client/js/holdfast.js: " +
+        "rebuild it (cargo build --example echo --example chat; test/run.sh does)",
+    );
+  }
+}
