@@ -47,4 +47,10 @@ cargo test --workspace --doc --locked
 step "examples build"
 cargo build --examples --locked
 
+step "JavaScript client (Node and headless Chromium)"
+client/js/test/run.sh
+
+step "benchmark tool (a few seconds; figures are meaningless in debug)"
+cargo run --locked -p holdfast-bench -- --quick >/dev/null
+
 printf '\nall tests passed\n'

@@ -848,7 +848,11 @@ class PollAttachment extends Attachment {
     let target = this.target;
     while (!this.ended) {
       const last = target.last;
-      const timeout = engine.params ? engine.params.timeout : engine.options.probeTimeout;
+      // The server holds a poll up to `hold` ms (PROTOCOL.md §2.1); allow
+      // the network time on top. The first poll is answered at once.
+      const timeout = engine.params
+        ? (engine.params.hold ?? engine.params.timeout) + Math.max(engine.options.probeTimeout, 5000)
+        : engine.options.probeTimeout;
       this.polling = new AbortController();
       const url = engine.endpoint("long-poll", target);
       let response;

@@ -98,9 +98,9 @@ impl ClientBuilder {
     }
 
     /// How much longer than the server's ping interval silence may last
-    /// before a connection counts as dead. Default 10 s.
+    /// before a connection counts as dead. Default: half the ping interval.
     pub fn heartbeat_tolerance(mut self, tolerance: Duration) -> Self {
-        self.core.heartbeat_tolerance = tolerance;
+        self.core.heartbeat_tolerance = Some(tolerance);
         self
     }
 

@@ -143,7 +143,7 @@ fn opened(s: &Scenario, adjust: impl FnOnce(&mut ClientConfig)) -> Pair {
     server_config.max_unacked_messages = t.unacked_messages;
     server_config.set_max_message(t.max_message);
     let mut client_config = small_client_config();
-    client_config.heartbeat_tolerance = t.ping / 2;
+    client_config.heartbeat_tolerance = Some(t.ping / 2);
     client_config.ack_every = t.ack_every;
     client_config.ack_delay = t.ack_delay;
     client_config.max_unacked_messages = t.unacked_messages;

@@ -27,10 +27,10 @@ pub enum OriginPolicy {
 impl OriginPolicy {
     /// Checks a request's `Origin` against the policy.
     pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Reject> {
-        let Some(origin) = headers.get(header::ORIGIN) else {
+        let Some(origin_value) = headers.get(header::ORIGIN) else {
             return Ok(());
         };
-        let origin = origin.to_str().unwrap_or("");
+        let origin = origin_value.to_str().unwrap_or("");
         let allowed = match self {
             Self::Any => true,
             Self::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
@@ -45,9 +45,12 @@ impl OriginPolicy {
         if allowed {
             Ok(())
         } else {
-            Err(Reject::session(
-                CloseCode::FORBIDDEN,
-                format!("origin {origin:?} is not allowed"),
+            Err(Reject::Origin(
+                holdfast_protocol::Close::new(
+                    CloseCode::FORBIDDEN,
+                    format!("origin {origin:?} is not allowed"),
+                ),
+                origin_value.clone(),
             ))
         }
     }
@@ -122,7 +125,7 @@ mod tests {
                 .is_err()
         );
         let refusal = p.check(&headers(Some("http://app.test"), "x"));
-        assert!(matches!(refusal, Err(Reject::Session(c)) if c.code == CloseCode::FORBIDDEN));
+        assert!(matches!(refusal, Err(Reject::Origin(c, _)) if c.code == CloseCode::FORBIDDEN));
         assert!(
             OriginPolicy::Any
                 .check(&headers(Some("https://z"), "x"))

@@ -15,6 +15,10 @@ pub(crate) enum Reject {
     Session(Close),
     /// `detach` frame: the session lives; resume.
     Attachment(Close),
+    /// A page from a foreign origin: `close` 4403. Over HTTP the refusal
+    /// carries CORS headers for that origin (no credentials), so the page
+    /// can read why and stop retrying; it learns nothing else.
+    Origin(Close, HeaderValue),
 }
 
 impl Reject {
@@ -39,13 +43,13 @@ impl Reject {
 
     pub(crate) fn close(&self) -> &Close {
         match self {
-            Self::Session(close) | Self::Attachment(close) => close,
+            Self::Session(close) | Self::Attachment(close) | Self::Origin(close, _) => close,
         }
     }
 
     pub(crate) fn frame(&self) -> Frame {
         match self {
-            Self::Session(close) => Frame::Close(close.clone()),
+            Self::Session(close) | Self::Origin(close, _) => Frame::Close(close.clone()),
             Self::Attachment(close) => Frame::Detach(close.clone()),
         }
     }
@@ -58,6 +62,10 @@ impl Reject {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = close.retry_after;
         let body = json::encode_batch_to_vec(&[self.frame()]);
+        let cors_origin = match &self {
+            Self::Origin(_, origin) => Some(origin.clone()),
+            _ => None,
+        };
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -65,6 +73,10 @@ impl Reject {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(origin) = cors_origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(header::VARY, HeaderValue::from_static("origin"));
+        }
         if let Some(after) = retry_after {
             let seconds = after.as_secs_f64().ceil().max(1.0) as u64;
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {

@@ -30,7 +30,12 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
         return Outcome::SessionClosed;
     };
     let mut upstream = Upstream::new(ctx);
-    let mut poll: Option<Poll<'_>> = Some(start_poll(ctx, target.key.as_deref(), target.last));
+    let mut poll: Option<Poll<'_>> = Some(start_poll(
+        ctx,
+        target.key.as_deref(),
+        target.last,
+        poll_deadline(ctx, shared),
+    ));
     let outcome = loop {
         upstream.start(&mut link);
         if poll.is_none() && !link.inbound_full() {
@@ -38,7 +43,12 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
             match target {
                 Some(target) => {
                     tracing::trace!(last = target.last, "poll");
-                    poll = Some(start_poll(ctx, target.key.as_deref(), target.last))
+                    poll = Some(start_poll(
+                        ctx,
+                        target.key.as_deref(),
+                        target.last,
+                        poll_deadline(ctx, shared),
+                    ))
                 }
                 None => break Outcome::SessionClosed,
             }
@@ -100,7 +110,21 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
     outcome
 }
 
-fn start_poll<'c>(ctx: &'c Ctx, key: Option<&str>, last: u64) -> Poll<'c> {
+/// How long to wait for a poll's answer: the server's announced hold plus
+/// room for the network, or the default before the session opened (the
+/// first poll is answered at once).
+fn poll_deadline(ctx: &Ctx, shared: &Shared) -> std::time::Duration {
+    shared.lock().core.params().map_or(ctx.poll_timeout, |p| {
+        p.poll_hold + ctx.probe_timeout.max(std::time::Duration::from_secs(5))
+    })
+}
+
+fn start_poll<'c>(
+    ctx: &'c Ctx,
+    key: Option<&str>,
+    last: u64,
+    timeout: std::time::Duration,
+) -> Poll<'c> {
     let target = holdfast_protocol::ConnectTarget {
         key: key.map(str::to_owned),
         last,
@@ -110,7 +134,7 @@ fn start_poll<'c>(ctx: &'c Ctx, key: Option<&str>, last: u64) -> Poll<'c> {
         .http
         .get(ctx.endpoint(TransportKind::LongPoll, &target))
         .header(header::CACHE_CONTROL, "no-cache")
-        .timeout(ctx.poll_timeout)
+        .timeout(timeout)
         .send();
     Box::pin(async move {
         let answer = match request.await {

@@ -24,8 +24,9 @@ pub struct ClientConfig {
     /// failed (this is how a buffering proxy is caught). Default 2 s.
     pub probe_timeout: Duration,
     /// A streaming attachment is dead when nothing arrived for the server's
-    /// ping interval plus this. Default 10 s.
-    pub heartbeat_tolerance: Duration,
+    /// ping interval plus this. Default `None`: half the ping interval (so
+    /// 1.5 × ping, as `PROTOCOL.md` §6 recommends).
+    pub heartbeat_tolerance: Option<Duration>,
     /// How long to wait for the server's answer to our `close`. Default 5 s.
     pub close_timeout: Duration,
     /// Largest message accepted by `send` before the server announced its
@@ -45,7 +46,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             probe_timeout: Duration::from_secs(2),
-            heartbeat_tolerance: Duration::from_secs(10),
+            heartbeat_tolerance: None,
             close_timeout: Duration::from_secs(5),
             max_message: 64 * 1024,
             max_unacked_bytes: 1024 * 1024,
@@ -538,7 +539,13 @@ impl ClientSession {
     fn dead_after(&self) -> Option<Duration> {
         self.params
             .as_ref()
-            .map(|p| p.ping_interval + self.config.heartbeat_tolerance)
+            .map(|p| {
+                p.ping_interval
+                    + self
+                        .config
+                        .heartbeat_tolerance
+                        .unwrap_or(p.ping_interval / 2)
+            })
     }
 
     fn greeted(&mut self, now: Instant, resumed: bool) {

@@ -552,7 +552,12 @@ impl ServerSession {
         if !peer_closing {
             push_messages(&mut self.out, self.config.max_message, &mut frames);
         }
-        if a.kind.is_duplex() && self.inb.has_unacked() && (a.ack_due || !frames.is_empty()) {
+        // The close echo carries the final ack too: the client counts its
+        // messages before its `close` as received.
+        if a.kind.is_duplex()
+            && self.inb.has_unacked()
+            && (a.ack_due || !frames.is_empty() || peer_closing)
+        {
             a.ack_due = false;
             frames.push(Frame::Ack {
                 seq: self.inb.take_ack(),
@@ -651,6 +656,7 @@ impl ServerSession {
             ping_interval: self.config.ping_interval,
             timeout: self.config.timeout,
             resume_window: self.config.resume_window,
+            poll_hold: self.config.poll_hold,
             max_message: self.config.max_message,
             max_batch: self.config.max_batch,
         }
@@ -708,5 +714,41 @@ pub(super) fn push_messages(out: &mut Outbound, target: usize, frames: &mut Vec<
         frames.push(frame);
         out.advance();
         any = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Message;
+
+    #[test]
+    fn the_answer_to_a_client_close_acknowledges_what_came_before_it() {
+        let now = Instant::now();
+        let identity = SessionIdentity {
+            key: "k".into(),
+            session_id: "s".into(),
+        };
+        let mut server = ServerSession::new(now, SessionConfig::default(), identity);
+        let id = server
+            .attach(now, TransportKind::WebSocket, 0)
+            .unwrap_or(AttachmentId(0));
+        let _greeting = server.poll_transmit(now, id);
+        let frames = vec![
+            Frame::Message {
+                seq: 1,
+                message: Message::text("last words"),
+            },
+            Frame::close(CloseCode::NORMAL, "bye"),
+        ];
+        assert_eq!(server.handle_frames(now, Some(id), frames), Ok(()));
+        let answer = server.poll_transmit(now, id).map(|t| t.frames);
+        assert_eq!(
+            answer,
+            Some(vec![
+                Frame::Ack { seq: 1 },
+                Frame::close(CloseCode::NORMAL, "bye")
+            ])
+        );
     }
 }

@@ -32,6 +32,7 @@ pub(crate) struct Fields<'a> {
     pub ping: Option<u64>,
     pub timeout: Option<u64>,
     pub resume: Option<u64>,
+    pub hold: Option<u64>,
     pub max_msg: Option<u64>,
     pub max_batch: Option<u64>,
 }
@@ -189,6 +190,10 @@ impl<'a> Reader<'a> {
             "resume" => {
                 let v = self.opt_number()?;
                 set(&mut fields.resume, v, key)
+            }
+            "hold" => {
+                let v = self.opt_number()?;
+                set(&mut fields.hold, v, key)
             }
             "max_msg" => {
                 let v = self.opt_number()?;

@@ -119,6 +119,8 @@ pub struct OpenParams {
     pub timeout: Duration,
     /// How long the session survives without an attachment.
     pub resume_window: Duration,
+    /// How long the server holds a poll with nothing to deliver.
+    pub poll_hold: Duration,
     /// Largest message payload the server accepts, in bytes.
     pub max_message: usize,
     /// Largest wire unit (WebSocket message, send body) the server accepts.

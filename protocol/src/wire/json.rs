@@ -119,6 +119,8 @@ pub fn encode_frame(frame: &Frame, out: &mut impl JsonOut) {
             write_u64(out, millis(p.timeout));
             out.push_str(r#","resume":"#);
             write_u64(out, millis(p.resume_window));
+            out.push_str(r#","hold":"#);
+            write_u64(out, millis(p.poll_hold));
             out.push_str(r#","max_msg":"#);
             write_u64(out, p.max_message as u64);
             out.push_str(r#","max_batch":"#);
@@ -325,6 +327,7 @@ impl<'a> Fields<'a> {
                 ping_interval: Duration::from_millis(self.ping.ok_or_else(|| missing("ping"))?),
                 timeout: Duration::from_millis(self.timeout.ok_or_else(|| missing("timeout"))?),
                 resume_window: Duration::from_millis(self.resume.ok_or_else(|| missing("resume"))?),
+                poll_hold: Duration::from_millis(self.hold.ok_or_else(|| missing("hold"))?),
                 max_message: to_usize(self.max_msg.ok_or_else(|| missing("max_msg"))?),
                 max_batch: to_usize(self.max_batch.ok_or_else(|| missing("max_batch"))?),
             }),
@@ -371,6 +374,7 @@ mod tests {
         ping: Option<u64>,
         timeout: Option<u64>,
         resume: Option<u64>,
+        hold: Option<u64>,
         max_msg: Option<u64>,
         max_batch: Option<u64>,
     }
@@ -394,6 +398,7 @@ mod tests {
                     ping: r.ping,
                     timeout: r.timeout,
                     resume: r.resume,
+                    hold: r.hold,
                     max_msg: r.max_msg,
                     max_batch: r.max_batch,
                 }
@@ -465,8 +470,8 @@ mod tests {
             br#"[{"t":"ack","seq":3,}]"#,
             br#"[{"t":"close","code":70000}]"#,
             br#"[{"t":"close","code":4503,"reason":null,"retry_after":5}]"#,
-            br#"[{"t":"open","v":4294967296,"key":"k","sid":"s","ping":1,"timeout":2,"resume":3,"max_msg":4,"max_batch":5}]"#,
-            br#"[{"t":"open","v":1,"key":"k","sid":"s","ping":1,"timeout":2,"resume":3,"max_msg":4,"max_batch":5}]"#,
+            br#"[{"t":"open","v":4294967296,"key":"k","sid":"s","ping":1,"timeout":2,"resume":3,"hold":6,"max_msg":4,"max_batch":5}]"#,
+            br#"[{"t":"open","v":1,"key":"k","sid":"s","ping":1,"timeout":2,"resume":3,"hold":6,"max_msg":4,"max_batch":5}]"#,
             "[{\"t\":\"msg\",\"seq\":1,\"d\":\"a\u{1}b\"}]".as_bytes(),
             b"[{\"t\":\"msg\",\"seq\":1,\"d\":\"\xff\"}]",
             br#"[{"t":"msg","seq":1,"d":"x"} {"t":"ack","seq":1}]"#,
@@ -534,6 +539,7 @@ mod tests {
                 ping_interval: Duration::from_secs(20),
                 timeout: Duration::from_secs(40),
                 resume_window: Duration::from_secs(120),
+                poll_hold: Duration::from_secs(25),
                 max_message: 65536,
                 max_batch: 397_312,
             }),
