@@ -537,15 +537,13 @@ impl ClientSession {
     }
 
     fn dead_after(&self) -> Option<Duration> {
-        self.params
-            .as_ref()
-            .map(|p| {
-                p.ping_interval
-                    + self
-                        .config
-                        .heartbeat_tolerance
-                        .unwrap_or(p.ping_interval / 2)
-            })
+        self.params.as_ref().map(|p| {
+            p.ping_interval
+                + self
+                    .config
+                    .heartbeat_tolerance
+                    .unwrap_or(p.ping_interval / 2)
+        })
     }
 
     fn greeted(&mut self, now: Instant, resumed: bool) {
