@@ -1,25 +1,28 @@
 //! What the chaos soak and the network report found in the Rust client's
-//! transport policy. The sessions themselves never lose, duplicate or
-//! reorder anything; these are about *which* transport the client ends on
-//! and how long it waits. Each bug has a failing test, ignored until the
-//! client is fixed, next to a passing control.
+//! transport policy, now fixed; each has its regression test next to a
+//! control. The sessions themselves never lost, duplicated or reordered
+//! anything; these were about *which* transport the client ends on and how
+//! long it waits.
 //!
-//! 1. The re-probe timer starts over with every attachment, so a client on
+//! 1. The re-probe timer started over with every attachment, so a client on
 //!    a fallback transport switches back up only if one attachment outlives
 //!    the re-probe delay. A busy SSE session — recycled by the server every
 //!    `sse_max_bytes` (256 KiB by default), i.e. every few seconds at a few
-//!    hundred KB/s — never returns to WebSocket.
+//!    hundred KB/s — never returned to WebSocket. Now the re-probe deadline
+//!    survives reconnects.
 //! 2. A gateway answering 502 for a moment (an app restarting behind nginx)
 //!    demotes a WebSocket session to long-polling: the 502 on `ws` and
 //!    `sse` counts as "blocked", and a long-poll attempt on an open session
 //!    counts as greeted before any answer, so its own 502 is a dropped
 //!    connection, not a failed attempt — the client never goes back to the
 //!    top of its order, and only the re-probe (15 s by default, then
-//!    doubling) brings it back.
+//!    doubling) brought it back. Now a poll attachment counts as working
+//!    only once a poll was answered.
 //! 3. The backoff resets only after a connection lived `reset_after` (10 s
 //!    by default), even if it delivered messages: on a network that drops
-//!    connections every second or two, reconnect delays climb to the 30 s
-//!    maximum and the session spends most of its time waiting.
+//!    connections every second or two, reconnect delays climbed to the 30 s
+//!    maximum and the session spent most of its time waiting. Now a
+//!    connection that carried messages both ways resets the backoff.
 
 mod client_support;
 
@@ -103,8 +106,6 @@ async fn quiet_sse_session_switches_back_up_to_websocket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the client's re-probe timer restarts with every attachment, so a busy SSE \
-            session (recycled every sse_max_bytes) never switches back up to WebSocket"]
 async fn busy_sse_session_switches_back_up_to_websocket() {
     // 16 KiB streams and ~40 messages of ~30 bytes per 5 ms: the stream is
     // recycled every couple of hundred milliseconds, well within the 500 ms
@@ -149,8 +150,6 @@ async fn websocket_session_falls_back_to_sse_when_only_upgrades_fail_for_a_momen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a 1 s gateway outage (502 on every request) demotes a WebSocket session to \
-            long-polling; HTTP failed too, so nothing justified a fallback"]
 async fn websocket_session_is_back_on_websocket_after_a_gateway_outage() {
     let transport =
         after_gateway_outage(Behavior::default().error_page(502, PathFilter::Any)).await;
@@ -163,8 +162,6 @@ async fn websocket_session_is_back_on_websocket_after_a_gateway_outage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the backoff resets only after 10 s of one connection, so on a network that \
-            cuts every second or two the client waits up to 30 s between working connections"]
 async fn session_on_a_network_that_cuts_every_few_seconds_keeps_flowing() {
     let (_server, proxy) = proxied(
         quick_server_config(),

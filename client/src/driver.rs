@@ -56,13 +56,16 @@ impl Driver {
         let mut attempt: u32 = 0;
         let mut flaps: HashMap<TransportKind, u32> = HashMap::new();
         let mut errors: Vec<String> = Vec::new();
-        let mut reprobe_delay = self.reprobe_after;
+        // Re-probing runs on its own clock across attachments: a busy
+        // session on a fallback transport reconnects often (streams are
+        // recycled), and must still get to probe.
+        let mut reprobe = Reprobe::new(self.reprobe_after);
         loop {
             if self.give_up_if_abandoned() {
                 return;
             }
             let kind = self.order[index];
-            let (outcome, switch_to) = self.attach(index, &mut reprobe_delay).await;
+            let (outcome, switch_to) = self.attach(index, &mut reprobe).await;
             let delay = match outcome {
                 Outcome::SessionClosed => {
                     self.fail(ConnectError::NoTransport(vec!["the session closed".into()]));
@@ -96,6 +99,7 @@ impl Driver {
                     let unreachable = matches!(error, AttemptError::Unreachable(_));
                     if !unreachable && index + 1 < self.order.len() {
                         index += 1; // blocked: fall back at once
+                        reprobe = Reprobe::new(self.reprobe_after);
                         continue;
                     }
                     if !self.opened() {
@@ -122,14 +126,18 @@ impl Driver {
                             tracing::info!(transport = %kind, "demoted: it keeps dying right after opening");
                             flaps.remove(&kind);
                             index += 1;
+                            reprobe = Reprobe::new(self.reprobe_after);
                         }
                     }
-                    if lasted >= self.backoff.reset_after {
+                    // A connection that carried messages both ways proves
+                    // the network works: the next drop starts the backoff
+                    // afresh, however short-lived connections are.
+                    if ended.trusted || lasted >= self.backoff.reset_after {
                         attempt = 0;
                     }
                     if let Some(better) = switch_to {
                         index = better;
-                        reprobe_delay = self.reprobe_after;
+                        reprobe = Reprobe::new(self.reprobe_after);
                     }
                     match ended.reason {
                         EndReason::Stopped => Duration::ZERO,
@@ -163,7 +171,7 @@ impl Driver {
     /// Runs one attachment to its end, re-probing better transports in the
     /// background. Returns how it ended and, if it was stopped to switch
     /// up, the better transport's index.
-    async fn attach(&self, index: usize, reprobe_delay: &mut Duration) -> (Outcome, Option<usize>) {
+    async fn attach(&self, index: usize, reprobe: &mut Reprobe) -> (Outcome, Option<usize>) {
         let stop = Notify::new();
         let kind = self.order[index];
         let run = async {
@@ -182,24 +190,24 @@ impl Driver {
         loop {
             tokio::select! {
                 outcome = &mut run => return (outcome, switch),
-                better = self.reprobe(index, *reprobe_delay), if index > 0 && switch.is_none() => {
+                better = self.reprobe(index, reprobe.due()), if index > 0 && switch.is_none() => {
                     match better {
                         Some(better) => {
                             tracing::info!(from = %kind, to = %self.order[better], "a better transport works again; switching");
                             switch = Some(better);
                             stop.notify_one();
                         }
-                        None => *reprobe_delay = (*reprobe_delay * 2).min(MAX_REPROBE),
+                        None => reprobe.failed(),
                     }
                 }
             }
         }
     }
 
-    /// Waits, then probes the transports better than `index`; the best
-    /// that works, if any.
-    async fn reprobe(&self, index: usize, delay: Duration) -> Option<usize> {
-        tokio::time::sleep(delay.mul_f64(0.75 + 0.5 * random_unit())).await;
+    /// Waits until `due`, then probes the transports better than `index`;
+    /// the best that works, if any.
+    async fn reprobe(&self, index: usize, due: tokio::time::Instant) -> Option<usize> {
+        tokio::time::sleep_until(due).await;
         let key = self.shared.lock().core.params().map(|p| p.key.clone())?;
         for better in 0..index {
             if probe(&self.ctx, self.order[better], &key).await {
@@ -263,6 +271,31 @@ impl Driver {
             inner.closed = Some(close);
         }
         true
+    }
+}
+
+/// When to probe better transports next: a deadline that survives
+/// reconnects, pushed back (doubling, with jitter) after each failed probe.
+struct Reprobe {
+    delay: Duration,
+    due: tokio::time::Instant,
+}
+
+impl Reprobe {
+    fn new(delay: Duration) -> Self {
+        Self {
+            delay,
+            due: tokio::time::Instant::now() + delay.mul_f64(0.75 + 0.5 * random_unit()),
+        }
+    }
+
+    fn due(&self) -> tokio::time::Instant {
+        self.due
+    }
+
+    fn failed(&mut self) {
+        self.delay = (self.delay * 2).min(MAX_REPROBE);
+        self.due = tokio::time::Instant::now() + self.delay.mul_f64(0.75 + 0.5 * random_unit());
     }
 }
 

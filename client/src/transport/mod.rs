@@ -131,6 +131,10 @@ pub(crate) struct Link<'a> {
     pub(crate) id: AttachmentId,
     pub(crate) kind: TransportKind,
     pub(crate) greeted_at: Option<Instant>,
+    /// When the server proved this transport works: its greeting, or for a
+    /// continuing poll (greeted at once) the first poll answer. Until then
+    /// an ending is a failed attempt, whatever the core believes.
+    proven_at: Option<Instant>,
     /// Whether the application heard that the session is on this link.
     announced: bool,
     pub(crate) sent_any: bool,
@@ -154,6 +158,7 @@ impl<'a> Link<'a> {
                 id,
                 kind,
                 greeted_at: greeted.then(Instant::now),
+                proven_at: None,
                 announced: false,
                 sent_any: false,
                 received_any: false,
@@ -230,7 +235,7 @@ impl<'a> Link<'a> {
     /// The outcome once the transport itself failed or ended.
     pub(crate) fn lost(&self, why: impl Into<String>) -> Outcome {
         let why = why.into();
-        match self.greeted_at {
+        match self.proven_at {
             None => Outcome::Failed(AttemptError::Blocked(format!(
                 "{} closed before its first frame: {why}",
                 self.kind
@@ -240,12 +245,15 @@ impl<'a> Link<'a> {
     }
 
     pub(crate) fn ended(&self, reason: EndReason) -> Outcome {
-        match self.greeted_at {
-            None => Outcome::Failed(AttemptError::Blocked(format!("{reason:?}"))),
-            Some(greeted_at) => Outcome::Ended(Ended {
+        match self.proven_at {
+            None => Outcome::Failed(AttemptError::Blocked(format!(
+                "{} ended before it worked: {reason:?}",
+                self.kind
+            ))),
+            Some(proven_at) => Outcome::Ended(Ended {
                 reason,
                 trusted: self.sent_any && self.received_any,
-                greeted_at,
+                greeted_at: proven_at,
             }),
         }
     }
@@ -292,6 +300,7 @@ impl<'a> Link<'a> {
                 {
                     let resumed = matches!(event, ClientEvent::Resumed { .. });
                     self.greeted_at.get_or_insert_with(Instant::now);
+                    self.proven_at.get_or_insert_with(Instant::now);
                     if !self.announced {
                         self.announce(kind, resumed);
                     }
@@ -334,6 +343,9 @@ impl<'a> Link<'a> {
     /// Tells the application the session is (again) on this link, if the
     /// server's greeting did not already (a continuing poll has none).
     pub(crate) fn confirm(&mut self) {
+        if self.greeted() {
+            self.proven_at.get_or_insert_with(Instant::now);
+        }
         if !self.announced && self.greeted() {
             self.announce(self.kind, true);
         }
