@@ -453,6 +453,11 @@ class Attachment {
     this.lastHeard = this.startedAt;
     this.greeted = false;
     this.greetedAt = 0;
+    // The server proved this transport works: its greeting, or on a
+    // continuing poll (greeted at once) the first answer. Until then an
+    // ending is a failed attempt.
+    this.proven = false;
+    this.provenAt = 0;
     this.announced = false;
     this.sentAny = false;
     this.receivedAny = false;
@@ -486,7 +491,7 @@ class Attachment {
 
   /** The transport itself ended or failed (no `detach`, no `close`). */
   lost(why, retryAfter) {
-    if (!this.greeted) {
+    if (!this.proven) {
       this.fail("blocked", `closed before its first frame: ${why}`, retryAfter);
       return;
     }
@@ -501,7 +506,7 @@ class Attachment {
       why,
       retryAfter,
       trusted: this.trusted,
-      greetedAt: this.greetedAt,
+      greetedAt: this.provenAt || this.greetedAt,
     });
   }
 
@@ -943,6 +948,10 @@ class Engine {
     this.timerAt = 0;
     this.waiting = null; // { resolve, timer } during a backoff wait
     this.reprobeDelay = options.reprobeAfter;
+    // Re-probing keeps its own clock across attachments: a busy session on
+    // a fallback transport reconnects often (recycled streams) and must
+    // still get to probe.
+    this.reprobeDue = 0;
     this.listen();
   }
 
@@ -1248,6 +1257,10 @@ class Engine {
       att.greeted = true;
       att.greetedAt = now();
     }
+    if (!att.proven) {
+      att.proven = true;
+      att.provenAt = now();
+    }
     att.lastHeard = now();
     if (!att.announced) this.announce(att, resumed);
   }
@@ -1255,6 +1268,10 @@ class Engine {
   /** On long-polling: a poll answered, so the session is on this attachment
    * (a continuing poll gets no `resumed`). */
   confirm(att) {
+    if (att.greeted && !att.proven) {
+      att.proven = true;
+      att.provenAt = now();
+    }
     if (!att.announced && att.greeted) this.announce(att, true);
   }
 
@@ -1548,6 +1565,7 @@ class Engine {
         retryAfter = Math.max(retryAfter, outcome.retryAfter ?? 0);
         if (outcome.cause !== "unreachable" && index + 1 < this.order.length) {
           index += 1; // blocked: fall back at once
+          this.resetReprobe();
           continue;
         }
         index = this.bestIndex();
@@ -1563,12 +1581,15 @@ class Engine {
           if (count >= FLAPS_TO_DEMOTE && index + 1 < this.order.length) {
             flaps.delete(kind);
             index += 1; // it keeps dying right after opening: demote it
+            this.resetReprobe();
           }
         }
-        if (lasted >= this.options.backoff.resetAfter) this.attempt = 0;
+        // A connection that carried messages both ways proves the network
+        // works: the next drop starts the backoff afresh.
+        if (outcome.trusted || lasted >= this.options.backoff.resetAfter) this.attempt = 0;
         if (switchTo !== null) {
           index = switchTo;
-          this.reprobeDelay = this.options.reprobeAfter;
+          this.resetReprobe();
         }
         if (outcome.reason !== "stopped" && outcome.reason !== "recheck") {
           delay = Math.max(
@@ -1605,19 +1626,20 @@ class Engine {
     }
     let switchTo = null;
     let reprobe = null;
+    if (this.reprobeDue === 0) this.resetReprobe();
     const armReprobe = () => {
-      const delay = this.reprobeDelay * (0.75 + 0.5 * Math.random());
       reprobe = setTimeout(async () => {
         const better = await this.probeBetter(index);
         if (att.ended) return;
         if (better === null) {
           this.reprobeDelay = Math.min(this.reprobeDelay * 2, MAX_REPROBE);
+          this.reprobeDue = now() + this.reprobeDelay * (0.75 + 0.5 * Math.random());
           armReprobe();
           return;
         }
         switchTo = better;
         att.finish("stopped", `switching to ${this.order[better]}`);
-      }, delay);
+      }, Math.max(0, this.reprobeDue - now()));
     };
     if (index > 0) armReprobe();
     att.start();
@@ -1632,6 +1654,12 @@ class Engine {
       this.schedule();
     }
     return { outcome, switchTo };
+  }
+
+  /** Starts the re-probe clock afresh (after a fallback or a switch). */
+  resetReprobe() {
+    this.reprobeDelay = this.options.reprobeAfter;
+    this.reprobeDue = now() + this.reprobeDelay * (0.75 + 0.5 * Math.random());
   }
 
   /** The best transport better than `index` that works now (PROTOCOL.md

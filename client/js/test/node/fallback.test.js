@@ -133,6 +133,23 @@ describe("fallback", () => {
     assert.equal(received.length, 300);
   });
 
+  test("a gateway outage (502 on every request) does not demote WebSocket", async () => {
+    const client = new Holdfast(`${proxy.origin}/realtime`, FAST);
+    await nextEvent(client, "open", 5000);
+    assert.equal(client.transport, "websocket");
+    // Every transport meets the error page once: HTTP does not work
+    // either, so nothing justifies a fallback.
+    const reconnecting = nextEvent(client, "reconnecting", 5000, (e) => /HTTP 502/.test(e.reason));
+    proxy.failNext(3);
+    proxy.cut();
+    await reconnecting;
+    const { received } = await echoExchange(client, { count: 100 });
+    assert.equal(received.length, 100);
+    assert.equal(client.transport, "websocket", "back on WebSocket once the gateway recovered");
+    client.close();
+    await nextEvent(client, "close", 5000);
+  });
+
   test("a failed send request is sent again; the stream carries on", async () => {
     for (const transports of [["sse"], ["long-poll"]]) {
       const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports });
