@@ -186,16 +186,13 @@ pub fn encoded_len_hint(frame: &Frame) -> usize {
 /// [`encode_frame`] escapes it.
 pub fn json_str_len(s: &str) -> usize {
     let bytes = s.as_bytes();
-    match scan::first_special(bytes) {
-        None => 2 + bytes.len(),
-        Some(first) => {
-            2 + first
-                + bytes[first..]
-                    .iter()
-                    .map(|&b| escape(b).map_or(1, str::len))
-                    .sum::<usize>()
-        }
+    if !scan::any_special(bytes) {
+        return 2 + bytes.len();
     }
+    2 + bytes
+        .iter()
+        .map(|&b| escape(b).map_or(1, str::len))
+        .sum::<usize>()
 }
 
 /// How a byte of a string is escaped in JSON, if it must be (the same
@@ -249,6 +246,11 @@ fn write_u64(out: &mut impl JsonOut, n: u64) {
 fn write_str(out: &mut impl JsonOut, s: &str) {
     out.push_str("\"");
     let bytes = s.as_bytes();
+    if !scan::any_special(bytes) {
+        out.push_str(s);
+        out.push_str("\"");
+        return;
+    }
     let mut run = 0;
     while let Some(offset) = scan::first_special(&bytes[run..]) {
         // Escaped bytes are ASCII, so every cut is on a char boundary.

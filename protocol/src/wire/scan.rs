@@ -1,45 +1,31 @@
 //! Finding the bytes JSON strings care about — `"`, `\` and control
-//! characters — eight bytes at a time (SWAR), since every message's payload
-//! is scanned once when encoded and once when decoded.
-
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// High bit set in each byte of `word` that is below 0x20 (or, above a true
-/// match, possibly spurious: only the lowest flagged byte is reliable).
-fn below_space(word: u64) -> u64 {
-    word.wrapping_sub(LO * 0x20) & !word & HI
-}
-
-/// High bit set in each byte of `word` equal to `byte` (lowest reliable).
-fn equal(word: u64, byte: u8) -> u64 {
-    let x = word ^ (LO * u64::from(byte));
-    x.wrapping_sub(LO) & !x & HI
-}
+//! characters — in a way the compiler vectorizes, since every message's
+//! payload is scanned when encoded and when decoded.
 
 fn special(byte: u8) -> bool {
     byte < 0x20 || byte == b'"' || byte == b'\\'
 }
 
-/// The index of the first `"`, `\` or control byte, if any.
+/// Whether `chunk` holds a special byte: no early exit and a byte-wide
+/// accumulator, so the compiler turns it into SIMD compares.
+pub(crate) fn any_special(chunk: &[u8]) -> bool {
+    chunk.iter().fold(0u8, |acc, &b| {
+        acc | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
+    }) != 0
+}
+
+/// The index of the first `"`, `\` or control byte, if any: 64 bytes at a
+/// time, then byte by byte inside the chunk that has one.
 pub(crate) fn first_special(bytes: &[u8]) -> Option<usize> {
-    let mut chunks = bytes.chunks_exact(8);
+    const CHUNK: usize = 64;
     let mut offset = 0;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(word);
-        let hits = below_space(word) | equal(word, b'"') | equal(word, b'\\');
-        if hits != 0 {
-            return Some(offset + (hits.trailing_zeros() / 8) as usize);
+    for chunk in bytes.chunks(CHUNK) {
+        if any_special(chunk) {
+            return chunk.iter().position(|&b| special(b)).map(|i| offset + i);
         }
-        offset += 8;
+        offset += chunk.len();
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| special(b))
-        .map(|i| offset + i)
+    None
 }
 
 #[cfg(test)]
