@@ -258,10 +258,12 @@ impl<'a> Link<'a> {
         }
     }
 
+    /// What a step means for the attachment: `None` while it carries on.
     pub(crate) fn outcome(&self, step: Step) -> Option<Outcome> {
         match step {
             Step::Continue => None,
             Step::Failed(e) => Some(Outcome::Failed(e)),
+            Step::Ended(EndReason::Lost(why)) => Some(self.lost(why)),
             Step::Ended(reason) => Some(self.ended(reason)),
             Step::Closed => Some(Outcome::SessionClosed),
         }

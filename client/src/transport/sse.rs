@@ -88,13 +88,7 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
             () = sleep_until(link.deadline()) => link.timeout(),
             () = stop.notified() => Step::Ended(EndReason::Stopped),
         };
-        let step = match posted {
-            Some(result) => upstream.apply(&mut link, result),
-            None => step,
-        };
-        if let Step::Ended(EndReason::Lost(why)) = step {
-            break link.lost(why);
-        }
+        let step = upstream.settle(&mut link, posted, step);
         if let Some(outcome) = link.outcome(step) {
             break outcome;
         }

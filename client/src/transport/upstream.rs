@@ -105,6 +105,20 @@ impl<'c> Upstream<'c> {
         }
     }
 
+    /// The step after a select: a finished send request, if there was one,
+    /// decides it.
+    pub(crate) fn settle(
+        &mut self,
+        link: &mut Link<'_>,
+        posted: Option<Result<Vec<Frame>, HttpFailure>>,
+        step: Step,
+    ) -> Step {
+        match posted {
+            Some(result) => self.apply(link, result),
+            None => step,
+        }
+    }
+
     /// Applies a finished request to the link.
     pub(crate) fn apply(
         &mut self,

@@ -59,9 +59,6 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
             () = sleep_until(link.deadline()) => link.timeout(),
             () = stop.notified() => Step::Ended(EndReason::Stopped),
         };
-        if let Step::Ended(EndReason::Lost(why)) = step {
-            break link.lost(why);
-        }
         if let Some(outcome) = link.outcome(step) {
             break outcome;
         }
@@ -96,30 +93,12 @@ async fn write<S>(sink: &mut S, frames: Vec<Frame>) -> Result<(), tungstenite::E
 where
     S: futures_util::Sink<WsMessage, Error = tungstenite::Error> + Unpin,
 {
-    let mut text = Vec::new();
-    for frame in frames {
-        match frame {
-            Frame::Message {
-                seq,
-                message: Message::Binary(payload),
-            } => {
-                if !text.is_empty() {
-                    sink.feed(text_message(&std::mem::take(&mut text))).await?;
-                }
-                sink.feed(WsMessage::Binary(binary::encode_binary_message(
-                    seq, &payload,
-                )))
-                .await?;
-            }
-            other => text.push(other),
-        }
-    }
-    if !text.is_empty() {
-        sink.feed(text_message(&text)).await?;
+    for unit in binary::websocket_units(frames) {
+        sink.feed(match unit {
+            binary::WsUnit::Text(text) => WsMessage::text(text),
+            binary::WsUnit::Binary(bytes) => WsMessage::Binary(bytes),
+        })
+        .await?;
     }
     Ok(())
-}
-
-fn text_message(frames: &[Frame]) -> WsMessage {
-    WsMessage::text(json::encode_batch_to_string(frames))
 }

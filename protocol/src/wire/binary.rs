@@ -43,6 +43,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_batch_becomes_text_runs_and_native_binary_messages() {
+        use crate::wire::{Frame, Message};
+        let units = websocket_units(vec![
+            Frame::Ack { seq: 1 },
+            Frame::Message {
+                seq: 2,
+                message: Message::binary(vec![7]),
+            },
+            Frame::Message {
+                seq: 3,
+                message: Message::text("t"),
+            },
+            Frame::Ping,
+        ]);
+        assert_eq!(
+            units,
+            vec![
+                WsUnit::Text(r#"[{"t":"ack","seq":1}]"#.into()),
+                WsUnit::Binary(encode_binary_message(2, &[7])),
+                WsUnit::Text(r#"[{"t":"msg","seq":3,"d":"t"},{"t":"ping"}]"#.into()),
+            ]
+        );
+    }
+
+    #[test]
     fn roundtrips_and_refuses_bad_headers() {
         let encoded = encode_binary_message(258, &[9, 8, 7]);
         assert_eq!(&encoded[..], &[1, 0, 0, 0, 0, 0, 0, 1, 2, 9, 8, 7]);
@@ -57,4 +82,42 @@ mod tests {
             Err(DecodeError::ZeroSeq)
         );
     }
+}
+
+/// One WebSocket message to write: JSON batches as text, binary application
+/// messages natively.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WsUnit {
+    /// A text message holding a JSON batch.
+    Text(String),
+    /// A binary message holding one application message (§2.2).
+    Binary(Bytes),
+}
+
+/// Splits a batch into WebSocket messages, in order: runs of frames become
+/// JSON text messages, each binary application message its own binary
+/// message.
+pub fn websocket_units(frames: Vec<crate::wire::Frame>) -> Vec<WsUnit> {
+    use crate::wire::{Frame, Message, json};
+    let mut units = Vec::new();
+    let mut text: Vec<Frame> = Vec::new();
+    for frame in frames {
+        match frame {
+            Frame::Message {
+                seq,
+                message: Message::Binary(payload),
+            } => {
+                if !text.is_empty() {
+                    units.push(WsUnit::Text(json::encode_batch_to_string(&text)));
+                    text.clear();
+                }
+                units.push(WsUnit::Binary(encode_binary_message(seq, &payload)));
+            }
+            other => text.push(other),
+        }
+    }
+    if !text.is_empty() {
+        units.push(WsUnit::Text(json::encode_batch_to_string(&text)));
+    }
+    units
 }

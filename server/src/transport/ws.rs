@@ -246,26 +246,12 @@ fn too_big(error: &tungstenite::Error) -> Option<usize> {
 /// Writes a batch: JSON frames as text messages, binary application
 /// messages natively, in order. Does not flush.
 async fn write_frames(sink: &mut Sink, frames: Vec<Frame>) -> Result<(), tungstenite::Error> {
-    let mut text: Vec<Frame> = Vec::new();
-    for frame in frames {
-        match frame {
-            Frame::Message {
-                seq,
-                message: Message::Binary(payload),
-            } => {
-                if !text.is_empty() {
-                    sink.feed(text_message(&std::mem::take(&mut text))).await?;
-                }
-                sink.feed(WsMessage::Binary(binary::encode_binary_message(
-                    seq, &payload,
-                )))
-                .await?;
-            }
-            other => text.push(other),
-        }
-    }
-    if !text.is_empty() {
-        sink.feed(text_message(&text)).await?;
+    for unit in binary::websocket_units(frames) {
+        sink.feed(match unit {
+            binary::WsUnit::Text(text) => WsMessage::Text(Utf8Bytes::from(text)),
+            binary::WsUnit::Binary(bytes) => WsMessage::Binary(bytes),
+        })
+        .await?;
     }
     Ok(())
 }
