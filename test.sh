@@ -40,12 +40,13 @@ if [ "$quick" = 0 ]; then
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 
+# First: some integration tests run the example binaries as users do.
+step "examples build"
+cargo build --examples --locked
+
 step "cargo test (unit, property, integration and doc tests)"
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
-
-step "examples build"
-cargo build --examples --locked
 
 step "JavaScript client (Node and headless Chromium)"
 client/js/test/run.sh
