@@ -34,13 +34,7 @@ impl OriginPolicy {
         let allowed = match self {
             Self::Any => true,
             Self::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
-            Self::SameOrigin => {
-                let host = headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("");
-                origin_host(origin).is_some_and(|o| o.eq_ignore_ascii_case(host))
-            }
+            Self::SameOrigin => same_origin(origin, headers),
         };
         if allowed {
             Ok(())
@@ -82,10 +76,60 @@ impl OriginPolicy {
     }
 }
 
-/// `host[:port]` of an origin `scheme://host[:port]`.
-fn origin_host(origin: &str) -> Option<&str> {
-    let (_, rest) = origin.split_once("://")?;
-    Some(rest.trim_end_matches('/'))
+/// Whether `origin` is the host the request was made to: the `Host` header,
+/// or the `X-Forwarded-Host` / `Forwarded: host=` a reverse proxy in front
+/// set (a proxy that rewrites `Host` without them makes every browser
+/// request look cross-origin: list the origins instead).
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let (origin_host, origin_port) = split_port(rest.trim_end_matches('/'));
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" | "wss" => 443,
+        _ => 80,
+    };
+    let origin_port = origin_port.unwrap_or(default_port);
+    let forwarded = headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([';', ',']))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim_matches('"').to_owned());
+    let hosts = [header::HOST, HeaderName::from_static("x-forwarded-host")]
+        .into_iter()
+        .flat_map(|name| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|v| v.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .chain(forwarded);
+    for host in hosts {
+        let (host, port) = split_port(&host);
+        if host.eq_ignore_ascii_case(origin_host) && port.unwrap_or(default_port) == origin_port {
+            return true;
+        }
+    }
+    false
+}
+
+/// `host` and its port, if it names one (`[v6]:port` included).
+fn split_port(authority: &str) -> (&str, Option<u16>) {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && (!host.contains(':') || host.ends_with(']')) => {
+            match port.parse() {
+                Ok(port) => (host, Some(port)),
+                Err(_) => (authority, None),
+            }
+        }
+        _ => (authority, None),
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +158,32 @@ mod tests {
                 .is_err()
         );
         assert!(p.check(&headers(Some("null"), "a.test")).is_err());
+        let same = |origin: &'static str, host: &'static str| {
+            p.check(&headers(Some(origin), host)).is_ok()
+        };
+        assert!(!same("http://a.test:3001", "a.test:3000"));
+        // Default ports may be left out on either side.
+        assert!(same("https://a.test", "a.test:443"));
+        assert!(same("http://a.test:80", "a.test"));
+        // A `Host` without a port is taken at the origin scheme's default
+        // (behind TLS termination the server cannot know the scheme).
+        assert!(same("https://a.test", "a.test"));
+        assert!(same("http://[::1]:8080", "[::1]:8080"));
+    }
+
+    #[test]
+    fn same_origin_accepts_the_host_a_reverse_proxy_forwards() {
+        let p = OriginPolicy::SameOrigin;
+        let mut h = headers(Some("https://app.test"), "10.0.0.5:3000");
+        assert!(p.check(&h).is_err(), "the proxy rewrote Host");
+        h.insert("x-forwarded-host", HeaderValue::from_static("app.test"));
+        assert!(p.check(&h).is_ok());
+        let mut h = headers(Some("https://app.test"), "10.0.0.5:3000");
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=1.2.3.4;proto=https;host=\"app.test\""),
+        );
+        assert!(p.check(&h).is_ok());
     }
 
     #[test]
