@@ -38,6 +38,8 @@ if [ "$quick" = 0 ]; then
   cargo fmt --all -- --check
   step "cargo clippy (all targets, warnings are errors)"
   cargo clippy --workspace --all-targets --locked -- -D warnings
+  step "cargo doc (broken links are errors)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 fi
 
 # First: some integration tests run the example binaries as users do.

@@ -10,7 +10,7 @@
 //!    `poll_message()` for what to tell the application.
 //!
 //! [`ServerSession`] and [`ClientSession`] share the sending and receiving
-//! halves ([`outbound`], [`inbound`]); they differ in who greets, who pings
+//! halves (the private `outbound` and `inbound` modules); they differ in who greets, who pings
 //! and how the transports carry acknowledgements.
 
 mod client;
