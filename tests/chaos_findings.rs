@@ -9,7 +9,9 @@
 //!    the re-probe delay. A busy SSE session — recycled by the server every
 //!    `sse_max_bytes` (256 KiB by default), i.e. every few seconds at a few
 //!    hundred KB/s — never returned to WebSocket. Now the re-probe deadline
-//!    survives reconnects.
+//!    survives reconnects, and so does the probe in flight: CI found that a
+//!    probe slower than the stream's life (a loaded machine, a distant
+//!    server) was dropped and started over with every reconnect.
 //! 2. A gateway answering 502 for a moment (an app restarting behind nginx)
 //!    demotes a WebSocket session to long-polling: the 502 on `ws` and
 //!    `sse` counts as "blocked", and a long-poll attempt on an open session
@@ -46,7 +48,8 @@ async fn proxied(
     (server, proxy)
 }
 
-/// Starts a session on SSE (upgrades refused), lets upgrades through, and
+/// Starts a session on SSE (upgrades refused), lets upgrades through —
+/// each taking `UPGRADE_DELAY`, so a probe takes longer than that — and
 /// keeps `per_tick` messages flowing every 5 ms; returns how long the
 /// switch back up to WebSocket took, if it happened within 8 s.
 async fn switch_up_while_busy(sse_max_bytes: usize, per_tick: u32) -> Option<Duration> {
@@ -60,7 +63,7 @@ async fn switch_up_while_busy(sse_max_bytes: usize, per_tick: u32) -> Option<Dur
         .await
         .expect("connect");
     assert_eq!(connection.transport(), Some(TransportKind::Sse));
-    proxy.set(Behavior::transparent());
+    proxy.set(Behavior::transparent().delay_upgrades(UPGRADE_DELAY));
     let allowed = tokio::time::Instant::now();
     let until = allowed + Duration::from_secs(8);
     let mut tick = tokio::time::interval(Duration::from_millis(5));
@@ -99,6 +102,10 @@ async fn switch_up_while_busy(sse_max_bytes: usize, per_tick: u32) -> Option<Dur
     }
 }
 
+/// Longer than a busy session's SSE streams live (below), shorter than the
+/// test client's probe timeout (800 ms).
+const UPGRADE_DELAY: Duration = Duration::from_millis(400);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_sse_session_switches_back_up_to_websocket() {
     let took = switch_up_while_busy(256 * 1024, 1).await;
@@ -109,7 +116,8 @@ async fn quiet_sse_session_switches_back_up_to_websocket() {
 async fn busy_sse_session_switches_back_up_to_websocket() {
     // 16 KiB streams and ~40 messages of ~30 bytes per 5 ms: the stream is
     // recycled every couple of hundred milliseconds, well within the 500 ms
-    // re-probe delay.
+    // re-probe delay, and sooner than a probe takes (`UPGRADE_DELAY`): the
+    // re-probe's deadline and the probe in flight must survive reconnects.
     let took = switch_up_while_busy(16 * 1024, 40).await;
     assert!(
         took.is_some(),

@@ -952,6 +952,8 @@ class Engine {
     // a fallback transport reconnects often (recycled streams) and must
     // still get to probe.
     this.reprobeDue = 0;
+    /** The re-probe under way, if any (see `reprobeUnderWay`). */
+    this.reprobing = null;
     this.listen();
   }
 
@@ -1547,9 +1549,19 @@ class Engine {
     let errors = [];
     let retryAfter = 0;
     while (!this.closed) {
+      // A probe that finished between attachments: go straight to the
+      // better transport instead of attaching below it first.
+      const found = this.takeFinishedReprobe(index);
+      if (found !== null) {
+        index = found;
+        this.resetReprobe();
+      }
       const kind = this.order[index];
       const { outcome, switchTo } = await this.attach(index);
-      if (this.closed || outcome.type === "closed") return;
+      if (this.closed || outcome.type === "closed") {
+        this.cancelReprobe();
+        return;
+      }
       let delay = 0;
       let reason = "";
       if (outcome.type === "refused") {
@@ -1625,28 +1637,28 @@ class Engine {
       att.greetedAt = now();
     }
     let switchTo = null;
-    let reprobe = null;
     if (this.reprobeDue === 0) this.resetReprobe();
-    const armReprobe = () => {
-      reprobe = setTimeout(async () => {
-        const better = await this.probeBetter(index);
-        if (att.ended) return;
-        if (better === null) {
-          this.reprobeDelay = Math.min(this.reprobeDelay * 2, MAX_REPROBE);
-          this.reprobeDue = now() + this.reprobeDelay * (0.75 + 0.5 * Math.random());
-          armReprobe();
+    const watchReprobe = () => {
+      const pending = this.reprobeUnderWay(index);
+      pending.promise.then((better) => {
+        // Reset meanwhile, or this attachment is over: the probe's result
+        // stays for the next one (takeFinishedReprobe).
+        if (this.reprobing !== pending || att.ended) return;
+        this.reprobing = null;
+        if (better === null || better >= index) {
+          this.reprobeFailed();
+          watchReprobe();
           return;
         }
         switchTo = better;
         att.finish("stopped", `switching to ${this.order[better]}`);
-      }, Math.max(0, this.reprobeDue - now()));
+      });
     };
-    if (index > 0) armReprobe();
+    if (index > 0) watchReprobe();
     att.start();
     this.flush();
     this.schedule();
     const outcome = await att.done;
-    clearTimeout(reprobe);
     if (this.attachment === att) {
       this.attachment = null;
       this.transport = null;
@@ -1658,8 +1670,57 @@ class Engine {
 
   /** Starts the re-probe clock afresh (after a fallback or a switch). */
   resetReprobe() {
+    this.cancelReprobe();
     this.reprobeDelay = this.options.reprobeAfter;
     this.reprobeDue = now() + this.reprobeDelay * (0.75 + 0.5 * Math.random());
+  }
+
+  /** After a probe found nothing better: wait twice as long (with jitter). */
+  reprobeFailed() {
+    this.cancelReprobe();
+    this.reprobeDelay = Math.min(this.reprobeDelay * 2, MAX_REPROBE);
+    this.reprobeDue = now() + this.reprobeDelay * (0.75 + 0.5 * Math.random());
+  }
+
+  /** The re-probe of the transports better than `index`: waits for
+   * `reprobeDue`, then probes. It survives reconnects: a busy session on a
+   * fallback transport may reconnect more often than a probe takes (SSE
+   * streams are recycled every few hundred kilobytes), and a probe started
+   * over with every attachment would never finish. */
+  reprobeUnderWay(index) {
+    if (this.reprobing?.index === index) return this.reprobing;
+    this.cancelReprobe();
+    const pending = { index, timer: null, finished: false, better: null };
+    pending.promise = new Promise((resolve) => {
+      pending.timer = setTimeout(resolve, Math.max(0, this.reprobeDue - now()));
+    })
+      .then(() => {
+        pending.timer = null;
+        return this.probeBetter(index);
+      })
+      .then((better) => {
+        pending.finished = true;
+        pending.better = better;
+        return better;
+      });
+    this.reprobing = pending;
+    return pending;
+  }
+
+  /** The better transport a probe found while no attachment was waiting
+   * for it, or null; a finished probe that found none counts as failed. */
+  takeFinishedReprobe(index) {
+    const pending = this.reprobing;
+    if (!pending?.finished) return null;
+    this.reprobing = null;
+    if (pending.better !== null && pending.better < index) return pending.better;
+    this.reprobeFailed();
+    return null;
+  }
+
+  cancelReprobe() {
+    if (this.reprobing?.timer) clearTimeout(this.reprobing.timer);
+    this.reprobing = null;
   }
 
   /** The best transport better than `index` that works now (PROTOCOL.md
@@ -1790,6 +1851,7 @@ class Engine {
     this.closing = null;
     clearTimeout(this.timer);
     this.timer = null;
+    this.cancelReprobe();
     this.unlisten();
     const att = this.attachment;
     this.attachment = null;

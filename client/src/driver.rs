@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use holdfast_protocol::{ClientSession, Close, CloseCode, TransportKind};
 use tokio::sync::Notify;
 
@@ -63,6 +65,13 @@ impl Driver {
         loop {
             if self.give_up_if_abandoned() {
                 return;
+            }
+            // A probe that finished between attachments: go straight to
+            // the better transport instead of attaching below it first.
+            if let Some(better) = reprobe.take_finished(index) {
+                tracing::info!(from = %self.order[index], to = %self.order[better], "a better transport works again; switching");
+                index = better;
+                reprobe = Reprobe::new(self.reprobe_after);
             }
             let kind = self.order[index];
             let (outcome, switch_to) = self.attach(index, &mut reprobe).await;
@@ -171,7 +180,11 @@ impl Driver {
     /// Runs one attachment to its end, re-probing better transports in the
     /// background. Returns how it ended and, if it was stopped to switch
     /// up, the better transport's index.
-    async fn attach(&self, index: usize, reprobe: &mut Reprobe) -> (Outcome, Option<usize>) {
+    async fn attach<'a>(
+        &'a self,
+        index: usize,
+        reprobe: &mut Reprobe<'a>,
+    ) -> (Outcome, Option<usize>) {
         let stop = Notify::new();
         let kind = self.order[index];
         let run = async {
@@ -190,24 +203,23 @@ impl Driver {
         loop {
             tokio::select! {
                 outcome = &mut run => return (outcome, switch),
-                better = self.reprobe(index, reprobe.due()), if index > 0 && switch.is_none() => {
+                better = reprobe.outcome(self, index), if index > 0 && switch.is_none() => {
                     match better {
-                        Some(better) => {
+                        Some(better) if better < index => {
                             tracing::info!(from = %kind, to = %self.order[better], "a better transport works again; switching");
                             switch = Some(better);
                             stop.notify_one();
                         }
-                        None => reprobe.failed(),
+                        _ => reprobe.failed(),
                     }
                 }
             }
         }
     }
 
-    /// Waits until `due`, then probes the transports better than `index`;
-    /// the best that works, if any.
-    async fn reprobe(&self, index: usize, due: tokio::time::Instant) -> Option<usize> {
-        tokio::time::sleep_until(due).await;
+    /// Probes the transports better than `index`; the best that works, if
+    /// any.
+    async fn probe_better(&self, index: usize) -> Option<usize> {
         let key = self.shared.lock().core.params().map(|p| p.key.clone())?;
         for better in 0..index {
             if probe(&self.ctx, self.order[better], &key).await {
@@ -276,24 +288,59 @@ impl Driver {
 
 /// When to probe better transports next: a deadline that survives
 /// reconnects, pushed back (doubling, with jitter) after each failed probe.
-struct Reprobe {
+///
+/// The probe in flight survives reconnects too: a busy session on a
+/// fallback transport may reconnect more often than a probe takes (SSE
+/// streams are recycled every few hundred kilobytes), and a probe started
+/// over with every attachment would never finish.
+struct Reprobe<'a> {
     delay: Duration,
     due: tokio::time::Instant,
+    /// Waiting for `due`, then probing; `None` until first polled.
+    in_flight: Option<BoxFuture<'a, Option<usize>>>,
 }
 
-impl Reprobe {
+impl<'a> Reprobe<'a> {
     fn new(delay: Duration) -> Self {
         Self {
             delay,
             due: tokio::time::Instant::now() + delay.mul_f64(0.75 + 0.5 * random_unit()),
+            in_flight: None,
         }
     }
 
-    fn due(&self) -> tokio::time::Instant {
-        self.due
+    /// Waits for the probe of the transports better than `index`, starting
+    /// it if none is in flight. Cancel-safe: dropped, the probe goes on at
+    /// the next call.
+    async fn outcome(&mut self, driver: &'a Driver, index: usize) -> Option<usize> {
+        let probe = self.in_flight.get_or_insert_with(|| {
+            let due = self.due;
+            Box::pin(async move {
+                tokio::time::sleep_until(due).await;
+                driver.probe_better(index).await
+            })
+        });
+        let better = probe.await;
+        self.in_flight = None;
+        better
+    }
+
+    /// The better transport a probe found while no attachment was waiting
+    /// for it, if any; a finished probe that found none counts as failed.
+    fn take_finished(&mut self, index: usize) -> Option<usize> {
+        let finished = self.in_flight.as_mut()?.now_or_never()?;
+        self.in_flight = None;
+        match finished {
+            Some(better) if better < index => Some(better),
+            _ => {
+                self.failed();
+                None
+            }
+        }
     }
 
     fn failed(&mut self) {
+        self.in_flight = None;
         self.delay = (self.delay * 2).min(MAX_REPROBE);
         self.due = tokio::time::Instant::now() + self.delay.mul_f64(0.75 + 0.5 * random_unit());
     }

@@ -165,6 +165,10 @@ pub struct Behavior {
     /// Answer `CONNECT` with this status and an HTML body. Read when a
     /// `CONNECT` arrives.
     pub refuse_connect: Option<u16>,
+    /// Hold each WebSocket upgrade request this long before forwarding it,
+    /// as a slow gateway or a distant server does: connecting a WebSocket
+    /// takes at least this long. Read when a request arrives.
+    pub upgrade_delay: Duration,
 }
 
 impl Behavior {
@@ -224,6 +228,12 @@ impl Behavior {
     /// Delay every chunk forwarded, in each direction, by `delay`.
     pub fn latency(mut self, delay: Duration) -> Self {
         self.latency = delay;
+        self
+    }
+
+    /// Hold each WebSocket upgrade request `delay` before forwarding it.
+    pub fn delay_upgrades(mut self, delay: Duration) -> Self {
+        self.upgrade_delay = delay;
         self
     }
 

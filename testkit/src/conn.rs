@@ -537,6 +537,7 @@ impl Conn {
                     .answer(client, status, "WebSocket connections are not allowed.")
                     .await;
             }
+            tokio::time::sleep(b.upgrade_delay).await;
         }
         let buffer = b
             .buffer

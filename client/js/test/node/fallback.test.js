@@ -109,6 +109,54 @@ describe("fallback", () => {
     }
   });
 
+  test("switches up even when its streams end sooner than a probe takes", async () => {
+    // CI found it in the Rust client: a probe still under way when the
+    // attachment ended was dropped, and started over with the next one.
+    proxy.refuseWebSocket = true;
+    const client = new Holdfast(`${proxy.origin}/realtime`, {
+      ...FAST,
+      reprobeAfter: 100,
+      probeTimeout: 3000,
+    });
+    const received = [];
+    client.addEventListener("message", (event) => received.push(event.data));
+    let sent = 0;
+    let sender;
+    let cutter;
+    try {
+      assert.equal((await nextEvent(client, "open", 5000)).transport, "sse");
+      const changed = nextEvent(client, "transportchange", 15000);
+      proxy.upgradeDelay = 500;
+      proxy.refuseWebSocket = false;
+      // Messages keep flowing both ways, so every stream is trusted (no
+      // demotion) however short-lived.
+      sender = setInterval(() => client.send(`busy ${sent++}`), 10);
+      let streamsCut = 0;
+      cutter = setInterval(() => {
+        streamsCut += 1;
+        proxy.cutStreams();
+      }, 150);
+      const change = await changed;
+      assert.deepEqual([change.from, change.to], ["sse", "websocket"]);
+      assert.ok(streamsCut >= 3, `the streams were cut while the probe ran (${streamsCut})`);
+      clearInterval(sender);
+      clearInterval(cutter);
+      await until(() => received.length >= sent, 5000, () => `${received.length} of ${sent} echoes`);
+      assert.deepEqual(
+        received,
+        Array.from({ length: sent }, (_, i) => `busy ${i}`),
+        "exactly once, in order",
+      );
+      client.close();
+      await nextEvent(client, "close", 5000);
+    } finally {
+      clearInterval(sender);
+      clearInterval(cutter);
+      proxy.refuseWebSocket = false;
+      proxy.upgradeDelay = 0;
+    }
+  });
+
   test("HTML 502 pages from an intermediary are transient: the session resumes", async () => {
     const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports: ["sse"] });
     const events = record(client);

@@ -16,6 +16,10 @@
 //                                  keeping up: send again later)
 //   proxy.silenceTunnels()         open WebSocket tunnels go silent (bytes
 //                                  dropped both ways, connections kept)
+//   proxy.upgradeDelay = ms        upgrades forwarded only after ms (a slow
+//                                  gateway: a WebSocket probe takes longer)
+//   proxy.cutStreams()             open event streams killed (TCP reset),
+//                                  nothing else
 //   proxy.cut()                    every open connection killed (TCP reset)
 //   proxy.down = true              new connections killed at once
 //
@@ -52,12 +56,15 @@ export async function startProxy(upstreamPort) {
 
   const extraPages = new Map();
   const tunnels = new Set();
+  /** The client sockets of event streams being forwarded. */
+  const streams = new Set();
   const proxy = {
     /** Serves `html` at `/test/<name>`. */
     page(name, html) {
       extraPages.set(name, html);
     },
     refuseWebSocket: false,
+    upgradeDelay: 0,
     bufferSse: false,
     down: false,
     counts,
@@ -77,6 +84,10 @@ export async function startProxy(upstreamPort) {
     cut() {
       for (const socket of sockets) socket.destroy();
       sockets.clear();
+    },
+    cutStreams() {
+      for (const socket of streams) socket.destroy();
+      streams.clear();
     },
     silenceTunnels() {
       for (const tunnel of tunnels) tunnel.silent = true;
@@ -183,6 +194,11 @@ export async function startProxy(upstreamPort) {
     req.pipe(upstream);
     upstream.on("response", (answer) => {
       const stream = (answer.headers["content-type"] || "").startsWith("text/event-stream");
+      if (stream) {
+        const socket = req.socket;
+        streams.add(socket);
+        res.once("close", () => streams.delete(socket));
+      }
       res.writeHead(answer.statusCode, answer.headers);
       if (stream && proxy.bufferSse) {
         // A buffering middlebox: nothing until the whole body is in.
@@ -213,8 +229,12 @@ export async function startProxy(upstreamPort) {
     track(socket);
   });
 
-  server.on("upgrade", (req, socket, head) => {
+  server.on("upgrade", async (req, socket, head) => {
     count(req.url);
+    if (proxy.upgradeDelay > 0) {
+      await new Promise((resolve) => setTimeout(resolve, proxy.upgradeDelay));
+      if (socket.destroyed) return;
+    }
     const failingHere = failing > 0 && (failingEndpoint === null || failingEndpoint === "ws");
     if (proxy.refuseWebSocket || failingHere) {
       const status = proxy.refuseWebSocket ? [403, "Forbidden"] : [502, "Bad Gateway"];
