@@ -37,6 +37,9 @@ pub struct EchoResult {
 pub enum Target {
     RawWs,
     Holdfast(TransportKind),
+    /// holdfast's WebSocket transport driven by a minimal client speaking
+    /// the wire protocol directly: the server's share of the round trip.
+    HoldfastWire,
 }
 
 const WARMUP: u8 = 0;
@@ -57,6 +60,7 @@ pub async fn run(
             match target {
                 Target::RawWs => raw_client(addr, spec, phase).await,
                 Target::Holdfast(kind) => holdfast_client(addr, kind, spec, phase).await,
+                Target::HoldfastWire => wire_client(addr, spec, phase).await,
             }
         }));
     }
@@ -133,6 +137,67 @@ async fn raw_client(
             }
             Some(Ok(_)) => {}
             other => return Err(format!("raw echo ended: {other:?}")),
+        }
+    }
+    let _ = tx.close().await;
+    Ok((count, latencies))
+}
+
+/// A client as small as the raw one, speaking holdfast's protocol over
+/// WebSocket: each message carries its seq and an ack of what came back.
+async fn wire_client(
+    addr: std::net::SocketAddr,
+    spec: EchoSpec,
+    phase: Arc<AtomicU8>,
+) -> Result<(u64, Latencies), String> {
+    use holdfast_protocol::Frame;
+    use holdfast_protocol::wire::json;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/realtime/ws?v=1"))
+        .await
+        .map_err(|e| format!("wire connect: {e}"))?;
+    let (mut tx, mut rx) = ws.split();
+    // The `open` frame.
+    rx.next()
+        .await
+        .ok_or("closed before open")?
+        .map_err(|e| e.to_string())?;
+    let text = holdfast_protocol::Message::text(payload(spec.size));
+    let (mut seq, mut received) = (0u64, 0u64);
+    let mut inflight = VecDeque::new();
+    let (mut count, mut latencies) = (0, Latencies::default());
+    loop {
+        if phase.load(Ordering::Relaxed) != STOP && inflight.len() < spec.window {
+            while inflight.len() < spec.window {
+                seq += 1;
+                let batch = json::encode_batch_to_string(&[
+                    Frame::Message {
+                        seq,
+                        message: text.clone(),
+                    },
+                    Frame::Ack { seq: received },
+                ]);
+                tx.feed(WsMessage::text(batch))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                inflight.push_back(Instant::now());
+            }
+            tx.flush().await.map_err(|e| e.to_string())?;
+        }
+        if inflight.is_empty() {
+            break;
+        }
+        match rx.next().await {
+            Some(Ok(WsMessage::Text(batch))) => {
+                let frames = json::decode_batch_str(batch.as_str()).map_err(|e| e.to_string())?;
+                for frame in frames {
+                    if let Frame::Message { seq, .. } = frame {
+                        received = seq;
+                        complete(&mut inflight, &phase, &mut count, &mut latencies);
+                    }
+                }
+            }
+            Some(Ok(_)) => {}
+            other => return Err(format!("wire echo ended: {other:?}")),
         }
     }
     let _ = tx.close().await;

@@ -240,12 +240,12 @@ async fn echo_runs(plan: &Plan, report: &mut Report) -> Result<(), String> {
                     warmup: plan.warmup,
                     duration: plan.duration,
                 };
-                let mut targets = vec![Target::RawWs];
+                let mut targets = vec![Target::RawWs, Target::HoldfastWire];
                 targets.extend(TRANSPORTS.map(Target::Holdfast));
                 for target in targets {
                     let kind = match target {
                         Target::RawWs => ServerKind::RawWs,
-                        Target::Holdfast(_) => ServerKind::Holdfast,
+                        Target::Holdfast(_) | Target::HoldfastWire => ServerKind::Holdfast,
                     };
                     let server = ServerProcess::start(kind, Some(0)).await?;
                     let mut result = echo::run(&server, target, spec).await;

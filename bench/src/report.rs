@@ -43,6 +43,7 @@ fn target_name(target: Target) -> String {
     match target {
         Target::RawWs => "raw tungstenite".into(),
         Target::Holdfast(kind) => format!("holdfast {kind}"),
+        Target::HoldfastWire => "holdfast websocket, wire client".into(),
     }
 }
 
