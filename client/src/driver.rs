@@ -172,6 +172,9 @@ impl Driver {
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = self.shared.driver.notified() => {}
+                    // The probe goes on while we wait (its timeout runs
+                    // whether it is polled or not).
+                    () = reprobe.keep_going(&self, index), if index > 0 => {}
                 }
             }
         }
@@ -298,6 +301,8 @@ struct Reprobe<'a> {
     due: tokio::time::Instant,
     /// Waiting for `due`, then probing; `None` until first polled.
     in_flight: Option<BoxFuture<'a, Option<usize>>>,
+    /// What a probe that finished with no attachment waiting found.
+    finished: Option<Option<usize>>,
 }
 
 impl<'a> Reprobe<'a> {
@@ -306,6 +311,7 @@ impl<'a> Reprobe<'a> {
             delay,
             due: tokio::time::Instant::now() + delay.mul_f64(0.75 + 0.5 * random_unit()),
             in_flight: None,
+            finished: None,
         }
     }
 
@@ -313,6 +319,9 @@ impl<'a> Reprobe<'a> {
     /// it if none is in flight. Cancel-safe: dropped, the probe goes on at
     /// the next call.
     async fn outcome(&mut self, driver: &'a Driver, index: usize) -> Option<usize> {
+        if let Some(found) = self.finished.take() {
+            return found;
+        }
         let probe = self.in_flight.get_or_insert_with(|| {
             let due = self.due;
             Box::pin(async move {
@@ -325,10 +334,24 @@ impl<'a> Reprobe<'a> {
         better
     }
 
+    /// Drives the probe while no attachment runs (during a backoff), and
+    /// keeps what it found for [`take_finished`](Self::take_finished).
+    /// Never returns.
+    async fn keep_going(&mut self, driver: &'a Driver, index: usize) {
+        if self.finished.is_none() {
+            let found = self.outcome(driver, index).await;
+            self.finished = Some(found);
+        }
+        std::future::pending().await
+    }
+
     /// The better transport a probe found while no attachment was waiting
     /// for it, if any; a finished probe that found none counts as failed.
     fn take_finished(&mut self, index: usize) -> Option<usize> {
-        let finished = self.in_flight.as_mut()?.now_or_never()?;
+        let finished = match self.finished.take() {
+            Some(found) => found,
+            None => self.in_flight.as_mut()?.now_or_never()?,
+        };
         self.in_flight = None;
         match finished {
             Some(better) if better < index => Some(better),
@@ -341,6 +364,7 @@ impl<'a> Reprobe<'a> {
 
     fn failed(&mut self) {
         self.in_flight = None;
+        self.finished = None;
         self.delay = (self.delay * 2).min(MAX_REPROBE);
         self.due = tokio::time::Instant::now() + self.delay.mul_f64(0.75 + 0.5 * random_unit());
     }
