@@ -157,6 +157,46 @@ describe("fallback", () => {
     }
   });
 
+  test("a network that cuts often but works does not climb the backoff", async () => {
+    // The chaos soak found it in the Rust client: attempts reset only after
+    // a connection lived `resetAfter`, so a network dropping connections
+    // every second drove the delay to its maximum. A connection that
+    // carried messages both ways counts as working.
+    const client = new Holdfast(`${proxy.origin}/realtime`, {
+      transports: ["websocket"],
+      backoff: { initial: 100, max: 5000, jitter: 0, resetAfter: 60000 },
+    });
+    const events = record(client);
+    const received = [];
+    client.addEventListener("message", (event) => received.push(event.data));
+    let sent = 0;
+    let sender;
+    try {
+      await nextEvent(client, "open", 5000);
+      sender = setInterval(() => client.send(`cut ${sent++}`), 10);
+      for (let cut = 1; cut <= 6; cut++) {
+        // Let the new connection carry messages both ways, then cut it.
+        const echoed = received.length;
+        await until(() => received.length >= echoed + 5, 5000, `echoes after cut ${cut - 1}`);
+        const reconnecting = nextEvent(client, "reconnecting", 5000);
+        proxy.cut();
+        await reconnecting;
+      }
+      const attempts = events.filter((e) => e.type === "reconnecting").map((e) => e.attempt);
+      assert.deepEqual(attempts, [1, 1, 1, 1, 1, 1], "each working connection resets the backoff");
+      clearInterval(sender);
+      await until(() => received.length >= sent, 5000, () => `${received.length} of ${sent} echoes`);
+      assert.deepEqual(
+        received,
+        Array.from({ length: sent }, (_, i) => `cut ${i}`),
+        "exactly once, in order",
+      );
+    } finally {
+      clearInterval(sender);
+      client.close();
+    }
+  });
+
   test("HTML 502 pages from an intermediary are transient: the session resumes", async () => {
     const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports: ["sse"] });
     const events = record(client);
