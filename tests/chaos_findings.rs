@@ -102,13 +102,8 @@ async fn switch_up_while_busy(sse_max_bytes: usize, per_tick: u32) -> Option<Dur
                     ..
                 } => return Some(allowed.elapsed()),
                 Event::Closed(closed) => panic!("closed: {closed:?}"),
-                other => {
-                    if matches!(other, Event::Resumed { .. }) {
-                        recycled += 1;
-                    } else {
-                        events.push((allowed.elapsed(), other));
-                    }
-                }
+                Event::Resumed { .. } => recycled += 1,
+                other => events.push((allowed.elapsed(), other)),
             }
         }
     }

@@ -16,11 +16,12 @@
 //! - what worked is remembered (with an expiry) for the next connection.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, MaybeDone, maybe_done};
 use holdfast_protocol::{ClientSession, Close, CloseCode, TransportKind};
 use tokio::sync::Notify;
 
@@ -299,10 +300,9 @@ impl Driver {
 struct Reprobe<'a> {
     delay: Duration,
     due: tokio::time::Instant,
-    /// Waiting for `due`, then probing; `None` until first polled.
-    in_flight: Option<BoxFuture<'a, Option<usize>>>,
-    /// What a probe that finished with no attachment waiting found.
-    finished: Option<Option<usize>>,
+    /// Waiting for `due`, then probing, then holding what it found until
+    /// taken; `None` until first polled.
+    in_flight: Option<MaybeDone<BoxFuture<'a, Option<usize>>>>,
 }
 
 impl<'a> Reprobe<'a> {
@@ -311,47 +311,49 @@ impl<'a> Reprobe<'a> {
             delay,
             due: tokio::time::Instant::now() + delay.mul_f64(0.75 + 0.5 * random_unit()),
             in_flight: None,
-            finished: None,
         }
     }
 
-    /// Waits for the probe of the transports better than `index`, starting
-    /// it if none is in flight. Cancel-safe: dropped, the probe goes on at
-    /// the next call.
-    async fn outcome(&mut self, driver: &'a Driver, index: usize) -> Option<usize> {
-        if let Some(found) = self.finished.take() {
-            return found;
-        }
-        let probe = self.in_flight.get_or_insert_with(|| {
+    /// The probe of the transports better than `index`, started if none is
+    /// in flight.
+    fn probe(
+        &mut self,
+        driver: &'a Driver,
+        index: usize,
+    ) -> &mut MaybeDone<BoxFuture<'a, Option<usize>>> {
+        self.in_flight.get_or_insert_with(|| {
             let due = self.due;
-            Box::pin(async move {
+            maybe_done(Box::pin(async move {
                 tokio::time::sleep_until(due).await;
                 driver.probe_better(index).await
-            })
-        });
-        let better = probe.await;
+            }))
+        })
+    }
+
+    /// Waits for the probe's outcome. Cancel-safe: dropped, the probe goes
+    /// on at the next call.
+    async fn outcome(&mut self, driver: &'a Driver, index: usize) -> Option<usize> {
+        let probe = self.probe(driver, index);
+        (&mut *probe).await;
+        let better = Pin::new(probe).take_output().flatten();
         self.in_flight = None;
         better
     }
 
-    /// Drives the probe while no attachment runs (during a backoff), and
-    /// keeps what it found for [`take_finished`](Self::take_finished).
-    /// Never returns.
+    /// Drives the probe while no attachment runs (during a backoff); what
+    /// it finds waits for [`take_finished`](Self::take_finished). Never
+    /// returns.
     async fn keep_going(&mut self, driver: &'a Driver, index: usize) {
-        if self.finished.is_none() {
-            let found = self.outcome(driver, index).await;
-            self.finished = Some(found);
-        }
+        self.probe(driver, index).await;
         std::future::pending().await
     }
 
     /// The better transport a probe found while no attachment was waiting
     /// for it, if any; a finished probe that found none counts as failed.
     fn take_finished(&mut self, index: usize) -> Option<usize> {
-        let finished = match self.finished.take() {
-            Some(found) => found,
-            None => self.in_flight.as_mut()?.now_or_never()?,
-        };
+        let probe = self.in_flight.as_mut()?;
+        (&mut *probe).now_or_never()?;
+        let finished = Pin::new(probe).take_output()?;
         self.in_flight = None;
         match finished {
             Some(better) if better < index => Some(better),
@@ -364,7 +366,6 @@ impl<'a> Reprobe<'a> {
 
     fn failed(&mut self) {
         self.in_flight = None;
-        self.finished = None;
         self.delay = (self.delay * 2).min(MAX_REPROBE);
         self.due = tokio::time::Instant::now() + self.delay.mul_f64(0.75 + 0.5 * random_unit());
     }

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import { Holdfast } from "../../holdfast.js";
-import { echoExchange, nextEvent, record, until } from "../support/helpers.js";
+import { echoExchange, nextEvent, record, steadyStream, until } from "../support/helpers.js";
 import { startProxy } from "../support/proxy.js";
 import { freePort, startExample } from "../support/servers.js";
 
@@ -118,10 +118,7 @@ describe("fallback", () => {
       reprobeAfter: 100,
       probeTimeout: 3000,
     });
-    const received = [];
-    client.addEventListener("message", (event) => received.push(event.data));
-    let sent = 0;
-    let sender;
+    let stream;
     let cutter;
     try {
       assert.equal((await nextEvent(client, "open", 5000)).transport, "sse");
@@ -130,7 +127,7 @@ describe("fallback", () => {
       proxy.refuseWebSocket = false;
       // Messages keep flowing both ways, so every stream is trusted (no
       // demotion) however short-lived.
-      sender = setInterval(() => client.send(`busy ${sent++}`), 10);
+      stream = steadyStream(client, "busy");
       let streamsCut = 0;
       cutter = setInterval(() => {
         streamsCut += 1;
@@ -139,18 +136,12 @@ describe("fallback", () => {
       const change = await changed;
       assert.deepEqual([change.from, change.to], ["sse", "websocket"]);
       assert.ok(streamsCut >= 3, `the streams were cut while the probe ran (${streamsCut})`);
-      clearInterval(sender);
       clearInterval(cutter);
-      await until(() => received.length >= sent, 5000, () => `${received.length} of ${sent} echoes`);
-      assert.deepEqual(
-        received,
-        Array.from({ length: sent }, (_, i) => `busy ${i}`),
-        "exactly once, in order",
-      );
+      await stream.allEchoed();
       client.close();
       await nextEvent(client, "close", 5000);
     } finally {
-      clearInterval(sender);
+      stream?.stop();
       clearInterval(cutter);
       proxy.refuseWebSocket = false;
       proxy.upgradeDelay = 0;
@@ -167,32 +158,23 @@ describe("fallback", () => {
       backoff: { initial: 100, max: 5000, jitter: 0, resetAfter: 60000 },
     });
     const events = record(client);
-    const received = [];
-    client.addEventListener("message", (event) => received.push(event.data));
-    let sent = 0;
-    let sender;
+    let stream;
     try {
       await nextEvent(client, "open", 5000);
-      sender = setInterval(() => client.send(`cut ${sent++}`), 10);
+      stream = steadyStream(client, "cut");
       for (let cut = 1; cut <= 6; cut++) {
         // Let the new connection carry messages both ways, then cut it.
-        const echoed = received.length;
-        await until(() => received.length >= echoed + 5, 5000, `echoes after cut ${cut - 1}`);
+        const echoed = stream.received.length;
+        await until(() => stream.received.length >= echoed + 5, 5000, `echoes after cut ${cut - 1}`);
         const reconnecting = nextEvent(client, "reconnecting", 5000);
         proxy.cut();
         await reconnecting;
       }
       const attempts = events.filter((e) => e.type === "reconnecting").map((e) => e.attempt);
       assert.deepEqual(attempts, [1, 1, 1, 1, 1, 1], "each working connection resets the backoff");
-      clearInterval(sender);
-      await until(() => received.length >= sent, 5000, () => `${received.length} of ${sent} echoes`);
-      assert.deepEqual(
-        received,
-        Array.from({ length: sent }, (_, i) => `cut ${i}`),
-        "exactly once, in order",
-      );
+      await stream.allEchoed();
     } finally {
-      clearInterval(sender);
+      stream?.stop();
       client.close();
     }
   });

@@ -110,3 +110,27 @@ export async function echoExchange(client, { count = 1000, cut, cutEvery = 150, 
   received.forEach(assertPayload);
   return { cuts, received };
 }
+
+/** Sends `"<label> 0"`, `"<label> 1"`, … to an echo server every `ms`
+ * until `stop()`; `allEchoed()` stops, waits for the echoes and checks they
+ * came back exactly once, in order. */
+export function steadyStream(client, label, ms = 10) {
+  const received = [];
+  client.addEventListener("message", (event) => received.push(event.data));
+  let sent = 0;
+  const sender = setInterval(() => client.send(`${label} ${sent++}`), ms);
+  const stop = () => clearInterval(sender);
+  return {
+    received,
+    stop,
+    async allEchoed() {
+      stop();
+      await until(() => received.length >= sent, 5000, () => `${received.length} of ${sent} echoes`);
+      assert.deepEqual(
+        received,
+        Array.from({ length: sent }, (_, i) => `${label} ${i}`),
+        "exactly once, in order",
+      );
+    },
+  };
+}
