@@ -55,6 +55,21 @@ pub struct ServerConfig {
     /// New sessions waiting for [`Incoming::accept`](crate::Incoming::accept);
     /// past it, new sessions are refused with `503`. Default 1024.
     pub accept_backlog: usize,
+    /// How long a write to a client may make no progress — a WebSocket
+    /// message (data, pong or close), an SSE chunk — before the attachment
+    /// is dropped (the session lives on and can resume). A reader that
+    /// stopped reading can then no longer pin a connection, its task and
+    /// its buffers. Default 30 s.
+    pub write_timeout: Duration,
+    /// How long the body of a `POST <mount>/send` may take to arrive whole;
+    /// past it the request is refused with `408` and its connection closed.
+    /// Default 15 s.
+    pub body_timeout: Duration,
+    /// Bytes of the opening request's headers kept with the session for
+    /// [`Session::headers`](crate::Session::headers); headers past the
+    /// budget are dropped (the auth hook still sees all of them).
+    /// Default 8 KiB.
+    pub max_kept_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +85,9 @@ impl Default for ServerConfig {
             send_wait: Duration::from_secs(10),
             ws_read_buffer: 2048,
             accept_backlog: 1024,
+            write_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(15),
+            max_kept_header_bytes: 8 * 1024,
         }
     }
 }
