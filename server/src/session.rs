@@ -176,15 +176,25 @@ impl Drop for CoreGuard<'_> {
     }
 }
 
-/// A copy of request headers in allocations of their own. hyper's header
-/// values are slices of the connection's read buffer (8–16 KiB): keeping
-/// them for the life of the session would keep that whole buffer.
-fn own_copy(headers: &HeaderMap) -> HeaderMap {
-    let mut copy = HeaderMap::with_capacity(headers.len());
+/// A copy of request headers in allocations of their own, at most `budget`
+/// bytes of names and values. hyper's header values are slices of the
+/// connection's read buffer (8–16 KiB): keeping them for the life of the
+/// session would keep that whole buffer. And a client controls its headers:
+/// a session must not keep hundreds of kilobytes of them for its lifetime.
+/// Headers are kept in order while they fit; one that does not fit is left
+/// out whole (a truncated cookie or token would be worse than none).
+fn kept_copy(headers: &HeaderMap, budget: usize) -> HeaderMap {
+    let mut copy = HeaderMap::new();
+    let mut left = budget;
     for (name, value) in headers {
+        let cost = name.as_str().len() + value.len();
+        if cost > left {
+            continue;
+        }
         let copied_name = http::HeaderName::from_bytes(name.as_str().as_bytes());
         let copied = http::HeaderValue::from_bytes(value.as_bytes());
         if let (Ok(name), Ok(mut copied)) = (copied_name, copied) {
+            left -= cost;
             copied.set_sensitive(value.is_sensitive());
             copy.append(name, copied);
         }
@@ -192,6 +202,40 @@ fn own_copy(headers: &HeaderMap) -> HeaderMap {
     copy
 }
 
+/// A client-supplied string made safe for a log line: escaped (no line
+/// breaks, no terminal escapes: the Debug form) and cut to the 123 bytes a
+/// WebSocket close reason may hold, so a client can neither forge log lines
+/// nor flood the log.
+pub(crate) fn loggable(text: &str) -> impl std::fmt::Debug + '_ {
+    const MAX: usize = 123;
+    let mut end = text.len().min(MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Loggable {
+        text: &text[..end],
+        cut: end < text.len(),
+    }
+}
+
+struct Loggable<'a> {
+    text: &'a str,
+    cut: bool,
+}
+
+impl std::fmt::Debug for Loggable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.text)?;
+        if self.cut {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
+
+/// Session lifecycle (opened, closed) at `info`; transports coming and
+/// going — every SSE recycle, every reconnect — at `debug`, so a busy
+/// server's log is not one line per request.
 fn log_event(session: &str, event: &ServerEvent) {
     match event {
         ServerEvent::Attached {
@@ -203,14 +247,14 @@ fn log_event(session: &str, event: &ServerEvent) {
             kind,
             resumed: true,
             ..
-        } => tracing::info!(session, transport = %kind, "session resumed"),
+        } => tracing::debug!(session, transport = %kind, "session resumed"),
         ServerEvent::Detached { kind, reason, .. } => {
-            tracing::info!(session, transport = %kind, reason, "transport detached")
+            tracing::debug!(session, transport = %kind, reason, "transport detached")
         }
         ServerEvent::Closed { close, initiator } => tracing::info!(
             session,
             code = close.code.0,
-            reason = %close.reason,
+            reason = ?loggable(&close.reason),
             by = ?initiator,
             "session closed"
         ),
@@ -225,7 +269,7 @@ impl Shared {
         server: Arc<ServerState>,
     ) -> Arc<Self> {
         let identity = core.identity();
-        let headers = own_copy(&headers);
+        let headers = kept_copy(&headers, server.config.max_kept_header_bytes);
         Arc::new(Self {
             session_id: identity.session_id.as_str().into(),
             key: identity.key.as_str().into(),
@@ -365,7 +409,11 @@ impl Session {
         &self.shared().session_id
     }
 
-    /// The headers of the request that opened the session.
+    /// The headers of the request that opened the session, up to
+    /// [`ServerConfig::max_kept_header_bytes`](crate::ServerConfig::max_kept_header_bytes)
+    /// of them (in order; a header that does not fit is left out whole).
+    /// The authentication hook sees them all: copy what you need from
+    /// there into the session's [`extensions`](Self::extensions).
     pub fn headers(&self) -> &HeaderMap {
         &self.shared().headers
     }
@@ -478,5 +526,76 @@ impl SessionEnd {
     /// the resume window.
     pub fn expired(&self) -> bool {
         self.close.code == CloseCode::SESSION_LOST
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Mutex as StdMutex;
+
+    #[test]
+    fn kept_headers_stay_within_the_budget_and_are_never_cut() {
+        let mut headers = HeaderMap::new();
+        headers.insert("a", http::HeaderValue::from_static("1"));
+        let huge = "x".repeat(380 * 1024);
+        headers.insert(
+            "big",
+            http::HeaderValue::from_str(&huge).unwrap_or(http::HeaderValue::from_static("")),
+        );
+        headers.insert("cookie", http::HeaderValue::from_static("user=ada"));
+        let kept = kept_copy(&headers, 8 * 1024);
+        assert_eq!(kept.get("a").map(|v| v.as_bytes()), Some(&b"1"[..]));
+        assert_eq!(
+            kept.get("cookie").map(|v| v.as_bytes()),
+            Some(&b"user=ada"[..])
+        );
+        assert!(kept.get("big").is_none(), "too big to keep: left out whole");
+        let total: usize = kept.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+        assert!(total <= 8 * 1024);
+        assert!(kept_copy(&headers, 0).is_empty());
+    }
+
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<StdMutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_client_close_reason_cannot_forge_or_flood_log_lines() {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        let reason = format!(
+            "bye\n2026-11-30T00:00:00Z  INFO forged: admin logged in\u{1b}[31m{}",
+            "y".repeat(300 * 1024)
+        );
+        let event = ServerEvent::Closed {
+            close: Close::new(CloseCode::NORMAL, reason),
+            initiator: holdfast_protocol::Initiator::Peer,
+        };
+        tracing::subscriber::with_default(subscriber, || log_event("s1", &event));
+        let log = String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_owned();
+        assert_eq!(log.matches('\n').count(), 1, "one line: {log:?}");
+        assert!(!log.contains('\u{1b}'), "no raw escape: {log:?}");
+        assert!(log.contains(r"bye\n2026"), "escaped: {log:?}");
+        assert!(log.len() < 1024, "cut: {} bytes", log.len());
     }
 }
