@@ -159,7 +159,10 @@ async fn a_websocket_takes_the_key_as_a_subprotocol_and_selects_holdfast_v1() {
 
 #[tokio::test]
 async fn two_different_keys_are_refused_and_the_session_lives_on() {
-    let server = TestServer::echo(ServerConfig::default()).await;
+    // A short poll hold: a poll that were wrongly accepted answers soon.
+    let mut config = ServerConfig::default();
+    config.session.poll_hold = Duration::from_millis(300);
+    let server = TestServer::echo(config).await;
     let http = raw::http_client();
     let key = open_session(&http, &server).await;
     let other = format!("{key}x");
