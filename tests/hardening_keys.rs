@@ -3,8 +3,9 @@
 //! every endpoint, a `holdfast.key.<key>` subprotocol on a WebSocket
 //! upgrade — so that access logs, which record URLs, hold no live keys.
 //! The server takes the key from any of those places (and from the query,
-//! for clients that cannot do otherwise) but refuses two different keys;
-//! the Rust client never puts it in a URL, on any transport, while its
+//! for clients that cannot do otherwise) but refuses two different keys,
+//! and lets cross-origin pages send the header (CORS); the Rust client
+//! never puts it in a URL, on any transport, probes included, while its
 //! messages still arrive exactly once.
 
 mod client_support;
@@ -216,12 +217,15 @@ async fn two_different_keys_are_refused_and_the_session_lives_on() {
     assert_eq!(polled.batch(), vec![msg(1, "accepted")]);
 }
 
-/// Every request a server saw: its URI, and the key header if any.
+/// A request a server saw: its URI, and its key header if any.
+type Request = (String, Option<String>);
+
+/// Every request a server saw.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, Option<String>)>>>);
+struct Seen(Arc<Mutex<Vec<Request>>>);
 
 impl Seen {
-    fn all(&self) -> Vec<(String, Option<String>)> {
+    fn all(&self) -> Vec<Request> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -440,4 +444,36 @@ async fn the_rust_client_probes_with_the_key_outside_the_url() {
     );
     exchange(&mut connection, 100, |_| {}).await;
     setup.seen.assert_no_key_in_urls();
+}
+
+#[tokio::test]
+async fn a_cross_origin_preflight_allows_the_key_header() {
+    let holdfast = Holdfast::builder()
+        .allow_origins(["https://app.example"])
+        .on_session(support::echo);
+    let server = TestServer::serve(holdfast).await;
+    let http = raw::http_client();
+    for endpoint in ["poll", "sse", "send"] {
+        let response = raw::within(
+            DEADLINE,
+            "a preflight",
+            http.request(http::Method::OPTIONS, server.url(endpoint, "v=1&last=0"))
+                .header("origin", "https://app.example")
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", KEY_HEADER)
+                .send(),
+        )
+        .await
+        .expect("preflight");
+        let allowed = response
+            .headers()
+            .get("access-control-allow-headers")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        assert!(
+            allowed.split(',').any(|h| h.trim() == KEY_HEADER),
+            "{endpoint}: the preflight allows {allowed:?}"
+        );
+    }
 }
