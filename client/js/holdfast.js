@@ -946,9 +946,11 @@ class Engine {
     // (and everywhere outside a browser). Cross-origin, a custom header
     // makes the browser send a CORS preflight before each request whose
     // URL it has not seen (our URLs change with `last`): there the key
-    // stays in the query (PROTOCOL.md §1).
+    // stays in the query (PROTOCOL.md §1.1) — unless the application's own
+    // headers already make every request preflighted.
     const here = globalThis.location?.origin;
-    this.keyInHeader = typeof here !== "string" || here === base.origin;
+    this.keyInHeader =
+      typeof here !== "string" || here === base.origin || preflighted(options.headers);
     const usable = (kind) => (kind === "websocket" ? !!this.WebSocket : !!this.fetch);
     this.order = options.transports.filter(usable);
     this.readyState = Holdfast.CONNECTING;
@@ -1935,6 +1937,14 @@ function stateError(message) {
 
 function validCloseCode(code) {
   return code === 1000 || (Number.isInteger(code) && code >= 3000 && code <= 4999);
+}
+
+/** Whether a cross-origin request with these headers needs a CORS
+ * preflight anyway: one is not CORS-safelisted (of those, only `Accept`,
+ * `Accept-Language` and `Content-Language` can be set here). */
+function preflighted(headers) {
+  const safe = ["accept", "accept-language", "content-language"];
+  return Object.keys(headers || {}).some((name) => !safe.includes(name.toLowerCase()));
 }
 
 /** The `http(s)://host/mount` base of a URL given as http(s), ws(s) or

@@ -3,7 +3,8 @@
 // it in the `Holdfast-Key` header, a WebSocket offers it as the
 // `holdfast.key.<key>` subprotocol beside `holdfast.v1` (which the server
 // selects). Only a cross-origin page keeps it in the query of its HTTP
-// requests (a custom header would cost a CORS preflight per request).
+// requests (a custom header would cost a CORS preflight per request),
+// unless its own headers make them preflighted anyway.
 // Every transport, through cuts and probes, messages exactly once.
 
 import assert from "node:assert/strict";
@@ -198,16 +199,17 @@ describe("the session key stays out of URLs", () => {
     }
   });
 
-  test("a cross-origin page keeps the key in the query of HTTP requests only", async () => {
+  test("a cross-origin page keeps the key in the query of HTTP requests not preflighted anyway", async () => {
     // What a page from another origin does: the key in a header would make
     // every request with a new URL preflighted. A WebSocket still offers it
     // as a subprotocol.
-    const crossOrigin = (transport, record) => {
+    const crossOrigin = (transport, record, headers = undefined) => {
       globalThis.location = { origin: "http://page.test", href: "http://page.test/" };
       try {
         return new Holdfast(`${proxy.origin}/realtime`, {
           ...FAST,
           transports: [transport],
+          headers,
           fetch: record.fetch,
           WebSocket: record.WebSocket,
         });
@@ -219,6 +221,7 @@ describe("the session key stays out of URLs", () => {
     const socketed = recorder();
     const poller = crossOrigin("long-poll", polled);
     let socket;
+    let authed;
     try {
       await nextEvent(poller, "open", 5000);
       const { received } = await echoExchange(poller, { count: 50 });
@@ -234,8 +237,19 @@ describe("the session key stays out of URLs", () => {
       assert.equal(echoed.received.length, 200);
       assert.ok(socketed.keyed("ws").length >= 1, "the WebSocket resumed with the subprotocol");
       socketed.assertNoKeyInUrls();
+
+      // With a header of the application's own, every request is
+      // preflighted anyway: the key goes in a header too.
+      const authorized = recorder();
+      authed = crossOrigin("long-poll", authorized, { Authorization: "Bearer test" });
+      await nextEvent(authed, "open", 5000);
+      const more = await echoExchange(authed, { count: 50 });
+      assert.equal(more.received.length, 50);
+      assert.ok(authorized.keyed("send").length >= 1, "sends name the key in the header");
+      assert.ok(authorized.keyed("poll").length >= 1, "polls name the key in the header");
+      authorized.assertNoKeyInUrls();
     } finally {
-      for (const client of [poller, socket].filter(Boolean)) {
+      for (const client of [poller, socket, authed].filter(Boolean)) {
         client.close();
         await nextEvent(client, "close", 5000).catch(() => {});
       }
