@@ -61,7 +61,7 @@ impl ConnectQuery {
     /// if any. A malformed one refuses the request: with `close` 4400 when
     /// it would open a session, with `detach` 1002 when it names one (that
     /// session lives on).
-    fn parse(query: Option<&str>, outside: Option<String>) -> Result<Self, Reject> {
+    pub(crate) fn parse(query: Option<&str>, outside: Option<String>) -> Result<Self, Reject> {
         let (mut v, mut key, mut last, mut probe) = (None, None, None, false);
         for pair in query.unwrap_or("").split('&') {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
