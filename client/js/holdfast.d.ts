@@ -72,8 +72,12 @@ export interface HoldfastOptions {
    * `"same-origin"`. */
   credentials?: "omit" | "same-origin" | "include";
   /** The WebSocket constructor. Default `globalThis.WebSocket` (Node 20:
-   * run with `--experimental-websocket`, or pass the `ws` package's). */
-  WebSocket?: new (url: string, options?: unknown) => WebSocket;
+   * run with `--experimental-websocket`, or pass the `ws` package's). It
+   * is called as `new WebSocket(url, protocols)` — a resume offers the
+   * session key as the subprotocol `holdfast.key.<key>` beside
+   * `holdfast.v1` — and in Node with `headers` as
+   * `new WebSocket(url, { protocols, headers })`. */
+  WebSocket?: new (url: string, protocols?: unknown) => WebSocket;
   /** The fetch function. Default `globalThis.fetch`. */
   fetch?: typeof fetch;
 }

@@ -21,6 +21,15 @@ const PROTOCOL_VERSION = 1;
 const TRANSPORTS = Object.freeze(["websocket", "sse", "long-poll"]);
 const ENDPOINTS = { websocket: "ws", sse: "sse", "long-poll": "poll" };
 
+/** Where the session key travels instead of the URL (PROTOCOL.md §1): URLs
+ * end up in proxies' access logs. HTTP requests carry it in this header;
+ * a WebSocket offers it as the subprotocol `holdfast.key.<key>`, beside
+ * `holdfast.v1`, which the server selects (browsers cannot set headers on
+ * a WebSocket). */
+const KEY_HEADER = "Holdfast-Key";
+const SUBPROTOCOL = "holdfast.v1";
+const KEY_SUBPROTOCOL = "holdfast.key.";
+
 /** Close codes of PROTOCOL.md §7. */
 export const CloseCodes = Object.freeze({
   NORMAL: 1000,
@@ -534,7 +543,7 @@ class WebSocketAttachment extends Attachment {
   start() {
     const url = this.engine.endpoint("websocket", this.target);
     try {
-      this.ws = this.engine.newWebSocket(url);
+      this.ws = this.engine.newWebSocket(url, this.target.key);
     } catch (error) {
       this.fail("blocked", `cannot open a WebSocket: ${describeError(error)}`);
       return;
@@ -674,7 +683,10 @@ class Upstream {
     try {
       ({ response, text } = await engine.fetchText(att, engine.sendUrl(), timeout, {
         method: "POST",
-        headers: { "Content-Type": "text/plain;charset=UTF-8" },
+        headers: {
+          "Content-Type": "text/plain;charset=UTF-8",
+          ...engine.keyHeaders(engine.params.key),
+        },
         body,
       }));
     } catch (error) {
@@ -723,7 +735,7 @@ class SseAttachment extends Attachment {
     let response;
     try {
       response = await engine.fetchStream(this, url, engine.options.probeTimeout, {
-        headers: { Accept: "text/event-stream" },
+        headers: { Accept: "text/event-stream", ...engine.keyHeaders(this.target.key) },
       });
     } catch (error) {
       if (this.ended) return;
@@ -863,7 +875,8 @@ class PollAttachment extends Attachment {
       let response;
       let text;
       try {
-        ({ response, text } = await engine.fetchText(this, url, timeout, {}, this.polling.signal));
+        const init = { headers: engine.keyHeaders(target.key) };
+        ({ response, text } = await engine.fetchText(this, url, timeout, init, this.polling.signal));
       } catch (error) {
         if (this.ended) return;
         if (this.polling.signal.aborted && this.polling.signal.reason === "recheck") {
@@ -929,6 +942,15 @@ class Engine {
     this.memoryKey = `${base.origin}${base.pathname}`;
     this.fetch = options.fetch || globalThis.fetch;
     this.WebSocket = options.WebSocket || globalThis.WebSocket;
+    // The key goes in a header on HTTP requests to the page's own origin
+    // (and everywhere outside a browser). Cross-origin, a custom header
+    // makes the browser send a CORS preflight before each request whose
+    // URL it has not seen (our URLs change with `last`): there the key
+    // stays in the query (PROTOCOL.md §1.1) — unless the application's own
+    // headers already make every request preflighted.
+    const here = globalThis.location?.origin;
+    this.keyInHeader =
+      typeof here !== "string" || here === base.origin || preflighted(options.headers);
     const usable = (kind) => (kind === "websocket" ? !!this.WebSocket : !!this.fetch);
     this.order = options.transports.filter(usable);
     this.readyState = Holdfast.CONNECTING;
@@ -1034,14 +1056,15 @@ class Engine {
 
   // ---- what the attachments call ------------------------------------------
 
-  /** The URL of a downstream endpoint. */
+  /** The URL of a downstream endpoint. The key is in it only where it
+   * cannot travel outside (see `keyInHeader`): never for a WebSocket. */
   endpoint(kind, { key, last }, probe = false) {
     const url = new URL(this.base.href);
     url.pathname = `${this.base.pathname.replace(/\/+$/, "")}/${ENDPOINTS[kind]}`;
     if (kind === "websocket") url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     url.searchParams.set("v", String(PROTOCOL_VERSION));
     if (key) {
-      url.searchParams.set("key", key);
+      if (kind !== "websocket" && !this.keyInHeader) url.searchParams.set("key", key);
       url.searchParams.set("last", String(last));
     }
     if (probe) url.searchParams.set("probe", "1");
@@ -1052,8 +1075,14 @@ class Engine {
     const url = new URL(this.base.href);
     url.pathname = `${this.base.pathname.replace(/\/+$/, "")}/send`;
     url.searchParams.set("v", String(PROTOCOL_VERSION));
-    url.searchParams.set("key", this.params.key);
+    if (!this.keyInHeader) url.searchParams.set("key", this.params.key);
     return url.href;
+  }
+
+  /** The headers naming session `key` on an HTTP request (none when the
+   * key travels in the URL, or there is no session yet). */
+  keyHeaders(key) {
+    return key && this.keyInHeader ? { [KEY_HEADER]: key } : {};
   }
 
   /** Where the next attachment points. */
@@ -1061,10 +1090,18 @@ class Engine {
     return { key: this.params ? this.params.key : null, last: this.received };
   }
 
-  newWebSocket(url) {
+  /** A WebSocket to `url`, naming session `key` (if any) in a subprotocol. */
+  newWebSocket(url, key) {
     const Ctor = this.WebSocket;
-    if (this.options.headers && !inBrowser) return new Ctor(url, { headers: this.options.headers });
-    return new Ctor(url);
+    const protocols = key ? [SUBPROTOCOL, `${KEY_SUBPROTOCOL}${key}`] : [];
+    if (this.options.headers && !inBrowser) {
+      // Node with headers: undici's WebSocket takes `{ protocols, headers }`,
+      // the `ws` package reads `headers` from its options but protocols
+      // only from an array: the key goes in a header as well.
+      const headers = { ...this.options.headers, ...this.keyHeaders(key) };
+      return new Ctor(url, { protocols, headers });
+    }
+    return protocols.length ? new Ctor(url, protocols) : new Ctor(url);
   }
 
   /** A request tied to an attachment (aborted when it ends), read whole:
@@ -1762,7 +1799,7 @@ class Engine {
       };
       const timer = setTimeout(() => done(false), timeout);
       try {
-        ws = this.newWebSocket(url);
+        ws = this.newWebSocket(url, this.params.key);
       } catch {
         done(false);
         return;
@@ -1787,7 +1824,11 @@ class Engine {
     const timer = setTimeout(() => controller.abort("probe timeout"), timeout);
     try {
       const response = await this.fetch.call(globalThis, url, {
-        headers: { ...this.options.headers, Accept: "text/event-stream" },
+        headers: {
+          ...this.options.headers,
+          Accept: "text/event-stream",
+          ...this.keyHeaders(this.params.key),
+        },
         cache: "no-store",
         credentials: this.options.credentials,
         signal: controller.signal,
@@ -1896,6 +1937,14 @@ function stateError(message) {
 
 function validCloseCode(code) {
   return code === 1000 || (Number.isInteger(code) && code >= 3000 && code <= 4999);
+}
+
+/** Whether a cross-origin request with these headers needs a CORS
+ * preflight anyway: one is not CORS-safelisted (of those, only `Accept`,
+ * `Accept-Language` and `Content-Language` can be set here). */
+function preflighted(headers) {
+  const safe = ["accept", "accept-language", "content-language"];
+  return Object.keys(headers || {}).some((name) => !safe.includes(name.toLowerCase()));
 }
 
 /** The `http(s)://host/mount` base of a URL given as http(s), ws(s) or

@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::error::AttemptError;
 use crate::proxy::ProxyConfig;
+use crate::transport::KEY_HEADER;
 
 /// A TCP stream, with or without TLS.
 pub(crate) enum MaybeTls {
@@ -107,11 +108,13 @@ impl Net {
     }
 
     /// Opens a WebSocket to `url` (`ws://` or `wss://`), through the proxy
-    /// the environment names for it.
+    /// the environment names for it, naming session `key` in the upgrade
+    /// request's headers.
     pub(crate) async fn connect_ws(
         &self,
         url: &Url,
         max_message: usize,
+        key: Option<&str>,
     ) -> Result<WsStream, AttemptError> {
         let host = url
             .host_str()
@@ -142,6 +145,14 @@ impl Net {
             .map_err(|e| AttemptError::Unreachable(format!("bad WebSocket URL {url}: {e}")))?;
         for (name, value) in &self.headers {
             request.headers_mut().insert(name.clone(), value.clone());
+        }
+        if let Some(key) = key {
+            let key = http::HeaderValue::from_str(key).map_err(|_| {
+                AttemptError::Unreachable("the session key is not a valid header value".into())
+            })?;
+            request
+                .headers_mut()
+                .insert(http::HeaderName::from_static(KEY_HEADER), key);
         }
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(max_message);

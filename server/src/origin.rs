@@ -57,6 +57,7 @@ impl OriginPolicy {
             .allow_headers([
                 header::CONTENT_TYPE,
                 HeaderName::from_static("last-event-id"),
+                crate::transport::KEY_HEADER,
             ])
             .expose_headers([header::RETRY_AFTER]);
         match self {

@@ -22,6 +22,10 @@ use crate::event::{Closed, Event};
 use crate::net::Net;
 use crate::shared::{Shared, now};
 
+/// The request header that carries the session key (`PROTOCOL.md` §1):
+/// never in a URL, where proxies' access logs would keep it.
+pub(crate) const KEY_HEADER: &str = "holdfast-key";
+
 /// What every transport needs: where the server is and how to reach it.
 pub(crate) struct Ctx {
     /// `http(s)://host[:port]/mount`, without a trailing slash.
@@ -34,7 +38,8 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// The URL of an endpoint, with the connect query.
+    /// The URL of an endpoint, with the connect query. The key is not in
+    /// it: it travels in [`KEY_HEADER`].
     pub(crate) fn endpoint(&self, kind: TransportKind, target: &ConnectTarget) -> Url {
         let mut url = self.base.clone();
         let path = match kind {
@@ -60,23 +65,20 @@ impl Ctx {
             query
                 .clear()
                 .append_pair("v", &PROTOCOL_VERSION.to_string());
-            if let Some(key) = &target.key {
-                query
-                    .append_pair("key", key)
-                    .append_pair("last", &target.last.to_string());
+            if target.key.is_some() {
+                query.append_pair("last", &target.last.to_string());
             }
         }
         url
     }
 
-    /// The URL of the send endpoint.
-    pub(crate) fn send_url(&self, key: &str) -> Url {
+    /// The URL of the send endpoint (the key goes in [`KEY_HEADER`]).
+    pub(crate) fn send_url(&self) -> Url {
         let mut url = self.base.clone();
         url.set_path(&format!("{}/send", self.base.path().trim_end_matches('/')));
         url.query_pairs_mut()
             .clear()
-            .append_pair("v", &PROTOCOL_VERSION.to_string())
-            .append_pair("key", key);
+            .append_pair("v", &PROTOCOL_VERSION.to_string());
         url
     }
 }

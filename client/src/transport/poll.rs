@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use super::sse::refused;
 use super::upstream::Upstream;
-use super::{Ctx, EndReason, Link, Outcome, Step, sleep_until};
+use super::{Ctx, EndReason, KEY_HEADER, Link, Outcome, Step, sleep_until};
 use crate::error::AttemptError;
 use crate::shared::Shared;
 
@@ -123,13 +123,16 @@ fn start_poll<'c>(
         key: key.map(str::to_owned),
         last,
     };
-    let request = ctx
+    let mut request = ctx
         .net
         .http
         .get(ctx.endpoint(TransportKind::LongPoll, &target))
         .header(header::CACHE_CONTROL, "no-cache")
-        .timeout(timeout)
-        .send();
+        .timeout(timeout);
+    if let Some(key) = &target.key {
+        request = request.header(KEY_HEADER, key);
+    }
+    let request = request.send();
     Box::pin(async move {
         let answer = match request.await {
             Err(e) => PollAnswer::Failed {

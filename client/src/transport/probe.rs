@@ -8,7 +8,7 @@ use holdfast_protocol::wire::sse::{SseItem, SseParser};
 use holdfast_protocol::{ConnectTarget, Frame, TransportKind};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::Ctx;
+use super::{Ctx, KEY_HEADER};
 
 /// Whether `kind` works now for the session with `key`.
 pub(crate) async fn probe(ctx: &Ctx, kind: TransportKind, key: &str) -> bool {
@@ -20,8 +20,8 @@ pub(crate) async fn probe(ctx: &Ctx, kind: TransportKind, key: &str) -> bool {
     url.query_pairs_mut().append_pair("probe", "1");
     let attempt = async {
         match kind {
-            TransportKind::WebSocket => probe_ws(ctx, &url).await,
-            TransportKind::Sse => probe_sse(ctx, &url).await,
+            TransportKind::WebSocket => probe_ws(ctx, &url, key).await,
+            TransportKind::Sse => probe_sse(ctx, &url, key).await,
             TransportKind::LongPoll => true,
         }
     };
@@ -32,8 +32,8 @@ pub(crate) async fn probe(ctx: &Ctx, kind: TransportKind, key: &str) -> bool {
     works
 }
 
-async fn probe_ws(ctx: &Ctx, url: &url::Url) -> bool {
-    let Ok(mut ws) = ctx.net.connect_ws(url, ctx.max_message).await else {
+async fn probe_ws(ctx: &Ctx, url: &url::Url, key: &str) -> bool {
+    let Ok(mut ws) = ctx.net.connect_ws(url, ctx.max_message, Some(key)).await else {
         return false;
     };
     let ping = json::encode_batch_to_string(&[Frame::Ping]);
@@ -51,8 +51,9 @@ async fn probe_ws(ctx: &Ctx, url: &url::Url) -> bool {
     false
 }
 
-async fn probe_sse(ctx: &Ctx, url: &url::Url) -> bool {
-    let Ok(response) = ctx.net.http.get(url.clone()).send().await else {
+async fn probe_sse(ctx: &Ctx, url: &url::Url, key: &str) -> bool {
+    let request = ctx.net.http.get(url.clone()).header(KEY_HEADER, key);
+    let Ok(response) = request.send().await else {
         return false;
     };
     if response.status() != 200 {

@@ -10,7 +10,7 @@ use http::header;
 use tokio::sync::Notify;
 
 use super::upstream::Upstream;
-use super::{Ctx, EndReason, Link, Outcome, Step, sleep_until};
+use super::{Ctx, EndReason, KEY_HEADER, Link, Outcome, Step, sleep_until};
 use crate::error::{AttemptError, HttpFailure, classify_http};
 use crate::shared::Shared;
 
@@ -19,13 +19,16 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
         return Outcome::SessionClosed;
     };
     let url = ctx.endpoint(TransportKind::Sse, &target);
-    let request = ctx
+    let mut request = ctx
         .net
         .http
         .get(url)
         .header(header::ACCEPT, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .send();
+        .header(header::CACHE_CONTROL, "no-cache");
+    if let Some(key) = &target.key {
+        request = request.header(KEY_HEADER, key);
+    }
+    let request = request.send();
     let response = match tokio::time::timeout(ctx.probe_timeout, request).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {

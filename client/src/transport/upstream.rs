@@ -9,7 +9,7 @@ use holdfast_protocol::Frame;
 use holdfast_protocol::wire::json;
 use http::header;
 
-use super::{Ctx, EndReason, Link, Step};
+use super::{Ctx, EndReason, KEY_HEADER, Link, Step};
 use crate::error::{AttemptError, HttpFailure, classify_http};
 use crate::shared::now;
 
@@ -63,7 +63,7 @@ impl<'c> Upstream<'c> {
         let Some(frames) = link.transmit() else {
             return;
         };
-        let url = self.ctx.send_url(&key);
+        let url = self.ctx.send_url();
         let body = json::encode_batch_to_vec(&frames);
         tracing::trace!(frames = frames.len(), bytes = body.len(), "send request");
         let request = self
@@ -71,6 +71,7 @@ impl<'c> Upstream<'c> {
             .net
             .http
             .post(url)
+            .header(KEY_HEADER, key)
             .header(header::CONTENT_TYPE, "text/plain;charset=UTF-8")
             .timeout(self.ctx.probe_timeout.max(Duration::from_secs(10)))
             .body(body)

@@ -16,7 +16,9 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
         return Outcome::SessionClosed;
     };
     let url = ctx.endpoint(TransportKind::WebSocket, &target);
-    let connect = ctx.net.connect_ws(&url, ctx.max_message);
+    let connect = ctx
+        .net
+        .connect_ws(&url, ctx.max_message, target.key.as_deref());
     let ws = match tokio::time::timeout(ctx.probe_timeout, connect).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => {

@@ -6,6 +6,7 @@
 //! on the request (origin, query, authentication), [`attach`] when the
 //! transport is ready to carry frames.
 
+mod key;
 pub(crate) mod poll;
 pub(crate) mod send;
 pub(crate) mod sse;
@@ -27,9 +28,14 @@ use crate::reject::Reject;
 use crate::server::{HandOffError, ServerState};
 use crate::session::{Session, Shared, now};
 
-/// The query parameters every endpoint reads (`PROTOCOL.md` §1).
+pub(crate) use key::KEY_HEADER;
+
+/// The query parameters every endpoint reads (`PROTOCOL.md` §1), with the
+/// session key wherever it travelled.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ConnectQuery {
+    /// From the query, the `Holdfast-Key` header or (WebSocket) a
+    /// subprotocol: see [`key`].
     pub(crate) key: Option<String>,
     pub(crate) last: u64,
     /// `probe=1`: test the transport without attaching (`PROTOCOL.md` §8.5).
@@ -37,10 +43,25 @@ pub(crate) struct ConnectQuery {
 }
 
 impl ConnectQuery {
-    /// Reads the query in one pass. A malformed one refuses the request:
-    /// with `close` 4400 when it would open a session, with `detach` 1002
-    /// when it names one (that session lives on).
-    pub(crate) fn parse(query: Option<&str>) -> Result<Self, Reject> {
+    /// Reads a request's query and its key, wherever the key travelled
+    /// (`websocket`: the request is an upgrade, whose subprotocols may
+    /// carry it). A key given twice must be the same key: two different
+    /// ones are a malformed request naming a session (`detach` 1002, which
+    /// ends neither session).
+    pub(crate) fn read(
+        headers: &HeaderMap,
+        query: Option<&str>,
+        websocket: bool,
+    ) -> Result<Self, Reject> {
+        let outside = key::outside_url(headers, websocket).map_err(Reject::protocol)?;
+        Self::parse(query, outside)
+    }
+
+    /// Reads the query in one pass, with the key found `outside` the URL
+    /// if any. A malformed one refuses the request: with `close` 4400 when
+    /// it would open a session, with `detach` 1002 when it names one (that
+    /// session lives on).
+    pub(crate) fn parse(query: Option<&str>, outside: Option<String>) -> Result<Self, Reject> {
         let (mut v, mut key, mut last, mut probe) = (None, None, None, false);
         for pair in query.unwrap_or("").split('&') {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -53,7 +74,17 @@ impl ConnectQuery {
                 _ => {}
             }
         }
-        let key = key.and_then(decode_if_needed).filter(|k| !k.is_empty());
+        let key = match (
+            key.and_then(decode_if_needed).filter(|k| !k.is_empty()),
+            outside,
+        ) {
+            (Some(in_url), Some(outside)) if in_url != outside => {
+                return Err(Reject::protocol(
+                    "the session key in the URL and the one outside it differ",
+                ));
+            }
+            (in_url, outside) => outside.or(in_url),
+        };
         let refuse = |reason: String| {
             if key.is_some() {
                 Reject::protocol(reason)
@@ -112,7 +143,7 @@ pub(crate) async fn prepare(
     last_event_id: Option<u64>,
 ) -> Result<Prepared, Reject> {
     state.origins.check(&headers)?;
-    let query = ConnectQuery::parse(uri.query())?;
+    let query = ConnectQuery::read(&headers, uri.query(), kind == TransportKind::WebSocket)?;
     if query.probe {
         // Only a session's own client may probe: it proves it holds a key.
         let key = query
@@ -274,7 +305,7 @@ mod tests {
     #[test]
     fn parses_the_connect_query() {
         assert_eq!(
-            ConnectQuery::parse(Some("v=1&key=abc&last=12&t=999")).ok(),
+            ConnectQuery::parse(Some("v=1&key=abc&last=12&t=999"), None).ok(),
             Some(ConnectQuery {
                 key: Some("abc".into()),
                 last: 12,
@@ -282,7 +313,7 @@ mod tests {
             })
         );
         assert_eq!(
-            ConnectQuery::parse(None).ok(),
+            ConnectQuery::parse(None, None).ok(),
             Some(ConnectQuery {
                 key: None,
                 last: 0,
@@ -290,17 +321,55 @@ mod tests {
             })
         );
         assert!(matches!(
-            ConnectQuery::parse(Some("v=2")),
+            ConnectQuery::parse(Some("v=2"), None),
             Err(Reject::Session(c)) if c.code == CloseCode::BAD_REQUEST
         ));
         assert!(matches!(
-            ConnectQuery::parse(Some("key=a&last=-1")),
+            ConnectQuery::parse(Some("key=a&last=-1"), None),
             Err(Reject::Attachment(c)) if c.code == CloseCode::PROTOCOL_ERROR
         ));
         assert!(matches!(
-            ConnectQuery::parse(Some("key=a&v=9")),
+            ConnectQuery::parse(Some("key=a&v=9"), None),
             Err(Reject::Attachment(c)) if c.code == CloseCode::PROTOCOL_ERROR
         ));
+    }
+
+    #[test]
+    fn reads_the_key_outside_the_url() {
+        let mut headers = HeaderMap::new();
+        headers.insert(KEY_HEADER, http::HeaderValue::from_static("abc"));
+        let read = |headers: &HeaderMap, query: &str| {
+            ConnectQuery::read(headers, Some(query), false).map(|q| (q.key, q.last))
+        };
+        assert_eq!(read(&headers, "v=1&last=3"), Ok((Some("abc".into()), 3)));
+        // The same key in the URL too (an older client's habit) is fine.
+        assert_eq!(
+            read(&headers, "key=abc&last=3"),
+            Ok((Some("abc".into()), 3))
+        );
+        assert!(matches!(
+            read(&headers, "key=abd&last=3"),
+            Err(Reject::Attachment(c)) if c.code == CloseCode::PROTOCOL_ERROR
+        ));
+        // A malformed query with the key in a header names a session.
+        assert!(matches!(
+            read(&headers, "last=x"),
+            Err(Reject::Attachment(c)) if c.code == CloseCode::PROTOCOL_ERROR
+        ));
+        headers.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static("holdfast.v1, holdfast.key.xyz"),
+        );
+        assert!(ConnectQuery::read(&headers, None, true).is_err());
+        assert_eq!(
+            ConnectQuery::read(&headers, None, false).map(|q| q.key),
+            Ok(Some("abc".into()))
+        );
+        headers.remove(KEY_HEADER);
+        assert_eq!(
+            ConnectQuery::read(&headers, None, true).map(|q| q.key),
+            Ok(Some("xyz".into()))
+        );
     }
 
     #[test]

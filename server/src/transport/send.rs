@@ -35,10 +35,10 @@ async fn receive(
     body: Body,
 ) -> Result<Response, Reject> {
     state.origins.check(headers)?;
-    let query = ConnectQuery::parse(uri.query())?;
+    let query = ConnectQuery::read(headers, uri.query(), false)?;
     let key = query
         .key
-        .ok_or_else(|| Reject::bad_request("a send request needs the session `key`"))?;
+        .ok_or_else(|| Reject::bad_request("a send request needs the session key"))?;
     let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
     let max = state.config.session.max_batch;
     let declared = headers

@@ -19,6 +19,9 @@ pub(crate) type Socket = WebSocketStream<TokioIo<Upgraded>>;
 /// An upgrade request that passed the handshake checks.
 pub(crate) struct Upgrade {
     key: HeaderValue,
+    /// Whether the client offered our subprotocol, which the answer then
+    /// selects (see [`super::key`]).
+    subprotocol: bool,
     on_upgrade: OnUpgrade,
 }
 
@@ -60,7 +63,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             .extensions
             .remove::<OnUpgrade>()
             .ok_or(NotUpgrade("this connection cannot be upgraded"))?;
-        Ok(Self { key, on_upgrade })
+        let subprotocol = super::key::offers_subprotocol(headers);
+        Ok(Self {
+            key,
+            subprotocol,
+            on_upgrade,
+        })
     }
 }
 
@@ -104,6 +112,15 @@ impl Upgrade {
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         if let Ok(accept) = HeaderValue::from_str(&accept) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        // A browser that offered subprotocols fails the connection unless
+        // one of them is selected; the key token never is (it would leave
+        // the key in response logs).
+        if self.subprotocol {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(super::key::SUBPROTOCOL),
+            );
         }
         response
     }
