@@ -49,7 +49,11 @@ impl<T> WriteDeadline<T> {
     }
 
     /// Applies the deadline to the outcome of one write-side poll.
-    fn watch<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    fn watch<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         if let Poll::Ready(result) = polled {
             // Bytes accepted (or a definite error): the stall, if any, is over.
             self.armed = false;
@@ -182,7 +186,9 @@ mod tests {
         });
         // 1 KiB at ~1.6 KB/s: ~0.6 s in all, far past the deadline, but
         // never 150 ms without progress.
-        io.write_all(&[7; 1024]).await.expect("a moving reader is not cut");
+        io.write_all(&[7; 1024])
+            .await
+            .expect("a moving reader is not cut");
         io.flush().await.expect("flush");
         assert_eq!(reader.await.ok(), Some(1024));
     }
