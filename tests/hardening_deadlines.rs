@@ -404,10 +404,13 @@ async fn a_websocket_reader_that_stops_reading_is_detached_at_the_write_deadline
     let _echo = echo_the_rest(incoming);
     let steady = Steady::start(&server).await;
 
-    for i in 0..STALLED_MESSAGES {
-        victim
-            .try_send(Message::text(stalled_payload(i)))
-            .expect("room in the replay buffer");
+    // Built first, so that they are queued at once: the stall then starts
+    // when they are queued.
+    let messages: Vec<Message> = (0..STALLED_MESSAGES)
+        .map(|i| Message::text(stalled_payload(i)))
+        .collect();
+    for message in messages {
+        victim.try_send(message).expect("room in the replay buffer");
     }
     let queued = Instant::now();
     fresh_session_echoes(&server, "while the WebSocket writes stall").await;
@@ -484,10 +487,13 @@ async fn an_sse_reader_that_stops_reading_is_detached_at_the_write_deadline() {
     let _echo = echo_the_rest(incoming);
     let steady = Steady::start(&server).await;
 
-    for i in 0..STALLED_MESSAGES {
-        victim
-            .try_send(Message::text(stalled_payload(i)))
-            .expect("room in the replay buffer");
+    // Built first, so that they are queued at once: the stall then starts
+    // when they are queued.
+    let messages: Vec<Message> = (0..STALLED_MESSAGES)
+        .map(|i| Message::text(stalled_payload(i)))
+        .collect();
+    for message in messages {
+        victim.try_send(message).expect("room in the replay buffer");
     }
     let queued = Instant::now();
     fresh_session_echoes(&server, "while the SSE body stalls").await;
