@@ -9,8 +9,11 @@ use axum::extract::State;
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use holdfast_protocol::config::default_max_batch;
 use holdfast_protocol::wire::{binary, json};
-use holdfast_protocol::{AttachmentId, Close, Frame, Message, ProtocolError, TransportKind};
+use holdfast_protocol::{
+    AttachmentId, Close, Frame, Message, ProtocolError, SessionConfig, TransportKind,
+};
 use http::{HeaderMap, Uri};
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{
@@ -38,13 +41,14 @@ pub(crate) async fn handle(
         return reject.into_http();
     }
     let prepared = prepare(&state, headers, uri, TransportKind::WebSocket, None).await;
-    let max_batch = state.config.session.max_batch;
+    let session = &state.config.session;
+    let max_batch = session.max_batch;
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_batch))
         .max_frame_size(Some(max_batch))
         .read_buffer_size(state.config.ws_read_buffer)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(max_write_buffer(max_batch));
+        .max_write_buffer_size(max_write_buffer(session));
     let write_timeout = state.config.write_timeout;
     upgrade.on_upgrade(config, write_timeout, move |socket| async move {
         // Attach only now that the upgrade is complete: an upgrade that
@@ -75,13 +79,21 @@ const CONTROL_ROOM: usize = 16 * 1024;
 /// without limit. With a bound, a pong that does not fit waits in
 /// tungstenite's single pending-control slot (a newer pong replaces it),
 /// and a data message that does not fit fails the write, which drops the
-/// attachment. The bound fits the largest message the server writes
-/// (`max_batch`) on top of a full gathering buffer, plus [`CONTROL_ROOM`]:
-/// a client that reads is never refused.
-fn max_write_buffer(max_batch: usize) -> usize {
+/// attachment. The bound fits the largest message the server writes on top
+/// of a full gathering buffer, plus [`CONTROL_ROOM`]: a client that reads
+/// is never refused.
+fn max_write_buffer(session: &SessionConfig) -> usize {
     WRITE_BUFFER
-        .saturating_add(max_batch)
+        .saturating_add(largest_unit(session))
         .saturating_add(CONTROL_ROOM)
+}
+
+/// The largest WebSocket message the server writes: a batch is cut at
+/// `max_message` bytes but always holds at least one message, which JSON
+/// escaping can grow sixfold — what the default `max_batch` allows for,
+/// and a configured `max_batch` may not.
+fn largest_unit(session: &SessionConfig) -> usize {
+    default_max_batch(session.max_message).max(session.max_batch)
 }
 
 /// A probe (`PROTOCOL.md` §8.5): answers each `ping` with `pong`, touches
@@ -369,10 +381,15 @@ mod tests {
 
     #[test]
     fn the_write_buffer_fits_the_largest_message_with_room_for_control_frames() {
-        let max_batch = holdfast_protocol::SessionConfig::default().max_batch;
-        let max = max_write_buffer(max_batch);
-        // tungstenite requires the bound above the gathering size.
-        assert!(max > WRITE_BUFFER + max_batch);
-        assert_eq!(max_write_buffer(usize::MAX), usize::MAX);
+        let mut session = SessionConfig::default();
+        // A message of control characters is written `\u0001` each: 6×.
+        let worst = 6 * session.max_message + 64;
+        assert!(max_write_buffer(&session) >= WRITE_BUFFER + worst + CONTROL_ROOM);
+        // Also with a `max_batch` cut down to `max_message`, which bounds
+        // what the server reads, not what it writes.
+        session.max_batch = session.max_message;
+        assert!(max_write_buffer(&session) >= WRITE_BUFFER + worst + CONTROL_ROOM);
+        session.max_message = usize::MAX;
+        assert_eq!(max_write_buffer(&session), usize::MAX);
     }
 }
