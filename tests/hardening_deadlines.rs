@@ -355,11 +355,21 @@ async fn websocket_pings_never_read_are_bounded_and_the_connection_dropped() {
 
 // ---- row 6: a reader that stops reading ----------------------------------------
 
-/// Messages the application queues for a reader that has stopped reading:
-/// ~9.6 MB, more than loopback's socket buffers (4 MiB of send buffer at
-/// most) and the server's write buffers hold, so the writes stall.
-const STALLED_MESSAGES: usize = 200;
+/// Size of each message the application queues for a reader that has
+/// stopped reading.
 const STALLED_SIZE: usize = 48 * 1024;
+
+/// How many: twice what the kernel can buffer on the server's side of the
+/// connection (its send buffer grows up to `tcp_wmem`'s maximum, 4 MiB by
+/// default), plus room for the server's own write buffers — so the writes
+/// stall whatever the machine's settings.
+fn stalled_messages() -> usize {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(4 * 1024 * 1024);
+    (2 * wmem_max + 2 * 1024 * 1024).div_ceil(STALLED_SIZE)
+}
 
 fn stalled_payload(i: usize) -> String {
     let mut text = format!("{i:06} ");
@@ -367,11 +377,12 @@ fn stalled_payload(i: usize) -> String {
     text
 }
 
-/// Room in the replay buffer for everything queued (nothing is acked).
+/// Room in the replay buffer for everything queued (nothing is acked)…
 fn stall_config() -> ServerConfig {
     let mut config = server_config();
-    config.session.max_unacked_bytes = 16 * 1024 * 1024;
-    config.sse_max_bytes = 64 * 1024 * 1024;
+    config.session.max_unacked_bytes = stalled_messages() * STALLED_SIZE + 1024 * 1024;
+    // …and no SSE recycling on the way.
+    config.sse_max_bytes = 2 * config.session.max_unacked_bytes;
     config
 }
 
@@ -384,7 +395,7 @@ fn assert_all_stalled_messages(what: &str, frames: &[Frame]) {
             _ => None,
         })
         .collect();
-    let expected: Vec<Payload> = (0..STALLED_MESSAGES)
+    let expected: Vec<Payload> = (0..stalled_messages())
         .map(|i| Payload::Text(stalled_payload(i)))
         .collect();
     assert_exactly(what, &got, &expected);
@@ -406,7 +417,7 @@ async fn a_websocket_reader_that_stops_reading_is_detached_at_the_write_deadline
 
     // Built first, so that they are queued at once: the stall then starts
     // when they are queued.
-    let messages: Vec<Message> = (0..STALLED_MESSAGES)
+    let messages: Vec<Message> = (0..stalled_messages())
         .map(|i| Message::text(stalled_payload(i)))
         .collect();
     for message in messages {
@@ -423,7 +434,7 @@ async fn a_websocket_reader_that_stops_reading_is_detached_at_the_write_deadline
     eprintln!(
         "row 6 (WebSocket reader stops reading): {} KiB queued; attachment dropped \
          {detached:?} after queueing (write_timeout {WRITE_TIMEOUT:?}); connection closed: {closed:?}",
-        STALLED_MESSAGES * STALLED_SIZE / 1024
+        stalled_messages() * STALLED_SIZE / 1024
     );
     assert!(
         detached.is_some(),
@@ -440,7 +451,7 @@ async fn a_websocket_reader_that_stops_reading_is_detached_at_the_write_deadline
             .iter()
             .filter(|f| matches!(f, Frame::Msg { .. }))
             .count()
-            < STALLED_MESSAGES
+            < stalled_messages()
         {
             frames.extend(ws.recv_frames().await);
         }
@@ -489,7 +500,7 @@ async fn an_sse_reader_that_stops_reading_is_detached_at_the_write_deadline() {
 
     // Built first, so that they are queued at once: the stall then starts
     // when they are queued.
-    let messages: Vec<Message> = (0..STALLED_MESSAGES)
+    let messages: Vec<Message> = (0..stalled_messages())
         .map(|i| Message::text(stalled_payload(i)))
         .collect();
     for message in messages {
@@ -506,7 +517,7 @@ async fn an_sse_reader_that_stops_reading_is_detached_at_the_write_deadline() {
     eprintln!(
         "row 6 (SSE reader stops reading): {} KiB queued; attachment dropped {detached:?} \
          after queueing (write_timeout {WRITE_TIMEOUT:?}); connection closed: {closed:?}",
-        STALLED_MESSAGES * STALLED_SIZE / 1024
+        stalled_messages() * STALLED_SIZE / 1024
     );
     assert!(
         detached.is_some(),
@@ -525,7 +536,7 @@ async fn an_sse_reader_that_stops_reading_is_detached_at_the_write_deadline() {
             .iter()
             .filter(|f| matches!(f, Frame::Msg { .. }))
             .count()
-            < STALLED_MESSAGES
+            < stalled_messages()
         {
             match sse.next().await {
                 SseIn::Event { frames: batch, .. } => frames.extend(batch),
