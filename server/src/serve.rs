@@ -30,8 +30,9 @@ use tower::ServiceExt as _;
 
 use crate::write_deadline::WriteDeadline;
 
-/// The knobs of [`serve`]. Every default is chosen so that no client can
-/// hold a connection past a deadline, whatever it does or fails to do.
+/// The knobs of [`serve`]. With the defaults, a client that stops sending
+/// or stops reading cannot hold a connection past a deadline, and a flood
+/// of connections cannot take more than a set number of sockets.
 ///
 /// ```
 /// use std::time::Duration;
@@ -89,6 +90,12 @@ impl Default for ServeConfig {
 ///
 /// Like `axum::serve`, it runs until the process stops, unless given a
 /// [`with_graceful_shutdown`](Serve::with_graceful_shutdown) signal.
+///
+/// Not covered here: a deadline on the request bodies of your own routes
+/// (hyper has none; add `tower_http::timeout::RequestBodyTimeoutLayer` to
+/// them — holdfast's `send` endpoint has
+/// [`ServerConfig::body_timeout`](crate::ServerConfig::body_timeout)), and
+/// TLS (terminate it in a reverse proxy in front).
 ///
 /// ```no_run
 /// use holdfast_server::Holdfast;
