@@ -34,7 +34,6 @@
 //! slows only itself and never misses an event, and the last
 //! [`HISTORY`] chat messages greet everyone who joins.
 
-use axum::serve::ListenerExt;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -81,11 +80,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("chat on http://{}", listener.local_addr()?);
-    // TCP_NODELAY: small realtime writes must not wait for Nagle.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
+    // TCP_NODELAY, header and write deadlines, a connection limit.
+    holdfast::server::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
             holdfast.shutdown();

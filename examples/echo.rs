@@ -9,7 +9,6 @@
 //! `PROTOCOL.md`). Logs every session opening, transport attach/detach,
 //! resume and close; `RUST_LOG=debug` for more.
 
-use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 
 use holdfast::server::{Holdfast, Session};
@@ -31,11 +30,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("echo server on http://{}/realtime", listener.local_addr()?);
-    // TCP_NODELAY: small realtime writes must not wait for Nagle.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
+    // TCP_NODELAY, header and write deadlines, a connection limit.
+    holdfast::server::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
             holdfast.shutdown();

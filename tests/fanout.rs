@@ -4,7 +4,6 @@
 
 mod client_support;
 
-use axum::serve::ListenerExt;
 use std::time::Duration;
 
 use client_support::*;
@@ -30,10 +29,7 @@ async fn room_server(config: ServerConfig) -> (String, Fanout) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let _ = axum::serve(listener, app).await;
+        let _ = holdfast::server::serve(listener, app).await;
     });
     (format!("http://{addr}/realtime"), room)
 }

@@ -5,7 +5,6 @@
 //! Both use the same runtime (multi-threaded, one worker: the process is
 //! pinned to one core) and both echo every message.
 
-use axum::serve::ListenerExt;
 use std::io::Write as _;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -109,10 +108,9 @@ async fn serve_holdfast(listener: TcpListener) {
             async move { app(session, room).await }
         });
     let app = axum::Router::new().merge(holdfast.router_at("/realtime"));
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let _ = axum::serve(listener, app).await;
+    let _ = holdfast_server::serve(listener, app)
+        .max_connections(200_000)
+        .await;
 }
 
 /// Echo, plus `burst N` (send N numbered messages), `join` (receive

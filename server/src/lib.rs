@@ -18,6 +18,10 @@
 //! one timer task per session drives its clock. Refusals map to HTTP
 //! statuses and close codes in one place (`PROTOCOL.md` §7).
 //!
+//! Serve the app with [`serve`] rather than `axum::serve`: it sets the
+//! header read timeout, the write-stall deadline, the connection limit and
+//! `TCP_NODELAY` that a server facing the internet needs.
+//!
 //! See [`Holdfast`] for a complete example.
 
 mod auth;
@@ -27,14 +31,17 @@ mod fanout;
 mod origin;
 mod registry;
 mod reject;
+mod serve;
 mod server;
 mod session;
 mod transport;
+mod write_deadline;
 
 pub use auth::{OpenRequest, Refusal};
 pub use config::ServerConfig;
 pub use fanout::{Fanout, FanoutReport, SlowConsumer};
 pub use holdfast_protocol::{Close, CloseCode, Message, SendError, SessionConfig, TransportKind};
 pub use origin::OriginPolicy;
+pub use serve::{Serve, ServeConfig, ServeFuture, serve};
 pub use server::{Builder, Holdfast, Incoming};
 pub use session::{Session, SessionEnd};

@@ -41,6 +41,16 @@ impl Reject {
         Self::Attachment(Close::new(CloseCode::PROTOCOL_ERROR, reason.into()))
     }
 
+    /// A request whose body did not arrive whole within `timeout`: `408`
+    /// with `detach` 4408 (the session lives; the client sends the same
+    /// messages again).
+    pub(crate) fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::Attachment(Close::new(
+            CloseCode::PEER_TIMEOUT,
+            format!("the request body did not arrive within {timeout:?}"),
+        ))
+    }
+
     pub(crate) fn close(&self) -> &Close {
         match self {
             Self::Session(close) | Self::Attachment(close) | Self::Origin(close, _) => close,
@@ -131,6 +141,19 @@ mod tests {
             response.headers().get(header::RETRY_AFTER),
             Some(&HeaderValue::from_static("5"))
         );
+    }
+
+    #[test]
+    fn a_body_timeout_is_408_with_detach_4408() {
+        let reject = Reject::body_timeout(Duration::from_secs(15));
+        assert_eq!(
+            reject.frame(),
+            Frame::Detach(Close::new(
+                CloseCode::PEER_TIMEOUT,
+                "the request body did not arrive within 15s"
+            ))
+        );
+        assert_eq!(reject.into_http().status(), StatusCode::REQUEST_TIMEOUT);
     }
 
     #[test]

@@ -40,12 +40,9 @@ use crate::transport;
 /// });
 /// let app = axum::Router::new().nest("/realtime", holdfast.router());
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-/// // Realtime writes are small: do not let Nagle's algorithm delay them.
-/// use axum::serve::ListenerExt;
-/// let listener = listener.tap_io(|tcp| {
-///     let _ = tcp.set_nodelay(true);
-/// });
-/// axum::serve(listener, app).await
+/// // `axum::serve` plus TCP_NODELAY, header and write deadlines and a
+/// // connection limit.
+/// holdfast_server::serve(listener, app).await
 /// # }
 /// ```
 #[derive(Clone)]

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use axum::serve::ListenerExt;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,11 +27,11 @@ impl EchoServer {
         let app = axum::Router::new().nest("/realtime", holdfast.router());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let write_timeout = holdfast.config().write_timeout;
         let task = tokio::spawn(async move {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let _ = axum::serve(listener, app).await;
+            let _ = holdfast::server::serve(listener, app)
+                .write_timeout(write_timeout)
+                .await;
         });
         Self {
             addr,

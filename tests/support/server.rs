@@ -1,13 +1,12 @@
 //! Starting a holdfast server in-process on `127.0.0.1:0`, and a few
 //! applications to run on it.
 
-use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use holdfast::protocol::Message;
-use holdfast::server::{Holdfast, Incoming, ServerConfig, Session};
+use holdfast::server::{Holdfast, Incoming, ServeConfig, ServerConfig, Session};
 use tokio::task::JoinHandle;
 
 use super::wire::Payload;
@@ -33,8 +32,18 @@ impl Drop for TestServer {
 }
 
 impl TestServer {
-    /// Serves `holdfast` (mounted at [`MOUNT`]) on a fresh loopback port.
+    /// Serves `holdfast` (mounted at [`MOUNT`]) on a fresh loopback port,
+    /// with `holdfast::server::serve`'s defaults and the write deadline of
+    /// the holdfast configuration.
     pub async fn serve(holdfast: Holdfast) -> Self {
+        let mut serve = ServeConfig::default();
+        serve.write_timeout = holdfast.config().write_timeout;
+        Self::serve_with(holdfast, serve).await
+    }
+
+    /// Serves `holdfast` (mounted at [`MOUNT`]) on a fresh loopback port
+    /// with these connection settings.
+    pub async fn serve_with(holdfast: Holdfast, serve: ServeConfig) -> Self {
         init_tracing();
         let app = axum::Router::new().nest(MOUNT, holdfast.router());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -42,10 +51,7 @@ impl TestServer {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let task = tokio::spawn(async move {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            if let Err(error) = axum::serve(listener, app).await {
+            if let Err(error) = holdfast::server::serve(listener, app).config(serve).await {
                 tracing::error!(%error, "test server stopped");
             }
         });

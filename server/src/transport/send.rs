@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::response::Response;
 use holdfast_protocol::wire::json;
 use holdfast_protocol::{Close, CloseCode, ProtocolError};
-use http::{HeaderMap, Uri, header};
+use http::{HeaderMap, HeaderValue, Uri, header};
 
 use super::{ConnectQuery, batch_response};
 use crate::reject::Reject;
@@ -53,10 +53,23 @@ async fn receive(
     if let Some(len) = declared.filter(|len| *len > max) {
         return Err(too_big(len));
     }
-    let bytes = match axum::body::to_bytes(body, max).await {
-        Ok(bytes) => bytes,
-        Err(error) if is_length_limit(&error) => return Err(too_big(max + 1)),
-        Err(_) => return Err(Reject::protocol("the request body could not be read")),
+    // A client trickling its body must not hold the request (and the
+    // connection) forever.
+    let timeout = state.config.body_timeout;
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) if is_length_limit(&error) => return Err(too_big(max + 1)),
+        Ok(Err(_)) => return Err(Reject::protocol("the request body could not be read")),
+        Err(_) => {
+            tracing::debug!(?timeout, "send request body too slow");
+            // The rest of the body may still trickle in: the connection
+            // cannot carry another request, so hyper closes it.
+            let mut response = Reject::body_timeout(timeout).into_http();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(response);
+        }
     };
     let frames = json::decode_batch(&bytes).map_err(ProtocolError::from)?;
 

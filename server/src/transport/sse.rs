@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -17,7 +17,7 @@ use holdfast_protocol::{AttachmentId, CloseCode, Frame, TransportKind};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use tokio::time::Instant;
 
-use super::{DetachOnDrop, PROBE_LIFETIME, Prepared, attach, prepare};
+use super::{PROBE_LIFETIME, Prepared, attach, prepare};
 use crate::server::ServerState;
 use crate::session::{Shared, now};
 
@@ -41,11 +41,7 @@ pub(crate) async fn handle(
     };
     let config = &state.config;
     let feed = Feed {
-        detach: DetachOnDrop {
-            shared: shared.clone(),
-            id,
-        },
-        shared,
+        shared: Arc::downgrade(&shared),
         id,
         padding: config.sse_padding,
         budget: config.sse_max_bytes,
@@ -93,11 +89,17 @@ fn event_stream(body: Body) -> Response {
 }
 
 /// One SSE attachment, producing the body chunk by chunk.
+///
+/// It holds its session weakly. hyper stops polling a body whose socket is
+/// full, so a reader that stopped reading leaves the body parked until the
+/// connection ends — which only a write deadline on the connection's IO
+/// (see [`serve`](crate::serve)) can bring about. Meanwhile the session
+/// times the attachment out and, once its resume window is over, is
+/// forgotten: the parked body must not keep it (its replay buffer, its
+/// received messages) in memory.
 struct Feed {
-    shared: Arc<Shared>,
+    shared: Weak<Shared>,
     id: AttachmentId,
-    /// Detaches when the body is dropped (client gone, stream ended).
-    detach: DetachOnDrop,
     /// Padding still to write at the start.
     padding: usize,
     /// Bytes left before the stream is recycled.
@@ -113,11 +115,12 @@ impl Feed {
         if self.done {
             return None;
         }
+        // Gone: the session was forgotten while the body was parked.
+        let shared = self.shared.upgrade()?;
         let mut out = Vec::new();
         if self.padding > 0 {
             sse::encode_padding(std::mem::take(&mut self.padding), &mut out);
         }
-        let shared = self.shared.clone();
         loop {
             let notified = shared.transmit.notified();
             let mut notified = pin!(notified);
@@ -125,7 +128,17 @@ impl Feed {
             // Stop taking events once the budget is spent: what is left
             // waits for the next stream (PROTOCOL.md §6, SSE recycling).
             while out.len() < self.budget {
-                let transmit = shared.lock().poll_transmit(now(), self.id);
+                let transmit = {
+                    let mut core = shared.lock();
+                    let now = now();
+                    let transmit = core.poll_transmit(now, self.id);
+                    if transmit.is_none() && core.is_finished(now) {
+                        // Over for good: end the stream with what is left.
+                        self.done = true;
+                        return (!out.is_empty()).then(|| out.into());
+                    }
+                    transmit
+                };
                 let Some(transmit) = transmit else { break };
                 sse::encode_event(&transmit.frames, &mut out);
                 if transmit.end.is_some() {
@@ -136,14 +149,14 @@ impl Feed {
             if !out.is_empty() {
                 self.budget = self.budget.saturating_sub(out.len());
                 if self.budget == 0 {
-                    self.recycle(&mut out);
+                    self.recycle(&shared, &mut out);
                 }
                 return Some(out.into());
             }
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(self.recycle_at) => {
-                    self.recycle(&mut out);
+                    self.recycle(&shared, &mut out);
                     return Some(out.into());
                 }
             }
@@ -151,7 +164,7 @@ impl Feed {
     }
 
     /// Ends the stream with `detach` 4000: the client reconnects at once.
-    fn recycle(&mut self, out: &mut Vec<u8>) {
+    fn recycle(&mut self, shared: &Shared, out: &mut Vec<u8>) {
         sse::encode_event(
             &[Frame::detach(
                 CloseCode::RECONNECT,
@@ -159,7 +172,17 @@ impl Feed {
             )],
             out,
         );
-        self.shared.lock().detach(now(), self.detach.id);
+        shared.lock().detach(now(), self.id);
         self.done = true;
+    }
+}
+
+/// Detaches when the body is dropped (client gone, stream ended, write
+/// deadline passed), if the session is still there.
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.lock().detach(now(), self.id);
+        }
     }
 }

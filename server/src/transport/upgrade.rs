@@ -13,8 +13,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-/// A server-side WebSocket.
-pub(crate) type Socket = WebSocketStream<TokioIo<Upgraded>>;
+use crate::write_deadline::WriteDeadline;
+
+/// A server-side WebSocket, its writes under a deadline.
+pub(crate) type Socket = WebSocketStream<WriteDeadline<TokioIo<Upgraded>>>;
 
 /// An upgrade request that passed the handshake checks.
 pub(crate) struct Upgrade {
@@ -84,7 +86,13 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 impl Upgrade {
     /// Answers `101 Switching Protocols` and runs `callback` with the
     /// socket once the upgrade completes (in a task of its own).
-    pub(crate) fn on_upgrade<F, Fut>(self, config: WebSocketConfig, callback: F) -> Response
+    /// Writes that make no progress for `write_timeout` fail.
+    pub(crate) fn on_upgrade<F, Fut>(
+        self,
+        config: WebSocketConfig,
+        write_timeout: std::time::Duration,
+        callback: F,
+    ) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -98,7 +106,7 @@ impl Upgrade {
             // A task of its own for the long-lived part, so it does not
             // carry the handshake's state for the life of the socket.
             let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
+                WriteDeadline::new(TokioIo::new(upgraded), write_timeout),
                 Role::Server,
                 Some(config),
             )

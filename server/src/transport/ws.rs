@@ -9,8 +9,11 @@ use axum::extract::State;
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use holdfast_protocol::config::default_max_batch;
 use holdfast_protocol::wire::{binary, json};
-use holdfast_protocol::{AttachmentId, Close, Frame, Message, ProtocolError, TransportKind};
+use holdfast_protocol::{
+    AttachmentId, Close, Frame, Message, ProtocolError, SessionConfig, TransportKind,
+};
 use http::{HeaderMap, Uri};
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{
@@ -38,12 +41,16 @@ pub(crate) async fn handle(
         return reject.into_http();
     }
     let prepared = prepare(&state, headers, uri, TransportKind::WebSocket, None).await;
-    let max_batch = state.config.session.max_batch;
+    let session = &state.config.session;
+    let max_batch = session.max_batch;
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_batch))
         .max_frame_size(Some(max_batch))
-        .read_buffer_size(state.config.ws_read_buffer);
-    upgrade.on_upgrade(config, move |socket| async move {
+        .read_buffer_size(state.config.ws_read_buffer)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(max_write_buffer(session));
+    let write_timeout = state.config.write_timeout;
+    upgrade.on_upgrade(config, write_timeout, move |socket| async move {
         // Attach only now that the upgrade is complete: an upgrade that
         // never completes never pins the session. The short-lived branches
         // are boxed so the long-lived task is only as large as `run`.
@@ -55,6 +62,38 @@ pub(crate) async fn handle(
             Err(reject) => Box::pin(refuse(socket, reject)).await,
         }
     })
+}
+
+/// Bytes of outgoing frames tungstenite gathers before it writes them to
+/// the socket (its own default, made explicit because the bound below
+/// depends on it).
+const WRITE_BUFFER: usize = 128 * 1024;
+
+/// Room for control frames — pongs to the client's WebSocket pings, the
+/// close — queued while a data message waits for the socket.
+const CONTROL_ROOM: usize = 16 * 1024;
+
+/// The most a connection's write buffer may hold. tungstenite queues a pong
+/// for every ping it reads, even while the client reads nothing; unbounded
+/// (its default), a client that pings and never reads grows the server
+/// without limit. With a bound, a pong that does not fit waits in
+/// tungstenite's single pending-control slot (a newer pong replaces it),
+/// and a data message that does not fit fails the write, which drops the
+/// attachment. The bound fits the largest message the server writes on top
+/// of a full gathering buffer, plus [`CONTROL_ROOM`]: a client that reads
+/// is never refused.
+fn max_write_buffer(session: &SessionConfig) -> usize {
+    WRITE_BUFFER
+        .saturating_add(largest_unit(session))
+        .saturating_add(CONTROL_ROOM)
+}
+
+/// The largest WebSocket message the server writes: a batch is cut at
+/// `max_message` bytes but always holds at least one message, which JSON
+/// escaping can grow sixfold — what the default `max_batch` allows for,
+/// and a configured `max_batch` may not.
+fn largest_unit(session: &SessionConfig) -> usize {
+    default_max_batch(session.max_message).max(session.max_batch)
 }
 
 /// A probe (`PROTOCOL.md` §8.5): answers each `ping` with `pong`, touches
@@ -87,6 +126,12 @@ async fn refuse(socket: Socket, reject: Reject) {
 /// what the session says to write. Two tasks, so that each wakes only for
 /// its own work (a waiting read costs tungstenite a buffer clear, so it is
 /// not polled when there is only output to write).
+///
+/// Every write is under the socket's write deadline
+/// ([`ServerConfig::write_timeout`](crate::ServerConfig::write_timeout)): a
+/// client that stops reading fails the write, which ends this task and
+/// detaches (the session lives on). The task also ends once the session is
+/// over for good, so an attachment never outlives its session.
 async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId) {
     let _detach = DetachOnDrop {
         shared: shared.clone(),
@@ -104,14 +149,31 @@ async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId) {
         let mut ended = pin!(ended);
         ended.as_mut().enable();
         if let Some(reject) = end.take() {
-            if let Some(reject) = reject {
-                let _ = write_frames(&mut sink, vec![reject.frame()]).await;
-                let _ = sink.send(close_message(reject.close())).await;
+            match reject {
+                Some(reject) => {
+                    let _ = write_frames(&mut sink, vec![reject.frame()]).await;
+                    let _ = sink.send(close_message(reject.close())).await;
+                }
+                // The client closed or went away: send tungstenite's answer
+                // to its close, if it sent one (one attempt, under the
+                // write deadline).
+                None => {
+                    let _ = sink.close().await;
+                }
             }
             return;
         }
         loop {
-            let transmit = shared.lock().poll_transmit(now(), id);
+            let transmit = {
+                let mut core = shared.lock();
+                let now = now();
+                let transmit = core.poll_transmit(now, id);
+                if transmit.is_none() && core.is_finished(now) {
+                    // Forgotten (or about to be): nothing more will come.
+                    return;
+                }
+                transmit
+            };
             let Some(transmit) = transmit else { break };
             if write_frames(&mut sink, transmit.frames).await.is_err() {
                 return;
@@ -260,6 +322,8 @@ fn text_message(frames: &[Frame]) -> WsMessage {
     WsMessage::Text(Utf8Bytes::from(json::encode_batch_to_string(frames)))
 }
 
+/// The WebSocket close frame for a session or attachment end. The code is
+/// one RFC 6455 lets an endpoint send, or 1002.
 fn close_message(close: &Close) -> WsMessage {
     // A WebSocket close reason is at most 123 bytes.
     let mut reason = close.reason.as_ref();
@@ -271,7 +335,61 @@ fn close_message(close: &Close) -> WsMessage {
         reason = &reason[..end];
     }
     WsMessage::Close(Some(CloseFrame {
-        code: WsCloseCode::from(close.code.0),
+        code: WsCloseCode::from(sendable_close_code(close.code.0)),
         reason: Utf8Bytes::from(reason),
     }))
+}
+
+/// `code` if RFC 6455 lets an endpoint put it in a close frame, 1002
+/// (protocol error) otherwise. A close code can come from the client (the
+/// code of its own `close` frame, which the session echoes) or from the
+/// application ([`Session::close`](crate::Session::close)); either could
+/// be one that must never be on the wire — 1005, 1006 and 1015 stand for
+/// "no code", "no close frame" and "TLS failure" (§7.4.1), 1004 and
+/// 1016–2999 are reserved, 0–999 and 5000 up are not close codes at all —
+/// and a browser receiving one fails the connection.
+fn sendable_close_code(code: u16) -> u16 {
+    match code {
+        1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+        _ => 1002,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast_protocol::CloseCode;
+
+    fn wire_code(code: u16) -> u16 {
+        match close_message(&Close::new(CloseCode(code), "x")) {
+            WsMessage::Close(Some(frame)) => u16::from(frame.code),
+            other => panic!("not a close frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn close_codes_outside_rfc_6455s_sendable_ranges_become_1002() {
+        for code in [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert_eq!(wire_code(code), 1002, "code {code}");
+        }
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1009, 1011, 1014, 3000, 4000, 4409, 4999,
+        ] {
+            assert_eq!(wire_code(code), code, "code {code}");
+        }
+    }
+
+    #[test]
+    fn the_write_buffer_fits_the_largest_message_with_room_for_control_frames() {
+        let mut session = SessionConfig::default();
+        // A message of control characters is written `\u0001` each: 6×.
+        let worst = 6 * session.max_message + 64;
+        assert!(max_write_buffer(&session) >= WRITE_BUFFER + worst + CONTROL_ROOM);
+        // Also with a `max_batch` cut down to `max_message`, which bounds
+        // what the server reads, not what it writes.
+        session.max_batch = session.max_message;
+        assert!(max_write_buffer(&session) >= WRITE_BUFFER + worst + CONTROL_ROOM);
+        session.max_message = usize::MAX;
+        assert_eq!(max_write_buffer(&session), usize::MAX);
+    }
 }
