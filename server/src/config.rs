@@ -56,10 +56,13 @@ pub struct ServerConfig {
     /// past it, new sessions are refused with `503`. Default 1024.
     pub accept_backlog: usize,
     /// How long a write to a client may make no progress — a WebSocket
-    /// message (data, pong or close), an SSE chunk — before the attachment
-    /// is dropped (the session lives on and can resume). A reader that
-    /// stopped reading can then no longer pin a connection, its task and
-    /// its buffers. Default 30 s.
+    /// message (data, pong or close) — before the attachment is dropped
+    /// (the session lives on and can resume). A reader that stopped reading
+    /// can then no longer pin a connection, its task and its buffers.
+    /// HTTP response bodies (an SSE stream) are written by the HTTP server,
+    /// not by holdfast: [`serve`](crate::serve) applies the same deadline
+    /// to them ([`ServeConfig::write_timeout`](crate::ServeConfig::write_timeout)).
+    /// Default 30 s.
     pub write_timeout: Duration,
     /// How long the body of a `POST <mount>/send` may take to arrive whole;
     /// past it the request is refused with `408` and its connection closed.

@@ -68,6 +68,15 @@ pub struct ServeConfig {
     /// Default 100 000: one attached connection for each of the default
     /// [`ServerConfig::max_sessions`](crate::ServerConfig::max_sessions).
     pub max_connections: usize,
+    /// Most bytes hyper buffers while reading a request: the request line
+    /// and headers must fit (else `431`), and it bounds what one
+    /// connection holds before its request is parsed. hyper's own default
+    /// is about 400 KB, so a client trickling a huge header could make
+    /// every connection hold that much until `header_read_timeout`.
+    /// 64 KiB leaves room for the large cookies of single sign-on
+    /// setups (nginx allows 32 KiB by default). At least 8 KiB.
+    /// Default 64 KiB.
+    pub max_request_head_bytes: usize,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +85,7 @@ impl Default for ServeConfig {
             header_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             max_connections: 100_000,
+            max_request_head_bytes: 64 * 1024,
         }
     }
 }
@@ -160,6 +170,12 @@ impl Serve {
         self
     }
 
+    /// Sets [`ServeConfig::max_request_head_bytes`] (at least 8 KiB).
+    pub fn max_request_head_bytes(mut self, max: usize) -> Self {
+        self.config.max_request_head_bytes = max;
+        self
+    }
+
     /// Sets [`ServeConfig::max_connections`] (at least 1).
     pub fn max_connections(mut self, max: usize) -> Self {
         self.config.max_connections = max;
@@ -203,7 +219,8 @@ impl Serve {
         let (done, done_rx) = watch::channel(());
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout);
+            .header_read_timeout(config.header_read_timeout)
+            .max_header_size(config.max_request_head_bytes.max(8192));
         let http = Arc::new(http);
 
         loop {
