@@ -402,10 +402,28 @@ async fn binary_messages_after_large_frames_do_not_pin_the_read_buffer() {
     let _serial = SERIAL.lock().await;
     // An empty batch padded with whitespace, then the 1-byte message.
     let padding = format!("[{}]", " ".repeat(390_000));
-    pin_attack("1-byte binary messages after 390 KB frames", 200, |seq| {
+    pin_attack("1-byte binary messages after 390 KB frames", 300, |seq| {
         vec![
             WsMessage::text(padding.clone()),
             WsMessage::binary(wire::encode_binary(seq, b"x")),
+        ]
+    })
+    .await;
+}
+
+/// Row 4, small-frame variant: a short text message whose payload is most
+/// of it, right after a large one, shares the WebSocket library's read
+/// buffer with it; the payload is copied out rather than pinning that
+/// buffer (it is not the frame's own allocation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_text_messages_after_large_frames_do_not_pin_the_read_buffer() {
+    let _serial = SERIAL.lock().await;
+    let padding = format!("[{}]", " ".repeat(390_000));
+    let payload = "y".repeat(64);
+    pin_attack("64-byte text messages after 390 KB frames", 300, |seq| {
+        vec![
+            WsMessage::text(padding.clone()),
+            WsMessage::text(format!(r#"[{{"t":"msg","seq":{seq},"d":"{payload}"}}]"#)),
         ]
     })
     .await;
