@@ -248,7 +248,10 @@ async fn send_flood(what: &str, payload: &str) {
     });
     refusal.assert_refusal(503, "detach", 4503);
     assert_eq!(refusal.header("retry-after"), "1");
-    assert!(peak <= limit, "{what}: the server holds {peak} bytes, bound {limit}");
+    assert!(
+        peak <= limit,
+        "{what}: the server holds {peak} bytes, bound {limit}"
+    );
     watch.assert_bounded(what);
 
     assert_fresh_session_echoes(&server).await;
@@ -325,7 +328,10 @@ async fn websocket_floods_of_one_byte_messages_are_held_back() {
         watch.growth() / 1024
     );
     assert!(held_back, "{sent} messages sent and never held back");
-    assert!(peak <= limit, "the server holds {peak} bytes, bound {limit}");
+    assert!(
+        peak <= limit,
+        "the server holds {peak} bytes, bound {limit}"
+    );
     watch.assert_bounded("WebSocket flood of 1-byte messages");
     assert_fresh_session_echoes(&server).await;
     assert!(server.holdfast.buffered_bytes() <= limit);
@@ -375,7 +381,10 @@ async fn pin_attack(what: &str, frames: usize, message: impl Fn(u64) -> Vec<WsMe
         held >= frames * message_charge(1),
         "each held message is charged"
     );
-    assert!(held <= limit, "the server holds {held} bytes, bound {limit}");
+    assert!(
+        held <= limit,
+        "the server holds {held} bytes, bound {limit}"
+    );
     assert_fresh_session_echoes(&server).await;
     well_behaved.finish().await;
 }

@@ -66,12 +66,14 @@ fn frame() -> impl Strategy<Value = Frame> {
             seq,
             message: Message::text(t),
         }),
-        (1u64..=u64::MAX, proptest::collection::vec(any::<u8>(), 0..48)).prop_map(
-            |(seq, b)| Frame::Message {
+        (
+            1u64..=u64::MAX,
+            proptest::collection::vec(any::<u8>(), 0..48)
+        )
+            .prop_map(|(seq, b)| Frame::Message {
                 seq,
                 message: Message::binary(b),
-            }
-        ),
+            }),
         any::<u64>().prop_map(|seq| Frame::Ack { seq }),
         any::<u64>().prop_map(|ack| Frame::Resumed { ack }),
         Just(Frame::Ping),
@@ -113,9 +115,35 @@ fn batch() -> impl Strategy<Value = Vec<Frame>> {
 
 /// Pieces of JSON a mutation may insert.
 const TOKENS: &[&str] = &[
-    "\"", "\\", "\\u", "\\ud800", "\\udc00", "\\u00e9", "{", "}", "[", "]", ",", ":", " ",
-    "null", "true", "-", "0", "01", "1e5", "1.5", "18446744073709551616", "\"t\"", "\"msg\"",
-    "\"seq\"", "\"d\"", "\u{0}", "\n", "é", "\u{ff}",
+    "\"",
+    "\\",
+    "\\u",
+    "\\ud800",
+    "\\udc00",
+    "\\u00e9",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    " ",
+    "null",
+    "true",
+    "-",
+    "0",
+    "01",
+    "1e5",
+    "1.5",
+    "18446744073709551616",
+    "\"t\"",
+    "\"msg\"",
+    "\"seq\"",
+    "\"d\"",
+    "\u{0}",
+    "\n",
+    "é",
+    "\u{ff}",
 ];
 
 /// One way a peer may break a batch.
@@ -207,7 +235,10 @@ fn decode_every_way(input: &[u8]) -> Result<Option<Vec<Frame>>, TestCaseError> {
     let shared = decode_batch_shared(view, &frame);
     prop_assert_eq!(&shared, &plain);
     for payload in payloads(shared.as_deref().unwrap_or_default()) {
-        prop_assert!(!inside(&frame, &payload), "a view of a read buffer was sliced");
+        prop_assert!(
+            !inside(&frame, &payload),
+            "a view of a read buffer was sliced"
+        );
     }
     Ok(plain.ok())
 }

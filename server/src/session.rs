@@ -324,7 +324,11 @@ impl Shared {
         cost == 0
             || queued == 0
             || (queued.saturating_add(cost) <= config.session.max_inbound_bytes
-                && self.server.buffered.load(Ordering::Relaxed).saturating_add(cost)
+                && self
+                    .server
+                    .buffered
+                    .load(Ordering::Relaxed)
+                    .saturating_add(cost)
                     <= config.max_buffered_bytes)
     }
 

@@ -158,11 +158,19 @@ mod tests {
         let now = Instant::now();
         let mut inb = Inbound::new();
         inb.accept(now, 1, Message::text("")).ok();
-        assert_eq!(inb.queued_bytes(), crate::MESSAGE_OVERHEAD, "empty is not free");
+        assert_eq!(
+            inb.queued_bytes(),
+            crate::MESSAGE_OVERHEAD,
+            "empty is not free"
+        );
         inb.accept(now, 2, Message::binary(vec![0u8; 10])).ok();
         assert_eq!(inb.queued_bytes(), 2 * crate::MESSAGE_OVERHEAD + 10);
         inb.accept(now, 2, Message::binary(vec![0u8; 10])).ok();
-        assert_eq!(inb.queued_bytes(), 2 * crate::MESSAGE_OVERHEAD + 10, "duplicate");
+        assert_eq!(
+            inb.queued_bytes(),
+            2 * crate::MESSAGE_OVERHEAD + 10,
+            "duplicate"
+        );
         inb.pop();
         assert_eq!(inb.queued_bytes(), crate::MESSAGE_OVERHEAD + 10);
         inb.pop();
@@ -178,7 +186,11 @@ mod tests {
         }
         let peak = inb.queue.capacity();
         while inb.pop().is_some() {}
-        assert!(inb.queue.capacity() <= 64, "{peak} -> {}", inb.queue.capacity());
+        assert!(
+            inb.queue.capacity() <= 64,
+            "{peak} -> {}",
+            inb.queue.capacity()
+        );
     }
 
     #[test]

@@ -117,7 +117,10 @@ mod tests {
         read_buffer.extend_from_slice(&encode_binary_message(7, b"x"));
         read_buffer.extend_from_slice(&[0u8; 1000]);
         let message = read_buffer.split_to(BINARY_HEADER_LEN + 1).freeze();
-        let range = read_buffer.as_ptr_range().start.wrapping_sub(BINARY_HEADER_LEN + 1)
+        let range = read_buffer
+            .as_ptr_range()
+            .start
+            .wrapping_sub(BINARY_HEADER_LEN + 1)
             ..read_buffer.as_ptr_range().end;
         let (seq, payload) = decode_binary_message(message).unwrap_or_default();
         assert_eq!((seq, &payload[..]), (7, &b"x"[..]));

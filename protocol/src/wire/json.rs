@@ -45,7 +45,9 @@ pub fn decode_batch_shared(text: &str, backing: &Bytes) -> Result<Vec<Frame>, De
     let unique = backing.is_unique();
     decode::read_batch(text, |fields| {
         fields.into_frame_with(|d| match d {
-            Cow::Borrowed(s) if unique && inside(s) && super::share_rule(backing.len(), s.len()) => {
+            Cow::Borrowed(s)
+                if unique && inside(s) && super::share_rule(backing.len(), s.len()) =>
+            {
                 Text::shared(backing, s)
             }
             other => owned_text(other),
@@ -489,7 +491,10 @@ mod tests {
         let frames = decode_batch_shared(view, &backing).unwrap_or_default();
         let got = payloads(&frames);
         assert_eq!(got, [Bytes::from_static(b"x")]);
-        assert!(!inside(&backing, &got[0]), "the 1-byte payload pins the frame");
+        assert!(
+            !inside(&backing, &got[0]),
+            "the 1-byte payload pins the frame"
+        );
         assert!(backing.is_unique(), "nothing else holds the frame");
     }
 
@@ -520,7 +525,10 @@ mod tests {
         let frames = decode_batch_shared(view, &backing).unwrap_or_default();
         let got = payloads(&frames);
         assert_eq!(got.len(), 1);
-        assert!(!inside(&backing, &got[0]), "copied: the read buffer is shared");
+        assert!(
+            !inside(&backing, &got[0]),
+            "copied: the read buffer is shared"
+        );
         drop(read_buffer);
     }
 
