@@ -14,6 +14,10 @@
 //! well-behaved session loses nothing. The figures are printed
 //! (`--nocapture`) for `docs/security.md`.
 //!
+//! One more test checks that a refused send request still delivers its
+//! acks, so that refusing input never stalls an application that waits for
+//! acks before it reads again.
+//!
 //! The tests run one at a time (the [`SERIAL`] lock), so that the resident
 //! memory one of them measures is its own.
 
@@ -436,4 +440,48 @@ async fn short_text_messages_after_large_frames_do_not_pin_the_read_buffer() {
         ]
     })
     .await;
+}
+
+/// A send request refused because the application is behind still
+/// delivers its acks: the application may be waiting for them to make
+/// room in its replay buffer before it reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_send_still_delivers_its_acks() {
+    let _serial = SERIAL.lock().await;
+    let (server, mut incoming) = TestServer::start(attack_config()).await;
+    let http = raw::http_client();
+    let reply = raw::get(&http, &server.url("poll", "v=1"), &[]).await;
+    let key = match reply.batch().first() {
+        Some(Frame::Open(open)) => open.key.clone(),
+        other => panic!("expected open, got {other:?}"),
+    };
+    // The application sends one message and never reads.
+    let session = accept(&mut incoming, DEADLINE).await;
+    session.send("down").await.expect("send");
+    // An empty queue takes any batch, even one charged past the limit…
+    const FILL: usize = 9000;
+    let url = format!("{}/send?v=1&key={}", server.base, raw::encode(&key));
+    let reply = raw::post(&http, &url, batch_of(1, FILL, ""), &[]).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.frames);
+    let inbound = FILL * message_charge(0);
+    server
+        .wait_buffered_bytes(inbound + message_charge(4), DEADLINE)
+        .await;
+    // …but not the next one; its ack is taken all the same.
+    let refused = raw::send(
+        &http,
+        &server.base,
+        &key,
+        &[
+            Frame::Msg {
+                seq: FILL as u64 + 1,
+                data: "x".into(),
+            },
+            Frame::Ack { seq: 1 },
+        ],
+    )
+    .await;
+    refused.assert_refusal(503, "detach", 4503);
+    server.wait_buffered_bytes(inbound, DEADLINE).await;
+    assert!(!session.is_closed());
 }
