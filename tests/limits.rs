@@ -636,7 +636,9 @@ async fn unsupported_version_is_400_or_4400() {
 #[tokio::test]
 async fn send_waits_for_a_slow_application_then_503_and_a_retry_loses_nothing() {
     let mut config = small_messages();
-    config.session.max_inbound_bytes = 4096;
+    // Room for four of the 1000-byte messages below, each charged its
+    // payload plus the per-message overhead.
+    config.session.max_inbound_bytes = 4 * holdfast::protocol::message_charge(1000);
     config.send_wait = Duration::from_millis(200);
     config.retry_after = Duration::from_secs(1);
     let (server, mut incoming) = TestServer::start(config).await;
@@ -660,7 +662,7 @@ async fn send_waits_for_a_slow_application_then_503_and_a_retry_loses_nothing() 
     let (frame, reply) = refused.expect("the application never read, yet every send was accepted");
     assert!(
         acked >= 4,
-        "refused after only {acked} KB of the 4 KB allowance"
+        "refused after only {acked} of the 4 messages allowed"
     );
     assert_eq!(reply.status, 503, "{:?}", reply.frames);
     assert_eq!(reply.header("retry-after"), "1");

@@ -79,12 +79,14 @@ fn a_full_replay_buffer_refuses_until_the_peer_acknowledges() {
     pair.assert_no_errors();
 }
 
-/// The byte limit counts payload bytes of every unacknowledged message.
+/// The byte limit counts the payload bytes of every unacknowledged message
+/// plus the fixed per-message overhead.
 #[test]
-fn the_replay_buffer_byte_limit_counts_payload_bytes() {
+fn the_replay_buffer_byte_limit_counts_payload_bytes_and_overhead() {
+    const O: usize = holdfast_protocol::MESSAGE_OVERHEAD;
     let mut server_config = SessionConfig::default();
     server_config.set_max_message(1000);
-    server_config.max_unacked_bytes = 2500;
+    server_config.max_unacked_bytes = 2500 + 3 * O;
     let mut pair = Pair::new(server_config, ClientConfig::default());
     let big = || Message::binary(vec![7u8; 1000]);
     pair.server_send(big()).unwrap();
@@ -99,7 +101,7 @@ fn the_replay_buffer_byte_limit_counts_payload_bytes() {
             max: 1000
         })
     );
-    assert_eq!(pair.server.unacked_bytes(), 2000);
+    assert_eq!(pair.server.unacked_bytes(), 2000 + 2 * O);
 }
 
 // ---- protocol errors -----------------------------------------------------------

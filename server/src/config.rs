@@ -27,9 +27,16 @@ pub struct ServerConfig {
     /// resumable for the resume window without counting here, up to this
     /// many too (the oldest go first). Default 100 000.
     pub max_sessions: usize,
-    /// Most bytes buffered across all sessions (replay buffers and
-    /// received-but-unread messages); past it, `send` waits and `try_send`
-    /// reports full. Default 512 MiB.
+    /// Most bytes buffered across all sessions: replay buffers and
+    /// received-but-unread messages, each message counting its payload plus
+    /// [`MESSAGE_OVERHEAD`](holdfast_protocol::MESSAGE_OVERHEAD) (the
+    /// figure [`Holdfast::buffered_bytes`](crate::Holdfast::buffered_bytes)
+    /// reports). Past it, `send` waits and `try_send` reports full (for a
+    /// session with messages in flight), send requests wait and are then
+    /// refused with `503`, and a WebSocket is not read while its session has
+    /// received messages queued and no acks awaited. A session whose inbound
+    /// queue is empty still takes one batch, so the total can pass this by
+    /// at most one batch per such session. Default 512 MiB.
     pub max_buffered_bytes: usize,
     /// `Retry-After` given with overload refusals. Default 5 s.
     pub retry_after: Duration,

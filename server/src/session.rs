@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use holdfast_protocol::{
-    Close, CloseCode, Message, SendError, ServerEvent, ServerSession, TransportKind,
+    Close, CloseCode, Message, SendError, ServerEvent, ServerSession, TransportKind, message_charge,
 };
 use http::{Extensions, HeaderMap};
 use tokio::sync::Notify;
@@ -39,7 +39,8 @@ pub(crate) struct Shared {
     app: Notify,
     /// Senders: room in the replay buffer, or the session closed.
     space: Notify,
-    /// Transports holding back input: the application read some.
+    /// Transports holding back input: the application read some, or the
+    /// replay buffer stopped being empty (see [`Shared::may_read_inbound`]).
     pub(crate) drained: Notify,
     /// The timer task: the next deadline moved earlier (or the session was
     /// evicted).
@@ -55,7 +56,9 @@ struct Inner {
     core: ServerSession,
     /// The deadline the timer task sleeps until.
     armed: Option<Instant>,
-    /// Bytes this session counts in the server-wide total.
+    /// Bytes this session counts in the server-wide total: what its replay
+    /// buffer and inbound queue are charged (payload plus
+    /// `MESSAGE_OVERHEAD` per message).
     accounted: usize,
 }
 
@@ -163,8 +166,12 @@ impl Drop for CoreGuard<'_> {
         if after.unacked_bytes < before.unacked_bytes || closed_now {
             shared.space.notify_waiters();
         }
-        let limit = shared.server.config.session.max_inbound_bytes;
-        if before.inbound_bytes >= limit && after.inbound_bytes < limit {
+        // Input held back waits for room (a send request for room for its
+        // whole batch, so any drop counts), or, held back by the
+        // server-wide total, for the application to wait on acks.
+        if after.inbound_bytes < before.inbound_bytes
+            || (before.unacked_bytes == 0 && after.unacked_bytes > 0)
+        {
             shared.drained.notify_waiters();
         }
         if after.output_epoch != before.output_epoch {
@@ -349,13 +356,49 @@ impl Shared {
         tracing::debug!(session = %self.session_id, "session forgotten");
     }
 
+    /// Whether received messages charged `cost` bytes in all may be queued
+    /// now (`core` is this session's, locked). Always when they cost
+    /// nothing (acks, pings) or the inbound queue is empty, so any legal
+    /// batch gets in eventually; otherwise only if they fit whole within
+    /// `max_inbound_bytes` and the server-wide `max_buffered_bytes`. A
+    /// session can so hold at most its limit, or one batch.
+    pub(crate) fn admits_inbound(&self, core: &ServerSession, cost: usize) -> bool {
+        let queued = core.inbound_bytes();
+        let config = &self.server.config;
+        cost == 0
+            || queued == 0
+            || (queued.saturating_add(cost) <= config.session.max_inbound_bytes
+                && self
+                    .server
+                    .buffered
+                    .load(Ordering::Relaxed)
+                    .saturating_add(cost)
+                    <= config.max_buffered_bytes)
+    }
+
+    /// Whether a WebSocket reader may read its next message (whose cost it
+    /// cannot know before): when the inbound queue is empty, or below
+    /// `max_inbound_bytes` while the server-wide total is below
+    /// `max_buffered_bytes`. The server-wide total is not asked while the
+    /// replay buffer holds messages: the application may be waiting for
+    /// their acks, which only this reader can bring.
+    pub(crate) fn may_read_inbound(&self) -> bool {
+        let core = self.lock();
+        let queued = core.inbound_bytes();
+        let config = &self.server.config;
+        queued == 0
+            || (queued < config.session.max_inbound_bytes
+                && (core.unacked_bytes() > 0
+                    || self.server.buffered.load(Ordering::Relaxed) < config.max_buffered_bytes))
+    }
+
     fn try_send(&self, message: Message) -> Result<(), SendError> {
         let mut core = self.lock();
         if core.is_closed() {
             return Err(SendError::Closed);
         }
         let limit = self.server.config.max_buffered_bytes;
-        if self.server.buffered.load(Ordering::Relaxed) + message.len() > limit
+        if self.server.buffered.load(Ordering::Relaxed) + message_charge(message.len()) > limit
             && core.unacked_bytes() > 0
         {
             // Over the server-wide budget: wait for acknowledgements (this

@@ -32,7 +32,10 @@ pub struct ClientConfig {
     /// Largest message accepted by `send` before the server announced its
     /// own limit. Default 64 KiB (the server default).
     pub max_message: usize,
-    /// Replay buffer limit in bytes. Default 1 MiB.
+    /// Replay buffer limit in bytes, each message counting its payload plus
+    /// [`MESSAGE_OVERHEAD`](crate::MESSAGE_OVERHEAD). An empty buffer takes
+    /// any message, so a server's larger `max_msg` cannot wedge `send`.
+    /// Default 1 MiB.
     pub max_unacked_bytes: usize,
     /// Replay buffer limit in messages. Default 4096.
     pub max_unacked_messages: usize,
@@ -205,11 +208,14 @@ impl ClientSession {
     }
 
     /// Payload bytes sent or queued but not acknowledged (`bufferedAmount`).
+    /// The replay buffer's limit counts more: each message's payload plus
+    /// [`MESSAGE_OVERHEAD`](crate::MESSAGE_OVERHEAD).
     pub fn unacked_bytes(&self) -> usize {
-        self.out.buffered_bytes()
+        self.out.payload_bytes()
     }
 
-    /// Whether a message of `len` bytes can be queued now.
+    /// Whether a message of `len` bytes can be queued now (an empty replay
+    /// buffer takes any message up to `max_message`).
     pub fn has_room_for(&self, len: usize) -> bool {
         self.out.has_room_for(len)
     }
@@ -229,7 +235,9 @@ impl ClientSession {
         self.out.acked()
     }
 
-    /// Bytes received and not yet taken by the application.
+    /// Messages received and not yet taken by the application, charged
+    /// their payload plus [`MESSAGE_OVERHEAD`](crate::MESSAGE_OVERHEAD)
+    /// each.
     pub fn inbound_bytes(&self) -> usize {
         self.inb.queued_bytes()
     }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::config::message_charge;
 use crate::error::ProtocolError;
 use crate::wire::Message;
 
@@ -19,6 +20,7 @@ pub(crate) struct Inbound {
     resend_ack: bool,
     /// Accepted messages the application has not taken yet.
     queue: VecDeque<Message>,
+    /// What `queue` is charged: payloads plus the per-message overhead.
     queue_bytes: usize,
 }
 
@@ -59,7 +61,7 @@ impl Inbound {
         }
         self.received = seq;
         self.unacked_since.get_or_insert(now);
-        self.queue_bytes += message.len();
+        self.queue_bytes += message_charge(message.len());
         self.queue.push_back(message);
         Ok(Accepted::New)
     }
@@ -67,10 +69,13 @@ impl Inbound {
     /// Takes the oldest message for the application.
     pub(crate) fn pop(&mut self) -> Option<Message> {
         let message = self.queue.pop_front()?;
-        self.queue_bytes -= message.len();
+        self.queue_bytes -= message_charge(message.len());
+        super::shrink_spare(&mut self.queue);
         Some(message)
     }
 
+    /// What the queued messages are charged: payloads plus
+    /// [`MESSAGE_OVERHEAD`](crate::MESSAGE_OVERHEAD) each.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.queue_bytes
     }
@@ -146,6 +151,46 @@ mod tests {
         );
         assert_eq!(inb.pop(), Some(Message::text("a")));
         assert_eq!(inb.pop(), None);
+    }
+
+    #[test]
+    fn every_queued_message_is_charged_its_payload_and_the_overhead() {
+        let now = Instant::now();
+        let mut inb = Inbound::new();
+        inb.accept(now, 1, Message::text("")).ok();
+        assert_eq!(
+            inb.queued_bytes(),
+            crate::MESSAGE_OVERHEAD,
+            "empty is not free"
+        );
+        inb.accept(now, 2, Message::binary(vec![0u8; 10])).ok();
+        assert_eq!(inb.queued_bytes(), 2 * crate::MESSAGE_OVERHEAD + 10);
+        inb.accept(now, 2, Message::binary(vec![0u8; 10])).ok();
+        assert_eq!(
+            inb.queued_bytes(),
+            2 * crate::MESSAGE_OVERHEAD + 10,
+            "duplicate"
+        );
+        inb.pop();
+        assert_eq!(inb.queued_bytes(), crate::MESSAGE_OVERHEAD + 10);
+        inb.pop();
+        assert_eq!(inb.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_peak_capacity_back() {
+        let now = Instant::now();
+        let mut inb = Inbound::new();
+        for seq in 1..=100_000 {
+            inb.accept(now, seq, Message::text("")).ok();
+        }
+        let peak = inb.queue.capacity();
+        while inb.pop().is_some() {}
+        assert!(
+            inb.queue.capacity() <= 64,
+            "{peak} -> {}",
+            inb.queue.capacity()
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod inbound;
 mod outbound;
 mod server;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Instant;
 
@@ -107,6 +108,18 @@ pub enum Initiator {
     Peer,
     /// Time: the resume window ran out with no attachment.
     Expired,
+}
+
+/// Gives back a queue's spare capacity once it is less than a quarter
+/// full, so that a burst does not keep its peak allocation for the life of
+/// the session (a `VecDeque` never shrinks by itself). Halving only below a
+/// quarter keeps pushes and pops amortized O(1).
+fn shrink_spare<T>(queue: &mut VecDeque<T>) {
+    const KEEP: usize = 64;
+    let capacity = queue.capacity();
+    if capacity > KEEP && queue.len() < capacity / 4 {
+        queue.shrink_to((capacity / 2).max(KEEP));
+    }
 }
 
 /// The earliest of some optional deadlines.

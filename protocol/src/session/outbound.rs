@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 
+use crate::config::message_charge;
 use crate::error::{ProtocolError, SendError};
 use crate::wire::Message;
 
@@ -27,7 +28,11 @@ pub(crate) struct Outbound {
     cursor: u64,
     /// Unacknowledged messages; `buffer[i]` has seq `acked + 1 + i`.
     buffer: VecDeque<Message>,
-    bytes: usize,
+    /// Payload bytes in `buffer`.
+    payload_bytes: usize,
+    /// What `buffer` is charged: payloads plus the per-message overhead.
+    /// `max_bytes` limits this.
+    charged_bytes: usize,
     max_bytes: usize,
     max_messages: usize,
 }
@@ -39,7 +44,8 @@ impl Outbound {
             acked: 0,
             cursor: 0,
             buffer: VecDeque::new(),
-            bytes: 0,
+            payload_bytes: 0,
+            charged_bytes: 0,
             max_bytes,
             max_messages,
         }
@@ -50,16 +56,22 @@ impl Outbound {
         if !self.has_room_for(message.len()) {
             return Err(SendError::Full);
         }
-        self.bytes += message.len();
+        self.payload_bytes += message.len();
+        self.charged_bytes += message_charge(message.len());
         self.buffer.push_back(message);
         let seq = self.next_seq;
         self.next_seq += 1;
         Ok(seq)
     }
 
-    /// Whether a message of `len` bytes fits now.
+    /// Whether a message of `len` bytes fits now: within both limits,
+    /// counting its payload plus the per-message overhead, or into an empty
+    /// buffer (so a peer's `max_message` above these limits can never wedge
+    /// the sender; a validated server config never needs this).
     pub(crate) fn has_room_for(&self, len: usize) -> bool {
-        self.buffer.len() < self.max_messages && self.bytes + len <= self.max_bytes
+        self.buffer.is_empty()
+            || (self.buffer.len() < self.max_messages
+                && self.charged_bytes + message_charge(len) <= self.max_bytes)
     }
 
     /// Applies a cumulative acknowledgement; returns how many messages it
@@ -74,8 +86,10 @@ impl Outbound {
         }
         let freed = (ack - self.acked) as usize;
         for message in self.buffer.drain(..freed) {
-            self.bytes -= message.len();
+            self.payload_bytes -= message.len();
+            self.charged_bytes -= message_charge(message.len());
         }
+        super::shrink_spare(&mut self.buffer);
         self.acked = ack;
         self.cursor = self.cursor.max(ack);
         Ok(freed)
@@ -111,9 +125,15 @@ impl Outbound {
         self.acked
     }
 
-    /// Bytes held in the replay buffer.
-    pub(crate) fn buffered_bytes(&self) -> usize {
-        self.bytes
+    /// Payload bytes held in the replay buffer.
+    pub(crate) fn payload_bytes(&self) -> usize {
+        self.payload_bytes
+    }
+
+    /// What the replay buffer is charged: payloads plus
+    /// [`MESSAGE_OVERHEAD`](crate::MESSAGE_OVERHEAD) per message.
+    pub(crate) fn charged_bytes(&self) -> usize {
+        self.charged_bytes
     }
 
     /// Messages held in the replay buffer.
@@ -153,17 +173,41 @@ mod tests {
         assert_eq!(out.ack(0), Ok(0), "stale acks are ignored");
         assert_eq!(out.ack(3), Ok(2));
         assert!(!out.has_pending());
-        assert_eq!(out.buffered_bytes(), 0);
+        assert_eq!(out.payload_bytes(), 0);
+        assert_eq!(out.charged_bytes(), 0);
     }
 
     #[test]
     fn refuses_past_either_limit() {
-        let mut out = Outbound::new(4, 2);
+        const O: usize = crate::MESSAGE_OVERHEAD;
+        let mut out = Outbound::new(2 * O + 4, 2);
         assert_eq!(out.push(msg("abc")), Ok(1));
         assert_eq!(out.push(msg("de")), Err(SendError::Full), "bytes");
         assert_eq!(out.push(msg("d")), Ok(2));
-        assert_eq!(out.push(msg("")), Err(SendError::Full), "count");
+        assert_eq!(out.charged_bytes(), 2 * O + 4);
+        assert_eq!(out.payload_bytes(), 4);
         out.ack(2).ok();
-        assert_eq!(out.push(msg("wxyz")), Ok(3));
+        assert_eq!(out.push(msg("")), Ok(3));
+        assert_eq!(out.push(msg("")), Ok(4));
+        assert_eq!(out.push(msg("")), Err(SendError::Full), "count");
+    }
+
+    #[test]
+    fn empty_messages_are_charged_the_overhead() {
+        const O: usize = crate::MESSAGE_OVERHEAD;
+        let mut out = Outbound::new(10 * O, 1_000_000);
+        let mut accepted = 0;
+        while out.push(msg("")).is_ok() {
+            accepted += 1;
+        }
+        assert_eq!(accepted, 10, "empty messages are not free");
+        assert_eq!(out.charged_bytes(), 10 * O);
+    }
+
+    #[test]
+    fn an_empty_buffer_takes_any_message() {
+        let mut out = Outbound::new(8, 1);
+        assert_eq!(out.push(msg("larger than the limit")), Ok(1));
+        assert_eq!(out.push(msg("")), Err(SendError::Full));
     }
 }

@@ -203,14 +203,18 @@ impl ServerSession {
         }
     }
 
-    /// Whether a message of `len` bytes can be sent now.
+    /// Whether a message of `len` bytes can be sent now (it is charged
+    /// `len +` [`MESSAGE_OVERHEAD`](crate::MESSAGE_OVERHEAD)).
     pub fn has_room_for(&self, len: usize) -> bool {
         self.out.has_room_for(len)
     }
 
-    /// Bytes in the replay buffer (sent or queued, not acknowledged).
+    /// What the replay buffer (sent or queued, not acknowledged) is
+    /// charged: each message's payload plus
+    /// [`MESSAGE_OVERHEAD`](crate::MESSAGE_OVERHEAD). `max_unacked_bytes`
+    /// limits this figure.
     pub fn unacked_bytes(&self) -> usize {
-        self.out.buffered_bytes()
+        self.out.charged_bytes()
     }
 
     /// Messages in the replay buffer.
@@ -218,7 +222,10 @@ impl ServerSession {
         self.out.buffered_messages()
     }
 
-    /// Bytes received and not yet taken by the application.
+    /// What the messages received and not yet taken by the application
+    /// are charged: each one's payload plus
+    /// [`MESSAGE_OVERHEAD`](crate::MESSAGE_OVERHEAD). `max_inbound_bytes`
+    /// limits this figure.
     pub fn inbound_bytes(&self) -> usize {
         self.inb.queued_bytes()
     }

@@ -20,8 +20,13 @@ pub fn encode_binary_message(seq: u64, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Decodes a WebSocket binary message into its sequence number and payload
-/// (the payload shares the input's memory).
+/// Decodes a WebSocket binary message into its sequence number and payload.
+///
+/// The payload shares the input's memory where
+/// [`may_share`](crate::wire::may_share) allows it (the input owns its
+/// allocation and is at least 18 bytes long, so the payload is most of it);
+/// otherwise it is copied, so that it never pins a larger buffer the input
+/// is a view of (a WebSocket library's read buffer).
 pub fn decode_binary_message(mut input: Bytes) -> Result<(u64, Bytes), DecodeError> {
     if input.len() < BINARY_HEADER_LEN {
         return Err(DecodeError::BinaryHeader("shorter than its 9-byte header"));
@@ -35,7 +40,13 @@ pub fn decode_binary_message(mut input: Bytes) -> Result<(u64, Bytes), DecodeErr
     if seq == 0 {
         return Err(DecodeError::ZeroSeq);
     }
-    Ok((seq, input.split_off(BINARY_HEADER_LEN)))
+    let payload_len = input.len() - BINARY_HEADER_LEN;
+    let payload = if crate::wire::may_share(&input, payload_len) {
+        input.split_off(BINARY_HEADER_LEN)
+    } else {
+        Bytes::copy_from_slice(&input[BINARY_HEADER_LEN..])
+    };
+    Ok((seq, payload))
 }
 
 #[cfg(test)]
@@ -81,6 +92,39 @@ mod tests {
             decode_binary_message(Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0, 0])),
             Err(DecodeError::ZeroSeq)
         );
+    }
+
+    /// Whether `payload` lies inside `range`.
+    fn inside(range: std::ops::Range<*const u8>, payload: &Bytes) -> bool {
+        range.start <= payload.as_ptr() && payload.as_ptr() < range.end
+    }
+
+    #[test]
+    fn a_message_that_owns_its_buffer_stays_zero_copy() {
+        let encoded = Bytes::from(encode_binary_message(5, &[3u8; 1000]).to_vec());
+        let range = encoded.as_ptr_range();
+        let (_, payload) = decode_binary_message(encoded).unwrap_or_default();
+        assert_eq!(payload.len(), 1000);
+        assert!(inside(range, &payload), "sliced, not copied");
+    }
+
+    #[test]
+    fn a_message_that_is_a_view_of_a_read_buffer_is_copied_out() {
+        // How a WebSocket library hands out messages: split off its read
+        // buffer, whose allocation outlives the message and may be far
+        // larger. A 1-byte payload must not keep it alive.
+        let mut read_buffer = bytes::BytesMut::with_capacity(400_000);
+        read_buffer.extend_from_slice(&encode_binary_message(7, b"x"));
+        read_buffer.extend_from_slice(&[0u8; 1000]);
+        let message = read_buffer.split_to(BINARY_HEADER_LEN + 1).freeze();
+        let range = read_buffer
+            .as_ptr_range()
+            .start
+            .wrapping_sub(BINARY_HEADER_LEN + 1)
+            ..read_buffer.as_ptr_range().end;
+        let (seq, payload) = decode_binary_message(message).unwrap_or_default();
+        assert_eq!((seq, &payload[..]), (7, &b"x"[..]));
+        assert!(!inside(range, &payload), "the payload pins the read buffer");
     }
 }
 

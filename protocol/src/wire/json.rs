@@ -32,17 +32,35 @@ pub fn decode_batch_str(input: &str) -> Result<Vec<Frame>, DecodeError> {
 }
 
 /// Decodes one batch from `text`, a view of `backing` (a received WebSocket
-/// text message): message payloads without escapes become slices of
-/// `backing` instead of copies.
+/// text message). A payload without escapes stays a slice of `backing`
+/// (no copy) only where [`may_share`](crate::wire::may_share) allows it:
+/// `backing` owns its allocation and the payload is at least half of it.
+/// Every other payload is copied into an allocation of its own, so a small
+/// message never pins a large frame.
 pub fn decode_batch_shared(text: &str, backing: &Bytes) -> Result<Vec<Frame>, DecodeError> {
     let range = backing.as_ptr_range();
     let inside = |s: &str| range.contains(&s.as_ptr()) && s.len() <= backing.len();
+    // Asked once: the first slice taken makes `backing` shared. At most one
+    // payload can be half of the batch anyway.
+    let unique = backing.is_unique();
     decode::read_batch(text, |fields| {
         fields.into_frame_with(|d| match d {
-            Cow::Borrowed(s) if inside(s) => Text::shared(backing, s),
-            other => Text::from(other.into_owned()),
+            Cow::Borrowed(s)
+                if unique && inside(s) && super::share_rule(backing.len(), s.len()) =>
+            {
+                Text::shared(backing, s)
+            }
+            other => owned_text(other),
         })
     })
+}
+
+/// `d` in an allocation of its own, no larger than it (an unescaped string
+/// grows by doubling).
+fn owned_text(d: Cow<'_, str>) -> Text {
+    let mut owned = d.into_owned();
+    owned.shrink_to_fit();
+    Text::from(owned)
 }
 
 /// Where encoded JSON goes: a `String` (for WebSocket text messages, no
@@ -269,7 +287,7 @@ fn millis(d: Duration) -> u64 {
 
 impl<'a> Fields<'a> {
     fn into_frame(self) -> Result<Frame, DecodeError> {
-        self.into_frame_with(|d| Text::from(d.into_owned()))
+        self.into_frame_with(owned_text)
     }
 
     /// The frame, making message text with `text`.
@@ -425,7 +443,10 @@ mod tests {
 
     #[test]
     fn shared_decoding_slices_payloads_without_escapes() {
-        let text: &str = r#"[{"t":"msg","seq":1,"d":"plain"},{"t":"msg","seq":2,"d":"a\nb"}]"#;
+        let text = format!(
+            r#"[{{"t":"msg","seq":1,"d":"{}"}},{{"t":"msg","seq":2,"d":"a\nb"}}]"#,
+            "plain".repeat(40)
+        );
         let backing = Bytes::copy_from_slice(text.as_bytes());
         let view = std::str::from_utf8(&backing).unwrap_or_default();
         let frames = decode_batch_shared(view, &backing).unwrap_or_default();
@@ -441,6 +462,93 @@ mod tests {
             backing.as_ptr_range().contains(&plain.as_str().as_ptr()),
             "sliced, not copied"
         );
+    }
+
+    /// The message payloads of a batch.
+    fn payloads(frames: &[Frame]) -> Vec<Bytes> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Message { message, .. } => Some(message.as_bytes().clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `payload` lies inside `backing`'s memory.
+    fn inside(backing: &Bytes, payload: &Bytes) -> bool {
+        let range = backing.as_ptr_range();
+        !payload.is_empty() && range.start <= payload.as_ptr() && payload.as_ptr() < range.end
+    }
+
+    #[test]
+    fn a_small_payload_in_a_large_frame_is_copied_out() {
+        // One byte of payload in a ~390 KB frame (the rest an unknown field).
+        let pad = "p".repeat(390_000);
+        let text = format!(r#"[{{"t":"msg","seq":1,"d":"x","pad":"{pad}"}}]"#);
+        let backing = Bytes::from(text.into_bytes());
+        let view = std::str::from_utf8(&backing).unwrap_or_default();
+        let frames = decode_batch_shared(view, &backing).unwrap_or_default();
+        let got = payloads(&frames);
+        assert_eq!(got, [Bytes::from_static(b"x")]);
+        assert!(
+            !inside(&backing, &got[0]),
+            "the 1-byte payload pins the frame"
+        );
+        assert!(backing.is_unique(), "nothing else holds the frame");
+    }
+
+    #[test]
+    fn a_payload_of_most_of_the_frame_stays_zero_copy() {
+        let big = "b".repeat(100_000);
+        let text = format!(r#"[{{"t":"msg","seq":1,"d":"{big}"}},{{"t":"msg","seq":2,"d":"s"}}]"#);
+        let backing = Bytes::from(text.into_bytes());
+        let view = std::str::from_utf8(&backing).unwrap_or_default();
+        let frames = decode_batch_shared(view, &backing).unwrap_or_default();
+        let got = payloads(&frames);
+        assert_eq!(got.len(), 2);
+        assert!(inside(&backing, &got[0]), "the large payload is a slice");
+        assert!(!inside(&backing, &got[1]), "the small one is copied");
+    }
+
+    #[test]
+    fn a_frame_that_is_a_view_of_a_larger_buffer_is_never_sliced() {
+        // As a WebSocket library hands out frames: split off its read
+        // buffer, whose allocation may be far larger than the frame.
+        let big = "b".repeat(1000);
+        let frame = format!(r#"[{{"t":"msg","seq":1,"d":"{big}"}}]"#);
+        let mut read_buffer = bytes::BytesMut::with_capacity(400_000);
+        read_buffer.extend_from_slice(frame.as_bytes());
+        read_buffer.extend_from_slice(b"next frame's bytes");
+        let backing = read_buffer.split_to(frame.len()).freeze();
+        let view = std::str::from_utf8(&backing).unwrap_or_default();
+        let frames = decode_batch_shared(view, &backing).unwrap_or_default();
+        let got = payloads(&frames);
+        assert_eq!(got.len(), 1);
+        assert!(
+            !inside(&backing, &got[0]),
+            "copied: the read buffer is shared"
+        );
+        drop(read_buffer);
+    }
+
+    #[test]
+    fn escaped_payloads_are_copied_without_spare_capacity() {
+        let text = format!(r#"[{{"t":"msg","seq":1,"d":"{}"}}]"#, "\\n".repeat(1000));
+        let frames = decode_batch(text.as_bytes()).unwrap_or_default();
+        let Some(Frame::Message {
+            message: Message::Text(t),
+            ..
+        }) = frames.into_iter().next()
+        else {
+            panic!("no message");
+        };
+        assert_eq!(t.as_str(), "\n".repeat(1000));
+        // The sole owner of the payload: it becomes a `Vec` without a copy,
+        // showing the allocation behind it.
+        let bytes = t.into_bytes();
+        assert!(bytes.is_unique());
+        assert_eq!(Vec::from(bytes).capacity(), 1000);
     }
 
     #[test]

@@ -36,6 +36,11 @@ impl Text {
         &self.0
     }
 
+    /// The UTF-8 bytes, by value.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()

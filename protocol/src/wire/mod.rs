@@ -16,6 +16,32 @@ pub mod sse;
 pub use frame::{Close, Frame, OpenParams, PROTOCOL_VERSION};
 pub use message::{Message, Text};
 
+use bytes::Bytes;
+
+/// Whether a payload of `len` bytes received in `backing` may stay a slice
+/// of it (zero-copy) rather than be copied into an allocation of its own.
+///
+/// A slice keeps the whole allocation behind `backing` alive for as long
+/// as the message is queued, while the byte limits charge only the
+/// payload. So a payload is shared only when
+///
+/// - `backing` owns its allocation ([`Bytes::is_unique`]): a frame that is
+///   a view of a larger buffer — a WebSocket library's read buffer, which
+///   can be far larger than the frame and is shared with the frames after
+///   it — is never sliced;
+/// - and the payload is at least half of `backing`.
+///
+/// A shared payload then pins at most twice its size (plus whatever spare
+/// capacity the owner of `backing` gave it); everything else is copied.
+pub fn may_share(backing: &Bytes, len: usize) -> bool {
+    backing.is_unique() && share_rule(backing.len(), len)
+}
+
+/// The size half of [`may_share`]: the payload is at least half the frame.
+fn share_rule(frame_len: usize, payload_len: usize) -> bool {
+    payload_len >= frame_len - frame_len / 2
+}
+
 /// Why bytes from the network are not a valid batch. Always caused by the
 /// peer (or something between), never by misuse of this crate.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

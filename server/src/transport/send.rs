@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use holdfast_protocol::wire::json;
-use holdfast_protocol::{Close, CloseCode, ProtocolError};
+use holdfast_protocol::{Close, CloseCode, Frame, ProtocolError, message_charge};
 use http::{HeaderMap, HeaderValue, Uri, header};
 
 use super::{ConnectQuery, batch_response};
@@ -73,17 +73,31 @@ async fn receive(
     };
     let frames = json::decode_batch(&bytes).map_err(ProtocolError::from)?;
 
-    // Wait while the application is behind on reading, then refuse: the
-    // client retries the same messages later and nothing is lost.
-    let limit = state.config.session.max_inbound_bytes;
+    // Wait while the batch does not fit (the application is behind on
+    // reading), then refuse: the client retries the same messages later and
+    // nothing is lost. Its acks are taken at once: the application may be
+    // waiting for them to make room, and so to read.
     let wait = tokio::time::sleep(state.config.send_wait);
     let mut wait = pin!(wait);
+    let mut acks_taken = false;
     loop {
         let drained = shared.drained.notified();
         let mut drained = pin!(drained);
         drained.as_mut().enable();
-        if shared.lock().inbound_bytes() < limit {
-            break;
+        {
+            let mut core = shared.lock();
+            if shared.admits_inbound(&core, batch_cost(&frames, core.received())) {
+                break;
+            }
+            if !acks_taken {
+                acks_taken = true;
+                let acks: Vec<Frame> = frames
+                    .iter()
+                    .filter(|f| matches!(f, Frame::Ack { .. }))
+                    .cloned()
+                    .collect();
+                core.handle_frames(now(), None, acks)?;
+            }
         }
         tokio::select! {
             () = &mut drained => {}
@@ -99,6 +113,19 @@ async fn receive(
     let mut core = shared.lock();
     core.handle_frames(now(), None, frames)?;
     Ok(batch_response(&core.request_reply()))
+}
+
+/// What the new messages of a batch will be charged once queued: payload
+/// plus `MESSAGE_OVERHEAD` each. Messages up to `received` are duplicates
+/// the session drops.
+fn batch_cost(frames: &[Frame], received: u64) -> usize {
+    frames
+        .iter()
+        .map(|frame| match frame {
+            Frame::Message { seq, message } if *seq > received => message_charge(message.len()),
+            _ => 0,
+        })
+        .fold(0, usize::saturating_add)
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {

@@ -232,13 +232,16 @@ async fn read(
     id: AttachmentId,
     end: Arc<ReaderEnd>,
 ) {
-    let inbound_limit = shared.server_config().session.max_inbound_bytes;
     loop {
+        // Past the inbound limit (or, with no acks awaited, the server-wide
+        // total) stop reading: TCP backpressure reaches the client. A
+        // message already read is always taken, so a session holds at most
+        // its limit plus one WebSocket message.
         loop {
             let drained = shared.drained.notified();
             let mut drained = pin!(drained);
             drained.as_mut().enable();
-            if shared.lock().inbound_bytes() < inbound_limit {
+            if shared.may_read_inbound() {
                 break;
             }
             drained.await;
@@ -271,9 +274,11 @@ fn receive(
             }));
         }
         Some(Ok(WsMessage::Text(text))) => {
-            // Payloads become slices of the received message: no copy.
-            let backing = bytes::Bytes::from(text.clone());
-            json::decode_batch_shared(text.as_str(), &backing)
+            // Large payloads may stay slices of the message, small ones are
+            // copied out (`wire::may_share`). Not cloned: a clone would make
+            // the message look shared.
+            let backing: &bytes::Bytes = text.as_ref();
+            json::decode_batch_shared(text.as_str(), backing)
                 .map_err(|e| Some(ProtocolError::from(e).into()))?
         }
         Some(Ok(WsMessage::Binary(bytes))) => {
