@@ -159,7 +159,10 @@ impl Holdfast {
         self.state.registry.held()
     }
 
-    /// Bytes buffered across all sessions now.
+    /// Bytes buffered across all sessions now, as the limits count them:
+    /// each queued message (replay buffers and received-but-unread
+    /// messages) at its payload plus
+    /// [`MESSAGE_OVERHEAD`](holdfast_protocol::MESSAGE_OVERHEAD).
     pub fn buffered_bytes(&self) -> usize {
         self.state.buffered.load(Ordering::Relaxed)
     }

@@ -214,7 +214,7 @@ fn kept_copy(headers: &HeaderMap, budget: usize) -> HeaderMap {
 /// WebSocket close reason may hold, so a client can neither forge log lines
 /// nor flood the log.
 pub(crate) fn loggable(text: &str) -> impl std::fmt::Debug + '_ {
-    const MAX: usize = 123;
+    const MAX: usize = holdfast_protocol::wire::MAX_CLOSE_REASON;
     let mut end = text.len().min(MAX);
     while !text.is_char_boundary(end) {
         end -= 1;

@@ -174,10 +174,12 @@ impl<'a> Link<'a> {
     pub(crate) fn feed(&mut self, frames: Vec<Frame>, via_request: bool) -> Step {
         let via = (!via_request).then_some(self.id);
         let mut inner = self.shared.lock();
-        let unacked = inner.core.unacked_bytes();
+        // Any acknowledgement frees room (in messages, if not in payload
+        // bytes: an ack of empty messages frees only their overhead).
+        let acked = inner.core.acked();
         let has_message = frames.iter().any(|f| matches!(f, Frame::Message { .. }));
         let result = inner.core.handle_frames(now(), via, frames);
-        if inner.core.unacked_bytes() < unacked {
+        if inner.core.acked() > acked {
             self.shared.space.notify_waiters();
         }
         self.shared.take_messages(&mut inner);

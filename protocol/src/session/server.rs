@@ -670,7 +670,11 @@ impl ServerSession {
     }
 
     /// The client's `close`: it ends the session, or answers ours.
-    fn peer_closed(&mut self, now: Instant, close: Close) {
+    ///
+    /// The reason is cut to what a WebSocket close frame can carry: the
+    /// client chose it, and a closed session keeps it for the resume window.
+    fn peer_closed(&mut self, now: Instant, mut close: Close) {
+        close.reason = crate::wire::truncate_reason(close.reason);
         self.end(now, close, Initiator::Peer);
     }
 
@@ -728,6 +732,25 @@ pub(super) fn push_messages(out: &mut Outbound, target: usize, frames: &mut Vec<
 mod tests {
     use super::*;
     use crate::wire::Message;
+
+    #[test]
+    fn a_client_close_reason_is_kept_cut_to_a_websocket_reason() {
+        let now = Instant::now();
+        let identity = SessionIdentity {
+            key: "k".into(),
+            session_id: "s".into(),
+        };
+        let mut server = ServerSession::new(now, SessionConfig::default(), identity);
+        let long = "é".repeat(150_000); // 300 KB, two bytes a character
+        let close = Frame::close(CloseCode::NORMAL, long);
+        assert_eq!(server.handle_frames(now, None, [close]), Ok(()));
+        let kept = server.close_reason().map(|c| c.reason.len());
+        assert_eq!(
+            kept,
+            Some(122),
+            "cut on a character boundary under 123 bytes"
+        );
+    }
 
     #[test]
     fn the_answer_to_a_client_close_acknowledges_what_came_before_it() {

@@ -87,6 +87,23 @@ pub struct Close {
     pub retry_after: Option<Duration>,
 }
 
+/// The most bytes of reason a WebSocket close frame can carry (RFC 6455
+/// §5.5: 125 bytes of payload, 2 of them the code).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason` cut to at most [`MAX_CLOSE_REASON`] bytes, on a character
+/// boundary.
+pub fn truncate_reason(reason: Cow<'static, str>) -> Cow<'static, str> {
+    if reason.len() <= MAX_CLOSE_REASON {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(reason[..end].to_owned())
+}
+
 impl Close {
     /// A close with a code and a reason.
     pub fn new(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Self {

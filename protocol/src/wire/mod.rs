@@ -13,7 +13,7 @@ mod message;
 mod scan;
 pub mod sse;
 
-pub use frame::{Close, Frame, OpenParams, PROTOCOL_VERSION};
+pub use frame::{Close, Frame, MAX_CLOSE_REASON, OpenParams, PROTOCOL_VERSION, truncate_reason};
 pub use message::{Message, Text};
 
 use bytes::Bytes;

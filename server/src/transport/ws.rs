@@ -330,18 +330,10 @@ fn text_message(frames: &[Frame]) -> WsMessage {
 /// The WebSocket close frame for a session or attachment end. The code is
 /// one RFC 6455 lets an endpoint send, or 1002.
 fn close_message(close: &Close) -> WsMessage {
-    // A WebSocket close reason is at most 123 bytes.
-    let mut reason = close.reason.as_ref();
-    while reason.len() > 123 {
-        let mut end = 123;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason = &reason[..end];
-    }
+    let reason = holdfast_protocol::wire::truncate_reason(close.reason.clone());
     WsMessage::Close(Some(CloseFrame {
         code: WsCloseCode::from(sendable_close_code(close.code.0)),
-        reason: Utf8Bytes::from(reason),
+        reason: Utf8Bytes::from(reason.as_ref()),
     }))
 }
 
