@@ -20,21 +20,26 @@
 //!
 //! See [`Holdfast`] for a complete example.
 
+mod admission;
 mod auth;
 mod client_js;
 mod config;
 mod fanout;
 mod origin;
+mod peer;
 mod registry;
 mod reject;
 mod server;
 mod session;
 mod transport;
 
-pub use auth::{OpenRequest, Refusal};
+pub use admission::OpenRateLimit;
+pub use auth::{Identity, OpenRequest, Refusal, RequestKind};
 pub use config::ServerConfig;
 pub use fanout::{Fanout, FanoutReport, SlowConsumer};
 pub use holdfast_protocol::{Close, CloseCode, Message, SendError, SessionConfig, TransportKind};
+pub use ipnet::IpNet;
 pub use origin::OriginPolicy;
+pub use peer::ProxyHeaders;
 pub use server::{Builder, Holdfast, Incoming};
 pub use session::{Session, SessionEnd};
