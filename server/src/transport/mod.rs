@@ -7,6 +7,8 @@
 //! transport is ready to carry frames.
 
 pub(crate) mod poll;
+#[cfg(test)]
+mod query_props;
 pub(crate) mod send;
 pub(crate) mod sse;
 mod upgrade;
