@@ -123,7 +123,11 @@ async fn ws_from(local: IpAddr, server: SocketAddr, url: &str, headers: &[(&str,
 
 /// Opens a session with a long-poll (its `open` frame comes back at once):
 /// `Ok(key)`, or the refusal.
-async fn open_poll(http: &reqwest::Client, server: &Server, headers: &[(&str, &str)]) -> Result<String, Reply> {
+async fn open_poll(
+    http: &reqwest::Client,
+    server: &Server,
+    headers: &[(&str, &str)],
+) -> Result<String, Reply> {
     let reply = raw::get(http, &server.url("poll", "v=1"), headers).await;
     match reply.frames.as_deref() {
         Ok([Frame::Open(open), ..]) if reply.status == 200 => Ok(open.key.clone()),
@@ -171,7 +175,10 @@ async fn one_address_opening_in_a_loop_is_refused_while_others_open_and_lose_not
     steady.release_max = 2;
     let steady = tokio::spawn(async move {
         let outcome = steady
-            .attach(Transport::WebSocket, &Plan::until_done(Duration::from_secs(20)))
+            .attach(
+                Transport::WebSocket,
+                &Plan::until_done(Duration::from_secs(20)),
+            )
             .await;
         (outcome, steady)
     });
@@ -258,11 +265,23 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
 
     // The proxy (127.0.0.1) forwards client A: its burst, then 503.
     for _ in 0..BURST {
-        assert!(open_poll(&proxy, &server, &xff("203.0.113.1")).await.is_ok());
+        assert!(
+            open_poll(&proxy, &server, &xff("203.0.113.1"))
+                .await
+                .is_ok()
+        );
     }
-    assert_rate_refusal(&open_poll(&proxy, &server, &xff("203.0.113.1")).await.unwrap_err());
+    assert_rate_refusal(
+        &open_poll(&proxy, &server, &xff("203.0.113.1"))
+            .await
+            .unwrap_err(),
+    );
     // Client B, behind the same proxy, is not affected.
-    assert!(open_poll(&proxy, &server, &xff("203.0.113.2")).await.is_ok());
+    assert!(
+        open_poll(&proxy, &server, &xff("203.0.113.2"))
+            .await
+            .is_ok()
+    );
     // What a client wrote itself (left of what the proxy appended) does
     // not count: this is client A again.
     let forged = open_poll(&proxy, &server, &xff("198.51.100.7, 203.0.113.1")).await;
@@ -298,7 +317,11 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
         .proxy_headers(ProxyHeaders::Forwarded);
     let server = Server::echo(builder).await;
     let element = |v: &'static str| [("forwarded", v)];
-    assert!(open_poll(&proxy, &server, &element("for=203.0.113.9")).await.is_ok());
+    assert!(
+        open_poll(&proxy, &server, &element("for=203.0.113.9"))
+            .await
+            .is_ok()
+    );
     let again = open_poll(&proxy, &server, &element("for=\"203.0.113.9:5000\"")).await;
     assert_rate_refusal(&again.unwrap_err());
     assert!(
@@ -361,8 +384,10 @@ async fn the_origin_check_compares_the_scheme() {
         let http = http.clone();
         let url = server.url(endpoint, "v=1");
         async move {
-            let refs: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let refs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             raw::get(&http, &url, &refs).await
         }
     };
@@ -388,12 +413,22 @@ async fn the_origin_check_compares_the_scheme() {
     get("poll", host("app.test", "http://app.test:443"))
         .await
         .assert_refusal(403, "close", 4403);
-    assert_eq!(get("poll", host("app.test", "http://app.test")).await.status, 200);
+    assert_eq!(
+        get("poll", host("app.test", "http://app.test"))
+            .await
+            .status,
+        200
+    );
 
     // A server told it is served over https wants https pages.
     let server = Server::echo(Holdfast::builder().served_over_https()).await;
     let url = server.url("poll", "v=1");
-    let refused = raw::get(&http, &url, &[("host", "app.test"), ("origin", "http://app.test")]).await;
+    let refused = raw::get(
+        &http,
+        &url,
+        &[("host", "app.test"), ("origin", "http://app.test")],
+    )
+    .await;
     refused.assert_refusal(403, "close", 4403);
     for origin in ["https://app.test", "https://app.test:443"] {
         let reply = raw::get(&http, &url, &[("host", "app.test"), ("origin", origin)]).await;
@@ -417,15 +452,21 @@ async fn forwarded_host_and_scheme_count_only_from_a_trusted_proxy() {
 
     // Not declared: the forwarded headers mean nothing.
     let server = Server::echo(Holdfast::builder()).await;
-    raw::get(&proxy, &server.url("poll", "v=1"), &forwarded("https://app.test"))
-        .await
-        .assert_refusal(403, "close", 4403);
+    raw::get(
+        &proxy,
+        &server.url("poll", "v=1"),
+        &forwarded("https://app.test"),
+    )
+    .await
+    .assert_refusal(403, "close", 4403);
 
     // Declared: believed from the proxy's address only.
     let server = Server::echo(Holdfast::builder().trusted_proxies(localhost())).await;
     let url = server.url("poll", "v=1");
     assert_eq!(
-        raw::get(&proxy, &url, &forwarded("https://app.test")).await.status,
+        raw::get(&proxy, &url, &forwarded("https://app.test"))
+            .await
+            .status,
         200
     );
     // The forwarded scheme counts.
@@ -449,7 +490,10 @@ async fn forwarded_host_and_scheme_count_only_from_a_trusted_proxy() {
     let headers = forwarded("https://app.test");
     let trusted = ws_try_from(IpAddr::from([127, 0, 0, 1]), server.addr, &ws_url, &headers).await;
     let mut ws = trusted.unwrap_or_else(|status| panic!("refused with {status}"));
-    assert!(matches!(ws.recv_frames().await.first(), Some(Frame::Open(_))));
+    assert!(matches!(
+        ws.recv_frames().await.first(),
+        Some(Frame::Open(_))
+    ));
     let untrusted = ws_try_from(ATTACKER, server.addr, &ws_url, &headers).await;
     assert_eq!(untrusted.err(), Some(403));
 
@@ -474,9 +518,14 @@ async fn forwarded_host_and_scheme_count_only_from_a_trusted_proxy() {
 }
 
 /// A server whose hook wants `Authorization: Bearer <name>`: binds the
-/// session to `Identity(name)`, except `guest` (no identity) and `mallory`
-/// (forbidden). Records the kind of every request it sees.
-async fn auth_server() -> (Server, holdfast::server::Incoming, Arc<Mutex<Vec<RequestKind>>>) {
+/// session to `Identity(name)`, except `guest` (accepted with no identity,
+/// a broken hook) and `mallory` (forbidden). Records the kind of every
+/// request it sees.
+async fn auth_server() -> (
+    Server,
+    holdfast::server::Incoming,
+    Arc<Mutex<Vec<RequestKind>>>,
+) {
     let kinds = Arc::new(Mutex::new(Vec::new()));
     let seen = kinds.clone();
     let (holdfast, incoming) = Holdfast::builder()
@@ -525,7 +574,10 @@ async fn a_request_with_another_identity_or_none_is_refused_and_the_owner_loses_
         other => panic!("{other:?}"),
     };
     let session = accept(&mut incoming, DEADLINE).await;
-    assert_eq!(session.extensions().get::<Identity>(), Some(&Identity::new("alice")));
+    assert_eq!(
+        session.extensions().get::<Identity>(),
+        Some(&Identity::new("alice"))
+    );
     let (recorder, _) = Recorder::start(session.clone());
     session.send("m1").await.expect("send");
     assert_eq!(
@@ -544,7 +596,10 @@ async fn a_request_with_another_identity_or_none_is_refused_and_the_owner_loses_
     let guest = bearer("guest");
     let intruders: [(&str, &[(&str, &str)]); 3] = [
         ("bob", &[("authorization", bob.as_str())]),
-        ("guest", &[("authorization", guest.as_str())]),
+        (
+            "someone the hook names no one",
+            &[("authorization", guest.as_str())],
+        ),
         ("no one", &[]),
     ];
     for (who, headers) in intruders {
@@ -557,9 +612,13 @@ async fn a_request_with_another_identity_or_none_is_refused_and_the_owner_loses_
         );
         assert_eq!(close.map(|c| c.0), Some(4401), "{who}");
         for endpoint in ["sse", "poll"] {
-            raw::get(&http, &server.url(endpoint, &resume_query(&key, 1)), headers)
-                .await
-                .assert_refusal(401, "close", 4401);
+            raw::get(
+                &http,
+                &server.url(endpoint, &resume_query(&key, 1)),
+                headers,
+            )
+            .await
+            .assert_refusal(401, "close", 4401);
         }
         // Sends (that would deliver a message and be acknowledged).
         let url = format!("{}/send?v=1&key={}", server.base, raw::encode(&key));
@@ -619,12 +678,18 @@ async fn a_request_with_another_identity_or_none_is_refused_and_the_owner_loses_
         }
     }
     assert!(
-        got.iter().all(|f| !matches!(f, Frame::Detach { .. } | Frame::Close { .. })),
+        got.iter()
+            .all(|f| !matches!(f, Frame::Detach { .. } | Frame::Close { .. })),
         "{got:?}"
     );
 
     // Alice herself resumes and sends on the other transports.
-    let reply = raw::get(&http, &server.url("poll", &resume_query(&key, 2)), &alice_auth).await;
+    let reply = raw::get(
+        &http,
+        &server.url("poll", &resume_query(&key, 2)),
+        &alice_auth,
+    )
+    .await;
     assert!(
         matches!(reply.batch().first(), Some(Frame::Resumed { ack: 1 })),
         "{:?}",
@@ -660,33 +725,23 @@ async fn a_request_with_another_identity_or_none_is_refused_and_the_owner_loses_
 }
 
 #[tokio::test]
-async fn a_session_opened_without_an_identity_stays_without_one() {
-    let (server, mut incoming, _) = auth_server().await;
+async fn an_auth_hook_that_names_no_identity_fails_the_open_loudly() {
+    let (server, _incoming, _) = auth_server().await;
     let http = raw::http_client();
     let guest = bearer("guest");
-    let key = open_poll(&http_from(OTHER), &server, &[("authorization", &guest)])
-        .await
-        .unwrap_or_else(|reply| panic!("{reply:?}"));
-    let session = accept(&mut incoming, DEADLINE).await;
-    assert_eq!(session.extensions().get::<Identity>(), None);
-    // Someone with an identity cannot take it over, no one at all neither…
-    let alice = bearer("alice");
-    let url = server.url("poll", &resume_query(&key, 0));
-    raw::get(&http, &url, &[("authorization", &alice)])
-        .await
-        .assert_refusal(401, "close", 4401);
-    raw::get(&http, &url, &[])
-        .await
-        .assert_refusal(401, "close", 4401);
-    // …another guest can: the hook accepts and yields no identity.
-    session.send("hi").await.expect("send");
-    let reply = raw::get(&http, &url, &[("authorization", &guest)]).await;
+    raw::get(
+        &http,
+        &server.url("poll", "v=1"),
+        &[("authorization", &guest)],
+    )
+    .await
+    .assert_refusal(500, "close", 1011);
+    let mut ws = RawWs::connect_with(&server.ws_url("v=1"), &[("authorization", &guest)]).await;
+    let (frames, close) = ws.recv_until_closed().await;
     assert!(
-        reply.batch().contains(&Frame::Msg {
-            seq: 1,
-            data: "hi".into()
-        }),
-        "{:?}",
-        reply.batch()
+        matches!(frames.as_slice(), [Frame::Close { code: 1011, .. }]),
+        "{frames:?}"
     );
+    assert_eq!(close.map(|c| c.0), Some(1011));
+    assert_eq!(server.holdfast.session_count(), 0);
 }

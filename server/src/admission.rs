@@ -90,7 +90,10 @@ pub(crate) enum Verdict {
     /// Not now. `wait`: until the bucket holds a token again. `first`:
     /// this client was admitted last time (log once per episode, not per
     /// refused request).
-    Refuse { wait: Duration, first: bool },
+    Refuse {
+        wait: Duration,
+        first: bool,
+    },
 }
 
 /// The clients a bucket is kept for. An IPv6 client usually holds a whole

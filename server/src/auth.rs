@@ -43,12 +43,14 @@ pub enum RequestKind {
     Probe,
 }
 
-/// Who a session belongs to: put one in the [`Extensions`] the
-/// authentication hook returns when it opens a session, and every later
-/// request naming the session must yield an equal one (or, if the session
-/// was opened without one, none) — else it is refused with `401` (close
-/// 4401) and the session lives on for its owner. Compared exactly; make it
-/// the stable user (or tenant, device…) id, not a token that is renewed.
+/// Who a session belongs to: the authentication hook puts one in the
+/// [`Extensions`] it returns (see
+/// [`Builder::auth`](crate::Builder::auth)), and every later request naming
+/// the session must yield an equal one — else it is refused with `401`
+/// (close 4401) and the session lives on for its owner. Compared exactly:
+/// make it the stable user (or tenant, device…) id, not a token that is
+/// renewed. Readable on the session with
+/// `session.extensions().get::<Identity>()`.
 ///
 /// ```
 /// let identity = holdfast_server::Identity::new("user-42");

@@ -213,6 +213,10 @@ mod tests {
         assert!(p.check(&headers(Some("https://app.test.evil")), x).is_err());
         let refusal = p.check(&headers(Some("http://app.test")), x);
         assert!(matches!(refusal, Err(Reject::Origin(c, _)) if c.code == CloseCode::FORBIDDEN));
-        assert!(OriginPolicy::Any.check(&headers(Some("https://z")), x).is_ok());
+        assert!(
+            OriginPolicy::Any
+                .check(&headers(Some("https://z")), x)
+                .is_ok()
+        );
     }
 }

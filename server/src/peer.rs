@@ -244,7 +244,10 @@ mod tests {
         let p = proxies(&["10.0.0.0/8"], ProxyHeaders::XForwarded);
         let h = with(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-host", "a")]);
         assert_eq!(p.forwarded(ip("192.168.1.1"), &h), None);
-        assert_eq!(TrustedProxies::default().forwarded(ip("10.0.0.1"), &h), None);
+        assert_eq!(
+            TrustedProxies::default().forwarded(ip("10.0.0.1"), &h),
+            None
+        );
     }
 
     #[test]
@@ -292,7 +295,10 @@ mod tests {
             Some(ip("10.1.1.1"))
         );
         // The other kind of header is ignored.
-        assert_eq!(client(&[("forwarded", "for=6.6.6.6")]), Some(ip("10.0.0.1")));
+        assert_eq!(
+            client(&[("forwarded", "for=6.6.6.6")]),
+            Some(ip("10.0.0.1"))
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The server: its builder, its router, and the stream of new sessions.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
@@ -19,8 +19,8 @@ use crate::auth::{AuthHook, OpenRequest, Refusal};
 use crate::config::ServerConfig;
 use crate::origin::{OriginPolicy, Served};
 use crate::peer::{Forwarded, Peer, ProxyHeaders, TrustedProxies};
-use crate::reject::Reject;
 use crate::registry::Registry;
+use crate::reject::Reject;
 use crate::session::{Session, now};
 use crate::transport;
 
@@ -74,6 +74,8 @@ pub(crate) struct ServerState {
     https: bool,
     /// Whether the missing connect info was reported.
     warned_no_peer: AtomicBool,
+    /// Whether forwarded headers from an untrusted peer were reported.
+    warned_untrusted_proxy: AtomicBool,
     sink: SessionSink,
 }
 
@@ -121,8 +123,27 @@ impl ServerState {
         };
         Some(match self.proxies.forwarded(addr.ip(), headers) {
             Some(forwarded) => forwarded.client,
-            None => addr.ip(),
+            None => {
+                self.warn_untrusted_forwarding(addr.ip(), headers);
+                addr.ip()
+            }
         })
+    }
+
+    /// Says once that a peer not declared a proxy forwards clients: they
+    /// all share its open-rate bucket (or a client is forging headers).
+    fn warn_untrusted_forwarding(&self, peer: IpAddr, headers: &HeaderMap) {
+        let forwards =
+            headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
+        if forwards && !self.warned_untrusted_proxy.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %peer,
+                "a request carries X-Forwarded-For or Forwarded from an address that is not a \
+                 trusted proxy: if it is your reverse proxy, declare it with \
+                 `Builder::trusted_proxies`, or all its clients share one limit on opening \
+                 sessions (logged once)"
+            );
+        }
     }
 
     /// What a trusted proxy forwarded, if the request came from one.
@@ -315,9 +336,10 @@ impl Builder {
     /// binds the session. A later request whose credentials yield another
     /// `Identity`, or none, is refused with `401` (close 4401) before it
     /// touches the session (no attachment, no acknowledgement, no data),
-    /// and the session lives on for its owner. A session opened without
-    /// an `Identity` only asks that later requests pass the hook and yield
-    /// none either. The session key alone no longer resumes a session.
+    /// and the session lives on for its owner: the session key alone no
+    /// longer resumes a session. An open accepted without an `Identity` is
+    /// refused with `500` (close 1011) and an error in the log, as there
+    /// would be nothing to bind the session to.
     ///
     /// The hook runs on every poll and send: keep it cheap (check a signed
     /// cookie or token, cache lookups), and do the expensive part only for
@@ -457,6 +479,7 @@ impl Builder {
                 proxies: TrustedProxies::new(self.proxies, self.proxy_headers),
                 https: self.https,
                 warned_no_peer: AtomicBool::new(false),
+                warned_untrusted_proxy: AtomicBool::new(false),
                 sink,
             }),
         }

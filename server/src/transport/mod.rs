@@ -144,13 +144,27 @@ pub(crate) async fn prepare(
     admit(state, &headers, peer)?;
     let identity = match &state.auth {
         Some(hook) => {
-            hook.check(OpenRequest {
-                headers: headers.clone(),
-                uri,
-                transport: kind,
-                kind: RequestKind::Open,
-            })
-            .await?
+            let granted = hook
+                .check(OpenRequest {
+                    headers: headers.clone(),
+                    uri,
+                    transport: kind,
+                    kind: RequestKind::Open,
+                })
+                .await?;
+            if granted.get::<Identity>().is_none() {
+                // Nothing to bind the session to: any credentials the hook
+                // accepts could take it over. Fail loudly instead.
+                tracing::error!(
+                    "the auth hook accepted a session without putting an `Identity` in the \
+                     extensions it returned: refusing it (see `Builder::auth`)"
+                );
+                return Err(Reject::session(
+                    CloseCode::INTERNAL_ERROR,
+                    "the server's authentication named no identity",
+                ));
+            }
+            granted
         }
         None => Extensions::new(),
     };
@@ -183,9 +197,9 @@ fn admit(state: &ServerState, headers: &HeaderMap, peer: Peer) -> Result<(), Rej
 }
 
 /// Runs the authentication hook for a request naming `shared`'s session
-/// and checks that it yields the session's [`Identity`] (or none, for a
-/// session opened without one). Refusals are `close` frames for the
-/// requester only: the session lives on for its owner.
+/// and checks that it yields the session's [`Identity`]. Refusals are
+/// `close` frames for the requester only: the session lives on for its
+/// owner.
 pub(crate) async fn reauthorize(
     state: &ServerState,
     shared: &Shared,
@@ -206,7 +220,9 @@ pub(crate) async fn reauthorize(
         })
         .await?;
     if granted.get::<Identity>() != shared.identity() {
-        return Err(Refusal::unauthorized("these credentials are not the session's owner's").into());
+        return Err(
+            Refusal::unauthorized("these credentials are not the session's owner's").into(),
+        );
     }
     Ok(())
 }

@@ -33,10 +33,9 @@ fn query_like() -> impl Strategy<Value = String> {
 
 /// A parameter the parser does not know.
 fn unknown_param() -> impl Strategy<Value = (String, String)> {
-    ("[a-z_]{1,8}", any::<String>())
-        .prop_filter("not a known name", |(name, _)| {
-            !["v", "key", "last", "probe"].contains(&name.as_str())
-        })
+    ("[a-z_]{1,8}", any::<String>()).prop_filter("not a known name", |(name, _)| {
+        !["v", "key", "last", "probe"].contains(&name.as_str())
+    })
 }
 
 proptest! {
