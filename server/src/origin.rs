@@ -40,21 +40,28 @@ impl OriginPolicy {
             return Ok(());
         };
         let origin = origin_value.to_str().unwrap_or("");
-        let allowed = match self {
-            Self::Any => true,
-            Self::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
-            Self::SameOrigin => served().is_same_origin(origin),
+        let refused = match self {
+            Self::Any => None,
+            Self::List(list) => (!list.iter().any(|o| o.eq_ignore_ascii_case(origin)))
+                .then(|| format!("origin {origin:?} is not allowed")),
+            Self::SameOrigin => {
+                let served = served();
+                // Say what the server takes itself to be: behind TLS
+                // termination or a proxy, that is what to configure.
+                (!served.is_same_origin(origin)).then(|| {
+                    format!(
+                        "origin {origin:?} is not allowed (this server is {})",
+                        served.describe()
+                    )
+                })
+            }
         };
-        if allowed {
-            Ok(())
-        } else {
-            Err(Reject::Origin(
-                holdfast_protocol::Close::new(
-                    CloseCode::FORBIDDEN,
-                    format!("origin {origin:?} is not allowed"),
-                ),
+        match refused {
+            None => Ok(()),
+            Some(reason) => Err(Reject::Origin(
+                holdfast_protocol::Close::new(CloseCode::FORBIDDEN, reason),
                 origin_value.clone(),
-            ))
+            )),
         }
     }
 
@@ -104,6 +111,17 @@ pub(crate) struct Served<'a> {
 }
 
 impl Served<'_> {
+    /// `scheme://host` as the server sees itself (the forwarded host if
+    /// any), for refusal reasons.
+    fn describe(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        let host = self.forwarded_host.as_deref().or(self.host).unwrap_or("?");
+        // Shown to the client in a close reason (at most 123 bytes on
+        // WebSocket): keep it short.
+        let host: String = host.chars().take(64).collect();
+        format!("{scheme}://{host}")
+    }
+
     /// Whether `origin` is the same scheme, host and port (default ports
     /// normalised).
     fn is_same_origin(&self, origin: &str) -> bool {
@@ -190,6 +208,20 @@ mod tests {
         assert!(same("http://a.test:80", false, "a.test"));
         assert!(!same("http://a.test:443", true, "a.test"));
         assert!(same("http://[::1]:8080", false, "[::1]:8080"));
+    }
+
+    #[test]
+    fn a_same_origin_refusal_says_what_the_server_takes_itself_to_be() {
+        let refusal = OriginPolicy::SameOrigin
+            .check(&headers(Some("https://a.test")), || served(false, "a.test"));
+        let reason = match refusal {
+            Err(reject) => reject.close().reason.to_string(),
+            Ok(()) => String::new(),
+        };
+        assert_eq!(
+            reason,
+            r#"origin "https://a.test" is not allowed (this server is http://a.test)"#
+        );
     }
 
     #[test]
