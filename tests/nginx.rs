@@ -11,7 +11,10 @@
 //! - *well configured*: the client stays on WebSocket;
 //! - *impatient* (`proxy_read_timeout` 2 s): with the server's ping
 //!   interval and poll hold below it nothing is ever cut; with them above
-//!   it nginx cuts idle connections and the sessions resume without loss.
+//!   it nginx cuts idle connections and the sessions resume without loss;
+//! - *forwarding* (nginx's default `Host`, `X-Forwarded-*`): a browser's
+//!   `Origin` matches and each client has its own open-rate bucket once
+//!   nginx is declared a trusted proxy, not before.
 //!
 //! Every exchange checks exact delivery both ways (the echo comes back
 //! exactly once, in order). nginx missing is a failure: `./test.sh`
@@ -20,11 +23,12 @@
 mod client_support;
 mod nginx_support;
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use client_support::*;
 use holdfast::client::{Connection, Event, TransportKind};
-use holdfast::server::ServerConfig;
+use holdfast::server::{Holdfast, IpNet, OpenRateLimit, ServerConfig};
 use nginx_support::{Nginx, Profile};
 
 /// nginx's `proxy_read_timeout` in the impatient profile: holdfast's
@@ -276,4 +280,103 @@ async fn impatient_nginx_cuts_idle_connections_when_timers_are_above_its_timeout
         polls.iter().any(|(status, _)| *status == 504),
         "held polls answered 504 by nginx: {polls:?}"
     );
+}
+
+/// An echo server that knows each request's TCP peer (as
+/// `holdfast::server::serve` does), so that it can tell nginx from others.
+async fn serve_with_peers(holdfast: holdfast::server::Holdfast) -> (SocketAddr, AbortOnDrop) {
+    let app = axum::Router::new().nest("/realtime", holdfast.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        let _ = axum::serve(listener, service).await;
+    });
+    (addr, AbortOnDrop(task))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A plain HTTP client whose connections come from `local`.
+fn http_from(local: IpAddr) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(local)
+        .build()
+        .expect("HTTP client")
+}
+
+/// Opens a session with a long-poll through nginx: the status.
+async fn open_status(http: &reqwest::Client, nginx: &Nginx, headers: &[(&str, &str)]) -> u16 {
+    let mut request = http.get(format!("{}/poll?v=1", nginx.url()));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = tokio::time::timeout(DEADLINE, request.send())
+        .await
+        .expect("a reply within the deadline")
+        .unwrap_or_else(|e| panic!("GET through nginx: {e}\n{}", nginx.logs()));
+    response.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_forwarded_host_and_client_address_count_once_nginx_is_trusted() {
+    const BURST: u32 = 2;
+    let alice = http_from(IpAddr::from([127, 0, 0, 2]));
+    let bob = http_from(IpAddr::from([127, 0, 0, 3]));
+    for trusted in [false, true] {
+        let mut config = ServerConfig::default();
+        config.open_rate_limit = Some(OpenRateLimit::new(BURST, 0.01));
+        let mut builder = Holdfast::builder().config(config);
+        if trusted {
+            builder = builder.trusted_proxies([IpNet::from(IpAddr::from([127, 0, 0, 1]))]);
+        }
+        let (addr, _server) = serve_with_peers(builder.on_session(|_| async {})).await;
+        let nginx = Nginx::start(Profile::Forwarding, addr).await;
+        let logs = || format!("trusted {trusted}\n{}", nginx.logs());
+
+        // A page served by nginx: its Origin is nginx's, while holdfast
+        // sees `Host: 127.0.0.1:<upstream port>`. Only the trusted
+        // X-Forwarded-Host matches it.
+        let page = format!("http://{}", nginx.addr);
+        let status = open_status(&alice, &nginx, &[("origin", &page)]).await;
+        assert_eq!(status, if trusted { 200 } else { 403 }, "{}", logs());
+        let other_page = [("origin", "http://elsewhere.test")];
+        assert_eq!(
+            open_status(&alice, &nginx, &other_page).await,
+            403,
+            "{}",
+            logs()
+        );
+
+        // Per-client limits: trusted, each client address (appended by
+        // nginx to X-Forwarded-For) has its own bucket; untrusted, every
+        // client shares nginx's.
+        let spoofed = [("x-forwarded-for", "198.51.100.1")];
+        let mut alice_statuses = Vec::new();
+        for _ in 0..=BURST {
+            alice_statuses.push(open_status(&alice, &nginx, &spoofed).await);
+        }
+        let bob_status = open_status(&bob, &nginx, &[]).await;
+        println!("nginx, trusted {trusted}: alice {alice_statuses:?}, bob {bob_status}");
+        if trusted {
+            // Alice opened once above with her page and once more here,
+            // then her burst ran out; what she wrote in X-Forwarded-For
+            // did not help her.
+            assert_eq!(alice_statuses, [200, 503, 503], "{}", logs());
+            assert_eq!(bob_status, 200, "{}", logs());
+        } else {
+            assert_eq!(alice_statuses, [200, 200, 503], "{}", logs());
+            assert_eq!(bob_status, 503, "bob shares nginx's address\n{}", logs());
+        }
+    }
 }

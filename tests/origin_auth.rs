@@ -1,7 +1,9 @@
 //! Who may open a session (`PROTOCOL.md` §1, §4, §7): the `Origin` check on
 //! every request of every transport (403 / 4403, before the upgrade on
 //! WebSocket), and the application's authentication hook (401 / 4401 on
-//! refusal, the identity reaching `Session::extensions()` on success).
+//! refusal, the identity reaching `Session::extensions()` on success; run
+//! again on every request naming the session — more in
+//! `hardening_admission.rs`).
 
 mod support;
 
@@ -156,6 +158,7 @@ async fn auth_server() -> (TestServer, holdfast::server::Incoming, Arc<AtomicUsi
                     return Err(Refusal::forbidden("not you"));
                 }
                 let mut identity = http::Extensions::new();
+                identity.insert(holdfast::server::Identity::new(name.as_str()));
                 identity.insert(User(name));
                 Ok(identity)
             }
@@ -237,9 +240,21 @@ async fn the_identity_reaches_the_session_on_every_transport() {
             Some(format!("Bearer {name}").as_str())
         );
 
-        // Resumes are authenticated by the key: no token needed, no hook call.
-        let before = calls.load(Ordering::SeqCst);
+        // Resumes run the hook again, so the client keeps sending its
+        // credentials; without them the key alone is refused (4401) and the
+        // session lives on.
         client.headers.clear();
+        let refused = client.attach(Transport::Poll, &Plan::greeting_only()).await;
+        assert!(
+            matches!(&refused, Ok(Outcome::Refused(401, frames))
+                if frames.first().and_then(|f| f.code()) == Some(4401)),
+            "{transport:?}: a resume without credentials: {refused:?}"
+        );
+        assert!(!session.is_closed());
+        let before = calls.load(Ordering::SeqCst);
+        client
+            .headers
+            .push(("authorization".into(), format!("Bearer {name}")));
         client.backlog = vec![Payload::Text(format!("hello from {name}"))].into();
         let mut plan = Plan::until_done(DEADLINE);
         plan.stop_when_done = true;
@@ -250,10 +265,9 @@ async fn the_identity_reaches_the_session_on_every_transport() {
                 "{transport:?} → {resume_on:?}"
             );
         }
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            before,
-            "the hook ran on a resume"
+        assert!(
+            calls.load(Ordering::SeqCst) >= before + Transport::ALL.len(),
+            "the hook did not run on each resume"
         );
         let got = within(DEADLINE, "the message", session.recv())
             .await

@@ -1,5 +1,7 @@
 //! The authentication hook: sees the request that opens a session and
-//! refuses it or attaches an identity to the session.
+//! refuses it or attaches an identity to the session — then every later
+//! request that names the session, which must come from the same
+//! [`Identity`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,15 +12,63 @@ use http::{Extensions, HeaderMap, StatusCode, Uri, header};
 
 use crate::reject::Reject;
 
-/// The request that opens a session, as the authentication hook sees it.
+/// A request that opens a session or names one, as the authentication
+/// hook sees it.
 #[derive(Clone, Debug)]
 pub struct OpenRequest {
     /// The request headers (cookies, `Authorization`, `Origin`, …).
     pub headers: HeaderMap,
     /// The request URI, with its query.
     pub uri: Uri,
-    /// The transport the session opens on.
+    /// The transport the request opens or resumes the session on. For a
+    /// [`RequestKind::Send`] (which serves SSE and long-polling), the
+    /// transport the session is attached on now, long-polling if none.
     pub transport: TransportKind,
+    /// What the request does: opens a session, or resumes, sends to or
+    /// probes one.
+    pub kind: RequestKind,
+}
+
+/// What a request seen by the authentication hook does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RequestKind {
+    /// Opens a new session (`ws`, `sse`, `poll` without a key).
+    Open,
+    /// Resumes a session (`ws`, `sse` with a key; every `poll` with one).
+    Resume,
+    /// Sends to a session (`POST <mount>/send`).
+    Send,
+    /// Probes a transport for a session (`probe=1`).
+    Probe,
+}
+
+/// Who a session belongs to: the authentication hook puts one in the
+/// [`Extensions`] it returns (see
+/// [`Builder::auth`](crate::Builder::auth)), and every later request naming
+/// the session must yield an equal one — else it is refused with `401`
+/// (close 4401) and the session lives on for its owner. Compared exactly:
+/// make it the stable user (or tenant, device…) id, not a token that is
+/// renewed. Readable on the session with
+/// `session.extensions().get::<Identity>()`.
+///
+/// ```
+/// let identity = holdfast_server::Identity::new("user-42");
+/// assert_eq!(identity.as_str(), "user-42");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity(Arc<str>);
+
+impl Identity {
+    /// An identity named `id`.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    /// Its name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl OpenRequest {
@@ -120,6 +170,7 @@ mod tests {
             headers,
             uri: "/rt/ws?v=1&token=x%2By".parse().unwrap_or_default(),
             transport: TransportKind::WebSocket,
+            kind: RequestKind::Open,
         };
         assert_eq!(request.cookie("user").as_deref(), Some("ada%20l"));
         assert_eq!(request.cookie("nope"), None);

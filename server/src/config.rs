@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use holdfast_protocol::SessionConfig;
 
+use crate::admission::OpenRateLimit;
+
 /// Parameters of a [`Holdfast`](crate::Holdfast) server. Every field has a
 /// default sized for proxies that cut silent connections at 30 s.
 ///
@@ -27,6 +29,26 @@ pub struct ServerConfig {
     /// resumable for the resume window without counting here, up to this
     /// many too (the oldest go first). Default 100 000.
     pub max_sessions: usize,
+    /// How fast one client address may open sessions, so that one client
+    /// cannot take all `max_sessions` and lock everyone out; past it, new
+    /// sessions from that address get `503` + `Retry-After` (WebSocket:
+    /// close 4503). Checked before anything is allocated for the session
+    /// or the auth hook runs. Resumes, sends and polls are not limited.
+    ///
+    /// The address is the TCP peer's, which the server knows only when it
+    /// runs with connect info (`holdfast::server::serve`, or axum's
+    /// `into_make_service_with_connect_info::<SocketAddr>()`); without it
+    /// there is no per-address limit. Behind a reverse proxy every client
+    /// has the proxy's address: declare it with
+    /// [`Builder::trusted_proxies`](crate::Builder::trusted_proxies) so the
+    /// forwarded address counts instead.
+    ///
+    /// Default: a burst of 1000, then 25 a second, per address (an IPv6
+    /// /64 is one address) — an office behind one NAT address can all
+    /// reconnect at once, while one address can hold at most 5 % of the
+    /// default `max_sessions`. Lower it with `max_sessions`. `None`: no
+    /// limit.
+    pub open_rate_limit: Option<OpenRateLimit>,
     /// Most bytes buffered across all sessions: replay buffers and
     /// received-but-unread messages, each message counting its payload plus
     /// [`MESSAGE_OVERHEAD`](holdfast_protocol::MESSAGE_OVERHEAD) (the
@@ -87,6 +109,7 @@ impl Default for ServerConfig {
         Self {
             session: SessionConfig::default(),
             max_sessions: 100_000,
+            open_rate_limit: Some(OpenRateLimit::default()),
             max_buffered_bytes: 512 * 1024 * 1024,
             retry_after: Duration::from_secs(5),
             sse_padding: 2048,
@@ -106,6 +129,9 @@ impl ServerConfig {
     /// Checks that the parameters make sense together.
     pub fn validate(&self) -> Result<(), holdfast_protocol::ConfigError> {
         self.session.validate()?;
+        if let Some(limit) = &self.open_rate_limit {
+            limit.validate()?;
+        }
         if self.max_sessions == 0 || self.accept_backlog == 0 {
             return Err(holdfast_protocol::ConfigError(
                 "max_sessions and accept_backlog must be at least 1",

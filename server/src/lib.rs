@@ -24,11 +24,13 @@
 //!
 //! See [`Holdfast`] for a complete example.
 
+mod admission;
 mod auth;
 mod client_js;
 mod config;
 mod fanout;
 mod origin;
+mod peer;
 mod registry;
 mod reject;
 mod serve;
@@ -37,11 +39,14 @@ mod session;
 mod transport;
 mod write_deadline;
 
-pub use auth::{OpenRequest, Refusal};
+pub use admission::OpenRateLimit;
+pub use auth::{Identity, OpenRequest, Refusal, RequestKind};
 pub use config::ServerConfig;
 pub use fanout::{Fanout, FanoutReport, SlowConsumer};
 pub use holdfast_protocol::{Close, CloseCode, Message, SendError, SessionConfig, TransportKind};
+pub use ipnet::IpNet;
 pub use origin::OriginPolicy;
+pub use peer::ProxyHeaders;
 pub use serve::{Serve, ServeConfig, ServeFuture, serve};
 pub use server::{Builder, Holdfast, Incoming};
 pub use session::{Session, SessionEnd};

@@ -1,21 +1,26 @@
 //! The server: its builder, its router, and the stream of new sessions.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::routing::{get, post};
 use holdfast_protocol::{Close, CloseCode, ConfigError};
-use http::Extensions;
+use http::{Extensions, HeaderMap, header};
+use ipnet::IpNet;
 use tokio::sync::mpsc;
 
+use crate::admission::Admission;
 use crate::auth::{AuthHook, OpenRequest, Refusal};
 use crate::config::ServerConfig;
-use crate::origin::OriginPolicy;
+use crate::origin::{OriginPolicy, Served};
+use crate::peer::{Forwarded, Peer, ProxyHeaders, TrustedProxies};
 use crate::registry::Registry;
+use crate::reject::Reject;
 use crate::session::{Session, now};
 use crate::transport;
 
@@ -58,6 +63,16 @@ pub(crate) struct ServerState {
     pub(crate) buffered: AtomicUsize,
     pub(crate) origins: OriginPolicy,
     pub(crate) auth: Option<AuthHook>,
+    /// Per-address limit on opening sessions.
+    pub(crate) admission: Admission,
+    /// Reverse proxies whose forwarded headers are believed.
+    proxies: TrustedProxies,
+    /// Clients reach the server over https (TLS terminated in front).
+    https: bool,
+    /// Whether the missing connect info was reported.
+    warned_no_peer: AtomicBool,
+    /// Whether forwarded headers from an untrusted peer were reported.
+    warned_untrusted_proxy: AtomicBool,
     sink: SessionSink,
 }
 
@@ -76,6 +91,83 @@ pub(crate) enum HandOffError {
 }
 
 impl ServerState {
+    /// Checks the request's `Origin` against the policy.
+    pub(crate) fn check_origin(&self, headers: &HeaderMap, peer: Peer) -> Result<(), Reject> {
+        self.origins.check(headers, || {
+            let (proto, forwarded_host) = match self.forwarded(headers, peer) {
+                Some(forwarded) => (forwarded.proto, forwarded.host),
+                None => (None, None),
+            };
+            let https = match proto.map(|p| p.to_ascii_lowercase()).as_deref() {
+                Some("https" | "wss") => true,
+                Some("http" | "ws") => false,
+                _ => self.https,
+            };
+            Served {
+                https,
+                host: headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+                forwarded_host,
+            }
+        })
+    }
+
+    /// The client's address: the TCP peer's, or behind a trusted proxy the
+    /// one it forwarded. `None` without connect info.
+    pub(crate) fn client_addr(&self, headers: &HeaderMap, peer: Peer) -> Option<IpAddr> {
+        let Some(addr) = peer.0 else {
+            self.warn_no_peer();
+            return None;
+        };
+        Some(match self.proxies.forwarded(addr.ip(), headers) {
+            Some(forwarded) => forwarded.client,
+            None => {
+                self.warn_untrusted_forwarding(addr.ip(), headers);
+                addr.ip()
+            }
+        })
+    }
+
+    /// Says once that a peer not declared a proxy forwards clients: they
+    /// all share its open-rate bucket (or a client is forging headers).
+    fn warn_untrusted_forwarding(&self, peer: IpAddr, headers: &HeaderMap) {
+        let forwards =
+            headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
+        if forwards && !self.warned_untrusted_proxy.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %peer,
+                "a request carries X-Forwarded-For or Forwarded from an address that is not a \
+                 trusted proxy: if it is your reverse proxy, declare it with \
+                 `Builder::trusted_proxies`, or all its clients share one limit on opening \
+                 sessions (logged once)"
+            );
+        }
+    }
+
+    /// What a trusted proxy forwarded, if the request came from one.
+    fn forwarded(&self, headers: &HeaderMap, peer: Peer) -> Option<Forwarded> {
+        if self.proxies.is_empty() {
+            return None;
+        }
+        let Some(addr) = peer.0 else {
+            self.warn_no_peer();
+            return None;
+        };
+        self.proxies.forwarded(addr.ip(), headers)
+    }
+
+    fn warn_no_peer(&self) {
+        if self.config.open_rate_limit.is_none() && self.proxies.is_empty() {
+            return;
+        }
+        if !self.warned_no_peer.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "requests carry no client address (serve with `holdfast::server::serve` or \
+                 `into_make_service_with_connect_info::<SocketAddr>()`): there is no \
+                 per-address limit on opening sessions, and forwarded headers are ignored"
+            );
+        }
+    }
+
     /// Gives a new session to the application.
     pub(crate) fn hand_off(&self, session: Session) -> Result<(), HandOffError> {
         match &self.sink {
@@ -159,6 +251,13 @@ impl Holdfast {
         self.state.registry.held()
     }
 
+    /// Client addresses the per-address limit on opening sessions tracks
+    /// now (at most
+    /// [`OpenRateLimit::max_clients`](crate::OpenRateLimit::max_clients)).
+    pub fn tracked_client_addresses(&self) -> usize {
+        self.state.admission.tracked()
+    }
+
     /// Bytes buffered across all sessions now, as the limits count them:
     /// each queued message (replay buffers and received-but-unread
     /// messages) at its payload plus
@@ -191,6 +290,9 @@ pub struct Builder {
     config: ServerConfig,
     origins: OriginPolicy,
     auth: Option<AuthHook>,
+    proxies: Vec<IpNet>,
+    proxy_headers: ProxyHeaders,
+    https: bool,
 }
 
 impl Builder {
@@ -223,12 +325,30 @@ impl Builder {
         self
     }
 
-    /// Authenticates the request that opens each session (resumes are
-    /// authenticated by the session key). Return the identity to attach to
-    /// the session, readable with [`Session::extensions`], or a refusal.
+    /// Authenticates the requests of each session: the one that opens it,
+    /// and every later one that names it (each resume on any transport,
+    /// each poll, each send, each probe — [`OpenRequest::kind`] says
+    /// which). Return the identity to attach to the session, readable with
+    /// [`Session::extensions`], or a refusal (`401` / close 4401 and the
+    /// like).
+    ///
+    /// **Put an [`Identity`](crate::Identity) in what you return**: it
+    /// binds the session. A later request whose credentials yield another
+    /// `Identity`, or none, is refused with `401` (close 4401) before it
+    /// touches the session (no attachment, no acknowledgement, no data),
+    /// and the session lives on for its owner: the session key alone no
+    /// longer resumes a session. An open accepted without an `Identity` is
+    /// refused with `500` (close 1011) and an error in the log, as there
+    /// would be nothing to bind the session to.
+    ///
+    /// The hook runs on every poll and send: keep it cheap (check a signed
+    /// cookie or token, cache lookups), and do the expensive part only for
+    /// [`RequestKind::Open`](crate::RequestKind::Open). Credentials must
+    /// come with every request (cookies do; the Rust client sends the
+    /// headers given to `ClientBuilder::header` on every request).
     ///
     /// ```
-    /// use holdfast_server::{Holdfast, Refusal};
+    /// use holdfast_server::{Holdfast, Identity, Refusal};
     ///
     /// #[derive(Clone)]
     /// struct User(String);
@@ -237,6 +357,7 @@ impl Builder {
     ///     .auth(|request| async move {
     ///         let user = request.cookie("user").ok_or_else(|| Refusal::unauthorized("log in first"))?;
     ///         let mut identity = http::Extensions::new();
+    ///         identity.insert(Identity::new(user.clone()));
     ///         identity.insert(User(user));
     ///         Ok(identity)
     ///     })
@@ -248,6 +369,61 @@ impl Builder {
         Fut: Future<Output = Result<Extensions, Refusal>> + Send + 'static,
     {
         self.auth = Some(AuthHook::new(hook));
+        self
+    }
+
+    /// Declares the reverse proxies in front of the server: networks such
+    /// as `"10.0.0.0/8".parse::<IpNet>()`, one address as `/32` (or `/128`)
+    /// or from an [`IpAddr`]. A request whose
+    /// TCP peer is one of them is taken at the proxies' word
+    /// ([`ProxyHeaders`] says which headers; `X-Forwarded-*` by default):
+    ///
+    /// - the client's address, for
+    ///   [`ServerConfig::open_rate_limit`](crate::ServerConfig::open_rate_limit),
+    ///   is the rightmost forwarded address that is not a trusted proxy
+    ///   (what the client wrote itself is further left and never counts);
+    /// - the `Origin` check compares with the forwarded host and scheme
+    ///   (`X-Forwarded-Host`, `X-Forwarded-Proto`), as well as `Host`.
+    ///
+    /// Without this (the default), forwarded headers mean nothing: any
+    /// client can write them. It needs the TCP peer's address (serve with
+    /// `holdfast::server::serve`, or axum's
+    /// `into_make_service_with_connect_info::<SocketAddr>()`); without it
+    /// nothing is trusted. Your proxy must set (not pass through)
+    /// `X-Forwarded-Host` and `X-Forwarded-Proto` if it sets them at all.
+    ///
+    /// ```
+    /// use holdfast_server::{Holdfast, IpNet};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (holdfast, incoming) = Holdfast::builder()
+    ///     .trusted_proxies(["127.0.0.1/32".parse::<IpNet>()?, "10.0.0.0/8".parse()?])
+    ///     .build();
+    /// # Ok(()) }
+    /// ```
+    pub fn trusted_proxies<I, N>(mut self, proxies: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<IpNet>,
+    {
+        self.proxies = proxies.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Which headers the [trusted proxies](Self::trusted_proxies) write:
+    /// `X-Forwarded-*` (the default) or RFC 7239's `Forwarded`. Only that
+    /// kind is read.
+    pub fn proxy_headers(mut self, headers: ProxyHeaders) -> Self {
+        self.proxy_headers = headers;
+        self
+    }
+
+    /// Says that clients reach the server over `https` (TLS terminated by
+    /// a proxy or load balancer in front, or by your own listener): the
+    /// same-origin check then wants `https://` pages. Without it the
+    /// server takes itself to be `http`, unless a
+    /// [trusted proxy](Self::trusted_proxies) forwards the scheme.
+    pub fn served_over_https(mut self) -> Self {
+        self.https = true;
         self
     }
 
@@ -294,11 +470,16 @@ impl Builder {
     fn finish(self, sink: SessionSink) -> Holdfast {
         Holdfast {
             state: Arc::new(ServerState {
+                admission: Admission::new(self.config.open_rate_limit.clone()),
                 config: self.config,
                 registry: Registry::default(),
                 buffered: AtomicUsize::new(0),
                 origins: self.origins,
                 auth: self.auth,
+                proxies: TrustedProxies::new(self.proxies, self.proxy_headers),
+                https: self.https,
+                warned_no_peer: AtomicBool::new(false),
+                warned_untrusted_proxy: AtomicBool::new(false),
                 sink,
             }),
         }

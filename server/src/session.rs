@@ -302,6 +302,11 @@ impl Shared {
         &self.server.config
     }
 
+    /// Who the session belongs to, if the auth hook said.
+    pub(crate) fn identity(&self) -> Option<&crate::auth::Identity> {
+        self.extensions.get()
+    }
+
     /// Locks the core.
     pub(crate) fn lock(&self) -> CoreGuard<'_> {
         // A panic while holding the lock cannot leave the core half-updated

@@ -40,6 +40,12 @@ pub enum Profile {
     /// What the README recommends: upgrades forwarded over HTTP/1.1,
     /// buffering off, long read timeouts.
     WellConfigured,
+    /// Upgrades forwarded and buffering off, but nginx's default `Host`
+    /// (the upstream's address) with what the browser asked for in
+    /// `X-Forwarded-Host` and `X-Forwarded-Proto`, and the client's address
+    /// appended to `X-Forwarded-For`: what holdfast needs
+    /// `Builder::trusted_proxies` for.
+    Forwarding,
     /// [`Profile::WellConfigured`] with `proxy_read_timeout` and
     /// `proxy_send_timeout` of this long: nginx cuts a proxied connection
     /// on which the upstream sent nothing for that long.
@@ -62,6 +68,15 @@ impl Profile {
             proxy_ignore_headers X-Accel-Buffering;\n"
                 .into(),
             Profile::WellConfigured => well_configured("1h"),
+            Profile::Forwarding => "\
+            proxy_http_version 1.1;\n\
+            proxy_set_header Upgrade $http_upgrade;\n\
+            proxy_set_header Connection $connection_upgrade;\n\
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+            proxy_set_header X-Forwarded-Host $http_host;\n\
+            proxy_set_header X-Forwarded-Proto $scheme;\n\
+            proxy_buffering off;\n"
+                .into(),
             Profile::Impatient(timeout) => well_configured(&format!("{}ms", timeout.as_millis())),
         }
     }
@@ -72,6 +87,7 @@ impl Profile {
             Profile::Corporate => "corporate default".into(),
             Profile::CorporateStrict => "corporate, ignores X-Accel-Buffering".into(),
             Profile::WellConfigured => "well configured".into(),
+            Profile::Forwarding => "forwarding (default Host, X-Forwarded-*)".into(),
             Profile::Impatient(t) => format!("impatient (proxy_read_timeout {t:?})"),
         }
     }

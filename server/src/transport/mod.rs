@@ -8,6 +8,8 @@
 
 mod key;
 pub(crate) mod poll;
+#[cfg(test)]
+mod query_props;
 pub(crate) mod send;
 pub(crate) mod sse;
 mod upgrade;
@@ -22,7 +24,9 @@ use http::{Extensions, HeaderMap, Uri};
 
 use holdfast_protocol::wire::PROTOCOL_VERSION;
 
-use crate::auth::OpenRequest;
+use crate::admission::Verdict;
+use crate::auth::{Identity, OpenRequest, Refusal, RequestKind};
+use crate::peer::Peer;
 use crate::registry::{new_key, new_session_id};
 use crate::reject::Reject;
 use crate::server::{HandOffError, ServerState};
@@ -133,44 +137,125 @@ pub(crate) enum Prepared {
     Probe,
 }
 
-/// Checks a downstream request: origin, query, and for a new session the
-/// session limit and the authentication hook.
+/// Checks a downstream request: origin and query; for a request naming a
+/// session, the authentication hook again (the session must exist and the
+/// request carry its owner's identity); for a new session, the session
+/// limits (server-wide, then the client address's rate) and then the
+/// authentication hook — nothing is allocated for a session refused here.
 pub(crate) async fn prepare(
     state: &ServerState,
     headers: HeaderMap,
     uri: Uri,
+    peer: Peer,
     kind: TransportKind,
     last_event_id: Option<u64>,
 ) -> Result<Prepared, Reject> {
-    state.origins.check(&headers)?;
+    state.check_origin(&headers, peer)?;
     let query = ConnectQuery::read(&headers, uri.query(), kind == TransportKind::WebSocket)?;
     if query.probe {
         // Only a session's own client may probe: it proves it holds a key.
         let key = query
             .key
             .ok_or_else(|| Reject::bad_request("a probe needs the session `key`"))?;
-        state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+        let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+        reauthorize(state, &shared, &headers, &uri, kind, RequestKind::Probe).await?;
         return Ok(Prepared::Probe);
     }
     if let Some(key) = query.key {
+        if state.auth.is_some() {
+            let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+            reauthorize(state, &shared, &headers, &uri, kind, RequestKind::Resume).await?;
+        }
         let last = query.last.max(last_event_id.unwrap_or(0));
         return Ok(Prepared::Resume { key, last });
     }
     if state.registry.open() >= state.config.max_sessions {
         return Err(overloaded(state, "too many sessions"));
     }
+    admit(state, &headers, peer)?;
     let identity = match &state.auth {
         Some(hook) => {
-            hook.check(OpenRequest {
-                headers: headers.clone(),
-                uri,
-                transport: kind,
-            })
-            .await?
+            let granted = hook
+                .check(OpenRequest {
+                    headers: headers.clone(),
+                    uri,
+                    transport: kind,
+                    kind: RequestKind::Open,
+                })
+                .await?;
+            if granted.get::<Identity>().is_none() {
+                // Nothing to bind the session to: any credentials the hook
+                // accepts could take it over. Fail loudly instead.
+                tracing::error!(
+                    "the auth hook accepted a session without putting an `Identity` in the \
+                     extensions it returned: refusing it (see `Builder::auth`)"
+                );
+                return Err(Reject::session(
+                    CloseCode::INTERNAL_ERROR,
+                    "the server's authentication named no identity",
+                ));
+            }
+            granted
         }
         None => Extensions::new(),
     };
     Ok(Prepared::Open { headers, identity })
+}
+
+/// Takes a token from the client address's bucket, or refuses with `503`
+/// and the time until the bucket holds one again.
+fn admit(state: &ServerState, headers: &HeaderMap, peer: Peer) -> Result<(), Reject> {
+    let Some(client) = state.client_addr(headers, peer) else {
+        return Ok(());
+    };
+    match state.admission.admit(client, now()) {
+        Verdict::Admit => Ok(()),
+        Verdict::Refuse { wait, first } => {
+            if first {
+                tracing::warn!(%client, "refusing new sessions from an address over its open rate");
+            } else {
+                tracing::debug!(%client, "refusing a new session: address over its open rate");
+            }
+            Err(Reject::Session(
+                Close::new(
+                    CloseCode::OVERLOADED,
+                    "too many new sessions from your address",
+                )
+                .with_retry_after(wait.max(state.config.retry_after)),
+            ))
+        }
+    }
+}
+
+/// Runs the authentication hook for a request naming `shared`'s session
+/// and checks that it yields the session's [`Identity`]. Refusals are
+/// `close` frames for the requester only: the session lives on for its
+/// owner.
+pub(crate) async fn reauthorize(
+    state: &ServerState,
+    shared: &Shared,
+    headers: &HeaderMap,
+    uri: &Uri,
+    transport: TransportKind,
+    kind: RequestKind,
+) -> Result<(), Reject> {
+    let Some(hook) = &state.auth else {
+        return Ok(());
+    };
+    let granted = hook
+        .check(OpenRequest {
+            headers: headers.clone(),
+            uri: uri.clone(),
+            transport,
+            kind,
+        })
+        .await?;
+    if granted.get::<Identity>() != shared.identity() {
+        return Err(
+            Refusal::unauthorized("these credentials are not the session's owner's").into(),
+        );
+    }
+    Ok(())
 }
 
 /// Opens or resumes the session and attaches the transport to it.
@@ -236,6 +321,7 @@ fn open(
 /// How long a probe connection stays open at most.
 pub(crate) const PROBE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A refused new session: `503` / close 4503 with `Retry-After`.
 pub(crate) fn overloaded(state: &ServerState, reason: &'static str) -> Reject {
     tracing::warn!(reason, "refusing a new session");
     Reject::Session(

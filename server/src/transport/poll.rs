@@ -11,15 +11,17 @@ use holdfast_protocol::TransportKind;
 use http::{HeaderMap, Uri};
 
 use super::{DetachOnDrop, attach, batch_response, prepare};
+use crate::peer::Peer;
 use crate::server::ServerState;
 use crate::session::now;
 
 pub(crate) async fn handle(
     State(state): State<Arc<ServerState>>,
+    peer: Peer,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let attached = match prepare(&state, headers, uri, TransportKind::LongPoll, None).await {
+    let attached = match prepare(&state, headers, uri, peer, TransportKind::LongPoll, None).await {
         Ok(prepared) => attach(&state, prepared, TransportKind::LongPoll),
         Err(reject) => Err(reject),
     };

@@ -8,21 +8,24 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use holdfast_protocol::wire::json;
-use holdfast_protocol::{Close, CloseCode, Frame, ProtocolError, message_charge};
+use holdfast_protocol::{Close, CloseCode, Frame, ProtocolError, TransportKind, message_charge};
 use http::{HeaderMap, HeaderValue, Uri, header};
 
-use super::{ConnectQuery, batch_response};
+use super::{ConnectQuery, batch_response, reauthorize};
+use crate::auth::RequestKind;
+use crate::peer::Peer;
 use crate::reject::Reject;
 use crate::server::ServerState;
 use crate::session::now;
 
 pub(crate) async fn handle(
     State(state): State<Arc<ServerState>>,
+    peer: Peer,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Response {
-    match receive(&state, &headers, &uri, body).await {
+    match receive(&state, peer, &headers, &uri, body).await {
         Ok(response) => response,
         Err(reject) => reject.into_http(),
     }
@@ -30,16 +33,22 @@ pub(crate) async fn handle(
 
 async fn receive(
     state: &ServerState,
+    peer: Peer,
     headers: &HeaderMap,
     uri: &Uri,
     body: Body,
 ) -> Result<Response, Reject> {
-    state.origins.check(headers)?;
+    state.check_origin(headers, peer)?;
     let query = ConnectQuery::read(headers, uri.query(), false)?;
     let key = query
         .key
         .ok_or_else(|| Reject::bad_request("a send request needs the session key"))?;
     let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+    if state.auth.is_some() {
+        // Before the body is read: a refused send touches nothing.
+        let transport = shared.lock().transport().unwrap_or(TransportKind::LongPoll);
+        reauthorize(state, &shared, headers, uri, transport, RequestKind::Send).await?;
+    }
     let max = state.config.session.max_batch;
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -18,11 +18,13 @@ use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use tokio::time::Instant;
 
 use super::{PROBE_LIFETIME, Prepared, attach, prepare};
+use crate::peer::Peer;
 use crate::server::ServerState;
 use crate::session::{Shared, now};
 
 pub(crate) async fn handle(
     State(state): State<Arc<ServerState>>,
+    peer: Peer,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
@@ -30,7 +32,16 @@ pub(crate) async fn handle(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let attached = match prepare(&state, headers, uri, TransportKind::Sse, last_event_id).await {
+    let attached = match prepare(
+        &state,
+        headers,
+        uri,
+        peer,
+        TransportKind::Sse,
+        last_event_id,
+    )
+    .await
+    {
         Ok(Prepared::Probe) => return probe(state.config.sse_padding),
         Ok(prepared) => attach(&state, prepared, TransportKind::Sse),
         Err(reject) => Err(reject),

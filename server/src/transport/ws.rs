@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 
 use super::upgrade::{Socket, Upgrade};
 use super::{DetachOnDrop, PROBE_LIFETIME, Prepared, attach, prepare};
+use crate::peer::Peer;
 use crate::reject::Reject;
 use crate::server::ServerState;
 use crate::session::{Shared, now};
@@ -31,16 +32,17 @@ type Sink = SplitSink<Socket, WsMessage>;
 
 pub(crate) async fn handle(
     State(state): State<Arc<ServerState>>,
+    peer: Peer,
     headers: HeaderMap,
     uri: Uri,
     upgrade: Upgrade,
 ) -> Response {
     // The one refusal made before the upgrade: pages from foreign origins
     // get nothing at all.
-    if let Err(reject) = state.origins.check(&headers) {
+    if let Err(reject) = state.check_origin(&headers, peer) {
         return reject.into_http();
     }
-    let prepared = prepare(&state, headers, uri, TransportKind::WebSocket, None).await;
+    let prepared = prepare(&state, headers, uri, peer, TransportKind::WebSocket, None).await;
     let session = &state.config.session;
     let max_batch = session.max_batch;
     let config = WebSocketConfig::default()
