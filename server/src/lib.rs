@@ -29,6 +29,7 @@ mod auth;
 mod client_js;
 mod config;
 mod fanout;
+mod logs;
 mod origin;
 mod peer;
 mod registry;

@@ -20,6 +20,7 @@ use holdfast_protocol::{
 use http::{Extensions, HeaderMap};
 use tokio::sync::Notify;
 
+use crate::logs::loggable;
 use crate::server::ServerState;
 
 /// The current time on tokio's clock (so paused-time tests work too).
@@ -207,37 +208,6 @@ fn kept_copy(headers: &HeaderMap, budget: usize) -> HeaderMap {
         }
     }
     copy
-}
-
-/// A client-supplied string made safe for a log line: escaped (no line
-/// breaks, no terminal escapes: the Debug form) and cut to the 123 bytes a
-/// WebSocket close reason may hold, so a client can neither forge log lines
-/// nor flood the log.
-pub(crate) fn loggable(text: &str) -> impl std::fmt::Debug + '_ {
-    const MAX: usize = holdfast_protocol::wire::MAX_CLOSE_REASON;
-    let mut end = text.len().min(MAX);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Loggable {
-        text: &text[..end],
-        cut: end < text.len(),
-    }
-}
-
-struct Loggable<'a> {
-    text: &'a str,
-    cut: bool,
-}
-
-impl std::fmt::Debug for Loggable<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.text)?;
-        if self.cut {
-            f.write_str("…")?;
-        }
-        Ok(())
-    }
 }
 
 /// Session lifecycle (opened, closed) at `info`; transports coming and

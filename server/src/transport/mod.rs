@@ -26,6 +26,7 @@ use holdfast_protocol::wire::PROTOCOL_VERSION;
 
 use crate::admission::Verdict;
 use crate::auth::{Identity, OpenRequest, Refusal, RequestKind};
+use crate::logs::Throttle;
 use crate::peer::Peer;
 use crate::registry::{new_key, new_session_id};
 use crate::reject::Reject;
@@ -323,7 +324,13 @@ pub(crate) const PROBE_LIFETIME: std::time::Duration = std::time::Duration::from
 
 /// A refused new session: `503` / close 4503 with `Retry-After`.
 pub(crate) fn overloaded(state: &ServerState, reason: &'static str) -> Reject {
-    tracing::warn!(reason, "refusing a new session");
+    // Under a flood this runs for every request: warn once in a while.
+    static WARNED: Throttle = Throttle::new(std::time::Duration::from_secs(10));
+    if WARNED.allow(now()) {
+        tracing::warn!(reason, "refusing new sessions (logged at most every 10 s)");
+    } else {
+        tracing::debug!(reason, "refusing a new session");
+    }
     Reject::Session(
         Close::new(CloseCode::OVERLOADED, reason).with_retry_after(state.config.retry_after),
     )
