@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use holdfast::server::{Holdfast, Incoming, Message, ServeConfig, ServerConfig};
+use holdfast::server::{Holdfast, Incoming, Message, ServeConfig, ServerConfig, Session};
 use support::raw::{self, resume_query};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -262,6 +262,44 @@ fn rss() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Row 6: the application queues more than the kernel's buffers hold for
+/// a client (`tcp`) that reads nothing; the attachment must be dropped at
+/// the write deadline and the connection closed, while a fresh session
+/// still echoes. `transport` names the row in the printed figure.
+async fn stall_until_detached(
+    server: &TestServer,
+    victim: &Session,
+    tcp: &mut TcpStream,
+    transport: &str,
+) {
+    // Built first, so that they are queued at once: the stall then starts
+    // when they are queued.
+    let messages: Vec<Message> = (0..stalled_messages())
+        .map(|i| Message::text(stalled_payload(i)))
+        .collect();
+    for message in messages {
+        victim.try_send(message).expect("room in the replay buffer");
+    }
+    let queued = Instant::now();
+    fresh_session_echoes(server, &format!("while the {transport} writes stall")).await;
+    let detached = wait_until(WRITE_TIMEOUT + MARGIN + Duration::from_secs(2), || {
+        victim.transport().is_none()
+    })
+    .await
+    .map(|_| queued.elapsed());
+    let closed = closed_by_server(tcp, MARGIN).await;
+    eprintln!(
+        "row 6 ({transport} reader stops reading): {} KiB queued; attachment dropped \
+         {detached:?} after queueing (write_timeout {WRITE_TIMEOUT:?}); connection closed: {closed:?}",
+        stalled_messages() * STALLED_SIZE / 1024
+    );
+    assert!(
+        detached.is_some(),
+        "the {transport} attachment of a client that stopped reading outlived the write deadline"
+    );
+    closed.expect("the connection ends with its attachment");
+}
+
 /// Waits until `check` holds, polling; how long it took, or `None` after
 /// `bound`.
 async fn wait_until(bound: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
@@ -415,32 +453,7 @@ async fn a_websocket_reader_that_stops_reading_is_detached_at_the_write_deadline
     let _echo = echo_the_rest(incoming);
     let steady = Steady::start(&server).await;
 
-    // Built first, so that they are queued at once: the stall then starts
-    // when they are queued.
-    let messages: Vec<Message> = (0..stalled_messages())
-        .map(|i| Message::text(stalled_payload(i)))
-        .collect();
-    for message in messages {
-        victim.try_send(message).expect("room in the replay buffer");
-    }
-    let queued = Instant::now();
-    fresh_session_echoes(&server, "while the WebSocket writes stall").await;
-    let detached = wait_until(WRITE_TIMEOUT + MARGIN + Duration::from_secs(2), || {
-        victim.transport().is_none()
-    })
-    .await
-    .map(|_| queued.elapsed());
-    let closed = closed_by_server(&mut tcp, MARGIN).await;
-    eprintln!(
-        "row 6 (WebSocket reader stops reading): {} KiB queued; attachment dropped \
-         {detached:?} after queueing (write_timeout {WRITE_TIMEOUT:?}); connection closed: {closed:?}",
-        stalled_messages() * STALLED_SIZE / 1024
-    );
-    assert!(
-        detached.is_some(),
-        "the attachment of a client that stopped reading outlived the write deadline"
-    );
-    closed.expect("the connection ends with its attachment");
+    stall_until_detached(&server, &victim, &mut tcp, "WebSocket").await;
     assert!(!victim.is_closed(), "the session lives on");
 
     // It resumes and gets every message, once, in order.
@@ -498,32 +511,7 @@ async fn an_sse_reader_that_stops_reading_is_detached_at_the_write_deadline() {
     let _echo = echo_the_rest(incoming);
     let steady = Steady::start(&server).await;
 
-    // Built first, so that they are queued at once: the stall then starts
-    // when they are queued.
-    let messages: Vec<Message> = (0..stalled_messages())
-        .map(|i| Message::text(stalled_payload(i)))
-        .collect();
-    for message in messages {
-        victim.try_send(message).expect("room in the replay buffer");
-    }
-    let queued = Instant::now();
-    fresh_session_echoes(&server, "while the SSE body stalls").await;
-    let detached = wait_until(WRITE_TIMEOUT + MARGIN + Duration::from_secs(2), || {
-        victim.transport().is_none()
-    })
-    .await
-    .map(|_| queued.elapsed());
-    let closed = closed_by_server(&mut tcp, MARGIN).await;
-    eprintln!(
-        "row 6 (SSE reader stops reading): {} KiB queued; attachment dropped {detached:?} \
-         after queueing (write_timeout {WRITE_TIMEOUT:?}); connection closed: {closed:?}",
-        stalled_messages() * STALLED_SIZE / 1024
-    );
-    assert!(
-        detached.is_some(),
-        "the SSE attachment of a client that stopped reading outlived the write deadline"
-    );
-    closed.expect("the connection ends with its attachment");
+    stall_until_detached(&server, &victim, &mut tcp, "SSE").await;
     assert!(!victim.is_closed(), "the session lives on");
 
     let http = raw::http_client();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use client_support::{client, exchange, quick_server_config, wait_for};
-use holdfast::client::{Event, TransportKind};
+use holdfast::client::{Connection, Event, TransportKind};
 use holdfast::server::{Holdfast, ServerConfig};
 use holdfast_testkit::{Behavior, PathFilter, Proxy};
 use support::raw::{self, RawWs, Sse, SseIn, WsIn};
@@ -389,6 +389,31 @@ async fn the_rust_client_never_puts_the_key_in_a_url() {
     }
 }
 
+/// Exchanges messages on the fallback, lets the proxy through, and waits
+/// for the client to switch up to `to` after probing `endpoint` with its
+/// key (outside the URL: the recorder checks that at the end).
+async fn switches_up_after_a_probe(
+    setup: &Recorded,
+    connection: &mut Connection,
+    to: TransportKind,
+    endpoint: &str,
+) {
+    let from = connection.transport().expect("attached");
+    exchange(connection, 100, |_| {}).await;
+    setup.proxy.set(Behavior::transparent());
+    let changed = wait_for(connection, |event| match event {
+        Event::TransportChanged { from, to } => Some((*from, *to)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(changed, (from, to));
+    assert!(
+        setup.seen.keyed(endpoint, "probe=1") >= 1,
+        "{:?}",
+        setup.seen.all()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_client_probes_with_the_key_outside_the_url() {
     // WebSocket refused: the client settles on SSE, then probes WebSocket
@@ -400,19 +425,7 @@ async fn the_rust_client_probes_with_the_key_outside_the_url() {
         .await
         .expect("connect");
     assert_eq!(connection.transport(), Some(TransportKind::Sse));
-    exchange(&mut connection, 100, |_| {}).await;
-    setup.proxy.set(Behavior::transparent());
-    let changed = wait_for(&mut connection, |event| match event {
-        Event::TransportChanged { from, to } => Some((*from, *to)),
-        _ => None,
-    })
-    .await;
-    assert_eq!(changed, (TransportKind::Sse, TransportKind::WebSocket));
-    assert!(
-        setup.seen.keyed("/ws", "probe=1") >= 1,
-        "{:?}",
-        setup.seen.all()
-    );
+    switches_up_after_a_probe(&setup, &mut connection, TransportKind::WebSocket, "/ws").await;
 
     // Buffered SSE: the client settles on long-polling, then probes SSE
     // once the buffering stops.
@@ -429,19 +442,7 @@ async fn the_rust_client_probes_with_the_key_outside_the_url() {
         .await
         .expect("connect");
     assert_eq!(connection.transport(), Some(TransportKind::LongPoll));
-    exchange(&mut connection, 100, |_| {}).await;
-    setup.proxy.set(Behavior::transparent());
-    let changed = wait_for(&mut connection, |event| match event {
-        Event::TransportChanged { from, to } => Some((*from, *to)),
-        _ => None,
-    })
-    .await;
-    assert_eq!(changed, (TransportKind::LongPoll, TransportKind::Sse));
-    assert!(
-        setup.seen.keyed("/sse", "probe=1") >= 1,
-        "{:?}",
-        setup.seen.all()
-    );
+    switches_up_after_a_probe(&setup, &mut connection, TransportKind::Sse, "/sse").await;
     exchange(&mut connection, 100, |_| {}).await;
     setup.seen.assert_no_key_in_urls();
 }
