@@ -24,7 +24,13 @@ impl CloseCode {
     pub const INTERNAL_ERROR: Self = Self(1011);
     /// Reconnect now: the server recycled the stream. Attachment only.
     pub const RECONNECT: Self = Self(4000);
-    /// Bad request on opening (unsupported version, malformed parameters).
+    /// Probe over: the server ended a probe (`PROTOCOL.md` §8.5), which
+    /// never carried the session. Nothing to resume.
+    pub const PROBE_OVER: Self = Self(4001);
+    /// Bad request, final for that request: a protocol version the server
+    /// does not speak (whether or not the request names a session), an
+    /// empty session key, or malformed parameters of a request naming no
+    /// session.
     pub const BAD_REQUEST: Self = Self(4400);
     /// Refused by the application's authentication.
     pub const UNAUTHORIZED: Self = Self(4401);
@@ -72,6 +78,7 @@ impl CloseCode {
             1009 => "too big",
             1011 => "internal error",
             4000 => "reconnect",
+            4001 => "probe over",
             4400 => "bad request",
             4401 => "unauthorized",
             4403 => "forbidden",

@@ -71,6 +71,9 @@ pub struct ServerConfig {
     /// …or after this long, so a buffering proxy can never hoard it.
     /// Default 300 s.
     pub sse_max_age: Duration,
+    /// How long a probe (`PROTOCOL.md` §8.5) stays open before the server
+    /// ends it with `detach` 4001. Default 10 s.
+    pub probe_lifetime: Duration,
     /// How long a send request waits for the application to read before it
     /// is refused with `503` (the client retries; nothing is lost).
     /// Default 10 s.
@@ -115,6 +118,7 @@ impl Default for ServerConfig {
             sse_padding: 2048,
             sse_max_bytes: 256 * 1024,
             sse_max_age: Duration::from_secs(300),
+            probe_lifetime: Duration::from_secs(10),
             send_wait: Duration::from_secs(10),
             ws_read_buffer: 2048,
             accept_backlog: 1024,

@@ -549,21 +549,16 @@ impl ServerSession {
         if std::mem::take(&mut a.ping_due) {
             frames.push(Frame::Ping);
         }
-        let peer_closing = matches!(
-            self.state,
-            State::Closed {
-                initiator: Initiator::Peer,
-                ..
-            }
-        );
-        if !peer_closing {
-            push_messages(&mut self.out, self.config.max_message, &mut frames);
-        }
-        // The close echo carries the final ack too: the client counts its
-        // messages before its `close` as received.
+        // Whoever closed, every message queued before the close goes out
+        // ahead of it, and a resume replays the unacknowledged ones
+        // (PROTOCOL.md §9): a close never discards messages.
+        push_messages(&mut self.out, self.config.max_message, &mut frames);
+        let closing = matches!(self.state, State::Closed { .. }) && !self.out.has_pending();
+        // On WebSocket the close always carries the final ack, even one
+        // already sent: it tells the client which of its messages the
+        // session took before it ended.
         if a.kind.is_duplex()
-            && self.inb.has_unacked()
-            && (a.ack_due || !frames.is_empty() || peer_closing)
+            && (closing || (self.inb.has_unacked() && (a.ack_due || !frames.is_empty())))
         {
             a.ack_due = false;
             frames.push(Frame::Ack {
@@ -571,9 +566,8 @@ impl ServerSession {
             });
         }
         let mut end = None;
-        let send_close = peer_closing || !self.out.has_pending();
         if let State::Closed { close, .. } = &self.state
-            && send_close
+            && closing
         {
             frames.push(Frame::Close(close.clone()));
             end = Some(close.clone());
@@ -593,9 +587,10 @@ impl ServerSession {
 
     /// The reply to a send request, after its frames were handled: the
     /// acknowledgement of everything received, a `pong` if it held a `ping`,
-    /// and the `close` frame if the session has ended — but a close of
-    /// ours only once the client acknowledged every message, which must
-    /// reach it first (they and the close follow on the attachment).
+    /// and the `close` frame if the session has ended — whoever closed it,
+    /// only once the client acknowledged every message, which must reach
+    /// it first (they and the close follow on the attachment, or on a
+    /// resume).
     pub fn request_reply(&mut self) -> Vec<Frame> {
         let mut frames = vec![Frame::Ack {
             seq: self.inb.take_ack(),
@@ -603,10 +598,8 @@ impl ServerSession {
         if std::mem::take(&mut self.request_pong) {
             frames.push(Frame::Pong);
         }
-        if let State::Closed {
-            close, initiator, ..
-        } = &self.state
-            && (*initiator != Initiator::Local || self.out.buffered_messages() == 0)
+        if let State::Closed { close, .. } = &self.state
+            && self.out.buffered_messages() == 0
         {
             frames.push(Frame::Close(close.clone()));
         }
@@ -779,6 +772,46 @@ mod tests {
                 Frame::Ack { seq: 1 },
                 Frame::close(CloseCode::NORMAL, "bye")
             ])
+        );
+    }
+
+    #[test]
+    fn a_resume_after_a_client_close_replays_the_unacked_messages_then_the_close() {
+        let now = Instant::now();
+        let identity = SessionIdentity {
+            key: "k".into(),
+            session_id: "s".into(),
+        };
+        let mut server = ServerSession::new(now, SessionConfig::default(), identity);
+        let ws = server
+            .attach(now, TransportKind::WebSocket, 0)
+            .unwrap_or(AttachmentId(0));
+        let _greeting = server.poll_transmit(now, ws);
+        for text in ["a", "b"] {
+            assert!(server.send(Message::text(text)).is_ok());
+        }
+        let _sent = server.poll_transmit(now, ws);
+        let bye = Frame::close(CloseCode::NORMAL, "bye");
+        assert_eq!(server.handle_frames(now, Some(ws), [bye.clone()]), Ok(()));
+        assert_eq!(
+            server.poll_transmit(now, ws).map(|t| t.frames),
+            Some(vec![Frame::Ack { seq: 0 }, bye.clone()]),
+            "the answer: the ack, then the close"
+        );
+        let poll = server
+            .attach(now, TransportKind::LongPoll, 1)
+            .unwrap_or(AttachmentId(0));
+        assert_eq!(
+            server.poll_transmit(now, poll).map(|t| t.frames),
+            Some(vec![
+                Frame::Resumed { ack: 0 },
+                Frame::Message {
+                    seq: 2,
+                    message: Message::text("b"),
+                },
+                bye,
+            ]),
+            "a resume gets what was not acknowledged, then the same close"
         );
     }
 }

@@ -8,6 +8,8 @@
 
 use http::{HeaderMap, HeaderName, header};
 
+use crate::reject::Reject;
+
 /// The request header that carries the session key.
 pub(crate) const KEY_HEADER: HeaderName = HeaderName::from_static("holdfast-key");
 
@@ -23,26 +25,35 @@ const KEY_TOKEN_PREFIX: &str = "holdfast.key.";
 
 /// The key a request names outside its URL: from `Holdfast-Key`, and on a
 /// WebSocket upgrade (`websocket`) from a `holdfast.key.<key>`
-/// subprotocol. `Ok(None)` when there is none; an error (never holding the
-/// key) when the values given disagree or cannot be read.
-pub(crate) fn outside_url(headers: &HeaderMap, websocket: bool) -> Result<Option<String>, String> {
+/// subprotocol. `Ok(None)` when there is none. Refused (never quoting the
+/// key): an empty key (`close` 4400: a client that sends one has lost its
+/// key, and no retry can help), and keys that disagree or cannot be read
+/// (`detach` 1002, a malformed request naming a session).
+pub(crate) fn outside_url(headers: &HeaderMap, websocket: bool) -> Result<Option<String>, Reject> {
     let mut keys = Vec::new();
     for value in headers.get_all(KEY_HEADER) {
         let value = value
             .to_str()
-            .map_err(|_| "the `Holdfast-Key` header is not visible ASCII".to_owned())?;
+            .map_err(|_| Reject::protocol("the `Holdfast-Key` header is not visible ASCII"))?;
         keys.push(value.trim());
     }
     if websocket {
         keys.extend(offered_subprotocols(headers).filter_map(|t| t.strip_prefix(KEY_TOKEN_PREFIX)));
     }
-    // Empty means absent, as for the query.
-    let mut keys = keys.into_iter().filter(|key| !key.is_empty());
+    if keys.iter().any(|key| key.is_empty()) {
+        return Err(empty_key());
+    }
+    let mut keys = keys.into_iter();
     let first = keys.next();
     if keys.any(|key| Some(key) != first) {
-        return Err("the request names two different session keys".to_owned());
+        return Err(Reject::protocol("the request names two different session keys"));
     }
     Ok(first.map(str::to_owned))
+}
+
+/// The refusal of an empty session key, wherever it travelled.
+pub(crate) fn empty_key() -> Reject {
+    Reject::bad_request("empty session key: name a session's key, or none to open one")
 }
 
 /// Whether a WebSocket upgrade offers [`SUBPROTOCOL`], which the server
@@ -82,13 +93,17 @@ mod tests {
         let map = headers(&[(&KEY_HEADER, "abc")]);
         assert_eq!(outside_url(&map, false), Ok(Some("abc".into())));
         assert_eq!(outside_url(&HeaderMap::new(), true), Ok(None));
-        // Empty means absent, as for the query.
-        assert_eq!(outside_url(&headers(&[(&KEY_HEADER, "")]), false), Ok(None));
+        // An empty key is a malformed request, final (4400).
+        assert_eq!(
+            outside_url(&headers(&[(&KEY_HEADER, " ")]), false),
+            Err(empty_key())
+        );
         let twice = headers(&[(&KEY_HEADER, "abc"), (&KEY_HEADER, "abc")]);
         assert_eq!(outside_url(&twice, false), Ok(Some("abc".into())));
         let differ = headers(&[(&KEY_HEADER, "abc"), (&KEY_HEADER, "abd")]);
         let error = outside_url(&differ, false).expect_err("two keys");
-        assert!(!error.contains("abc"), "an error never holds a key");
+        assert_eq!(error.close().code, holdfast_protocol::CloseCode::PROTOCOL_ERROR);
+        assert!(!error.close().reason.contains("abc"), "an error never holds a key");
     }
 
     #[test]
@@ -106,5 +121,7 @@ mod tests {
         assert_eq!(outside_url(&both, true), Ok(Some("k".into())));
         let differ = headers(&[(proto, "holdfast.v1, holdfast.key.k"), (&KEY_HEADER, "j")]);
         assert!(outside_url(&differ, true).is_err());
+        let empty = headers(&[(proto, "holdfast.v1, holdfast.key.")]);
+        assert_eq!(outside_url(&empty, true), Err(empty_key()));
     }
 }

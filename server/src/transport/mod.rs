@@ -50,23 +50,31 @@ pub(crate) struct ConnectQuery {
 impl ConnectQuery {
     /// Reads a request's query and its key, wherever the key travelled
     /// (`websocket`: the request is an upgrade, whose subprotocols may
-    /// carry it). A key given twice must be the same key: two different
-    /// ones are a malformed request naming a session (`detach` 1002, which
-    /// ends neither session).
+    /// carry it).
     pub(crate) fn read(
         headers: &HeaderMap,
         query: Option<&str>,
         websocket: bool,
     ) -> Result<Self, Reject> {
-        let outside = key::outside_url(headers, websocket).map_err(Reject::protocol)?;
-        Self::parse(query, outside)
+        Self::parse(query, key::outside_url(headers, websocket))
     }
 
     /// Reads the query in one pass, with the key found `outside` the URL
-    /// if any. A malformed one refuses the request: with `close` 4400 when
-    /// it would open a session, with `detach` 1002 when it names one (that
-    /// session lives on).
-    pub(crate) fn parse(query: Option<&str>, outside: Option<String>) -> Result<Self, Reject> {
+    /// (or the refusal of what was found there). In this order, so that
+    /// the most final refusal wins and none touches a session:
+    ///
+    /// 1. a version this server does not speak: `close` 4400, whether or
+    ///    not the request names a session (a `detach` would tell the
+    ///    client to retry forever);
+    /// 2. an empty key (`key=`, an empty header or subprotocol token):
+    ///    `close` 4400 — it names no session, and no retry can help;
+    /// 3. two different keys, or a malformed parameter of a request naming
+    ///    a session: `detach` 1002 (that session lives on); a malformed
+    ///    parameter of a request naming none: `close` 4400.
+    pub(crate) fn parse(
+        query: Option<&str>,
+        outside: Result<Option<String>, Reject>,
+    ) -> Result<Self, Reject> {
         let (mut v, mut key, mut last, mut probe) = (None, None, None, false);
         for pair in query.unwrap_or("").split('&') {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -79,10 +87,23 @@ impl ConnectQuery {
                 _ => {}
             }
         }
-        let key = match (
-            key.and_then(decode_if_needed).filter(|k| !k.is_empty()),
-            outside,
-        ) {
+        if let Some(v) = v
+            && v.parse::<u32>().ok() != Some(PROTOCOL_VERSION)
+        {
+            return Err(Reject::bad_request(format!(
+                "unsupported protocol version {:?}; this server speaks {PROTOCOL_VERSION}",
+                crate::logs::loggable(v)
+            )));
+        }
+        let in_url = match key {
+            None => None,
+            Some(value) => Some(
+                decode_if_needed(value)
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(key::empty_key)?,
+            ),
+        };
+        let key = match (in_url, outside?) {
             (Some(in_url), Some(outside)) if in_url != outside => {
                 return Err(Reject::protocol(
                     "the session key in the URL and the one outside it differ",
@@ -90,25 +111,16 @@ impl ConnectQuery {
             }
             (in_url, outside) => outside.or(in_url),
         };
-        let refuse = |reason: String| {
-            if key.is_some() {
-                Reject::protocol(reason)
-            } else {
-                Reject::bad_request(reason)
-            }
-        };
-        if let Some(v) = v
-            && v.parse::<u32>().ok() != Some(PROTOCOL_VERSION)
-        {
-            return Err(refuse(format!(
-                "unsupported protocol version {v:?}; this server speaks {PROTOCOL_VERSION}"
-            )));
-        }
         let last = match last {
             None => 0,
-            Some(last) => last
-                .parse()
-                .map_err(|_| refuse(format!("`last` must be a number, got {last:?}")))?,
+            Some(last) => last.parse().map_err(|_| {
+                let reason = format!("`last` must be a number, got {:?}", crate::logs::loggable(last));
+                if key.is_some() {
+                    Reject::protocol(reason)
+                } else {
+                    Reject::bad_request(reason)
+                }
+            })?,
         };
         Ok(Self { key, last, probe })
     }
@@ -319,8 +331,12 @@ fn open(
     Ok(shared)
 }
 
-/// How long a probe connection stays open at most.
-pub(crate) const PROBE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
+/// The frame that ends a probe once its lifetime is over (`PROTOCOL.md`
+/// §8.5): a documented end, so that a client never mistakes it for a
+/// failed transport.
+pub(crate) fn probe_over() -> Close {
+    Close::new(CloseCode::PROBE_OVER, "probe over")
+}
 
 /// A refused new session: `503` / close 4503 with `Retry-After`.
 pub(crate) fn overloaded(state: &ServerState, reason: &'static str) -> Reject {
@@ -398,7 +414,7 @@ mod tests {
     #[test]
     fn parses_the_connect_query() {
         assert_eq!(
-            ConnectQuery::parse(Some("v=1&key=abc&last=12&t=999"), None).ok(),
+            ConnectQuery::parse(Some("v=1&key=abc&last=12&t=999"), Ok(None)).ok(),
             Some(ConnectQuery {
                 key: Some("abc".into()),
                 last: 12,
@@ -406,25 +422,35 @@ mod tests {
             })
         );
         assert_eq!(
-            ConnectQuery::parse(None, None).ok(),
+            ConnectQuery::parse(None, Ok(None)).ok(),
             Some(ConnectQuery {
                 key: None,
                 last: 0,
                 probe: false,
             })
         );
+        let bad_request = |r: Result<ConnectQuery, Reject>| {
+            matches!(r, Err(Reject::Session(c)) if c.code == CloseCode::BAD_REQUEST)
+        };
+        assert!(bad_request(ConnectQuery::parse(Some("v=2"), Ok(None))));
         assert!(matches!(
-            ConnectQuery::parse(Some("v=2"), None),
-            Err(Reject::Session(c)) if c.code == CloseCode::BAD_REQUEST
-        ));
-        assert!(matches!(
-            ConnectQuery::parse(Some("key=a&last=-1"), None),
+            ConnectQuery::parse(Some("key=a&last=-1"), Ok(None)),
             Err(Reject::Attachment(c)) if c.code == CloseCode::PROTOCOL_ERROR
         ));
-        assert!(matches!(
-            ConnectQuery::parse(Some("key=a&v=9"), None),
-            Err(Reject::Attachment(c)) if c.code == CloseCode::PROTOCOL_ERROR
-        ));
+        // An unsupported version is final whether or not a session is named,
+        // and wins over any other fault of the request.
+        assert!(bad_request(ConnectQuery::parse(Some("key=a&v=9"), Ok(None))));
+        assert!(bad_request(ConnectQuery::parse(
+            Some("v=2&last=x"),
+            Err(Reject::protocol("two keys"))
+        )));
+        // An empty key names no session: malformed, final.
+        assert!(bad_request(ConnectQuery::parse(Some("v=1&key="), Ok(None))));
+        assert!(bad_request(ConnectQuery::parse(Some("key"), Ok(None))));
+        assert!(bad_request(ConnectQuery::parse(
+            Some("key=&last=3"),
+            Ok(Some("abc".into()))
+        )));
     }
 
     #[test]

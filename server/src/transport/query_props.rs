@@ -41,14 +41,14 @@ fn unknown_param() -> impl Strategy<Value = (String, String)> {
 proptest! {
     #[test]
     fn never_panics_on_any_text(query in any::<String>(), name in any::<String>()) {
-        let _ = ConnectQuery::parse(Some(&query), None);
+        let _ = ConnectQuery::parse(Some(&query), Ok(None));
         let _ = query_value(&query, &name);
         let _ = percent_decode(&query);
     }
 
     #[test]
     fn never_panics_on_query_like_text(query in query_like()) {
-        let _ = ConnectQuery::parse(Some(&query), None);
+        let _ = ConnectQuery::parse(Some(&query), Ok(None));
         for name in ["v", "key", "last", "probe", ""] {
             let _ = query_value(&query, name);
         }
@@ -89,7 +89,7 @@ proptest! {
         let turn = order.index(len.max(1)).min(len);
         pairs.rotate_left(turn);
         let query = pairs.join("&");
-        let parsed = ConnectQuery::parse(Some(&query), None);
+        let parsed = ConnectQuery::parse(Some(&query), Ok(None));
         prop_assert_eq!(
             parsed.ok(),
             Some(ConnectQuery { key, last: last.unwrap_or(0), probe }),

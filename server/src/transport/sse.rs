@@ -17,7 +17,7 @@ use holdfast_protocol::{AttachmentId, CloseCode, Frame, TransportKind};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use tokio::time::Instant;
 
-use super::{PROBE_LIFETIME, Prepared, attach, prepare};
+use super::{Prepared, attach, prepare, probe_over};
 use crate::peer::Peer;
 use crate::server::ServerState;
 use crate::session::{Shared, now};
@@ -42,7 +42,9 @@ pub(crate) async fn handle(
     )
     .await
     {
-        Ok(Prepared::Probe) => return probe(state.config.sse_padding),
+        Ok(Prepared::Probe) => {
+            return probe(state.config.sse_padding, state.config.probe_lifetime);
+        }
         Ok(prepared) => attach(&state, prepared, TransportKind::Sse),
         Err(reject) => Err(reject),
     };
@@ -68,15 +70,17 @@ pub(crate) async fn handle(
 
 /// A probe (`PROTOCOL.md` §8.5): the padding and one `ping` event at once,
 /// then the stream stays open (so a proxy that buffers until the end shows
-/// itself) until [`PROBE_LIFETIME`].
-fn probe(padding: usize) -> Response {
+/// itself) until `lifetime`, and ends with a `detach` 4001 event.
+fn probe(padding: usize, lifetime: std::time::Duration) -> Response {
     let mut first = Vec::new();
     sse::encode_padding(padding, &mut first);
     sse::encode_event(&[Frame::Ping], &mut first);
     let body = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(first)) })
-        .chain(futures_util::stream::once(async {
-            tokio::time::sleep(PROBE_LIFETIME).await;
-            Ok(Bytes::new())
+        .chain(futures_util::stream::once(async move {
+            tokio::time::sleep(lifetime).await;
+            let mut last = Vec::new();
+            sse::encode_event(&[Frame::Detach(probe_over())], &mut last);
+            Ok(Bytes::from(last))
         }));
     event_stream(Body::from_stream(body))
 }

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 
 use super::upgrade::{Socket, Upgrade};
-use super::{DetachOnDrop, PROBE_LIFETIME, Prepared, attach, prepare};
+use super::{DetachOnDrop, Prepared, attach, prepare, probe_over};
 use crate::peer::Peer;
 use crate::reject::Reject;
 use crate::server::ServerState;
@@ -57,7 +57,7 @@ pub(crate) async fn handle(
         // never completes never pins the session. The short-lived branches
         // are boxed so the long-lived task is only as large as `run`.
         if matches!(prepared, Ok(Prepared::Probe)) {
-            return Box::pin(probe(socket)).await;
+            return Box::pin(probe(socket, state.config.probe_lifetime)).await;
         }
         match prepared.and_then(|p| attach(&state, p, TransportKind::WebSocket)) {
             Ok((shared, id)) => run(socket, shared, id).await,
@@ -99,22 +99,36 @@ fn largest_unit(session: &SessionConfig) -> usize {
 }
 
 /// A probe (`PROTOCOL.md` §8.5): answers each `ping` with `pong`, touches
-/// no session, and ends after [`PROBE_LIFETIME`].
-async fn probe(mut socket: Socket) {
+/// no session, and after `lifetime` ends with `detach` 4001 and a close
+/// with that code (a bare TCP close would look like a failure: 1006).
+async fn probe(socket: Socket, lifetime: std::time::Duration) {
+    let (mut sink, mut stream) = socket.split();
     let answer = async {
-        while let Some(Ok(message)) = socket.next().await {
+        while let Some(Ok(message)) = stream.next().await {
             let pinged = match &message {
                 WsMessage::Text(text) => json::decode_batch(text.as_bytes())
                     .is_ok_and(|frames| frames.contains(&Frame::Ping)),
-                WsMessage::Close(_) => return,
+                // tungstenite answers the close; it goes out with the flush.
+                WsMessage::Close(_) => return false,
                 _ => false,
             };
-            if pinged && socket.send(text_message(&[Frame::Pong])).await.is_err() {
-                return;
+            if pinged && sink.send(text_message(&[Frame::Pong])).await.is_err() {
+                return false;
             }
         }
+        false
     };
-    let _ = tokio::time::timeout(PROBE_LIFETIME, answer).await;
+    match tokio::time::timeout(lifetime, answer).await {
+        // The client closed or went away.
+        Ok(_) => {
+            let _ = sink.close().await;
+        }
+        Err(_) => {
+            let over = probe_over();
+            let _ = write_frames(&mut sink, vec![Frame::Detach(over.clone())]).await;
+            let _ = sink.send(close_message(&over)).await;
+        }
+    }
 }
 
 /// Reports a refusal after the upgrade: the frame, then the close code.
