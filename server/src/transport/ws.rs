@@ -166,18 +166,23 @@ async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId) {
         ended.as_mut().enable();
         if let Some(reject) = end.take() {
             match reject {
+                // The client broke a limit that ends the session (1009):
+                // its `close` goes out below like any other, after the
+                // queued messages and with the final ack (PROTOCOL.md §9).
+                Some(Reject::Session(_)) if shared.lock().is_closed() => {}
                 Some(reject) => {
                     let _ = write_frames(&mut sink, vec![reject.frame()]).await;
                     let _ = sink.send(close_message(reject.close())).await;
+                    return;
                 }
                 // The client closed or went away: send tungstenite's answer
                 // to its close, if it sent one (one attempt, under the
                 // write deadline).
                 None => {
                     let _ = sink.close().await;
+                    return;
                 }
             }
-            return;
         }
         loop {
             let transmit = {
