@@ -113,7 +113,10 @@ async fn websocket_message_too_big_ends_the_session_with_1009() {
         let frames = expect_ws_end(&mut ws, "close", 1009).await;
         // §9: on WebSocket the server's close carries the final ack.
         assert!(
-            matches!(frames.as_slice(), [Frame::Ack { seq: 0 }, Frame::Close { code: 1009, .. }]),
+            matches!(
+                frames.as_slice(),
+                [Frame::Ack { seq: 0 }, Frame::Close { code: 1009, .. }]
+            ),
             "{name}: {frames:?}"
         );
         let end = within(DEADLINE, "the session to end", session.closed()).await;

@@ -60,7 +60,12 @@ async fn open_poll(server: &TestServer, http: &reqwest::Client) -> String {
 async fn ws_until_messages(ws: &mut RawWs, n: usize) -> Vec<Frame> {
     within(DEADLINE, "the echoes", async {
         let mut frames = Vec::new();
-        while frames.iter().filter(|f: &&Frame| f.message_seq().is_some()).count() < n {
+        while frames
+            .iter()
+            .filter(|f: &&Frame| f.message_seq().is_some())
+            .count()
+            < n
+        {
             match ws.recv().await {
                 WsIn::Frames(batch) => frames.extend(batch),
                 other => panic!("expected the echoes, got {other:?}"),
@@ -108,7 +113,11 @@ async fn the_answer_to_a_websocket_close_carries_the_ack() {
     );
     ws.send_frames(&[bye()]).await;
     let (answer, code) = ws_close_batch(&mut ws).await;
-    assert_eq!(answer, vec![Frame::Ack { seq: 3 }, bye()], "§9: ack, then close");
+    assert_eq!(
+        answer,
+        vec![Frame::Ack { seq: 3 }, bye()],
+        "§9: ack, then close"
+    );
     assert_eq!(code, Some(1000));
 }
 
@@ -198,7 +207,10 @@ async fn a_resume_after_a_server_close_replays_the_unacked_messages() {
     ws.send_frames(&[msg(4, &"x".repeat(2000))]).await;
     let (answer, code) = ws_close_batch(&mut ws).await;
     assert!(
-        matches!(answer.as_slice(), [Frame::Ack { seq: 3 }, Frame::Close { code: 1009, .. }]),
+        matches!(
+            answer.as_slice(),
+            [Frame::Ack { seq: 3 }, Frame::Close { code: 1009, .. }]
+        ),
         "{answer:?}"
     );
     assert_eq!(code, Some(1009));
@@ -259,7 +271,10 @@ async fn an_sse_probe_ends_with_a_detach_4001_event() {
         .unwrap_or_else(|r| panic!("SSE probe refused: {r:?}"));
     let (frames, end) = probe.read_to_end(DEADLINE).await;
     assert!(
-        matches!(frames.as_slice(), [Frame::Ping, Frame::Detach { code: 4001, .. }]),
+        matches!(
+            frames.as_slice(),
+            [Frame::Ping, Frame::Detach { code: 4001, .. }]
+        ),
         "§8.5: ping at once, detach 4001 at the end: {frames:?}"
     );
     assert!(matches!(end, SseIn::Ended), "{end:?}");

@@ -333,9 +333,12 @@ fn a_graceful_close_comes_after_the_queued_messages() {
             .collect();
         // On WebSocket the close carries the final ack (PROTOCOL.md §9).
         let closed_after_messages = match &tail[..] {
-            [Frame::Close(c), Frame::Ack { seq: 0 }, Frame::Message { seq: 3, .. }, ..] => {
-                kind.is_duplex() && c.code == CloseCode::NORMAL
-            }
+            [
+                Frame::Close(c),
+                Frame::Ack { seq: 0 },
+                Frame::Message { seq: 3, .. },
+                ..,
+            ] => kind.is_duplex() && c.code == CloseCode::NORMAL,
             [Frame::Close(c), Frame::Message { seq: 3, .. }, ..] => {
                 !kind.is_duplex() && c.code == CloseCode::NORMAL
             }

@@ -46,7 +46,9 @@ pub(crate) fn outside_url(headers: &HeaderMap, websocket: bool) -> Result<Option
     let mut keys = keys.into_iter();
     let first = keys.next();
     if keys.any(|key| Some(key) != first) {
-        return Err(Reject::protocol("the request names two different session keys"));
+        return Err(Reject::protocol(
+            "the request names two different session keys",
+        ));
     }
     Ok(first.map(str::to_owned))
 }
@@ -102,8 +104,14 @@ mod tests {
         assert_eq!(outside_url(&twice, false), Ok(Some("abc".into())));
         let differ = headers(&[(&KEY_HEADER, "abc"), (&KEY_HEADER, "abd")]);
         let error = outside_url(&differ, false).expect_err("two keys");
-        assert_eq!(error.close().code, holdfast_protocol::CloseCode::PROTOCOL_ERROR);
-        assert!(!error.close().reason.contains("abc"), "an error never holds a key");
+        assert_eq!(
+            error.close().code,
+            holdfast_protocol::CloseCode::PROTOCOL_ERROR
+        );
+        assert!(
+            !error.close().reason.contains("abc"),
+            "an error never holds a key"
+        );
     }
 
     #[test]

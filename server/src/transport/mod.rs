@@ -114,7 +114,10 @@ impl ConnectQuery {
         let last = match last {
             None => 0,
             Some(last) => last.parse().map_err(|_| {
-                let reason = format!("`last` must be a number, got {:?}", crate::logs::loggable(last));
+                let reason = format!(
+                    "`last` must be a number, got {:?}",
+                    crate::logs::loggable(last)
+                );
                 if key.is_some() {
                     Reject::protocol(reason)
                 } else {
@@ -429,9 +432,7 @@ mod tests {
                 probe: false,
             })
         );
-        let bad_request = |r: Result<ConnectQuery, Reject>| {
-            matches!(r, Err(Reject::Session(c)) if c.code == CloseCode::BAD_REQUEST)
-        };
+        let bad_request = |r: Result<ConnectQuery, Reject>| matches!(r, Err(Reject::Session(c)) if c.code == CloseCode::BAD_REQUEST);
         assert!(bad_request(ConnectQuery::parse(Some("v=2"), Ok(None))));
         assert!(matches!(
             ConnectQuery::parse(Some("key=a&last=-1"), Ok(None)),
@@ -439,7 +440,10 @@ mod tests {
         ));
         // An unsupported version is final whether or not a session is named,
         // and wins over any other fault of the request.
-        assert!(bad_request(ConnectQuery::parse(Some("key=a&v=9"), Ok(None))));
+        assert!(bad_request(ConnectQuery::parse(
+            Some("key=a&v=9"),
+            Ok(None)
+        )));
         assert!(bad_request(ConnectQuery::parse(
             Some("v=2&last=x"),
             Err(Reject::protocol("two keys"))
