@@ -347,3 +347,50 @@ async fn the_wire_client_keeps_within_the_window_on_every_transport() {
         );
     }
 }
+
+/// The Rust client: the same burst, sent back to back (`send` waits while
+/// its replay buffer is full), on WebSocket and long-polling. Every echo
+/// arrives once, in order, with no reconnect (a window overrun would
+/// detach it with 1008).
+#[tokio::test]
+async fn the_rust_client_passes_the_burst_on_websocket_and_long_polling() {
+    use holdfast::client::{ClientBuilder, Event, Message, ProxyConfig, TransportKind};
+    let server = TestServer::echo(ServerConfig::default()).await;
+    for transport in [TransportKind::WebSocket, TransportKind::LongPoll] {
+        let connection = ClientBuilder::new(server.base.clone())
+            .transport(transport)
+            .proxy(ProxyConfig::none())
+            .connect()
+            .await
+            .expect("connect");
+        let (sender, mut receiver) = connection.split();
+        let messages = texts(60, 60_000);
+        let outgoing: Vec<Message> = messages
+            .iter()
+            .map(|p| match p {
+                Payload::Text(t) => Message::text(t.clone()),
+                Payload::Binary(b) => Message::binary(b.clone()),
+            })
+            .collect();
+        let sending = tokio::spawn(async move {
+            for message in outgoing {
+                sender.send(message).await.expect("send");
+            }
+            sender
+        });
+        let mut echoes = Vec::new();
+        within(BURST_DEADLINE, "the Rust client's echoes", async {
+            while echoes.len() < messages.len() {
+                match receiver.next_event().await {
+                    Some(Event::Message(message)) => echoes.push(to_payload(&message)),
+                    Some(Event::Open { .. }) => {}
+                    other => panic!("{transport:?}: unexpected {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert_exactly(&format!("{transport:?} echoes"), &echoes, &messages);
+        let sender = sending.await.expect("the sending task");
+        sender.close().await;
+    }
+}
