@@ -21,7 +21,12 @@ after(async () => {
 
 for (const transport of ["websocket", "long-poll"]) {
   test(`${transport}: 60 × 60 KB back to back, every echo exactly once`, async () => {
-    const client = new Holdfast(`${echo.origin}/realtime`, { transports: [transport] });
+    // A replay buffer that takes the whole burst at once: only the
+    // server's window paces it.
+    const client = new Holdfast(`${echo.origin}/realtime`, {
+      transports: [transport],
+      maxUnackedBytes: 4 * 1024 * 1024,
+    });
     const events = record(client);
     const got = [];
     client.onmessage = (event) => got.push(event.data);
