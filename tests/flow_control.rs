@@ -206,11 +206,8 @@ async fn a_websocket_client_that_overruns_the_window_is_detached_with_1008() {
     assert_eq!(close.map(|(code, _)| code), Some(1008));
 
     // The session lives; everything before the overrun was taken.
-    let mut ws = RawWs::connect_with(
-        &server.ws_url("v=1&last=0"),
-        &[("holdfast-key", &open.key)],
-    )
-    .await;
+    let mut ws =
+        RawWs::connect_with(&server.ws_url("v=1&last=0"), &[("holdfast-key", &open.key)]).await;
     let text = match within(DEADLINE, "resumed", ws.stream.next()).await {
         Some(Ok(WsMessage::Text(text))) => text,
         other => panic!("{other:?}"),
@@ -259,7 +256,10 @@ async fn a_send_that_overruns_the_window_is_refused_at_once_with_400() {
         matches!(&detach, Frame::Detach { reason, .. } if reason.contains("window")),
         "{detach:?}"
     );
-    assert!(waited < Duration::from_secs(2), "answered at once: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "answered at once: {waited:?}"
+    );
 
     // The session lives and kept the messages that fit.
     let reply = raw::send(&http, &server.base, &open.key, &[]).await;
@@ -307,7 +307,9 @@ async fn room_coming_back_answers_a_held_poll() {
     let frames = answer.batch();
     let grants = wire::grants(&answer.body).expect("grants");
     assert!(
-        frames.iter().any(|f| matches!(f, Frame::Ack { seq } if *seq == fill)),
+        frames
+            .iter()
+            .any(|f| matches!(f, Frame::Ack { seq } if *seq == fill)),
         "{frames:?}"
     );
     assert_eq!(

@@ -137,7 +137,7 @@ fn a_message_beyond_the_window_is_refused_with_1008_and_nothing_after_it_is_appl
             }),
             "{kind}"
         );
-        let error = error.err().expect("an error");
+        let error = error.expect_err("an error");
         assert_eq!(error.close_code(), CloseCode::WINDOW_EXCEEDED);
         assert_eq!(error.close_code().http_status(), 400);
         assert!(!error.ends_session(), "the session lives");
@@ -145,10 +145,16 @@ fn a_message_beyond_the_window_is_refused_with_1008_and_nothing_after_it_is_appl
         assert_eq!(server.received(), 4, "{kind}: up to the overrun, not after");
         assert_eq!(server.room(), 0);
         // A duplicate costs nothing: a retransmission never overruns.
-        assert_eq!(upstream(&mut server, t0, kind, id, vec![msg(4)]).err(), None);
+        assert_eq!(
+            upstream(&mut server, t0, kind, id, vec![msg(4)]).err(),
+            None
+        );
         // Once the application took some, the same message is accepted.
         assert!(server.poll_message().is_some());
-        assert_eq!(upstream(&mut server, t0, kind, id, vec![msg(5)]).err(), None);
+        assert_eq!(
+            upstream(&mut server, t0, kind, id, vec![msg(5)]).err(),
+            None
+        );
         assert_eq!(server.received(), 5);
     }
 }
@@ -167,10 +173,16 @@ fn room_coming_back_is_announced_on_every_transport() {
         server.handle_timeout(t1);
         let announced = match reply {
             Ok(reply) if !kind.is_duplex() => acks(&reply),
-            _ => server.poll_transmit(t1, id).map_or(Vec::new(), |t| acks(&t.frames)),
+            _ => server
+                .poll_transmit(t1, id)
+                .map_or(Vec::new(), |t| acks(&t.frames)),
         };
         assert_eq!(announced, [(4, Some(0))], "{kind}");
-        assert_eq!(server.poll_transmit(t1, id), None, "{kind}: nothing more to say");
+        assert_eq!(
+            server.poll_transmit(t1, id),
+            None,
+            "{kind}: nothing more to say"
+        );
 
         // One taken: room 1 message, under half the window: no update.
         let epoch = server.output_epoch();
@@ -180,7 +192,11 @@ fn room_coming_back_is_announced_on_every_transport() {
         // socket, an event stream, a held poll — carries an `ack` with the
         // room, and the driver is told to write.
         assert!(server.poll_message().is_some());
-        assert_ne!(server.output_epoch(), epoch, "{kind}: the transport is woken");
+        assert_ne!(
+            server.output_epoch(),
+            epoch,
+            "{kind}: the transport is woken"
+        );
         let transmit = server.poll_transmit(t1, id).expect("an update");
         assert_eq!(
             transmit.frames,
@@ -209,9 +225,21 @@ fn an_update_due_between_polls_answers_the_next_poll_at_once() {
     // The poll is answered (empty, at its hold) and the client sends.
     let hold = t0 + SessionConfig::default().poll_hold;
     server.handle_timeout(hold);
-    assert_eq!(server.poll_transmit(hold, poll).map(|t| t.frames), Some(Vec::new()));
     assert_eq!(
-        acks(&upstream(&mut server, t0, TransportKind::LongPoll, poll, (1..=4).map(msg).collect()).unwrap_or_default()),
+        server.poll_transmit(hold, poll).map(|t| t.frames),
+        Some(Vec::new())
+    );
+    assert_eq!(
+        acks(
+            &upstream(
+                &mut server,
+                t0,
+                TransportKind::LongPoll,
+                poll,
+                (1..=4).map(msg).collect()
+            )
+            .unwrap_or_default()
+        ),
         [(4, Some(0))]
     );
     server.poll_message();
@@ -242,7 +270,11 @@ fn open_params(window: Option<usize>) -> OpenParams {
 
 /// A client opened on `kind` with a server window of `window`, holding
 /// `queued` messages to send.
-fn client(kind: TransportKind, window: Option<usize>, queued: usize) -> (ClientSession, AttachmentId) {
+fn client(
+    kind: TransportKind,
+    window: Option<usize>,
+    queued: usize,
+) -> (ClientSession, AttachmentId) {
     let now = Instant::now();
     let mut client = ClientSession::default();
     let id = client.attach(now, kind);
@@ -321,7 +353,11 @@ fn a_resume_restarts_the_window_from_the_resumed_ack_and_room() {
             }],
         )
         .expect("resumed");
-    assert_eq!(transmitted(&mut client), [2, 3, 4], "retransmitted within the room");
+    assert_eq!(
+        transmitted(&mut client),
+        [2, 3, 4],
+        "retransmitted within the room"
+    );
 }
 
 #[test]
@@ -353,5 +389,8 @@ fn the_client_close_waits_behind_messages_the_window_holds_back() {
     let frames: Vec<Frame> = std::iter::from_fn(|| client.poll_transmit(now))
         .flat_map(|t| t.frames)
         .collect();
-    assert!(matches!(frames[..], [Frame::Message { seq: 2, .. }, Frame::Close(_)]), "{frames:?}");
+    assert!(
+        matches!(frames[..], [Frame::Message { seq: 2, .. }, Frame::Close(_)]),
+        "{frames:?}"
+    );
 }

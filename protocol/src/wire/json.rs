@@ -685,7 +685,10 @@ mod tests {
                 ack: 17,
                 room: Some(1000),
             },
-            Frame::Resumed { ack: 18, room: None },
+            Frame::Resumed {
+                ack: 18,
+                room: None,
+            },
             Frame::Message {
                 seq: 1,
                 message: Message::text("hé \"llo\"\n\u{1}"),
