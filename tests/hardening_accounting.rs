@@ -7,16 +7,16 @@
 //! never acknowledges (so the echoes fill its replay buffer and the echo
 //! task stops reading: the application is "behind"), and the test asserts
 //! that the server's own accounting stays within the limits plus one
-//! batch, that the attacker is refused (HTTP `503` + `Retry-After`,
-//! `detach` 4503) or held back (WebSocket: the server stops reading), that
+//! batch, that the attacker is refused for overrunning the upstream window
+//! (HTTP `400`, `detach` 1008; on WebSocket the socket is closed 1008), that
 //! the process's resident memory grows by less than a bound, that a fresh
 //! session still echoes during the attack, and that a concurrent
 //! well-behaved session loses nothing. The figures are printed
 //! (`--nocapture`) for `docs/security.md`.
 //!
-//! One more test checks that a refused send request still delivers its
-//! acks, so that refusing input never stalls an application that waits for
-//! acks before it reads again.
+//! One more test checks that a send request refused for the server-wide
+//! total (`503`) still delivers its acks, so that refusing input never
+//! stalls an application that waits for acks before it reads again.
 //!
 //! The tests run one at a time (the [`SERIAL`] lock), so that the resident
 //! memory one of them measures is its own.
@@ -46,7 +46,6 @@ const MAX_RSS_GROWTH: usize = 32 * MIB;
 /// Default limits (1 MiB inbound, 1 MiB replay buffer), short waits.
 fn attack_config() -> ServerConfig {
     let mut config = ServerConfig::default();
-    config.send_wait = Duration::from_millis(300);
     config.retry_after = Duration::from_secs(1);
     config
 }
@@ -248,10 +247,9 @@ async fn send_flood(what: &str, payload: &str) {
         watch.growth() / 1024
     );
     let refusal = refusal.unwrap_or_else(|| {
-        panic!("{what}: {accepted} messages accepted and never a 503: the flood is not bounded")
+        panic!("{what}: {accepted} messages accepted and never refused: the flood is not bounded")
     });
-    refusal.assert_refusal(503, "detach", 4503);
-    assert_eq!(refusal.header("retry-after"), "1");
+    refusal.assert_refusal(400, "detach", 1008);
     assert!(
         peak <= limit,
         "{what}: the server holds {peak} bytes, bound {limit}"
@@ -259,11 +257,12 @@ async fn send_flood(what: &str, payload: &str) {
     watch.assert_bounded(what);
 
     assert_fresh_session_echoes(&server).await;
-    // Still refused: the attacker's application is stuck behind it.
+    // Still refused: the attacker's application is stuck behind it, and
+    // the window full.
     let next = batch_of(accepted as u64 + 1, PER_BATCH, payload);
     raw::post(&http, &url, next, &[])
         .await
-        .assert_refusal(503, "detach", 4503);
+        .assert_refusal(400, "detach", 1008);
     assert!(server.holdfast.buffered_bytes() <= limit);
     well_behaved.finish().await;
 }
@@ -280,21 +279,21 @@ async fn send_batches_of_one_byte_messages_are_refused_at_the_inbound_limit() {
     send_flood("POST /send, 1-byte messages", "x").await;
 }
 
-/// Sends `message` unless the server has stopped reading: `false` when
-/// the send does not complete within a while (TCP backpressure).
-async fn send_or_held_back(ws: &mut RawWs, message: WsMessage) -> bool {
-    match tokio::time::timeout(Duration::from_millis(500), ws.stream.send(message)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => panic!("the attacker's socket failed: {e}"),
-        Err(_) => false,
-    }
+/// Sends `message`: `false` once the server refused the socket (the send
+/// fails) or stopped taking it.
+async fn send_or_refused(ws: &mut RawWs, message: WsMessage) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), ws.stream.send(message)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Row 3 over WebSocket: text messages of 1,000 one-byte messages each,
-/// never acknowledged. The reader stops at the inbound limit, so the
-/// attacker is held back by TCP, not queued in memory.
+/// never acknowledged. The server reads on, and refuses the attacker
+/// (`detach` 1008, close 1008) once it overruns the upstream window, so it
+/// is never queued in memory past the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_floods_of_one_byte_messages_are_held_back() {
+async fn websocket_floods_of_one_byte_messages_are_refused_at_the_window() {
     let _serial = SERIAL.lock().await;
     const PER_FRAME: usize = 1000;
     // Enough to fill any loopback socket buffers several times over.
@@ -307,12 +306,10 @@ async fn websocket_floods_of_one_byte_messages_are_held_back() {
 
     let mut attacker = open_ws(&server).await;
     let mut sent = 0;
-    let mut held_back = false;
     let mut peak = 0;
     for frame in 0..MAX_FRAMES {
         let text = batch_of((frame * PER_FRAME) as u64 + 1, PER_FRAME, "x");
-        if !send_or_held_back(&mut attacker, WsMessage::text(text)).await {
-            held_back = true;
+        if !send_or_refused(&mut attacker, WsMessage::text(text)).await {
             break;
         }
         sent += PER_FRAME;
@@ -321,17 +318,22 @@ async fn websocket_floods_of_one_byte_messages_are_held_back() {
             watch.sample();
         }
     }
+    let (frames, close) = within(DEADLINE, "the refusal", attacker.recv_until_closed()).await;
     watch.sample();
     peak = peak.max(server.holdfast.buffered_bytes());
     eprintln!(
-        "WebSocket, 1-byte messages: {sent} messages sent before {}; server accounting peak \
-         {} KiB (bound {} KiB); process grew {} KiB",
-        if held_back { "held back" } else { "the bound" },
+        "WebSocket, 1-byte messages: {sent} messages sent before the refusal; server \
+         accounting peak {} KiB (bound {} KiB); process grew {} KiB",
         peak / 1024,
         limit / 1024,
         watch.growth() / 1024
     );
-    assert!(held_back, "{sent} messages sent and never held back");
+    assert_eq!(
+        frames.last().and_then(Frame::code),
+        Some(1008),
+        "{sent} messages sent and never refused"
+    );
+    assert_eq!(close.map(|(code, _)| code), Some(1008));
     assert!(
         peak <= limit,
         "the server holds {peak} bytes, bound {limit}"
@@ -442,13 +444,20 @@ async fn short_text_messages_after_large_frames_do_not_pin_the_read_buffer() {
     .await;
 }
 
-/// A send request refused because the application is behind still
-/// delivers its acks: the application may be waiting for them to make
-/// room in its replay buffer before it reads again.
+/// A send request refused because the server as a whole is behind
+/// (`max_buffered_bytes`) still delivers its acks: the application may be
+/// waiting for them to make room in its replay buffer before it reads
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_send_still_delivers_its_acks() {
     let _serial = SERIAL.lock().await;
-    let (server, mut incoming) = TestServer::start(attack_config()).await;
+    const FILL: usize = 8000;
+    let mut config = attack_config();
+    // Room for the batch below and the application's message, not one
+    // message more; the session's window has room left.
+    config.session.max_unacked_bytes = message_charge(config.session.max_message);
+    config.max_buffered_bytes = FILL * message_charge(0) + message_charge(4) + 64;
+    let (server, mut incoming) = TestServer::start(config).await;
     let http = raw::http_client();
     let reply = raw::get(&http, &server.url("poll", "v=1"), &[]).await;
     let key = match reply.batch().first() {
@@ -458,8 +467,7 @@ async fn a_refused_send_still_delivers_its_acks() {
     // The application sends one message and never reads.
     let session = accept(&mut incoming, DEADLINE).await;
     session.send("down").await.expect("send");
-    // An empty queue takes any batch, even one charged past the limit…
-    const FILL: usize = 9000;
+    // The server-wide total takes the batch…
     let url = format!("{}/send?v=1&key={}", server.base, raw::encode(&key));
     let reply = raw::post(&http, &url, batch_of(1, FILL, ""), &[]).await;
     assert_eq!(reply.status, 200, "{:?}", reply.frames);

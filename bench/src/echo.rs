@@ -174,7 +174,7 @@ async fn wire_client(
                         seq,
                         message: text.clone(),
                     },
-                    Frame::Ack { seq: received },
+                    Frame::ack(received),
                 ]);
                 tx.feed(WsMessage::text(batch))
                     .await

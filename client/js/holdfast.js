@@ -331,12 +331,23 @@ function remember(base, transport, duration) {
 // Messages leave only when acknowledged; a new attachment rewinds the
 // cursor to `acked`, so anything unacknowledged goes out again.
 
+/** What a message counts against the server's upstream window
+ * (PROTOCOL.md §3.1): its payload bytes plus this. */
+const MESSAGE_OVERHEAD = 128;
+
+function charge(entry) {
+  return entry.size + MESSAGE_OVERHEAD;
+}
+
 class Outbox {
   entries = []; // entries[i].seq === acked + 1 + i
   nextSeq = 1;
   acked = 0;
   cursor = 0;
   bytes = 0;
+  /** What the messages in (acked, cursor] — sent on the current path, not
+   * acknowledged — count against the upstream window. */
+  inFlight = 0;
 
   get sent() {
     return this.nextSeq - 1;
@@ -358,9 +369,13 @@ class Outbox {
       throw new ProtocolViolation(`ack ${seq} is beyond the last message sent (${this.sent})`);
     }
     if (seq <= this.acked) return 0;
+    const sentOnPath = this.cursor - this.acked;
     const freed = this.entries.splice(0, seq - this.acked);
     let bytes = 0;
-    for (const entry of freed) bytes += entry.size;
+    freed.forEach((entry, i) => {
+      bytes += entry.size;
+      if (i < sentOnPath) this.inFlight -= charge(entry);
+    });
     this.bytes -= bytes;
     this.acked = seq;
     this.cursor = Math.max(this.cursor, seq);
@@ -369,6 +384,15 @@ class Outbox {
 
   rewind() {
     this.cursor = this.acked;
+    this.inFlight = 0;
+  }
+
+  /** What the messages an acknowledgement of `seq` would free count
+   * against the window. */
+  chargeThrough(seq) {
+    let total = 0;
+    for (const entry of this.entries.slice(0, Math.max(0, seq - this.acked))) total += charge(entry);
+    return total;
   }
 
   /** Whether a message is ready to go out. */
@@ -385,12 +409,17 @@ class Outbox {
   /** The next messages to transmit: JSON frames while they fit in
    * `budget` bytes (a comma each; a single large one travels alone), and
    * with `nativeBinary` binary entries as they are (§2.2: no part of any
-   * batch). Returns whether it took any. */
-  take(budget, nativeBinary, parts) {
+   * batch) — all while their charges fit in `window` (§3.1; `null`: no
+   * limit). Returns whether it took any. */
+  take(budget, nativeBinary, parts, window) {
     let took = false;
     let json = false;
     while (this.hasPending()) {
       const entry = this.entries[this.cursor - this.acked];
+      if (window !== null) {
+        if (charge(entry) > window) break;
+        window -= charge(entry);
+      }
       if (nativeBinary && entry.bytes !== undefined) {
         parts.push(entry);
       } else {
@@ -401,6 +430,7 @@ class Outbox {
         json = true;
       }
       this.cursor++;
+      this.inFlight += charge(entry);
       took = true;
     }
     return took;
@@ -955,6 +985,8 @@ class Engine {
     this.order = options.transports.filter(usable);
     this.readyState = Holdfast.CONNECTING;
     this.params = null;
+    /** The upstream window: [R, room], the greatest the server granted. */
+    this.grant = null;
     this.closing = null; // { code, reason, sentAt, deadline }
     this.out = new Outbox();
     this.received = 0;
@@ -1213,7 +1245,7 @@ class Engine {
         return;
       case "resumed":
         if (viaRequest || !this.params) throw new ProtocolViolation("unexpected resumed");
-        this.ack(frame.ack);
+        this.ack(frame.ack, frame.room);
         this.out.rewind();
         if (greeting || att.kind === "long-poll") this.greet(att, true);
         return;
@@ -1246,7 +1278,8 @@ class Engine {
         return;
       }
       case "ack":
-        this.ack(frame.seq);
+        // On every transport: room that came back arrives downstream too.
+        this.ack(frame.seq, frame.room);
         return;
       case "ping":
         this.pongDue = true;
@@ -1264,10 +1297,28 @@ class Engine {
       if (params[field] === undefined) throw new ProtocolViolation(`open without ${field}`);
     }
     this.params = params;
+    // The upstream window (§3.1); a server without one sets no limit.
+    this.grant = Number.isSafeInteger(params.win) && params.win >= 0 ? [0, params.win] : null;
     this.greet(att, false);
   }
 
-  ack(seq) {
+  /** An acknowledgement of `seq`, with the room the server left after it
+   * (§3.1): the greatest [seq, room] wins, as acks may arrive out of
+   * order (a send reply racing the downstream). */
+  ack(seq, room) {
+    const freedCharge = this.out.chargeThrough(seq);
+    this.ackMessages(seq);
+    if (this.grant === null) return;
+    const [acked, left] = this.grant;
+    if (Number.isSafeInteger(room) && room >= 0) {
+      if (seq > acked || (seq === acked && room > left)) this.grant = [seq, room];
+    } else if (seq > acked) {
+      // No room given: what it freed is in the server's queue.
+      this.grant = [seq, Math.max(0, left - freedCharge)];
+    }
+  }
+
+  ackMessages(seq) {
     if (this.out.ack(seq) > 0 && this.closing) {
       this.closing.deadline = Math.max(this.closing.deadline, now() + this.options.closeTimeout);
     }
@@ -1401,7 +1452,8 @@ class Engine {
       let budget = this.params.max_msg - 2 - ACK_ROOM;
       for (const part of parts) budget -= part.length + 1;
       if (this.closing) budget -= utf8Length(closeFrame(this.closing)) + 1;
-      sentMessages = this.out.take(budget, nativeBinary, parts);
+      const window = this.grant === null ? null : Math.max(0, this.grant[1] - this.out.inFlight);
+      sentMessages = this.out.take(budget, nativeBinary, parts, window);
     }
     const unacked = this.received > this.ackedOut || this.resendAck;
     if (unacked && (att.ackDue || parts.length > 0)) {

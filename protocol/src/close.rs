@@ -18,6 +18,10 @@ impl CloseCode {
     pub const GOING_AWAY: Self = Self(1001);
     /// Protocol error: a malformed or out-of-protocol frame. Attachment only.
     pub const PROTOCOL_ERROR: Self = Self(1002);
+    /// The client overran the upstream flow-control window (`PROTOCOL.md`
+    /// §3.1). Attachment only: the session lives (RFC 6455's "policy
+    /// violation").
+    pub const WINDOW_EXCEEDED: Self = Self(1008);
     /// A message or wire unit was too big. Ends the session.
     pub const TOO_BIG: Self = Self(1009);
     /// Internal server error. Ends the session.
@@ -51,7 +55,7 @@ impl CloseCode {
     /// The HTTP status that carries the same condition on HTTP transports.
     pub fn http_status(self) -> u16 {
         match self.0 {
-            1002 => 400,
+            1002 | 1008 => 400,
             1009 => 413,
             1011 => 500,
             4400..=4599 => self.0 - 4000,
@@ -75,6 +79,7 @@ impl CloseCode {
             1000 => "normal",
             1001 => "going away",
             1002 => "protocol error",
+            1008 => "window exceeded",
             1009 => "too big",
             1011 => "internal error",
             4000 => "reconnect",
@@ -120,6 +125,7 @@ mod tests {
         assert_eq!(CloseCode::OVERLOADED.http_status(), 503);
         assert_eq!(CloseCode::TOO_BIG.http_status(), 413);
         assert_eq!(CloseCode::PROTOCOL_ERROR.http_status(), 400);
+        assert_eq!(CloseCode::WINDOW_EXCEEDED.http_status(), 400);
         assert_eq!(CloseCode::from_http_status(401), CloseCode::UNAUTHORIZED);
         assert_eq!(CloseCode::from_http_status(413), CloseCode::TOO_BIG);
         assert_eq!(CloseCode::from_http_status(302), CloseCode::FORBIDDEN);

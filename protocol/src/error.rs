@@ -43,6 +43,18 @@ pub enum ProtocolError {
         /// The maximum.
         max: usize,
     },
+    /// A message beyond the upstream window (`PROTOCOL.md` §3.1): the
+    /// client sent more than the last `room` allowed. The attachment ends;
+    /// the session lives.
+    #[error("flow-control window exceeded: message {seq} charged {charge} bytes, {room} left")]
+    WindowExceeded {
+        /// The message's sequence number.
+        seq: u64,
+        /// What it is charged (payload plus the per-message overhead).
+        charge: usize,
+        /// What was left of the window.
+        room: usize,
+    },
     /// A wire unit over the negotiated maximum. Ends the session.
     #[error("wire unit of {len} bytes exceeds the maximum of {max}")]
     BatchTooBig {
@@ -59,6 +71,7 @@ impl ProtocolError {
     pub fn close_code(&self) -> CloseCode {
         match self {
             Self::MessageTooBig { .. } | Self::BatchTooBig { .. } => CloseCode::TOO_BIG,
+            Self::WindowExceeded { .. } => CloseCode::WINDOW_EXCEEDED,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }

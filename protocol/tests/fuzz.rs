@@ -74,8 +74,10 @@ fn frame() -> impl Strategy<Value = Frame> {
                 seq,
                 message: Message::binary(b),
             }),
-        any::<u64>().prop_map(|seq| Frame::Ack { seq }),
-        any::<u64>().prop_map(|ack| Frame::Resumed { ack }),
+        (any::<u64>(), proptest::option::of(any::<u64>()))
+            .prop_map(|(seq, room)| Frame::Ack { seq, room }),
+        (any::<u64>(), proptest::option::of(any::<u64>()))
+            .prop_map(|(ack, room)| Frame::Resumed { ack, room }),
         Just(Frame::Ping),
         Just(Frame::Pong),
         (any::<u16>(), text(), proptest::option::of(millis())).prop_map(|(code, reason, retry)| {
@@ -91,7 +93,11 @@ fn frame() -> impl Strategy<Value = Frame> {
             text(),
             text(),
             (millis(), millis(), millis(), millis()),
-            (0usize..1 << 40, 0usize..1 << 40),
+            (
+                0usize..1 << 40,
+                0usize..1 << 40,
+                proptest::option::of(0usize..1 << 40),
+            ),
         )
             .prop_map(|(version, key, session_id, timers, sizes)| {
                 Frame::Open(OpenParams {
@@ -104,6 +110,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     poll_hold: timers.3,
                     max_message: sizes.0,
                     max_batch: sizes.1,
+                    window: sizes.2,
                 })
             }),
     ]

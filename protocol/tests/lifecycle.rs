@@ -271,7 +271,7 @@ fn an_ack_beyond_what_was_sent_is_an_error() {
     server.send(text("a")).unwrap();
     server.send(text("b")).unwrap();
     let error = server
-        .handle_frames(now, Some(id), [Frame::Ack { seq: 3 }])
+        .handle_frames(now, Some(id), [Frame::ack(3)])
         .unwrap_err();
     assert_eq!(error, ProtocolError::AckBeyondSent { ack: 3, sent: 2 });
     assert!(!error.ends_session());
@@ -285,7 +285,7 @@ fn an_ack_beyond_what_was_sent_is_an_error() {
         }))
     );
     server
-        .handle_frames(now, Some(id), [Frame::Ack { seq: 2 }])
+        .handle_frames(now, Some(id), [Frame::ack(2)])
         .unwrap();
     assert_eq!(server.unacked_messages(), 0);
 
@@ -295,7 +295,7 @@ fn an_ack_beyond_what_was_sent_is_an_error() {
     pair.client_send(text("x")).unwrap();
     pair.links[ws]
         .down
-        .push_back(sim::Unit::Json(sim::encode_json(&[Frame::Ack { seq: 9 }])));
+        .push_back(sim::Unit::Json(sim::encode_json(&[Frame::ack(9)])));
     pair.settle();
     assert_eq!(
         pair.log.client_errors,
@@ -335,7 +335,7 @@ fn a_graceful_close_comes_after_the_queued_messages() {
         let closed_after_messages = match &tail[..] {
             [
                 Frame::Close(c),
-                Frame::Ack { seq: 0 },
+                Frame::Ack { seq: 0, .. },
                 Frame::Message { seq: 3, .. },
                 ..,
             ] => kind.is_duplex() && c.code == CloseCode::NORMAL,

@@ -99,7 +99,7 @@ fn an_ack_is_due_after_ack_delay_or_at_once_after_ack_every_messages() {
             .filter(|(_, f)| is_ack(f))
             .collect();
         assert_eq!(acks.len(), 2, "{kind}");
-        assert_eq!(acks[1].1, Frame::Ack { seq: 33 }, "{kind}: at once");
+        assert_eq!(acks[1].1, Frame::ack(33), "{kind}: at once");
         assert_eq!(pair.server.unacked_messages(), 0);
     }
 }
@@ -193,7 +193,13 @@ fn the_server_answers_a_clients_ping() {
         reply,
         [
             (LinkKind::Send, Frame::Pong),
-            (LinkKind::Send, Frame::Ack { seq: 0 })
+            (
+                LinkKind::Send,
+                Frame::Ack {
+                    seq: 0,
+                    room: Some(1 << 20)
+                }
+            )
         ]
     );
 }

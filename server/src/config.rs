@@ -54,11 +54,12 @@ pub struct ServerConfig {
     /// [`MESSAGE_OVERHEAD`](holdfast_protocol::MESSAGE_OVERHEAD) (the
     /// figure [`Holdfast::buffered_bytes`](crate::Holdfast::buffered_bytes)
     /// reports). Past it, `send` waits and `try_send` reports full (for a
-    /// session with messages in flight), send requests wait and are then
-    /// refused with `503`, and a WebSocket is not read while its session has
-    /// received messages queued and no acks awaited. A session whose inbound
-    /// queue is empty still takes one batch, so the total can pass this by
-    /// at most one batch per such session. Default 512 MiB.
+    /// session with messages in flight), send requests are refused at once
+    /// with `503` (their acks still applied), and a WebSocket is not read
+    /// while its session has received messages queued and no acks awaited.
+    /// A session whose inbound queue is empty still takes one batch, so the
+    /// total can pass this by at most one batch per such session. Default
+    /// 512 MiB.
     pub max_buffered_bytes: usize,
     /// `Retry-After` given with overload refusals. Default 5 s.
     pub retry_after: Duration,
@@ -74,10 +75,6 @@ pub struct ServerConfig {
     /// How long a probe (`PROTOCOL.md` §8.5) stays open before the server
     /// ends it with `detach` 4001. Default 10 s.
     pub probe_lifetime: Duration,
-    /// How long a send request waits for the application to read before it
-    /// is refused with `503` (the client retries; nothing is lost).
-    /// Default 10 s.
-    pub send_wait: Duration,
     /// WebSocket read buffer per connection, in bytes. tungstenite zeroes
     /// this much before every read and keeps it allocated for the life of
     /// the connection, so it sets both the per-message CPU floor and the
@@ -119,7 +116,6 @@ impl Default for ServerConfig {
             sse_max_bytes: 256 * 1024,
             sse_max_age: Duration::from_secs(300),
             probe_lifetime: Duration::from_secs(10),
-            send_wait: Duration::from_secs(10),
             ws_read_buffer: 2048,
             accept_backlog: 1024,
             write_timeout: Duration::from_secs(30),

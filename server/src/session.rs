@@ -40,8 +40,9 @@ pub(crate) struct Shared {
     app: Notify,
     /// Senders: room in the replay buffer, or the session closed.
     space: Notify,
-    /// Transports holding back input: the application read some, or the
-    /// replay buffer stopped being empty (see [`Shared::may_read_inbound`]).
+    /// A WebSocket reader held back by the server-wide total: the
+    /// application read some, or the replay buffer stopped being empty
+    /// (see [`Shared::may_read_inbound`]).
     pub(crate) drained: Notify,
     /// The timer task: the next deadline moved earlier (or the session was
     /// evicted).
@@ -167,9 +168,8 @@ impl Drop for CoreGuard<'_> {
         if after.unacked_bytes < before.unacked_bytes || closed_now {
             shared.space.notify_waiters();
         }
-        // Input held back waits for room (a send request for room for its
-        // whole batch, so any drop counts), or, held back by the
-        // server-wide total, for the application to wait on acks.
+        // A WebSocket reader held back by the server-wide total waits for
+        // the application to read, or to wait on acks.
         if after.inbound_bytes < before.inbound_bytes
             || (before.unacked_bytes == 0 && after.unacked_bytes > 0)
         {
@@ -331,40 +331,37 @@ impl Shared {
         tracing::debug!(session = %self.session_id, "session forgotten");
     }
 
-    /// Whether received messages charged `cost` bytes in all may be queued
-    /// now (`core` is this session's, locked). Always when they cost
-    /// nothing (acks, pings) or the inbound queue is empty, so any legal
-    /// batch gets in eventually; otherwise only if they fit whole within
-    /// `max_inbound_bytes` and the server-wide `max_buffered_bytes`. A
-    /// session can so hold at most its limit, or one batch.
-    pub(crate) fn admits_inbound(&self, core: &ServerSession, cost: usize) -> bool {
-        let queued = core.inbound_bytes();
-        let config = &self.server.config;
+    /// Whether the server-wide `max_buffered_bytes` admits received
+    /// messages charged `cost` bytes in all (`core` is this session's,
+    /// locked). Always when they cost nothing (acks, pings) or the inbound
+    /// queue is empty, so any legal batch gets in eventually. The session's
+    /// own limit, `max_inbound_bytes`, is the upstream window the core
+    /// enforces (`PROTOCOL.md` §3.1): a conforming client never passes it.
+    pub(crate) fn admits_buffered(&self, core: &ServerSession, cost: usize) -> bool {
         cost == 0
-            || queued == 0
-            || (queued.saturating_add(cost) <= config.session.max_inbound_bytes
-                && self
-                    .server
-                    .buffered
-                    .load(Ordering::Relaxed)
-                    .saturating_add(cost)
-                    <= config.max_buffered_bytes)
+            || core.inbound_bytes() == 0
+            || self
+                .server
+                .buffered
+                .load(Ordering::Relaxed)
+                .saturating_add(cost)
+                <= self.server.config.max_buffered_bytes
     }
 
-    /// Whether a WebSocket reader may read its next message (whose cost it
-    /// cannot know before): when the inbound queue is empty, or below
-    /// `max_inbound_bytes` while the server-wide total is below
-    /// `max_buffered_bytes`. The server-wide total is not asked while the
-    /// replay buffer holds messages: the application may be waiting for
-    /// their acks, which only this reader can bring.
+    /// Whether a WebSocket reader may read its next message. Never held
+    /// back by the session's own limit: that is the upstream window, which
+    /// a conforming client keeps within and the core enforces, and the
+    /// client's acks and pings must never wait behind data the server
+    /// refuses to read (`PROTOCOL.md` §3.1). Held back only by the
+    /// server-wide `max_buffered_bytes`, and then only while the session
+    /// has received messages queued and no messages of its own awaiting
+    /// acks — its application is then not waiting for anything this
+    /// reader could bring, so holding back cannot deadlock.
     pub(crate) fn may_read_inbound(&self) -> bool {
         let core = self.lock();
-        let queued = core.inbound_bytes();
-        let config = &self.server.config;
-        queued == 0
-            || (queued < config.session.max_inbound_bytes
-                && (core.unacked_bytes() > 0
-                    || self.server.buffered.load(Ordering::Relaxed) < config.max_buffered_bytes))
+        core.inbound_bytes() == 0
+            || core.unacked_bytes() > 0
+            || self.server.buffered.load(Ordering::Relaxed) < self.server.config.max_buffered_bytes
     }
 
     fn try_send(&self, message: Message) -> Result<(), SendError> {

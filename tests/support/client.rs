@@ -116,8 +116,10 @@ pub struct Core {
     pub pongs_owed: usize,
     /// The `close` frame that ended the session, if any.
     pub close: Option<(u16, String)>,
-    /// Upstream bytes allowed in flight beyond the server's ack.
-    pub window: usize,
+    /// The upstream window (§3.1): the greatest `(R, room)` the server
+    /// granted, in lexicographic order. `None` before `open` (or from a
+    /// server that announces no window).
+    pub grant: Option<(u64, u64)>,
     /// Diagnostics.
     pub stats: Stats,
 }
@@ -139,7 +141,7 @@ impl Default for Core {
             ack_at_attach: 0,
             pongs_owed: 0,
             close: None,
-            window: 512 * 1024,
+            grant: None,
             stats: Stats::default(),
         }
     }
@@ -235,34 +237,55 @@ impl Core {
     }
 
     /// Whether there are messages not yet handed to the current path (and
-    /// room in the window for them).
+    /// room in the window for the next one).
     pub fn has_unsent(&self) -> bool {
-        self.replay.iter().any(|(seq, _)| *seq > self.cursor) && self.window_room() > 0
+        self.replay
+            .iter()
+            .find(|(seq, _)| *seq > self.cursor)
+            .is_some_and(|(_, p)| self.window_room().is_none_or(|room| charge(p) <= room))
     }
 
-    fn window_room(&self) -> usize {
-        let inflight: usize = self
+    /// Applies the grants of a batch (§3.1): the greatest `(R, room)` wins.
+    pub fn note_grants(&mut self, grants: &[(u64, u64)]) {
+        for &grant in grants {
+            if self.grant.is_some_and(|latest| grant > latest) {
+                self.grant = Some(grant);
+            }
+        }
+    }
+
+    /// Charged bytes that may still be transmitted (§3.1): the granted room
+    /// less the messages after its `R` already handed to the path. `None`:
+    /// no window.
+    fn window_room(&self) -> Option<u64> {
+        let (acked, room) = self.grant?;
+        let in_flight: u64 = self
             .replay
             .iter()
-            .filter(|(seq, _)| *seq <= self.cursor)
-            .map(|(_, p)| p.len())
+            .filter(|(seq, _)| *seq > acked && *seq <= self.cursor)
+            .map(|(_, p)| charge(p))
             .sum();
-        self.window.saturating_sub(inflight)
+        Some(room.saturating_sub(in_flight))
     }
 
     /// The next upstream batch's messages (§2.3): the first unsent message,
-    /// then more while the encoded batch stays under `max_msg`.
+    /// then more while the encoded batch stays under `max_msg` — and their
+    /// charges within the window (§3.1).
     pub fn take_batch(&mut self) -> Vec<(u64, Payload)> {
-        if self.window_room() == 0 {
-            return Vec::new();
-        }
         let max = self.max_msg();
+        let mut room = self.window_room();
         let mut out = Vec::new();
         let mut size = 2;
         for (seq, payload) in self.replay.iter().filter(|(seq, _)| *seq > self.cursor) {
             let len = wire::encoded_len(&payload.frame(*seq));
             if !out.is_empty() && size + len > max {
                 break;
+            }
+            if let Some(room) = &mut room {
+                if charge(payload) > *room {
+                    break;
+                }
+                *room -= charge(payload);
             }
             size += len;
             out.push((*seq, payload.clone()));
@@ -296,6 +319,7 @@ impl Core {
                 if open.v != 1 {
                     return Err(format!("`open` with version {}", open.v));
                 }
+                self.grant = open.win.map(|win| (0, win));
                 self.open = Some(open);
                 Ok(Signal::Greeting)
             }
@@ -389,6 +413,12 @@ impl Core {
         }
         Ok(Signal::Continue)
     }
+}
+
+/// What a message counts against the upstream window (§3.1): its payload
+/// bytes plus 128.
+pub fn charge(payload: &Payload) -> u64 {
+    payload.len() as u64 + 128
 }
 
 /// How to cut an attachment.
@@ -800,6 +830,7 @@ impl Client {
                         Some(Err(e)) => return Ok(Outcome::Ended(format!("WebSocket error: {e}"))),
                         Some(Ok(WsMessage::Text(text))) => {
                             let frames = wire::parse_batch(text.as_bytes())?;
+                            self.core.note_grants(&wire::grants(text.as_bytes())?);
                             self.core.check_batch_size(&frames, text.len());
                             frames
                         }
@@ -1003,8 +1034,9 @@ impl Client {
                     } else {
                         sse.feed(&chunk);
                     }
-                    while let Some((id, frames, encoded)) = take_sse_event(&mut sse)? {
+                    while let Some((id, frames, encoded, grants)) = take_sse_event(&mut sse)? {
                         check_sse_id(id.as_deref(), &frames)?;
+                        self.core.note_grants(&grants);
                         self.core.check_batch_size(&frames, encoded);
                         for frame in frames {
                             if !greeted && !matches!(frame, Frame::Open(_) | Frame::Resumed { .. } | Frame::Close { .. }) {
@@ -1188,6 +1220,7 @@ impl Client {
             check_header(&headers, "cache-control", "no-store")?;
             check_header(&headers, "content-type", "application/json")?;
             let frames = frames?;
+            self.core.note_grants(&wire::grants(&body)?);
             self.core.check_batch_size(&frames, body.len());
             if opening && !matches!(frames.first(), Some(Frame::Open(_))) {
                 return Err(format!(
@@ -1302,6 +1335,7 @@ impl Client {
         }
         check_header(&headers, "cache-control", "no-store")?;
         let frames = frames?;
+        self.core.note_grants(&wire::grants(&body)?);
         match frames.first() {
             Some(Frame::Ack { seq }) if *seq >= carried => {}
             Some(Frame::Ack { seq }) => {
@@ -1408,8 +1442,9 @@ async fn expect_sse_end(sse: &mut Sse) -> Result<(), String> {
     end.map_err(|_| "the SSE stream stayed open after a detach event".to_owned())?
 }
 
-/// One SSE event: its `id:`, its batch, and the batch's encoded length.
-type SseBatch = (Option<String>, Vec<Frame>, usize);
+/// One SSE event: its `id:`, its batch, the batch's encoded length and its
+/// flow-control grants.
+type SseBatch = (Option<String>, Vec<Frame>, usize, Vec<(u64, u64)>);
 
 fn take_sse_event(sse: &mut Sse) -> Result<Option<SseBatch>, String> {
     match sse.take_event() {
@@ -1422,7 +1457,8 @@ fn take_sse_event(sse: &mut Sse) -> Result<Option<SseBatch>, String> {
                 ));
             }
             let frames = wire::parse_batch(event.data.as_bytes())?;
-            Ok(Some((event.id, frames, event.data.len())))
+            let grants = wire::grants(event.data.as_bytes())?;
+            Ok(Some((event.id, frames, event.data.len(), grants)))
         }
     }
 }

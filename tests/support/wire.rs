@@ -88,6 +88,9 @@ pub struct Open {
     pub max_msg: u64,
     /// Largest wire unit the server accepts, bytes.
     pub max_batch: u64,
+    /// The upstream flow-control window (§3.1), charged bytes; absent from
+    /// servers without flow control.
+    pub win: Option<u64>,
 }
 
 /// One frame (§2).
@@ -188,7 +191,7 @@ impl Frame {
             Self::Open(o) => json!({
                 "t": "open", "v": o.v, "key": o.key, "sid": o.sid, "ping": o.ping,
                 "timeout": o.timeout, "resume": o.resume, "max_msg": o.max_msg,
-                "max_batch": o.max_batch,
+                "max_batch": o.max_batch, "win": o.win,
             }),
             Self::Resumed { ack } => json!({"t": "resumed", "ack": ack}),
             Self::Msg { seq, data } => json!({"t": "msg", "seq": seq, "d": data}),
@@ -231,6 +234,10 @@ impl Frame {
                 resume: num(obj, "resume")?,
                 max_msg: num(obj, "max_msg")?,
                 max_batch: num(obj, "max_batch")?,
+                win: match obj.get("win") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(num(obj, "win")?),
+                },
             }),
             "resumed" => Self::Resumed {
                 ack: num(obj, "ack")?,
@@ -288,6 +295,33 @@ fn string(obj: &Map<String, Value>, field: &str) -> Result<String, String> {
         .and_then(Value::as_str)
         .map(str::to_owned)
         .ok_or_else(|| format!("field {field:?} missing or not a string"))
+}
+
+/// The flow-control grants of a batch (§3.1), in order: `(seq, room)` of
+/// each `ack` and `(ack, room)` of each `resumed` that carries a `room`.
+/// [`Frame`] leaves `room` out (the frames compare as a client that ignores
+/// it sees them); a client that keeps within the window reads it here.
+pub fn grants(text: &[u8]) -> Result<Vec<(u64, u64)>, String> {
+    let value: Value =
+        serde_json::from_slice(text).map_err(|e| format!("batch is not JSON ({e})"))?;
+    let items = value
+        .as_array()
+        .ok_or_else(|| format!("a batch must be a JSON array, got {value}"))?;
+    let mut grants = Vec::new();
+    for item in items {
+        let Some(obj) = item.as_object() else {
+            continue;
+        };
+        let seq_field = match obj.get("t").and_then(Value::as_str) {
+            Some("ack") => "seq",
+            Some("resumed") => "ack",
+            _ => continue,
+        };
+        if obj.get("room").is_some_and(|room| !room.is_null()) {
+            grants.push((num(obj, seq_field)?, num(obj, "room")?));
+        }
+    }
+    Ok(grants)
 }
 
 /// Encodes a batch (a JSON array of frames).

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::flow::Credit;
 use super::inbound::Inbound;
 use super::outbound::Outbound;
 use super::server::push_messages;
@@ -127,6 +128,8 @@ pub struct ClientSession {
     params: Option<OpenParams>,
     out: Outbound,
     inb: Inbound,
+    /// The upstream window the server granted (`PROTOCOL.md` §3.1).
+    credit: Credit,
     state: State,
     attachment: Option<Attachment>,
     next_attachment: u64,
@@ -161,6 +164,7 @@ impl ClientSession {
         Self {
             out: Outbound::new(config.max_unacked_bytes, config.max_unacked_messages),
             inb: Inbound::new(),
+            credit: Credit::default(),
             config,
             params: None,
             state: State::Open,
@@ -218,6 +222,19 @@ impl ClientSession {
     /// buffer takes any message up to `max_message`).
     pub fn has_room_for(&self, len: usize) -> bool {
         self.out.has_room_for(len)
+    }
+
+    /// The upstream window (`PROTOCOL.md` §3.1): the latest
+    /// acknowledgement with a `room` and that room, in charged bytes.
+    /// `None` while the server announced no window (an older server).
+    pub fn window(&self) -> Option<(u64, usize)> {
+        self.credit.latest()
+    }
+
+    /// Charged bytes more that may be transmitted now (`None`: no limit):
+    /// the server's latest `room` less the messages sent after its ack.
+    pub fn window_left(&self) -> Option<usize> {
+        self.credit.budget(self.out.in_flight())
     }
 
     /// Highest downstream sequence number received.
@@ -315,12 +332,13 @@ impl ClientSession {
             via.is_some() && self.attachment.as_ref().is_some_and(|a| !a.greeted);
         match frame {
             Frame::Open(params) if greeting_pending && self.params.is_none() => {
+                self.credit.open(params.window);
                 self.params = Some(params);
                 self.greeted(now, false);
             }
-            Frame::Resumed { ack } if via.is_some() && self.params.is_some() => {
+            Frame::Resumed { ack, room } if via.is_some() && self.params.is_some() => {
                 // On long-polling a `resumed` may start any poll's answer.
-                self.out.ack(ack)?;
+                self.acknowledged(ack, room)?;
                 self.out.rewind();
                 if greeting_pending
                     || self
@@ -345,9 +363,9 @@ impl ClientSession {
                 }
                 self.inb.accept(now, seq, message)?;
             }
-            Frame::Ack { seq } => {
-                self.out.ack(seq)?;
-            }
+            // On every transport: the server announces room that came
+            // back on its downstream too.
+            Frame::Ack { seq, room } => self.acknowledged(seq, room)?,
             Frame::Ping => self.pong_due = true,
             Frame::Pong => {}
             Frame::Detach(close) if via.is_some() => {
@@ -360,6 +378,19 @@ impl ClientSession {
             other @ (Frame::Open(_) | Frame::Resumed { .. } | Frame::Detach(_)) => {
                 return Err(ProtocolError::UnexpectedFrame(other.type_name()));
             }
+        }
+        Ok(())
+    }
+
+    /// An acknowledgement of `seq` from the server, with the room it left.
+    fn acknowledged(&mut self, seq: u64, room: Option<u64>) -> Result<(), ProtocolError> {
+        let freed = self.out.charge_through(seq);
+        self.out.ack(seq)?;
+        match room {
+            Some(room) => self
+                .credit
+                .grant(seq, usize::try_from(room).unwrap_or(usize::MAX)),
+            None => self.credit.consumed(seq, freed),
         }
         Ok(())
     }
@@ -481,13 +512,12 @@ impl ClientSession {
                 .params
                 .as_ref()
                 .map_or(self.config.max_message, |p| p.max_message);
-            push_messages(&mut self.out, target, &mut frames);
+            let window = self.credit.budget(self.out.in_flight());
+            push_messages(&mut self.out, target, window, &mut frames);
         }
         if self.inb.has_unacked() && (a.ack_due || !frames.is_empty()) {
             a.ack_due = false;
-            frames.push(Frame::Ack {
-                seq: self.inb.take_ack(),
-            });
+            frames.push(Frame::ack(self.inb.take_ack()));
         }
         if let State::Closing { close, sent_at } = &mut self.state
             && sent_at.is_none()

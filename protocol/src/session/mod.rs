@@ -14,6 +14,7 @@
 //! and how the transports carry acknowledgements.
 
 mod client;
+mod flow;
 mod inbound;
 mod outbound;
 mod server;

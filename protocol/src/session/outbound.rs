@@ -26,6 +26,9 @@ pub(crate) struct Outbound {
     /// Highest sequence number handed out for transmission on the current
     /// path.
     cursor: u64,
+    /// What the messages in `(acked, cursor]` (sent on the current path,
+    /// not acknowledged) are charged: the upstream window counts these.
+    in_flight: usize,
     /// Unacknowledged messages; `buffer[i]` has seq `acked + 1 + i`.
     buffer: VecDeque<Message>,
     /// Payload bytes in `buffer`.
@@ -43,6 +46,7 @@ impl Outbound {
             next_seq: 1,
             acked: 0,
             cursor: 0,
+            in_flight: 0,
             buffer: VecDeque::new(),
             payload_bytes: 0,
             charged_bytes: 0,
@@ -85,9 +89,13 @@ impl Outbound {
             return Ok(0);
         }
         let freed = (ack - self.acked) as usize;
-        for message in self.buffer.drain(..freed) {
+        let sent = self.cursor.saturating_sub(self.acked) as usize;
+        for (i, message) in self.buffer.drain(..freed).enumerate() {
             self.payload_bytes -= message.len();
             self.charged_bytes -= message_charge(message.len());
+            if i < sent {
+                self.in_flight -= message_charge(message.len());
+            }
         }
         super::shrink_spare(&mut self.buffer);
         self.acked = ack;
@@ -98,6 +106,7 @@ impl Outbound {
     /// Sends everything unacknowledged again, from the oldest.
     pub(crate) fn rewind(&mut self) {
         self.cursor = self.acked;
+        self.in_flight = 0;
     }
 
     /// The next message to transmit, if any.
@@ -108,7 +117,27 @@ impl Outbound {
 
     /// Marks the message returned by [`peek`](Self::peek) as transmitted.
     pub(crate) fn advance(&mut self) {
+        if let Some((_, message)) = self.peek() {
+            self.in_flight += message_charge(message.len());
+        }
         self.cursor += 1;
+    }
+
+    /// What the messages sent on the current path and not acknowledged
+    /// are charged.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// What the messages an acknowledgement of `ack` would free are
+    /// charged.
+    pub(crate) fn charge_through(&self, ack: u64) -> usize {
+        let count = usize::try_from(ack.saturating_sub(self.acked)).unwrap_or(usize::MAX);
+        self.buffer
+            .iter()
+            .take(count)
+            .map(|m| message_charge(m.len()))
+            .fold(0, usize::saturating_add)
     }
 
     /// Whether messages are waiting for transmission.
@@ -163,8 +192,13 @@ mod tests {
         }
         assert_eq!(sent, [1, 2, 3]);
         assert_eq!(out.buffered_messages(), 3, "writing does not trim");
+        const O: usize = crate::MESSAGE_OVERHEAD;
+        assert_eq!(out.in_flight(), 3 * (O + 1));
+        assert_eq!(out.charge_through(2), 2 * (O + 1));
         assert_eq!(out.ack(1), Ok(1));
+        assert_eq!(out.in_flight(), 2 * (O + 1));
         out.rewind();
+        assert_eq!(out.in_flight(), 0);
         assert_eq!(out.peek().map(|(s, m)| (s, m.clone())), Some((2, msg("b"))));
         assert_eq!(
             out.ack(4),

@@ -20,11 +20,12 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::flow::Grant;
 use super::inbound::{Accepted, Inbound};
 use super::outbound::Outbound;
 use super::{AttachmentId, Initiator, Transmit, TransportKind, due, earliest};
 use crate::close::CloseCode;
-use crate::config::SessionConfig;
+use crate::config::{SessionConfig, message_charge};
 use crate::error::{AttachError, ProtocolError, SendError};
 use crate::wire::{Close, Frame, OpenParams, PROTOCOL_VERSION, json};
 
@@ -77,6 +78,8 @@ pub struct ServerSession {
     identity: SessionIdentity,
     out: Outbound,
     inb: Inbound,
+    /// The upstream window granted to the client (`PROTOCOL.md` §3.1).
+    grant: Grant,
     /// Whether `open` was ever queued (the first attachment greets with it).
     opened: bool,
     state: State,
@@ -140,6 +143,7 @@ impl ServerSession {
         Self {
             out: Outbound::new(config.max_unacked_bytes, config.max_unacked_messages),
             inb: Inbound::new(),
+            grant: Grant::new(config.max_inbound_bytes, config.max_message),
             config,
             identity,
             opened: false,
@@ -289,9 +293,8 @@ impl ServerSession {
         } else if continuing {
             None
         } else {
-            Some(Frame::Resumed {
-                ack: self.inb.received(),
-            })
+            // `ack` and `room` are filled in when it is written.
+            Some(Frame::Resumed { ack: 0, room: None })
         };
         let id = AttachmentId(self.next_attachment);
         self.next_attachment += 1;
@@ -376,11 +379,18 @@ impl ServerSession {
                 if self.is_closed() {
                     return Ok(()); // the session is over: nobody will read it
                 }
+                if seq == self.inb.received() + 1 {
+                    let charge = message_charge(message.len());
+                    if let Err(room) = self.grant.admit(self.inb.queued_bytes(), charge) {
+                        return Err(ProtocolError::WindowExceeded { seq, charge, room });
+                    }
+                }
                 if self.inb.accept(now, seq, message)? == Accepted::Duplicate {
                     return Ok(());
                 }
             }
-            Frame::Ack { seq } => {
+            // A `room` from the client means nothing: ignored.
+            Frame::Ack { seq, .. } => {
                 self.out.ack(seq)?;
             }
             Frame::Ping => match (via, &mut self.presence) {
@@ -541,7 +551,15 @@ impl ServerSession {
         }
         let mut frames = Vec::new();
         if let Some(greeting) = a.greeting.take() {
-            frames.push(greeting);
+            // The room is what is left when the greeting is written.
+            let room = self.grant.announce(self.inb.queued_bytes());
+            frames.push(match greeting {
+                Frame::Resumed { .. } => Frame::Resumed {
+                    ack: self.inb.received(),
+                    room: Some(room),
+                },
+                other => other,
+            });
         }
         if std::mem::take(&mut a.pong_due) {
             frames.push(Frame::Pong);
@@ -552,18 +570,18 @@ impl ServerSession {
         // Whoever closed, every message queued before the close goes out
         // ahead of it, and a resume replays the unacknowledged ones
         // (PROTOCOL.md §9): a close never discards messages.
-        push_messages(&mut self.out, self.config.max_message, &mut frames);
+        push_messages(&mut self.out, self.config.max_message, None, &mut frames);
         let closing = matches!(self.state, State::Closed { .. }) && !self.out.has_pending();
         // On WebSocket the close always carries the final ack, even one
         // already sent: it tells the client which of its messages the
-        // session took before it ended.
-        if a.kind.is_duplex()
-            && (closing || (self.inb.has_unacked() && (a.ack_due || !frames.is_empty())))
+        // session took before it ended. Room that came back is announced
+        // on every transport.
+        if (a.kind.is_duplex()
+            && (closing || (self.inb.has_unacked() && (a.ack_due || !frames.is_empty()))))
+            || self.grant.update_due()
         {
             a.ack_due = false;
-            frames.push(Frame::Ack {
-                seq: self.inb.take_ack(),
-            });
+            frames.push(ack_frame(&mut self.inb, &mut self.grant));
         }
         let mut end = None;
         if let State::Closed { close, .. } = &self.state
@@ -592,9 +610,7 @@ impl ServerSession {
     /// it first (they and the close follow on the attachment, or on a
     /// resume).
     pub fn request_reply(&mut self) -> Vec<Frame> {
-        let mut frames = vec![Frame::Ack {
-            seq: self.inb.take_ack(),
-        }];
+        let mut frames = vec![ack_frame(&mut self.inb, &mut self.grant)];
         if std::mem::take(&mut self.request_pong) {
             frames.push(Frame::Pong);
         }
@@ -641,9 +657,21 @@ impl ServerSession {
         self.events.pop_front()
     }
 
-    /// The next message from the client, for the application.
+    /// The next message from the client, for the application. Room it
+    /// gives back may make an `ack` due on the attachment (`PROTOCOL.md`
+    /// §3.1).
     pub fn poll_message(&mut self) -> Option<crate::wire::Message> {
-        self.inb.pop()
+        let message = self.inb.pop()?;
+        if self.grant.taken(self.inb.queued_bytes()) {
+            self.output_epoch += 1;
+        }
+        Some(message)
+    }
+
+    /// What is left of the upstream window now: `max_inbound_bytes` less
+    /// what the messages not yet taken by the application are charged.
+    pub fn room(&self) -> usize {
+        self.grant.room(self.inb.queued_bytes())
     }
 
     // ---- internals -----------------------------------------------------
@@ -659,6 +687,7 @@ impl ServerSession {
             poll_hold: self.config.poll_hold,
             max_message: self.config.max_message,
             max_batch: self.config.max_batch,
+            window: Some(self.grant.size()),
         }
     }
 
@@ -688,14 +717,30 @@ impl ServerSession {
     }
 }
 
+/// An acknowledgement of everything received, with the room left in the
+/// upstream window, recorded as sent.
+fn ack_frame(inb: &mut Inbound, grant: &mut Grant) -> Frame {
+    Frame::Ack {
+        seq: inb.take_ack(),
+        room: Some(grant.announce(inb.queued_bytes())),
+    }
+}
+
 /// Room kept in every batch for the control frames that may follow the
 /// messages (an `ack`, a `close`).
 const TRAILER_ROOM: usize = 192;
 
 /// Moves queued messages into `frames`, so that the encoded batch stays
 /// within `target` bytes when it holds more than one message (a single
-/// larger message travels alone; `PROTOCOL.md` §2.3).
-pub(super) fn push_messages(out: &mut Outbound, target: usize, frames: &mut Vec<Frame>) {
+/// larger message travels alone; `PROTOCOL.md` §2.3), and the messages'
+/// charges within `window` (the client's upstream flow control,
+/// `PROTOCOL.md` §3.1; `None`: no limit).
+pub(super) fn push_messages(
+    out: &mut Outbound,
+    target: usize,
+    mut window: Option<usize>,
+    frames: &mut Vec<Frame>,
+) {
     // The brackets, the frames already in the batch and their commas.
     let used: usize = 2
         + TRAILER_ROOM
@@ -713,6 +758,13 @@ pub(super) fn push_messages(out: &mut Outbound, target: usize, frames: &mut Vec<
         let len = json::encoded_len_hint(&frame) + 1;
         if any && len > budget {
             break;
+        }
+        let charge = message_charge(message.len());
+        if let Some(window) = &mut window {
+            if charge > *window {
+                break;
+            }
+            *window -= charge;
         }
         budget = budget.saturating_sub(len);
         frames.push(frame);
@@ -769,7 +821,10 @@ mod tests {
         assert_eq!(
             answer,
             Some(vec![
-                Frame::Ack { seq: 1 },
+                Frame::Ack {
+                    seq: 1,
+                    room: Some((SessionConfig::default().max_inbound_bytes - 138) as u64)
+                },
                 Frame::close(CloseCode::NORMAL, "bye")
             ])
         );
@@ -778,6 +833,8 @@ mod tests {
     #[test]
     fn a_resume_after_a_client_close_replays_the_unacked_messages_then_the_close() {
         let now = Instant::now();
+        // Nothing waits for the application: the whole window is room.
+        let room = Some(SessionConfig::default().max_inbound_bytes as u64);
         let identity = SessionIdentity {
             key: "k".into(),
             session_id: "s".into(),
@@ -795,7 +852,7 @@ mod tests {
         assert_eq!(server.handle_frames(now, Some(ws), [bye.clone()]), Ok(()));
         assert_eq!(
             server.poll_transmit(now, ws).map(|t| t.frames),
-            Some(vec![Frame::Ack { seq: 0 }, bye.clone()]),
+            Some(vec![Frame::Ack { seq: 0, room }, bye.clone()]),
             "the answer: the ack, then the close"
         );
         let poll = server
@@ -804,7 +861,7 @@ mod tests {
         assert_eq!(
             server.poll_transmit(now, poll).map(|t| t.frames),
             Some(vec![
-                Frame::Resumed { ack: 0 },
+                Frame::Resumed { ack: 0, room },
                 Frame::Message {
                     seq: 2,
                     message: Message::text("b"),

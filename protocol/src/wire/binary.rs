@@ -57,7 +57,7 @@ mod tests {
     fn a_batch_becomes_text_runs_and_native_binary_messages() {
         use crate::wire::{Frame, Message};
         let units = websocket_units(vec![
-            Frame::Ack { seq: 1 },
+            Frame::ack(1),
             Frame::Message {
                 seq: 2,
                 message: Message::binary(vec![7]),

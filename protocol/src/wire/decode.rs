@@ -35,6 +35,8 @@ pub(crate) struct Fields<'a> {
     pub hold: Option<u64>,
     pub max_msg: Option<u64>,
     pub max_batch: Option<u64>,
+    pub room: Option<u64>,
+    pub win: Option<u64>,
 }
 
 /// Reads a batch, turning the fields of each frame into a `T` as it goes.
@@ -202,6 +204,14 @@ impl<'a> Reader<'a> {
             "max_batch" => {
                 let v = self.opt_number()?;
                 set(&mut fields.max_batch, v, key)
+            }
+            "room" => {
+                let v = self.opt_number()?;
+                set(&mut fields.room, v, key)
+            }
+            "win" => {
+                let v = self.opt_number()?;
+                set(&mut fields.win, v, key)
             }
             "code" => {
                 let v = self.opt_number()?;

@@ -19,6 +19,9 @@ pub enum Frame {
     Resumed {
         /// Highest upstream sequence number received by the server.
         ack: u64,
+        /// The upstream window left after `ack`, in charged bytes
+        /// (`PROTOCOL.md` §3.1). `None` from a server without flow control.
+        room: Option<u64>,
     },
     /// An application message with its sequence number.
     Message {
@@ -31,6 +34,10 @@ pub enum Frame {
     Ack {
         /// Highest sequence number received.
         seq: u64,
+        /// Server → client: the charged bytes of messages after `seq` the
+        /// client may have in flight (`PROTOCOL.md` §3.1). `None` in the
+        /// client's acks, and from a server without flow control.
+        room: Option<u64>,
     },
     /// Liveness probe; must be answered with [`Frame::Pong`].
     Ping,
@@ -67,6 +74,11 @@ impl Frame {
     /// A `close` frame.
     pub fn close(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Self {
         Self::Close(Close::new(code, reason))
+    }
+
+    /// A client's `ack` (it carries no `room`).
+    pub fn ack(seq: u64) -> Self {
+        Self::Ack { seq, room: None }
     }
 
     /// A `detach` frame.
@@ -142,4 +154,8 @@ pub struct OpenParams {
     pub max_message: usize,
     /// Largest wire unit (WebSocket message, send body) the server accepts.
     pub max_batch: usize,
+    /// The upstream window (`win`): charged bytes of unacknowledged
+    /// messages the server always accepts (`PROTOCOL.md` §3.1). `None` from
+    /// a server without flow control.
+    pub window: Option<usize>,
 }

@@ -143,11 +143,16 @@ pub fn encode_frame(frame: &Frame, out: &mut impl JsonOut) {
             write_u64(out, p.max_message as u64);
             out.push_str(r#","max_batch":"#);
             write_u64(out, p.max_batch as u64);
+            if let Some(window) = p.window {
+                out.push_str(r#","win":"#);
+                write_u64(out, window as u64);
+            }
             out.push_str("}");
         }
-        Frame::Resumed { ack } => {
+        Frame::Resumed { ack, room } => {
             out.push_str(r#"{"t":"resumed","ack":"#);
             write_u64(out, *ack);
+            write_room(out, *room);
             out.push_str("}");
         }
         Frame::Message { seq, message } => {
@@ -168,9 +173,10 @@ pub fn encode_frame(frame: &Frame, out: &mut impl JsonOut) {
             }
             out.push_str("}");
         }
-        Frame::Ack { seq } => {
+        Frame::Ack { seq, room } => {
             out.push_str(r#"{"t":"ack","seq":"#);
             write_u64(out, *seq);
+            write_room(out, *room);
             out.push_str("}");
         }
         Frame::Ping => out.push_str(r#"{"t":"ping"}"#),
@@ -194,8 +200,10 @@ pub fn encoded_len_hint(frame: &Frame) -> usize {
                 Message::Binary(b) => 25 + digits + b.len().div_ceil(3) * 4,
             }
         }
-        Frame::Open(p) => 160 + json_str_len(&p.key) + json_str_len(&p.session_id),
+        Frame::Open(p) => 192 + json_str_len(&p.key) + json_str_len(&p.session_id),
         Frame::Close(c) | Frame::Detach(c) => 80 + json_str_len(&c.reason),
+        // {"t":"resumed","ack":N,"room":N}, N up to 20 digits.
+        Frame::Ack { .. } | Frame::Resumed { .. } => 80,
         _ => 48,
     }
 }
@@ -242,6 +250,14 @@ fn encode_close(t: &str, close: &Close, out: &mut impl JsonOut) {
         write_u64(out, millis(retry_after));
     }
     out.push_str("}");
+}
+
+/// The `room` field of an `ack` or `resumed`, when it has one.
+fn write_room(out: &mut impl JsonOut, room: Option<u64>) {
+    if let Some(room) = room {
+        out.push_str(r#","room":"#);
+        write_u64(out, room);
+    }
 }
 
 fn write_u64(out: &mut impl JsonOut, n: u64) {
@@ -322,6 +338,7 @@ impl<'a> Fields<'a> {
             }
             "ack" => Frame::Ack {
                 seq: self.seq.ok_or_else(|| missing("seq"))?,
+                room: self.room,
             },
             "ping" => Frame::Ping,
             "pong" => Frame::Pong,
@@ -339,6 +356,7 @@ impl<'a> Fields<'a> {
             }
             "resumed" => Frame::Resumed {
                 ack: self.ack.ok_or_else(|| missing("ack"))?,
+                room: self.room,
             },
             "open" => Frame::Open(OpenParams {
                 version: self.v.ok_or_else(|| missing("v"))?,
@@ -350,6 +368,7 @@ impl<'a> Fields<'a> {
                 poll_hold: Duration::from_millis(self.hold.ok_or_else(|| missing("hold"))?),
                 max_message: to_usize(self.max_msg.ok_or_else(|| missing("max_msg"))?),
                 max_batch: to_usize(self.max_batch.ok_or_else(|| missing("max_batch"))?),
+                window: self.win.map(to_usize),
             }),
             other => return Err(DecodeError::UnknownFrameType(other.to_owned())),
         })
@@ -397,6 +416,8 @@ mod tests {
         hold: Option<u64>,
         max_msg: Option<u64>,
         max_batch: Option<u64>,
+        room: Option<u64>,
+        win: Option<u64>,
     }
 
     fn decode_reference(input: &[u8]) -> Result<Vec<Frame>, DecodeError> {
@@ -421,6 +442,8 @@ mod tests {
                     hold: r.hold,
                     max_msg: r.max_msg,
                     max_batch: r.max_batch,
+                    room: r.room,
+                    win: r.win,
                 }
                 .into_frame()
             })
@@ -591,6 +614,10 @@ mod tests {
             br#"{}"#,
             br#""#,
             br#"[{"t":"bin","seq":1,"d":"AAEC/w=="}]"#,
+            br#"[{"t":"ack","seq":3,"room":1048576},{"t":"resumed","ack":2,"room":0}]"#,
+            br#"[{"t":"ack","seq":3,"room":null},{"t":"ack","seq":3,"room":-1}]"#,
+            br#"[{"t":"ack","seq":3,"room":1,"room":2}]"#,
+            br#"[{"t":"open","v":1,"key":"k","sid":"s","ping":1,"timeout":2,"resume":3,"hold":6,"max_msg":4,"max_batch":5,"win":7}]"#,
         ];
         for input in cases {
             if let Err(e) = same_as_reference(input) {
@@ -615,7 +642,7 @@ mod tests {
                 frames.push(match i % 4 {
                     0 => Frame::Message { seq: seq.saturating_add(1), message: Message::text(text.clone()) },
                     1 => Frame::Message { seq: seq.saturating_add(1), message: Message::binary(text.clone().into_bytes()) },
-                    2 => Frame::Ack { seq: *seq },
+                    2 => Frame::Ack { seq: *seq, room: (i % 8 == 2).then_some(*seq / 3) },
                     _ => Frame::close(CloseCode(u16::try_from(*seq % 65536).unwrap_or(0)), text.clone()),
                 });
             }
@@ -652,8 +679,16 @@ mod tests {
                 poll_hold: Duration::from_secs(25),
                 max_message: 65536,
                 max_batch: 397_312,
+                window: Some(1 << 20),
             }),
-            Frame::Resumed { ack: 17 },
+            Frame::Resumed {
+                ack: 17,
+                room: Some(1000),
+            },
+            Frame::Resumed {
+                ack: 18,
+                room: None,
+            },
             Frame::Message {
                 seq: 1,
                 message: Message::text("hé \"llo\"\n\u{1}"),
@@ -662,7 +697,11 @@ mod tests {
                 seq: 2,
                 message: Message::binary(vec![0, 1, 2, 255]),
             },
-            Frame::Ack { seq: 42 },
+            Frame::ack(42),
+            Frame::Ack {
+                seq: 43,
+                room: Some(0),
+            },
             Frame::Ping,
             Frame::Pong,
             Frame::close(CloseCode::NORMAL, "bye"),
@@ -701,7 +740,7 @@ mod tests {
     fn ignores_unknown_fields_but_not_unknown_types() {
         assert_eq!(
             decode_batch(br#"[{"t":"ack","seq":3,"future":true}]"#),
-            Ok(vec![Frame::Ack { seq: 3 }])
+            Ok(vec![Frame::ack(3)])
         );
         assert_eq!(
             decode_batch(br#"[{"t":"nope"}]"#),
@@ -752,8 +791,14 @@ mod tests {
             assert_eq!(out.len(), encoded_len_hint(&frame), "{frame:?}");
         }
         for frame in [
-            Frame::Ack { seq: u64::MAX },
-            Frame::Resumed { ack: u64::MAX },
+            Frame::Ack {
+                seq: u64::MAX,
+                room: Some(u64::MAX),
+            },
+            Frame::Resumed {
+                ack: u64::MAX,
+                room: Some(u64::MAX),
+            },
             Frame::close(CloseCode::NORMAL, "a \u{1} reason"),
         ] {
             let mut out = String::new();

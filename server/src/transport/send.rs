@@ -1,7 +1,7 @@
 //! `POST <mount>/send`: upstream batches for SSE and long-polling
-//! (`PROTOCOL.md` §8.4). The reply acknowledges everything received.
+//! (`PROTOCOL.md` §8.4). The reply acknowledges everything received, with
+//! the room left in the upstream window (§3.1).
 
-use std::pin::pin;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -82,44 +82,24 @@ async fn receive(
     };
     let frames = json::decode_batch(&bytes).map_err(ProtocolError::from)?;
 
-    // Wait while the batch does not fit (the application is behind on
-    // reading), then refuse: the client retries the same messages later and
-    // nothing is lost. Its acks are taken at once: the application may be
-    // waiting for them to make room, and so to read.
-    let wait = tokio::time::sleep(state.config.send_wait);
-    let mut wait = pin!(wait);
-    let mut acks_taken = false;
-    loop {
-        let drained = shared.drained.notified();
-        let mut drained = pin!(drained);
-        drained.as_mut().enable();
-        {
-            let mut core = shared.lock();
-            if shared.admits_inbound(&core, batch_cost(&frames, core.received())) {
-                break;
-            }
-            if !acks_taken {
-                acks_taken = true;
-                let acks: Vec<Frame> = frames
-                    .iter()
-                    .filter(|f| matches!(f, Frame::Ack { .. }))
-                    .cloned()
-                    .collect();
-                core.handle_frames(now(), None, acks)?;
-            }
-        }
-        tokio::select! {
-            () = &mut drained => {}
-            () = &mut wait => {
-                return Err(Reject::Attachment(
-                    Close::new(CloseCode::OVERLOADED, "the application is not keeping up")
-                        .with_retry_after(state.config.retry_after),
-                ));
-            }
-        }
-    }
-
+    // Answered at once, never held (`PROTOCOL.md` §3.1, §8.4). Messages
+    // beyond the upstream window are the client's fault: the core refuses
+    // them (`400`, `detach` 1008). The server-wide total is refused for now
+    // (`503`, `detach` 4503, the client retries the same messages later;
+    // nothing is lost), but the batch's acks are taken: the application may
+    // be waiting for them to make room, and so to read.
     let mut core = shared.lock();
+    if !shared.admits_buffered(&core, batch_cost(&frames, core.received())) {
+        let acks: Vec<Frame> = frames
+            .into_iter()
+            .filter(|f| matches!(f, Frame::Ack { .. }))
+            .collect();
+        core.handle_frames(now(), None, acks)?;
+        return Err(Reject::Attachment(
+            Close::new(CloseCode::OVERLOADED, "the application is not keeping up")
+                .with_retry_after(state.config.retry_after),
+        ));
+    }
     core.handle_frames(now(), None, frames)?;
     Ok(batch_response(&core.request_reply()))
 }

@@ -245,8 +245,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The reader task: feeds what arrives to the session, holding back while
-/// the application is behind (TCP backpressure then reaches the client).
+/// The reader task: feeds what arrives to the session. It always reads:
+/// the client keeps within the upstream window (`PROTOCOL.md` §3.1), and
+/// its acks and pings must never wait behind unread data — an application
+/// waiting in `send` for those acks would otherwise never read, and the
+/// reader never read again (a deadlock). A client that overruns the window
+/// is refused (`detach` 1008). Only the server-wide total may hold it back
+/// ([`Shared::may_read_inbound`]).
 async fn read(
     mut stream: SplitStream<Socket>,
     shared: Arc<Shared>,
@@ -254,10 +259,8 @@ async fn read(
     end: Arc<ReaderEnd>,
 ) {
     loop {
-        // Past the inbound limit (or, with no acks awaited, the server-wide
-        // total) stop reading: TCP backpressure reaches the client. A
-        // message already read is always taken, so a session holds at most
-        // its limit plus one WebSocket message.
+        // Past the server-wide total, with no acks awaited, stop reading:
+        // TCP backpressure reaches the client.
         loop {
             let drained = shared.drained.notified();
             let mut drained = pin!(drained);
