@@ -218,6 +218,15 @@ async fn a_websocket_client_that_overruns_the_window_is_detached_with_1008() {
     assert_eq!(grants.first(), Some(&(fit, win - fit * charge(&message))));
 }
 
+/// Opens a session with a first poll; its `open` frame.
+async fn open_by_poll(server: &TestServer, http: &reqwest::Client) -> Open {
+    let opened = raw::get(http, &server.url("poll", "v=1"), &[]).await;
+    match opened.batch().as_slice() {
+        [Frame::Open(open)] => open.clone(),
+        other => panic!("expected open, got {other:?}"),
+    }
+}
+
 /// Through `send`: a batch that overruns the window is refused at once
 /// with `400` and `detach` 1008 (it used to be held 10 s, then 503), and
 /// messages before the overrun are kept. Every reply before says the room
@@ -226,11 +235,7 @@ async fn a_websocket_client_that_overruns_the_window_is_detached_with_1008() {
 async fn a_send_that_overruns_the_window_is_refused_at_once_with_400() {
     let (server, mut incoming) = never_reading().await;
     let http = raw::http_client();
-    let opened = raw::get(&http, &server.url("poll", "v=1"), &[]).await;
-    let open = match opened.batch().as_slice() {
-        [Frame::Open(open)] => open.clone(),
-        other => panic!("expected open, got {other:?}"),
-    };
+    let open = open_by_poll(&server, &http).await;
     let _session = accept(&mut incoming, DEADLINE).await;
     let win = open.win.expect("win");
     let message = Payload::Text("s".repeat(1000));
@@ -275,11 +280,7 @@ async fn a_send_that_overruns_the_window_is_refused_at_once_with_400() {
 async fn room_coming_back_answers_a_held_poll() {
     let (server, mut incoming) = never_reading().await;
     let http = raw::http_client();
-    let opened = raw::get(&http, &server.url("poll", "v=1"), &[]).await;
-    let open = match opened.batch().as_slice() {
-        [Frame::Open(open)] => open.clone(),
-        other => panic!("expected open, got {other:?}"),
-    };
+    let open = open_by_poll(&server, &http).await;
     let session = accept(&mut incoming, DEADLINE).await;
     let win = open.win.expect("win");
     let message = Payload::Text("p".repeat(60_000));
