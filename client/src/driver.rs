@@ -3,7 +3,7 @@
 //! one drops, remembers what worked, and re-probes better transports in
 //! the background to switch up without losing a message.
 //!
-//! Fallback rules (DESIGN.md, "Clients"):
+//! Fallback rules (`docs/networks.md`, "The client's fallback rules"):
 //!
 //! - a transport that never delivers its first frame — refused upgrade,
 //!   error page, closed or silent before the first frame — is *blocked*:
