@@ -32,7 +32,7 @@ use holdfast::protocol::message_charge;
 use holdfast::server::ServerConfig;
 use support::raw;
 use support::*;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 /// One test at a time: resident memory is per process.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -281,9 +281,12 @@ async fn send_batches_of_one_byte_messages_are_refused_at_the_inbound_limit() {
 
 /// Sends `message`: `false` once the server refused the socket (the send
 /// fails) or stopped taking it.
-async fn send_or_refused(ws: &mut RawWs, message: WsMessage) -> bool {
+async fn send_or_refused(
+    ws: &mut (impl futures_util::Sink<WsMessage, Error = tungstenite::Error> + Unpin),
+    message: WsMessage,
+) -> bool {
     matches!(
-        tokio::time::timeout(Duration::from_millis(500), ws.stream.send(message)).await,
+        tokio::time::timeout(Duration::from_millis(500), ws.send(message)).await,
         Ok(Ok(()))
     )
 }
@@ -304,12 +307,14 @@ async fn websocket_floods_of_one_byte_messages_are_refused_at_the_window() {
     let well_behaved = WellBehaved::start(&server).await;
     let mut watch = RssWatch::start();
 
-    let mut attacker = open_ws(&server).await;
+    // The attacker reads while it sends, as a browser would: the server's
+    // refusal reaches it whatever its socket buffers hold.
+    let (mut attacker, reader) = open_ws(&server).await.read_in_background();
     let mut sent = 0;
     let mut peak = 0;
     for frame in 0..MAX_FRAMES {
         let text = batch_of((frame * PER_FRAME) as u64 + 1, PER_FRAME, "x");
-        if !send_or_refused(&mut attacker, WsMessage::text(text)).await {
+        if reader.is_finished() || !send_or_refused(&mut attacker, WsMessage::text(text)).await {
             break;
         }
         sent += PER_FRAME;
@@ -318,7 +323,9 @@ async fn websocket_floods_of_one_byte_messages_are_refused_at_the_window() {
             watch.sample();
         }
     }
-    let (frames, close) = within(DEADLINE, "the refusal", attacker.recv_until_closed()).await;
+    let (frames, close) = within(DEADLINE, "the refusal", reader)
+        .await
+        .expect("the reader panicked");
     watch.sample();
     peak = peak.max(server.holdfast.buffered_bytes());
     eprintln!(

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, Stream, StreamExt};
 use http::HeaderMap;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -16,6 +17,59 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::wire::{self, Frame, SseEvent, SseParser};
+
+/// The next application-visible message on `stream` (WebSocket pings are
+/// skipped), waiting at most `bound`.
+async fn next_in<S>(stream: &mut S, bound: Duration) -> WsIn
+where
+    S: Stream<Item = Result<WsMessage, tungstenite::Error>> + Unpin,
+{
+    loop {
+        let next = within(bound, "waiting for a WebSocket message", stream.next()).await;
+        return match next {
+            None => WsIn::Ended("stream ended".into()),
+            Some(Err(e)) => WsIn::Ended(e.to_string()),
+            Some(Ok(WsMessage::Text(text))) => match wire::parse_batch(text.as_bytes()) {
+                Ok(frames) => WsIn::Frames(frames),
+                Err(e) => panic!("server sent a bad batch: {e}"),
+            },
+            Some(Ok(WsMessage::Binary(bytes))) => match wire::decode_binary(&bytes) {
+                Ok((seq, payload)) => WsIn::Binary { seq, payload },
+                Err(e) => panic!("server sent a bad binary message: {e}"),
+            },
+            Some(Ok(WsMessage::Close(frame))) => {
+                WsIn::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
+                continue;
+            }
+        };
+    }
+}
+
+/// Reads `stream` until it closes: every frame on the way (binary messages
+/// as `bin` frames), then the WebSocket close code and reason. Panics if it
+/// ends without a close.
+async fn until_closed<S>(stream: &mut S) -> Ending
+where
+    S: Stream<Item = Result<WsMessage, tungstenite::Error>> + Unpin,
+{
+    let mut frames = Vec::new();
+    loop {
+        match next_in(stream, DEADLINE).await {
+            WsIn::Frames(batch) => frames.extend(batch),
+            WsIn::Binary { seq, payload } => frames.push(Frame::Bin { seq, data: payload }),
+            WsIn::Closed(close) => return (frames, close),
+            WsIn::Ended(why) => panic!(
+                "the socket ended without a WebSocket close ({why}); frames so far {frames:?}"
+            ),
+        }
+    }
+}
+
+/// How a WebSocket ended: the frames read until its close, then the close
+/// code and reason (`None`: a close frame without a code).
+pub type Ending = (Vec<Frame>, Option<(u16, String)>);
 
 /// The default bound on any single wait in a test.
 pub const DEADLINE: Duration = Duration::from_secs(5);
@@ -264,27 +318,7 @@ impl RawWs {
 
     /// Like [`recv`](Self::recv), with an explicit bound.
     pub async fn recv_within(&mut self, bound: Duration) -> WsIn {
-        loop {
-            let next = within(bound, "waiting for a WebSocket message", self.stream.next()).await;
-            return match next {
-                None => WsIn::Ended("stream ended".into()),
-                Some(Err(e)) => WsIn::Ended(e.to_string()),
-                Some(Ok(WsMessage::Text(text))) => match wire::parse_batch(text.as_bytes()) {
-                    Ok(frames) => WsIn::Frames(frames),
-                    Err(e) => panic!("server sent a bad batch: {e}"),
-                },
-                Some(Ok(WsMessage::Binary(bytes))) => match wire::decode_binary(&bytes) {
-                    Ok((seq, payload)) => WsIn::Binary { seq, payload },
-                    Err(e) => panic!("server sent a bad binary message: {e}"),
-                },
-                Some(Ok(WsMessage::Close(frame))) => {
-                    WsIn::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
-                }
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
-                    continue;
-                }
-            };
-        }
+        next_in(&mut self.stream, bound).await
     }
 
     /// The next batch; panics on anything else.
@@ -297,18 +331,23 @@ impl RawWs {
 
     /// Reads until the socket closes: every frame on the way (binary
     /// messages as `bin` frames), then the WebSocket close code and reason.
-    pub async fn recv_until_closed(&mut self) -> (Vec<Frame>, Option<(u16, String)>) {
-        let mut frames = Vec::new();
-        loop {
-            match self.recv().await {
-                WsIn::Frames(batch) => frames.extend(batch),
-                WsIn::Binary { seq, payload } => frames.push(Frame::Bin { seq, data: payload }),
-                WsIn::Closed(close) => return (frames, close),
-                WsIn::Ended(why) => panic!(
-                    "the socket ended without a WebSocket close ({why}); frames so far {frames:?}"
-                ),
-            }
-        }
+    pub async fn recv_until_closed(&mut self) -> Ending {
+        until_closed(&mut self.stream).await
+    }
+
+    /// Splits the socket: a task of its own reads until the close, as
+    /// [`recv_until_closed`](Self::recv_until_closed) does — the way a
+    /// browser reads while the page sends — and the caller keeps the
+    /// sending half.
+    pub fn read_in_background(
+        self,
+    ) -> (
+        SplitSink<WsStream, WsMessage>,
+        tokio::task::JoinHandle<Ending>,
+    ) {
+        let (sink, mut stream) = self.stream.split();
+        let reader = tokio::spawn(async move { until_closed(&mut stream).await });
+        (sink, reader)
     }
 
     /// Sends a batch as a text message.

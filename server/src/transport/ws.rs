@@ -103,39 +103,56 @@ fn largest_unit(session: &SessionConfig) -> usize {
 /// with that code (a bare TCP close would look like a failure: 1006).
 async fn probe(socket: Socket, lifetime: std::time::Duration) {
     let (mut sink, mut stream) = socket.split();
-    let answer = async {
-        while let Some(Ok(message)) = stream.next().await {
-            let pinged = match &message {
-                WsMessage::Text(text) => json::decode_batch(text.as_bytes())
-                    .is_ok_and(|frames| frames.contains(&Frame::Ping)),
-                // tungstenite answers the close; it goes out with the flush.
-                WsMessage::Close(_) => return false,
-                _ => false,
-            };
-            if pinged && sink.send(text_message(&[Frame::Pong])).await.is_err() {
-                return false;
+    let over = tokio::time::sleep(lifetime);
+    let mut over = pin!(over);
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => message,
+            () = &mut over => {
+                let over = probe_over();
+                let _ = write_frames(&mut sink, vec![Frame::Detach(over.clone())]).await;
+                let _ = sink.send(close_message(&over)).await;
+                let _ = tokio::time::timeout(LINGER, drain(stream)).await;
+                return;
             }
-        }
-        false
-    };
-    match tokio::time::timeout(lifetime, answer).await {
-        // The client closed or went away.
-        Ok(_) => {
-            let _ = sink.close().await;
-        }
-        Err(_) => {
-            let over = probe_over();
-            let _ = write_frames(&mut sink, vec![Frame::Detach(over.clone())]).await;
-            let _ = sink.send(close_message(&over)).await;
+        };
+        let pinged = match message {
+            Some(Ok(WsMessage::Text(text))) => json::decode_batch(text.as_bytes())
+                .is_ok_and(|frames| frames.contains(&Frame::Ping)),
+            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(_)) => false,
+        };
+        if pinged && sink.send(text_message(&[Frame::Pong])).await.is_err() {
+            break;
         }
     }
+    // The client closed or went away: tungstenite's answer to its close
+    // goes out with the flush.
+    let _ = sink.close().await;
 }
 
 /// Reports a refusal after the upgrade: the frame, then the close code.
 async fn refuse(socket: Socket, reject: Reject) {
-    let (mut sink, _) = socket.split();
+    let (mut sink, stream) = socket.split();
     let _ = write_frames(&mut sink, vec![reject.frame()]).await;
     let _ = sink.send(close_message(reject.close())).await;
+    let _ = tokio::time::timeout(LINGER, drain(stream)).await;
+}
+
+/// How long the server keeps reading (and discarding) what a client still
+/// sends after the server's close frame, before it drops the connection.
+/// Closing a TCP socket that has unread input sends a reset, and a reset
+/// discards whatever is still queued for the client — the close frame, and
+/// with it the reason for the close: the client would see 1006 (an
+/// abnormal end) instead of, say, 1008. Lingering lets the client read the
+/// close and answer it, after which the socket closes cleanly. A client
+/// that keeps sending is dropped when the time is up. Bounded like every
+/// read: one message at most `max_batch`, one linger per connection.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and discards until the client answers the close or goes away.
+async fn drain(mut stream: SplitStream<Socket>) {
+    while let Some(Ok(_)) = stream.next().await {}
 }
 
 /// Runs an attachment: a reader task feeds the session, this task writes
@@ -156,7 +173,7 @@ async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId) {
     let (mut sink, stream) = socket.split();
     let end = Arc::new(ReaderEnd::default());
     let reader = tokio::spawn(read(stream, shared.clone(), id, end.clone()));
-    let _stop_reader = AbortOnDrop(reader);
+    let mut reader = AbortOnDrop(reader);
     loop {
         let notified = shared.transmit.notified();
         let mut notified = pin!(notified);
@@ -173,6 +190,7 @@ async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId) {
                 Some(reject) => {
                     let _ = write_frames(&mut sink, vec![reject.frame()]).await;
                     let _ = sink.send(close_message(reject.close())).await;
+                    reader.linger().await;
                     return;
                 }
                 // The client closed or went away: send tungstenite's answer
@@ -201,6 +219,7 @@ async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId) {
             }
             if let Some(close) = transmit.end {
                 let _ = sink.send(close_message(&close)).await;
+                reader.linger().await;
                 return;
             }
         }
@@ -239,6 +258,14 @@ impl ReaderEnd {
 /// Stops the reader task with the attachment.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
+impl AbortOnDrop {
+    /// Lets the reader run on for at most [`LINGER`] after the server's
+    /// close frame: until the client answers it or goes away.
+    async fn linger(&mut self) {
+        let _ = tokio::time::timeout(LINGER, &mut self.0).await;
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
@@ -272,7 +299,13 @@ async fn read(
         }
         let incoming = stream.next().await;
         if let Err(reject) = receive(&shared, id, incoming) {
+            let refused = reject.is_some();
             end.set(reject);
+            if refused {
+                // The writer sends the refusal and its close, then waits
+                // (at most LINGER) for this task to end.
+                drain(stream).await;
+            }
             return;
         }
     }
