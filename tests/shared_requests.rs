@@ -550,6 +550,16 @@ impl Tabs {
     }
 }
 
+/// One request refused whole, and how.
+struct Case {
+    what: &'static str,
+    query: String,
+    body: String,
+    headers: Vec<(&'static str, String)>,
+    status: u16,
+    code: u16,
+}
+
 /// Every way a shared request is refused whole, on both endpoints: the
 /// exact status and code, and no session touched.
 #[tokio::test]
@@ -568,123 +578,114 @@ async fn refusals_of_the_whole_request() {
     };
     let named = json!([{"s": 1, "key": key}]).to_string();
     let too_big = format!(r#"[{{"s":1,"pad":"{}"}}]"#, "x".repeat(4 * 256));
-    let key_query = format!("v=1&key={key}");
-    let cases: Vec<(&str, &str, String, Vec<(&str, &str)>, u16, u16)> = vec![
-        (
+    let case =
+        |what, query: &str, body: &str, headers: &[(&'static str, &str)], status, code| Case {
+            what,
+            query: query.to_owned(),
+            body: body.to_owned(),
+            headers: headers.iter().map(|(n, v)| (*n, v.to_string())).collect(),
+            status,
+            code,
+        };
+    let cases = [
+        case(
             "a foreign origin",
             "v=1",
-            named.clone(),
-            vec![("origin", "http://evil.test")],
+            &named,
+            &[("origin", "http://evil.test")],
             403,
             4403,
         ),
-        (
-            "an unsupported version",
-            "v=2",
-            named.clone(),
-            vec![],
-            400,
-            4400,
-        ),
-        (
-            "a malformed version",
-            "v=x",
-            named.clone(),
-            vec![],
-            400,
-            4400,
-        ),
-        ("not JSON", "v=1", "[{".into(), vec![], 400, 4400),
-        (
-            "not an array",
-            "v=1",
-            r#"{"s":1}"#.into(),
-            vec![],
-            400,
-            4400,
-        ),
-        (
+        case("an unsupported version", "v=2", &named, &[], 400, 4400),
+        case("a malformed version", "v=x", &named, &[], 400, 4400),
+        case("not JSON", "v=1", "[{", &[], 400, 4400),
+        case("not an array", "v=1", r#"{"s":1}"#, &[], 400, 4400),
+        case(
             "an entry without a tag",
             "v=1",
-            format!(r#"[{{"key":"{key}"}}]"#),
-            vec![],
+            &format!(r#"[{{"key":"{key}"}}]"#),
+            &[],
             400,
             4400,
         ),
-        (
+        case(
             "a duplicate tag",
             "v=1",
-            r#"[{"s":1},{"s":1}]"#.into(),
-            vec![],
+            r#"[{"s":1},{"s":1}]"#,
+            &[],
             400,
             4400,
         ),
-        (
+        case(
             "a tag out of range",
             "v=1",
-            r#"[{"s":2147483648}]"#.into(),
-            vec![],
+            r#"[{"s":2147483648}]"#,
+            &[],
             400,
             4400,
         ),
-        (
-            "a negative tag",
-            "v=1",
-            r#"[{"s":-1}]"#.into(),
-            vec![],
-            400,
-            4400,
-        ),
-        ("no session", "v=1", "[]".into(), vec![], 400, 4400),
-        (
+        case("a negative tag", "v=1", r#"[{"s":-1}]"#, &[], 400, 4400),
+        case("no session", "v=1", "[]", &[], 400, 4400),
+        case(
             "too many sessions",
             "v=1",
-            r#"[{"s":1},{"s":2},{"s":3},{"s":4},{"s":5}]"#.into(),
-            vec![],
+            r#"[{"s":1},{"s":2},{"s":3},{"s":4},{"s":5}]"#,
+            &[],
             400,
             4400,
         ),
-        (
+        case(
             "a body over 256 B per session",
             "v=1",
-            too_big,
-            vec![],
+            &too_big,
+            &[],
             413,
             1009,
         ),
-        (
+        case(
             "a key in the URL",
-            &key_query,
-            "[{\"s\":1}]".into(),
-            vec![],
+            &format!("v=1&key={key}"),
+            r#"[{"s":1}]"#,
+            &[],
             400,
             4400,
         ),
-        (
+        case(
             "a key in a header",
             "v=1",
-            "[{\"s\":1}]".into(),
-            vec![("holdfast-key", key.as_str())],
+            r#"[{"s":1}]"#,
+            &[("holdfast-key", &key)],
             400,
             4400,
         ),
     ];
     for endpoint in ["sse", "poll"] {
-        for (what, query, body, headers, status, code) in &cases {
+        for Case {
+            what,
+            query,
+            body,
+            headers,
+            status,
+            code,
+        } in cases.iter()
+        {
+            let (status, code) = (*status, *code);
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let url = server.url(endpoint, query);
-            let reply = match Sse::post(&http, &url, body.clone(), headers).await {
+            let reply = match Sse::post(&http, &url, body.clone(), &headers).await {
                 Ok(_) => panic!("{endpoint}: {what}: answered with a stream"),
                 Err(reply) => reply,
             };
             let what = format!("{endpoint}: {what}");
-            assert_eq!(reply.status, *status, "{what}: {:?}", reply.body);
+            assert_eq!(reply.status, status, "{what}: {:?}", reply.body);
             assert_eq!(reply.header("content-type"), "application/json", "{what}");
             match reply.batch().as_slice() {
                 [
                     Frame::Close {
                         code: c, reason, ..
                     },
-                ] if c == code => {
+                ] if *c == code => {
                     assert!(!reason.contains(&key), "{what}: the reason holds the key");
                 }
                 other => panic!("{what}: expected one close {code}, got {other:?}"),
