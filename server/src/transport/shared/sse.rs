@@ -47,7 +47,6 @@ pub(crate) async fn handle(
         refusals: Some(refusals),
         budget: config.sse_max_bytes,
         recycle_at: Instant::now() + config.sse_max_age,
-        start: 0,
         done: false,
     };
     let body = futures_util::stream::unfold(feed, |mut feed| async move {
@@ -70,9 +69,6 @@ struct SharedFeed {
     /// Bytes left before the stream is recycled.
     budget: usize,
     recycle_at: Instant,
-    /// Where the next round starts, so that no member always comes last
-    /// when the budget runs out.
-    start: usize,
     done: bool,
 }
 
@@ -135,21 +131,17 @@ impl SharedFeed {
         }
     }
 
-    /// Takes what each member has ready now, once each, into `batch`.
-    /// Members whose part is over are marked as having left.
+    /// Takes what each member has ready now, once each (one batch: a
+    /// member with more waits for the next round, so that none holds up
+    /// the others), into `batch`. Members whose part is over are marked as
+    /// having left.
     fn round(&mut self, live: &[Option<Arc<Shared>>], batch: &mut SharedBatch) {
-        let n = self.members.len();
-        if n == 0 {
-            return;
-        }
         let now = now();
-        for k in 0..n {
-            let i = (self.start + k) % n;
-            let member = &mut self.members[i];
+        for (member, shared) in self.members.iter_mut().zip(live) {
             if member.left {
                 continue;
             }
-            let Some(shared) = &live[i] else {
+            let Some(shared) = shared else {
                 // Forgotten while its part of the body was parked.
                 batch.push(member.tag, &[gone()]);
                 member.left = true;
@@ -173,7 +165,6 @@ impl SharedFeed {
                 }
             }
         }
-        self.start = (self.start + 1) % n;
     }
 
     /// Ends the stream: every member still carried gets `detach` 4000 and
