@@ -1045,3 +1045,57 @@ async fn a_chunked_body_over_its_limit_gets_413() {
     reply.assert_refusal(413, "close", 1009);
     assert_eq!(server.holdfast.session_count(), 0);
 }
+
+/// A stream's events stay near the size of one session's batches
+/// (`max_msg`): one round over many sessions with much to replay is cut
+/// into several events.
+#[tokio::test]
+async fn events_are_cut_near_max_msg() {
+    let mut config = ServerConfig::default();
+    config.session.set_max_message(1024);
+    let (server, mut incoming) = TestServer::start(config).await;
+    let http = raw::http_client();
+    let all = tags(4);
+    let mut tabs = Tabs::new(all.clone());
+    tabs.absorb(&shared_poll(&http, &server, tabs.body(&all)).await.shared());
+    // Everything is queued before the stream starts: its first round finds
+    // every session with a full batch to send.
+    let mut sessions = Vec::new();
+    for (i, &tag) in all.iter().enumerate() {
+        let session = accept(&mut incoming, DEADLINE).await;
+        assert_eq!(i + 1, tag as usize);
+        for seq in 1..=20 {
+            let mut text = text(tag, seq);
+            text.push_str(&"x".repeat(200));
+            session.try_send(text).expect("room");
+        }
+        sessions.push(session);
+    }
+    tabs.new_request();
+    let mut sse = shared_sse(&http, &server, tabs.body(&all)).await;
+    let mut sizes = Vec::new();
+    within(DEADLINE, "every tab's messages", async {
+        while !tabs.all_have(&all, 20) {
+            if let Some(event) = sse.take_event() {
+                sizes.push(event.data.len());
+                let pairs = support::wire::parse_shared_batch(event.data.as_bytes())
+                    .expect("a shared batch");
+                tabs.absorb(&pairs);
+                continue;
+            }
+            match sse.next_chunk().await {
+                Some(Ok(chunk)) => sse.feed(&chunk),
+                other => panic!("the stream ended: {other:?}"),
+            }
+        }
+    })
+    .await;
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(
+        largest < 2 * 1024 + 64,
+        "an event of {largest} bytes (max_msg 1024): {sizes:?}"
+    );
+    for &tag in &all {
+        assert_eq!(tabs.tab(tag).got.len(), 20);
+    }
+}
