@@ -77,6 +77,12 @@ pub struct SessionConfig {
     pub ack_every: u64,
     /// …or this long after the first unacknowledged message. Default 100 ms.
     pub ack_delay: Duration,
+    /// Most sessions one shared request (`POST …/sse` or `POST …/poll`,
+    /// `PROTOCOL.md` §11) may carry, announced in `open` as `mux`. A
+    /// shared request's body may hold 256 bytes per session allowed.
+    /// Default 64; 0 turns shared requests off (no `mux` in `open`, and
+    /// the server answers `POST …/sse` and `POST …/poll` with `405`).
+    pub max_shared_sessions: usize,
 }
 
 impl Default for SessionConfig {
@@ -94,6 +100,7 @@ impl Default for SessionConfig {
             max_inbound_bytes: 1024 * 1024,
             ack_every: 32,
             ack_delay: Duration::from_millis(100),
+            max_shared_sessions: 64,
         }
     }
 }

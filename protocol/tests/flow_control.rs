@@ -265,6 +265,7 @@ fn open_params(window: Option<usize>) -> OpenParams {
         max_message: LEN,
         max_batch: 6 * LEN + 4096,
         window,
+        mux: None,
     }
 }
 

@@ -97,6 +97,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 0usize..1 << 40,
                 0usize..1 << 40,
                 proptest::option::of(0usize..1 << 40),
+                proptest::option::of(0usize..1 << 40),
             ),
         )
             .prop_map(|(version, key, session_id, timers, sizes)| {
@@ -111,6 +112,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     max_message: sizes.0,
                     max_batch: sizes.1,
                     window: sizes.2,
+                    mux: sizes.3,
                 })
             }),
     ]

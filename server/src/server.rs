@@ -227,9 +227,24 @@ impl Holdfast {
                 &path(crate::client_js::VERSIONED_NAME),
                 get(crate::client_js::versioned),
             )
-            .route(&path("sse"), get(transport::sse::handle))
-            .route(&path("poll"), get(transport::poll::handle))
             .route(&path("send"), post(transport::send::handle));
+        // Shared requests (PROTOCOL.md §11): `POST` on the same paths.
+        // Turned off, they are not routed, and axum answers `405`.
+        let http_routes = if self.state.config.session.max_shared_sessions > 0 {
+            http_routes
+                .route(
+                    &path("sse"),
+                    get(transport::sse::handle).post(transport::shared::sse::handle),
+                )
+                .route(
+                    &path("poll"),
+                    get(transport::poll::handle).post(transport::shared::poll::handle),
+                )
+        } else {
+            http_routes
+                .route(&path("sse"), get(transport::sse::handle))
+                .route(&path("poll"), get(transport::poll::handle))
+        };
         let http_routes = match self.state.origins.cors_layer() {
             Some(cors) => http_routes.layer(cors),
             None => http_routes,

@@ -24,7 +24,7 @@ pub mod wire;
 #[allow(unused_imports)]
 pub use client::{Client, CutMode, LastVia, Outcome, Plan, Transport};
 #[allow(unused_imports)]
-pub use raw::{DEADLINE, RawWs, Sse, SseIn, WsIn, within};
+pub use raw::{DEADLINE, RawWs, SharedIn, Sse, SseIn, WsIn, within};
 #[allow(unused_imports)]
 pub use server::{Recorder, TestServer, accept, echo, to_message, to_payload};
 #[allow(unused_imports)]

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::wire::{self, Frame, SseEvent, SseParser};
+use super::wire::{self, Frame, SharedBatch, SseEvent, SseParser};
 
 /// The next application-visible message on `stream` (WebSocket pings are
 /// skipped), waiting at most `bound`.
@@ -149,6 +149,18 @@ impl Reply {
                 String::from_utf8_lossy(&self.body)
             ),
         }
+    }
+
+    /// The body as a shared batch (§11.2), or a panic describing the
+    /// response.
+    pub fn shared(&self) -> SharedBatch {
+        wire::parse_shared_batch(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response {} does not hold a shared batch: {e}; body {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// Asserts a refusal per `PROTOCOL.md` §7: this status, JSON, one frame
@@ -406,6 +418,17 @@ pub struct Sse {
     pub bytes_read: usize,
 }
 
+/// What a shared stream delivered.
+#[derive(Debug)]
+pub enum SharedIn {
+    /// An event holding a shared batch.
+    Event(SharedBatch),
+    /// The body ended cleanly (terminating chunk).
+    Ended,
+    /// The body was cut or failed.
+    Failed(String),
+}
+
 /// How an SSE read ended.
 #[derive(Debug)]
 pub enum SseIn {
@@ -437,6 +460,33 @@ impl Sse {
         let response = within(DEADLINE, &format!("GET {url}"), request.send())
             .await
             .unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
+        Self::from_response(response).await
+    }
+
+    /// `POST url` with `body` (a shared request, §11.1) and, if the answer
+    /// is an event stream, start reading it; a refusal comes back as the
+    /// whole [`Reply`].
+    pub async fn post(
+        client: &reqwest::Client,
+        url: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, Reply> {
+        let mut request = client
+            .post(url)
+            .header("accept", "text/event-stream")
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = within(DEADLINE, &format!("POST {url}"), request.send())
+            .await
+            .unwrap_or_else(|e| panic!("POST {url} failed: {e}"));
+        Self::from_response(response).await
+    }
+
+    async fn from_response(response: reqwest::Response) -> Result<Self, Reply> {
         let is_stream = response
             .headers()
             .get("content-type")
@@ -481,6 +531,28 @@ impl Sse {
             match self.stream.next().await {
                 None => return SseIn::Ended,
                 Some(Err(e)) => return SseIn::Failed(e.to_string()),
+                Some(Ok(chunk)) => self.feed(&chunk),
+            }
+        }
+    }
+
+    /// The next event of a shared stream (§11.2): its shared batch.
+    /// Panics on an event that is not one, or that has an `id:`.
+    pub async fn next_shared(&mut self) -> SharedIn {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                assert_eq!(
+                    event.data_lines, 1,
+                    "PROTOCOL.md §8.2: `data:` is always a single line; got {event:?}"
+                );
+                assert_eq!(event.id, None, "§11.2: shared events have no `id:`");
+                let pairs = wire::parse_shared_batch(event.data.as_bytes())
+                    .unwrap_or_else(|e| panic!("SSE event with a bad shared batch: {e}"));
+                return SharedIn::Event(pairs);
+            }
+            match self.stream.next().await {
+                None => return SharedIn::Ended,
+                Some(Err(e)) => return SharedIn::Failed(e.to_string()),
                 Some(Ok(chunk)) => self.feed(&chunk),
             }
         }

@@ -348,6 +348,42 @@ pub fn parse_batch(text: &[u8]) -> Result<Vec<Frame>, String> {
     items.iter().map(Frame::from_json).collect()
 }
 
+/// A shared batch (§11.2): `[tag, batch]` pairs, in order.
+pub type SharedBatch = Vec<(u64, Vec<Frame>)>;
+
+/// Parses a shared batch: a JSON array of `[tag, batch]` pairs.
+pub fn parse_shared_batch(text: &[u8]) -> Result<SharedBatch, String> {
+    let value: Value = serde_json::from_slice(text).map_err(|e| {
+        format!(
+            "shared batch is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&text[..text.len().min(200)])
+        )
+    })?;
+    let pairs = value
+        .as_array()
+        .ok_or_else(|| format!("a shared batch must be a JSON array, got {value}"))?;
+    pairs
+        .iter()
+        .map(|pair| {
+            let (tag, batch) = match pair.as_array().map(Vec::as_slice) {
+                Some([tag, batch]) => (tag, batch),
+                _ => return Err(format!("a pair must be [tag, batch], got {pair}")),
+            };
+            let tag = tag
+                .as_u64()
+                .filter(|t| *t < 1 << 31)
+                .ok_or_else(|| format!("a tag must be 0 to 2^31 - 1, got {tag}"))?;
+            let frames = batch
+                .as_array()
+                .ok_or_else(|| format!("a batch must be a JSON array, got {batch}"))?
+                .iter()
+                .map(Frame::from_json)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((tag, frames))
+        })
+        .collect()
+}
+
 /// The header byte of a native WebSocket binary message (§2.2).
 pub const BINARY_MESSAGE: u8 = 0x01;
 

@@ -688,6 +688,7 @@ impl ServerSession {
             max_message: self.config.max_message,
             max_batch: self.config.max_batch,
             window: Some(self.grant.size()),
+            mux: (self.config.max_shared_sessions > 0).then_some(self.config.max_shared_sessions),
         }
     }
 

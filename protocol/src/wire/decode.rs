@@ -37,6 +37,7 @@ pub(crate) struct Fields<'a> {
     pub max_batch: Option<u64>,
     pub room: Option<u64>,
     pub win: Option<u64>,
+    pub mux: Option<u64>,
 }
 
 /// Reads a batch, turning the fields of each frame into a `T` as it goes.
@@ -212,6 +213,10 @@ impl<'a> Reader<'a> {
             "win" => {
                 let v = self.opt_number()?;
                 set(&mut fields.win, v, key)
+            }
+            "mux" => {
+                let v = self.opt_number()?;
+                set(&mut fields.mux, v, key)
             }
             "code" => {
                 let v = self.opt_number()?;

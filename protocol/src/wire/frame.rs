@@ -158,4 +158,7 @@ pub struct OpenParams {
     /// messages the server always accepts (`PROTOCOL.md` §3.1). `None` from
     /// a server without flow control.
     pub window: Option<usize>,
+    /// `mux`: the most sessions one shared request may carry
+    /// (`PROTOCOL.md` §11). `None` from a server without shared requests.
+    pub mux: Option<usize>,
 }

@@ -147,6 +147,10 @@ pub fn encode_frame(frame: &Frame, out: &mut impl JsonOut) {
                 out.push_str(r#","win":"#);
                 write_u64(out, window as u64);
             }
+            if let Some(mux) = p.mux {
+                out.push_str(r#","mux":"#);
+                write_u64(out, mux as u64);
+            }
             out.push_str("}");
         }
         Frame::Resumed { ack, room } => {
@@ -369,6 +373,7 @@ impl<'a> Fields<'a> {
                 max_message: to_usize(self.max_msg.ok_or_else(|| missing("max_msg"))?),
                 max_batch: to_usize(self.max_batch.ok_or_else(|| missing("max_batch"))?),
                 window: self.win.map(to_usize),
+                mux: self.mux.map(to_usize),
             }),
             other => return Err(DecodeError::UnknownFrameType(other.to_owned())),
         })
@@ -418,6 +423,7 @@ mod tests {
         max_batch: Option<u64>,
         room: Option<u64>,
         win: Option<u64>,
+        mux: Option<u64>,
     }
 
     fn decode_reference(input: &[u8]) -> Result<Vec<Frame>, DecodeError> {
@@ -444,6 +450,7 @@ mod tests {
                     max_batch: r.max_batch,
                     room: r.room,
                     win: r.win,
+                    mux: r.mux,
                 }
                 .into_frame()
             })
@@ -618,6 +625,8 @@ mod tests {
             br#"[{"t":"ack","seq":3,"room":null},{"t":"ack","seq":3,"room":-1}]"#,
             br#"[{"t":"ack","seq":3,"room":1,"room":2}]"#,
             br#"[{"t":"open","v":1,"key":"k","sid":"s","ping":1,"timeout":2,"resume":3,"hold":6,"max_msg":4,"max_batch":5,"win":7}]"#,
+            br#"[{"t":"open","v":1,"key":"k","sid":"s","ping":1,"timeout":2,"resume":3,"hold":6,"max_msg":4,"max_batch":5,"win":7,"mux":64}]"#,
+            br#"[{"t":"open","v":1,"key":"k","sid":"s","ping":1,"timeout":2,"resume":3,"hold":6,"max_msg":4,"max_batch":5,"mux":"x"}]"#,
         ];
         for input in cases {
             if let Err(e) = same_as_reference(input) {
@@ -680,6 +689,7 @@ mod tests {
                 max_message: 65536,
                 max_batch: 397_312,
                 window: Some(1 << 20),
+                mux: Some(64),
             }),
             Frame::Resumed {
                 ack: 17,

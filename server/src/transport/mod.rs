@@ -6,16 +6,18 @@
 //! on the request (origin, query, authentication), [`attach`] when the
 //! transport is ready to carry frames.
 
+mod body;
 mod key;
 pub(crate) mod poll;
 #[cfg(test)]
 mod query_props;
 pub(crate) mod send;
+pub(crate) mod shared;
 pub(crate) mod sse;
 mod upgrade;
 pub(crate) mod ws;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use holdfast_protocol::{
     AttachmentId, Close, CloseCode, ServerSession, SessionIdentity, TransportKind,
@@ -167,7 +169,23 @@ pub(crate) async fn prepare(
     last_event_id: Option<u64>,
 ) -> Result<Prepared, Reject> {
     state.check_origin(&headers, peer)?;
-    let query = ConnectQuery::read(&headers, uri.query(), kind == TransportKind::WebSocket)?;
+    let mut query = ConnectQuery::read(&headers, uri.query(), kind == TransportKind::WebSocket)?;
+    query.last = query.last.max(last_event_id.unwrap_or(0));
+    prepare_session(state, headers, uri, peer, kind, query).await
+}
+
+/// [`prepare`] once the origin is checked and the query read — or, for a
+/// session carried by a shared request (`PROTOCOL.md` §11), once its entry
+/// in the body is: the key and `last` come from `query`, the rest (the
+/// authentication hook's input, the client address) from the request.
+pub(crate) async fn prepare_session(
+    state: &ServerState,
+    headers: HeaderMap,
+    uri: Uri,
+    peer: Peer,
+    kind: TransportKind,
+    query: ConnectQuery,
+) -> Result<Prepared, Reject> {
     if query.probe {
         // Only a session's own client may probe: it proves it holds a key.
         let key = query
@@ -182,8 +200,10 @@ pub(crate) async fn prepare(
             let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
             reauthorize(state, &shared, &headers, &uri, kind, RequestKind::Resume).await?;
         }
-        let last = query.last.max(last_event_id.unwrap_or(0));
-        return Ok(Prepared::Resume { key, last });
+        return Ok(Prepared::Resume {
+            key,
+            last: query.last,
+        });
     }
     if state.registry.open() >= state.config.max_sessions {
         return Err(overloaded(state, "too many sessions"));
@@ -355,6 +375,33 @@ pub(crate) fn overloaded(state: &ServerState, reason: &'static str) -> Reject {
     )
 }
 
+/// An attachment that holds its session weakly and detaches it when
+/// dropped, if the session is still there. A streaming body that a
+/// reader stopped reading stays parked until its connection ends, and
+/// must not keep a session that was meanwhile forgotten (its replay
+/// buffer, its received messages) in memory.
+pub(crate) struct WeakAttachment {
+    pub(crate) shared: Weak<Shared>,
+    pub(crate) id: AttachmentId,
+}
+
+impl WeakAttachment {
+    pub(crate) fn new(shared: &Arc<Shared>, id: AttachmentId) -> Self {
+        Self {
+            shared: Arc::downgrade(shared),
+            id,
+        }
+    }
+}
+
+impl Drop for WeakAttachment {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.lock().detach(now(), self.id);
+        }
+    }
+}
+
 /// Detaches an attachment when its transport goes away, however it goes:
 /// normal end, error, or the client hanging up (the future is dropped).
 pub(crate) struct DetachOnDrop {
@@ -370,8 +417,12 @@ impl Drop for DetachOnDrop {
 
 /// A `200` JSON batch that no cache may keep.
 pub(crate) fn batch_response(frames: &[holdfast_protocol::Frame]) -> axum::response::Response {
+    json_response(holdfast_protocol::wire::json::encode_batch_to_vec(frames))
+}
+
+/// A `200` JSON body that no cache may keep.
+pub(crate) fn json_response(body: Vec<u8>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let body = holdfast_protocol::wire::json::encode_batch_to_vec(frames);
     (
         [
             (http::header::CONTENT_TYPE, "application/json"),

@@ -9,8 +9,9 @@ use axum::extract::State;
 use axum::response::Response;
 use holdfast_protocol::wire::json;
 use holdfast_protocol::{Close, CloseCode, Frame, ProtocolError, TransportKind, message_charge};
-use http::{HeaderMap, HeaderValue, Uri, header};
+use http::{HeaderMap, Uri};
 
+use super::body::{BodyError, read_limited, timed_out};
 use super::{ConnectQuery, batch_response, reauthorize};
 use crate::auth::RequestKind;
 use crate::peer::Peer;
@@ -50,35 +51,20 @@ async fn receive(
         reauthorize(state, &shared, headers, uri, transport, RequestKind::Send).await?;
     }
     let max = state.config.session.max_batch;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let too_big = |len: usize| {
-        let error = ProtocolError::BatchTooBig { len, max };
-        shared.lock().fail(now(), &error);
-        Reject::from(error)
-    };
-    if let Some(len) = declared.filter(|len| *len > max) {
-        return Err(too_big(len));
-    }
     // A client trickling its body must not hold the request (and the
     // connection) forever.
     let timeout = state.config.body_timeout;
-    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(error)) if is_length_limit(&error) => return Err(too_big(max + 1)),
-        Ok(Err(_)) => return Err(Reject::protocol("the request body could not be read")),
-        Err(_) => {
-            tracing::debug!(?timeout, "send request body too slow");
-            // The rest of the body may still trickle in: the connection
-            // cannot carry another request, so hyper closes it.
-            let mut response = Reject::body_timeout(timeout).into_http();
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok(response);
+    let bytes = match read_limited(headers, body, max, timeout).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooBig(len)) => {
+            let error = ProtocolError::BatchTooBig { len, max };
+            shared.lock().fail(now(), &error);
+            return Err(Reject::from(error));
         }
+        Err(BodyError::Unreadable) => {
+            return Err(Reject::protocol("the request body could not be read"));
+        }
+        Err(BodyError::TimedOut) => return Ok(timed_out(timeout)),
     };
     let frames = json::decode_batch(&bytes).map_err(ProtocolError::from)?;
 
@@ -115,16 +101,4 @@ fn batch_cost(frames: &[Frame], received: u64) -> usize {
             _ => 0,
         })
         .fold(0, usize::saturating_add)
-}
-
-fn is_length_limit(error: &axum::Error) -> bool {
-    let source: &(dyn std::error::Error + 'static) = error;
-    let mut current = Some(source);
-    while let Some(e) = current {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
 }

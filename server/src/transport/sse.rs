@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::pin::pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -13,11 +13,11 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use holdfast_protocol::wire::sse;
-use holdfast_protocol::{AttachmentId, CloseCode, Frame, TransportKind};
+use holdfast_protocol::{CloseCode, Frame, TransportKind};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use tokio::time::Instant;
 
-use super::{Prepared, attach, prepare, probe_over};
+use super::{Prepared, WeakAttachment, attach, prepare, probe_over};
 use crate::peer::Peer;
 use crate::server::ServerState;
 use crate::session::{Shared, now};
@@ -54,8 +54,7 @@ pub(crate) async fn handle(
     };
     let config = &state.config;
     let feed = Feed {
-        shared: Arc::downgrade(&shared),
-        id,
+        attachment: WeakAttachment::new(&shared, id),
         padding: config.sse_padding,
         budget: config.sse_max_bytes,
         recycle_at: Instant::now() + config.sse_max_age,
@@ -85,9 +84,15 @@ fn probe(padding: usize, lifetime: std::time::Duration) -> Response {
     event_stream(Body::from_stream(body))
 }
 
+/// The frame that ends a stream after its byte or time budget: the client
+/// resumes at once (`PROTOCOL.md` §6).
+pub(crate) fn recycled() -> Frame {
+    Frame::detach(CloseCode::RECONNECT, "stream recycled, reconnect")
+}
+
 /// A `200` event stream with the headers that keep proxies from caching,
 /// transforming or buffering it.
-fn event_stream(body: Body) -> Response {
+pub(crate) fn event_stream(body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
@@ -105,16 +110,16 @@ fn event_stream(body: Body) -> Response {
 
 /// One SSE attachment, producing the body chunk by chunk.
 ///
-/// It holds its session weakly. hyper stops polling a body whose socket is
-/// full, so a reader that stopped reading leaves the body parked until the
-/// connection ends — which only a write deadline on the connection's IO
-/// (see [`serve`](crate::serve)) can bring about. Meanwhile the session
-/// times the attachment out and, once its resume window is over, is
-/// forgotten: the parked body must not keep it (its replay buffer, its
-/// received messages) in memory.
+/// It holds its session weakly ([`WeakAttachment`], which detaches when
+/// the body is dropped: client gone, stream ended, write deadline passed).
+/// hyper stops polling a body whose socket is full, so a reader that
+/// stopped reading leaves the body parked until the connection ends —
+/// which only a write deadline on the connection's IO (see
+/// [`serve`](crate::serve)) can bring about. Meanwhile the session times
+/// the attachment out and, once its resume window is over, is forgotten:
+/// the parked body must not keep it in memory.
 struct Feed {
-    shared: Weak<Shared>,
-    id: AttachmentId,
+    attachment: WeakAttachment,
     /// Padding still to write at the start.
     padding: usize,
     /// Bytes left before the stream is recycled.
@@ -131,7 +136,8 @@ impl Feed {
             return None;
         }
         // Gone: the session was forgotten while the body was parked.
-        let shared = self.shared.upgrade()?;
+        let shared = self.attachment.shared.upgrade()?;
+        let id = self.attachment.id;
         let mut out = Vec::new();
         if self.padding > 0 {
             sse::encode_padding(std::mem::take(&mut self.padding), &mut out);
@@ -146,7 +152,7 @@ impl Feed {
                 let transmit = {
                     let mut core = shared.lock();
                     let now = now();
-                    let transmit = core.poll_transmit(now, self.id);
+                    let transmit = core.poll_transmit(now, id);
                     if transmit.is_none() && core.is_finished(now) {
                         // Over for good: end the stream with what is left.
                         self.done = true;
@@ -180,24 +186,8 @@ impl Feed {
 
     /// Ends the stream with `detach` 4000: the client reconnects at once.
     fn recycle(&mut self, shared: &Shared, out: &mut Vec<u8>) {
-        sse::encode_event(
-            &[Frame::detach(
-                CloseCode::RECONNECT,
-                "stream recycled, reconnect",
-            )],
-            out,
-        );
-        shared.lock().detach(now(), self.id);
+        sse::encode_event(&[recycled()], out);
+        shared.lock().detach(now(), self.attachment.id);
         self.done = true;
-    }
-}
-
-/// Detaches when the body is dropped (client gone, stream ended, write
-/// deadline passed), if the session is still there.
-impl Drop for Feed {
-    fn drop(&mut self) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.lock().detach(now(), self.id);
-        }
     }
 }

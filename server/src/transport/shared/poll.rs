@@ -1,0 +1,101 @@
+//! `POST <mount>/poll`: one poll carrying several sessions (`PROTOCOL.md`
+//! §11.2), answered with a shared batch as soon as any of them has
+//! something to deliver, or `[]` after the poll hold.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use holdfast_protocol::TransportKind;
+use http::{HeaderMap, Uri};
+use tokio::sync::futures::Notified;
+
+use super::{Member, SharedBatch, gone, request, split, take};
+use crate::peer::Peer;
+use crate::server::ServerState;
+use crate::session::{Shared, now};
+use crate::transport::json_response;
+
+pub(crate) async fn handle(
+    State(state): State<Arc<ServerState>>,
+    peer: Peer,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let entries = match request::read(&state, peer, &headers, &uri, body).await {
+        Ok(entries) => entries,
+        Err(refusal) => return refusal,
+    };
+    let carried = take(
+        &state,
+        &headers,
+        &uri,
+        peer,
+        TransportKind::LongPoll,
+        entries,
+    )
+    .await;
+    // Every member is detached when this future ends — answered, or
+    // dropped because the client hung up — as a single poll is.
+    let (mut members, mut batch) = split(carried);
+    loop {
+        let live: Vec<Option<Arc<Shared>>> = members
+            .iter()
+            .map(|m| m.attachment.shared.upgrade())
+            .collect();
+        // Registered before looking, so that no output is missed.
+        let mut waits: Vec<Pin<Box<Notified<'_>>>> = live
+            .iter()
+            .flatten()
+            .map(|shared| Box::pin(shared.transmit.notified()))
+            .collect();
+        for wait in &mut waits {
+            wait.as_mut().enable();
+        }
+        let answered = collect(&mut members, &live, &mut batch) || !batch.is_empty();
+        if answered || waits.is_empty() {
+            return json_response(batch.finish());
+        }
+        futures_util::future::select_all(waits).await;
+    }
+}
+
+/// Takes, without waiting, what each member has now into `batch`. Whether
+/// the poll is to be answered: some member had something — output, its
+/// end, or its poll hold over (an empty answer, which names no session).
+fn collect(members: &mut [Member], live: &[Option<Arc<Shared>>], batch: &mut SharedBatch) -> bool {
+    let now = now();
+    let mut answered = false;
+    for (member, shared) in members.iter_mut().zip(live) {
+        if member.left {
+            continue;
+        }
+        let Some(shared) = shared else {
+            batch.push(member.tag, &[gone()]);
+            member.left = true;
+            answered = true;
+            continue;
+        };
+        let mut core = shared.lock();
+        match core.poll_transmit(now, member.attachment.id) {
+            Some(transmit) => {
+                // The core ended this poll attachment with it.
+                member.left = true;
+                answered = true;
+                if !transmit.frames.is_empty() {
+                    batch.push(member.tag, &transmit.frames);
+                }
+            }
+            None if core.is_finished(now) => {
+                batch.push(member.tag, &[gone()]);
+                member.left = true;
+                answered = true;
+            }
+            None => {}
+        }
+    }
+    answered
+}
