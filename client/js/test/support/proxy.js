@@ -23,6 +23,11 @@
 //   proxy.cut()                    every open connection killed (TCP reset)
 //   proxy.down = true              new connections killed at once
 //
+// and counts: `counts` (requests per endpoint), `inFlight` / `maxInFlight`
+// (requests per endpoint open at once: held polls, streams), `connections`
+// (client connections open now) and `maxConnections` (the most at once,
+// since `resetMax()`).
+//
 // Everything listens on loopback only.
 
 import http from "node:http";
@@ -51,6 +56,10 @@ export async function startProxy(upstreamPort) {
   let busySends = 0;
   let retryAfter = 0;
   const counts = { ws: 0, sse: 0, poll: 0, send: 0, probes: 0 };
+  const inFlight = { ws: 0, sse: 0, poll: 0, send: 0 };
+  const maxInFlight = { ws: 0, sse: 0, poll: 0, send: 0 };
+  const clients = new Set();
+  let maxConnections = 0;
   /** Every send body forwarded: its size and how many messages it held. */
   const sends = [];
 
@@ -69,6 +78,18 @@ export async function startProxy(upstreamPort) {
     down: false,
     counts,
     sends,
+    inFlight,
+    maxInFlight,
+    get connections() {
+      return clients.size;
+    },
+    get maxConnections() {
+      return maxConnections;
+    },
+    resetMax() {
+      maxConnections = clients.size;
+      for (const name of Object.keys(maxInFlight)) maxInFlight[name] = inFlight[name];
+    },
     failNext(n, endpoint = null) {
       failing = n;
       failingEndpoint = endpoint;
@@ -164,9 +185,19 @@ export async function startProxy(upstreamPort) {
     return true;
   }
 
+  /** Counts a request open until its answer ends (or is cut). */
+  function open(url, res) {
+    const endpoint = new URL(url, "http://proxy").pathname.split("/").pop();
+    if (!(endpoint in inFlight)) return;
+    inFlight[endpoint] += 1;
+    maxInFlight[endpoint] = Math.max(maxInFlight[endpoint], inFlight[endpoint]);
+    res.once("close", () => (inFlight[endpoint] -= 1));
+  }
+
   const server = http.createServer(async (req, res) => {
     if (req.url.startsWith("/test/") && (await servePage(req, res))) return;
     count(req.url);
+    open(req.url, res);
     if (intercept(req, res)) return;
     const upstream = http.request({
       host: "127.0.0.1",
@@ -227,6 +258,9 @@ export async function startProxy(upstreamPort) {
       return;
     }
     track(socket);
+    clients.add(socket);
+    maxConnections = Math.max(maxConnections, clients.size);
+    socket.once("close", () => clients.delete(socket));
   });
 
   server.on("upgrade", async (req, socket, head) => {
