@@ -1049,8 +1049,12 @@ const MAX_TAG = 2 ** 31 - 1;
 const hubs = new Map();
 
 function sharingPossible() {
+  // Web Locks exist in secure contexts only (HTTPS, and http://localhost):
+  // a page served over plain HTTP elsewhere does not share. Nor does an
+  // opaque origin (a sandboxed frame), which has no locks to share.
   return (
     inBrowser &&
+    globalThis.location?.origin !== "null" &&
     typeof BroadcastChannel === "function" &&
     typeof navigator === "object" &&
     !!navigator.locks &&
@@ -1093,6 +1097,7 @@ class Hub {
     this.waitCtl = null;
     this.stealing = false;
     this.tick = null;
+    this.lastTick = now();
     this.channel = new BroadcastChannel(name);
     this.channel.onmessage = (event) => this.receive(event.data);
     // Held for the tab's life: the leader sees from it which tabs are gone.
@@ -1142,6 +1147,9 @@ class Hub {
       case "ping":
         this.leading?.post({ t: "pong" });
         return;
+      case "outdated":
+        if (this.leading && this.leading.reign === message.reign) this.outdated(message.epoch);
+        return;
       case "join":
       case "leave":
       case "report":
@@ -1158,7 +1166,7 @@ class Hub {
         for (const id of message.ids) this.members.get(id)?.carried(message.reign);
         return;
       case "frames":
-        for (const [id, frames, last] of message.items) this.members.get(id)?.fromHub(frames, last);
+        for (const [id, frames, last, n] of message.items) this.members.get(id)?.fromHub(frames, last, n);
         return;
       case "end":
         for (const id of message.ids) this.members.get(id)?.hubEnded(message);
@@ -1173,17 +1181,7 @@ class Hub {
     if (this.leading && reign !== this.leading.reign) {
       // Another tab says it leads while this one thinks it does: one of
       // them lost the lock (stolen while frozen) and may not know yet.
-      const leading = this.leading;
-      this.maxEpoch = Math.max(this.maxEpoch, epoch);
-      this.stillLeader().then((still) => {
-        if (this.leading !== leading) return;
-        if (still) {
-          leading.epoch = this.maxEpoch + 1;
-          this.announce();
-        } else {
-          this.stepDown();
-        }
-      });
+      this.outdated(epoch);
       return;
     }
     const current = this.current;
@@ -1193,7 +1191,14 @@ class Hub {
       return;
     }
     const newer = current ? epoch > current.epoch : epoch >= this.maxEpoch;
-    if (!newer) return; // a leader that was replaced (frozen, thawed)
+    if (!newer) {
+      // A leader that was replaced (frozen, then thawed) — or one that
+      // took over without having heard of the newest epoch (a tab that
+      // opened as the leader closed): tell it; if it holds the lock it
+      // announces itself again, higher.
+      this.post({ t: "outdated", epoch: this.maxEpoch, reign, from: this.tab });
+      return;
+    }
     this.current = { epoch, from, reign };
     this.maxEpoch = Math.max(this.maxEpoch, epoch);
     this.lastFromLeader = now();
@@ -1209,7 +1214,11 @@ class Hub {
     att.sharedId = id;
     if (this.members.size === 0) this.busySince = now();
     this.members.set(id, att);
-    if (!this.tick) this.tick = setInterval(() => this.onTick(), HUB_TICK);
+    att.joinedAt = now();
+    if (!this.tick) {
+      this.lastTick = now();
+      this.tick = setInterval(() => this.onTick(), HUB_TICK);
+    }
     this.postJoin(att);
   }
 
@@ -1253,13 +1262,44 @@ class Hub {
       this.tick = null;
       return;
     }
+    const t = now();
+    const slept = t - this.lastTick > 4 * HUB_TICK;
+    this.lastTick = t;
+    if (!slept) this.checkMembers(t);
     if (this.leading) return;
-    const quiet = now() - Math.max(this.lastFromLeader, this.busySince);
+    if (slept) {
+      // This tab was asleep (frozen, throttled, a laptop lid): the
+      // leader's silence was its own. Hear what queued up first.
+      this.busySince = t;
+      return;
+    }
+    const quiet = t - Math.max(this.lastFromLeader, this.busySince);
     if (quiet >= LEADER_DEAD) {
       this.steal();
     } else if (quiet >= LEADER_QUIET && now() - this.pingedAt >= LEADER_QUIET / 2) {
       this.pingedAt = now();
       this.post({ t: "ping", from: this.tab });
+    }
+  }
+
+  /** Relay messages can be lost (to a frozen tab): a join no leader
+   * answered is sent again, and a poll attachment that hears nothing for
+   * longer than a held poll lasts is given up (and resumed). */
+  checkMembers(t) {
+    for (const att of [...this.members.values()]) {
+      if (att.ended) continue;
+      if (att.carriedAt === null) {
+        if (this.current && t - att.joinedAt >= 1000) {
+          att.joinedAt = t;
+          this.postJoin(att);
+        }
+      } else if (!att.streaming) {
+        const hold = att.engine.params?.hold ?? DEFAULT_HOLD;
+        const quiet = t - Math.max(att.heardAt, att.carriedAt);
+        if (quiet > hold + Math.max(att.engine.options.probeTimeout, 5000) + REPORT_GRACE) {
+          att.lost(`nothing from the shared poll for ${quiet} ms`);
+        }
+      }
     }
   }
 
@@ -1319,6 +1359,25 @@ class Hub {
       })
       .catch(() => {});
     this.announce();
+  }
+
+  /** A tab follows a leader with a newer epoch than this one's: if this
+   * tab still holds the lock, it announces itself above it. */
+  outdated(epoch) {
+    const leading = this.leading;
+    this.maxEpoch = Math.max(this.maxEpoch, epoch);
+    if (leading.epoch > epoch || leading.checking) return;
+    leading.checking = true;
+    this.stillLeader().then((still) => {
+      leading.checking = false;
+      if (this.leading !== leading) return;
+      if (still) {
+        leading.epoch = this.maxEpoch + 1;
+        this.announce();
+      } else {
+        this.stepDown();
+      }
+    });
   }
 
   announce() {
@@ -1538,6 +1597,8 @@ class Carrier {
       last: Number.isSafeInteger(message.last) ? message.last : 0,
       awaiting: 0,
       carried: false,
+      n: 0, // relay items sent to it, numbered
+      pending: null, // on long-polling, the item it has not reported yet
     };
     this.members.set(member.id, member);
     this.byTag.set(tag, member);
@@ -1567,6 +1628,7 @@ class Carrier {
     if (!member) return;
     member.last = Math.max(member.last, received);
     member.awaiting = 0;
+    member.pending = null;
     this.reported(member);
   }
 
@@ -1603,8 +1665,14 @@ class Carrier {
         }
         if (frame.t === "close" || frame.t === "detach") ended = true;
       }
-      items.push(last === undefined ? [id, frames] : [id, frames || [], last.get(id)]);
-      if (frames && frames.length) member.awaiting = now();
+      member.n += 1;
+      const item =
+        last === undefined ? [id, frames, undefined, member.n] : [id, frames || [], last.get(id), member.n];
+      items.push(item);
+      if (frames && frames.length) {
+        member.awaiting = now();
+        member.pending = item;
+      }
       if (ended) {
         this.remove(id);
         this.leader.carrierOf.delete(id);
@@ -1812,8 +1880,10 @@ class PollCarrier extends Carrier {
   next() {
     clearTimeout(this.timer);
     this.timer = null;
-    if (this.active || this.stopped) return;
+    if (this.stopped) return;
     const members = [...this.members.values()];
+    this.resendOverdue(members);
+    if (this.active) return;
     const due = members.filter((m) => m.awaiting && now() - m.awaiting < REPORT_GRACE);
     if (due.length) {
       const at = Math.min(...due.map((m) => m.awaiting)) + REPORT_GRACE;
@@ -1821,6 +1891,29 @@ class PollCarrier extends Carrier {
       return;
     }
     if (members.some((m) => !m.awaiting)) this.poll();
+  }
+
+  /** A tab that has not reported its answer may never have got it (a
+   * relay message lost while the tab was frozen): it gets it again, every
+   * REPORT_GRACE, until it reports. Items are numbered, so a tab that had
+   * it just reports again. */
+  resendOverdue(members) {
+    const overdue = members.filter((m) => m.pending && now() - m.awaiting >= REPORT_GRACE);
+    if (overdue.length === 0) {
+      clearInterval(this.resend);
+      this.resend = null;
+      return;
+    }
+    if (this.resend) return;
+    this.resend = setInterval(() => {
+      const still = [...this.members.values()].filter((m) => m.pending && now() - m.awaiting >= REPORT_GRACE);
+      if (still.length === 0 || this.stopped) {
+        clearInterval(this.resend);
+        this.resend = null;
+        return;
+      }
+      this.leader.post({ t: "frames", items: still.map((m) => m.pending) });
+    }, REPORT_GRACE);
   }
 
   async poll() {
@@ -1901,6 +1994,7 @@ class PollCarrier extends Carrier {
     this.stopped = true;
     clearTimeout(this.debounce);
     clearTimeout(this.timer);
+    clearInterval(this.resend);
     if (this.active) this.active.controller.abort("stopped");
     this.active = null;
   }
@@ -1919,6 +2013,9 @@ class SharedAttachment extends Attachment {
     this.carriedAt = null;
     this.boundTo = null; // the leader's reign that carries it
     this.answered = false;
+    this.relayed = 0; // the number of the last relay item handled
+    this.heardAt = 0; // when the leader last relayed anything for it
+    this.joinedAt = 0;
     // As for PollAttachment: a continuing poll gets no greeting; a ping in
     // a send request confirms the session at once.
     this.pingDue = kind === "long-poll" && engine.params !== null;
@@ -1948,8 +2045,24 @@ class SharedAttachment extends Attachment {
     }
   }
 
-  fromHub(frames, last) {
+  fromHub(frames, last, n) {
     if (this.ended) return;
+    this.heardAt = now();
+    if (Number.isSafeInteger(n)) {
+      if (n <= this.relayed) {
+        // Sent again: this tab's report was lost, or is on its way.
+        if (frames.length && last !== undefined) this.hub.report(this);
+        return;
+      }
+      if (n !== this.relayed + 1 && this.streaming) {
+        // A relay message was lost (a frozen tab): the stream has a hole.
+        this.relayed = n;
+        const why = "a message from the tab holding the shared connection was lost";
+        this.finish(this.proven ? "lost" : "stopped", why);
+        return;
+      }
+      this.relayed = n;
+    }
     if (last !== undefined) {
       this.answered = true;
       this.engine.ackedThrough(last);

@@ -132,62 +132,74 @@ describe("many tabs, one connection", () => {
     });
   }
 
-  test("a frozen follower does not stall the others; a frozen leader is replaced, and recovers when thawed", async () => {
-    const pages = await openTabs(4, { ...FAST, transports: ["long-poll"] });
-    await Promise.all(pages.map((page, i) => page.evaluate((label) => window.tabs.startStream(label, 25), `tab${i}`)));
-    // A frozen tab runs no script: no timer, no message, no network
-    // callback — while it keeps its locks. Headless Chromium ignores
-    // `Page.setWebLifecycleState` "frozen" for its pages (they are never
-    // hidden), so the test stops the page's script in the debugger, which
-    // is what freezing does to it.
-    const sessions = new Map();
-    const freeze = async (page, state) => {
-      let cdp = sessions.get(page);
-      if (!cdp) {
-        cdp = await browser.context.newCDPSession(page);
-        await cdp.send("Debugger.enable");
-        sessions.set(page, cdp);
-      }
-      if (state === "frozen") {
-        const paused = new Promise((resolve) => cdp.once("Debugger.paused", resolve));
-        await cdp.send("Debugger.pause");
-        await within(5000, paused, "the page did not stop");
-      } else {
-        await cdp.send("Debugger.resume");
-      }
-    };
-    const flowing = (group, more = 20) =>
-      Promise.all(
-        group.map(async (page) => {
-          const mark = (await status(page)).received;
-          await page.waitForFunction((n) => window.tabs.status().received >= n, mark + more, { timeout: 15000 });
-        }),
-      );
+  for (const kind of ["long-poll", "sse"]) {
+    test(`${kind}: a frozen follower does not stall the others; a frozen leader is replaced, and recovers when thawed`, async (t) => {
+      const pages = await openTabs(4, { ...FAST, transports: [kind] });
+      t.after(async () => {
+        for (const cdp of sessions.values()) await cdp.send("Debugger.resume").catch(() => {});
+        for (const page of pages) if (!page.isClosed()) await page.close();
+      });
+      await Promise.all(pages.map((page, i) => page.evaluate((label) => window.tabs.startStream(label, 25), `tab${i}`)));
+      // A frozen tab runs no script: no timer, no message, no network
+      // callback — while it keeps its locks. Headless Chromium ignores
+      // `Page.setWebLifecycleState` "frozen" for its pages (they are never
+      // hidden), so the test stops the page's script in the debugger, which
+      // is what freezing does to it.
+      const sessions = new Map();
+      const freeze = async (page, state) => {
+        let cdp = sessions.get(page);
+        if (!cdp) {
+          cdp = await browser.context.newCDPSession(page);
+          await cdp.send("Debugger.enable");
+          sessions.set(page, cdp);
+        }
+        if (state === "frozen") {
+          const paused = new Promise((resolve) => cdp.once("Debugger.paused", resolve));
+          await cdp.send("Debugger.pause");
+          await within(5000, paused, "the page did not stop");
+        } else {
+          await cdp.send("Debugger.resume");
+        }
+      };
+      const flowing = async (group, more = 20) => {
+        try {
+          await Promise.all(
+            group.map(async (page) => {
+              const mark = (await status(page)).received;
+              await page.waitForFunction((n) => window.tabs.status().received >= n, mark + more, { timeout: 15000 });
+            }),
+          );
+        } catch (error) {
+          const all = await Promise.all(group.map(status));
+          throw new Error(`${error.message}: ${JSON.stringify(all)}`);
+        }
+      };
 
-    let leader = await leaderOf(pages);
-    const follower = pages.find((page) => page !== leader);
-    await flowing(pages);
+      let leader = await leaderOf(pages);
+      const follower = pages.find((page) => page !== leader);
+      await flowing(pages);
 
-    await freeze(follower, "frozen");
-    const awake = pages.filter((page) => page !== follower);
-    await flowing(awake);
-    await freeze(follower, "active");
-    await flowing(pages);
+      await freeze(follower, "frozen");
+      const awake = pages.filter((page) => page !== follower);
+      await flowing(awake);
+      await freeze(follower, "active");
+      await flowing(pages);
 
-    leader = await leaderOf(pages);
-    await freeze(leader, "frozen");
-    const rest = pages.filter((page) => page !== leader);
-    await flowing(rest);
-    // Another tab took the lock from the frozen one.
-    await leaderOf(rest);
-    await freeze(leader, "active");
-    await flowing(pages);
-    assert.notEqual(await leaderOf(pages), leader, "the thawed tab stepped down");
+      leader = await leaderOf(pages);
+      await freeze(leader, "frozen");
+      const rest = pages.filter((page) => page !== leader);
+      await flowing(rest);
+      // Another tab took the lock from the frozen one.
+      await leaderOf(rest);
+      await freeze(leader, "active");
+      await flowing(pages);
+      assert.notEqual(await leaderOf(pages), leader, "the thawed tab stepped down");
 
-    await Promise.all(pages.map((page) => page.evaluate(() => window.tabs.stopStream())));
-    await allEchoed(pages);
-    await closeAll(pages);
-  });
+      await Promise.all(pages.map((page) => page.evaluate(() => window.tabs.stopStream())));
+      await allEchoed(pages);
+      await closeAll(pages);
+    });
+  }
 
   test("share: false — three tabs each with their own requests", async () => {
     proxy.resetMax();
