@@ -201,6 +201,29 @@ describe("many tabs, one connection", () => {
     });
   }
 
+  test("a server without shared requests (405): the tabs fall back to their own requests", async (t) => {
+    proxy.refuseShared = true;
+    t.after(() => (proxy.refuseShared = false));
+    const before = { ...proxy.counts };
+    const pages = await openTabs(2, { ...FAST, transports: ["long-poll"] });
+    await Promise.all(pages.map((page, i) => page.evaluate((label) => window.tabs.send(label, 20), `tab${i}`)));
+    await allEchoed(pages);
+    for (const page of pages) assert.equal((await status(page)).transport, "long-poll");
+    // One refused shared poll at most per tab, then plain polls.
+    assert.ok(proxy.counts.poll - before.poll > 4, "plain polls");
+    await closeAll(pages);
+  });
+
+  test("a buffering proxy holds the shared stream: the tabs fall back to long-polling", async (t) => {
+    proxy.bufferSse = true;
+    t.after(() => (proxy.bufferSse = false));
+    const pages = await openTabs(3, { ...FAST, transports: ["sse", "long-poll"], probeTimeout: 500, reprobeAfter: 60000 });
+    await Promise.all(pages.map((page, i) => page.evaluate((label) => window.tabs.send(label, 20), `tab${i}`)));
+    await allEchoed(pages);
+    for (const page of pages) assert.equal((await status(page)).transport, "long-poll");
+    await closeAll(pages);
+  });
+
   test("share: false — three tabs each with their own requests", async () => {
     proxy.resetMax();
     const pages = await openTabs(3, { ...FAST, transports: ["long-poll"], share: false });

@@ -22,6 +22,9 @@
 //                                  nothing else
 //   proxy.cut()                    every open connection killed (TCP reset)
 //   proxy.down = true              new connections killed at once
+//   proxy.refuseShared = true      shared requests (POST …/sse, POST
+//                                  …/poll) answered 405, as by a server
+//                                  without them
 //
 // and counts: `counts` (requests per endpoint), `inFlight` / `maxInFlight`
 // (requests per endpoint open at once: held polls, streams), `connections`
@@ -73,6 +76,7 @@ export async function startProxy(upstreamPort) {
       extraPages.set(name, html);
     },
     refuseWebSocket: false,
+    refuseShared: false,
     upgradeDelay: 0,
     bufferSse: false,
     down: false,
@@ -121,6 +125,11 @@ export async function startProxy(upstreamPort) {
   /** Answers the request itself instead of forwarding it, if it should. */
   function intercept(req, res) {
     const endpoint = new URL(req.url, "http://proxy").pathname.split("/").pop();
+    if (proxy.refuseShared && req.method === "POST" && (endpoint === "sse" || endpoint === "poll")) {
+      res.writeHead(405, { Allow: "GET", "Content-Length": "0" });
+      res.end();
+      return true;
+    }
     if (busySends > 0 && endpoint === "send") {
       busySends -= 1;
       res.writeHead(503, {
