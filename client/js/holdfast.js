@@ -1751,10 +1751,14 @@ class StreamCarrier extends Carrier {
       run && [...run.ids].some((id) => this.members.get(id)?.key === null) &&
       now() - run.startedAt < Math.max(this.probeTimeout, 500);
     if (opening) {
+      // Made again as soon as the `open`s are in (see the read loop), or
+      // after the probe timeout.
+      this.deferred = true;
       clearTimeout(this.debounce);
       this.debounce = setTimeout(() => this.restart(), Math.max(this.probeTimeout, 500) + run.startedAt - now());
       return;
     }
+    this.deferred = false;
     const seq = ++this.seq;
     this.abortRun();
     if (this.members.size === 0) return;
@@ -1811,6 +1815,10 @@ class StreamCarrier extends Carrier {
         for (const data of parser.push(decoder.decode(chunk.value, { stream: true }))) {
           const items = this.items(parseSharedBatch(data), mine.ids);
           if (items.length) this.leader.post({ t: "frames", items });
+        }
+        if (this.deferred && ![...mine.ids].some((id) => this.members.get(id)?.key === null)) {
+          this.deferred = false;
+          this.changed();
         }
       } catch (error) {
         this.fail(mine, { how: "lost", why: `bad event on the shared stream: ${error.message}` });

@@ -127,6 +127,10 @@ describe("many tabs, one connection", () => {
       );
       await Promise.all(others.map((page) => page.evaluate(() => window.tabs.stopStream())));
       await allEchoed(others);
+      for (const page of others) {
+        // Re-joined the new leader at once: no backoff, no `reconnecting`.
+        assert.equal((await status(page)).reconnects, 0);
+      }
       await leaderOf(others);
       await closeAll(others);
     });
