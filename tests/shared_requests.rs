@@ -26,6 +26,8 @@ struct Tab {
     sent: u64,
     /// The `detach` or `close` codes that ended its part of a request.
     ends: Vec<(&'static str, u16)>,
+    /// `ping` frames received.
+    pings: usize,
 }
 
 /// The tabs of one test, by tag.
@@ -113,7 +115,8 @@ impl Tabs {
                         tab.ends.push(("detach", *code));
                         self.ended.insert(*tag);
                     }
-                    Frame::Resumed { .. } | Frame::Ack { .. } | Frame::Ping | Frame::Pong => {}
+                    Frame::Ping => tab.pings += 1,
+                    Frame::Resumed { .. } | Frame::Ack { .. } | Frame::Pong => {}
                     Frame::Bin { .. } => panic!("tab {tag}: unexpected bin frame"),
                 }
             }
@@ -936,4 +939,163 @@ async fn a_session_with_a_full_replay_buffer_does_not_stall_the_others() {
         t.all_have(&[1], queued + 1)
     })
     .await;
+}
+
+/// Each session on a stream has its own end and its own timers: one
+/// closed by its application, one whose client goes silent (4408), and
+/// one that keeps talking and keeps being pinged and served.
+#[tokio::test]
+async fn each_session_ends_on_its_own_and_the_others_go_on() {
+    let config = config_with_timers(200, 600);
+    let (server, mut incoming) = TestServer::start(config).await;
+    let http = raw::http_client();
+    let all = tags(3);
+    let mut tabs = Tabs::new(all.clone());
+    let mut sse = shared_sse(&http, &server, tabs.body(&all)).await;
+    let mut sessions = Vec::new();
+    for _ in &all {
+        sessions.push(accept(&mut incoming, DEADLINE).await);
+    }
+    read_until(&mut sse, &mut tabs, "opens", |t| {
+        all.iter().all(|tag| t.tab(*tag).key.is_some())
+    })
+    .await;
+    sessions[2].close(holdfast::protocol::CloseCode::NORMAL, "bye");
+    // Tab 1 answers its pings; tab 2 says nothing.
+    let started = Instant::now();
+    let key1 = tabs.key(1);
+    while started.elapsed() < Duration::from_millis(1500) {
+        let pings = tabs.tab(1).pings;
+        let reply = raw::send(&http, &server.base, &key1, &[Frame::Pong]).await;
+        assert_eq!(reply.status, 200);
+        read_until(&mut sse, &mut tabs, "tab 1's next ping", |t| {
+            t.tab(1).pings > pings
+        })
+        .await;
+    }
+    assert_eq!(tabs.tab(3).ends, vec![("close", 1000)]);
+    assert_eq!(tabs.tab(2).ends, vec![("detach", 4408)]);
+    assert!(tabs.tab(1).ends.is_empty(), "{:?}", tabs.tab(1).ends);
+    sessions[0]
+        .send(text(1, 1))
+        .await
+        .expect("tab 1's session lives");
+    read_until(&mut sse, &mut tabs, "tab 1's message", |t| {
+        t.all_have(&[1], 1)
+    })
+    .await;
+    tabs.assert_echoes(1, 1);
+}
+
+/// The session limits apply to each new session a shared request opens:
+/// past them that session alone gets `close` 4503 with `retry_after`.
+#[tokio::test]
+async fn session_limits_apply_to_each_entry() {
+    let mut config = ServerConfig::default();
+    config.max_sessions = 2;
+    let server = TestServer::echo(config).await;
+    let mut config = ServerConfig::default();
+    config.open_rate_limit = Some(holdfast::server::OpenRateLimit::new(2, 0.001));
+    let rate_limited = TestServer::echo(config).await;
+    let http = raw::http_client();
+    for (server, what) in [
+        (&server, "max_sessions"),
+        (&rate_limited, "open_rate_limit"),
+    ] {
+        let pairs = shared_poll(&http, server, r#"[{"s":1},{"s":2},{"s":3}]"#.into())
+            .await
+            .shared();
+        let opened = pairs
+            .iter()
+            .filter(|(_, f)| matches!(f.first(), Some(Frame::Open(_))))
+            .count();
+        let refused: Vec<_> = pairs
+            .iter()
+            .filter(|(_, f)| {
+                matches!(
+                    f.as_slice(),
+                    [Frame::Close {
+                        code: 4503,
+                        retry_after: Some(_),
+                        ..
+                    }]
+                )
+            })
+            .map(|(tag, _)| *tag)
+            .collect();
+        assert_eq!((opened, refused), (2, vec![3]), "{what}: {pairs:?}");
+        assert_eq!(server.holdfast.session_count(), 2, "{what}");
+    }
+}
+
+/// A body without `Content-Length` is read only up to its limit.
+#[tokio::test]
+async fn a_chunked_body_over_its_limit_gets_413() {
+    let mut config = ServerConfig::default();
+    config.session.max_shared_sessions = 2;
+    let server = TestServer::echo(config).await;
+    let http = raw::http_client();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = std::iter::once(b"[".to_vec())
+        .chain((0..100).map(|i| format!(r#"{{"s":{i}}},"#).into_bytes()))
+        .chain(std::iter::once(br#"{"s":100}]"#.to_vec()))
+        .map(Ok)
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let reply = raw::post(&http, &server.url("sse", "v=1"), body, &[]).await;
+    reply.assert_refusal(413, "close", 1009);
+    assert_eq!(server.holdfast.session_count(), 0);
+}
+
+/// A stream's events stay near the size of one session's batches
+/// (`max_msg`): one round over many sessions with much to replay is cut
+/// into several events.
+#[tokio::test]
+async fn events_are_cut_near_max_msg() {
+    let mut config = ServerConfig::default();
+    config.session.set_max_message(1024);
+    let (server, mut incoming) = TestServer::start(config).await;
+    let http = raw::http_client();
+    let all = tags(4);
+    let mut tabs = Tabs::new(all.clone());
+    tabs.absorb(&shared_poll(&http, &server, tabs.body(&all)).await.shared());
+    // Everything is queued before the stream starts: its first round finds
+    // every session with a full batch to send.
+    let mut sessions = Vec::new();
+    for (i, &tag) in all.iter().enumerate() {
+        let session = accept(&mut incoming, DEADLINE).await;
+        assert_eq!(i + 1, tag as usize);
+        for seq in 1..=20 {
+            let mut text = text(tag, seq);
+            text.push_str(&"x".repeat(200));
+            session.try_send(text).expect("room");
+        }
+        sessions.push(session);
+    }
+    tabs.new_request();
+    let mut sse = shared_sse(&http, &server, tabs.body(&all)).await;
+    let mut sizes = Vec::new();
+    within(DEADLINE, "every tab's messages", async {
+        while !tabs.all_have(&all, 20) {
+            if let Some(event) = sse.take_event() {
+                sizes.push(event.data.len());
+                let pairs = support::wire::parse_shared_batch(event.data.as_bytes())
+                    .expect("a shared batch");
+                tabs.absorb(&pairs);
+                continue;
+            }
+            match sse.next_chunk().await {
+                Some(Ok(chunk)) => sse.feed(&chunk),
+                other => panic!("the stream ended: {other:?}"),
+            }
+        }
+    })
+    .await;
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(
+        largest < 2 * 1024 + 64,
+        "an event of {largest} bytes (max_msg 1024): {sizes:?}"
+    );
+    for &tag in &all {
+        assert_eq!(tabs.tab(tag).got.len(), 20);
+    }
 }

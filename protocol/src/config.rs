@@ -80,8 +80,9 @@ pub struct SessionConfig {
     /// Most sessions one shared request (`POST …/sse` or `POST …/poll`,
     /// `PROTOCOL.md` §11) may carry, announced in `open` as `mux`. A
     /// shared request's body may hold 256 bytes per session allowed.
-    /// Default 64; 0 turns shared requests off (no `mux` in `open`, and
-    /// the server answers `POST …/sse` and `POST …/poll` with `405`).
+    /// Default 64, at most [`MAX_SHARED_SESSIONS`]; 0 turns shared
+    /// requests off (no `mux` in `open`, and the server answers
+    /// `POST …/sse` and `POST …/poll` with `405`).
     pub max_shared_sessions: usize,
 }
 
@@ -139,9 +140,16 @@ impl SessionConfig {
         if self.ack_every == 0 {
             return fail("ack_every must be at least 1");
         }
+        if self.max_shared_sessions > MAX_SHARED_SESSIONS {
+            return fail("max_shared_sessions must be at most 65536");
+        }
         Ok(())
     }
 }
+
+/// The largest [`SessionConfig::max_shared_sessions`]: a shared request's
+/// body may hold 256 bytes per session, 16 MiB at this bound.
+pub const MAX_SHARED_SESSIONS: usize = 65_536;
 
 /// `max_batch` for a `max_message`: room for the worst JSON escaping (6×).
 pub fn default_max_batch(max_message: usize) -> usize {
@@ -179,6 +187,16 @@ mod tests {
             ..defaults.clone()
         };
         assert!(config.validate().is_err());
+        let config = SessionConfig {
+            max_shared_sessions: MAX_SHARED_SESSIONS + 1,
+            ..defaults.clone()
+        };
+        assert!(config.validate().is_err());
+        let config = SessionConfig {
+            max_shared_sessions: 0,
+            ..defaults.clone()
+        };
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

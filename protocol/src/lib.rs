@@ -45,7 +45,9 @@ pub mod session;
 pub mod wire;
 
 pub use close::CloseCode;
-pub use config::{ConfigError, MESSAGE_OVERHEAD, SessionConfig, message_charge};
+pub use config::{
+    ConfigError, MAX_SHARED_SESSIONS, MESSAGE_OVERHEAD, SessionConfig, message_charge,
+};
 pub use error::{AttachError, ProtocolError, SendError};
 pub use session::{
     AttachmentId, ClientConfig, ClientEvent, ClientSession, ConnectTarget, Initiator, ServerEvent,

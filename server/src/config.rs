@@ -22,7 +22,9 @@ use crate::admission::OpenRateLimit;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Timers and per-session limits, announced to clients in `open`.
+    /// Timers and per-session limits, announced to clients in `open`, and
+    /// how many sessions one shared request may carry
+    /// ([`SessionConfig::max_shared_sessions`]).
     pub session: SessionConfig,
     /// Most sessions open at once; past it, new sessions get `503` +
     /// `Retry-After` (WebSocket: close 4503). Closed sessions stay
@@ -93,9 +95,10 @@ pub struct ServerConfig {
     /// to them ([`ServeConfig::write_timeout`](crate::ServeConfig::write_timeout)).
     /// Default 30 s.
     pub write_timeout: Duration,
-    /// How long the body of a `POST <mount>/send` may take to arrive whole;
-    /// past it the request is refused with `408` and its connection closed.
-    /// Default 15 s.
+    /// How long the body of a `POST <mount>/send`, or of a shared request
+    /// (`POST <mount>/sse` or `/poll`, `PROTOCOL.md` §11), may take to
+    /// arrive whole; past it the request is refused with `408` and its
+    /// connection closed. Default 15 s.
     pub body_timeout: Duration,
     /// Bytes of the opening request's headers kept with the session for
     /// [`Session::headers`](crate::Session::headers); headers past the

@@ -189,7 +189,10 @@ impl Holdfast {
     }
 
     /// The routes to mount (with [`Router::nest`]) at the path of your
-    /// choice: `/ws`, `/sse`, `/poll` and `/send` under it, and the
+    /// choice: `/ws`, `/sse`, `/poll` and `/send` under it (and `POST` on
+    /// `/sse` and `/poll`: shared requests, `PROTOCOL.md` §11, unless
+    /// [`SessionConfig::max_shared_sessions`](holdfast_protocol::SessionConfig::max_shared_sessions)
+    /// is 0), and the
     /// JavaScript client at `/client.js` (revalidated on each load) and
     /// `/client-<version>.js` (immutable). They compose
     /// with any tower layer (tracing, auth, …); do not wrap them in a

@@ -147,6 +147,11 @@ impl SharedBatch {
         self.pairs == 0
     }
 
+    /// Bytes written so far.
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// The JSON text.
     fn finish(mut self) -> Vec<u8> {
         self.bytes.push(b']');

@@ -27,7 +27,7 @@ pub(crate) const BYTES_PER_SESSION: usize = 256;
 const MAX_TAG: u64 = (1 << 31) - 1;
 
 /// One session the request names.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub(crate) struct Entry {
     /// Marks the session's frames in the answer.
     pub(crate) tag: u32,
@@ -35,6 +35,17 @@ pub(crate) struct Entry {
     pub(crate) key: Option<String>,
     /// What the session's application was given (`last` of §1).
     pub(crate) last: u64,
+}
+
+/// Never shows the key: it is a bearer credential (`PROTOCOL.md` §2.1).
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("tag", &self.tag)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("last", &self.last)
+            .finish()
+    }
 }
 
 /// An entry as written. Unknown fields are ignored, as in frames (§2): a
@@ -188,6 +199,16 @@ mod tests {
                 },
             ])
         );
+    }
+
+    #[test]
+    fn an_entry_never_shows_its_key() {
+        let entry = Entry {
+            tag: 1,
+            key: Some("secret-key".into()),
+            last: 2,
+        };
+        assert!(!format!("{entry:?}").contains("secret"));
     }
 
     #[test]

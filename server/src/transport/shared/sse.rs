@@ -46,8 +46,8 @@ pub(crate) async fn handle(
         prelude,
         refusals: Some(refusals),
         budget: config.sse_max_bytes,
+        max_event: config.session.max_message,
         recycle_at: Instant::now() + config.sse_max_age,
-        start: 0,
         done: false,
     };
     let body = futures_util::stream::unfold(feed, |mut feed| async move {
@@ -69,10 +69,10 @@ struct SharedFeed {
     refusals: Option<SharedBatch>,
     /// Bytes left before the stream is recycled.
     budget: usize,
+    /// An event is cut once it holds this many bytes: `max_msg`, the
+    /// size at which a session's own batches are cut.
+    max_event: usize,
     recycle_at: Instant,
-    /// Where the next round starts, so that no member always comes last
-    /// when the budget runs out.
-    start: usize,
     done: bool,
 }
 
@@ -102,12 +102,10 @@ impl SharedFeed {
             // Stop taking events once the budget is spent: what is left
             // waits for the next stream (PROTOCOL.md §6, SSE recycling).
             while out.len() < self.budget {
-                let mut batch = self.refusals.take().unwrap_or_else(SharedBatch::new);
-                self.round(&live, &mut batch);
-                if batch.is_empty() {
+                let first = self.refusals.take();
+                if !self.round(&live, first, &mut out) {
                     break;
                 }
-                batch.write_event(&mut out);
             }
             self.members.retain(|m| !m.left);
             if !out.is_empty() {
@@ -135,45 +133,54 @@ impl SharedFeed {
         }
     }
 
-    /// Takes what each member has ready now, once each, into `batch`.
-    /// Members whose part is over are marked as having left.
-    fn round(&mut self, live: &[Option<Arc<Shared>>], batch: &mut SharedBatch) {
-        let n = self.members.len();
-        if n == 0 {
-            return;
-        }
+    /// Takes what each member has ready now, once each (one batch: a
+    /// member with more waits for the next round, so that none holds up
+    /// the others), as events appended to `out` — starting with `first`'s
+    /// pairs, and a new event whenever one reaches `max_event` bytes, so
+    /// that an event is never much larger than one session's own. Members
+    /// whose part is over are marked as having left. Whether anything
+    /// was written.
+    fn round(
+        &mut self,
+        live: &[Option<Arc<Shared>>],
+        first: Option<SharedBatch>,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let now = now();
-        for k in 0..n {
-            let i = (self.start + k) % n;
-            let member = &mut self.members[i];
+        let mut batch = first.unwrap_or_else(SharedBatch::new);
+        let mut wrote = false;
+        for (member, shared) in self.members.iter_mut().zip(live) {
             if member.left {
                 continue;
             }
-            let Some(shared) = &live[i] else {
+            let frames = match shared {
                 // Forgotten while its part of the body was parked.
-                batch.push(member.tag, &[gone()]);
-                member.left = true;
+                None => Some((vec![gone()], true)),
+                Some(shared) => {
+                    let mut core = shared.lock();
+                    match core.poll_transmit(now, member.attachment.id) {
+                        // Its detach or close ends its part (§11.2).
+                        Some(transmit) => Some((transmit.frames, transmit.end.is_some())),
+                        None if core.is_finished(now) => Some((vec![gone()], true)),
+                        None => None,
+                    }
+                }
+            };
+            let Some((frames, end)) = frames else {
                 continue;
             };
-            let transmit = {
-                let mut core = shared.lock();
-                let transmit = core.poll_transmit(now, member.attachment.id);
-                if transmit.is_none() && core.is_finished(now) {
-                    batch.push(member.tag, &[gone()]);
-                    member.left = true;
-                    continue;
-                }
-                transmit
-            };
-            if let Some(transmit) = transmit {
-                batch.push(member.tag, &transmit.frames);
-                if transmit.end.is_some() {
-                    // Its detach or close ends its part (§11.2).
-                    member.left = true;
-                }
+            batch.push(member.tag, &frames);
+            member.left = end;
+            if batch.len() >= self.max_event {
+                std::mem::replace(&mut batch, SharedBatch::new()).write_event(out);
+                wrote = true;
             }
         }
-        self.start = (self.start + 1) % n;
+        if !batch.is_empty() {
+            batch.write_event(out);
+            wrote = true;
+        }
+        wrote
     }
 
     /// Ends the stream: every member still carried gets `detach` 4000 and
