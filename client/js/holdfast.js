@@ -1263,7 +1263,9 @@ class Hub {
       return;
     }
     const t = now();
-    const slept = t - this.lastTick > 4 * HUB_TICK;
+    // Hidden tabs run timers about once a second: a longer gap means this
+    // tab did not run at all.
+    const slept = t - this.lastTick > LEADER_QUIET;
     this.lastTick = t;
     if (!slept) this.checkMembers(t);
     if (this.leading) return;
