@@ -1540,12 +1540,28 @@ function sharedFailure(error) {
 
 /** What a non-200 answer to a shared request means for its members:
  * `404`/`405` — the server has no shared requests (§11), and nobody on
- * this page shares any more; anything else as the answer to each
- * member's own request would be. */
+ * this page shares any more; `400`/`413` — the server refused the request
+ * as a whole (its list: more sessions than it allows, a body too large),
+ * which says nothing about the sessions: they go on with their own
+ * requests rather than end; anything else (a refused `Origin`, an
+ * intermediary's error) as the answer to each member's own request would
+ * be. */
 function sharedRefusal(leader, response, text) {
   if (response.status === 404 || response.status === 405) {
     leader.turnOff();
     return { how: "unshared", why: `the server has no shared requests (HTTP ${response.status})` };
+  }
+  if (response.status === 400 || response.status === 413) {
+    let reason = "";
+    try {
+      reason = closeOf(parseBatch(text)[0]).reason;
+    } catch {
+      // not holdfast's own refusal: the reason stays empty
+    }
+    return {
+      how: "full",
+      why: `the server refused the shared request (HTTP ${response.status}${reason ? `: ${reason}` : ""})`,
+    };
   }
   const headers = {};
   for (const name of ["content-type", "retry-after"]) {

@@ -22,9 +22,11 @@
 //                                  nothing else
 //   proxy.cut()                    every open connection killed (TCP reset)
 //   proxy.down = true              new connections killed at once
-//   proxy.refuseShared = true      shared requests (POST …/sse, POST
+//   proxy.refuseShared = 405       shared requests (POST …/sse, POST
 //                                  …/poll) answered 405, as by a server
-//                                  without them
+//                                  without them; 400: refused as a whole
+//                                  with holdfast's close 4400 (a list the
+//                                  server does not take)
 //
 // and counts: `counts` (requests per endpoint), `inFlight` / `maxInFlight`
 // (requests per endpoint open at once: held polls, streams), `connections`
@@ -76,7 +78,7 @@ export async function startProxy(upstreamPort) {
       extraPages.set(name, html);
     },
     refuseWebSocket: false,
-    refuseShared: false,
+    refuseShared: 0,
     upgradeDelay: 0,
     bufferSse: false,
     down: false,
@@ -126,8 +128,13 @@ export async function startProxy(upstreamPort) {
   function intercept(req, res) {
     const endpoint = new URL(req.url, "http://proxy").pathname.split("/").pop();
     if (proxy.refuseShared && req.method === "POST" && (endpoint === "sse" || endpoint === "poll")) {
-      res.writeHead(405, { Allow: "GET", "Content-Length": "0" });
-      res.end();
+      if (proxy.refuseShared === 400) {
+        res.writeHead(400, { "Content-Type": "application/json" });
+        res.end(JSON.stringify([{ t: "close", code: 4400, reason: "more sessions than allowed" }]));
+      } else {
+        res.writeHead(proxy.refuseShared, { Allow: "GET", "Content-Length": "0" });
+        res.end();
+      }
       return true;
     }
     if (busySends > 0 && endpoint === "send") {
