@@ -78,8 +78,24 @@ export interface HoldfastOptions {
    * `holdfast.v1` — and in Node with `headers` as
    * `new WebSocket(url, { protocols, headers })`. */
   WebSocket?: new (url: string, protocols?: unknown) => WebSocket;
-  /** The fetch function. Default `globalThis.fetch`. */
+  /** The fetch function. Default `globalThis.fetch`. Passing one turns
+   * `share` off (another tab could not use it). */
   fetch?: typeof fetch;
+  /** Share one connection among the tabs of this origin (PROTOCOL.md
+   * §11.3). Default `true`. Browsers open at most six HTTP/1.1
+   * connections per host for all tabs together; a session on SSE or
+   * long-polling holds one for its stream or held poll, so six tabs
+   * would leave none for sending. With sharing, the tabs elect a leader
+   * (Web Locks) that holds one shared stream and one shared poll for all
+   * of them (relayed over a BroadcastChannel); each tab keeps its own
+   * session, and sends its own messages with short requests. It applies
+   * in browser pages with Web Locks and BroadcastChannel (secure
+   * contexts: HTTPS or localhost) to SSE and long-polling (WebSockets do
+   * not count against the six); Node, workers and `share: false` give
+   * each session its own requests — one long-lived request plus short
+   * sends per tab, so at most five such tabs work over HTTP/1.1 (HTTP/2
+   * lifts the limit). */
+  share?: boolean;
 }
 
 export type ReadyState = 0 | 1 | 2 | 3;

@@ -58,6 +58,7 @@ const DEFAULTS = Object.freeze({
   reprobeAfter: 15000,
   rememberFor: 10 * 60 * 1000,
   credentials: "same-origin",
+  share: true,
 });
 
 /** Acknowledge after this many messages… (PROTOCOL.md §3) */
@@ -173,12 +174,34 @@ function parseBatch(text) {
     throw new ProtocolViolation(`not JSON: ${preview(text)}`);
   }
   if (!Array.isArray(batch)) throw new ProtocolViolation(`not a batch: ${preview(text)}`);
+  checkFrames(batch);
+  return batch;
+}
+
+function checkFrames(batch) {
   for (const frame of batch) {
     if (frame === null || typeof frame !== "object" || typeof frame.t !== "string") {
       throw new ProtocolViolation(`not a frame: ${preview(JSON.stringify(frame))}`);
     }
   }
-  return batch;
+}
+
+/** Parses one shared batch (PROTOCOL.md §11.2): `[[tag, batch], …]`. */
+function parseSharedBatch(text) {
+  let pairs;
+  try {
+    pairs = JSON.parse(text);
+  } catch {
+    throw new ProtocolViolation(`not JSON: ${preview(text)}`);
+  }
+  if (!Array.isArray(pairs)) throw new ProtocolViolation(`not a shared batch: ${preview(text)}`);
+  for (const pair of pairs) {
+    if (!Array.isArray(pair) || pair.length !== 2 || !Number.isInteger(pair[0]) || !Array.isArray(pair[1])) {
+      throw new ProtocolViolation(`not a [tag, batch] pair: ${preview(JSON.stringify(pair))}`);
+    }
+    checkFrames(pair[1]);
+  }
+  return pairs;
 }
 
 function preview(text) {
@@ -955,6 +978,1181 @@ class PollAttachment extends Attachment {
   }
 }
 
+// ---------------------------------------------------------------------------
+// One connection for all the tabs (PROTOCOL.md §11.3)
+//
+// Browsers open at most six HTTP/1.1 connections per host, for every tab
+// together: six tabs each holding an SSE stream or a held poll leave none
+// for their sends, and the app stops in every tab. So the tabs of one
+// origin using one mount share: they elect a **leader** with a Web Lock
+// (`holdfast:<origin><mount>`), which runs at most one shared stream
+// (`POST <mount>/sse`) and one shared poll loop (`POST <mount>/poll`)
+// carrying every tab's sessions, and relays each session's frames to its
+// tab over a BroadcastChannel of the same name. Each tab keeps its own
+// session, engine and connection policy: a `SharedAttachment` is only how
+// its SSE or long-poll attachment is made; its sends are its own short
+// `POST …/send` requests.
+//
+// Why a BroadcastChannel and not a SharedWorker: a SharedWorker needs a
+// same-origin script URL of its own (this client is one module that
+// applications bundle or serve anywhere, and CSP `worker-src` may forbid
+// it), Chrome on Android has none, and a worker's requests are not the
+// page's (service workers, some privacy modes treat them apart). Web
+// Locks give what a worker would: one owner at a time, released by the
+// browser when the tab closes, crashes or navigates, and taken over by the
+// next tab waiting. The relay costs a structured clone per tab per
+// message, negligible next to the network.
+//
+// Every tab talks to the leader — its own included — through the same
+// messages (the leader's tab hears its own posts through a local
+// loopback). Messages on the channel:
+//
+//   tab → leader  join {id, tab, kind, url, headers, credentials, key, last, mux, hold, probeTimeout}
+//                 leave {id}   report {id, received}   recheck {kind}   ping   hello
+//   leader → tabs leader (announcement)   joined {ids}   frames {items: [[id, frames, last?]]}
+//                 end {ids, how, …}   pong   resign   off
+//
+// Leader messages carry `epoch` (higher than any the leader had seen when
+// it took over) and `reign` (one leadership of one tab): a tab follows
+// the newest leader it heard and ignores anything from another.
+//
+// Keys travel over the channel (a join names its session): only pages of
+// the same origin can listen, and they could read the session's storage
+// anyway.
+
+/** Membership changes are gathered this long before the shared request
+ * is made again (many tabs join at once). */
+const SHARE_DEBOUNCE = 5;
+/** On long-polling, a tab that got frames has this long to report what it
+ * handed its application; after it, polls go on without it until it does
+ * (a frozen tab never holds the others back). */
+const REPORT_GRACE = 1000;
+/** A follower with attachments pings the leader after hearing nothing
+ * from it this long… */
+const LEADER_QUIET = 1500;
+/** …and takes the lock from it (steal) after this long: a frozen leader.
+ * Pings are answered from the leader's message handler, which background
+ * tabs do not throttle (timers they do), so a healthy leader in a hidden
+ * tab always answers. */
+const LEADER_DEAD = 3000;
+const HUB_TICK = 250;
+/** An attachment no leader took within this long fails like any other
+ * that got no first frame. */
+const UNCARRIED_LIMIT = 10000;
+/** How often the leader looks for tabs gone without a word (crashed). */
+const TAB_SWEEP = 3000;
+const DEFAULT_MUX = 64;
+const DEFAULT_HOLD = 25000;
+/** Tags are integers from 0 to 2^31 − 1 (PROTOCOL.md §11.1). */
+const MAX_TAG = 2 ** 31 - 1;
+
+const hubs = new Map();
+
+function sharingPossible() {
+  // Web Locks exist in secure contexts only (HTTPS, and http://localhost):
+  // a page served over plain HTTP elsewhere does not share. Nor does an
+  // opaque origin (a sandboxed frame), which has no locks to share.
+  return (
+    inBrowser &&
+    globalThis.location?.origin !== "null" &&
+    typeof BroadcastChannel === "function" &&
+    typeof navigator === "object" &&
+    !!navigator.locks &&
+    typeof navigator.locks.request === "function"
+  );
+}
+
+function randomId() {
+  if (globalThis.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  return `${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+}
+
+function hubFor(name) {
+  let hub = hubs.get(name);
+  if (!hub) {
+    hub = new Hub(name);
+    hubs.set(name, hub);
+  }
+  return hub;
+}
+
+/** The page's end of the sharing for one shared name: this tab's member
+ * attachments, the election, and (while this tab leads) the `Leader`. */
+class Hub {
+  constructor(name) {
+    this.name = name;
+    this.tab = randomId();
+    /** The server has no shared requests (404/405): no sharing here. */
+    this.off = false;
+    this.members = new Map(); // id -> SharedAttachment of this tab
+    this.nextId = 1;
+    this.current = null; // the leader followed: { epoch, from, reign }
+    this.maxEpoch = 0;
+    this.lastFromLeader = now();
+    this.busySince = now();
+    this.pingedAt = 0;
+    this.leading = null; // Leader, while this tab holds the lock
+    this.clientId = undefined;
+    this.lockGen = 0;
+    this.waitCtl = null;
+    this.stealing = false;
+    this.tick = null;
+    this.lastTick = now();
+    this.channel = new BroadcastChannel(name);
+    this.channel.onmessage = (event) => this.receive(event.data);
+    // Held for the tab's life: the leader sees from it which tabs are gone.
+    navigator.locks.request(this.tabLock(this.tab), () => new Promise(() => {})).catch(() => {});
+    this.requestLock(false);
+    this.post({ t: "hello", from: this.tab });
+    window.addEventListener("pagehide", () => {
+      for (const id of this.members.keys()) this.post({ t: "leave", id });
+    });
+    window.addEventListener("pageshow", (event) => {
+      if (!event.persisted) return;
+      for (const att of [...this.members.values()]) att.leaderGone("the page came back from the cache");
+    });
+    window.addEventListener("online", () => this.leading?.recheck(null));
+  }
+
+  tabLock(tab) {
+    return `${this.name} tab ${tab}`;
+  }
+
+  /** To every other tab over the channel, and to this one (the same path
+   * for the leader's own tab). */
+  post(message) {
+    try {
+      this.channel.postMessage(message);
+    } catch {
+      // a closed channel (the page is going away)
+    }
+    queueMicrotask(() => this.receive(message));
+  }
+
+  receive(message) {
+    if (message === null || typeof message !== "object") return;
+    switch (message.t) {
+      case "leader":
+        this.heardLeader(message);
+        return;
+      case "resign":
+        if (this.current && this.current.reign === message.reign) this.current = null;
+        return;
+      case "off":
+        this.off = true;
+        return;
+      case "hello":
+        if (this.leading) this.announce();
+        return;
+      case "ping":
+        this.leading?.post({ t: "pong" });
+        return;
+      case "outdated":
+        if (this.leading && this.leading.reign === message.reign) this.outdated(message.epoch);
+        return;
+      case "join":
+      case "leave":
+      case "report":
+      case "recheck":
+        this.leading?.receive(message);
+        return;
+      default:
+    }
+    // From a leader to the tabs: only the one this tab follows counts.
+    if (!this.current || message.reign !== this.current.reign) return;
+    this.lastFromLeader = now();
+    switch (message.t) {
+      case "joined":
+        for (const id of message.ids) this.members.get(id)?.carried(message.reign);
+        return;
+      case "frames":
+        for (const [id, frames, last, n] of message.items) this.members.get(id)?.fromHub(frames, last, n);
+        return;
+      case "end":
+        for (const id of message.ids) this.members.get(id)?.hubEnded(message);
+        return;
+      default:
+    }
+  }
+
+  // ---- following -----------------------------------------------------------
+
+  heardLeader({ epoch, from, reign }) {
+    if (this.leading && reign !== this.leading.reign) {
+      // Another tab says it leads while this one thinks it does: one of
+      // them lost the lock (stolen while frozen) and may not know yet.
+      this.outdated(epoch);
+      return;
+    }
+    const current = this.current;
+    if (current && current.reign === reign) {
+      if (epoch > current.epoch) current.epoch = this.maxEpoch = Math.max(this.maxEpoch, epoch);
+      this.lastFromLeader = now();
+      return;
+    }
+    const newer = current ? epoch > current.epoch : epoch >= this.maxEpoch;
+    if (!newer) {
+      // A leader that was replaced (frozen, then thawed) — or one that
+      // took over without having heard of the newest epoch (a tab that
+      // opened as the leader closed): tell it; if it holds the lock it
+      // announces itself again, higher.
+      this.post({ t: "outdated", epoch: this.maxEpoch, reign, from: this.tab });
+      return;
+    }
+    this.current = { epoch, from, reign };
+    this.maxEpoch = Math.max(this.maxEpoch, epoch);
+    this.lastFromLeader = now();
+    this.stealing = false;
+    for (const att of [...this.members.values()]) {
+      if (att.boundTo === null) this.postJoin(att);
+      else if (att.boundTo !== reign) att.leaderGone("the tab holding the shared connection went away");
+    }
+  }
+
+  join(att) {
+    const id = `${this.tab}.${this.nextId++}`;
+    att.sharedId = id;
+    if (this.members.size === 0) this.busySince = now();
+    this.members.set(id, att);
+    att.joinedAt = now();
+    if (!this.tick) {
+      this.lastTick = now();
+      this.tick = setInterval(() => this.onTick(), HUB_TICK);
+    }
+    this.postJoin(att);
+  }
+
+  postJoin(att) {
+    const engine = att.engine;
+    this.post({
+      t: "join",
+      id: att.sharedId,
+      tab: this.tab,
+      kind: att.kind,
+      url: engine.sharedUrl(att.kind),
+      headers: engine.options.headers || {},
+      credentials: engine.options.credentials,
+      key: att.target.key,
+      last: att.target.last,
+      mux: engine.params?.mux,
+      hold: engine.params?.hold,
+      probeTimeout: engine.options.probeTimeout,
+    });
+  }
+
+  leave(att) {
+    if (!this.members.delete(att.sharedId)) return;
+    this.post({ t: "leave", id: att.sharedId });
+  }
+
+  /** What the tab handed its application (PROTOCOL.md §11.3): the `last`
+   * the leader names for it next. */
+  report(att) {
+    this.post({ t: "report", id: att.sharedId, received: att.engine.received });
+  }
+
+  recheck(kind) {
+    this.post({ t: "recheck", kind });
+  }
+
+  /** A follower with attachments watches its leader. */
+  onTick() {
+    if (this.members.size === 0) {
+      clearInterval(this.tick);
+      this.tick = null;
+      return;
+    }
+    const t = now();
+    // Hidden tabs run timers about once a second: a longer gap means this
+    // tab did not run at all.
+    const slept = t - this.lastTick > LEADER_QUIET;
+    this.lastTick = t;
+    if (!slept) this.checkMembers(t);
+    if (this.leading) return;
+    if (slept) {
+      // This tab was asleep (frozen, throttled, a laptop lid): the
+      // leader's silence was its own. Hear what queued up first.
+      this.busySince = t;
+      return;
+    }
+    const quiet = t - Math.max(this.lastFromLeader, this.busySince);
+    if (quiet >= LEADER_DEAD) {
+      this.steal();
+    } else if (quiet >= LEADER_QUIET && now() - this.pingedAt >= LEADER_QUIET / 2) {
+      this.pingedAt = now();
+      this.post({ t: "ping", from: this.tab });
+    }
+  }
+
+  /** Relay messages can be lost (to a frozen tab): a join no leader
+   * answered is sent again, and a poll attachment that hears nothing for
+   * longer than a held poll lasts is given up (and resumed). */
+  checkMembers(t) {
+    for (const att of [...this.members.values()]) {
+      if (att.ended) continue;
+      if (att.carriedAt === null) {
+        if (this.current && t - att.joinedAt >= 1000) {
+          att.joinedAt = t;
+          this.postJoin(att);
+        }
+      } else if (!att.streaming) {
+        const hold = att.engine.params?.hold ?? DEFAULT_HOLD;
+        const quiet = t - Math.max(att.heardAt, att.carriedAt);
+        if (quiet > hold + Math.max(att.engine.options.probeTimeout, 5000) + REPORT_GRACE) {
+          att.lost(`nothing from the shared poll for ${quiet} ms`);
+        }
+      }
+    }
+  }
+
+  /** The leader is frozen (or gone without releasing): take the lock from
+   * it. A random pause first, so that of several followers one usually
+   * takes over and the others hear it. */
+  steal() {
+    if (this.stealing || this.leading) return;
+    this.stealing = true;
+    const since = this.lastFromLeader;
+    setTimeout(() => {
+      if (this.leading || this.lastFromLeader !== since || this.members.size === 0) {
+        this.stealing = false;
+        return;
+      }
+      this.requestLock(true);
+    }, Math.random() * 300);
+  }
+
+  // ---- the lock ------------------------------------------------------------
+
+  /** Waits in the lock's queue (or, with `steal`, takes it at once). */
+  requestLock(steal) {
+    const gen = ++this.lockGen;
+    if (this.waitCtl) this.waitCtl.abort();
+    this.waitCtl = null;
+    const options = {};
+    if (steal) options.steal = true;
+    else {
+      this.waitCtl = new AbortController();
+      options.signal = this.waitCtl.signal;
+    }
+    navigator.locks
+      .request(this.name, options, () => {
+        if (gen !== this.lockGen) return undefined; // superseded: pass it on
+        return new Promise((release) => this.becomeLeader(gen, release));
+      })
+      .catch(() => {
+        // Taken from us (steal) while leading — or a wait we gave up.
+        if (this.leading && this.leading.gen === gen) this.stepDown();
+      });
+  }
+
+  becomeLeader(gen, release) {
+    this.stealing = false;
+    this.waitCtl = null;
+    this.clientId = undefined;
+    const leading = new Leader(this, gen, release, this.maxEpoch + 1);
+    this.leading = leading;
+    // Which client holds the lock now is this one: remembered, so that a
+    // leader can check it still holds it before each request.
+    navigator.locks
+      .query()
+      .then(({ held }) => {
+        const mine = held.filter((lock) => lock.name === this.name);
+        if (this.leading === leading && mine.length === 1) this.clientId = mine[0].clientId;
+      })
+      .catch(() => {});
+    this.announce();
+  }
+
+  /** A tab follows a leader with a newer epoch than this one's: if this
+   * tab still holds the lock, it announces itself above it. */
+  outdated(epoch) {
+    const leading = this.leading;
+    this.maxEpoch = Math.max(this.maxEpoch, epoch);
+    if (leading.epoch > epoch || leading.checking) return;
+    leading.checking = true;
+    this.stillLeader().then((still) => {
+      leading.checking = false;
+      if (this.leading !== leading) return;
+      if (still) {
+        leading.epoch = this.maxEpoch + 1;
+        this.announce();
+      } else {
+        this.stepDown();
+      }
+    });
+  }
+
+  announce() {
+    const leading = this.leading;
+    if (leading) this.post({ t: "leader", epoch: leading.epoch, from: this.tab, reign: leading.reign });
+  }
+
+  /** Whether this tab still holds the lock (a frozen leader's was maybe
+   * stolen and it has not heard yet). */
+  async stillLeader() {
+    const leading = this.leading;
+    if (!leading) return false;
+    if (this.clientId === undefined) return true;
+    try {
+      const { held } = await navigator.locks.query();
+      return (
+        this.leading === leading &&
+        held.some((lock) => lock.name === this.name && lock.clientId === this.clientId)
+      );
+    } catch {
+      return this.leading === leading;
+    }
+  }
+
+  /** The lock is gone: drop the carriers without forwarding anything more,
+   * and follow whoever leads now. */
+  stepDown() {
+    const leading = this.leading;
+    if (!leading) return;
+    this.leading = null;
+    leading.stop();
+    if (this.current && this.current.reign === leading.reign) this.current = null;
+    this.post({ t: "resign", reign: leading.reign, from: this.tab });
+    this.requestLock(false);
+    this.post({ t: "hello", from: this.tab });
+  }
+}
+
+/** The leader's side: one carrier per kind (and request profile), each
+ * carrying its members' sessions on one shared request. */
+class Leader {
+  constructor(hub, gen, release, epoch) {
+    this.hub = hub;
+    this.gen = gen;
+    this.release = release;
+    this.epoch = epoch;
+    this.reign = randomId();
+    this.carriers = new Map(); // profile -> Carrier
+    this.carrierOf = new Map(); // member id -> Carrier
+    this.sweep = setInterval(() => this.sweepTabs(), TAB_SWEEP);
+  }
+
+  post(message) {
+    this.hub.post({ ...message, epoch: this.epoch, from: this.hub.tab, reign: this.reign });
+  }
+
+  receive(message) {
+    switch (message.t) {
+      case "join":
+        this.join(message);
+        return;
+      case "leave":
+        this.carrierOf.get(message.id)?.leave(message.id);
+        this.carrierOf.delete(message.id);
+        return;
+      case "report":
+        if (Number.isSafeInteger(message.received)) {
+          this.carrierOf.get(message.id)?.report(message.id, message.received);
+        }
+        return;
+      case "recheck":
+        this.recheck(message.kind);
+        return;
+      default:
+    }
+  }
+
+  join(message) {
+    if (this.hub.off) {
+      this.post({ t: "end", ids: [message.id], how: "unshared", why: "the server has no shared requests" });
+      return;
+    }
+    const existing = this.carrierOf.get(message.id);
+    if (existing) {
+      existing.rejoin(message.id);
+      return;
+    }
+    const profile = JSON.stringify([message.kind, message.url, message.headers, message.credentials]);
+    let carrier = this.carriers.get(profile);
+    if (!carrier) {
+      const Carrier = message.kind === "sse" ? StreamCarrier : PollCarrier;
+      carrier = new Carrier(this, message);
+      this.carriers.set(profile, carrier);
+    }
+    if (carrier.join(message)) this.carrierOf.set(message.id, carrier);
+  }
+
+  /** Members leave when their attachment ends; these never said so. */
+  async sweepTabs() {
+    let held;
+    try {
+      ({ held } = await navigator.locks.query());
+    } catch {
+      return;
+    }
+    if (this.hub.leading !== this) return;
+    const alive = new Set(held.map((lock) => lock.name));
+    for (const carrier of this.carriers.values()) {
+      for (const member of [...carrier.members.values()]) {
+        if (!alive.has(this.hub.tabLock(member.tab))) {
+          carrier.leave(member.id);
+          this.carrierOf.delete(member.id);
+        }
+      }
+    }
+  }
+
+  /** The network changed: make the shared requests again. */
+  recheck(kind) {
+    for (const carrier of this.carriers.values()) {
+      if (kind === null || carrier.kind === kind) carrier.recheck();
+    }
+  }
+
+  /** The server has no shared requests: nobody on this page shares. */
+  turnOff() {
+    this.hub.off = true;
+    this.hub.post({ t: "off" });
+  }
+
+  /** Ends members with an outcome their tabs map onto their attachment. */
+  end(carrier, ids, fields) {
+    const gone = ids.filter((id) => carrier.members.has(id));
+    for (const id of gone) {
+      carrier.remove(id);
+      this.carrierOf.delete(id);
+    }
+    if (gone.length) this.post({ t: "end", ids: gone, ...fields });
+  }
+
+  stop() {
+    clearInterval(this.sweep);
+    for (const carrier of this.carriers.values()) carrier.stop();
+    this.carriers.clear();
+    this.carrierOf.clear();
+    this.release();
+  }
+}
+
+/** What a shared request that failed means for its members. */
+function sharedFailure(error) {
+  return {
+    how: "fail",
+    cause: unreachable(error) ? "unreachable" : "blocked",
+    why: `shared request failed: ${describeError(error)}`,
+  };
+}
+
+/** What a non-200 answer to a shared request means for its members:
+ * `404`/`405` — the server has no shared requests (§11), and nobody on
+ * this page shares any more; `400`/`413` — the server refused the request
+ * as a whole (its list: more sessions than it allows, a body too large),
+ * which says nothing about the sessions: they go on with their own
+ * requests rather than end; anything else (a refused `Origin`, an
+ * intermediary's error) as the answer to each member's own request would
+ * be. */
+function sharedRefusal(leader, response, text) {
+  if (response.status === 404 || response.status === 405) {
+    leader.turnOff();
+    return { how: "unshared", why: `the server has no shared requests (HTTP ${response.status})` };
+  }
+  if (response.status === 400 || response.status === 413) {
+    let reason = "";
+    try {
+      reason = closeOf(parseBatch(text)[0]).reason;
+    } catch {
+      // not holdfast's own refusal: the reason stays empty
+    }
+    return {
+      how: "full",
+      why: `the server refused the shared request (HTTP ${response.status}${reason ? `: ${reason}` : ""})`,
+    };
+  }
+  const headers = {};
+  for (const name of ["content-type", "retry-after"]) {
+    const value = response.headers.get(name);
+    if (value !== null) headers[name] = value;
+  }
+  return { how: "http", status: response.status, text, headers };
+}
+
+class Carrier {
+  constructor(leader, join) {
+    this.leader = leader;
+    this.kind = join.kind;
+    this.url = join.url;
+    this.headers = join.headers || {};
+    this.credentials = join.credentials;
+    this.members = new Map(); // id -> { id, tab, tag, key, last, awaiting, carried }
+    this.byTag = new Map();
+    this.nextTag = 1;
+    this.mux = DEFAULT_MUX;
+    this.hold = DEFAULT_HOLD;
+    this.probeTimeout = 0;
+    this.stopped = false;
+    this.debounce = null;
+  }
+
+  /** Adds a member; false (and the member told) when the request is full. */
+  join(message) {
+    if (Number.isSafeInteger(message.mux) && message.mux > 0) this.mux = Math.min(this.mux, message.mux);
+    if (Number.isSafeInteger(message.hold)) this.hold = Math.max(message.hold, 0);
+    if (Number.isFinite(message.probeTimeout)) {
+      this.probeTimeout = Math.max(this.probeTimeout, message.probeTimeout);
+    }
+    if (this.members.size >= this.mux) {
+      this.leader.post({
+        t: "end",
+        ids: [message.id],
+        how: "full",
+        why: `the shared ${this.kind} request carries the most sessions the server allows (${this.mux})`,
+      });
+      return false;
+    }
+    let tag = this.nextTag;
+    while (this.byTag.has(tag)) tag = tag >= MAX_TAG ? 0 : tag + 1;
+    this.nextTag = tag >= MAX_TAG ? 0 : tag + 1;
+    const member = {
+      id: message.id,
+      tab: message.tab,
+      tag,
+      key: typeof message.key === "string" ? message.key : null,
+      last: Number.isSafeInteger(message.last) ? message.last : 0,
+      awaiting: 0,
+      carried: false,
+      n: 0, // relay items sent to it, numbered
+      pending: null, // on long-polling, the item it has not reported yet
+    };
+    this.members.set(member.id, member);
+    this.byTag.set(tag, member);
+    this.changed();
+    return true;
+  }
+
+  /** A join repeated (the tab heard of this leader late). */
+  rejoin(id) {
+    if (this.members.get(id)?.carried) this.leader.post({ t: "joined", ids: [id] });
+  }
+
+  remove(id) {
+    const member = this.members.get(id);
+    if (!member) return null;
+    this.members.delete(id);
+    this.byTag.delete(member.tag);
+    return member;
+  }
+
+  leave(id) {
+    this.remove(id);
+  }
+
+  report(id, received) {
+    const member = this.members.get(id);
+    if (!member) return;
+    member.last = Math.max(member.last, received);
+    member.awaiting = 0;
+    member.pending = null;
+    this.reported(member);
+  }
+
+  reported() {}
+
+  /** Members named by a request about to be made learn they are carried:
+   * their probe timeout counts from now. */
+  carry(members) {
+    for (const member of members) member.carried = true;
+    this.leader.post({ t: "joined", ids: members.map((m) => m.id) });
+  }
+
+  /** The frames of a shared batch for the members of `ids`, as relay
+   * items; records keys of sessions opened, and drops members whose part
+   * ended (detach, close). */
+  items(pairs, ids, last) {
+    const items = [];
+    const found = new Map();
+    for (const [tag, frames] of pairs) {
+      const member = this.byTag.get(tag);
+      if (!member || !ids.has(member.id)) continue;
+      found.set(member.id, (found.get(member.id) || []).concat(frames));
+    }
+    for (const id of ids) {
+      const member = this.members.get(id);
+      const frames = found.get(id);
+      if (!member || (frames === undefined && last === undefined)) continue;
+      let ended = false;
+      for (const frame of frames || []) {
+        if (frame.t === "open" && typeof frame.key === "string") {
+          member.key = frame.key;
+          if (Number.isSafeInteger(frame.mux) && frame.mux > 0) this.mux = Math.min(this.mux, frame.mux);
+          if (Number.isSafeInteger(frame.hold)) this.hold = frame.hold;
+        }
+        if (frame.t === "close" || frame.t === "detach") ended = true;
+      }
+      member.n += 1;
+      const item =
+        last === undefined ? [id, frames, undefined, member.n] : [id, frames || [], last.get(id), member.n];
+      items.push(item);
+      if (frames && frames.length) {
+        member.awaiting = now();
+        member.pending = item;
+      }
+      if (ended) {
+        this.remove(id);
+        this.leader.carrierOf.delete(id);
+      }
+    }
+    return items;
+  }
+
+  async request(body, accept, timeout, signal) {
+    const controller = new AbortController();
+    const expired = new RequestTimeout(`no answer within ${timeout} ms`);
+    const timer = setTimeout(() => controller.abort(expired), timeout);
+    signal.addEventListener("abort", () => controller.abort(signal.reason), { once: true });
+    try {
+      const response = await globalThis.fetch(this.url, {
+        method: "POST",
+        headers: { ...this.headers, "Content-Type": "text/plain;charset=UTF-8", Accept: accept },
+        body,
+        cache: "no-store",
+        credentials: this.credentials,
+        signal: controller.signal,
+      });
+      return { response, controller, timer, expired };
+    } catch (error) {
+      clearTimeout(timer);
+      throw controller.signal.reason === expired ? expired : error;
+    }
+  }
+
+  static body(members) {
+    return JSON.stringify(
+      members.map((m) => (m.key === null ? { s: m.tag } : { s: m.tag, key: m.key, last: m.last })),
+    );
+  }
+}
+
+/** One shared event stream (`POST <mount>/sse`): made again with the new
+ * list whenever a member joins; each member attaches with the `last` its
+ * tab reported, so the server replays what it did not acknowledge and the
+ * tab's engine drops what it already had. */
+class StreamCarrier extends Carrier {
+  constructor(leader, join) {
+    super(leader, join);
+    this.run = null; // { controller, ids, startedAt }
+    this.seq = 0;
+  }
+
+  changed() {
+    clearTimeout(this.debounce);
+    this.debounce = setTimeout(() => this.restart(), SHARE_DEBOUNCE);
+  }
+
+  recheck() {
+    this.changed();
+  }
+
+  leave(id) {
+    // The session stays on the stream until the server ends its part (or
+    // the stream is made again without it): nothing to do now.
+    this.remove(id);
+    if (this.members.size === 0) this.abortRun();
+  }
+
+  abortRun() {
+    const run = this.run;
+    this.run = null;
+    if (run) run.controller.abort("restart");
+  }
+
+  async restart() {
+    if (this.stopped) return;
+    const run = this.run;
+    // A session opened by the running stream whose `open` has not come
+    // yet: made again now, the stream would open it twice.
+    const opening =
+      run && [...run.ids].some((id) => this.members.get(id)?.key === null) &&
+      now() - run.startedAt < Math.max(this.probeTimeout, 500);
+    if (opening) {
+      // Made again as soon as the `open`s are in (see the read loop), or
+      // after the probe timeout.
+      this.deferred = true;
+      clearTimeout(this.debounce);
+      this.debounce = setTimeout(() => this.restart(), Math.max(this.probeTimeout, 500) + run.startedAt - now());
+      return;
+    }
+    this.deferred = false;
+    const seq = ++this.seq;
+    this.abortRun();
+    if (this.members.size === 0) return;
+    if (!(await this.leader.hub.stillLeader()) || this.stopped || seq !== this.seq) return;
+    const members = [...this.members.values()];
+    const mine = { controller: new AbortController(), ids: new Set(members.map((m) => m.id)), startedAt: now() };
+    this.run = mine;
+    this.carry(members);
+    const timeout = Math.max(this.probeTimeout, 1000);
+    let response;
+    let timer;
+    try {
+      ({ response, timer } = await this.request(Carrier.body(members), "text/event-stream", timeout, mine.controller.signal));
+    } catch (error) {
+      if (this.run === mine) this.fail(mine, sharedFailure(error));
+      return;
+    }
+    clearTimeout(timer);
+    if (this.run !== mine) {
+      response.body?.cancel().catch(() => {});
+      return;
+    }
+    if (response.status !== 200) {
+      const text = await readText(response, timeout);
+      if (this.run === mine) this.fail(mine, sharedRefusal(this.leader, response, text));
+      return;
+    }
+    const type = response.headers.get("content-type") || "";
+    if (!type.startsWith("text/event-stream") || !response.body) {
+      this.fail(mine, {
+        how: "notstream",
+        why: `the shared answer is not an event stream (${type || "no type"}): an intermediary?`,
+      });
+      return;
+    }
+    const reader = response.body.getReader();
+    mine.controller.signal.addEventListener("abort", () => reader.cancel().catch(() => {}), { once: true });
+    const decoder = new TextDecoder();
+    const parser = new SseParser();
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        this.fail(mine, { how: "lost", why: `shared stream cut: ${describeError(error)}` });
+        return;
+      }
+      if (this.run !== mine) return;
+      if (chunk.done) {
+        this.fail(mine, { how: "lost", why: "the shared stream ended" });
+        return;
+      }
+      try {
+        for (const data of parser.push(decoder.decode(chunk.value, { stream: true }))) {
+          const items = this.items(parseSharedBatch(data), mine.ids);
+          if (items.length) this.leader.post({ t: "frames", items });
+        }
+        if (this.deferred && ![...mine.ids].some((id) => this.members.get(id)?.key === null)) {
+          this.deferred = false;
+          this.changed();
+        }
+      } catch (error) {
+        this.fail(mine, { how: "lost", why: `bad event on the shared stream: ${error.message}` });
+        return;
+      }
+    }
+  }
+
+  fail(run, fields) {
+    if (this.run !== run) return;
+    this.run = null;
+    run.controller.abort("failed");
+    this.leader.end(this, [...run.ids], fields);
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.debounce);
+    this.abortRun();
+  }
+}
+
+/** One shared poll loop (`POST <mount>/poll`). Each poll names, for each
+ * member, the `last` its tab reported after handing the previous answer
+ * to its engine — never more than the tab's application was given. A
+ * member that got frames and has not reported within REPORT_GRACE is left
+ * out until it does. */
+class PollCarrier extends Carrier {
+  constructor(leader, join) {
+    super(leader, join);
+    this.active = null; // { controller, ids, keyless }
+    this.timer = null;
+  }
+
+  changed() {
+    clearTimeout(this.debounce);
+    this.debounce = setTimeout(() => this.kick(), SHARE_DEBOUNCE);
+  }
+
+  /** Membership changed: a held poll is made again to include it (a poll
+   * opening a session is answered at once anyway). */
+  kick() {
+    if (this.stopped) return;
+    if (this.active) {
+      if (!this.active.keyless) this.active.controller.abort("change");
+    } else {
+      this.next();
+    }
+  }
+
+  recheck() {
+    if (this.active) this.active.controller.abort("change");
+    else this.next();
+  }
+
+  reported(member) {
+    if (!this.active) this.next();
+    else if (!this.active.ids.has(member.id)) this.changed();
+  }
+
+  leave(id) {
+    this.remove(id);
+    if (this.members.size === 0 && this.active) this.active.controller.abort("change");
+  }
+
+  /** Polls when nobody it waits for is due to report. */
+  next() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.stopped) return;
+    const members = [...this.members.values()];
+    this.resendOverdue(members);
+    if (this.active) return;
+    const due = members.filter((m) => m.awaiting && now() - m.awaiting < REPORT_GRACE);
+    if (due.length) {
+      const at = Math.min(...due.map((m) => m.awaiting)) + REPORT_GRACE;
+      this.timer = setTimeout(() => this.next(), Math.max(0, at - now()));
+      return;
+    }
+    if (members.some((m) => !m.awaiting)) this.poll();
+  }
+
+  /** A tab that has not reported its answer may never have got it (a
+   * relay message lost while the tab was frozen): it gets it again, every
+   * REPORT_GRACE, until it reports. Items are numbered, so a tab that had
+   * it just reports again. */
+  resendOverdue(members) {
+    const overdue = members.filter((m) => m.pending && now() - m.awaiting >= REPORT_GRACE);
+    if (overdue.length === 0) {
+      clearInterval(this.resend);
+      this.resend = null;
+      return;
+    }
+    if (this.resend) return;
+    this.resend = setInterval(() => {
+      const still = [...this.members.values()].filter((m) => m.pending && now() - m.awaiting >= REPORT_GRACE);
+      if (still.length === 0 || this.stopped) {
+        clearInterval(this.resend);
+        this.resend = null;
+        return;
+      }
+      this.leader.post({ t: "frames", items: still.map((m) => m.pending) });
+    }, REPORT_GRACE);
+  }
+
+  async poll() {
+    const members = [...this.members.values()].filter((m) => !m.awaiting);
+    if (members.length === 0) return;
+    const keyless = members.some((m) => m.key === null);
+    const active = { controller: new AbortController(), ids: new Set(members.map((m) => m.id)), keyless };
+    this.active = active;
+    const finished = () => {
+      if (this.active !== active) return false;
+      this.active = null;
+      return true;
+    };
+    if (!(await this.leader.hub.stillLeader()) || this.stopped) {
+      finished();
+      return;
+    }
+    const last = new Map(members.map((m) => [m.id, m.last]));
+    this.carry(members);
+    const allNew = members.every((m) => m.key === null);
+    const timeout = allNew
+      ? Math.max(this.probeTimeout, 1000)
+      : this.hold + Math.max(this.probeTimeout, 5000);
+    let response;
+    let text;
+    try {
+      let timer;
+      let expired;
+      let controller;
+      ({ response, timer, expired, controller } = await this.request(
+        Carrier.body(members),
+        "application/json",
+        timeout,
+        active.controller.signal,
+      ));
+      try {
+        text = await response.text();
+      } catch (error) {
+        throw controller.signal.reason === expired ? expired : error;
+      } finally {
+        clearTimeout(timer);
+      }
+    } catch (error) {
+      if (this.active !== active) return;
+      if (active.controller.signal.reason === "change") {
+        finished();
+        this.next();
+        return;
+      }
+      finished();
+      this.leader.end(this, [...active.ids], sharedFailure(error));
+      this.next();
+      return;
+    }
+    if (!finished()) return;
+    if (response.status !== 200) {
+      this.leader.end(this, [...active.ids], sharedRefusal(this.leader, response, text));
+      this.next();
+      return;
+    }
+    let pairs;
+    try {
+      pairs = parseSharedBatch(text);
+    } catch (error) {
+      this.leader.end(this, [...active.ids], {
+        how: "lost",
+        why: `the shared poll answer is not a holdfast batch (an intermediary?): ${error.message}`,
+      });
+      this.next();
+      return;
+    }
+    const items = this.items(pairs, active.ids, last);
+    if (items.length) this.leader.post({ t: "frames", items });
+    this.next();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.debounce);
+    clearTimeout(this.timer);
+    clearInterval(this.resend);
+    if (this.active) this.active.controller.abort("stopped");
+    this.active = null;
+  }
+}
+
+/** An SSE or long-poll attachment made through the tabs' shared request
+ * (its `kind` is the transport's, so the engine's policy — fallback,
+ * re-probing, flaps, liveness — is the same). Downstream comes from the
+ * hub; upstream is its own `POST …/send`. */
+class SharedAttachment extends Attachment {
+  constructor(engine, kind, target, hub) {
+    super(engine, kind, target);
+    this.hub = hub;
+    this.upstream = new Upstream(this);
+    this.sharedId = null;
+    this.carriedAt = null;
+    this.boundTo = null; // the leader's reign that carries it
+    this.answered = false;
+    this.relayed = 0; // the number of the last relay item handled
+    this.heardAt = 0; // when the leader last relayed anything for it
+    this.joinedAt = 0;
+    // As for PollAttachment: a continuing poll gets no greeting; a ping in
+    // a send request confirms the session at once.
+    this.pingDue = kind === "long-poll" && engine.params !== null;
+  }
+
+  /** The probe timeout counts from when a leader carried it (an election
+   * under way is not a blocked transport) — but not forever. */
+  get startedAt() {
+    if (this.carriedAt) return this.carriedAt;
+    return Math.min(now(), this.createdAt + UNCARRIED_LIMIT);
+  }
+
+  set startedAt(value) {
+    this.createdAt = value;
+  }
+
+  start() {
+    this.hub.join(this);
+  }
+
+  carried(reign) {
+    if (this.ended) return;
+    this.boundTo = reign;
+    if (this.carriedAt === null) {
+      this.carriedAt = now();
+      this.engine.schedule();
+    }
+  }
+
+  fromHub(frames, last, n) {
+    if (this.ended) return;
+    this.heardAt = now();
+    if (Number.isSafeInteger(n)) {
+      if (n <= this.relayed) {
+        // Sent again: this tab's report was lost, or is on its way.
+        if (frames.length && last !== undefined) this.hub.report(this);
+        return;
+      }
+      if (n !== this.relayed + 1 && this.streaming) {
+        // A relay message was lost (a frozen tab): the stream has a hole.
+        this.relayed = n;
+        const why = "a message from the tab holding the shared connection was lost";
+        this.finish(this.proven ? "lost" : "stopped", why);
+        return;
+      }
+      this.relayed = n;
+    }
+    if (last !== undefined) {
+      this.answered = true;
+      this.engine.ackedThrough(last);
+    }
+    if (frames.length || last !== undefined) this.engine.onFrames(this, frames, false);
+    if (this.ended) return;
+    if (last !== undefined) this.engine.confirm(this);
+    if (frames.length) this.hub.report(this);
+  }
+
+  hubEnded(message) {
+    if (this.ended) return;
+    const why = String(message.why ?? "");
+    switch (message.how) {
+      case "http":
+        this.refused(
+          { status: message.status, headers: new Headers(message.headers || {}) },
+          String(message.text ?? ""),
+          `shared ${this.kind}`,
+        );
+        return;
+      case "unshared":
+        this.hub.off = true;
+        this.finish("stopped", why);
+        return;
+      case "full":
+        this.engine.unshared = true;
+        this.finish("stopped", why);
+        return;
+      case "fail":
+        if (!this.proven) this.fail(message.cause === "unreachable" ? "unreachable" : "blocked", why);
+        else this.lost(why);
+        return;
+      case "notstream":
+        if (!this.proven) this.fail("blocked", why);
+        else this.lost(why);
+        return;
+      default:
+        this.lost(why);
+    }
+  }
+
+  /** The leader changed: re-join the new one, at once and without
+   * backoff; the session resumes from what this tab was given. */
+  leaderGone(why) {
+    this.finish("stopped", why);
+  }
+
+  flush() {
+    this.upstream.start();
+  }
+
+  /** The network changed: the leader makes its shared requests again. */
+  check() {
+    if (this.greeted) this.hub.recheck(this.kind);
+  }
+
+  teardown() {
+    this.upstream.stop();
+    this.engine.abortRequests(this);
+    this.hub.leave(this);
+  }
+}
+
 const ATTACHMENTS = {
   websocket: WebSocketAttachment,
   sse: SseAttachment,
@@ -1008,6 +2206,8 @@ class Engine {
     this.reprobeDue = 0;
     /** The re-probe under way, if any (see `reprobeUnderWay`). */
     this.reprobing = null;
+    /** The shared request had no room for this session: its own from now. */
+    this.unshared = false;
     this.listen();
   }
 
@@ -1101,6 +2301,27 @@ class Engine {
     }
     if (probe) url.searchParams.set("probe", "1");
     return url.href;
+  }
+
+  /** The URL of a shared request (PROTOCOL.md §11.1): keys travel in its
+   * body only. */
+  sharedUrl(kind) {
+    const url = new URL(this.base.href);
+    url.pathname = `${this.base.pathname.replace(/\/+$/, "")}/${ENDPOINTS[kind]}`;
+    url.searchParams.set("v", String(PROTOCOL_VERSION));
+    return url.href;
+  }
+
+  /** The tabs' hub when this attachment is to be shared (PROTOCOL.md
+   * §11.3): SSE and long-polling, in a browser page with Web Locks and
+   * BroadcastChannel, unless turned off (`share: false`, a `fetch` of the
+   * application's own, which another tab could not use), the server has
+   * no shared requests, or the shared request was full for this session. */
+  sharedHub(kind) {
+    if (kind === "websocket" || !this.options.share || this.unshared || this.options.fetch) return null;
+    if (!sharingPossible()) return null;
+    const hub = hubFor(`holdfast:${this.memoryKey}`);
+    return hub.off ? null : hub;
   }
 
   sendUrl() {
@@ -1718,7 +2939,10 @@ class Engine {
     const kind = this.order[index];
     this.out.rewind();
     if (this.closing) this.closing.sentAt = null;
-    const att = new ATTACHMENTS[kind](this, kind, this.target());
+    const hub = this.sharedHub(kind);
+    const att = hub
+      ? new SharedAttachment(this, kind, this.target(), hub)
+      : new ATTACHMENTS[kind](this, kind, this.target());
     this.attachment = att;
     if (kind === "long-poll" && this.params) {
       // Usable at once: a continuing poll gets no greeting (PROTOCOL.md §5).

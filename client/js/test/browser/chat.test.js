@@ -108,3 +108,38 @@ test("three people on three transports chat in one room", async () => {
     await person.page.close();
   }
 });
+
+test("eight people in eight tabs on long-polling share one poll and chat", async () => {
+  // Over HTTP/1.1 a browser opens six connections per host: without one
+  // shared poll for all the tabs, eight held polls would leave no
+  // connection for anyone's messages (PROTOCOL.md §11.3).
+  proxy.resetMax();
+  const names = ["Ada", "Barbara", "Claude", "Dennis", "Edsger", "Frances", "Grace", "Hedy"];
+  const people = [];
+  for (const name of names) people.push(await join(name, "long-poll"));
+  for (const person of people) assert.equal(person.shown, "· Long-polling", person.name);
+  const expected = [];
+  const before = (await bubbles(people[0].page, 0)).length;
+  for (const [index, person] of people.entries()) {
+    const text = `${person.name} here, tab ${index + 1} of 8.`;
+    await say(person, text);
+    expected.push(text);
+    // Everyone sees it before the next line: a conversation, in order.
+    for (const reader of people) {
+      const seen = await bubbles(reader.page, before + expected.length);
+      assert.deepEqual(seen.slice(before), expected, reader.name);
+    }
+  }
+  for (const reader of people) {
+    await reader.page.waitForFunction(
+      (n) => document.querySelectorAll("#people li").length >= n,
+      names.length,
+      { timeout: 10000 },
+    );
+  }
+  assert.ok(proxy.maxInFlight.poll <= 2, `${proxy.maxInFlight.poll} polls at once`);
+  for (const person of people) {
+    assert.deepEqual(person.page.problems, [], person.name);
+    await person.page.close();
+  }
+});

@@ -22,6 +22,16 @@
 //                                  nothing else
 //   proxy.cut()                    every open connection killed (TCP reset)
 //   proxy.down = true              new connections killed at once
+//   proxy.refuseShared = 405       shared requests (POST …/sse, POST
+//                                  …/poll) answered 405, as by a server
+//                                  without them; 400: refused as a whole
+//                                  with holdfast's close 4400 (a list the
+//                                  server does not take)
+//
+// and counts: `counts` (requests per endpoint), `inFlight` / `maxInFlight`
+// (requests per endpoint open at once: held polls, streams), `connections`
+// (client connections open now) and `maxConnections` (the most at once,
+// since `resetMax()`).
 //
 // Everything listens on loopback only.
 
@@ -51,6 +61,10 @@ export async function startProxy(upstreamPort) {
   let busySends = 0;
   let retryAfter = 0;
   const counts = { ws: 0, sse: 0, poll: 0, send: 0, probes: 0 };
+  const inFlight = { ws: 0, sse: 0, poll: 0, send: 0 };
+  const maxInFlight = { ws: 0, sse: 0, poll: 0, send: 0 };
+  const clients = new Set();
+  let maxConnections = 0;
   /** Every send body forwarded: its size and how many messages it held. */
   const sends = [];
 
@@ -64,11 +78,24 @@ export async function startProxy(upstreamPort) {
       extraPages.set(name, html);
     },
     refuseWebSocket: false,
+    refuseShared: 0,
     upgradeDelay: 0,
     bufferSse: false,
     down: false,
     counts,
     sends,
+    inFlight,
+    maxInFlight,
+    get connections() {
+      return clients.size;
+    },
+    get maxConnections() {
+      return maxConnections;
+    },
+    resetMax() {
+      maxConnections = clients.size;
+      for (const name of Object.keys(maxInFlight)) maxInFlight[name] = inFlight[name];
+    },
     failNext(n, endpoint = null) {
       failing = n;
       failingEndpoint = endpoint;
@@ -100,6 +127,16 @@ export async function startProxy(upstreamPort) {
   /** Answers the request itself instead of forwarding it, if it should. */
   function intercept(req, res) {
     const endpoint = new URL(req.url, "http://proxy").pathname.split("/").pop();
+    if (proxy.refuseShared && req.method === "POST" && (endpoint === "sse" || endpoint === "poll")) {
+      if (proxy.refuseShared === 400) {
+        res.writeHead(400, { "Content-Type": "application/json" });
+        res.end(JSON.stringify([{ t: "close", code: 4400, reason: "more sessions than allowed" }]));
+      } else {
+        res.writeHead(proxy.refuseShared, { Allow: "GET", "Content-Length": "0" });
+        res.end();
+      }
+      return true;
+    }
     if (busySends > 0 && endpoint === "send") {
       busySends -= 1;
       res.writeHead(503, {
@@ -164,9 +201,19 @@ export async function startProxy(upstreamPort) {
     return true;
   }
 
+  /** Counts a request open until its answer ends (or is cut). */
+  function open(url, res) {
+    const endpoint = new URL(url, "http://proxy").pathname.split("/").pop();
+    if (!(endpoint in inFlight)) return;
+    inFlight[endpoint] += 1;
+    maxInFlight[endpoint] = Math.max(maxInFlight[endpoint], inFlight[endpoint]);
+    res.once("close", () => (inFlight[endpoint] -= 1));
+  }
+
   const server = http.createServer(async (req, res) => {
     if (req.url.startsWith("/test/") && (await servePage(req, res))) return;
     count(req.url);
+    open(req.url, res);
     if (intercept(req, res)) return;
     const upstream = http.request({
       host: "127.0.0.1",
@@ -227,6 +274,9 @@ export async function startProxy(upstreamPort) {
       return;
     }
     track(socket);
+    clients.add(socket);
+    maxConnections = Math.max(maxConnections, clients.size);
+    socket.once("close", () => clients.delete(socket));
   });
 
   server.on("upgrade", async (req, socket, head) => {
