@@ -1,7 +1,9 @@
 // Many tabs of one origin against the echo example, with and without
 // sharing one connection between them (PROTOCOL.md §11): how many tabs get
-// all their echoes, how many TCP connections the server holds, and how
-// much the server grew. Prints a table for BENCHMARKS.md; asserts nothing.
+// all their echoes, how many streams or polls were held at once, how many
+// TCP connections the browser kept, and how much the server grew. The
+// tabs go through the tests' counting proxy (test/support/proxy.js).
+// Prints a table for BENCHMARKS.md; asserts nothing.
 //
 //   node bench/tabs.js [tabs=12] [messages=20]
 //
@@ -11,6 +13,7 @@
 import { readFile } from "node:fs/promises";
 
 import { launchBrowser } from "../test/support/browser.js";
+import { startProxy } from "../test/support/proxy.js";
 import { startExample } from "../test/support/servers.js";
 
 const TABS = Number(process.argv[2] ?? 12);
@@ -23,44 +26,25 @@ async function rssKiB(pid) {
   return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
 }
 
-/** Established TCP connections whose local port is `port` (the server's
- * side of each browser connection). */
-async function connections(port) {
-  let count = 0;
-  for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
-    let text;
-    try {
-      text = await readFile(file, "utf8");
-    } catch {
-      continue;
-    }
-    for (const line of text.split("\n").slice(1)) {
-      const fields = line.trim().split(/\s+/);
-      if (fields.length < 4) continue;
-      const local = Number.parseInt(fields[1].split(":")[1], 16);
-      if (local === port && fields[3] === "01") count += 1;
-    }
-  }
-  return count;
-}
-
 /** Opens `TABS` tabs, each with its own Holdfast on `transport`, each
  * sending `MESSAGES` messages; resolves with the figures once every tab is
  * done or `WAIT` ms passed. */
-async function run(browser, echo, transport, share) {
+async function run(browser, echo, proxy, transport, share) {
   const before = await rssKiB(echo.child.pid);
+  proxy.resetMax();
   // Every tab loaded first, then all start at once: as tabs restored
   // when the browser starts, or a user who opened them earlier.
   const pages = [];
   for (let i = 0; i < TABS; i++) {
     const page = await browser.page();
-    await page.goto(`${echo.origin}/`);
+    await page.goto(`${proxy.origin}/`);
     await page.evaluate(async () => {
       window.Holdfast = (await import("/realtime/client.js")).Holdfast;
     });
     pages.push(page);
   }
-  const started = pages.map((page, tab) =>
+  const started = performance.now() + 1000; // after the idle second
+  const exchanges = pages.map((page, tab) =>
     page
       .evaluate(
         async ({ transport, share, count, wait, tab }) => {
@@ -68,6 +52,13 @@ async function run(browser, echo, transport, share) {
           const got = [];
           hf.onmessage = (e) => got.push(e.data);
           window.hf = hf;
+          // Open, then idle a moment, as a user reading the page: every
+          // tab's stream or poll is held by the time anyone sends.
+          await new Promise((resolve) => {
+            hf.addEventListener("open", resolve, { once: true });
+            setTimeout(resolve, wait);
+          });
+          await new Promise((resolve) => setTimeout(resolve, 1000));
           for (let i = 0; i < count; i++) hf.send(`tab ${tab} message ${i}`);
           const deadline = performance.now() + wait;
           while (got.length < count && performance.now() < deadline) {
@@ -80,8 +71,11 @@ async function run(browser, echo, transport, share) {
       )
       .catch(() => ({ exact: false, got: 0 })),
   );
-  const results = await Promise.all(started);
-  const held = await connections(echo.port);
+  const results = await Promise.all(exchanges);
+  const seconds = (performance.now() - started) / 1000;
+  const endpoint = transport === "long-poll" ? "poll" : transport === "sse" ? "sse" : "ws";
+  const heldAtOnce = endpoint === "ws" ? "—" : proxy.maxInFlight[endpoint];
+  const browserConnections = proxy.maxConnections;
   const after = await rssKiB(echo.child.pid);
   for (const page of pages) {
     await page.evaluate(() => window.hf?.close()).catch(() => {});
@@ -91,29 +85,39 @@ async function run(browser, echo, transport, share) {
     transport,
     share,
     exact: results.filter((r) => r.exact).length,
-    connections: held,
+    seconds,
+    heldAtOnce,
+    browserConnections,
     grewKiB: after - before,
   };
 }
 
 const echo = await startExample("echo");
+const proxy = await startProxy(echo.port);
 const browser = await launchBrowser();
 const rows = [];
 try {
+  // A first round, not shown, so that the server's allocator has grown
+  // to its working size before anything is compared.
+  await run(browser, echo, proxy, "long-poll", true);
   for (const transport of ["long-poll", "sse", "websocket"]) {
     for (const share of [false, true]) {
-      rows.push(await run(browser, echo, transport, share));
+      rows.push(await run(browser, echo, proxy, transport, share));
     }
   }
 } finally {
   await browser.close();
+  await proxy.close();
   await echo.stop();
 }
 console.log(`\n${TABS} tabs, ${MESSAGES} messages each, echo example (one browser, HTTP/1.1)\n`);
-console.log("| transport | sharing | tabs with every echo | server connections | server RSS growth |");
-console.log("|---|---|--:|--:|--:|");
+console.log(
+  "| transport | sharing | tabs with every echo | time | streams or polls held at once | browser connections (most) | server RSS growth |",
+);
+console.log("|---|---|--:|--:|--:|--:|--:|");
 for (const r of rows) {
+  const time = r.exact === TABS ? `${r.seconds.toFixed(1)} s` : `> ${WAIT / 1000} s`;
   console.log(
-    `| ${r.transport} | ${r.share ? "on" : "off"} | ${r.exact} / ${TABS} | ${r.connections} | ${r.grewKiB} KiB |`,
+    `| ${r.transport} | ${r.share ? "on" : "off"} | ${r.exact} / ${TABS} | ${time} | ${r.heldAtOnce} | ${r.browserConnections} | ${r.grewKiB} KiB |`,
   );
 }
