@@ -12,15 +12,18 @@ pub(crate) mod poll;
 mod request;
 pub(crate) mod sse;
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use holdfast_protocol::wire::json;
 use holdfast_protocol::{CloseCode, Frame, TransportKind};
 use http::{HeaderMap, Uri};
+use tokio::sync::futures::Notified;
 
 use super::{ConnectQuery, WeakAttachment, attach, key, prepare_session};
 use crate::peer::Peer;
 use crate::server::ServerState;
+use crate::session::Shared;
 
 /// A session a shared request carries.
 struct Member {
@@ -114,6 +117,30 @@ fn split(carried: Vec<Carried>) -> (Vec<Member>, SharedBatch) {
 /// a shared request goes on for the others and must say so.
 fn gone() -> Frame {
     Frame::detach(CloseCode::RECONNECT, "session gone, reconnect")
+}
+
+/// The members' sessions, for one look at them (`None`: forgotten). Held
+/// only while the request is being served, never while its body is parked.
+fn upgrade(members: &[Member]) -> Vec<Option<Arc<Shared>>> {
+    members
+        .iter()
+        .map(|m| m.attachment.shared.upgrade())
+        .collect()
+}
+
+/// One wait per live session for its next output, registered now: enable
+/// them before looking at the sessions, and no output is missed. Await
+/// them with `select_all`; empty when no session is live.
+fn wake_on_output(live: &[Option<Arc<Shared>>]) -> Vec<Pin<Box<Notified<'_>>>> {
+    let mut waits: Vec<Pin<Box<Notified<'_>>>> = live
+        .iter()
+        .flatten()
+        .map(|shared| Box::pin(shared.transmit.notified()))
+        .collect();
+    for wait in &mut waits {
+        wait.as_mut().enable();
+    }
+    waits
 }
 
 /// A shared batch (`PROTOCOL.md` §11.2) being written: `[[tag,batch],…]`.

@@ -2,7 +2,6 @@
 //! §11.2), answered with a shared batch as soon as any of them has
 //! something to deliver, or `[]` after the poll hold.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -10,9 +9,8 @@ use axum::extract::State;
 use axum::response::Response;
 use holdfast_protocol::TransportKind;
 use http::{HeaderMap, Uri};
-use tokio::sync::futures::Notified;
 
-use super::{Member, SharedBatch, gone, request, split, take};
+use super::{Member, SharedBatch, gone, request, split, take, upgrade, wake_on_output};
 use crate::peer::Peer;
 use crate::server::ServerState;
 use crate::session::{Shared, now};
@@ -42,19 +40,9 @@ pub(crate) async fn handle(
     // dropped because the client hung up — as a single poll is.
     let (mut members, mut batch) = split(carried);
     loop {
-        let live: Vec<Option<Arc<Shared>>> = members
-            .iter()
-            .map(|m| m.attachment.shared.upgrade())
-            .collect();
+        let live = upgrade(&members);
         // Registered before looking, so that no output is missed.
-        let mut waits: Vec<Pin<Box<Notified<'_>>>> = live
-            .iter()
-            .flatten()
-            .map(|shared| Box::pin(shared.transmit.notified()))
-            .collect();
-        for wait in &mut waits {
-            wait.as_mut().enable();
-        }
+        let waits = wake_on_output(&live);
         let answered = collect(&mut members, &live, &mut batch) || !batch.is_empty();
         if answered || waits.is_empty() {
             return json_response(batch.finish());

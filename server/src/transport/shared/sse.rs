@@ -4,7 +4,6 @@
 //! is a shared batch.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -14,10 +13,9 @@ use bytes::Bytes;
 use holdfast_protocol::TransportKind;
 use holdfast_protocol::wire::sse;
 use http::{HeaderMap, Uri};
-use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
-use super::{Member, SharedBatch, gone, request, split, take};
+use super::{Member, SharedBatch, gone, request, split, take, upgrade, wake_on_output};
 use crate::peer::Peer;
 use crate::server::ServerState;
 use crate::session::{Shared, now};
@@ -85,20 +83,9 @@ impl SharedFeed {
         }
         let mut out = std::mem::take(&mut self.prelude);
         loop {
-            let live: Vec<Option<Arc<Shared>>> = self
-                .members
-                .iter()
-                .map(|m| m.attachment.shared.upgrade())
-                .collect();
+            let live = upgrade(&self.members);
             // Registered before looking, so that no output is missed.
-            let mut waits: Vec<Pin<Box<Notified<'_>>>> = live
-                .iter()
-                .flatten()
-                .map(|shared| Box::pin(shared.transmit.notified()))
-                .collect();
-            for wait in &mut waits {
-                wait.as_mut().enable();
-            }
+            let waits = wake_on_output(&live);
             // Stop taking events once the budget is spent: what is left
             // waits for the next stream (PROTOCOL.md §6, SSE recycling).
             while out.len() < self.budget {
