@@ -1106,6 +1106,15 @@ class Hub {
     this.post({ t: "hello", from: this.tab });
     window.addEventListener("pagehide", () => {
       for (const id of this.members.keys()) this.post({ t: "leave", id });
+      // Navigating away aborts the shared requests before the lock goes:
+      // stop them quietly, so that no tab mistakes the aborts for a
+      // failing network (and backs off) — they re-join the next leader.
+      const leading = this.leading;
+      if (leading) {
+        this.leading = null;
+        leading.stop();
+        this.post({ t: "resign", reign: leading.reign, from: this.tab });
+      }
     });
     window.addEventListener("pageshow", (event) => {
       if (!event.persisted) return;

@@ -119,15 +119,33 @@ describe("many tabs, one connection", () => {
     });
   }
 
-  for (const kind of ["sse", "long-poll"]) {
-    test(`${kind}: the leader tab closed mid-stream, the others get every echo exactly once`, async () => {
+  /** Ways a leader tab goes: each releases its lock. */
+  const leaderGoes = {
+    closed: (leader) => leader.close(),
+    navigated: (leader) => leader.goto(`${proxy.origin}/`),
+    crashed: async (leader) => {
+      const crashed = new Promise((resolve) => leader.once("crash", resolve));
+      const cdp = await browser.context.newCDPSession(leader);
+      // Never answered: the renderer is gone.
+      cdp.send("Page.crash").catch(() => {});
+      await within(10000, crashed, "the leader tab crashed");
+    },
+  };
+
+  for (const [kind, how] of [
+    ["sse", "closed"],
+    ["long-poll", "closed"],
+    ["long-poll", "navigated"],
+    ["sse", "crashed"],
+  ]) {
+    test(`${kind}: the leader tab ${how} mid-stream, the others get every echo exactly once`, async () => {
       const pages = await openTabs(5, { ...FAST, transports: [kind] });
       await Promise.all(pages.map((page, i) => page.evaluate((label) => window.tabs.startStream(label, 20), `tab${i}`)));
       const leader = await leaderOf(pages);
       const others = pages.filter((page) => page !== leader);
       // Flowing everywhere, then the leader goes.
       await Promise.all(others.map((page) => page.waitForFunction(() => window.tabs.status().received >= 10, null, { timeout: 10000 })));
-      await leader.close();
+      await leaderGoes[how](leader);
       const marks = await Promise.all(others.map(async (page) => (await status(page)).received));
       await Promise.all(
         others.map((page, i) =>
