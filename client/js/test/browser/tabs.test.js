@@ -196,7 +196,7 @@ describe("many tabs, one connection", () => {
           await Promise.all(
             group.map(async (page) => {
               const mark = (await status(page)).received;
-              await page.waitForFunction((n) => window.tabs.status().received >= n, mark + more, { timeout: 15000 });
+              await page.waitForFunction((n) => window.tabs.status().received >= n, mark + more, { timeout: 30000 });
             }),
           );
         } catch (error) {
