@@ -12,9 +12,12 @@ pub(crate) mod poll;
 mod request;
 pub(crate) mod sse;
 
+use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::response::Response;
 use holdfast_protocol::wire::json;
 use holdfast_protocol::{CloseCode, Frame, TransportKind};
 use http::{HeaderMap, Uri};
@@ -44,6 +47,22 @@ enum Carried {
         tag: u32,
         frame: Frame,
     },
+}
+
+/// Reads a shared request and takes each session it names on transport
+/// `kind`: the members to carry, and the refusals of the sessions that
+/// could not be, as the first pairs of the answer — or the refusal of the
+/// whole request ([`request::read`]).
+async fn accept(
+    state: &Arc<ServerState>,
+    peer: Peer,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+    kind: TransportKind,
+) -> Result<(Vec<Member>, SharedBatch), Response> {
+    let entries = request::read(state, peer, headers, uri, body).await?;
+    Ok(split(take(state, headers, uri, peer, kind, entries).await))
 }
 
 /// Opens or resumes each session the request names, in order, as its own
@@ -162,9 +181,8 @@ impl SharedBatch {
         if self.pairs > 0 {
             self.bytes.push(b',');
         }
-        self.bytes.push(b'[');
-        self.bytes.extend_from_slice(tag.to_string().as_bytes());
-        self.bytes.push(b',');
+        // Writing to a Vec cannot fail.
+        let _ = write!(self.bytes, "[{tag},");
         json::encode_batch(frames, &mut self.bytes);
         self.bytes.push(b']');
         self.pairs += 1;

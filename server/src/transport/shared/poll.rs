@@ -10,7 +10,7 @@ use axum::response::Response;
 use holdfast_protocol::TransportKind;
 use http::{HeaderMap, Uri};
 
-use super::{Member, SharedBatch, gone, request, split, take, upgrade, wake_on_output};
+use super::{Member, SharedBatch, accept, gone, upgrade, wake_on_output};
 use crate::peer::Peer;
 use crate::server::ServerState;
 use crate::session::{Shared, now};
@@ -23,22 +23,13 @@ pub(crate) async fn handle(
     uri: Uri,
     body: Body,
 ) -> Response {
-    let entries = match request::read(&state, peer, &headers, &uri, body).await {
-        Ok(entries) => entries,
-        Err(refusal) => return refusal,
-    };
-    let carried = take(
-        &state,
-        &headers,
-        &uri,
-        peer,
-        TransportKind::LongPoll,
-        entries,
-    )
-    .await;
     // Every member is detached when this future ends — answered, or
     // dropped because the client hung up — as a single poll is.
-    let (mut members, mut batch) = split(carried);
+    let (mut members, mut batch) =
+        match accept(&state, peer, &headers, &uri, body, TransportKind::LongPoll).await {
+            Ok(accepted) => accepted,
+            Err(refusal) => return refusal,
+        };
     loop {
         let live = upgrade(&members);
         // Registered before looking, so that no output is missed.

@@ -15,7 +15,7 @@ use holdfast_protocol::wire::sse;
 use http::{HeaderMap, Uri};
 use tokio::time::Instant;
 
-use super::{Member, SharedBatch, gone, request, split, take, upgrade, wake_on_output};
+use super::{Member, SharedBatch, accept, gone, upgrade, wake_on_output};
 use crate::peer::Peer;
 use crate::server::ServerState;
 use crate::session::{Shared, now};
@@ -28,12 +28,11 @@ pub(crate) async fn handle(
     uri: Uri,
     body: Body,
 ) -> Response {
-    let entries = match request::read(&state, peer, &headers, &uri, body).await {
-        Ok(entries) => entries,
-        Err(refusal) => return refusal,
-    };
-    let carried = take(&state, &headers, &uri, peer, TransportKind::Sse, entries).await;
-    let (members, refusals) = split(carried);
+    let (members, refusals) =
+        match accept(&state, peer, &headers, &uri, body, TransportKind::Sse).await {
+            Ok(accepted) => accepted,
+            Err(refusal) => return refusal,
+        };
     let config = &state.config;
     let mut prelude = Vec::new();
     if config.sse_padding > 0 {
