@@ -1027,6 +1027,8 @@ const SHARE_DEBOUNCE = 5;
  * handed its application; after it, polls go on without it until it does
  * (a frozen tab never holds the others back). */
 const REPORT_GRACE = 1000;
+/** How many times an unreported poll answer is relayed again. */
+const MAX_RESENDS = 5;
 /** A follower with attachments pings the leader after hearing nothing
  * from it this long… */
 const LEADER_QUIET = 1500;
@@ -1626,6 +1628,7 @@ class Carrier {
       carried: false,
       n: 0, // relay items sent to it, numbered
       pending: null, // on long-polling, the item it has not reported yet
+      resent: 0, // how many times `pending` was relayed again
     };
     this.members.set(member.id, member);
     this.byTag.set(tag, member);
@@ -1699,6 +1702,7 @@ class Carrier {
       if (frames && frames.length) {
         member.awaiting = now();
         member.pending = item;
+        member.resent = 0;
       }
       if (ended) {
         this.remove(id);
@@ -1930,10 +1934,12 @@ class PollCarrier extends Carrier {
 
   /** A tab that has not reported its answer may never have got it (a
    * relay message lost while the tab was frozen): it gets it again, every
-   * REPORT_GRACE, until it reports. Items are numbered, so a tab that had
-   * it just reports again. */
+   * REPORT_GRACE, up to MAX_RESENDS times. Items are numbered, so a tab
+   * that had it just reports again. After that it is sent no more — a tab
+   * frozen for hours must not find hours of copies queued for it: when it
+   * runs again, its own hub gives the silent poll up and resumes. */
   resendOverdue(members) {
-    const overdue = members.filter((m) => m.pending && now() - m.awaiting >= REPORT_GRACE);
+    const overdue = members.filter(due);
     if (overdue.length === 0) {
       clearInterval(this.resend);
       this.resend = null;
@@ -1941,12 +1947,13 @@ class PollCarrier extends Carrier {
     }
     if (this.resend) return;
     this.resend = setInterval(() => {
-      const still = [...this.members.values()].filter((m) => m.pending && now() - m.awaiting >= REPORT_GRACE);
+      const still = [...this.members.values()].filter(due);
       if (still.length === 0 || this.stopped) {
         clearInterval(this.resend);
         this.resend = null;
         return;
       }
+      for (const m of still) m.resent += 1;
       this.leader.post({ t: "frames", items: still.map((m) => m.pending) });
     }, REPORT_GRACE);
   }
@@ -2033,6 +2040,12 @@ class PollCarrier extends Carrier {
     if (this.active) this.active.controller.abort("stopped");
     this.active = null;
   }
+}
+
+/** A member whose poll answer went unreported past REPORT_GRACE and may
+ * be relayed again. */
+function due(member) {
+  return member.pending && member.resent < MAX_RESENDS && now() - member.awaiting >= REPORT_GRACE;
 }
 
 /** An SSE or long-poll attachment made through the tabs' shared request
