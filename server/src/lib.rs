@@ -37,6 +37,7 @@ mod reject;
 mod serve;
 mod server;
 mod session;
+pub mod store;
 mod transport;
 mod write_deadline;
 
