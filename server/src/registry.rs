@@ -81,9 +81,15 @@ impl Registry {
         evicted
     }
 
-    /// Forgets a session.
-    pub(crate) fn remove(&self, key: &str) {
+    /// Forgets a session (if the registry still holds this one: a session
+    /// that left the node and came back is another [`Shared`]).
+    pub(crate) fn remove(&self, shared: &Shared) {
+        let key = &*shared.key;
         let mut inner = self.lock();
+        match inner.sessions.get(key) {
+            Some(entry) if std::ptr::eq(Arc::as_ptr(&entry.shared), shared) => {}
+            _ => return,
+        }
         let Some(entry) = inner.sessions.remove(key) else {
             return;
         };

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use crate::admission::Admission;
+use crate::cluster::{Cluster, Routing};
 use crate::auth::{AuthHook, OpenRequest, Refusal};
 use crate::config::ServerConfig;
 use crate::origin::{OriginPolicy, Served};
@@ -22,6 +23,7 @@ use crate::peer::{Forwarded, Peer, ProxyHeaders, TrustedProxies};
 use crate::registry::Registry;
 use crate::reject::Reject;
 use crate::session::{Session, now};
+use crate::store::Store;
 use crate::transport;
 
 /// A holdfast server: mount [`router`](Self::router) into an axum app, take
@@ -74,6 +76,8 @@ pub(crate) struct ServerState {
     /// Whether forwarded headers from an untrusted peer were reported.
     warned_untrusted_proxy: AtomicBool,
     sink: SessionSink,
+    /// With a store: this node's part in the cluster.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 type Handler = Arc<dyn Fn(Session) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -223,6 +227,26 @@ impl Holdfast {
     where
         S: Clone + Send + Sync + 'static,
     {
+        let endpoints = self.endpoints(mount);
+        if self.state.cluster.is_none() {
+            return endpoints;
+        }
+        // Sessions may live on other nodes: find them first.
+        let routing = Routing {
+            state: self.state.clone(),
+            mount: mount.into(),
+        };
+        endpoints.layer(axum::middleware::from_fn_with_state(
+            routing,
+            crate::cluster::route,
+        ))
+    }
+
+    /// The endpoints under `mount`, as one node serves them.
+    fn endpoints<S>(&self, mount: &str) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
         let path = |name: &str| format!("{mount}/{name}");
         let http_routes = Router::new()
             .route(&path("client.js"), get(crate::client_js::latest))
@@ -233,7 +257,9 @@ impl Holdfast {
             .route(&path("send"), post(transport::send::handle));
         // Shared requests (PROTOCOL.md §11): `POST` on the same paths.
         // Turned off, they are not routed, and axum answers `405`.
-        let http_routes = if self.state.config.session.max_shared_sessions > 0 {
+        let shared_requests =
+            self.state.config.session.max_shared_sessions > 0 && self.state.cluster.is_none();
+        let http_routes = if shared_requests {
             http_routes
                 .route(
                     &path("sse"),
@@ -289,8 +315,26 @@ impl Holdfast {
         &self.state.config
     }
 
+    /// Hands this node's sessions over to the other nodes, for a rolling
+    /// deploy that loses nothing (with a [store](Builder::store)): the
+    /// node stops taking new sessions, stores what each session holds,
+    /// releases it, and tells its client to reconnect at once (`detach`
+    /// 4000), landing on another node that continues it; the handlers
+    /// here end ([`SessionEnd::moved`](crate::SessionEnd::moved)). Call it
+    /// on SIGTERM, before the HTTP server's graceful shutdown. Without a
+    /// store there is nowhere to hand sessions to: the same as
+    /// [`shutdown`](Self::shutdown).
+    pub async fn hand_over(&self) {
+        match &self.state.cluster {
+            Some(cluster) => cluster.hand_over(&self.state).await,
+            None => self.shutdown(),
+        }
+    }
+
     /// Closes every session with 1001 (going away), for a graceful
-    /// shutdown: clients get their pending messages, then `close`.
+    /// shutdown: clients get their pending messages, then `close`. With a
+    /// store, this ends the sessions for good: see
+    /// [`hand_over`](Self::hand_over) to keep them.
     pub fn shutdown(&self) {
         let now = now();
         for shared in self.state.registry.all() {
@@ -311,9 +355,26 @@ pub struct Builder {
     proxies: Vec<IpNet>,
     proxy_headers: ProxyHeaders,
     https: bool,
+    store: Option<Arc<dyn Store>>,
 }
 
 impl Builder {
+    /// Keeps sessions in `store` (e.g. `holdfast_redis::RedisStore`), so
+    /// that several nodes serve one app: any node serves any request of
+    /// any session, and a node's death or shutdown loses nothing (see
+    /// `docs/scaling.md`). Without a store, sessions live in this node's
+    /// memory only.
+    ///
+    /// The server must then be built inside a tokio runtime: it starts the
+    /// node's background tasks (the bus between nodes, the refresh of the
+    /// sessions it holds). Shared requests (`PROTOCOL.md` §11) are not
+    /// served with a store yet: browsers' tabs fall back to one
+    /// connection each.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// Uses this configuration.
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.config = config;
@@ -486,8 +547,10 @@ impl Builder {
     }
 
     fn finish(self, sink: SessionSink) -> Holdfast {
-        Holdfast {
+        let cluster = self.store.map(Cluster::new);
+        let holdfast = Holdfast {
             state: Arc::new(ServerState {
+                cluster: cluster.clone(),
                 admission: Admission::new(self.config.open_rate_limit.clone()),
                 config: self.config,
                 registry: Registry::default(),
@@ -500,7 +563,11 @@ impl Builder {
                 warned_untrusted_proxy: AtomicBool::new(false),
                 sink,
             }),
+        };
+        if let Some(cluster) = cluster {
+            cluster.start(Arc::downgrade(&holdfast.state), holdfast.endpoints(""));
         }
+        holdfast
     }
 }
 

@@ -295,7 +295,7 @@ pub(crate) async fn reauthorize(
 }
 
 /// Opens or resumes the session and attaches the transport to it.
-pub(crate) fn attach(
+pub(crate) async fn attach(
     state: &Arc<ServerState>,
     prepared: Prepared,
     kind: TransportKind,
@@ -308,14 +308,14 @@ pub(crate) fn attach(
             Ok((shared, id))
         }
         Prepared::Open { headers, identity } => {
-            let shared = open(state, headers, identity)?;
+            let shared = open(state, headers, identity).await?;
             let id = shared.lock().attach(now(), kind, 0)?;
             Ok((shared, id))
         }
     }
 }
 
-fn open(
+async fn open(
     state: &Arc<ServerState>,
     headers: HeaderMap,
     identity: Extensions,
@@ -335,7 +335,10 @@ fn open(
         state.config.session.clone(),
         SessionIdentity { key, session_id },
     );
-    let shared = Shared::new(core, headers, identity, state.clone());
+    let shared = match &state.cluster {
+        None => Shared::new(core, headers, identity, state.clone()),
+        Some(cluster) => cluster.create(state, core, headers, identity).await?,
+    };
     if state
         .registry
         .insert(shared.clone(), state.config.max_sessions)
@@ -344,13 +347,16 @@ fn open(
         return Err(overloaded(state, "too many sessions"));
     }
     if let Err(HandOffError::NotAccepting) = state.hand_off(Session::new(shared.clone())) {
-        state.registry.remove(&shared.key);
+        state.registry.remove(&shared);
         return Err(overloaded(
             state,
             "the application is not accepting sessions",
         ));
     }
     tokio::spawn(shared.clone().drive_timers());
+    if shared.durable.is_some() {
+        tokio::spawn(shared.clone().write_to_store());
+    }
     Ok(shared)
 }
 

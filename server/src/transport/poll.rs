@@ -22,7 +22,7 @@ pub(crate) async fn handle(
     uri: Uri,
 ) -> Response {
     let attached = match prepare(&state, headers, uri, peer, TransportKind::LongPoll, None).await {
-        Ok(prepared) => attach(&state, prepared, TransportKind::LongPoll),
+        Ok(prepared) => attach(&state, prepared, TransportKind::LongPoll).await,
         Err(reject) => Err(reject),
     };
     let (shared, id) = match attached {

@@ -87,8 +87,36 @@ async fn receive(
         ));
     }
     core.handle_frames(now(), None, frames)?;
+    if shared.durable.is_some() {
+        // With a store, the reply acknowledges only what the store holds:
+        // wait for the session's writer, within a deadline (the client
+        // sends the same messages again after `Retry-After`; duplicates
+        // are dropped).
+        let received = core.received();
+        drop(core);
+        let stored = tokio::time::timeout(STORE_DEADLINE, shared.stored_received(received)).await;
+        match stored {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Reject::Attachment(Close::new(
+                    CloseCode::RECONNECT,
+                    "session moved to another node, reconnect",
+                )));
+            }
+            Err(_) => {
+                return Err(Reject::Attachment(
+                    Close::new(CloseCode::OVERLOADED, "the session store is slow")
+                        .with_retry_after(state.config.retry_after),
+                ));
+            }
+        }
+        core = shared.lock();
+    }
     Ok(batch_response(&core.request_reply()))
 }
+
+/// How long a send request waits for the store to hold its messages.
+const STORE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the new messages of a batch will be charged once queued: payload
 /// plus `MESSAGE_OVERHEAD` each. Messages up to `received` are duplicates

@@ -45,7 +45,7 @@ pub(crate) async fn handle(
         Ok(Prepared::Probe) => {
             return probe(state.config.sse_padding, state.config.probe_lifetime);
         }
-        Ok(prepared) => attach(&state, prepared, TransportKind::Sse),
+        Ok(prepared) => attach(&state, prepared, TransportKind::Sse).await,
         Err(reject) => Err(reject),
     };
     let (shared, id) = match attached {

@@ -59,7 +59,11 @@ pub(crate) async fn handle(
         if matches!(prepared, Ok(Prepared::Probe)) {
             return Box::pin(probe(socket, state.config.probe_lifetime)).await;
         }
-        match prepared.and_then(|p| attach(&state, p, TransportKind::WebSocket)) {
+        let attached = match prepared {
+            Ok(prepared) => attach(&state, prepared, TransportKind::WebSocket).await,
+            Err(reject) => Err(reject),
+        };
+        match attached {
             Ok((shared, id)) => run(socket, shared, id).await,
             Err(reject) => Box::pin(refuse(socket, reject)).await,
         }

@@ -89,7 +89,7 @@ async fn take(
                 probe: false,
             };
             match prepare_session(state, headers.clone(), uri.clone(), peer, kind, query).await {
-                Ok(prepared) => attach(state, prepared, kind),
+                Ok(prepared) => attach(state, prepared, kind).await,
                 Err(reject) => Err(reject),
             }
         };

@@ -22,6 +22,13 @@ use tokio::sync::Notify;
 
 use crate::logs::loggable;
 use crate::server::ServerState;
+use crate::store::Write;
+
+mod durable;
+
+pub(crate) use durable::Durable;
+pub(crate) use durable::Stored;
+use durable::{AppProgress, Pending};
 
 /// The current time on tokio's clock (so paused-time tests work too).
 pub(crate) fn now() -> Instant {
@@ -49,13 +56,23 @@ pub(crate) struct Shared {
     timer: Notify,
     /// A tombstone evicted from the registry: the timer task ends now.
     evicted: AtomicBool,
+    /// The timer task ended: the session is forgotten on this node.
+    forgotten: AtomicBool,
     headers: HeaderMap,
     extensions: Extensions,
     server: Arc<ServerState>,
+    /// With a store: where the session's state is kept for other nodes.
+    pub(crate) durable: Option<Durable>,
 }
 
 struct Inner {
     core: ServerSession,
+    /// With a store: the application's place in the client's messages,
+    /// and what was last stored.
+    app: AppProgress,
+    stored: Stored,
+    /// Sequence number of the last message the application took.
+    taken: u64,
     /// The deadline the timer task sleeps until.
     armed: Option<Instant>,
     /// Bytes this session counts in the server-wide total: what its replay
@@ -73,11 +90,15 @@ struct Snapshot {
     closed: bool,
     output_epoch: u64,
     transport: Option<TransportKind>,
+    sent: u64,
+    acked: u64,
 }
 
 impl Snapshot {
     fn of(core: &ServerSession) -> Self {
         Self {
+            sent: core.sent(),
+            acked: core.acked(),
             received: core.received(),
             unacked_bytes: core.unacked_bytes(),
             inbound_bytes: core.inbound_bytes(),
@@ -112,6 +133,75 @@ impl DerefMut for CoreGuard<'_> {
             Some(inner) => &mut inner.core,
             None => unreachable!("the guard is only emptied in drop"),
         }
+    }
+}
+
+impl CoreGuard<'_> {
+    fn inner(&mut self) -> &mut Inner {
+        match &mut self.inner {
+            Some(inner) => inner,
+            None => unreachable!("the guard is only emptied in drop"),
+        }
+    }
+
+    /// The application's place in the client's messages.
+    fn app(&mut self) -> &mut AppProgress {
+        &mut self.inner().app
+    }
+
+    /// The next message for the application, counting its progress.
+    fn take_message(&mut self) -> Option<Message> {
+        let inner = self.inner();
+        let message = inner.core.poll_message()?;
+        inner.taken += 1;
+        let taken = inner.taken;
+        inner.app.took(taken);
+        Some(message)
+    }
+
+    /// What the store does not hold yet, as one write; `None` if nothing.
+    fn pending(&mut self) -> Option<Pending> {
+        let inner = self.inner();
+        let core = &inner.core;
+        let close = match (core.close_reason(), inner.stored.closed) {
+            (Some(close), false) => Some(durable::stored_close(close, core.initiator())),
+            _ => None,
+        };
+        let write = Write {
+            outbound: core
+                .unconfirmed_sent()
+                .map(|(seq, message)| (seq, message.clone()))
+                .collect(),
+            inbound: core
+                .unconfirmed_received()
+                .map(|(seq, message)| (seq, message.clone()))
+                .collect(),
+            acked: (core.acked() > inner.stored.acked).then_some(core.acked()),
+            progress: (inner.app.progress != inner.stored.progress).then_some(inner.app.progress),
+            opened: false,
+            close,
+        };
+        if write.is_empty() {
+            return None;
+        }
+        Some(Pending {
+            stored: Stored {
+                acked: write.acked.unwrap_or(inner.stored.acked),
+                progress: inner.app.progress,
+                closed: inner.stored.closed || write.close.is_some(),
+            },
+            sent: core.sent(),
+            received: core.received(),
+            write,
+        })
+    }
+
+    /// `pending` is in the store: let the core act on it.
+    fn stored(&mut self, pending: Pending) {
+        let inner = self.inner();
+        inner.core.confirm_sent(pending.sent);
+        inner.core.confirm_received(pending.received);
+        inner.stored = pending.stored;
     }
 }
 
@@ -155,6 +245,14 @@ impl Drop for CoreGuard<'_> {
         drop(inner);
 
         let closed_now = after.closed && !before.closed;
+        if let Some(durable) = &shared.durable
+            && (after.sent != before.sent
+                || after.received != before.received
+                || after.acked != before.acked
+                || closed_now)
+        {
+            durable.wake.notify_one();
+        }
         if closed_now {
             let max = shared.server.config.max_sessions;
             for evicted in shared.server.registry.closed(&shared.key, max) {
@@ -191,7 +289,7 @@ impl Drop for CoreGuard<'_> {
 /// a session must not keep hundreds of kilobytes of them for its lifetime.
 /// Headers are kept in order while they fit; one that does not fit is left
 /// out whole (a truncated cookie or token would be worse than none).
-fn kept_copy(headers: &HeaderMap, budget: usize) -> HeaderMap {
+pub(crate) fn kept_copy(headers: &HeaderMap, budget: usize) -> HeaderMap {
     let mut copy = HeaderMap::new();
     let mut left = budget;
     for (name, value) in headers {
@@ -245,13 +343,30 @@ impl Shared {
         extensions: Extensions,
         server: Arc<ServerState>,
     ) -> Arc<Self> {
-        let identity = core.identity();
         let headers = kept_copy(&headers, server.config.max_kept_header_bytes);
+        Self::with_store(core, headers, extensions, server, None, Stored::default())
+    }
+
+    /// A session kept in a store too (`durable`), where `stored` says
+    /// the store is (a session taken over from another node; the default
+    /// for a new one). `headers` are kept as given.
+    pub(crate) fn with_store(
+        core: ServerSession,
+        headers: HeaderMap,
+        extensions: Extensions,
+        server: Arc<ServerState>,
+        durable: Option<Durable>,
+        stored: Stored,
+    ) -> Arc<Self> {
+        let identity = core.identity();
         Arc::new(Self {
             session_id: identity.session_id.as_str().into(),
             key: identity.key.as_str().into(),
             inner: Mutex::new(Inner {
                 core,
+                app: AppProgress::restored(stored.progress),
+                taken: stored.progress.done,
+                stored,
                 armed: None,
                 accounted: 0,
             }),
@@ -261,9 +376,11 @@ impl Shared {
             drained: Notify::new(),
             timer: Notify::new(),
             evicted: AtomicBool::new(false),
+            forgotten: AtomicBool::new(false),
             headers,
             extensions,
             server,
+            durable,
         })
     }
 
@@ -300,7 +417,10 @@ impl Shared {
                 let mut guard = self.lock();
                 let now = now();
                 guard.handle_timeout(now);
-                if guard.is_finished(now) || self.evicted.load(Ordering::Relaxed) {
+                if guard.is_finished(now)
+                    || self.evicted.load(Ordering::Relaxed)
+                    || self.is_gone()
+                {
                     break;
                 }
                 let deadline = guard.poll_timeout();
@@ -319,7 +439,21 @@ impl Shared {
                 None => notified.await,
             }
         }
-        self.server.registry.remove(&self.key);
+        self.server.registry.remove(&self);
+        self.forgotten.store(true, Ordering::Release);
+        if let Some(durable) = &self.durable {
+            durable.wake.notify_one();
+            if !durable.is_gone() {
+                // Over for good: the store forgets it too (else it would
+                // expire there with its TTL).
+                let (store, tag, epoch) = (durable.store.clone(), durable.tag.clone(), durable.epoch);
+                tokio::spawn(async move {
+                    if let Err(error) = store.remove(&tag, epoch).await {
+                        tracing::debug!(%error, "could not remove a finished session from the store");
+                    }
+                });
+            }
+        }
         let accounted = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut inner.accounted)
@@ -364,9 +498,11 @@ impl Shared {
             || self.server.buffered.load(Ordering::Relaxed) < self.server.config.max_buffered_bytes
     }
 
-    fn try_send(&self, message: Message) -> Result<(), SendError> {
+    /// Queues a message: its sequence number, or `None` when a session
+    /// taken over drops it as already stored (see [`durable`]).
+    fn try_send(&self, message: Message) -> Result<Option<u64>, SendError> {
         let mut core = self.lock();
-        if core.is_closed() {
+        if core.is_closed() || self.is_gone() {
             return Err(SendError::Closed);
         }
         let limit = self.server.config.max_buffered_bytes;
@@ -377,7 +513,145 @@ impl Shared {
             // session's own, when it has some in flight).
             return Err(SendError::Full);
         }
-        core.send(message).map(|_| ())
+        if self.durable.is_some() {
+            if message.len() > core.config().max_message {
+                return Err(SendError::TooLarge);
+            }
+            if !core.has_room_for(message.len()) {
+                return Err(SendError::Full);
+            }
+            if !core.app().sends() {
+                return Ok(None);
+            }
+        }
+        core.send(message).map(Some)
+    }
+
+    /// Whether the store holds everything the core does.
+    pub(crate) fn all_stored(&self) -> bool {
+        self.lock().pending().is_none()
+    }
+
+    /// Whether the session left this node (taken over, handed over).
+    pub(crate) fn is_gone(&self) -> bool {
+        self.durable.as_ref().is_some_and(Durable::is_gone)
+    }
+
+    /// Waits until the store holds downstream messages up to `seq`.
+    async fn stored_sent(&self, seq: u64) -> Result<(), SendError> {
+        let Some(durable) = &self.durable else {
+            return Ok(());
+        };
+        loop {
+            let notified = durable.stored.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().confirmed_sent() >= seq {
+                return Ok(());
+            }
+            if durable.is_gone() {
+                return Err(SendError::Closed);
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until the store holds the client's messages up to `seq`
+    /// (a send request answers only then: its acknowledgement must not
+    /// cover what a node's death could lose). `false` if the session left
+    /// this node meanwhile.
+    pub(crate) async fn stored_received(&self, seq: u64) -> bool {
+        let Some(durable) = &self.durable else {
+            return true;
+        };
+        loop {
+            let notified = durable.stored.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().confirmed_received() >= seq {
+                return true;
+            }
+            if durable.is_gone() {
+                return false;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stores what the core holds unconfirmed, for as long as the session
+    /// is on this node (the writer task of a session with a store).
+    pub(crate) async fn write_to_store(self: Arc<Self>) {
+        let Some(durable) = &self.durable else {
+            return;
+        };
+        let mut failures = 0;
+        loop {
+            let notified = durable.wake.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if durable.is_gone() {
+                return;
+            }
+            let Some(pending) = self.lock().pending() else {
+                if self.is_forgotten() {
+                    return;
+                }
+                notified.await;
+                continue;
+            };
+            match durable
+                .store
+                .write(&durable.tag, durable.epoch, &pending.write, durable.ttl)
+                .await
+            {
+                Ok(()) => {
+                    failures = 0;
+                    self.lock().stored(pending);
+                    durable.stored.notify_waiters();
+                }
+                Err(error) if durable::lost(&error) => {
+                    tracing::warn!(session = %self.session_id, %error, "session taken over by another node");
+                    self.leave(holdfast_protocol::Close::new(
+                        CloseCode::RECONNECT,
+                        "session moved to another node, reconnect",
+                    ));
+                    return;
+                }
+                Err(error) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(session = %self.session_id, %error, "cannot store session state, retrying");
+                    }
+                    tokio::time::sleep(durable::backoff(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// Whether the session was forgotten (finished, evicted).
+    fn is_forgotten(&self) -> bool {
+        self.forgotten.load(Ordering::Acquire)
+    }
+
+    /// The session leaves this node (another node owns it now, or this
+    /// one is shutting down): its attachment ends with `detach` (`close`
+    /// says why; 4000 makes the client reconnect at once, to whichever
+    /// node), the application's handles end, and the registry forgets it.
+    /// The session itself lives on in the store.
+    pub(crate) fn leave(&self, close: holdfast_protocol::Close) {
+        let Some(durable) = &self.durable else {
+            return;
+        };
+        if durable.gone.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.lock().end_attachment(now(), close);
+        self.server.registry.remove(self);
+        durable.stored.notify_waiters();
+        durable.wake.notify_one();
+        self.app.notify_waiters();
+        self.space.notify_waiters();
+        self.timer.notify_one();
     }
 }
 
@@ -400,6 +674,10 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        if self.shared.is_gone() {
+            // The session lives on on another node.
+            return;
+        }
         let mut core = self.shared.lock();
         if !core.is_closed() {
             core.close(now(), Close::new(CloseCode::NORMAL, "session dropped"));
@@ -452,9 +730,17 @@ impl Session {
             let notified = shared.app.notified();
             let mut notified = pin!(notified);
             notified.as_mut().enable();
+            if shared.is_gone() {
+                return None;
+            }
             {
                 let mut core = shared.lock();
-                if let Some(message) = core.poll_message() {
+                if let Some(message) = core.take_message() {
+                    drop(core);
+                    if let Some(durable) = &shared.durable {
+                        // Progress to store: what came before is done.
+                        durable.wake.notify_one();
+                    }
                     return Some(message);
                 }
                 if core.is_closed() {
@@ -468,6 +754,9 @@ impl Session {
     /// Queues a message for the client, waiting while the replay buffer is
     /// full (until the client acknowledges). Fails only if the session is
     /// closed or the message is larger than the session's maximum.
+    ///
+    /// With a store ([`Builder::store`](crate::Builder::store)), returns
+    /// once the store holds the message: a node's death cannot lose it.
     pub async fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let message = message.into();
         let shared = self.shared();
@@ -477,14 +766,29 @@ impl Session {
             notified.as_mut().enable();
             match shared.try_send(message.clone()) {
                 Err(SendError::Full) => notified.await,
-                other => return other,
+                Ok(Some(seq)) => return shared.stored_sent(seq).await,
+                Ok(None) => return Ok(()),
+                Err(error) => return Err(error),
             }
         }
     }
 
     /// Queues a message if there is room now; [`SendError::Full`] otherwise.
+    /// With a store, the message is stored shortly after (before it goes
+    /// out).
     pub fn try_send(&self, message: impl Into<Message>) -> Result<(), SendError> {
-        self.shared().try_send(message.into())
+        self.shared().try_send(message.into()).map(|_| ())
+    }
+
+    /// Whether this session continues one that another node served until
+    /// it died or shut down (a takeover, with a store): the client's
+    /// messages your last handler did not finish come again, from the
+    /// one it was processing; see `docs/scaling.md`.
+    pub fn continued(&self) -> bool {
+        self.shared()
+            .durable
+            .as_ref()
+            .is_some_and(|durable| durable.continued)
     }
 
     /// Ends the session: messages already sent are delivered first, then the
@@ -495,9 +799,10 @@ impl Session {
             .close(now(), Close::new(code, reason.into()));
     }
 
-    /// Whether the session is over.
+    /// Whether the session is over — on this node: with a store, a
+    /// session that moved to another node is over here.
     pub fn is_closed(&self) -> bool {
-        self.shared().lock().is_closed()
+        self.shared().is_gone() || self.shared().lock().is_closed()
     }
 
     /// Waits until the session is over and says how it ended.
@@ -515,6 +820,11 @@ impl Session {
     }
 
     fn end(&self) -> Option<SessionEnd> {
+        if self.shared().is_gone() {
+            return Some(SessionEnd {
+                close: Close::new(CloseCode::RECONNECT, "session moved to another node"),
+            });
+        }
         let core = self.shared().lock();
         core.close_reason().map(|close| SessionEnd {
             close: close.clone(),
@@ -541,6 +851,13 @@ impl SessionEnd {
     /// the resume window.
     pub fn expired(&self) -> bool {
         self.close.code == CloseCode::SESSION_LOST
+    }
+
+    /// Whether the session did not end but moved to another node (with a
+    /// store: taken over, or handed over on shutdown). Its handler there
+    /// carries on; this one should stop.
+    pub fn moved(&self) -> bool {
+        self.close.code == CloseCode::RECONNECT
     }
 }
 

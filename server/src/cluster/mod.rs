@@ -1,0 +1,455 @@
+//! Several nodes, one app: sessions kept in a [`Store`], any node serving
+//! any request (see the [store module](crate::store) for the model).
+//!
+//! - [`Cluster::create`] records a new session in the store before its
+//!   client hears of it (the `open` greeting carries the key that names it
+//!   on every node).
+//! - [`route`] runs before every endpoint that names a session: the
+//!   session is here (serve it), owned by another live node (carry the
+//!   request there through a [`tunnel`]), or owned by nobody alive (claim
+//!   it, rebuild it here and start the application's handler with
+//!   [`Session::continued`](crate::Session::continued)).
+//! - Background tasks: the bus reader, the server of tunnels other nodes
+//!   open to this one, the watch on nodes at the far end of tunnels, and
+//!   the refresh of the store's expiry for the sessions held here.
+//! - [`Cluster::hand_over`]: a graceful shutdown that loses nothing.
+
+pub(crate) mod forward;
+pub(crate) mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use holdfast_protocol::{
+    Close, CloseCode, Initiator, Restore, ServerSession, SessionIdentity,
+};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue};
+
+use crate::auth::Identity;
+use crate::reject::Reject;
+use crate::server::{HandOffError, ServerState};
+use crate::session::{Durable, Session, Shared, Stored, now};
+use crate::store::{NewSession, Owner, Snapshot, Store, StoreError, StoredClose, tag};
+use crate::transport::{ConnectQuery, overloaded};
+
+/// A node's part in a cluster.
+pub(crate) struct Cluster {
+    pub(crate) store: Arc<dyn Store>,
+    tunnels: Arc<tunnel::Tunnels>,
+    /// One claim at a time on this node: two requests for the same
+    /// session arriving together must not both rebuild it.
+    claiming: tokio::sync::Mutex<()>,
+    /// Shutting down: no new sessions, no claims.
+    draining: AtomicBool,
+}
+
+/// Where a request's session is.
+pub(crate) enum Found {
+    /// On this node (perhaps just claimed), or nowhere: serve the request
+    /// here (a session nowhere gets the usual `410` / 4410).
+    Here,
+    /// Owned by this live node.
+    At(String),
+}
+
+impl Cluster {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        let tunnels = tunnel::Tunnels::new(store.clone());
+        Arc::new(Self {
+            store,
+            tunnels,
+            claiming: tokio::sync::Mutex::new(()),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// How long the store keeps a session nobody refreshes: its resume
+    /// window (the owner refreshes open sessions, see [`Self::start`]).
+    fn ttl(state: &ServerState) -> Duration {
+        state.config.session.resume_window
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Records a new session owned by this node; its client hears of it
+    /// only after this.
+    pub(crate) async fn create(
+        &self,
+        state: &Arc<ServerState>,
+        mut core: ServerSession,
+        headers: HeaderMap,
+        extensions: Extensions,
+    ) -> Result<Arc<Shared>, Reject> {
+        if self.is_draining() {
+            return Err(overloaded(state, "this node is shutting down"));
+        }
+        let headers = crate::session::kept_copy(&headers, state.config.max_kept_header_bytes);
+        let record = NewSession {
+            session_id: core.identity().session_id.clone(),
+            identity: extensions
+                .get::<Identity>()
+                .map(|identity| identity.as_str().to_owned()),
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+                .collect(),
+        };
+        let tag = tag(&core.identity().key);
+        let ttl = Self::ttl(state);
+        let epoch = self
+            .store
+            .create(&tag, &record, ttl)
+            .await
+            .map_err(|error| unavailable(state, &error))?;
+        core.hold_until_confirmed();
+        let durable = Durable::new(self.store.clone(), tag, epoch, ttl, false);
+        Ok(Shared::with_store(
+            core,
+            headers,
+            extensions,
+            state.clone(),
+            Some(durable),
+            Stored::default(),
+        ))
+    }
+
+    /// Where the session named `key` is, claiming it if its owner is gone.
+    pub(crate) async fn find(&self, state: &Arc<ServerState>, key: &str) -> Result<Found, Reject> {
+        if state.registry.get(key).is_some() {
+            return Ok(Found::Here);
+        }
+        let tag = tag(key);
+        // A claim that lost a race reads the owner again, once.
+        for _ in 0..2 {
+            let owner = self
+                .store
+                .owner(&tag)
+                .await
+                .map_err(|error| unavailable(state, &error))?;
+            let alive = match &owner {
+                Owner::Unknown => return Ok(Found::Here),
+                Owner::Node { node, .. } if node == self.store.node_id() => false,
+                Owner::Node { node, .. } => self
+                    .store
+                    .node_alive(node)
+                    .await
+                    .map_err(|error| unavailable(state, &error))?,
+                Owner::Released { .. } => false,
+            };
+            if alive && let Owner::Node { node, .. } = owner {
+                return Ok(Found::At(node));
+            }
+            if self.is_draining() {
+                return Err(overloaded(state, "this node is shutting down"));
+            }
+            match self.claim(state, key, &tag, &owner).await {
+                Ok(()) => return Ok(Found::Here),
+                Err(StoreError::Fenced) => continue,
+                Err(StoreError::NotFound) => return Ok(Found::Here),
+                Err(error) => return Err(unavailable(state, &error)),
+            }
+        }
+        Err(unavailable(
+            state,
+            &StoreError::Unavailable("the session changed owner twice while claiming it".into()),
+        ))
+    }
+
+    /// Takes the session over from `owner` and starts its handler here.
+    async fn claim(
+        &self,
+        state: &Arc<ServerState>,
+        key: &str,
+        tag: &str,
+        owner: &Owner,
+    ) -> Result<(), StoreError> {
+        let _one_at_a_time = self.claiming.lock().await;
+        if state.registry.get(key).is_some() {
+            return Ok(());
+        }
+        if state.registry.open() >= state.config.max_sessions {
+            return Err(StoreError::Unavailable("this node holds too many sessions".into()));
+        }
+        let snapshot = self.store.claim(tag, owner, Self::ttl(state)).await?;
+        let shared = match restore(state, key, snapshot) {
+            Ok(shared) => shared,
+            Err(reason) => {
+                tracing::error!(reason, "a stored session could not be rebuilt");
+                return Err(StoreError::NotFound);
+            }
+        };
+        if state
+            .registry
+            .insert(shared.clone(), state.config.max_sessions)
+            .is_err()
+        {
+            self.give_back(&shared).await;
+            return Err(StoreError::Unavailable("this node holds too many sessions".into()));
+        }
+        if let Err(HandOffError::NotAccepting) = state.hand_off(Session::new(shared.clone())) {
+            state.registry.remove(&shared);
+            self.give_back(&shared).await;
+            return Err(StoreError::Unavailable(
+                "the application is not accepting sessions".into(),
+            ));
+        }
+        tracing::info!(session = %shared.session_id, "session taken over");
+        tokio::spawn(shared.clone().drive_timers());
+        tokio::spawn(shared.clone().write_to_store());
+        Ok(())
+    }
+
+    /// Releases a session this node claimed but cannot serve.
+    async fn give_back(&self, shared: &Shared) {
+        if let Some(durable) = &shared.durable
+            && let Err(error) = self.store.release(&durable.tag, durable.epoch).await
+        {
+            tracing::debug!(%error, "could not release a session");
+        }
+    }
+
+    /// Starts the node's background tasks: reading the bus, serving the
+    /// tunnels other nodes open to this one (with `router`: the endpoints
+    /// without the mount prefix), watching the nodes at the far end of
+    /// tunnels, and keeping the sessions held here from expiring in the
+    /// store.
+    pub(crate) fn start(self: &Arc<Self>, state: Weak<ServerState>, router: axum::Router) {
+        let incoming = self.tunnels.start();
+        tokio::spawn(forward::serve_tunnels(incoming, router));
+        tokio::spawn(watch_peers(Arc::downgrade(self)));
+        tokio::spawn(keep_alive(Arc::downgrade(self), state));
+    }
+
+    /// Hands every session over for another node to continue: no new
+    /// sessions or claims here; each session's state is stored, released,
+    /// and its client told to reconnect at once (`detach` 4000), to
+    /// whichever node; the application's handlers end
+    /// ([`SessionEnd::moved`](crate::SessionEnd::moved)). Then the node
+    /// leaves the cluster.
+    pub(crate) async fn hand_over(&self, state: &ServerState) {
+        self.draining.store(true, Ordering::Release);
+        let sessions = state.registry.all();
+        let handed = futures_util::future::join_all(
+            sessions.iter().map(|shared| self.hand_over_one(shared)),
+        )
+        .await;
+        let handed = handed.into_iter().filter(|handed| *handed).count();
+        tracing::info!(sessions = handed, "sessions handed over");
+        if let Err(error) = self.store.leave().await {
+            tracing::warn!(%error, "could not leave the cluster cleanly");
+        }
+    }
+
+    async fn hand_over_one(&self, shared: &Arc<Shared>) -> bool {
+        let Some(durable) = &shared.durable else {
+            return false;
+        };
+        // Stored first: the writer stores whatever the core holds; wait
+        // for it, with a deadline (a store down now loses nothing: the
+        // session stays ours until its owner key expires, then is
+        // claimed from what the store has).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let notified = durable.stored.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if shared.all_stored()
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
+                break;
+            }
+        }
+        shared.leave(Close::new(
+            CloseCode::RECONNECT,
+            "this node is shutting down, reconnect",
+        ));
+        match self.store.release(&durable.tag, durable.epoch).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(session = %shared.session_id, %error, "could not release a session");
+                false
+            }
+        }
+    }
+}
+
+/// A store failure as the client sees it: `503` / 4503, try again later.
+fn unavailable(state: &ServerState, error: &StoreError) -> Reject {
+    tracing::warn!(%error, "session store");
+    overloaded(state, "the session store is unavailable")
+}
+
+/// Rebuilds a session from its stored state.
+fn restore(state: &Arc<ServerState>, key: &str, snapshot: Snapshot) -> Result<Arc<Shared>, String> {
+    let Snapshot {
+        session,
+        epoch,
+        opened: _,
+        acked,
+        outbound,
+        received,
+        inbound,
+        progress,
+        close,
+    } = snapshot;
+    let identity = SessionIdentity {
+        key: key.to_owned(),
+        session_id: session.session_id.clone(),
+    };
+    let closed = close.clone().map(|StoredClose { code, reason, by_client }| {
+        let initiator = if by_client { Initiator::Peer } else { Initiator::Local };
+        (Close::new(CloseCode(code), reason), initiator)
+    });
+    let core = ServerSession::restore(
+        now(),
+        state.config.session.clone(),
+        identity,
+        Restore {
+            acked,
+            outbound: outbound.into_iter().map(|(_, message)| message).collect(),
+            received,
+            inbound: inbound.into_iter().map(|(_, message)| message).collect(),
+            closed,
+        },
+    )
+    .map_err(|error| error.to_string())?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in session.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let mut extensions = Extensions::new();
+    if let Some(identity) = session.identity {
+        extensions.insert(Identity::new(identity));
+    }
+    let cluster = state.cluster.as_ref().ok_or("no cluster")?;
+    let durable = Durable::new(
+        cluster.store.clone(),
+        tag(key),
+        epoch,
+        Cluster::ttl(state),
+        true,
+    );
+    Ok(Shared::with_store(
+        core,
+        headers,
+        extensions,
+        state.clone(),
+        Some(durable),
+        Stored {
+            acked,
+            progress,
+            closed: close.is_some(),
+        },
+    ))
+}
+
+/// What [`route`] needs besides the server: the mount the endpoints are
+/// under, stripped from a request carried to another node (whose tunnel
+/// router serves them without it).
+#[derive(Clone)]
+pub(crate) struct Routing {
+    pub(crate) state: Arc<ServerState>,
+    pub(crate) mount: Arc<str>,
+}
+
+/// Runs before every endpoint: serves a request here, or carries it to
+/// the node that owns its session.
+pub(crate) async fn route(State(routing): State<Routing>, request: Request, next: Next) -> Response {
+    let state = &routing.state;
+    let Some(cluster) = &state.cluster else {
+        return next.run(request).await;
+    };
+    if request.extensions().get::<forward::Tunneled>().is_some() {
+        // Carried here by the node that found this one owns the session:
+        // never carried again.
+        return next.run(request).await;
+    }
+    let websocket = request.uri().path().ends_with("/ws");
+    let key = ConnectQuery::read(request.headers(), request.uri().query(), websocket)
+        .ok()
+        .and_then(|query| query.key);
+    let Some(key) = key else {
+        // Opens a session here, or is refused here.
+        return next.run(request).await;
+    };
+    match cluster.find(state, &key).await {
+        Ok(Found::Here) => next.run(request).await,
+        Ok(Found::At(node)) => {
+            let client = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0);
+            let path = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .strip_prefix(&*routing.mount)
+                .unwrap_or("/")
+                .to_owned();
+            forward::forward(&cluster.tunnels, &node, client, request, &path).await
+        }
+        Err(reject) => reject.into_http().into_response(),
+    }
+}
+
+/// Breaks the tunnels to nodes that died, so that their clients reconnect
+/// (and claim the sessions) instead of waiting on a silent tunnel.
+async fn watch_peers(cluster: Weak<Cluster>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        for node in cluster.tunnels.peers() {
+            if let Ok(false) = cluster.store.node_alive(&node).await {
+                tracing::info!(node = %node, "a node died: breaking its tunnels");
+                cluster.tunnels.reset_node(&node);
+            }
+        }
+    }
+}
+
+/// Keeps the sessions held here from expiring in the store: each one's
+/// TTL is its resume window, refreshed four times per window.
+async fn keep_alive(cluster: Weak<Cluster>, state: Weak<ServerState>) {
+    let period = match state.upgrade() {
+        Some(state) => Cluster::ttl(&state) / 4,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (Some(cluster), Some(state)) = (cluster.upgrade(), state.upgrade()) else {
+            return;
+        };
+        let tags: Vec<String> = state
+            .registry
+            .all()
+            .iter()
+            .filter_map(|shared| shared.durable.as_ref())
+            .filter(|durable| !durable.is_gone())
+            .map(|durable| durable.tag.clone())
+            .collect();
+        for chunk in tags.chunks(1000) {
+            if let Err(error) = cluster.store.touch(chunk, Cluster::ttl(&state)).await {
+                tracing::warn!(%error, "could not refresh sessions in the store");
+            }
+        }
+    }
+}
