@@ -3,14 +3,22 @@
 //!
 //! ```text
 //! cargo run --example echo -- --addr 127.0.0.1:3000
+//! cargo run --example echo -- --addr 127.0.0.1:3001 --redis redis://127.0.0.1:6379
 //! ```
+//!
+//! With `--redis`, the node keeps its sessions in Redis: run several behind
+//! any load balancer (nothing sticky), kill or restart any of them, and
+//! clients continue on the others (see `docs/scaling.md`). On SIGTERM or
+//! Ctrl-C it hands its sessions over before it exits.
 //!
 //! Endpoints under `/realtime`: `ws`, `sse`, `poll`, `send` (see
 //! `PROTOCOL.md`). Logs every session opening, transport attach/detach,
 //! resume and close; `RUST_LOG=debug` for more.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use holdfast::server::store::Store as _;
 use holdfast::server::{Holdfast, Session};
 use tracing_subscriber::EnvFilter;
 
@@ -21,23 +29,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let addr = parse_addr()?;
+    let args = parse_args()?;
 
-    let holdfast = Holdfast::builder().on_session(echo);
+    let mut builder = Holdfast::builder();
+    if let Some(url) = &args.redis {
+        // One node of a cluster: sessions live in Redis, any node serves
+        // any request, a node's death or restart loses nothing.
+        let store = holdfast_redis::RedisStore::connect(url)
+            .await
+            .map_err(|error| format!("cannot use Redis at {url}: {error}"))?;
+        tracing::info!(node = store.node_id(), "sessions kept in Redis at {url}");
+        builder = builder.store(Arc::clone(&store) as _);
+    }
+    let holdfast = builder.on_session(echo);
     let app = axum::Router::new()
         .route("/", axum::routing::get(index))
         .nest("/realtime", holdfast.router());
 
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!("echo server on http://{}/realtime", listener.local_addr()?);
     // TCP_NODELAY, header and write deadlines, a connection limit.
     holdfast::server::serve(listener, app)
         .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            holdfast.shutdown();
+            stopped().await;
+            // With Redis: the sessions continue on the other nodes. Alone:
+            // they end with 1001.
+            holdfast.hand_over().await;
         })
         .await?;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what a deploy sends).
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Sends every message back, in order, until the session ends.
@@ -60,9 +99,15 @@ async fn index() -> &'static str {
      Every message you send comes back. The wire protocol is in PROTOCOL.md.\n"
 }
 
-fn parse_addr() -> Result<SocketAddr, String> {
+struct Args {
+    addr: SocketAddr,
+    redis: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:3000".to_owned();
+    let mut redis = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => {
@@ -70,13 +115,28 @@ fn parse_addr() -> Result<SocketAddr, String> {
                     .next()
                     .ok_or("--addr needs a value, like 127.0.0.1:3000")?
             }
+            "--redis" => {
+                redis = Some(
+                    args.next()
+                        .ok_or("--redis needs a value, like redis://127.0.0.1:6379")?,
+                )
+            }
             "-h" | "--help" => {
-                println!("usage: echo [--addr HOST:PORT]   (default 127.0.0.1:3000)");
+                println!(
+                    "usage: echo [--addr HOST:PORT] [--redis URL]\n\
+                     \n\
+                     --addr   where to listen (default 127.0.0.1:3000)\n\
+                     --redis  keep sessions in Redis (redis://host:port, or\n\
+                     \x20        redis-cluster://host:port for a Redis Cluster) and serve\n\
+                     \x20        as one node of several"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
     }
-    addr.parse()
-        .map_err(|e| format!("--addr {addr:?} is not HOST:PORT: {e}"))
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("--addr {addr:?} is not HOST:PORT: {e}"))?;
+    Ok(Args { addr, redis })
 }

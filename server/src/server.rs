@@ -565,7 +565,7 @@ impl Builder {
             }),
         };
         if let Some(cluster) = cluster {
-            cluster.start(Arc::downgrade(&holdfast.state), holdfast.endpoints(""));
+            cluster.start(Arc::downgrade(&holdfast.state), holdfast.routes(""));
         }
         holdfast
     }

@@ -144,6 +144,14 @@ impl Nginx {
     /// `upstream` (mounted at `/realtime`). Panics (with nginx's error log)
     /// if it cannot start.
     pub async fn start(profile: Profile, upstream: SocketAddr) -> Nginx {
+        Self::start_balanced(profile, &[upstream]).await
+    }
+
+    /// Starts nginx with `profile` in front of several holdfast nodes,
+    /// balancing requests over them round-robin with no affinity (nginx's
+    /// default), as a load balancer that knows nothing of sessions does.
+    /// A node that refuses connections is skipped for a second.
+    pub async fn start_balanced(profile: Profile, upstreams: &[SocketAddr]) -> Nginx {
         let binary = nginx_binary();
         let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let token = format!("n{}x{instance}x{:08x}", std::process::id(), random_u32());
@@ -155,7 +163,7 @@ impl Nginx {
             let port = free_port();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let prefix = format!("/{token}");
-            let conf = config(&dir, addr, upstream, &prefix, &token, &profile);
+            let conf = config(&dir, addr, upstreams, &prefix, &token, &profile);
             std::fs::write(dir.join("nginx.conf"), &conf).expect("write nginx.conf");
             let child = Command::new(&binary)
                 .arg("-p")
@@ -288,7 +296,7 @@ impl Drop for Nginx {
 fn config(
     dir: &Path,
     listen: SocketAddr,
-    upstream: SocketAddr,
+    upstreams: &[SocketAddr],
     prefix: &str,
     token: &str,
     profile: &Profile,
@@ -299,6 +307,23 @@ fn config(
         .lines()
         .map(|line| format!("            {}\n", line.trim()))
         .collect::<String>();
+    // One node: proxied to directly (nginx's default `Host` is then its
+    // address). Several: an upstream group, round-robin.
+    let (servers, target) = match upstreams {
+        [one] => (String::new(), one.to_string()),
+        several => (
+            several
+                .iter()
+                .map(|upstream| format!("        server {upstream} max_fails=1 fail_timeout=1s;\n"))
+                .collect::<String>(),
+            "holdfast_nodes".to_owned(),
+        ),
+    };
+    let group = if servers.is_empty() {
+        String::new()
+    } else {
+        format!("\n    upstream holdfast_nodes {{\n{servers}    }}\n")
+    };
     format!(
         "\
 # Written by holdfast's tests/nginx_support for profile: {name}
@@ -324,7 +349,7 @@ http {{
         default upgrade;
         ''      close;
     }}
-
+{group}
     server {{
         listen {listen};
 
@@ -332,9 +357,9 @@ http {{
             return 200 '{token}';
         }}
 
-        # {prefix}/realtime/… → http://{upstream}/realtime/…
+        # {prefix}/realtime/… → http://<a node>/realtime/…
         location {prefix}/ {{
-            proxy_pass http://{upstream}/;
+            proxy_pass http://{target}/;
 {directives}        }}
     }}
 }}

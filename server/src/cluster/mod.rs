@@ -107,7 +107,10 @@ impl Cluster {
             .store
             .create(&tag, &record, ttl)
             .await
-            .map_err(|error| unavailable(state, &error))?;
+            .map_err(|error| {
+                tracing::warn!(%error, "session store");
+                overloaded(state, "the session store is unavailable")
+            })?;
         core.hold_until_confirmed();
         let durable = Durable::new(self.store.clone(), tag, epoch, ttl, false);
         Ok(Shared::with_store(
@@ -147,7 +150,7 @@ impl Cluster {
                 return Ok(Found::At(node));
             }
             if self.is_draining() {
-                return Err(overloaded(state, "this node is shutting down"));
+                return Err(retry_later(state, "this node is shutting down"));
             }
             match self.claim(state, key, &tag, &owner).await {
                 Ok(()) => return Ok(Found::Here),
@@ -280,10 +283,16 @@ impl Cluster {
     }
 }
 
-/// A store failure as the client sees it: `503` / 4503, try again later.
+/// A store failure as the client of a session sees it: `503` / `detach`
+/// 4503, try again after `Retry-After` (the session lives).
 fn unavailable(state: &ServerState, error: &StoreError) -> Reject {
     tracing::warn!(%error, "session store");
-    overloaded(state, "the session store is unavailable")
+    retry_later(state, "the session store is unavailable")
+}
+
+/// `503` / `detach` 4503 with `Retry-After`: the session lives.
+fn retry_later(state: &ServerState, reason: &'static str) -> Reject {
+    Reject::Attachment(Close::new(CloseCode::OVERLOADED, reason).with_retry_after(state.config.retry_after))
 }
 
 /// Rebuilds a session from its stored state.
@@ -371,11 +380,6 @@ pub(crate) async fn route(State(routing): State<Routing>, request: Request, next
     let Some(cluster) = &state.cluster else {
         return next.run(request).await;
     };
-    if request.extensions().get::<forward::Tunneled>().is_some() {
-        // Carried here by the node that found this one owns the session:
-        // never carried again.
-        return next.run(request).await;
-    }
     let websocket = request.uri().path().ends_with("/ws");
     let key = ConnectQuery::read(request.headers(), request.uri().query(), websocket)
         .ok()
@@ -384,8 +388,20 @@ pub(crate) async fn route(State(routing): State<Routing>, request: Request, next
         // Opens a session here, or is refused here.
         return next.run(request).await;
     };
+    let tunneled = request.extensions().get::<forward::Tunneled>().is_some();
     match cluster.find(state, &key).await {
         Ok(Found::Here) => next.run(request).await,
+        Ok(Found::At(_)) if tunneled => {
+            // Carried here by a node that took this one for the owner,
+            // which it no longer is: never carried again — the client
+            // tries again and is routed afresh.
+            Reject::Attachment(
+                Close::new(CloseCode::OVERLOADED, "the session just moved, try again")
+                    .with_retry_after(Duration::ZERO),
+            )
+            .into_http()
+            .into_response()
+        }
         Ok(Found::At(node)) => {
             let client = request
                 .extensions()

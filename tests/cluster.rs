@@ -1,0 +1,297 @@
+//! Several nodes, one app: three `echo --redis` nodes behind a real nginx
+//! balancing round-robin with no affinity, a real `redis-server` (and a
+//! 3-master Redis Cluster), and the `client` example checking every echo
+//! exactly once, in order — while nodes are killed with SIGKILL and
+//! restarted, or restarted one by one with SIGTERM (`docs/scaling.md`).
+//!
+//! Everything runs as child processes, as users run it. The soak's length
+//! is `HOLDFAST_CLUSTER_SOAK` messages per run (default 12,000, a quick
+//! mode for CI; the figure in BENCHMARKS.md is for 60,000).
+
+mod nginx_support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use holdfast_testkit::redis::{RedisCluster, RedisServer};
+use nginx_support::{Nginx, Profile};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test --all-targets` builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port free right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// One `echo --redis` node, on a port it keeps across restarts.
+struct Node {
+    addr: SocketAddr,
+    redis: String,
+    child: Option<Child>,
+    /// Restarts so far.
+    starts: u32,
+}
+
+impl Node {
+    async fn start(redis: &str) -> Node {
+        let mut node = Node {
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            redis: redis.to_owned(),
+            child: None,
+            starts: 0,
+        };
+        node.run().await;
+        node
+    }
+
+    /// Starts the process and waits until it listens.
+    async fn run(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut last_error = String::new();
+        // The port may be taken by another test's process in between.
+        for _ in 0..20 {
+            let mut child = Command::new(example("echo"))
+                .args(["--addr", &self.addr.to_string(), "--redis", &self.redis])
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("echo example starts");
+            let stdout = child.stdout.take().expect("stdout");
+            let stderr = child.stderr.take().expect("stderr");
+            let mut lines = BufReader::new(stdout).lines();
+            let listening = tokio::time::timeout(Duration::from_secs(20), async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains("echo server on http://") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await
+            .unwrap_or(false);
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            if listening {
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(stderr).lines();
+                    while let Ok(Some(_)) = lines.next_line().await {}
+                });
+                self.child = Some(child);
+                self.starts += 1;
+                return;
+            }
+            let mut error = String::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::io::AsyncReadExt::read_to_string(&mut BufReader::new(stderr), &mut error),
+            )
+            .await;
+            let _ = child.kill().await;
+            last_error = error;
+            if !last_error.contains("Address already in use") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the echo node on {} did not start: {last_error}", self.addr);
+    }
+
+    /// SIGKILL: the node dies with everything in its memory.
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// SIGTERM: the node hands its sessions over, then exits.
+    async fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+        assert!(
+            exited.is_ok(),
+            "the node on {} did not exit within 20 s of SIGTERM",
+            self.addr
+        );
+    }
+}
+
+/// Three nodes sharing `redis`, behind round-robin nginx.
+struct Cluster {
+    nodes: Vec<Node>,
+    nginx: Nginx,
+}
+
+impl Cluster {
+    async fn start(redis: &str) -> Cluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(Node::start(redis).await);
+        }
+        let upstreams: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
+        let nginx = Nginx::start_balanced(Profile::WellConfigured, &upstreams).await;
+        Cluster { nodes, nginx }
+    }
+
+    fn url(&self) -> String {
+        self.nginx.url()
+    }
+}
+
+/// What the `client` example reported.
+#[derive(Debug)]
+struct Report {
+    json: serde_json::Value,
+}
+
+impl Report {
+    fn count(&self, field: &str) -> u64 {
+        self.json[field].as_u64().unwrap_or(u64::MAX)
+    }
+
+    fn assert_exact(&self, sent: u64, what: &str) {
+        assert_eq!(self.count("sent"), sent, "{what}: {:?}", self.json);
+        assert_eq!(self.count("lost"), 0, "{what}: lost some: {:?}", self.json);
+        assert_eq!(self.count("duplicated"), 0, "{what}: duplicates: {:?}", self.json);
+        assert_eq!(self.count("reordered"), 0, "{what}: reordered: {:?}", self.json);
+    }
+}
+
+/// Runs the `client` example: `count` numbered messages, each echo
+/// checked exactly once and in order.
+fn run_client(url: &str, transport: &str, count: u64) -> tokio::task::JoinHandle<Report> {
+    let (url, transport) = (url.to_owned(), transport.to_owned());
+    tokio::spawn(async move {
+        let output = Command::new(example("client"))
+            .args([
+                "--url",
+                &url,
+                "--transport",
+                &transport,
+                "--count",
+                &count.to_string(),
+                "--timeout",
+                "240",
+            ])
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("the client example ran");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+            panic!(
+                "{transport}: the client example printed no summary ({}):\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        println!("{transport}: {}", stdout.trim());
+        Report { json }
+    })
+}
+
+fn soak_length() -> u64 {
+    std::env::var("HOLDFAST_CLUSTER_SOAK")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_behind_round_robin_nginx_deliver_exactly_on_every_transport() {
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(&redis.url()).await;
+    for transport in ["websocket", "sse", "long-poll", "auto"] {
+        let report = run_client(&cluster.url(), transport, 2_000)
+            .await
+            .expect("client task");
+        report.assert_exact(2_000, transport);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_a_redis_cluster_deliver_exactly() {
+    let redis = RedisCluster::start(3).await;
+    let cluster = Cluster::start(&redis.url()).await;
+    for transport in ["websocket", "long-poll"] {
+        let report = run_client(&cluster.url(), transport, 2_000)
+            .await
+            .expect("client task");
+        report.assert_exact(2_000, transport);
+    }
+}
+
+/// Kills (SIGKILL) or stops (SIGTERM) each node in turn, restarting it,
+/// while clients on every transport run; every echo arrives exactly once.
+async fn soak(graceful: bool) {
+    let redis = RedisServer::start().await;
+    let mut cluster = Cluster::start(&redis.url()).await;
+    let count = soak_length();
+    let clients: Vec<_> = ["websocket", "sse", "long-poll"]
+        .into_iter()
+        .map(|transport| (transport, run_client(&cluster.url(), transport, count)))
+        .collect();
+    // The network condition this test sets up: a node goes down every
+    // few seconds, round the cluster, until every client is done.
+    let mut round = 0;
+    while !clients.iter().all(|(_, client)| client.is_finished()) && round < 30 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let node = &mut cluster.nodes[round % 3];
+        if graceful {
+            node.terminate().await;
+        } else {
+            node.kill().await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        node.run().await;
+        round += 1;
+    }
+    for (transport, client) in clients {
+        let report = client.await.expect("client task");
+        report.assert_exact(count, transport);
+    }
+    let restarts: u32 = cluster.nodes.iter().map(|node| node.starts - 1).sum();
+    println!("{restarts} node restarts during the soak");
+    assert!(restarts >= 2, "the soak should have restarted nodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_each_node_in_turn_loses_nothing() {
+    soak(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_sigterm_restarts_lose_nothing() {
+    soak(true).await;
+}
