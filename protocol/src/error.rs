@@ -113,3 +113,27 @@ pub enum AttachError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
 }
+
+/// Stored state that cannot be a session
+/// ([`ServerSession::restore`](crate::ServerSession::restore)): the store
+/// holds something this core never wrote.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// More messages wait for the application than were ever received.
+    #[error(
+        "the stored inbound queue holds {queued} messages, but only {received} were ever received"
+    )]
+    InboundBeyondReceived {
+        /// Highest upstream sequence number received, as stored.
+        received: u64,
+        /// Messages in the stored inbound queue.
+        queued: usize,
+    },
+    /// The stored downstream sequence numbers run past `u64::MAX`.
+    #[error("the stored outbound messages after {acked} overflow the sequence numbers")]
+    SeqOverflow {
+        /// The stored acknowledgement.
+        acked: u64,
+    },
+}

@@ -48,9 +48,9 @@ pub use close::CloseCode;
 pub use config::{
     ConfigError, MAX_SHARED_SESSIONS, MESSAGE_OVERHEAD, SessionConfig, message_charge,
 };
-pub use error::{AttachError, ProtocolError, SendError};
+pub use error::{AttachError, ProtocolError, RestoreError, SendError};
 pub use session::{
-    AttachmentId, ClientConfig, ClientEvent, ClientSession, ConnectTarget, Initiator, ServerEvent,
-    ServerSession, SessionIdentity, Transmit, TransportFailure, TransportKind,
+    AttachmentId, ClientConfig, ClientEvent, ClientSession, ConnectTarget, Initiator, Restore,
+    ServerEvent, ServerSession, SessionIdentity, Transmit, TransportFailure, TransportKind,
 };
 pub use wire::{Close, DecodeError, Frame, Message, OpenParams, Text};

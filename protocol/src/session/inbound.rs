@@ -1,5 +1,10 @@
 //! The receiving half of a session: duplicate suppression, the queue of
 //! messages for the application, and when an acknowledgement is due.
+//!
+//! With a store (the server's durability gate), messages after
+//! `confirmed` are not in the store yet: they are neither acknowledged nor
+//! given to the application, and the ack timer does not run for them (an
+//! ack that cannot go out must not keep a deadline in the past).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -22,6 +27,11 @@ pub(crate) struct Inbound {
     queue: VecDeque<Message>,
     /// What `queue` is charged: payloads plus the per-message overhead.
     queue_bytes: usize,
+    /// The durability gate: `None` without one (everything received counts
+    /// as confirmed); `Some(c)`: messages after `c` wait for the store.
+    confirmed: Option<u64>,
+    /// What the messages in `queue` after `confirmed` are charged.
+    unconfirmed_bytes: usize,
 }
 
 /// What happened to an incoming message.
@@ -40,7 +50,76 @@ impl Inbound {
             resend_ack: false,
             queue: VecDeque::new(),
             queue_bytes: 0,
+            confirmed: None,
+            unconfirmed_bytes: 0,
         }
+    }
+
+    /// A receiving half continued from stored state, gated: `received`
+    /// accepted (and confirmed, and acknowledged: the `resumed` greeting
+    /// says so), `queue` the last of them, not taken by the application.
+    /// `None` if the queue holds more messages than were received.
+    pub(crate) fn restored(received: u64, queue: Vec<Message>) -> Option<Self> {
+        if u64::try_from(queue.len()).ok()? > received {
+            return None;
+        }
+        let queue_bytes = queue.iter().map(|m| message_charge(m.len())).sum();
+        Some(Self {
+            received,
+            acked_out: received,
+            unacked_since: None,
+            resend_ack: false,
+            queue: queue.into(),
+            queue_bytes,
+            confirmed: Some(received),
+            unconfirmed_bytes: 0,
+        })
+    }
+
+    /// Turns the durability gate on: what was received so far counts as
+    /// confirmed.
+    pub(crate) fn hold_until_confirmed(&mut self) {
+        if self.confirmed.is_none() {
+            self.confirmed = Some(self.received);
+        }
+    }
+
+    /// Highest sequence number confirmed (everything received, without a
+    /// gate).
+    pub(crate) fn confirmed(&self) -> u64 {
+        self.confirmed.unwrap_or(self.received)
+    }
+
+    /// Confirms messages up to `upto` (capped at `received`); whether the
+    /// gate moved.
+    pub(crate) fn confirm(&mut self, upto: u64) -> bool {
+        let Some(confirmed) = self.confirmed else {
+            return false;
+        };
+        let upto = upto.min(self.received);
+        if upto <= confirmed {
+            return false;
+        }
+        let newly = usize::try_from(upto - confirmed).unwrap_or(usize::MAX);
+        let charge: usize = self
+            .unconfirmed()
+            .take(newly)
+            .map(|(_, m)| message_charge(m.len()))
+            .sum();
+        self.unconfirmed_bytes -= charge;
+        self.confirmed = Some(upto);
+        true
+    }
+
+    /// The messages after the gate, with their sequence numbers.
+    pub(crate) fn unconfirmed(&self) -> impl Iterator<Item = (u64, &Message)> {
+        let count = usize::try_from(self.received - self.confirmed()).unwrap_or(usize::MAX);
+        let skip = self.queue.len().saturating_sub(count);
+        self.queue
+            .iter()
+            .skip(skip)
+            .zip(self.confirmed() + 1..)
+            .map(|(m, seq)| (seq, m))
     }
 
     /// Accepts the next message, drops a replayed one, refuses a gap.
@@ -61,13 +140,24 @@ impl Inbound {
         }
         self.received = seq;
         self.unacked_since.get_or_insert(now);
-        self.queue_bytes += message_charge(message.len());
+        let charge = message_charge(message.len());
+        self.queue_bytes += charge;
+        if self.confirmed.is_some() {
+            self.unconfirmed_bytes += charge;
+        }
         self.queue.push_back(message);
         Ok(Accepted::New)
     }
 
     /// Takes the oldest message for the application.
     pub(crate) fn pop(&mut self) -> Option<Message> {
+        if let Some(confirmed) = self.confirmed {
+            // The oldest queued message's seq; past the gate, it waits.
+            let front = self.received + 1 - self.queue.len() as u64;
+            if front > confirmed {
+                return None;
+            }
+        }
         let message = self.queue.pop_front()?;
         self.queue_bytes -= message_charge(message.len());
         super::shrink_spare(&mut self.queue);
@@ -80,33 +170,49 @@ impl Inbound {
         self.queue_bytes
     }
 
+    /// What the queued messages up to the gate are charged: the room an
+    /// acknowledgement of [`confirmed`](Self::confirmed) announces counts
+    /// these (the client counts the later ones as in flight).
+    pub(crate) fn confirmed_bytes(&self) -> usize {
+        self.queue_bytes - self.unconfirmed_bytes
+    }
+
     pub(crate) fn received(&self) -> u64 {
         self.received
     }
 
     /// Whether messages arrived since the last acknowledgement.
     pub(crate) fn has_unacked(&self) -> bool {
-        self.received > self.acked_out || self.resend_ack
+        self.confirmed() > self.acked_out || self.resend_ack
     }
 
     /// When an acknowledgement is due: at once after `every` messages, else
-    /// `delay` after the first unacknowledged one.
+    /// `delay` after the first unacknowledged one. Behind a durability
+    /// gate, only confirmed messages count, and none is due while nothing
+    /// new is confirmed (once it is, the deadline may be past: the ack goes
+    /// out at once).
     pub(crate) fn ack_deadline(&self, every: u64, delay: Duration) -> Option<Instant> {
         let since = self.unacked_since?;
-        if self.resend_ack || self.received - self.acked_out >= every {
+        let ackable = self.confirmed().saturating_sub(self.acked_out);
+        if self.resend_ack || ackable >= every {
             Some(since)
-        } else {
+        } else if ackable > 0 {
             Some(since + delay)
+        } else {
+            None
         }
     }
 
-    /// Records that an acknowledgement of everything received is on its way
-    /// and returns it.
+    /// Records that an acknowledgement of everything received (and
+    /// confirmed) is on its way and returns it.
     pub(crate) fn take_ack(&mut self) -> u64 {
-        self.acked_out = self.received;
-        self.unacked_since = None;
+        let upto = self.confirmed();
+        self.acked_out = upto;
+        if upto == self.received {
+            self.unacked_since = None;
+        } // else the rest waits for the gate, its timer still running
         self.resend_ack = false;
-        self.received
+        upto
     }
 
     /// Records an acknowledgement that travelled outside frames (the `last`

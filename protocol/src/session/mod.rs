@@ -24,7 +24,7 @@ use std::fmt;
 use std::time::Instant;
 
 pub use client::{ClientConfig, ClientEvent, ClientSession, ConnectTarget, TransportFailure};
-pub use server::{ServerEvent, ServerSession, SessionIdentity};
+pub use server::{Restore, ServerEvent, ServerSession, SessionIdentity};
 
 use crate::wire::{Close, Frame};
 

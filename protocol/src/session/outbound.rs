@@ -10,6 +10,11 @@
 //!
 //! Messages leave the buffer only when acknowledged; a new attachment
 //! rewinds the cursor to `acked`, so anything unacknowledged is sent again.
+//!
+//! With a store (the server's durability gate), only messages up to
+//! `release` may be transmitted or acknowledged: the ones after it are not
+//! in the store yet. Without one, `release` is `u64::MAX`, and the gate
+//! costs one comparison per message.
 
 use std::collections::VecDeque;
 
@@ -38,6 +43,10 @@ pub(crate) struct Outbound {
     charged_bytes: usize,
     max_bytes: usize,
     max_messages: usize,
+    /// Highest sequence number that may be transmitted (and so
+    /// acknowledged): `u64::MAX` unless a durability gate holds messages
+    /// back.
+    release: u64,
 }
 
 impl Outbound {
@@ -52,7 +61,61 @@ impl Outbound {
             charged_bytes: 0,
             max_bytes,
             max_messages,
+            release: u64::MAX,
         }
+    }
+
+    /// A sending half continued from stored state: `acked` acknowledged,
+    /// `buffer` holding sequence numbers `acked + 1 ..`, nothing
+    /// transmitted on the current path. The limits are not checked: the
+    /// messages were accepted once (under the limits of the node that
+    /// took them), and a new `push` waits for room as usual. `None` if the
+    /// sequence numbers would overflow.
+    pub(crate) fn restored(
+        max_bytes: usize,
+        max_messages: usize,
+        acked: u64,
+        buffer: Vec<Message>,
+    ) -> Option<Self> {
+        let last = acked.checked_add(u64::try_from(buffer.len()).ok()?)?;
+        let next_seq = last.checked_add(1)?;
+        let payload_bytes = buffer.iter().map(Message::len).sum();
+        let charged_bytes = buffer.iter().map(|m| message_charge(m.len())).sum();
+        Some(Self {
+            next_seq,
+            acked,
+            cursor: acked,
+            in_flight: 0,
+            buffer: buffer.into(),
+            payload_bytes,
+            charged_bytes,
+            max_bytes,
+            max_messages,
+            release: u64::MAX,
+        })
+    }
+
+    /// The durability gate: `u64::MAX` without one.
+    pub(crate) fn release(&self) -> u64 {
+        self.release
+    }
+
+    /// Sets the durability gate: only messages up to `release` may be
+    /// transmitted or acknowledged.
+    pub(crate) fn set_release(&mut self, release: u64) {
+        self.release = release;
+    }
+
+    /// The messages from `after + 1` on, with their sequence numbers
+    /// (`after` at least `acked`).
+    pub(crate) fn messages_after(&self, after: u64) -> impl Iterator<Item = (u64, &Message)> {
+        let skip = usize::try_from(after.saturating_sub(self.acked)).unwrap_or(usize::MAX);
+        let first = self.acked.max(after) + 1;
+        self.buffer
+            .iter()
+            .skip(skip)
+            .zip(first..)
+            .map(|(m, seq)| (seq, m))
     }
 
     /// Queues a message, giving it the next sequence number.
@@ -81,7 +144,9 @@ impl Outbound {
     /// Applies a cumulative acknowledgement; returns how many messages it
     /// freed.
     pub(crate) fn ack(&mut self, ack: u64) -> Result<usize, ProtocolError> {
-        let sent = self.last_seq();
+        // Past the gate, nothing was transmitted: an acknowledgement of it
+        // is as false as one of a message never sent.
+        let sent = self.last_seq().min(self.release);
         if ack > sent {
             return Err(ProtocolError::AckBeyondSent { ack, sent });
         }
@@ -111,6 +176,9 @@ impl Outbound {
 
     /// The next message to transmit, if any.
     pub(crate) fn peek(&self) -> Option<(u64, &Message)> {
+        if self.cursor >= self.release {
+            return None;
+        }
         let index = usize::try_from(self.cursor - self.acked).ok()?;
         self.buffer.get(index).map(|m| (self.cursor + 1, m))
     }

@@ -16,6 +16,50 @@
 //! Independently of presence, the session is `Open` or `Closed`; a closed
 //! session stays resumable (a tombstone that replays and repeats its
 //! `close`) for the resume window.
+//!
+//! # Durability gates
+//!
+//! When a session's state lives in a store (so that another node can
+//! continue it), the client must never hear of a message the store does
+//! not hold: a downstream message it delivered, or an upstream one it was
+//! told the server took, would be lost with the node. A driver with a
+//! store calls [`ServerSession::hold_until_confirmed`] right after
+//! [`ServerSession::new`]; from then on the core holds back, behind two
+//! gates:
+//!
+//! - **downstream**: a message after
+//!   [`confirmed_sent`](ServerSession::confirmed_sent) is never
+//!   transmitted (and the `close` that follows the messages waits with
+//!   them); an acknowledgement of it is refused like one of a message
+//!   never sent;
+//! - **upstream**: no acknowledgement (`ack` frames, the `ack` of a send
+//!   reply, the `resumed` greeting) covers a message after
+//!   [`confirmed_received`](ServerSession::confirmed_received), the room it
+//!   announces counts only the messages up to there (the client counts the
+//!   later ones as in flight), and [`poll_message`](ServerSession::poll_message)
+//!   does not give such a message to the application.
+//!
+//! The driver writes [`unconfirmed_sent`](ServerSession::unconfirmed_sent)
+//! and [`unconfirmed_received`](ServerSession::unconfirmed_received) to the
+//! store, then calls [`confirm_sent`](ServerSession::confirm_sent) and
+//! [`confirm_received`](ServerSession::confirm_received), which bump
+//! [`output_epoch`](ServerSession::output_epoch) (messages may go out, an
+//! ack may be due): it wakes its transports and re-reads `poll_timeout` as
+//! after any input. It answers a send request after confirming what the
+//! request carried, so that the reply acknowledges it.
+//!
+//! The ack timer runs only for confirmed messages: an ack whose messages
+//! wait for the store gives `poll_timeout` no deadline (a deadline in the
+//! past would spin the driver's timer task); once they are confirmed it is
+//! due when it would have been (`ack_delay` after the first of them
+//! arrived, or at once after `ack_every`), or at once if that time passed.
+//!
+//! [`ServerSession::restore`] continues a session on another node from
+//! what the store holds ([`Restore`]): everything restored counts as
+//! confirmed, and the gates are on.
+//!
+//! Without a store nothing of this runs: the gates stand open (one
+//! comparison per message).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -26,7 +70,7 @@ use super::outbound::Outbound;
 use super::{AttachmentId, Initiator, Transmit, TransportKind, due, earliest};
 use crate::close::CloseCode;
 use crate::config::{SessionConfig, message_charge};
-use crate::error::{AttachError, ProtocolError, SendError};
+use crate::error::{AttachError, ProtocolError, RestoreError, SendError};
 use crate::wire::{Close, Frame, OpenParams, PROTOCOL_VERSION, json};
 
 /// The key and public id of a session, chosen by the server's driver (the
@@ -68,6 +112,30 @@ pub enum ServerEvent {
         /// Who ended it.
         initiator: Initiator,
     },
+}
+
+/// A session as the store holds it, for [`ServerSession::restore`]: what
+/// another node needs to continue it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restore {
+    /// The client acknowledged every downstream message up to this
+    /// sequence number (as far as the store knows: the client may have
+    /// delivered more, and says so with `last` when it attaches).
+    pub acked: u64,
+    /// The downstream messages not acknowledged, sequence numbers
+    /// `acked + 1 ..= acked + outbound.len()`: the replay buffer.
+    pub outbound: Vec<crate::wire::Message>,
+    /// Highest upstream sequence number received.
+    pub received: u64,
+    /// The upstream messages the application has not taken (or not
+    /// finished with), sequence numbers
+    /// `received - inbound.len() + 1 ..= received`: the application gets
+    /// them first, in order.
+    pub inbound: Vec<crate::wire::Message>,
+    /// How the session ended, if it did: the restored session is a
+    /// tombstone that replays `outbound` and repeats this close for the
+    /// resume window (counted from the restore).
+    pub closed: Option<(Close, Initiator)>,
 }
 
 /// The server's end of one session. See the [module docs](super) for the
@@ -156,6 +224,175 @@ impl ServerSession {
             output_epoch: 0,
             events: VecDeque::new(),
         }
+    }
+
+    /// A session continued from what the store holds: another node opened
+    /// it, this one takes it over. Everything restored counts as confirmed, and the
+    /// gates are on ([`hold_until_confirmed`](Self::hold_until_confirmed)).
+    ///
+    /// The session is detached. Its client holds the key already, so the
+    /// first attachment greets with `resumed`, never `open`; an attachment
+    /// with `last` anywhere in `acked ..= acked + outbound.len()` replays
+    /// from `last + 1`. The upstream window counts the restored inbound
+    /// queue as if its messages had just arrived. The resume window
+    /// starts again at `now`.
+    ///
+    /// Stored state that cannot be a session (more inbound messages than
+    /// were received, sequence numbers past `u64::MAX`) is refused with a
+    /// [`RestoreError`], never a panic.
+    pub fn restore(
+        now: Instant,
+        config: SessionConfig,
+        identity: SessionIdentity,
+        restore: Restore,
+    ) -> Result<Self, RestoreError> {
+        let Restore {
+            acked,
+            outbound,
+            received,
+            inbound,
+            closed,
+        } = restore;
+        let queued = inbound.len();
+        let inb = Inbound::restored(received, inbound)
+            .ok_or(RestoreError::InboundBeyondReceived { received, queued })?;
+        let mut out = Outbound::restored(
+            config.max_unacked_bytes,
+            config.max_unacked_messages,
+            acked,
+            outbound,
+        )
+        .ok_or(RestoreError::SeqOverflow { acked })?;
+        out.set_release(out.last_seq());
+        let mut grant = Grant::new(config.max_inbound_bytes, config.max_message);
+        // As if an ack had announced the room left: the `resumed` greeting
+        // will; and an application taking messages before it makes an
+        // update due exactly as it would have.
+        grant.announce(inb.queued_bytes());
+        let state = match closed {
+            None => State::Open,
+            Some((close, initiator)) => State::Closed {
+                close,
+                at: now,
+                initiator,
+            },
+        };
+        Ok(Self {
+            out,
+            inb,
+            grant,
+            config,
+            identity,
+            opened: true,
+            state,
+            presence: Presence::Detached { since: now },
+            next_attachment: 1,
+            ended: Vec::new(),
+            last_heard: now,
+            request_pong: false,
+            output_epoch: 0,
+            events: VecDeque::new(),
+        })
+    }
+
+    // ---- durability gates ------------------------------------------------
+
+    /// Turns the durability gates on: from now on, nothing reaches the
+    /// client about a message before the driver confirms it is in the
+    /// store. Call it right after [`new`](Self::new); what was sent or
+    /// received before counts as confirmed. A second call changes nothing.
+    ///
+    /// Downstream, a message after [`confirmed_sent`](Self::confirmed_sent)
+    /// is never transmitted (the `close` that follows the messages waits
+    /// with them), and an acknowledgement of it is refused like one of a
+    /// message never sent. Upstream, no acknowledgement (`ack` frames, a
+    /// send reply's `ack`, the `resumed` greeting) covers a message after
+    /// [`confirmed_received`](Self::confirmed_received) — the room it
+    /// announces counts only the messages up to there, the client counts
+    /// the later ones as in flight — and
+    /// [`poll_message`](Self::poll_message) does not return one. The ack
+    /// timer runs for confirmed messages only, so an ack waiting for the
+    /// store never leaves [`poll_timeout`](Self::poll_timeout) in the past.
+    ///
+    /// The driver writes [`unconfirmed_sent`](Self::unconfirmed_sent) and
+    /// [`unconfirmed_received`](Self::unconfirmed_received) to the store,
+    /// then calls [`confirm_sent`](Self::confirm_sent) and
+    /// [`confirm_received`](Self::confirm_received); it answers a send
+    /// request once what the request carried is confirmed, so that the
+    /// reply acknowledges it.
+    pub fn hold_until_confirmed(&mut self) {
+        if self.holds_until_confirmed() {
+            return;
+        }
+        self.out.set_release(self.out.last_seq());
+        self.inb.hold_until_confirmed();
+    }
+
+    /// Whether the durability gates are on.
+    pub fn holds_until_confirmed(&self) -> bool {
+        self.out.release() != u64::MAX
+    }
+
+    /// The store holds every downstream message up to `upto` (capped at
+    /// [`sent`](Self::sent); an older confirmation changes nothing): they
+    /// may go out. Bumps [`output_epoch`](Self::output_epoch) when the gate
+    /// moves. Without gates, a no-op.
+    pub fn confirm_sent(&mut self, upto: u64) {
+        if !self.holds_until_confirmed() {
+            return;
+        }
+        let upto = upto.min(self.out.last_seq());
+        if upto > self.out.release() {
+            self.out.set_release(upto);
+            self.output_epoch += 1;
+        }
+    }
+
+    /// The store holds every upstream message up to `upto` (capped at
+    /// [`received`](Self::received); an older confirmation changes
+    /// nothing): they may be acknowledged and given to the application.
+    /// Bumps [`output_epoch`](Self::output_epoch) when the gate moves (an
+    /// ack may be due: re-read [`poll_timeout`](Self::poll_timeout)).
+    /// Without gates, a no-op.
+    pub fn confirm_received(&mut self, upto: u64) {
+        if self.inb.confirm(upto) {
+            self.output_epoch += 1;
+        }
+    }
+
+    /// Highest downstream sequence number the store holds (as confirmed):
+    /// nothing after it went out. Without gates, [`sent`](Self::sent).
+    pub fn confirmed_sent(&self) -> u64 {
+        self.out.last_seq().min(self.out.release())
+    }
+
+    /// Highest upstream sequence number the store holds (as confirmed):
+    /// nothing after it was acknowledged or given to the application.
+    /// Without gates, [`received`](Self::received).
+    pub fn confirmed_received(&self) -> u64 {
+        self.inb.confirmed()
+    }
+
+    /// The downstream messages after [`confirmed_sent`](Self::confirmed_sent),
+    /// with their sequence numbers, oldest first: what the driver writes
+    /// to the store next. Empty without gates.
+    pub fn unconfirmed_sent(&self) -> impl Iterator<Item = (u64, &crate::wire::Message)> {
+        self.out.messages_after(self.confirmed_sent())
+    }
+
+    /// The upstream messages after
+    /// [`confirmed_received`](Self::confirmed_received), with their
+    /// sequence numbers, oldest first: what the driver writes to the store
+    /// next. Empty without gates.
+    pub fn unconfirmed_received(&self) -> impl Iterator<Item = (u64, &crate::wire::Message)> {
+        self.inb.unconfirmed()
+    }
+
+    /// Highest downstream sequence number the client acknowledged (in a
+    /// frame, or with the `last` of an attachment): the store may drop the
+    /// messages up to it.
+    pub fn acked(&self) -> u64 {
+        self.out.acked()
     }
 
     // ---- getters -------------------------------------------------------
@@ -552,10 +789,10 @@ impl ServerSession {
         let mut frames = Vec::new();
         if let Some(greeting) = a.greeting.take() {
             // The room is what is left when the greeting is written.
-            let room = self.grant.announce(self.inb.queued_bytes());
+            let room = self.grant.announce(self.inb.confirmed_bytes());
             frames.push(match greeting {
                 Frame::Resumed { .. } => Frame::Resumed {
-                    ack: self.inb.received(),
+                    ack: self.inb.confirmed(),
                     room: Some(room),
                 },
                 other => other,
@@ -662,7 +899,7 @@ impl ServerSession {
     /// §3.1).
     pub fn poll_message(&mut self) -> Option<crate::wire::Message> {
         let message = self.inb.pop()?;
-        if self.grant.taken(self.inb.queued_bytes()) {
+        if self.grant.taken(self.inb.confirmed_bytes()) {
             self.output_epoch += 1;
         }
         Some(message)
@@ -718,12 +955,12 @@ impl ServerSession {
     }
 }
 
-/// An acknowledgement of everything received, with the room left in the
-/// upstream window, recorded as sent.
+/// An acknowledgement of everything received (and confirmed), with the
+/// room left in the upstream window after it, recorded as sent.
 fn ack_frame(inb: &mut Inbound, grant: &mut Grant) -> Frame {
     Frame::Ack {
         seq: inb.take_ack(),
-        room: Some(grant.announce(inb.queued_bytes())),
+        room: Some(grant.announce(inb.confirmed_bytes())),
     }
 }
 
