@@ -430,6 +430,14 @@ impl ServerSession {
         }
     }
 
+    /// Who ended the session, if it ended.
+    pub fn initiator(&self) -> Option<Initiator> {
+        match &self.state {
+            State::Closed { initiator, .. } => Some(*initiator),
+            State::Open => None,
+        }
+    }
+
     /// Whether the session is over for good and can be forgotten: expired,
     /// or closed longer ago than the resume window.
     pub fn is_finished(&self, now: Instant) -> bool {
@@ -578,6 +586,30 @@ impl ServerSession {
             self.presence = Presence::Detached { since: now };
         }
         self.out.rewind();
+    }
+
+    /// Ends the current attachment with `detach` carrying `close` (e.g.
+    /// 4000: reconnect now, when the session moves to another node); the
+    /// session lives on, detached. [`poll_transmit`](Self::poll_transmit)
+    /// gives the attachment its `detach` frame.
+    pub fn end_attachment(&mut self, now: Instant, close: Close) {
+        match &self.presence {
+            Presence::Attached(a) => {
+                self.ended.push((a.id, close));
+                self.events.push_back(ServerEvent::Detached {
+                    id: a.id,
+                    kind: a.kind,
+                    reason: "ended by the server",
+                });
+                self.presence = Presence::Detached { since: now };
+                self.out.rewind();
+                self.output_epoch += 1;
+            }
+            Presence::BetweenPolls { .. } => {
+                self.presence = Presence::Detached { since: now };
+            }
+            Presence::Detached { .. } => {}
+        }
     }
 
     /// Frames from the client, arriving on attachment `via` (WebSocket) or

@@ -152,12 +152,12 @@ pub(crate) struct Pending {
 /// The close as the store keeps it.
 pub(crate) fn stored_close(
     close: &holdfast_protocol::Close,
-    initiator: holdfast_protocol::Initiator,
+    initiator: Option<holdfast_protocol::Initiator>,
 ) -> StoredClose {
     StoredClose {
         code: close.code.0,
-        reason: close.reason.clone(),
-        by_client: initiator == holdfast_protocol::Initiator::Peer,
+        reason: close.reason.to_string(),
+        by_client: initiator == Some(holdfast_protocol::Initiator::Peer),
     }
 }
 

@@ -514,8 +514,12 @@ impl Shared {
             return Err(SendError::Full);
         }
         if self.durable.is_some() {
-            if message.len() > core.config().max_message {
-                return Err(SendError::TooLarge);
+            let max = core.config().max_message;
+            if message.len() > max {
+                return Err(SendError::TooBig {
+                    len: message.len(),
+                    max,
+                });
             }
             if !core.has_room_for(message.len()) {
                 return Err(SendError::Full);

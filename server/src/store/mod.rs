@@ -22,9 +22,16 @@
 //!   from the [`Snapshot`] and starts the application's handler with
 //!   `Session::continued` set.
 //!
+//! Two stores: [`MemoryCluster`] (several nodes in one process, for tests)
+//! and the Redis store of the `holdfast-redis` crate (real nodes).
+//!
 //! A session is named in the store by its [`tag`], derived from its key by
 //! a one-way hash: the store never holds the key itself, and reading the
 //! store does not let anyone resume a session.
+
+mod memory;
+
+pub use memory::{MemoryCluster, MemoryStore};
 
 use std::future::Future;
 use std::pin::Pin;
