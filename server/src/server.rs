@@ -257,9 +257,7 @@ impl Holdfast {
             .route(&path("send"), post(transport::send::handle));
         // Shared requests (PROTOCOL.md §11): `POST` on the same paths.
         // Turned off, they are not routed, and axum answers `405`.
-        let shared_requests =
-            self.state.config.session.max_shared_sessions > 0 && self.state.cluster.is_none();
-        let http_routes = if shared_requests {
+        let http_routes = if self.state.config.session.max_shared_sessions > 0 {
             http_routes
                 .route(
                     &path("sse"),
@@ -546,7 +544,12 @@ impl Builder {
         })))
     }
 
-    fn finish(self, sink: SessionSink) -> Holdfast {
+    fn finish(mut self, sink: SessionSink) -> Holdfast {
+        if self.store.is_some() {
+            // Not carried between nodes yet: `open` announces no `mux`,
+            // and browsers' tabs connect one by one.
+            self.config.session.max_shared_sessions = 0;
+        }
         let cluster = self.store.map(Cluster::new);
         let holdfast = Holdfast {
             state: Arc::new(ServerState {
