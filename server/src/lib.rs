@@ -27,6 +27,7 @@
 mod admission;
 mod auth;
 mod client_js;
+mod cluster;
 mod config;
 mod fanout;
 mod logs;

@@ -1,0 +1,2 @@
+pub(crate) mod forward;
+pub(crate) mod tunnel;
