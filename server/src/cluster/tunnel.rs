@@ -394,7 +394,10 @@ impl Tunnels {
     /// Reads `inbox` (from [`Store::inbox`]) in a task of its own and
     /// [`dispatch`](Self::dispatch)es every event. The task ends when the
     /// inbox closes or these tunnels are dropped.
-    pub(crate) fn spawn_inbox(self: &Arc<Self>, mut inbox: mpsc::Receiver<BusEvent>) -> JoinHandle<()> {
+    pub(crate) fn spawn_inbox(
+        self: &Arc<Self>,
+        mut inbox: mpsc::Receiver<BusEvent>,
+    ) -> JoinHandle<()> {
         let tunnels = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Some(event) = inbox.recv().await {
@@ -575,7 +578,10 @@ impl Tunnels {
         if table.len() >= self.config.max_tunnels {
             drop(table);
             let limit = self.config.max_tunnels;
-            tracing::warn!(limit, "refused a tunnel from another node: too many tunnels open");
+            tracing::warn!(
+                limit,
+                "refused a tunnel from another node: too many tunnels open"
+            );
             let reason = format!("that node has too many tunnels open (limit {limit})");
             return self.stray(sender, key, &reason);
         }
@@ -669,7 +675,7 @@ impl Tunnel {
     pub(crate) fn watch(&self) -> TunnelWatch {
         TunnelWatch {
             end: self.end.clone(),
-            accept_timeout: self.tunnels.config.accept_timeout,
+            tunnels: self.tunnels.clone(),
         }
     }
 
@@ -684,7 +690,7 @@ impl Tunnel {
 #[derive(Clone)]
 pub(crate) struct TunnelWatch {
     end: Arc<End>,
-    accept_timeout: Duration,
+    tunnels: Arc<Tunnels>,
 }
 
 impl TunnelWatch {
@@ -708,9 +714,18 @@ impl TunnelWatch {
                 notified.await;
             }
         };
-        tokio::time::timeout(self.accept_timeout, wait)
+        let timeout = self.tunnels.config.accept_timeout;
+        tokio::time::timeout(timeout, wait)
             .await
-            .unwrap_or(Err(TunnelError::NotAccepted(self.accept_timeout)))
+            .unwrap_or(Err(TunnelError::NotAccepted(timeout)))
+    }
+
+    /// Breaks the tunnel with `error`, telling the other node: whoever
+    /// holds the tunnel (a connection task) sees its reads and writes
+    /// fail and lets go of it.
+    pub(crate) fn abort(&self, error: TunnelError) {
+        self.tunnels.forget(&self.end);
+        self.end.break_with(error, Some(&self.tunnels.outbox));
     }
 
     /// Why the tunnel broke, if it did.
@@ -796,7 +811,9 @@ impl AsyncWrite for Tunnel {
             .min(this.tunnels.config.max_frame);
         state.send_credit -= n;
         // Queued under the state lock: a tunnel's frames keep their order.
-        let frame = this.end.frame(Kind::Data, Bytes::copy_from_slice(&buf[..n]));
+        let frame = this
+            .end
+            .frame(Kind::Data, Bytes::copy_from_slice(&buf[..n]));
         this.tunnels.outbox.push(&this.end.peer, frame, false);
         Poll::Ready(Ok(n))
     }
@@ -901,15 +918,19 @@ impl Outbox {
     }
 
     /// The frames for the next node, at most `max_batch` bytes of them (at
-    /// least one); `Err` once closed and drained.
-    fn take(&self, max_batch: usize) -> Result<Option<(Arc<str>, Vec<Frame>)>, ()> {
+    /// least one).
+    fn take(&self, max_batch: usize) -> Taken {
         let mut guard = lock(&self.queue);
         let queue = &mut *guard;
         let Some(node) = queue.ready.pop_front() else {
-            return if queue.closed { Err(()) } else { Ok(None) };
+            return if queue.closed {
+                Taken::Closed
+            } else {
+                Taken::Nothing
+            };
         };
         let Some(frames) = queue.nodes.get_mut(&node) else {
-            return Ok(None);
+            return Taken::Nothing;
         };
         let mut batch = Vec::new();
         let mut size = 0;
@@ -932,8 +953,18 @@ impl Outbox {
         } else {
             queue.ready.push_back(node.clone());
         }
-        Ok(Some((node, batch)))
+        Taken::Batch(node, batch)
     }
+}
+
+/// What [`Outbox::take`] found.
+enum Taken {
+    /// Frames for a node.
+    Batch(Arc<str>, Vec<Frame>),
+    /// Nothing queued now.
+    Nothing,
+    /// Closed, and nothing queued.
+    Closed,
 }
 
 /// Publishes queued frames, one envelope per node at a time, until the
@@ -948,12 +979,12 @@ async fn publish_loop(
 ) {
     loop {
         let (to, frames) = match outbox.take(max_batch) {
-            Ok(Some(batch)) => batch,
-            Ok(None) => {
+            Taken::Batch(to, frames) => (to, frames),
+            Taken::Nothing => {
                 outbox.wake.notified().await;
                 continue;
             }
-            Err(()) => return,
+            Taken::Closed => return,
         };
         let envelope = wire::Envelope::encode(&node, &frames);
         if let Err(error) = store.publish(&to, envelope).await {

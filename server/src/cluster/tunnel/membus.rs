@@ -9,9 +9,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{IncomingTunnels, TunnelConfig, Tunnels, lock};
-use crate::store::{
-    BusEvent, NewSession, Owner, Snapshot, Store, StoreError, StoreFuture, Write,
-};
+use crate::store::{BusEvent, NewSession, Owner, Snapshot, Store, StoreError, StoreFuture, Write};
 
 /// Events a node's inbox holds before publishers wait.
 const INBOX: usize = 1024;

@@ -71,7 +71,9 @@ async fn bytes_flow_both_ways_in_order() {
     let addr: SocketAddr = "203.0.113.7:4242".parse().expect("addr");
     let (mut a, mut b) = pair.open(Some(addr)).await;
     for i in 0..100u32 {
-        a.write_all(format!("ping {i};").as_bytes()).await.expect("write");
+        a.write_all(format!("ping {i};").as_bytes())
+            .await
+            .expect("write");
     }
     let expected: String = (0..100).map(|i| format!("ping {i};")).collect();
     let mut got = vec![0; expected.len()];
@@ -142,7 +144,10 @@ async fn a_reader_that_stops_makes_the_writer_wait_within_the_window() {
     })
     .await;
     assert_eq!(b.buffered(), WINDOW);
-    assert!(a.write(&chunk).now_or_never().is_none(), "the writer must wait");
+    assert!(
+        a.write(&chunk).now_or_never().is_none(),
+        "the writer must wait"
+    );
     // Reading a quarter of the window lets a quarter more in.
     let mut quarter = vec![0; WINDOW / 4];
     b.read_exact(&mut quarter).await.expect("read");
@@ -280,7 +285,10 @@ async fn tunnels_beyond_the_limit_are_refused_with_a_clear_error() {
         .expect("accepted");
     match within("2nd", second.watch().accepted()).await {
         Err(TunnelError::PeerReset(reason)) => {
-            assert!(reason.contains("too many tunnels open (limit 1)"), "{reason}");
+            assert!(
+                reason.contains("too many tunnels open (limit 1)"),
+                "{reason}"
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -342,24 +350,33 @@ async fn frames_for_unknown_tunnels_are_answered_with_a_reset_and_resets_are_not
     let mut x = Raw::join(&bus);
     // A reset for an unknown tunnel goes unanswered, then a data frame
     // for one is answered: the first answer X gets is for the data.
-    x.send("B", "X", &[raw(Kind::Reset, false, 41, b"bye")]).await;
-    x.send("B", "X", &[raw(Kind::Data, false, 42, b"hello")]).await;
+    x.send("B", "X", &[raw(Kind::Reset, false, 41, b"bye")])
+        .await;
+    x.send("B", "X", &[raw(Kind::Data, false, 42, b"hello")])
+        .await;
     x.send("B", "X", &[raw(Kind::Credit, true, 43, &[0, 0, 1, 0])])
         .await;
     let (sender, frames) = x.next().await;
     assert_eq!(sender, "B");
     let first = &frames[0];
-    assert_eq!((first.kind, first.id, first.from_acceptor), (Kind::Reset, 42, true));
+    assert_eq!(
+        (first.kind, first.id, first.from_acceptor),
+        (Kind::Reset, 42, true)
+    );
     let mut all = frames;
     while all.len() < 2 {
         all.extend(x.next().await.1);
     }
     // The reply to a frame from the acceptor side goes as from the opener.
-    assert_eq!((all[1].kind, all[1].id, all[1].from_acceptor), (Kind::Reset, 43, false));
+    assert_eq!(
+        (all[1].kind, all[1].id, all[1].from_acceptor),
+        (Kind::Reset, 43, false)
+    );
     // Garbage is dropped without an answer or a panic.
     bus.inject("B", BusEvent::Frame(Bytes::from_static(b"PUBLISH junk")))
         .await;
-    x.send("B", "X", &[raw(Kind::Credit, false, 44, b"bad")]).await;
+    x.send("B", "X", &[raw(Kind::Credit, false, 44, b"bad")])
+        .await;
     x.send("B", "X", &[raw(Kind::Data, false, 45, b"")]).await;
     let (_, frames) = x.next().await;
     assert_eq!((frames[0].kind, frames[0].id), (Kind::Reset, 44));
@@ -372,8 +389,10 @@ async fn a_node_claiming_to_be_another_cannot_touch_a_tunnel() {
     let id = a.end.key.id;
     let mut x = Raw::join(&pair.bus);
     // X, under its own name, with the right id: dropped, unanswered.
-    x.send("B", "X", &[raw(Kind::Data, false, id, b"evil")]).await;
-    x.send("B", "X", &[raw(Kind::Reset, false, id, b"evil")]).await;
+    x.send("B", "X", &[raw(Kind::Data, false, id, b"evil")])
+        .await;
+    x.send("B", "X", &[raw(Kind::Reset, false, id, b"evil")])
+        .await;
     // X under A's name with a wrong id: B answers A, which ignores it.
     x.send("B", "A", &[raw(Kind::Data, false, id ^ 1, b"evil")])
         .await;
@@ -388,7 +407,8 @@ async fn a_node_claiming_to_be_another_cannot_touch_a_tunnel() {
     assert_eq!(&got, b"ok");
     // X heard nothing for its first two frames: the first answer it gets
     // is for a frame sent after them.
-    x.send("B", "X", &[raw(Kind::Data, false, 7, b"probe")]).await;
+    x.send("B", "X", &[raw(Kind::Data, false, 7, b"probe")])
+        .await;
     let (_, frames) = x.next().await;
     assert_eq!((frames[0].kind, frames[0].id), (Kind::Reset, 7));
 }
@@ -454,4 +474,28 @@ async fn one_write_is_one_data_frame_up_to_the_frame_size() {
     let mut expected = pattern(0, 200 * 1024);
     expected.extend_from_slice(b"tail");
     assert!(bytes == expected);
+}
+
+#[tokio::test]
+async fn reset_all_breaks_every_tunnel_on_both_sides() {
+    let bus = MemBus::new();
+    // Default limits, as the server uses them.
+    let (a_store, a_inbox) = bus.join("A");
+    let (a, _a_incoming) = Tunnels::new(a_store);
+    a.spawn_inbox(a_inbox);
+    let (b, mut b_incoming) = bus.node("B", TunnelConfig::default());
+    let (_c, mut c_incoming) = bus.node("C", TunnelConfig::default());
+    let mut to_b = a.connect("B", None).expect("connect");
+    let mut to_c = a.connect("C", None).expect("connect");
+    let (mut at_b, _) = within("b accepts", b_incoming.recv())
+        .await
+        .expect("tunnel");
+    let (mut at_c, _) = within("c accepts", c_incoming.recv())
+        .await
+        .expect("tunnel");
+    a.reset_all();
+    both_ends_fail(&mut to_b, &mut at_b).await;
+    both_ends_fail(&mut to_c, &mut at_c).await;
+    assert_eq!(a.open_count(), 0);
+    assert_eq!(b.open_count(), 0);
 }

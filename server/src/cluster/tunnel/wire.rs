@@ -72,7 +72,11 @@ impl Envelope {
         out.put_u16(sender.len() as u16);
         out.put_slice(sender);
         for frame in frames {
-            let flag = if frame.from_acceptor { FROM_ACCEPTOR } else { 0 };
+            let flag = if frame.from_acceptor {
+                FROM_ACCEPTOR
+            } else {
+                0
+            };
             out.put_u8(frame.kind as u8 | flag);
             out.put_u64(frame.id);
             // Frames are at most max_frame (or a short control payload).
@@ -249,7 +253,13 @@ mod tests {
 
     #[test]
     fn malformed_envelopes_are_refused_without_panicking() {
-        for bad in [&b""[..], b"HT", b"XX\x01\0\0", b"HT\x02\0\0", b"HT\x01\0\x09abc"] {
+        for bad in [
+            &b""[..],
+            b"HT",
+            b"XX\x01\0\0",
+            b"HT\x02\0\0",
+            b"HT\x01\0\x09abc",
+        ] {
             assert!(Envelope::parse(Bytes::copy_from_slice(bad)).is_none());
         }
         // Bad frames: truncated header, length past the end, unknown kind.
