@@ -78,6 +78,11 @@ pub(crate) async fn forward(
     *outgoing.version_mut() = Version::HTTP_11;
     *outgoing.headers_mut() = forwarded_headers(parts.headers, websocket);
 
+    // Until there is a response, giving up (an error, a deadline, or the
+    // client leaving, which drops this future) resets the tunnel: the
+    // owner stops serving a request nobody waits for, whatever hyper's
+    // connection task does with it.
+    let mut abort = AbortOnDrop(Some(watch.clone()));
     let response_timeout = tunnels.config().response_timeout;
     let exchange = tokio::time::timeout(response_timeout, exchange(tunnel, outgoing));
     let refused = async {
@@ -93,19 +98,14 @@ pub(crate) async fn forward(
                 let error = watch
                     .broken()
                     .unwrap_or_else(|| TunnelError::PeerReset(error.to_string()));
-                watch.abort(TunnelError::Closed);
                 return unreachable(node, &error);
             }
-            Err(_) => {
-                watch.abort(TunnelError::Closed);
-                return gateway_timeout(node, response_timeout);
-            }
+            Err(_) => return gateway_timeout(node, response_timeout),
         },
-        error = refused => {
-            watch.abort(error.clone());
-            return unreachable(node, &error);
-        }
+        error = refused => return unreachable(node, &error),
     };
+    // From here the response body (or the bridge) holds the tunnel.
+    abort.0 = None;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let upstream = hyper::upgrade::on(&mut response);
@@ -113,6 +113,17 @@ pub(crate) async fn forward(
         }
     }
     response.map(Body::new)
+}
+
+/// Resets the tunnel when dropped armed.
+struct AbortOnDrop(Option<TunnelWatch>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(watch) = self.0.take() {
+            watch.abort(TunnelError::Closed);
+        }
+    }
 }
 
 /// Runs an HTTP/1.1 client connection over `tunnel` and sends `request`.

@@ -60,8 +60,10 @@ use tokio::task::JoinHandle;
 
 use crate::store::{BusEvent, Store};
 
+mod outbox;
 mod wire;
 
+use outbox::{Outbox, publish_loop};
 use wire::{Frame, Kind};
 
 /// The limits of a node's tunnels.
@@ -857,142 +859,6 @@ impl Drop for Tunnel {
         state.broken = Some(TunnelError::Closed);
         state.recv.clear();
         state.recv_len = 0;
-    }
-}
-
-/// Frames waiting for the publishing task, per destination node.
-#[derive(Default)]
-struct Outbox {
-    queue: Mutex<OutQueue>,
-    wake: Notify,
-}
-
-#[derive(Default)]
-struct OutQueue {
-    nodes: HashMap<Arc<str>, VecDeque<Queued>>,
-    /// Nodes with frames queued, in the order they got their first one.
-    ready: VecDeque<Arc<str>>,
-    /// Resets for frames of unknown tunnels, queued now.
-    strays: usize,
-    closed: bool,
-}
-
-struct Queued {
-    frame: Frame,
-    stray: bool,
-}
-
-/// Most resets for unknown tunnels queued at once: a flood of stray frames
-/// costs at most this many small frames of memory (the rest go
-/// unanswered).
-const MAX_STRAY_RESETS: usize = 1024;
-
-impl Outbox {
-    /// Queues `frame` for `node`. Data frames are bounded by the window
-    /// and control frames by the tunnels, except answers to strays
-    /// (`stray`), which are capped.
-    fn push(&self, node: &Arc<str>, frame: Frame, stray: bool) {
-        let mut queue = lock(&self.queue);
-        if queue.closed {
-            return;
-        }
-        if stray {
-            if queue.strays >= MAX_STRAY_RESETS {
-                return;
-            }
-            queue.strays += 1;
-        }
-        let frames = queue.nodes.entry(node.clone()).or_default();
-        let was_empty = frames.is_empty();
-        frames.push_back(Queued { frame, stray });
-        if was_empty {
-            queue.ready.push_back(node.clone());
-        }
-        drop(queue);
-        self.wake.notify_one();
-    }
-
-    fn close(&self) {
-        lock(&self.queue).closed = true;
-        self.wake.notify_one();
-    }
-
-    /// The frames for the next node, at most `max_batch` bytes of them (at
-    /// least one).
-    fn take(&self, max_batch: usize) -> Taken {
-        let mut guard = lock(&self.queue);
-        let queue = &mut *guard;
-        let Some(node) = queue.ready.pop_front() else {
-            return if queue.closed {
-                Taken::Closed
-            } else {
-                Taken::Nothing
-            };
-        };
-        let Some(frames) = queue.nodes.get_mut(&node) else {
-            return Taken::Nothing;
-        };
-        let mut batch = Vec::new();
-        let mut size = 0;
-        while let Some(next) = frames.front() {
-            let len = wire::frame_len(&next.frame);
-            if !batch.is_empty() && size + len > max_batch {
-                break;
-            }
-            size += len;
-            let Some(queued) = frames.pop_front() else {
-                break;
-            };
-            if queued.stray {
-                queue.strays -= 1;
-            }
-            batch.push(queued.frame);
-        }
-        if frames.is_empty() {
-            queue.nodes.remove(&node);
-        } else {
-            queue.ready.push_back(node.clone());
-        }
-        Taken::Batch(node, batch)
-    }
-}
-
-/// What [`Outbox::take`] found.
-enum Taken {
-    /// Frames for a node.
-    Batch(Arc<str>, Vec<Frame>),
-    /// Nothing queued now.
-    Nothing,
-    /// Closed, and nothing queued.
-    Closed,
-}
-
-/// Publishes queued frames, one envelope per node at a time, until the
-/// outbox closes. Publishes are sequential, so frames to one node leave
-/// in order; a busy node's frames wait in the queue and go out together.
-async fn publish_loop(
-    store: Arc<dyn Store>,
-    outbox: Arc<Outbox>,
-    node: Arc<str>,
-    tunnels: Weak<Tunnels>,
-    max_batch: usize,
-) {
-    loop {
-        let (to, frames) = match outbox.take(max_batch) {
-            Taken::Batch(to, frames) => (to, frames),
-            Taken::Nothing => {
-                outbox.wake.notified().await;
-                continue;
-            }
-            Taken::Closed => return,
-        };
-        let envelope = wire::Envelope::encode(&node, &frames);
-        if let Err(error) = store.publish(&to, envelope).await {
-            tracing::warn!(%error, "publishing tunnel frames failed: resetting the node's tunnels");
-            if let Some(tunnels) = tunnels.upgrade() {
-                tunnels.publish_failed(&to, &error.to_string());
-            }
-        }
     }
 }
 

@@ -34,9 +34,37 @@ fn config() -> TunnelConfig {
 /// Chunks the `/stream` route sends, handed over by the test.
 type Chunks = Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>;
 
+/// Signals when dropped.
+struct DropSignal(mpsc::Sender<()>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+/// What B's routes tell the test.
+#[derive(Clone)]
+struct Probes {
+    chunks: Chunks,
+    /// `/held` started.
+    started: mpsc::Sender<()>,
+    /// `/held` was dropped (its client went away).
+    dropped: mpsc::Sender<()>,
+}
+
 /// Node B's app: what each test asks of the owner.
-fn node_b_router(chunks: Chunks) -> Router {
+fn node_b_router(probes: Probes) -> Router {
+    let chunks = probes.chunks.clone();
     Router::new()
+        .route(
+            "/held",
+            get(move || async move {
+                let _dropped = DropSignal(probes.dropped.clone());
+                let _ = probes.started.send(()).await;
+                std::future::pending::<String>().await
+            }),
+        )
         .route(
             "/hello",
             get(|request: Request<Body>| async move {
@@ -103,6 +131,8 @@ struct Cluster {
     /// Kept: B's tunnels live as long as the cluster.
     _b: Arc<Tunnels>,
     chunks: Chunks,
+    started: mpsc::Receiver<()>,
+    dropped: mpsc::Receiver<()>,
 }
 
 fn cluster(serve: ServeConfig) -> Cluster {
@@ -110,9 +140,16 @@ fn cluster(serve: ServeConfig) -> Cluster {
     let (a, _a_incoming) = bus.node("A", config());
     let (b, b_incoming) = bus.node("B", config());
     let chunks: Chunks = Arc::default();
+    let (started_tx, started) = mpsc::channel(4);
+    let (dropped_tx, dropped) = mpsc::channel(4);
+    let probes = Probes {
+        chunks: chunks.clone(),
+        started: started_tx,
+        dropped: dropped_tx,
+    };
     tokio::spawn(serve_tunnels(
         b_incoming,
-        node_b_router(chunks.clone()),
+        node_b_router(probes),
         serve,
         std::future::pending(),
     ));
@@ -121,6 +158,8 @@ fn cluster(serve: ServeConfig) -> Cluster {
         a,
         _b: b,
         chunks,
+        started,
+        dropped,
     }
 }
 
@@ -243,6 +282,27 @@ async fn a_streamed_response_arrives_chunk_by_chunk_and_a_break_cuts_it() {
     let end = within("the cut", body.frame()).await;
     assert!(matches!(end, Some(Err(_))), "{end:?}");
     drop(tx);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_response_ends_the_request_on_the_owner() {
+    let mut cluster = cluster(ServeConfig::default());
+    let a = cluster.a.clone();
+    let waiting = tokio::spawn(async move {
+        forward(
+            &a,
+            "B",
+            None,
+            request("GET", "/held", Body::empty()),
+            PathAndQuery::from_static("/held"),
+        )
+        .await
+    });
+    within("the owner to start", cluster.started.recv()).await;
+    // The client hangs up: A's handler future is dropped.
+    waiting.abort();
+    within("the owner to let go", cluster.dropped.recv()).await;
+    assert_eq!(cluster.a.open_count(), 0);
 }
 
 #[tokio::test]
