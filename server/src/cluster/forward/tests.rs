@@ -211,7 +211,7 @@ async fn a_get_reaches_the_owners_router_with_the_client_address_and_the_marker(
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_body_goes_and_comes_back_whole() {
     let cluster = cluster(ServeConfig::default());
     let body: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
@@ -371,7 +371,7 @@ async fn a_tunnel_that_trickles_its_head_is_closed_by_the_header_timeout() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_is_forwarded_both_ways() {
     let cluster = cluster(ServeConfig::default());
     let a = cluster.a.clone();

@@ -1,7 +1,7 @@
 //! For tests: a bus between in-process "nodes", as a [`Store`] whose only
 //! working methods are [`Store::publish`] and [`Store::inbox`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ const INBOX: usize = 1024;
 #[derive(Default)]
 pub(crate) struct MemBus {
     inboxes: Mutex<HashMap<String, mpsc::Sender<BusEvent>>>,
+    /// Nodes whose publishes fail.
+    failing: Mutex<HashSet<String>>,
 }
 
 impl MemBus {
@@ -52,6 +54,11 @@ impl MemBus {
     /// The node disappears: frames to it are lost from now on.
     pub(crate) fn kill(&self, node: &str) {
         lock(&self.inboxes).remove(node);
+    }
+
+    /// From now on `node`'s publishes fail, as when the store is down.
+    pub(crate) fn fail_publishes(&self, node: &str) {
+        lock(&self.failing).insert(node.to_owned());
     }
 
     /// Delivers `event` to `node` as if some node had published it.
@@ -116,6 +123,9 @@ impl Store for MemStore {
 
     fn publish<'a>(&'a self, node: &'a str, frame: Bytes) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            if lock(&self.bus.failing).contains(&self.node) {
+                return Err(StoreError::Unavailable("the test bus is down".into()));
+            }
             // Like Redis pub/sub: to a node nobody listens for, the frame
             // is simply gone.
             let tx = lock(&self.bus.inboxes).get(node).cloned();

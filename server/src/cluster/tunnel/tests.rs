@@ -86,7 +86,7 @@ async fn bytes_flow_both_ways_in_order() {
     assert_eq!(&got, b"pong");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_mebibytes_arrive_whole_both_ways_at_once() {
     let mut pair = Pair::new(256 * 1024);
     let (a, b) = pair.open(None).await;
@@ -191,7 +191,7 @@ async fn both_ends_fail(a: &mut Tunnel, b: &mut Tunnel) {
     assert!(b.write_all(b"x").await.is_err());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_node_breaks_both_ends() {
     let mut pair = Pair::new(256 * 1024);
     let (mut a, mut b) = pair.open(None).await;
@@ -498,4 +498,63 @@ async fn reset_all_breaks_every_tunnel_on_both_sides() {
     both_ends_fail(&mut to_c, &mut at_c).await;
     assert_eq!(a.open_count(), 0);
     assert_eq!(b.open_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publish_breaks_the_tunnels_to_that_node() {
+    let mut pair = Pair::new(256 * 1024);
+    let (mut a, _b) = pair.open(None).await;
+    pair.bus.fail_publishes("A");
+    // The write is queued; its publish fails; the tunnel breaks.
+    a.write_all(b"lost").await.expect("queued");
+    let mut byte = [0; 1];
+    let error = within("a's read", a.read(&mut byte))
+        .await
+        .expect_err("broken");
+    assert!(
+        error.to_string().contains("the test bus is down"),
+        "{error}"
+    );
+    assert!(a.write_all(b"x").await.is_err());
+    assert_eq!(pair.a.open_count(), 0);
+}
+
+#[tokio::test]
+async fn opens_beyond_the_accept_queue_are_refused() {
+    let bus = MemBus::new();
+    let (a, _a_incoming) = bus.node("A", config(1024));
+    let (_b, _b_incoming) = bus.node(
+        "B",
+        TunnelConfig {
+            accept_queue: 1,
+            ..config(1024)
+        },
+    );
+    // Nobody takes B's tunnels: the first waits in the queue.
+    let first = a.connect("B", None).expect("connect");
+    let second = a.connect("B", None).expect("connect");
+    within("1st", first.watch().accepted())
+        .await
+        .expect("accepted");
+    match within("2nd", second.watch().accepted()).await {
+        Err(TunnelError::PeerReset(reason)) => {
+            assert!(reason.contains("accept queue is full"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_stopped_serving_refuses_tunnels() {
+    let bus = MemBus::new();
+    let (a, _a_incoming) = bus.node("A", config(1024));
+    let (_b, b_incoming) = bus.node("B", config(1024));
+    drop(b_incoming);
+    let tunnel = a.connect("B", None).expect("connect");
+    match within("refusal", tunnel.watch().accepted()).await {
+        Err(TunnelError::PeerReset(reason)) => {
+            assert!(reason.contains("not serving tunnels"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
