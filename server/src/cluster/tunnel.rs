@@ -147,6 +147,22 @@ pub(crate) enum TunnelError {
 }
 
 impl TunnelError {
+    /// Why this node resets a tunnel, as its peer is told (and shows as
+    /// "the other node reset the tunnel: …").
+    fn reason_for_peer(&self) -> String {
+        match self {
+            Self::TooMany { limit } => format!("it has too many tunnels open (limit {limit})"),
+            Self::PeerReset(_) => "it was reset".into(),
+            Self::NodeGone => "it took this node for gone".into(),
+            Self::BusReset => "its bus lost frames".into(),
+            Self::Publish(_) => "it could not publish on the bus".into(),
+            Self::NotAccepted(after) => format!("it got no accept within {after:?}"),
+            Self::Protocol(what) => format!("it got {what}"),
+            Self::Closed => "it closed the tunnel".into(),
+            Self::Random(_) => "it has no random numbers".into(),
+        }
+    }
+
     fn to_io(&self) -> io::Error {
         let kind = match self {
             Self::NotAccepted(_) => io::ErrorKind::TimedOut,
@@ -250,7 +266,7 @@ impl End {
             return;
         }
         if let Some(outbox) = outbox {
-            let reason = Bytes::from(error.to_string().into_bytes());
+            let reason = Bytes::from(error.reason_for_peer().into_bytes());
             outbox.push(&self.peer, self.frame(Kind::Reset, reason), false);
         }
         state.broken = Some(error);
@@ -494,7 +510,7 @@ impl Tunnels {
         let Some(end) = end else {
             // Not ours (any more): say so, unless it says so itself.
             if frame.kind != Kind::Reset {
-                self.stray(sender, key, "no such tunnel");
+                self.stray(sender, key, "it has no such tunnel");
             }
             return;
         };
@@ -575,7 +591,7 @@ impl Tunnels {
         let mut table = lock(&self.table);
         if table.contains_key(&key) {
             drop(table);
-            return self.stray(sender, key, "this tunnel id is in use");
+            return self.stray(sender, key, "the tunnel id is in use there");
         }
         if table.len() >= self.config.max_tunnels {
             drop(table);
@@ -584,36 +600,42 @@ impl Tunnels {
                 limit,
                 "refused a tunnel from another node: too many tunnels open"
             );
-            let reason = format!("that node has too many tunnels open (limit {limit})");
+            let reason = format!("it has too many tunnels open (limit {limit})");
             return self.stray(sender, key, &reason);
         }
         if self.incoming.is_closed() {
             drop(table);
-            return self.stray(sender, key, "the node is not serving tunnels");
+            return self.stray(sender, key, "it is not serving tunnels");
         }
         let end = End::new(key, sender.clone(), self.config.window, true);
         table.insert(key, end.clone());
         drop(table);
-        // Accept before the application can write: frames of one tunnel
-        // leave in the order they were queued.
-        self.outbox
-            .push(sender, end.frame(Kind::Accept, Bytes::new()), false);
         let tunnel = Tunnel {
             end: end.clone(),
             tunnels,
         };
-        if let Err(refused) = self.incoming.try_send((tunnel, client_addr)) {
-            tracing::warn!("refused a tunnel from another node: the accept queue is full");
-            self.forget(&end);
-            end.break_with(
-                TunnelError::PeerReset("the node's accept queue is full".into()),
-                Some(&self.outbox),
-            );
-            drop(refused);
+        // Handed over and accepted under the tunnel's lock: the `Accept`
+        // is queued before anything the application writes (a tunnel's
+        // frames are queued under its lock), and is only sent for a
+        // tunnel that was handed over.
+        let state = end.state();
+        let handed = self.incoming.try_send((tunnel, client_addr));
+        if handed.is_ok() {
+            self.outbox
+                .push(sender, end.frame(Kind::Accept, Bytes::new()), false);
+            return;
         }
+        drop(state);
+        tracing::warn!("refused a tunnel from another node: the accept queue is full");
+        self.forget(&end);
+        // Broken quietly first, so dropping it sends no reset of its own.
+        end.break_with(TunnelError::Closed, None);
+        drop(handed);
+        self.stray(sender, key, "its accept queue is full");
     }
 
-    /// Answers a frame this node cannot take with a `Reset` for it.
+    /// Answers a frame this node cannot take (or an `Open` it refuses)
+    /// with a `Reset` for it.
     fn stray(&self, sender: &Arc<str>, key: Key, reason: &str) {
         let reset = Frame {
             kind: Kind::Reset,
@@ -850,10 +872,9 @@ impl Drop for Tunnel {
         self.tunnels.forget(&self.end);
         let mut state = self.end.state();
         if state.broken.is_none() && !(state.sent_fin && state.recv_fin) {
-            let frame = self.end.frame(
-                Kind::Reset,
-                Bytes::from_static(b"the other end closed the tunnel"),
-            );
+            let frame = self
+                .end
+                .frame(Kind::Reset, Bytes::from_static(b"it closed the tunnel"));
             self.tunnels.outbox.push(&self.end.peer, frame, false);
         }
         state.broken = Some(TunnelError::Closed);

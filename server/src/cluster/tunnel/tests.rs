@@ -199,8 +199,11 @@ async fn reset_node_breaks_both_ends() {
     pair.a.reset_node("B");
     both_ends_fail(&mut a, &mut b).await;
     both_ends_fail(&mut a2, &mut b2).await;
-    let error = a.watch().broken().expect("broken");
-    assert_eq!(error, TunnelError::NodeGone);
+    assert_eq!(a.watch().broken(), Some(TunnelError::NodeGone));
+    assert_eq!(
+        b.watch().broken(),
+        Some(TunnelError::PeerReset("it took this node for gone".into()))
+    );
     assert_eq!(pair.a.open_count(), 0);
     within("b forgets", async {
         while pair.b.open_count() > 0 {
