@@ -41,6 +41,11 @@ use crate::transport::{ConnectQuery, overloaded};
 pub(crate) struct Cluster {
     pub(crate) store: Arc<dyn Store>,
     tunnels: Arc<tunnel::Tunnels>,
+    /// The tunnels other nodes open to this one, until [`Self::start`]
+    /// serves them.
+    incoming: std::sync::Mutex<Option<tunnel::IncomingTunnels>>,
+    /// Ends the serving of tunnels (the node left the cluster).
+    stopped: tokio::sync::watch::Sender<bool>,
     /// One claim at a time on this node: two requests for the same
     /// session arriving together must not both rebuild it.
     claiming: tokio::sync::Mutex<()>,
@@ -59,10 +64,12 @@ pub(crate) enum Found {
 
 impl Cluster {
     pub(crate) fn new(store: Arc<dyn Store>) -> Arc<Self> {
-        let tunnels = tunnel::Tunnels::new(store.clone());
+        let (tunnels, incoming) = tunnel::Tunnels::new(store.clone());
         Arc::new(Self {
             store,
             tunnels,
+            incoming: std::sync::Mutex::new(Some(incoming)),
+            stopped: tokio::sync::watch::channel(false).0,
             claiming: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
         })
@@ -224,8 +231,24 @@ impl Cluster {
     /// tunnels, and keeping the sessions held here from expiring in the
     /// store.
     pub(crate) fn start(self: &Arc<Self>, state: Weak<ServerState>, router: axum::Router) {
-        let incoming = self.tunnels.start();
-        tokio::spawn(forward::serve_tunnels(incoming, router));
+        self.tunnels.spawn_inbox(self.store.inbox());
+        let incoming = self
+            .incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(incoming) = incoming {
+            let mut stopped = self.stopped.subscribe();
+            let stop = async move {
+                let _ = stopped.wait_for(|stopped| *stopped).await;
+            };
+            tokio::spawn(forward::serve_tunnels(
+                incoming,
+                router,
+                crate::ServeConfig::default(),
+                stop,
+            ));
+        }
         tokio::spawn(watch_peers(Arc::downgrade(self)));
         tokio::spawn(keep_alive(Arc::downgrade(self), state));
     }
@@ -248,6 +271,9 @@ impl Cluster {
         if let Err(error) = self.store.leave().await {
             tracing::warn!(%error, "could not leave the cluster cleanly");
         }
+        // Requests other nodes carried here before they noticed finish;
+        // no new ones are taken.
+        self.stopped.send_replace(true);
     }
 
     async fn hand_over_one(&self, shared: &Arc<Shared>) -> bool {
@@ -407,14 +433,12 @@ pub(crate) async fn route(State(routing): State<Routing>, request: Request, next
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|info| info.0);
-            let path = request
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .strip_prefix(&*routing.mount)
-                .unwrap_or("/")
-                .to_owned();
-            forward::forward(&cluster.tunnels, &node, client, request, &path).await
+            let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            let path = target.strip_prefix(&*routing.mount).unwrap_or(target);
+            match http::uri::PathAndQuery::try_from(path) {
+                Ok(path) => forward::forward(&cluster.tunnels, &node, client, request, path).await,
+                Err(_) => Reject::bad_request("malformed request target").into_http(),
+            }
         }
         Err(reject) => reject.into_http().into_response(),
     }

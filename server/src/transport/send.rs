@@ -74,26 +74,30 @@ async fn receive(
     // (`503`, `detach` 4503, the client retries the same messages later;
     // nothing is lost), but the batch's acks are taken: the application may
     // be waiting for them to make room, and so to read.
-    let mut core = shared.lock();
-    if !shared.admits_buffered(&core, batch_cost(&frames, core.received())) {
+    let received = {
+        let mut core = shared.lock();
+        if !shared.admits_buffered(&core, batch_cost(&frames, core.received())) {
         let acks: Vec<Frame> = frames
             .into_iter()
             .filter(|f| matches!(f, Frame::Ack { .. }))
             .collect();
-        core.handle_frames(now(), None, acks)?;
-        return Err(Reject::Attachment(
-            Close::new(CloseCode::OVERLOADED, "the application is not keeping up")
-                .with_retry_after(state.config.retry_after),
-        ));
-    }
-    core.handle_frames(now(), None, frames)?;
-    if shared.durable.is_some() {
+            core.handle_frames(now(), None, acks)?;
+            return Err(Reject::Attachment(
+                Close::new(CloseCode::OVERLOADED, "the application is not keeping up")
+                    .with_retry_after(state.config.retry_after),
+            ));
+        }
+        core.handle_frames(now(), None, frames)?;
+        if shared.durable.is_none() {
+            return Ok(batch_response(&core.request_reply()));
+        }
+        core.received()
+    };
+    {
         // With a store, the reply acknowledges only what the store holds:
         // wait for the session's writer, within a deadline (the client
         // sends the same messages again after `Retry-After`; duplicates
         // are dropped).
-        let received = core.received();
-        drop(core);
         let stored = tokio::time::timeout(STORE_DEADLINE, shared.stored_received(received)).await;
         match stored {
             Ok(true) => {}
@@ -110,9 +114,8 @@ async fn receive(
                 ));
             }
         }
-        core = shared.lock();
     }
-    Ok(batch_response(&core.request_reply()))
+    Ok(batch_response(&shared.lock().request_reply()))
 }
 
 /// How long a send request waits for the store to hold its messages.
