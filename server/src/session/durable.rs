@@ -98,6 +98,20 @@ impl AppProgress {
         }
     }
 
+    /// The handler asks for the next message: the one it took last is
+    /// processed (whatever it sends now answers nothing in progress).
+    pub(crate) fn asks(&mut self) {
+        // After a takeover, until the handler takes the message in
+        // progress again, nothing it took here is in progress.
+        if self.replay.is_none() && self.progress.current > self.progress.done {
+            self.progress = Progress {
+                done: self.progress.current,
+                current: self.progress.current,
+                sends: 0,
+            };
+        }
+    }
+
     /// The handler took message `seq`: everything before it is processed.
     pub(crate) fn took(&mut self, seq: u64) {
         self.progress = Progress {
@@ -213,6 +227,34 @@ mod tests {
         app.took(5);
         assert!(!app.sends());
         assert!(app.sends());
+    }
+
+    #[test]
+    fn asking_for_the_next_message_finishes_the_last_one() {
+        let mut app = AppProgress::default();
+        app.asks();
+        assert_eq!(app.progress, Progress::default());
+        app.took(1);
+        assert!(app.sends());
+        app.asks();
+        assert_eq!(
+            app.progress,
+            Progress {
+                done: 1,
+                current: 1,
+                sends: 0
+            }
+        );
+        assert_eq!(AppProgress::restored(app.progress).replay, None);
+        // A new handler after a takeover asks before it took the message
+        // in progress: that message is not finished.
+        let mut continued = AppProgress::restored(Progress {
+            done: 4,
+            current: 5,
+            sends: 1,
+        });
+        continued.asks();
+        assert_eq!(continued.progress.done, 4);
     }
 
     #[test]

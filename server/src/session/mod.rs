@@ -92,6 +92,9 @@ struct Snapshot {
     transport: Option<TransportKind>,
     sent: u64,
     acked: u64,
+    /// With a store: received messages the store holds (the application
+    /// may take them).
+    confirmed_received: u64,
 }
 
 impl Snapshot {
@@ -99,6 +102,7 @@ impl Snapshot {
         Self {
             sent: core.sent(),
             acked: core.acked(),
+            confirmed_received: core.confirmed_received(),
             received: core.received(),
             unacked_bytes: core.unacked_bytes(),
             inbound_bytes: core.inbound_bytes(),
@@ -260,7 +264,7 @@ impl Drop for CoreGuard<'_> {
                 evicted.timer.notify_one();
             }
         }
-        if after.received > before.received || closed_now {
+        if after.confirmed_received > before.confirmed_received || closed_now {
             shared.app.notify_waiters();
         }
         if after.unacked_bytes < before.unacked_bytes || closed_now {
@@ -730,6 +734,11 @@ impl Session {
     /// returned first).
     pub async fn recv(&self) -> Option<Message> {
         let shared = self.shared();
+        if let Some(durable) = &shared.durable {
+            // Asking for the next message: the last one is processed.
+            shared.lock().app().asks();
+            durable.wake.notify_one();
+        }
         loop {
             let notified = shared.app.notified();
             let mut notified = pin!(notified);
