@@ -430,5 +430,23 @@ async fn a_websocket_is_forwarded_both_ways() {
         }
     })
     .await;
+
+    // The owner is declared dead mid-socket: the client's socket ends.
+    let (mut ws, _) = within(
+        "the handshake",
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+    )
+    .await
+    .expect("a WebSocket");
+    ws.send(TMessage::text("before")).await.expect("send");
+    let echo = within("an echo", ws.next()).await;
+    assert!(matches!(echo, Some(Ok(TMessage::Text(ref t))) if t.as_str() == "echo before"));
+    cluster.a.reset_node("B");
+    loop {
+        match within("the socket to end", ws.next()).await {
+            None | Some(Err(_)) | Some(Ok(TMessage::Close(_))) => break,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    }
     server.abort();
 }
