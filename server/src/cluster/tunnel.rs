@@ -876,12 +876,10 @@ impl AsyncWrite for Tunnel {
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Written bytes are queued for the publishing task, which sends
-        // them without delay.
-        let state = self.end.state();
-        match &state.broken {
-            Some(error) => Poll::Ready(Err(error.to_io())),
-            None => Poll::Ready(Ok(())),
-        }
+        // them without delay: nothing to flush. Not an error after a
+        // reset either: what was written before it went out (a peer that
+        // answered and left is no failure of the bytes sent to it).
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -909,7 +907,8 @@ impl Drop for Tunnel {
                 .frame(Kind::Reset, Bytes::from_static(b"it closed the tunnel"));
             self.tunnels.outbox.push(&self.end.peer, frame, false);
         }
-        state.broken = Some(TunnelError::Closed);
+        // Why it broke, if it did, stays readable through a watch.
+        state.broken.get_or_insert(TunnelError::Closed);
         state.recv.clear();
         state.recv_len = 0;
     }
