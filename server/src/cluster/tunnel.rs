@@ -25,9 +25,11 @@
 //!   a peer that will never answer, as long as someone says the peer is
 //!   gone ([`Tunnels::reset_node`]).
 //!
-//! Frames go out through one writer task, which batches every frame queued
-//! for a node into one bus message (an *envelope*), so a busy node makes
-//! one publish per round trip rather than one per frame.
+//! Frames go out through one writer task, which batches the frames queued
+//! for a node into one bus message (an *envelope*, at most
+//! [`TunnelConfig::max_batch`] bytes unless one frame is larger), so a busy
+//! node makes one publish per round trip rather than one per frame.
+//! Publishes are sequential, which keeps each node's frames in order.
 //!
 //! # Wire format
 //!
