@@ -94,12 +94,12 @@ pub(crate) async fn forward(
     let mut response = tokio::select! {
         result = exchange => match result {
             Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                let error = watch
-                    .broken()
-                    .unwrap_or_else(|| TunnelError::PeerReset(error.to_string()));
-                return unreachable(node, &error);
-            }
+            // Why the tunnel broke says more than hyper's "connection
+            // closed" does; else it is hyper's (a malformed response).
+            Ok(Err(error)) => match watch.broken() {
+                Some(broken) => return unreachable(node, &broken),
+                None => return unreachable(node, &error),
+            },
             Err(_) => return gateway_timeout(node, response_timeout),
         },
         error = refused => return unreachable(node, &error),
@@ -188,8 +188,8 @@ fn forwarded_headers(mut headers: HeaderMap, websocket: bool) -> HeaderMap {
 }
 
 /// `502`: the owner cannot be reached, or broke off.
-fn unreachable(node: &str, error: &TunnelError) -> Response {
-    tracing::debug!(node = %node.escape_debug(), %error, "forwarding a request failed");
+fn unreachable(node: &str, error: &dyn std::fmt::Display) -> Response {
+    tracing::debug!(node = %node.escape_debug(), error = %error, "forwarding a request failed");
     (
         StatusCode::BAD_GATEWAY,
         format!("the node that holds this session cannot be reached: {error}"),

@@ -10,11 +10,14 @@
 //!   (or `Reset` when it refuses: too many tunnels, not serving);
 //! - **data**: `Data` frames, in order, each at most
 //!   [`TunnelConfig::max_frame`] bytes (one per write call);
-//! - **flow control**: each direction has a window of
-//!   [`TunnelConfig::window`] bytes. A writer may have that many bytes
-//!   unread by the other side's application; the reader grants `Credit` as
-//!   its application reads. So a slow reader makes the writer wait, and no
-//!   node ever buffers more than a window per tunnel;
+//! - **flow control**: each direction has a window: the receiving node's
+//!   [`TunnelConfig::window`], which it announces in its `Open` or
+//!   `Accept`. A writer may have that many bytes unread by the other
+//!   side's application; the reader grants `Credit` as its application
+//!   reads. So a slow reader makes the writer wait, and no node ever
+//!   buffers more than its window per tunnel. Until the `Accept` comes,
+//!   an opener counts on [`MIN_WINDOW`], the least any node announces,
+//!   so that nodes with different windows (a rolling upgrade) agree;
 //! - **close**: `Fin` ends a direction (the reader sees end of file once it
 //!   read everything before it); `Reset` breaks both (dropping a tunnel
 //!   not closed both ways, a refused open, a node declared dead, a lost
@@ -22,17 +25,19 @@
 //!   a peer that will never answer, as long as someone says the peer is
 //!   gone ([`Tunnels::reset_node`]).
 //!
-//! Frames go out through one writer task, which batches every frame queued
-//! for a node into one bus message (an *envelope*), so a busy node makes
-//! one publish per round trip rather than one per frame.
+//! Frames go out through one writer task, which batches the frames queued
+//! for a node into one bus message (an *envelope*, at most
+//! [`TunnelConfig::max_batch`] bytes unless one frame is larger), so a busy
+//! node makes one publish per round trip rather than one per frame.
+//! Publishes are sequential, which keeps each node's frames in order.
 //!
 //! # Wire format
 //!
 //! ```text
 //! envelope = "HT" version:u8 sender_len:u16 sender:bytes frame*
 //! frame    = kind:u8 id:u64 len:u32 payload:len bytes      (big endian)
-//! kind     = 1 Open (payload: client address) | 2 Accept | 3 Data
-//!          | 4 Credit (payload: u32 bytes granted) | 5 Fin
+//! kind     = 1 Open (payload: window:u32 address) | 2 Accept (payload: window:u32)
+//!          | 3 Data | 4 Credit (payload: u32 bytes granted) | 5 Fin
 //!          | 6 Reset (payload: reason, UTF-8)
 //!          | 0x80 set: sent by the accepting side (else by the opener)
 //! address  = 0 | 4 ipv4:4 port:u16 | 6 ipv6:16 port:u16
@@ -66,12 +71,16 @@ mod wire;
 use outbox::{Outbox, publish_loop};
 use wire::{Frame, Kind};
 
+/// The least window any node announces, and what an opener may send
+/// before the other node's `Accept` says how much it takes.
+pub(crate) const MIN_WINDOW: usize = 64 * 1024;
+
 /// The limits of a node's tunnels.
 #[derive(Clone, Debug)]
 pub(crate) struct TunnelConfig {
-    /// Bytes a writer may have unread by the other side's application,
-    /// per direction: what one tunnel may buffer at most on each node.
-    /// Default 256 KiB.
+    /// Bytes the other node may send on a tunnel that this node's
+    /// application has not read: what one tunnel buffers at most here.
+    /// At least [`MIN_WINDOW`]. Default 256 KiB.
     pub(crate) window: usize,
     /// Most bytes of one `Data` frame (one write call). Default 64 KiB.
     pub(crate) max_frame: usize,
@@ -223,7 +232,15 @@ struct EndState {
 }
 
 impl End {
-    fn new(key: Key, peer: Arc<str>, window: usize, accepted: bool) -> Arc<Self> {
+    /// An end that may receive `window` bytes ahead of its application's
+    /// reads, and send `send_credit` bytes before the peer grants more.
+    fn new(
+        key: Key,
+        peer: Arc<str>,
+        window: usize,
+        send_credit: usize,
+        accepted: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             key,
             peer,
@@ -233,7 +250,7 @@ impl End {
                 recv_fin: false,
                 recv_allowed: window,
                 consumed: 0,
-                send_credit: window,
+                send_credit,
                 sent_fin: false,
                 accepted,
                 broken: None,
@@ -324,7 +341,7 @@ impl Tunnels {
         config: TunnelConfig,
     ) -> (Arc<Self>, IncomingTunnels) {
         let config = TunnelConfig {
-            window: config.window.max(1),
+            window: config.window.max(MIN_WINDOW),
             max_frame: config.max_frame.max(1),
             max_batch: config.max_batch.max(1),
             max_tunnels: config.max_tunnels.max(1),
@@ -389,10 +406,13 @@ impl Tunnels {
                 break key;
             }
         };
-        let end = End::new(key, peer.clone(), self.config.window, false);
+        let end = End::new(key, peer.clone(), self.config.window, MIN_WINDOW, false);
         table.insert(key, end.clone());
         drop(table);
-        let open = end.frame(Kind::Open, wire::encode_addr(client_addr));
+        let open = end.frame(
+            Kind::Open,
+            wire::encode_open(self.config.window, client_addr),
+        );
         self.outbox.push(&peer, open, false);
         Ok(Tunnel { end, tunnels })
     }
@@ -524,16 +544,32 @@ impl Tunnels {
         match frame.kind {
             Kind::Open => {}
             Kind::Accept => {
-                end.state().accepted = true;
+                // The acceptor's window: what it announced beyond the
+                // least this end counted on.
+                let Some(window) = wire::decode_count(&frame.payload) else {
+                    return self.protocol_error(&end, "a malformed accept frame");
+                };
+                let mut state = end.state();
+                if state.accepted {
+                    drop(state);
+                    return self.protocol_error(&end, "a second accept frame");
+                }
+                state.accepted = true;
+                state.send_credit = state
+                    .send_credit
+                    .saturating_add(window.saturating_sub(MIN_WINDOW));
+                if let Some(waker) = state.write_waker.take() {
+                    waker.wake();
+                }
+                drop(state);
                 end.accept.notify_waiters();
             }
             Kind::Data => self.on_data(&end, frame.payload),
             Kind::Credit => {
-                let Some(grant) = wire::decode_credit(&frame.payload) else {
+                let Some(grant) = wire::decode_count(&frame.payload) else {
                     return self.protocol_error(&end, "a malformed credit frame");
                 };
                 let mut state = end.state();
-                state.accepted = true;
                 state.send_credit = state.send_credit.saturating_add(grant);
                 if let Some(waker) = state.write_waker.take() {
                     waker.wake();
@@ -541,7 +577,6 @@ impl Tunnels {
             }
             Kind::Fin => {
                 let mut state = end.state();
-                state.accepted = true;
                 state.recv_fin = true;
                 if let Some(waker) = state.read_waker.take() {
                     waker.wake();
@@ -565,7 +600,6 @@ impl Tunnels {
             drop(state);
             return self.protocol_error(end, "data beyond the window");
         }
-        state.accepted = true;
         if state.broken.is_some() || payload.is_empty() {
             return;
         }
@@ -582,7 +616,7 @@ impl Tunnels {
             opened_here: false,
             id: frame.id,
         };
-        let Some(client_addr) = wire::decode_addr(&frame.payload) else {
+        let Some((peer_window, client_addr)) = wire::decode_open(&frame.payload) else {
             return self.stray(sender, key, "a malformed open frame");
         };
         let Some(tunnels) = self.me.upgrade() else {
@@ -607,7 +641,7 @@ impl Tunnels {
             drop(table);
             return self.stray(sender, key, "it is not serving tunnels");
         }
-        let end = End::new(key, sender.clone(), self.config.window, true);
+        let end = End::new(key, sender.clone(), self.config.window, peer_window, true);
         table.insert(key, end.clone());
         drop(table);
         let tunnel = Tunnel {
@@ -621,8 +655,8 @@ impl Tunnels {
         let state = end.state();
         let handed = self.incoming.try_send((tunnel, client_addr));
         if handed.is_ok() {
-            self.outbox
-                .push(sender, end.frame(Kind::Accept, Bytes::new()), false);
+            let accept = end.frame(Kind::Accept, wire::encode_count(self.config.window));
+            self.outbox.push(sender, accept, false);
             return;
         }
         drop(state);
@@ -798,7 +832,7 @@ impl AsyncRead for Tunnel {
         if !state.recv_fin && state.broken.is_none() && state.consumed >= window.div_ceil(4) {
             let grant = std::mem::take(&mut state.consumed);
             state.recv_allowed += grant;
-            let frame = this.end.frame(Kind::Credit, wire::encode_credit(grant));
+            let frame = this.end.frame(Kind::Credit, wire::encode_count(grant));
             this.tunnels.outbox.push(&this.end.peer, frame, false);
         }
         Poll::Ready(Ok(()))
@@ -844,12 +878,10 @@ impl AsyncWrite for Tunnel {
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Written bytes are queued for the publishing task, which sends
-        // them without delay.
-        let state = self.end.state();
-        match &state.broken {
-            Some(error) => Poll::Ready(Err(error.to_io())),
-            None => Poll::Ready(Ok(())),
-        }
+        // them without delay: nothing to flush. Not an error after a
+        // reset either: what was written before it went out (a peer that
+        // answered and left is no failure of the bytes sent to it).
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -877,7 +909,8 @@ impl Drop for Tunnel {
                 .frame(Kind::Reset, Bytes::from_static(b"it closed the tunnel"));
             self.tunnels.outbox.push(&self.end.peer, frame, false);
         }
-        state.broken = Some(TunnelError::Closed);
+        // Why it broke, if it did, stays readable through a watch.
+        state.broken.get_or_insert(TunnelError::Closed);
         state.recv.clear();
         state.recv_len = 0;
     }

@@ -430,5 +430,90 @@ async fn a_websocket_is_forwarded_both_ways() {
         }
     })
     .await;
+
+    // The owner is declared dead mid-socket: the client's socket ends.
+    let (mut ws, _) = within(
+        "the handshake",
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+    )
+    .await
+    .expect("a WebSocket");
+    ws.send(TMessage::text("before")).await.expect("send");
+    let echo = within("an echo", ws.next()).await;
+    assert!(matches!(echo, Some(Ok(TMessage::Text(ref t))) if t.as_str() == "echo before"));
+    cluster.a.reset_node("B");
+    let end = within("the socket to end", ws.next()).await;
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(TMessage::Close(_)))),
+        "{end:?}"
+    );
     server.abort();
+}
+
+#[tokio::test]
+async fn on_shutdown_the_owner_refuses_new_tunnels_and_finishes_its_requests() {
+    let bus = MemBus::new();
+    let (a, _a_incoming) = bus.node("A", config());
+    let (_b, b_incoming) = bus.node("B", config());
+    let chunks: Chunks = Arc::default();
+    let (started, _) = mpsc::channel(1);
+    let (dropped, _) = mpsc::channel(1);
+    let probes = Probes {
+        chunks: chunks.clone(),
+        started,
+        dropped,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(serve_tunnels(
+        b_incoming,
+        node_b_router(probes),
+        ServeConfig::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let (tx, rx) = mpsc::channel(4);
+    *chunks.lock().expect("lock") = Some(rx);
+    let response = within(
+        "forward",
+        forward(
+            &a,
+            "B",
+            None,
+            request("GET", "/stream", Body::empty()),
+            PathAndQuery::from_static("/stream"),
+        ),
+    )
+    .await;
+    let mut body = response.into_body();
+    let _ = stop.send(());
+    // A new request is refused...
+    let refused = within(
+        "forward",
+        forward(
+            &a,
+            "B",
+            None,
+            request("GET", "/hello", Body::empty()),
+            PathAndQuery::from_static("/hello"),
+        ),
+    )
+    .await;
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+    // Refused on arrival ("not serving tunnels"), or dropped from the
+    // accept queue as the loop stops ("closed the tunnel").
+    let why = text(refused).await;
+    assert!(why.contains("the other node reset the tunnel"), "{why}");
+    // ...while the one in flight runs to its end.
+    assert!(!serving.is_finished());
+    tx.send(Bytes::from_static(b"last")).await.expect("send");
+    drop(tx);
+    let mut got = Vec::new();
+    while let Some(frame) = within("the body", body.frame()).await {
+        got.extend_from_slice(frame.expect("no error").data_ref().expect("data"));
+    }
+    assert_eq!(got, b"last");
+    within("serve_tunnels to return", serving)
+        .await
+        .expect("task");
 }

@@ -5,7 +5,7 @@ use futures_util::FutureExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::membus::MemBus;
-use super::wire::{Envelope, Frame, Kind};
+use super::wire::{self, Envelope, Frame, Kind};
 use super::*;
 
 /// Every wait in these tests has this deadline: a hang fails the test.
@@ -36,9 +36,14 @@ struct Pair {
 
 impl Pair {
     fn new(window: usize) -> Self {
+        Self::with_windows(window, window)
+    }
+
+    /// A and B with windows of their own.
+    fn with_windows(a_window: usize, b_window: usize) -> Self {
         let bus = MemBus::new();
-        let (a, _a_incoming) = bus.node("A", config(window));
-        let (b, b_incoming) = bus.node("B", config(window));
+        let (a, _a_incoming) = bus.node("A", config(a_window));
+        let (b, b_incoming) = bus.node("B", config(b_window));
         Self {
             bus,
             a,
@@ -127,40 +132,48 @@ async fn several_mebibytes_arrive_whole_both_ways_at_once() {
 
 #[tokio::test]
 async fn a_reader_that_stops_makes_the_writer_wait_within_the_window() {
-    const WINDOW: usize = 64 * 1024;
-    let mut pair = Pair::new(WINDOW);
+    // Different windows (as during a rolling upgrade): each writer keeps
+    // to the window its reader announced.
+    let mut pair = Pair::with_windows(64 * 1024, 160 * 1024);
     let (mut a, mut b) = pair.open(None).await;
-    // The writer gets exactly a window's worth in, then waits.
+    fill_and_drain(&mut a, &mut b, 160 * 1024).await;
+    fill_and_drain(&mut b, &mut a, 64 * 1024).await;
+}
+
+/// Writes to `writer` until it waits: exactly the reader's `window` gets
+/// in and is buffered there; reading a quarter lets a quarter more in.
+async fn fill_and_drain(writer: &mut Tunnel, reader: &mut Tunnel, window: usize) {
     let chunk = pattern(0, 10_000);
     let mut written = 0;
-    while let Some(result) = a.write(&chunk).now_or_never() {
+    while let Some(result) = writer.write(&chunk).now_or_never() {
         written += result.expect("write");
     }
-    assert_eq!(written, WINDOW);
+    assert_eq!(written, window);
     within("the window to arrive", async {
-        while b.buffered() < WINDOW {
+        while reader.buffered() < window {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
     .await;
-    assert_eq!(b.buffered(), WINDOW);
+    assert_eq!(reader.buffered(), window);
     assert!(
-        a.write(&chunk).now_or_never().is_none(),
+        writer.write(&chunk).now_or_never().is_none(),
         "the writer must wait"
     );
-    // Reading a quarter of the window lets a quarter more in.
-    let mut quarter = vec![0; WINDOW / 4];
-    b.read_exact(&mut quarter).await.expect("read");
-    let more = within("credit", a.write(&chunk)).await.expect("write");
-    assert!(more > 0 && more <= WINDOW / 4, "{more}");
-    // Whatever happens, the reader holds at most a window.
+    let mut quarter = vec![0; window / 4];
+    reader.read_exact(&mut quarter).await.expect("read");
+    let more = within("credit", writer.write(&chunk)).await.expect("write");
+    assert!(more > 0 && more <= window / 4, "{more}");
     within("the rest to arrive", async {
-        while b.buffered() < WINDOW - WINDOW / 4 + more {
+        while reader.buffered() < window - window / 4 + more {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
     .await;
-    assert!(b.buffered() <= WINDOW);
+    // Whatever happens, the reader holds at most its window.
+    assert!(reader.buffered() <= window);
+    let mut rest = vec![0; reader.buffered()];
+    reader.read_exact(&mut rest).await.expect("read");
 }
 
 #[tokio::test]
@@ -418,7 +431,7 @@ async fn a_node_claiming_to_be_another_cannot_touch_a_tunnel() {
 
 #[tokio::test]
 async fn a_peer_that_sends_past_its_window_is_reset() {
-    const WINDOW: usize = 1024;
+    const WINDOW: usize = MIN_WINDOW;
     let bus = MemBus::new();
     let (_b, mut incoming) = bus.node("B", config(WINDOW));
     let mut x = Raw::join(&bus);
@@ -426,7 +439,7 @@ async fn a_peer_that_sends_past_its_window_is_reset() {
         "B",
         "X",
         &[
-            raw(Kind::Open, false, 9, &[0]),
+            raw(Kind::Open, false, 9, &wire::encode_open(WINDOW, None)),
             raw(Kind::Data, false, 9, &[1; WINDOW]),
             raw(Kind::Data, false, 9, &[2]),
         ],
@@ -454,7 +467,17 @@ async fn one_write_is_one_data_frame_up_to_the_frame_size() {
     let bus = MemBus::new();
     let (_b, mut incoming) = bus.node("B", TunnelConfig::default());
     let mut x = Raw::join(&bus);
-    x.send("B", "X", &[raw(Kind::Open, false, 5, &[0])]).await;
+    x.send(
+        "B",
+        "X",
+        &[raw(
+            Kind::Open,
+            false,
+            5,
+            &wire::encode_open(256 * 1024, None),
+        )],
+    )
+    .await;
     let (mut tunnel, _) = within("accept", incoming.recv()).await.expect("tunnel");
     tunnel
         .write_all(&pattern(0, 200 * 1024))

@@ -161,9 +161,11 @@ impl Frames {
     }
 }
 
-/// An `Open` payload: the client's address.
-pub(super) fn encode_addr(addr: Option<SocketAddr>) -> Bytes {
-    let mut out = BytesMut::with_capacity(19);
+/// An `Open` payload: the opener's receive window, then the client's
+/// address.
+pub(super) fn encode_open(window: usize, addr: Option<SocketAddr>) -> Bytes {
+    let mut out = BytesMut::with_capacity(23);
+    out.put_slice(&encode_count(window));
     match addr {
         None => out.put_u8(0),
         Some(SocketAddr::V4(addr)) => {
@@ -180,13 +182,16 @@ pub(super) fn encode_addr(addr: Option<SocketAddr>) -> Bytes {
     out.freeze()
 }
 
-/// The client's address from an `Open` payload; `None` if malformed.
-pub(super) fn decode_addr(mut payload: &[u8]) -> Option<Option<SocketAddr>> {
+/// The opener's window and the client's address from an `Open` payload;
+/// `None` if malformed.
+pub(super) fn decode_open(payload: &[u8]) -> Option<(usize, Option<SocketAddr>)> {
+    let window = decode_count(payload.get(..4)?)?;
+    let mut payload = &payload[4..];
     if payload.is_empty() {
         return None;
     }
     let ip = match payload.get_u8() {
-        0 if payload.is_empty() => return Some(None),
+        0 if payload.is_empty() => return Some((window, None)),
         4 if payload.len() == 6 => {
             let mut octets = [0; 4];
             payload.copy_to_slice(&mut octets);
@@ -199,17 +204,18 @@ pub(super) fn decode_addr(mut payload: &[u8]) -> Option<Option<SocketAddr>> {
         }
         _ => return None,
     };
-    Some(Some(SocketAddr::new(ip, payload.get_u16())))
+    Some((window, Some(SocketAddr::new(ip, payload.get_u16()))))
 }
 
-/// A `Credit` payload.
-pub(super) fn encode_credit(grant: usize) -> Bytes {
-    // Grants are at most a window, far below u32::MAX.
-    Bytes::copy_from_slice(&u32::try_from(grant).unwrap_or(u32::MAX).to_be_bytes())
+/// A byte count: a `Credit` payload (bytes granted) or an `Accept` one
+/// (the acceptor's receive window).
+pub(super) fn encode_count(count: usize) -> Bytes {
+    // Windows and grants are far below u32::MAX.
+    Bytes::copy_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_be_bytes())
 }
 
-/// The bytes a `Credit` payload grants; `None` if malformed.
-pub(super) fn decode_credit(payload: &[u8]) -> Option<usize> {
+/// The count of a `Credit` or `Accept` payload; `None` if malformed.
+pub(super) fn decode_count(payload: &[u8]) -> Option<usize> {
     let bytes: [u8; 4] = payload.try_into().ok()?;
     usize::try_from(u32::from_be_bytes(bytes)).ok()
 }
@@ -291,23 +297,33 @@ mod tests {
     }
 
     #[test]
-    fn addresses_round_trip_and_bad_ones_are_refused() {
+    fn open_payloads_round_trip_and_bad_ones_are_refused() {
         for addr in [
             None,
             Some("127.0.0.1:8080".parse().expect("addr")),
             Some("[2001:db8::1]:443".parse().expect("addr")),
         ] {
-            assert_eq!(decode_addr(&encode_addr(addr)), Some(addr));
+            assert_eq!(
+                decode_open(&encode_open(256 * 1024, addr)),
+                Some((256 * 1024, addr))
+            );
         }
-        for bad in [&b""[..], b"\x04\x01\x02", b"\x09", b"\0\0"] {
-            assert_eq!(decode_addr(bad), None);
+        for bad in [
+            &b""[..],
+            b"\0\0\x01",
+            b"\0\0\x01\0",
+            b"\0\0\x01\0\x04\x01\x02",
+            b"\0\0\x01\0\x09",
+            b"\0\0\x01\0\0\0",
+        ] {
+            assert_eq!(decode_open(bad), None, "{bad:?}");
         }
     }
 
     #[test]
-    fn credit_and_reason_payloads() {
-        assert_eq!(decode_credit(&encode_credit(65536)), Some(65536));
-        assert_eq!(decode_credit(b"\0\0"), None);
+    fn count_and_reason_payloads() {
+        assert_eq!(decode_count(&encode_count(65536)), Some(65536));
+        assert_eq!(decode_count(b"\0\0"), None);
         assert_eq!(decode_reason(b"gone\n\x1b[31m"), "gone[31m");
         assert_eq!(decode_reason(&[b'x'; 1000]).len(), MAX_REASON);
     }
