@@ -157,13 +157,22 @@ mod tests {
         for n in 0..4u8 {
             assert!(inbox.frame(Bytes::from(vec![n])).is_ok());
         }
-        assert_eq!(rx.try_recv().ok(), Some(BusEvent::Frame(Bytes::from(vec![0]))));
-        assert_eq!(rx.try_recv().ok(), Some(BusEvent::Frame(Bytes::from(vec![1]))));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(BusEvent::Frame(Bytes::from(vec![0])))
+        );
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(BusEvent::Frame(Bytes::from(vec![1])))
+        );
         assert!(rx.try_recv().is_err());
         // Room again: the reset comes first, then the new frame.
         assert!(inbox.frame(Bytes::from(vec![9])).is_ok());
         assert_eq!(rx.try_recv().ok(), Some(BusEvent::Reset));
-        assert_eq!(rx.try_recv().ok(), Some(BusEvent::Frame(Bytes::from(vec![9]))));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(BusEvent::Frame(Bytes::from(vec![9])))
+        );
         drop(rx);
         assert!(inbox.frame(Bytes::from(vec![10])).is_err());
     }

@@ -108,7 +108,10 @@ pub(crate) fn array_of(value: Value) -> Result<Vec<Value>, StoreError> {
     match value {
         Value::Array(items) => Ok(items),
         Value::Null => Ok(Vec::new()),
-        other => Err(corrupt(&format!("expected an array, got {:?}", other.kind()))),
+        other => Err(corrupt(&format!(
+            "expected an array, got {:?}",
+            other.kind()
+        ))),
     }
 }
 

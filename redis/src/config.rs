@@ -80,13 +80,19 @@ impl Builder {
             ));
         }
         if self.node_ttl < Duration::from_millis(100) {
-            return Err(Error::InvalidOption("node_ttl must be at least 100 ms".into()));
+            return Err(Error::InvalidOption(
+                "node_ttl must be at least 100 ms".into(),
+            ));
         }
         if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(Error::InvalidOption("timeouts must be more than zero".into()));
+            return Err(Error::InvalidOption(
+                "timeouts must be more than zero".into(),
+            ));
         }
         if self.bus_capacity == 0 {
-            return Err(Error::InvalidOption("bus_capacity must be at least 1".into()));
+            return Err(Error::InvalidOption(
+                "bus_capacity must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -113,7 +119,10 @@ pub(crate) fn client_url(url: &str) -> Result<String, Error> {
     let mut hosts = hosts.split(',');
     let first = hosts.next().unwrap_or_default();
     if first.is_empty() {
-        return Err(Error::InvalidUrl(format!("{} names no host", redacted(url))));
+        return Err(Error::InvalidUrl(format!(
+            "{} names no host",
+            redacted(url)
+        )));
     }
     let more: Vec<&str> = hosts.collect();
     if more.is_empty() {
@@ -177,8 +186,16 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused_with_a_reason() {
-        for bad in ["127.0.0.1:6379", "http://a:1", "redis://", "redis://a:1,b:2"] {
-            let error = client_url(bad).err().map(|e| e.to_string()).unwrap_or_default();
+        for bad in [
+            "127.0.0.1:6379",
+            "http://a:1",
+            "redis://",
+            "redis://a:1,b:2",
+        ] {
+            let error = client_url(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(error.starts_with("invalid Redis URL"), "{bad}: {error}");
         }
     }

@@ -271,7 +271,10 @@ fn flag(b: bool) -> Value {
 
 /// The first sequence number of `messages`, after checking they are
 /// consecutive.
-fn first_of(direction: &str, messages: &[(u64, holdfast_protocol::Message)]) -> Result<u64, StoreError> {
+fn first_of(
+    direction: &str,
+    messages: &[(u64, holdfast_protocol::Message)],
+) -> Result<u64, StoreError> {
     let first = messages.first().map_or(0, |(n, _)| *n);
     let consecutive = messages
         .iter()
@@ -286,7 +289,12 @@ fn first_of(direction: &str, messages: &[(u64, holdfast_protocol::Message)]) -> 
 }
 
 /// Builds the arguments of the write script (see [`scripts::WRITE`](crate::scripts::WRITE)).
-fn write_args(node: &str, epoch: u64, write: &Write, ttl: Duration) -> Result<Vec<Value>, StoreError> {
+fn write_args(
+    node: &str,
+    epoch: u64,
+    write: &Write,
+    ttl: Duration,
+) -> Result<Vec<Value>, StoreError> {
     let out_first = first_of("outbound", &write.outbound)?;
     let in_first = first_of("inbound", &write.inbound)?;
     let mut args = Vec::with_capacity(17 + write.outbound.len() + write.inbound.len());
@@ -338,7 +346,8 @@ impl Store for RedisStore {
                 text(session.identity.as_deref().unwrap_or_default()),
                 Value::Bytes(encode_headers(&session.headers)),
             ];
-            self.script("create", &self.scripts.create, tag, args).await?;
+            self.script("create", &self.scripts.create, tag, args)
+                .await?;
             Ok(1)
         })
     }
@@ -361,7 +370,10 @@ impl Store for RedisStore {
         Box::pin(async move {
             let keys = self.keys.session(tag)?;
             let reply = self
-                .call("owner", self.scripts.owner.run(&self.client, keys, Vec::new()))
+                .call(
+                    "owner",
+                    self.scripts.owner.run(&self.client, keys, Vec::new()),
+                )
                 .await?;
             let items = array_of(reply)?;
             let [node, epoch, released] = items.as_slice() else {
@@ -399,12 +411,19 @@ impl Store for RedisStore {
                 Owner::Node { node, epoch } => ("node", node.as_str(), *epoch),
                 Owner::Released { epoch } => ("released", "", *epoch),
             };
-            let args = vec![text(kind), text(node), seq(epoch)?, text(&self.node_id), millis(ttl)];
+            let args = vec![
+                text(kind),
+                text(node),
+                seq(epoch)?,
+                text(&self.node_id),
+                millis(ttl),
+            ];
             let mut items = self
                 .script("claim", &self.scripts.claim, tag, args)
                 .await?
                 .into_iter();
-            let (Some(meta), Some(outbound), Some(inbound)) = (items.next(), items.next(), items.next())
+            let (Some(meta), Some(outbound), Some(inbound)) =
+                (items.next(), items.next(), items.next())
             else {
                 return Err(crate::codec::corrupt("the claim reply is short"));
             };
@@ -415,7 +434,8 @@ impl Store for RedisStore {
     fn release<'a>(&'a self, tag: &'a str, epoch: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let args = vec![text(&self.node_id), seq(epoch)?];
-            self.script("release", &self.scripts.release, tag, args).await?;
+            self.script("release", &self.scripts.release, tag, args)
+                .await?;
             Ok(())
         })
     }
@@ -423,7 +443,8 @@ impl Store for RedisStore {
     fn remove<'a>(&'a self, tag: &'a str, epoch: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let args = vec![text(&self.node_id), seq(epoch)?];
-            self.script("remove", &self.scripts.remove, tag, args).await?;
+            self.script("remove", &self.scripts.remove, tag, args)
+                .await?;
             Ok(())
         })
     }
@@ -467,16 +488,22 @@ impl Store for RedisStore {
             // node that does not listen is lost like any other (its
             // liveness key says whether it is there).
             let _: i64 = if self.cluster {
-                self.call("publish", self.client.spublish(channel, frame)).await?
+                self.call("publish", self.client.spublish(channel, frame))
+                    .await?
             } else {
-                self.call("publish", self.client.publish(channel, frame)).await?
+                self.call("publish", self.client.publish(channel, frame))
+                    .await?
             };
             Ok(())
         })
     }
 
     fn inbox(&self) -> mpsc::Receiver<BusEvent> {
-        let taken = self.inbox.lock().map(|mut inbox| inbox.take()).unwrap_or_default();
+        let taken = self
+            .inbox
+            .lock()
+            .map(|mut inbox| inbox.take())
+            .unwrap_or_default();
         taken.unwrap_or_else(|| {
             // Called twice: the frames go to the first receiver only; this
             // one is closed at once.

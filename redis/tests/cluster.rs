@@ -19,10 +19,18 @@ async fn session_operations_on_a_cluster() {
     let store = common::store(&url, "hfc-spread").await;
     for n in 0..30 {
         let t = tag(&format!("spread-{n}"));
-        assert!(store.create(&t, &common::session("s"), common::LONG).await.is_ok());
+        assert!(
+            store
+                .create(&t, &common::session("s"), common::LONG)
+                .await
+                .is_ok()
+        );
     }
     for node in cluster.nodes() {
         let count = node.command(&["DBSIZE"]).await.unwrap_or_default();
-        assert!(count.parse::<u64>().unwrap_or(0) > 0, "a master holds no key");
+        assert!(
+            count.parse::<u64>().unwrap_or(0) > 0,
+            "a master holds no key"
+        );
     }
 }

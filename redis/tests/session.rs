@@ -71,11 +71,21 @@ async fn every_key_of_a_session_carries_the_ttl() {
         inbound: common::inb(1..=2),
         ..Write::default()
     };
-    assert!(a.write(&t, 1, &write, Duration::from_secs(100)).await.is_ok());
-    let keys = redis.command(&["KEYS", &format!("app:{{{t}}}:*")]).await.unwrap_or_default();
+    assert!(
+        a.write(&t, 1, &write, Duration::from_secs(100))
+            .await
+            .is_ok()
+    );
+    let keys = redis
+        .command(&["KEYS", &format!("app:{{{t}}}:*")])
+        .await
+        .unwrap_or_default();
     let mut keys: Vec<&str> = keys.lines().collect();
     keys.sort_unstable();
-    let expected: Vec<String> = ["i", "m", "o"].iter().map(|k| format!("app:{{{t}}}:{k}")).collect();
+    let expected: Vec<String> = ["i", "m", "o"]
+        .iter()
+        .map(|k| format!("app:{{{t}}}:{k}"))
+        .collect();
     assert_eq!(keys, expected);
     let pttl = |key: String| {
         let redis = &redis;
@@ -88,12 +98,26 @@ async fn every_key_of_a_session_carries_the_ttl() {
         let ms = pttl(key.clone()).await;
         assert!((90_000..=100_000).contains(&ms), "{key}: {ms}");
     }
-    assert!(b.touch(std::slice::from_ref(&t), Duration::from_secs(1000)).await.is_ok());
+    assert!(
+        b.touch(std::slice::from_ref(&t), Duration::from_secs(1000))
+            .await
+            .is_ok()
+    );
     for key in &expected {
-        assert!(pttl(key.clone()).await <= 100_000, "touch by another node changed {key}");
+        assert!(
+            pttl(key.clone()).await <= 100_000,
+            "touch by another node changed {key}"
+        );
     }
-    assert!(a.touch(std::slice::from_ref(&t), Duration::from_secs(1000)).await.is_ok());
+    assert!(
+        a.touch(std::slice::from_ref(&t), Duration::from_secs(1000))
+            .await
+            .is_ok()
+    );
     for key in &expected {
-        assert!(pttl(key.clone()).await > 900_000, "touch did not reach {key}");
+        assert!(
+            pttl(key.clone()).await > 900_000,
+            "touch did not reach {key}"
+        );
     }
 }

@@ -145,9 +145,20 @@ impl RedisServer {
         let dir = self.dir.0.to_string_lossy().into_owned();
         let port = self.port.to_string();
         let mut args: Vec<&str> = vec![
-            "--port", &port, "--bind", "127.0.0.1", "--dir", &dir,
-            "--protected-mode", "no", "--daemonize", "no",
-            "--logfile", "redis.log", "--save", "",
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir,
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
+            "--save",
+            "",
         ];
         if self.options.aof {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
@@ -156,9 +167,12 @@ impl RedisServer {
         }
         if self.options.cluster {
             args.extend([
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "2000",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
             ]);
         }
         let child = Command::new(&self.binary)
@@ -168,7 +182,10 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot run {}: {e}", self.binary.display()))
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot run {}: {e}", self.binary.display()),
+                )
             })?;
         self.child = Some(child);
         let deadline = Instant::now() + START_DEADLINE;
@@ -240,7 +257,10 @@ impl RedisCluster {
         for _ in 0..masters {
             nodes.push(RedisServer::builder().cluster().start().await?);
         }
-        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let mut create = Command::new(cli);
         create
             .arg("--cluster")
@@ -266,7 +286,11 @@ impl RedisCluster {
 
     /// `redis-cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,…`.
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         format!("redis-cluster://{}", hosts.join(","))
     }
 
@@ -310,7 +334,10 @@ impl RedisCluster {
 }
 
 /// Runs a command to its end, killing it at the deadline.
-async fn run_with_deadline(mut command: Command, deadline: Duration) -> io::Result<std::process::Output> {
+async fn run_with_deadline(
+    mut command: Command,
+    deadline: Duration,
+) -> io::Result<std::process::Output> {
     let mut child = command.spawn()?;
     let until = Instant::now() + deadline;
     loop {
@@ -421,11 +448,19 @@ async fn command(port: u16, args: &[&str]) -> io::Result<String> {
 async fn read_reply(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
     let mut line = String::new();
     if reader.read_line(&mut line).await? == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "redis closed the connection"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "redis closed the connection",
+        ));
     }
     let line = line.trim_end_matches("\r\n");
     let (kind, rest) = line.split_at(line.len().min(1));
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad reply line {line:?}"));
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad reply line {line:?}"),
+        )
+    };
     match kind {
         "+" | ":" => Ok(rest.to_owned()),
         "-" => Err(io::Error::other(format!("redis error: {rest}"))),

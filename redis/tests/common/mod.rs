@@ -57,7 +57,9 @@ fn every_byte() -> Message {
 }
 
 pub fn out(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Message)> {
-    range.map(|n| (n, Message::text(format!("out {n}")))).collect()
+    range
+        .map(|n| (n, Message::text(format!("out {n}"))))
+        .collect()
 }
 
 pub fn inb(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Message)> {
@@ -90,7 +92,10 @@ pub async fn round_trip(url: &str, prefix: &str) {
     assert_eq!(a.create(&t, &session("s1"), LONG).await.ok(), Some(1));
     assert_eq!(
         a.owner(&t).await.ok(),
-        Some(Owner::Node { node: a.node_id().to_owned(), epoch: 1 })
+        Some(Owner::Node {
+            node: a.node_id().to_owned(),
+            epoch: 1
+        })
     );
     let outbound = vec![
         (1, Message::text("héllo")),
@@ -103,7 +108,11 @@ pub async fn round_trip(url: &str, prefix: &str) {
         outbound: outbound.clone(),
         inbound: inb(1..=3),
         acked: None,
-        progress: Some(Progress { done: 1, current: 2, sends: 1 }),
+        progress: Some(Progress {
+            done: 1,
+            current: 2,
+            sends: 1,
+        }),
         opened: true,
         close: None,
     };
@@ -119,21 +128,39 @@ pub async fn round_trip(url: &str, prefix: &str) {
             outbound,
             received: 3,
             inbound: inb(2..=3),
-            progress: Progress { done: 1, current: 2, sends: 1 },
+            progress: Progress {
+                done: 1,
+                current: 2,
+                sends: 1
+            },
             close: None,
         }
     );
     assert_eq!(
         b.owner(&t).await.ok(),
-        Some(Owner::Node { node: b.node_id().to_owned(), epoch: 2 })
+        Some(Owner::Node {
+            node: b.node_id().to_owned(),
+            epoch: 2
+        })
     );
 
     // No identity, no headers, and a close.
     let t2 = tag("round-trip-2");
-    let bare = NewSession { session_id: "s2".into(), identity: None, headers: Vec::new() };
+    let bare = NewSession {
+        session_id: "s2".into(),
+        identity: None,
+        headers: Vec::new(),
+    };
     expect_ok("create", a.create(&t2, &bare, LONG).await).await;
-    let close = StoredClose { code: 4001, reason: "bye ✓".into(), by_client: true };
-    let write = Write { close: Some(close.clone()), ..Write::default() };
+    let close = StoredClose {
+        code: 4001,
+        reason: "bye ✓".into(),
+        by_client: true,
+    };
+    let write = Write {
+        close: Some(close.clone()),
+        ..Write::default()
+    };
     expect_ok("write", a.write(&t2, 1, &write, LONG).await).await;
     let snapshot = claim_now(&b, &t2).await;
     assert_eq!(snapshot.session, bare);
@@ -159,7 +186,11 @@ pub async fn fencing(url: &str, prefix: &str) {
     let b = store(url, prefix).await;
     let t = tag("fencing");
     expect_ok("create", a.create(&t, &session("f"), LONG).await).await;
-    let first = Write { outbound: out(1..=2), opened: true, ..Write::default() };
+    let first = Write {
+        outbound: out(1..=2),
+        opened: true,
+        ..Write::default()
+    };
     expect_ok("write", a.write(&t, 1, &first, LONG).await).await;
     let taken = claim_now(&b, &t).await;
     assert_eq!(taken.epoch, 2);
@@ -168,13 +199,27 @@ pub async fn fencing(url: &str, prefix: &str) {
         outbound: out(3..=4),
         inbound: inb(1..=1),
         acked: Some(2),
-        progress: Some(Progress { done: 0, current: 1, sends: 0 }),
+        progress: Some(Progress {
+            done: 0,
+            current: 1,
+            sends: 0,
+        }),
         opened: true,
-        close: Some(StoredClose { code: 1000, reason: "x".into(), by_client: false }),
+        close: Some(StoredClose {
+            code: 1000,
+            reason: "x".into(),
+            by_client: false,
+        }),
     };
-    assert!(matches!(a.write(&t, 1, &late, LONG).await, Err(StoreError::Fenced)));
+    assert!(matches!(
+        a.write(&t, 1, &late, LONG).await,
+        Err(StoreError::Fenced)
+    ));
     // The right epoch from the wrong node is fenced too.
-    assert!(matches!(a.write(&t, 2, &late, LONG).await, Err(StoreError::Fenced)));
+    assert!(matches!(
+        a.write(&t, 2, &late, LONG).await,
+        Err(StoreError::Fenced)
+    ));
     assert!(matches!(a.release(&t, 1).await, Err(StoreError::Fenced)));
     assert!(matches!(a.remove(&t, 1).await, Err(StoreError::Fenced)));
     // Touch from the old owner does not extend the session either (checked
@@ -200,20 +245,33 @@ pub async fn claim_is_compare_and_set(url: &str, prefix: &str) {
         .filter(|r| matches!(r, Err(StoreError::Fenced)))
         .count();
     assert_eq!((wins, fenced), (1, 1), "{by_b:?} / {by_c:?}");
-    let winner = if by_b.is_ok() { b.node_id() } else { c.node_id() };
+    let winner = if by_b.is_ok() {
+        b.node_id()
+    } else {
+        c.node_id()
+    };
     assert_eq!(
         a.owner(&t).await.ok(),
-        Some(Owner::Node { node: winner.to_owned(), epoch: 2 })
+        Some(Owner::Node {
+            node: winner.to_owned(),
+            epoch: 2
+        })
     );
     // A stale read of any kind is fenced; no session is NotFound.
-    assert!(matches!(b.claim(&t, &Owner::Unknown, LONG).await, Err(StoreError::Fenced)));
+    assert!(matches!(
+        b.claim(&t, &Owner::Unknown, LONG).await,
+        Err(StoreError::Fenced)
+    ));
     assert!(matches!(
         b.claim(&t, &Owner::Released { epoch: 2 }, LONG).await,
         Err(StoreError::Fenced)
     ));
     let missing = tag("cas-missing");
     assert_eq!(a.owner(&missing).await.ok(), Some(Owner::Unknown));
-    assert!(matches!(a.claim(&missing, &Owner::Unknown, LONG).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        a.claim(&missing, &Owner::Unknown, LONG).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 /// A gap is refused and changes nothing; a retried write applies once;
@@ -222,27 +280,57 @@ pub async fn gaps_refused(url: &str, prefix: &str) {
     let a = store(url, prefix).await;
     let t = tag("gaps");
     expect_ok("create", a.create(&t, &session("g"), LONG).await).await;
-    let first = Write { outbound: out(1..=3), inbound: inb(1..=2), ..Write::default() };
+    let first = Write {
+        outbound: out(1..=3),
+        inbound: inb(1..=2),
+        ..Write::default()
+    };
     expect_ok("write", a.write(&t, 1, &first, LONG).await).await;
     // Retried (its answer lost): nothing doubled.
     expect_ok("retry", a.write(&t, 1, &first, LONG).await).await;
     // Overlapping: only the new part is added.
-    let overlap = Write { outbound: out(2..=4), ..Write::default() };
+    let overlap = Write {
+        outbound: out(2..=4),
+        ..Write::default()
+    };
     expect_ok("overlap", a.write(&t, 1, &overlap, LONG).await).await;
 
-    let gap_out = Write { outbound: out(6..=6), inbound: inb(3..=3), ..Write::default() };
+    let gap_out = Write {
+        outbound: out(6..=6),
+        inbound: inb(3..=3),
+        ..Write::default()
+    };
     match a.write(&t, 1, &gap_out, LONG).await {
         Err(StoreError::Unavailable(m)) => assert!(m.contains("gap") && m.contains("6"), "{m}"),
         other => panic!("a gap was not refused: {other:?}"),
     }
-    let gap_in = Write { inbound: inb(4..=4), acked: Some(1), ..Write::default() };
-    assert!(matches!(a.write(&t, 1, &gap_in, LONG).await, Err(StoreError::Unavailable(_))));
+    let gap_in = Write {
+        inbound: inb(4..=4),
+        acked: Some(1),
+        ..Write::default()
+    };
+    assert!(matches!(
+        a.write(&t, 1, &gap_in, LONG).await,
+        Err(StoreError::Unavailable(_))
+    ));
     let mut holes = out(5..=6);
     holes.push((8, Message::text("8")));
-    let holes = Write { outbound: holes, ..Write::default() };
-    assert!(matches!(a.write(&t, 1, &holes, LONG).await, Err(StoreError::Unavailable(_))));
-    let zero = Write { outbound: vec![(0, Message::text("0"))], ..Write::default() };
-    assert!(matches!(a.write(&t, 1, &zero, LONG).await, Err(StoreError::Unavailable(_))));
+    let holes = Write {
+        outbound: holes,
+        ..Write::default()
+    };
+    assert!(matches!(
+        a.write(&t, 1, &holes, LONG).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    let zero = Write {
+        outbound: vec![(0, Message::text("0"))],
+        ..Write::default()
+    };
+    assert!(matches!(
+        a.write(&t, 1, &zero, LONG).await,
+        Err(StoreError::Unavailable(_))
+    ));
 
     let snapshot = claim_now(&a, &t).await;
     assert_eq!(snapshot.outbound, out(1..=4));
@@ -256,24 +344,46 @@ pub async fn acked_and_progress_trim(url: &str, prefix: &str) {
     let a = store(url, prefix).await;
     let t = tag("trim");
     expect_ok("create", a.create(&t, &session("t"), LONG).await).await;
-    let write = Write { outbound: out(1..=5), inbound: inb(1..=4), ..Write::default() };
+    let write = Write {
+        outbound: out(1..=5),
+        inbound: inb(1..=4),
+        ..Write::default()
+    };
     expect_ok("write", a.write(&t, 1, &write, LONG).await).await;
     let trim = Write {
         acked: Some(3),
-        progress: Some(Progress { done: 2, current: 3, sends: 2 }),
+        progress: Some(Progress {
+            done: 2,
+            current: 3,
+            sends: 2,
+        }),
         ..Write::default()
     };
     expect_ok("trim", a.write(&t, 1, &trim, LONG).await).await;
     let snapshot = claim_now(&a, &t).await;
     assert_eq!((snapshot.acked, snapshot.outbound.clone()), (3, out(4..=5)));
-    assert_eq!((snapshot.progress.done, snapshot.inbound.clone()), (2, inb(3..=4)));
-    assert_eq!(snapshot.progress, Progress { done: 2, current: 3, sends: 2 });
+    assert_eq!(
+        (snapshot.progress.done, snapshot.inbound.clone()),
+        (2, inb(3..=4))
+    );
+    assert_eq!(
+        snapshot.progress,
+        Progress {
+            done: 2,
+            current: 3,
+            sends: 2
+        }
+    );
     let epoch = snapshot.epoch;
 
     // Older acks and progress do not bring anything back.
     let older = Write {
         acked: Some(1),
-        progress: Some(Progress { done: 1, current: 0, sends: 0 }),
+        progress: Some(Progress {
+            done: 1,
+            current: 0,
+            sends: 0,
+        }),
         ..Write::default()
     };
     expect_ok("older", a.write(&t, epoch, &older, LONG).await).await;
@@ -282,25 +392,52 @@ pub async fn acked_and_progress_trim(url: &str, prefix: &str) {
         outbound: out(6..=6),
         inbound: inb(5..=5),
         acked: Some(6),
-        progress: Some(Progress { done: 5, current: 0, sends: 0 }),
+        progress: Some(Progress {
+            done: 5,
+            current: 0,
+            sends: 0,
+        }),
         ..Write::default()
     };
     expect_ok("all", a.write(&t, epoch, &all, LONG).await).await;
-    let past_out = Write { acked: Some(7), ..Write::default() };
-    assert!(matches!(a.write(&t, epoch, &past_out, LONG).await, Err(StoreError::Unavailable(m)) if m.contains("past")));
-    let past_in = Write {
-        progress: Some(Progress { done: 6, current: 0, sends: 0 }),
+    let past_out = Write {
+        acked: Some(7),
         ..Write::default()
     };
-    assert!(matches!(a.write(&t, epoch, &past_in, LONG).await, Err(StoreError::Unavailable(_))));
+    assert!(
+        matches!(a.write(&t, epoch, &past_out, LONG).await, Err(StoreError::Unavailable(m)) if m.contains("past"))
+    );
+    let past_in = Write {
+        progress: Some(Progress {
+            done: 6,
+            current: 0,
+            sends: 0,
+        }),
+        ..Write::default()
+    };
+    assert!(matches!(
+        a.write(&t, epoch, &past_in, LONG).await,
+        Err(StoreError::Unavailable(_))
+    ));
 
     let snapshot = claim_now(&a, &t).await;
     assert_eq!((snapshot.acked, snapshot.outbound.len()), (6, 0));
     assert_eq!((snapshot.received, snapshot.inbound.len()), (5, 0));
-    assert_eq!(snapshot.progress, Progress { done: 5, current: 0, sends: 0 });
+    assert_eq!(
+        snapshot.progress,
+        Progress {
+            done: 5,
+            current: 0,
+            sends: 0
+        }
+    );
 
     // New messages after a full trim number on.
-    let more = Write { outbound: out(7..=8), inbound: inb(6..=6), ..Write::default() };
+    let more = Write {
+        outbound: out(7..=8),
+        inbound: inb(6..=6),
+        ..Write::default()
+    };
     expect_ok("more", a.write(&t, snapshot.epoch, &more, LONG).await).await;
     let snapshot = claim_now(&a, &t).await;
     assert_eq!(snapshot.outbound, out(7..=8));
@@ -317,8 +454,14 @@ pub async fn release_and_remove(url: &str, prefix: &str) {
     assert!(matches!(a.release(&t, 2).await, Err(StoreError::Fenced)));
     expect_ok("release", a.release(&t, 1).await).await;
     assert_eq!(a.owner(&t).await.ok(), Some(Owner::Released { epoch: 1 }));
-    let write = Write { outbound: out(1..=1), ..Write::default() };
-    assert!(matches!(a.write(&t, 1, &write, LONG).await, Err(StoreError::Fenced)));
+    let write = Write {
+        outbound: out(1..=1),
+        ..Write::default()
+    };
+    assert!(matches!(
+        a.write(&t, 1, &write, LONG).await,
+        Err(StoreError::Fenced)
+    ));
     assert!(matches!(a.release(&t, 1).await, Err(StoreError::Fenced)));
     let snapshot = expect_ok(
         "claim",
@@ -330,7 +473,10 @@ pub async fn release_and_remove(url: &str, prefix: &str) {
     assert!(matches!(b.remove(&t, 1).await, Err(StoreError::Fenced)));
     expect_ok("remove", b.remove(&t, 2).await).await;
     assert_eq!(b.owner(&t).await.ok(), Some(Owner::Unknown));
-    assert!(matches!(b.write(&t, 2, &write, LONG).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        b.write(&t, 2, &write, LONG).await,
+        Err(StoreError::NotFound)
+    ));
     assert!(matches!(b.remove(&t, 2).await, Err(StoreError::NotFound)));
     assert!(matches!(b.release(&t, 2).await, Err(StoreError::NotFound)));
     // The tag is free again.
@@ -344,32 +490,49 @@ pub async fn ttl_and_touch(url: &str, prefix: &str) {
     let short = Duration::from_millis(300);
     let t = tag("ttl");
     expect_ok("create", a.create(&t, &session("e"), short).await).await;
-    let write = Write { outbound: out(1..=2), inbound: inb(1..=1), ..Write::default() };
+    let write = Write {
+        outbound: out(1..=2),
+        inbound: inb(1..=1),
+        ..Write::default()
+    };
     expect_ok("write", a.write(&t, 1, &write, short).await).await;
     let started = Instant::now();
     eventually("the session expires", Duration::from_secs(5), || async {
         a.owner(&t).await.ok() == Some(Owner::Unknown)
     })
     .await;
-    assert!(started.elapsed() >= Duration::from_millis(200), "expired too early");
-    assert!(matches!(a.write(&t, 1, &write, short).await, Err(StoreError::NotFound)));
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "expired too early"
+    );
+    assert!(matches!(
+        a.write(&t, 1, &write, short).await,
+        Err(StoreError::NotFound)
+    ));
 
     // Many tags (on different slots in a cluster), all touched at once.
     let tags: Vec<String> = (0..40).map(|n| tag(&format!("ttl-{n}"))).collect();
     for t in &tags {
         expect_ok("create", a.create(t, &session("m"), LONG).await).await;
-        let write = Write { outbound: out(1..=1), ..Write::default() };
+        let write = Write {
+            outbound: out(1..=1),
+            ..Write::default()
+        };
         expect_ok("write", a.write(t, 1, &write, LONG).await).await;
     }
     expect_ok("touch", a.touch(&tags, short).await).await;
-    eventually("every touched session expires", Duration::from_secs(5), || async {
-        for t in &tags {
-            if a.owner(t).await.ok() != Some(Owner::Unknown) {
-                return false;
+    eventually(
+        "every touched session expires",
+        Duration::from_secs(5),
+        || async {
+            for t in &tags {
+                if a.owner(t).await.ok() != Some(Owner::Unknown) {
+                    return false;
+                }
             }
-        }
-        true
-    })
+            true
+        },
+    )
     .await;
     // Touching sessions that are gone is not an error.
     expect_ok("touch gone", a.touch(&tags, LONG).await).await;
