@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Options: `--redis URL` (default: a `redis-server` it starts on a free
-//! port, no persistence), `--writes N` (sequential writes, default 10000),
+//! port, no persistence), `--cluster` (without `--redis`: a 3-master Redis
+//! Cluster it starts), `--writes N` (sequential writes, default 10000),
 //! `--seconds S` (concurrent run, default 3), `--sessions N` (memory,
 //! default 10000), `--messages N` (stored 64-byte messages, default 100000).
 //!
@@ -25,10 +26,11 @@ use fred::prelude::*;
 use holdfast_protocol::Message;
 use holdfast_redis::RedisStore;
 use holdfast_server::store::{NewSession, Store, Write, tag};
-use holdfast_testkit::RedisServer;
+use holdfast_testkit::{RedisCluster, RedisServer};
 
 struct Args {
     redis: Option<String>,
+    cluster: bool,
     writes: u64,
     seconds: u64,
     sessions: u64,
@@ -38,6 +40,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         redis: None,
+        cluster: false,
         writes: 10_000,
         seconds: 3,
         sessions: 10_000,
@@ -52,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
         };
         match flag.as_str() {
             "--redis" => args.redis = Some(value()?),
+            "--cluster" => args.cluster = true,
             "--writes" => args.writes = number(value()?)?.max(100),
             "--seconds" => args.seconds = number(value()?)?.max(1),
             "--sessions" => args.sessions = number(value()?)?.max(100),
@@ -93,10 +97,16 @@ type Failure = Box<dyn std::error::Error>;
 
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
-    let args = parse_args().map_err(|e| format!("{e}\nusage: store_bench [--redis URL] [--writes N] [--seconds S] [--sessions N] [--messages N]"))?;
+    let args = parse_args().map_err(|e| format!("{e}\nusage: store_bench [--redis URL | --cluster] [--writes N] [--seconds S] [--sessions N] [--messages N]"))?;
     let own;
+    let own_cluster;
     let url = match &args.redis {
         Some(url) => url.clone(),
+        None if args.cluster => {
+            own_cluster = RedisCluster::start(3).await?;
+            println!("started a 3-master Redis Cluster (no persistence)");
+            own_cluster.url()
+        }
         None => {
             own = RedisServer::start().await?;
             println!(

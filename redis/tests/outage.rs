@@ -33,6 +33,23 @@ async fn unreachable_at_start_is_a_clear_error() {
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }
+    // The same for a cluster URL naming dead nodes.
+    let port = url.rsplit(':').next().unwrap_or_default();
+    let cluster = format!("redis-cluster://127.0.0.1:{port},127.0.0.1:{port}");
+    let started = Instant::now();
+    let result = RedisStore::builder(&cluster)
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(result, Err(Error::Unreachable { .. })),
+        "{result:?}"
+    );
     assert!(matches!(
         RedisStore::connect("http://127.0.0.1:1").await,
         Err(Error::InvalidUrl(_))

@@ -485,3 +485,52 @@ async fn read_reply(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
         _ => Err(bad()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_says_how_to_install_it() {
+        let error = find_binary("holdfast-no-such-redis-server").err();
+        let message = error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("./test.sh") && message.contains("apt install redis-server"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cluster_needs_three_masters() {
+        let error = RedisCluster::start(2).await.err().map(|e| e.kind());
+        assert_eq!(error, Some(io::ErrorKind::InvalidInput));
+    }
+
+    #[test]
+    fn cluster_ports_leave_room_for_the_bus_port() {
+        for _ in 0..20 {
+            let port = free_port(true).unwrap_or(u16::MAX);
+            assert!(port <= u16::MAX - 10_000, "{port}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_starts_answers_restarts_and_cleans_up() {
+        let mut server = match RedisServer::start().await {
+            Ok(server) => server,
+            Err(error) => panic!("{error}"),
+        };
+        let dir = server.dir().to_owned();
+        assert!(server.command(&["SET", "k", "v"]).await.is_ok());
+        server.restart().await.unwrap_or_else(|e| panic!("{e}"));
+        // No persistence by default: the key is gone after a restart.
+        assert_eq!(
+            server.command(&["GET", "k"]).await.ok(),
+            Some(String::new())
+        );
+        server.kill();
+        assert!(server.command(&["PING"]).await.is_err());
+        drop(server);
+        assert!(!dir.exists(), "the data directory was not removed");
+    }
+}
