@@ -56,6 +56,12 @@ async fn ttl_and_touch() {
     common::ttl_and_touch(&redis.url(), "hf").await;
 }
 
+#[tokio::test]
+async fn big_write() {
+    let redis = redis().await;
+    common::big_write(&redis.url(), "hf").await;
+}
+
 /// All three keys of a session get the write's TTL (not only the meta
 /// hash), touch by the owner sets it, touch by another node does not,
 /// and everything is under the prefix and the session's hash tag.

@@ -538,6 +538,23 @@ pub async fn ttl_and_touch(url: &str, prefix: &str) {
     expect_ok("touch gone", a.touch(&tags, LONG).await).await;
 }
 
+/// A write of thousands of messages (more than one `RPUSH` batch inside
+/// the script) is stored whole and in order.
+pub async fn big_write(url: &str, prefix: &str) {
+    let a = store(url, prefix).await;
+    let t = tag("big");
+    expect_ok("create", a.create(&t, &session("b"), LONG).await).await;
+    let write = Write {
+        outbound: out(1..=2500),
+        inbound: inb(1..=1001),
+        ..Write::default()
+    };
+    expect_ok("write", a.write(&t, 1, &write, LONG).await).await;
+    let snapshot = claim_now(&a, &t).await;
+    assert_eq!(snapshot.outbound, out(1..=2500));
+    assert_eq!(snapshot.inbound, inb(1..=1001));
+}
+
 /// Every session test, one after the other (for one cluster).
 pub async fn all(url: &str, prefix: &str) {
     round_trip(url, &format!("{prefix}-rt")).await;
@@ -547,4 +564,5 @@ pub async fn all(url: &str, prefix: &str) {
     acked_and_progress_trim(url, &format!("{prefix}-t")).await;
     release_and_remove(url, &format!("{prefix}-r")).await;
     ttl_and_touch(url, &format!("{prefix}-e")).await;
+    big_write(url, &format!("{prefix}-b")).await;
 }
