@@ -79,12 +79,23 @@ impl Inbox {
     }
 }
 
+/// How often a sharded subscription is checked (see [`forward`]).
+pub(crate) const SHARD_CHECK: Duration = Duration::from_secs(1);
+
 /// Moves frames for `channel` from the subscriber connection to `tx` until
 /// the inbox's reader is gone (or the store drops and aborts this task).
 /// After each reconnection it sends [`BusEvent::Reset`] and subscribes
 /// again (retrying every `retry` until it works).
+///
+/// A sharded subscription is also dropped, without a reconnection, when
+/// its slot moves to another master (resharding); the client crate does
+/// not report that. So on a cluster, every [`SHARD_CHECK`], `checker` asks
+/// the channel's master how many subscribers it has: none means the
+/// subscription was lost, handled like a reconnection.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn forward(
     subscriber: Client,
+    checker: Client,
     channel: String,
     sharded: bool,
     tx: mpsc::Sender<BusEvent>,
@@ -93,6 +104,8 @@ pub(crate) async fn forward(
     retry: Duration,
 ) {
     let mut inbox = Inbox { tx, lost: false };
+    let mut check = tokio::time::interval(SHARD_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let step = tokio::select! {
             // A reconnection is handled before messages that arrived with
@@ -105,6 +118,16 @@ pub(crate) async fn forward(
                     reset
                 }
                 Err(RecvError::Closed) => return,
+            },
+            _ = check.tick(), if sharded => {
+                if subscribed(&checker, &channel).await == Some(false) {
+                    tracing::debug!("the bus subscription was dropped (slot moved?), subscribing again");
+                    let reset = inbox.reset().map(|_| ());
+                    resubscribe(&subscriber, &channel, sharded, retry, &mut reconnects).await;
+                    reset
+                } else {
+                    Ok(())
+                }
             },
             message = messages.recv() => match message {
                 Ok(message) if *message.channel == *channel => match bytes_of(&message.value) {
@@ -123,6 +146,15 @@ pub(crate) async fn forward(
             return;
         }
     }
+}
+
+/// Whether the master of `channel`'s slot has a subscriber on it (`None`:
+/// no answer).
+async fn subscribed(checker: &Client, channel: &str) -> Option<bool> {
+    let reply: fred::types::Value = checker.pubsub_shardnumsub(channel).await.ok()?;
+    let items = crate::codec::array_of(reply).ok()?;
+    let count = items.get(1).and_then(crate::codec::number_of)?;
+    Some(count > 0)
 }
 
 /// Subscribes again after a reconnection, until it works. Reconnection

@@ -51,3 +51,27 @@ impl Keys {
         format!("{}:bus:{node}", self.prefix)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_keys_share_one_hash_tag_and_bad_tags_are_refused() {
+        let keys = Keys::new("hf");
+        let names = keys.session("abc").map(|k| k.inner()).unwrap_or_default();
+        let names: Vec<String> = names
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(names, ["hf:{abc}:m", "hf:{abc}:o", "hf:{abc}:i"]);
+        for bad in ["", "a}b", "{x"] {
+            assert!(
+                matches!(keys.session(bad), Err(StoreError::Unavailable(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(keys.node("n1"), "hf:node:n1");
+        assert_eq!(keys.bus("n1"), "hf:bus:n1");
+    }
+}

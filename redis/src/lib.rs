@@ -104,7 +104,12 @@
 //! receiver's channel (sharded pub/sub — `SPUBLISH`/`SSUBSCRIBE` — on a
 //! cluster, so a frame goes only to the slot owner, not to every node;
 //! classic pub/sub on one server, which works on any Redis version).
-//! Frames from one node arrive in the order it published them. The inbox
+//! Frames from one node arrive in the order it published them. A lost
+//! subscription gives the inbox a `BusEvent::Reset` and is made again: after
+//! the subscriber connection comes back, and on a cluster also when the
+//! channel's slot moved to another master (resharding drops sharded
+//! subscriptions without closing the connection; the store checks its
+//! subscription with `PUBSUB SHARDNUMSUB` every second). The inbox
 //! holds at most [`Builder::bus_capacity`] events (default 1024): when it is
 //! full the next frames are **dropped** (the reader of Redis is never
 //! blocked and nothing grows without bound) and the inbox gets

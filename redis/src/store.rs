@@ -162,6 +162,7 @@ impl RedisStore {
         let (tx, rx) = mpsc::channel(options.bus_capacity);
         let forwarder = tokio::spawn(bus::forward(
             subscriber.clone(),
+            client.clone(),
             channel,
             cluster,
             tx,

@@ -145,3 +145,75 @@ async fn reset_after_a_redis_restart() {
         "no frame after the restart: {got:?}"
     );
 }
+
+/// Resharding moves the slot of a node's bus channel to another master:
+/// Redis drops the sharded subscription without closing the connection.
+/// The inbox gets a `Reset` and frames flow again through the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_follows_its_slot_to_another_master() {
+    let cluster = RedisCluster::start(3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a = common::store(&cluster.url(), "mv").await;
+    let b = common::store(&cluster.url(), "mv").await;
+    let mut inbox = b.inbox();
+    assert!(a.publish(b.node_id(), frame(1)).await.is_ok());
+    assert_eq!(next(&mut inbox).await, BusEvent::Frame(frame(1)));
+
+    let nodes = cluster.nodes();
+    let channel = format!("mv:bus:{}", b.node_id());
+    let slot = nodes[0]
+        .command(&["CLUSTER", "KEYSLOT", &channel])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ids = Vec::new();
+    let mut owner = None;
+    for (n, node) in nodes.iter().enumerate() {
+        ids.push(
+            node.command(&["CLUSTER", "MYID"])
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let count = node.command(&["PUBSUB", "SHARDNUMSUB", &channel]).await;
+        if count.ok().is_some_and(|c| c.ends_with("\n1")) {
+            owner = Some(n);
+        }
+    }
+    let Some(src) = owner else {
+        panic!("no master holds the subscription to {channel}");
+    };
+    let dst = (src + 1) % nodes.len();
+    // Move the (keyless) slot: the new owner first, then the others.
+    let mut steps = vec![(dst, "IMPORTING", src), (src, "MIGRATING", dst)];
+    for n in [dst, src, (src + 2) % nodes.len()] {
+        steps.push((n, "NODE", dst));
+    }
+    for (n, how, id) in steps {
+        let command = ["CLUSTER", "SETSLOT", slot.as_str(), how, ids[id].as_str()];
+        if let Err(error) = nodes[n].command(&command).await {
+            panic!("{command:?}: {error}");
+        }
+    }
+
+    assert_eq!(next(&mut inbox).await, BusEvent::Reset);
+    let mut got = None;
+    for n in 2..200 {
+        let _ = a.publish(b.node_id(), frame(n)).await;
+        if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(50), inbox.recv()).await
+        {
+            got = Some(event);
+            break;
+        }
+    }
+    assert!(
+        matches!(got, Some(BusEvent::Frame(_))),
+        "no frame after the move: {got:?}"
+    );
+    let moved = nodes[dst]
+        .command(&["PUBSUB", "SHARDNUMSUB", &channel])
+        .await;
+    assert!(
+        moved.ok().is_some_and(|c| c.ends_with("\n1")),
+        "not subscribed on the new master"
+    );
+}

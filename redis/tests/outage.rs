@@ -54,10 +54,22 @@ async fn unreachable_at_start_is_a_clear_error() {
         RedisStore::connect("http://127.0.0.1:1").await,
         Err(Error::InvalidUrl(_))
     ));
-    assert!(matches!(
-        RedisStore::builder(&url).prefix("a{b").connect().await,
-        Err(Error::InvalidOption(_))
-    ));
+    // Options out of range are refused before anything is tried.
+    let refused = [
+        RedisStore::builder(&url).prefix("a{b"),
+        RedisStore::builder(&url).prefix(""),
+        RedisStore::builder(&url).node_ttl(Duration::from_millis(99)),
+        RedisStore::builder(&url).command_timeout(Duration::ZERO),
+        RedisStore::builder(&url).connect_timeout(Duration::ZERO),
+        RedisStore::builder(&url).bus_capacity(0),
+    ];
+    for builder in refused {
+        let shown = format!("{builder:?}");
+        assert!(
+            matches!(builder.connect().await, Err(Error::InvalidOption(_))),
+            "{shown}"
+        );
+    }
 }
 
 #[tokio::test]
