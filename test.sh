@@ -33,6 +33,16 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   $sudo apt-get install -y nginx || { $sudo apt-get update && $sudo apt-get install -y nginx; }
 fi
 
+# redis/tests and the Redis-backed integration tests run real redis-server
+# processes (single and cluster; redis-cli joins the cluster). The Debian
+# package redis-server brings both (redis-tools).
+if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
+  step "installing redis-server (apt-get install -y redis-server)"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y redis-server || { $sudo apt-get update && $sudo apt-get install -y redis-server; }
+fi
+
 if [ "$quick" = 0 ]; then
   step "cargo fmt --check"
   cargo fmt --all -- --check

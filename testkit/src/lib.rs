@@ -82,6 +82,7 @@
 mod behavior;
 mod conn;
 mod head;
+mod redis;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -94,6 +95,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use behavior::{After, Behavior, Buffering, Cut, ErrorPage, PathFilter};
+pub use redis::{RedisCluster, RedisServer, RedisServerBuilder};
 
 /// What the proxy saw, for assertions. A snapshot: see [`Proxy::stats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
