@@ -34,7 +34,7 @@ use crate::auth::Identity;
 use crate::reject::Reject;
 use crate::server::{HandOffError, ServerState};
 use crate::session::{Durable, Session, Shared, Stored, now};
-use crate::store::{NewSession, Owner, Snapshot, Store, StoreError, StoredClose, tag};
+use crate::store::{BusEvent, NewSession, Owner, Snapshot, Store, StoreError, StoredClose, tag};
 use crate::transport::{ConnectQuery, overloaded};
 
 /// A node's part in a cluster.
@@ -51,6 +51,8 @@ pub(crate) struct Cluster {
     claiming: tokio::sync::Mutex<()>,
     /// Shutting down: no new sessions, no claims.
     draining: AtomicBool,
+    /// The server, once started.
+    state: std::sync::OnceLock<Weak<ServerState>>,
 }
 
 /// Where a request's session is.
@@ -72,6 +74,7 @@ impl Cluster {
             stopped: tokio::sync::watch::channel(false).0,
             claiming: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
+            state: std::sync::OnceLock::new(),
         })
     }
 
@@ -188,6 +191,17 @@ impl Cluster {
             return Err(StoreError::Unavailable("this node holds too many sessions".into()));
         }
         let snapshot = self.store.claim(tag, owner, Self::ttl(state)).await?;
+        if let Owner::Node { node, .. } = owner {
+            // If it is alive after all (paused past its liveness key), it
+            // must let go now: its attachment would serve a stale session.
+            let lost = Lost {
+                tag: tag.to_owned(),
+                epoch: snapshot.epoch,
+            };
+            if let Err(error) = self.store.publish(node, lost.encode()).await {
+                tracing::debug!(%error, "could not tell the last owner it lost a session");
+            }
+        }
         let shared = match restore(state, key, snapshot) {
             Ok(shared) => shared,
             Err(reason) => {
@@ -231,7 +245,8 @@ impl Cluster {
     /// tunnels, and keeping the sessions held here from expiring in the
     /// store.
     pub(crate) fn start(self: &Arc<Self>, state: Weak<ServerState>, router: axum::Router) {
-        self.tunnels.spawn_inbox(self.store.inbox());
+        let _ = self.state.set(state.clone());
+        tokio::spawn(read_bus(Arc::downgrade(self), self.store.inbox()));
         let incoming = self
             .incoming
             .lock()
@@ -274,6 +289,7 @@ impl Cluster {
         // Requests other nodes carried here before they noticed finish;
         // no new ones are taken.
         self.stopped.send_replace(true);
+        self.tunnels.reset_all();
     }
 
     async fn hand_over_one(&self, shared: &Arc<Shared>) -> bool {
@@ -284,13 +300,22 @@ impl Cluster {
         // for it, with a deadline (a store down now loses nothing: the
         // session stays ours until its owner key expires, then is
         // claimed from what the store has).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        // The handler gets no more messages, and may finish the one it
+        // is answering: its sends still go out.
+        shared.start_hand_over();
+        let deadline = tokio::time::Instant::now() + HAND_OVER_DEADLINE;
         loop {
             let notified = durable.stored.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            if shared.all_stored()
-                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            if shared.settled() {
+                break;
+            }
+            // Not settled: wait for the writer to store something, or check
+            // again shortly (the handler's next step wakes nobody here).
+            let step = tokio::time::Instant::now() + Duration::from_millis(20);
+            if tokio::time::timeout_at(deadline.min(step), notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
             {
                 break;
             }
@@ -308,6 +333,10 @@ impl Cluster {
         }
     }
 }
+
+/// How long a hand-over waits for a handler to finish the message it is
+/// answering and for the store to hold everything.
+const HAND_OVER_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A store failure as the client of a session sees it: `503` / `detach`
 /// 4503, try again after `Retry-After` (the session lives).
@@ -441,6 +470,75 @@ pub(crate) async fn route(State(routing): State<Routing>, request: Request, next
             }
         }
         Err(reject) => reject.into_http().into_response(),
+    }
+}
+
+/// Reads the bus: tunnels' frames, and word that a session this node held
+/// was claimed by another.
+async fn read_bus(cluster: Weak<Cluster>, mut inbox: tokio::sync::mpsc::Receiver<BusEvent>) {
+    while let Some(event) = inbox.recv().await {
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        match &event {
+            BusEvent::Frame(frame) if frame.starts_with(Lost::MAGIC) => {
+                if let Some(lost) = Lost::decode(frame) {
+                    cluster.lost(&lost);
+                }
+            }
+            _ => cluster.tunnels.dispatch(event),
+        }
+    }
+}
+
+/// Word from the node that claimed a session to the node that held it.
+struct Lost {
+    tag: String,
+    /// The epoch the session was claimed at.
+    epoch: u64,
+}
+
+impl Lost {
+    const MAGIC: &[u8] = b"HL\x01";
+
+    fn encode(&self) -> bytes::Bytes {
+        let mut frame = Vec::with_capacity(Self::MAGIC.len() + 8 + self.tag.len());
+        frame.extend_from_slice(Self::MAGIC);
+        frame.extend_from_slice(&self.epoch.to_be_bytes());
+        frame.extend_from_slice(self.tag.as_bytes());
+        frame.into()
+    }
+
+    fn decode(frame: &[u8]) -> Option<Self> {
+        let rest = frame.strip_prefix(Self::MAGIC)?;
+        let (epoch, tag) = rest.split_at_checked(8)?;
+        Some(Self {
+            epoch: u64::from_be_bytes(epoch.try_into().ok()?),
+            tag: std::str::from_utf8(tag).ok()?.to_owned(),
+        })
+    }
+}
+
+impl Cluster {
+    /// Another node claimed a session: if this node still holds it at an
+    /// older epoch, it leaves (its client reconnects and reaches the new
+    /// owner).
+    fn lost(&self, lost: &Lost) {
+        let Some(state) = self.state.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        for shared in state.registry.all() {
+            if let Some(durable) = &shared.durable
+                && durable.tag == lost.tag
+                && durable.epoch < lost.epoch
+            {
+                tracing::warn!(session = %shared.session_id, "session taken over by another node");
+                shared.leave(Close::new(
+                    CloseCode::RECONNECT,
+                    "session moved to another node, reconnect",
+                ));
+            }
+        }
     }
 }
 

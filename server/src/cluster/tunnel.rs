@@ -61,6 +61,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, mpsc};
+#[cfg(test)]
 use tokio::task::JoinHandle;
 
 use crate::store::{BusEvent, Store};
@@ -432,6 +433,7 @@ impl Tunnels {
     /// Reads `inbox` (from [`Store::inbox`]) in a task of its own and
     /// [`dispatch`](Self::dispatch)es every event. The task ends when the
     /// inbox closes or these tunnels are dropped.
+    #[cfg(test)]
     pub(crate) fn spawn_inbox(
         self: &Arc<Self>,
         mut inbox: mpsc::Receiver<BusEvent>,
@@ -723,10 +725,6 @@ impl std::fmt::Debug for Tunnel {
 }
 
 impl Tunnel {
-    /// The node at the other end.
-    pub(crate) fn peer(&self) -> &str {
-        &self.end.peer
-    }
 
     /// A handle that outlives the tunnel being moved into a connection:
     /// whether the other node accepted it, why it broke.

@@ -46,6 +46,10 @@ pub(crate) struct Durable {
     /// The session left this node (taken over, or handed over on
     /// shutdown): the writer stops, the application's handles end.
     pub(crate) gone: AtomicBool,
+    /// The node hands the session over: the handler gets no more
+    /// messages (`recv` returns `None`), and may finish answering the one
+    /// it took.
+    pub(crate) handing: AtomicBool,
 }
 
 impl Durable {
@@ -65,11 +69,16 @@ impl Durable {
             wake: Notify::new(),
             stored: Notify::new(),
             gone: AtomicBool::new(false),
+            handing: AtomicBool::new(false),
         }
     }
 
     pub(crate) fn is_gone(&self) -> bool {
         self.gone.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_handing(&self) -> bool {
+        self.handing.load(Ordering::Acquire)
     }
 }
 
@@ -144,6 +153,14 @@ impl AppProgress {
         } else {
             true
         }
+    }
+}
+
+impl AppProgress {
+    /// Whether the handler is between messages: it finished the last one
+    /// it took (or took none).
+    pub(crate) fn between_messages(&self) -> bool {
+        self.progress.current == self.progress.done || self.replay.is_some()
     }
 }
 

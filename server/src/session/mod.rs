@@ -535,9 +535,19 @@ impl Shared {
         core.send(message).map(Some)
     }
 
-    /// Whether the store holds everything the core does.
-    pub(crate) fn all_stored(&self) -> bool {
-        self.lock().pending().is_none()
+    /// Whether the store holds everything, and the handler is not in the
+    /// middle of a message (a hand-over waits for both).
+    pub(crate) fn settled(&self) -> bool {
+        let mut core = self.lock();
+        core.app().between_messages() && core.pending().is_none()
+    }
+
+    /// Starts a hand-over: the handler gets no more messages.
+    pub(crate) fn start_hand_over(&self) {
+        if let Some(durable) = &self.durable {
+            durable.handing.store(true, Ordering::Release);
+            self.app.notify_waiters();
+        }
     }
 
     /// Whether the session left this node (taken over, handed over).
@@ -743,7 +753,7 @@ impl Session {
             let notified = shared.app.notified();
             let mut notified = pin!(notified);
             notified.as_mut().enable();
-            if shared.is_gone() {
+            if shared.is_gone() || shared.durable.as_ref().is_some_and(Durable::is_handing) {
                 return None;
             }
             {

@@ -340,9 +340,9 @@ impl Store for MemoryStore {
 
     fn publish<'a>(&'a self, node: &'a str, frame: Bytes) -> StoreFuture<'a, ()> {
         ready(self.with(|state| {
-            // Like pub/sub: a frame to a node that is not listening is lost.
+            // Like pub/sub: a frame reaches a node that listens, whatever
+            // its liveness key says; one to a node that does not is lost.
             if let Some(entry) = state.nodes.get(node)
-                && entry.alive
                 && entry.inbox.try_send(BusEvent::Frame(frame)).is_err()
             {
                 let _ = entry.inbox.try_send(BusEvent::Reset);
