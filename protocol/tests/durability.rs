@@ -1,0 +1,796 @@
+//! The server core with a store: the durability gates (nothing reaches
+//! the client about a message before the store holds it) and `restore`
+//! (a session continued on another node from what the store holds).
+//! Random interleavings, write delays and crashes are in `exactly_once.rs`.
+
+mod sim;
+
+use std::time::{Duration, Instant};
+
+use holdfast_protocol::{
+    AttachError, AttachmentId, ClientConfig, ClientSession, Close, CloseCode, Frame, Initiator,
+    MESSAGE_OVERHEAD, Message, ProtocolError, Restore, RestoreError, ServerEvent, ServerSession,
+    SessionConfig, SessionIdentity, TransportKind,
+};
+use sim::{Dir, Pair};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn identity() -> SessionIdentity {
+    SessionIdentity {
+        key: "k".into(),
+        session_id: "s".into(),
+    }
+}
+
+fn text(s: &str) -> Message {
+    Message::text(s)
+}
+
+fn msg(seq: u64, s: &str) -> Frame {
+    Frame::Message {
+        seq,
+        message: text(s),
+    }
+}
+
+/// A gated server attached over `kind`, greeting taken. On long-polling,
+/// the poll the greeting answered is followed by the next one, held.
+fn gated(
+    now: Instant,
+    config: SessionConfig,
+    kind: TransportKind,
+) -> (ServerSession, AttachmentId) {
+    let mut server = ServerSession::new(now, config, identity());
+    server.hold_until_confirmed();
+    let id = attach(&mut server, now, kind, 0);
+    (server, id)
+}
+
+/// Attaches `kind` with `last` and takes the greeting (asserting there is
+/// one); on long-polling, issues the next poll.
+fn attach(
+    server: &mut ServerSession,
+    now: Instant,
+    kind: TransportKind,
+    last: u64,
+) -> AttachmentId {
+    let mut id = server.attach(now, kind, last).expect("attach");
+    let greeting = server.poll_transmit(now, id).expect("a greeting").frames;
+    assert!(
+        matches!(greeting[0], Frame::Open(_) | Frame::Resumed { .. }),
+        "{greeting:?}"
+    );
+    if kind == TransportKind::LongPoll {
+        id = server.attach(now, kind, last).expect("the next poll");
+    }
+    id
+}
+
+/// The sequence numbers of the messages among `frames`.
+fn seqs(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}
+
+fn acks(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Ack { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}
+
+// ---- without gates -----------------------------------------------------------
+
+/// A session without a store: everything counts as confirmed, and
+/// confirming changes nothing (not even the output epoch).
+#[test]
+fn without_gates_everything_counts_as_confirmed() {
+    let t0 = Instant::now();
+    let mut server = ServerSession::new(t0, SessionConfig::default(), identity());
+    let ws = attach(&mut server, t0, TransportKind::WebSocket, 0);
+    server.send(text("a")).unwrap();
+    server
+        .handle_frames(t0, Some(ws), [msg(1, "x"), msg(2, "y")])
+        .unwrap();
+    let epoch = server.output_epoch();
+    server.confirm_sent(1);
+    server.confirm_received(1);
+    assert_eq!(server.output_epoch(), epoch);
+    assert!(!server.holds_until_confirmed());
+    assert_eq!(server.confirmed_sent(), 1);
+    assert_eq!(server.confirmed_received(), 2);
+    assert_eq!(server.unconfirmed_sent().count(), 0);
+    assert_eq!(server.unconfirmed_received().count(), 0);
+    let frames = server.poll_transmit(t0, ws).unwrap().frames;
+    assert_eq!(seqs(&frames), [1]);
+    assert_eq!(acks(&frames), [2], "the batch carries the ack at once");
+}
+
+// ---- downstream gate ---------------------------------------------------------
+
+/// On every transport, a message the store does not hold yet never goes
+/// out; confirming releases exactly what it confirms, and moves the output
+/// epoch (the driver wakes its transports by it).
+#[test]
+fn an_unconfirmed_message_is_never_transmitted_and_confirming_releases_it() {
+    for kind in TransportKind::ALL {
+        let t0 = Instant::now();
+        let (mut server, mut id) = gated(t0, SessionConfig::default(), kind);
+        for s in ["a", "b", "c"] {
+            server.send(text(s)).unwrap();
+        }
+        assert_eq!(server.sent(), 3);
+        assert_eq!(server.confirmed_sent(), 0);
+        let pending: Vec<_> = server
+            .unconfirmed_sent()
+            .map(|(seq, m)| (seq, m.clone()))
+            .collect();
+        assert_eq!(pending, [(1, text("a")), (2, text("b")), (3, text("c"))]);
+        assert_eq!(server.poll_transmit(t0, id), None, "{kind}: held back");
+        if kind == TransportKind::LongPoll {
+            // The hold runs out: the poll is answered empty, not with them.
+            let t1 = t0 + server.config().poll_hold;
+            server.handle_timeout(t1);
+            assert_eq!(server.poll_transmit(t1, id).map(|t| t.frames), Some(vec![]));
+            id = server.attach(t1, kind, 0).unwrap();
+        }
+
+        let epoch = server.output_epoch();
+        server.confirm_sent(2);
+        assert_ne!(server.output_epoch(), epoch, "{kind}: the epoch moves");
+        assert_eq!(server.confirmed_sent(), 2);
+        let frames = server.poll_transmit(t0, id).expect("released").frames;
+        assert_eq!(seqs(&frames), [1, 2], "{kind}: only what was confirmed");
+        if kind == TransportKind::LongPoll {
+            id = server.attach(t0, kind, 2).unwrap();
+        }
+        assert_eq!(server.poll_transmit(t0, id), None, "{kind}: 3 waits");
+        assert_eq!(
+            server
+                .unconfirmed_sent()
+                .map(|(s, _)| s)
+                .collect::<Vec<_>>(),
+            [3]
+        );
+
+        server.confirm_sent(3);
+        let frames = server.poll_transmit(t0, id).expect("released").frames;
+        assert_eq!(seqs(&frames), [3], "{kind}");
+        assert_eq!(server.unconfirmed_sent().count(), 0);
+    }
+}
+
+/// Confirmations are capped at what was sent and never move back; only a
+/// confirmation that moves the gate moves the epoch.
+#[test]
+fn confirmations_are_monotonic_and_capped() {
+    let t0 = Instant::now();
+    let (mut server, ws) = gated(t0, SessionConfig::default(), TransportKind::WebSocket);
+    server.send(text("a")).unwrap();
+    server.send(text("b")).unwrap();
+    server.confirm_sent(100);
+    assert_eq!(server.confirmed_sent(), 2, "capped at sent");
+    let epoch = server.output_epoch();
+    server.confirm_sent(1);
+    server.confirm_sent(2);
+    assert_eq!(server.confirmed_sent(), 2, "never back");
+    assert_eq!(server.output_epoch(), epoch, "nothing moved");
+
+    server
+        .handle_frames(t0, Some(ws), [msg(1, "x"), msg(2, "y")])
+        .unwrap();
+    server.confirm_received(7);
+    assert_eq!(server.confirmed_received(), 2, "capped at received");
+    let epoch = server.output_epoch();
+    server.confirm_received(1);
+    assert_eq!(server.confirmed_received(), 2);
+    assert_eq!(server.output_epoch(), epoch);
+    // A second `hold_until_confirmed` does not confirm what waits.
+    server.send(text("c")).unwrap();
+    server.hold_until_confirmed();
+    assert_eq!(server.confirmed_sent(), 2);
+}
+
+/// The `close` follows the messages: it waits for them to be confirmed
+/// and sent, on the attachment and in a send reply.
+#[test]
+fn a_close_waits_for_the_unconfirmed_messages_before_it() {
+    let t0 = Instant::now();
+    let (mut server, ws) = gated(t0, SessionConfig::default(), TransportKind::WebSocket);
+    server.send(text("last")).unwrap();
+    server.close(t0, Close::new(CloseCode::NORMAL, "bye"));
+    assert_eq!(
+        server.poll_transmit(t0, ws),
+        None,
+        "neither the message nor the close"
+    );
+    assert!(
+        !server
+            .request_reply()
+            .iter()
+            .any(|f| matches!(f, Frame::Close(_))),
+        "a send reply does not carry the close either"
+    );
+    server.confirm_sent(1);
+    let transmit = server.poll_transmit(t0, ws).expect("released");
+    assert_eq!(seqs(&transmit.frames), [1]);
+    assert_eq!(transmit.end, Some(Close::new(CloseCode::NORMAL, "bye")));
+    assert!(matches!(transmit.frames.last(), Some(Frame::Close(_))));
+}
+
+/// A client cannot acknowledge a message the store does not hold: it was
+/// never sent (a frame's ack, or the `last` of an attachment).
+#[test]
+fn an_acknowledgement_of_an_unconfirmed_message_is_refused() {
+    let t0 = Instant::now();
+    let (mut server, ws) = gated(t0, SessionConfig::default(), TransportKind::WebSocket);
+    server.send(text("a")).unwrap();
+    server.send(text("b")).unwrap();
+    server.confirm_sent(1);
+    let _sent = server.poll_transmit(t0, ws);
+    let refused = ProtocolError::AckBeyondSent { ack: 2, sent: 1 };
+    assert_eq!(
+        server.handle_frames(t0, Some(ws), [Frame::Ack { seq: 2, room: None }]),
+        Err(refused.clone())
+    );
+    assert_eq!(
+        server.attach(t0, TransportKind::Sse, 2),
+        Err(AttachError::Protocol(refused))
+    );
+    assert_eq!(
+        server.handle_frames(t0, Some(ws), [Frame::Ack { seq: 1, room: None }]),
+        Ok(())
+    );
+    assert_eq!(server.acked(), 1);
+}
+
+// ---- upstream gate -----------------------------------------------------------
+
+/// Messages received but not confirmed are neither acknowledged — not on
+/// the socket, not in a send reply, not in a `resumed` greeting — nor
+/// given to the application; confirming releases exactly what it confirms.
+#[test]
+fn received_unconfirmed_messages_are_neither_acknowledged_nor_delivered() {
+    let t0 = Instant::now();
+    let (mut server, ws) = gated(t0, SessionConfig::default(), TransportKind::WebSocket);
+    server
+        .handle_frames(t0, Some(ws), [msg(1, "x"), msg(2, "y"), msg(3, "z")])
+        .unwrap();
+    assert_eq!(server.received(), 3);
+    assert_eq!(server.confirmed_received(), 0);
+    let pending: Vec<_> = server
+        .unconfirmed_received()
+        .map(|(seq, m)| (seq, m.clone()))
+        .collect();
+    assert_eq!(pending, [(1, text("x")), (2, text("y")), (3, text("z"))]);
+    assert_eq!(server.poll_message(), None);
+    let t1 = t0 + Duration::from_secs(1);
+    server.handle_timeout(t1);
+    assert_eq!(server.poll_transmit(t1, ws), None, "no ack on the socket");
+    // A server message goes out, but without an ack riding along.
+    server.send(text("s")).unwrap();
+    server.confirm_sent(1);
+    let frames = server.poll_transmit(t1, ws).unwrap().frames;
+    assert_eq!((seqs(&frames), acks(&frames)), (vec![1], vec![]));
+    assert_eq!(
+        acks(&server.request_reply()),
+        [0],
+        "a send reply acks nothing new"
+    );
+    let resumed_ack = |server: &mut ServerSession, kind| {
+        let id = server.attach(t1, kind, 1).unwrap();
+        match server.poll_transmit(t1, id).unwrap().frames[0] {
+            Frame::Resumed { ack, .. } => ack,
+            ref other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(resumed_ack(&mut server, TransportKind::Sse), 0);
+
+    let epoch = server.output_epoch();
+    server.confirm_received(2);
+    assert_ne!(server.output_epoch(), epoch);
+    assert_eq!(server.poll_message(), Some(text("x")));
+    assert_eq!(server.poll_message(), Some(text("y")));
+    assert_eq!(server.poll_message(), None, "3 waits");
+    assert_eq!(acks(&server.request_reply()), [2]);
+    assert_eq!(resumed_ack(&mut server, TransportKind::WebSocket), 2);
+    server.confirm_received(3);
+    assert_eq!(server.poll_message(), Some(text("z")));
+    assert_eq!(server.unconfirmed_received().count(), 0);
+}
+
+/// The ack timer runs from the messages' arrival as usual: confirmed
+/// before `ack_delay` ran out, the ack goes out at the usual time;
+/// confirmed after, at once.
+#[test]
+fn confirming_makes_the_ack_due_at_the_usual_time() {
+    let delay = SessionConfig::default().ack_delay;
+    // Confirmed early: due `ack_delay` after the arrival, not before.
+    let t0 = Instant::now();
+    let (mut server, ws) = gated(t0, SessionConfig::default(), TransportKind::WebSocket);
+    server.handle_frames(t0, Some(ws), [msg(1, "x")]).unwrap();
+    server.confirm_received(1);
+    assert_eq!(server.poll_timeout(), Some(t0 + delay));
+    server.handle_timeout(t0 + delay - MS);
+    assert_eq!(server.poll_transmit(t0 + delay - MS, ws), None);
+    server.handle_timeout(t0 + delay);
+    let frames = server.poll_transmit(t0 + delay, ws).unwrap().frames;
+    assert_eq!(acks(&frames), [1]);
+
+    // Confirmed late: due at once, and out after one `handle_timeout`.
+    let (mut server, ws) = gated(t0, SessionConfig::default(), TransportKind::WebSocket);
+    server.handle_frames(t0, Some(ws), [msg(1, "x")]).unwrap();
+    let late = t0 + 3 * delay;
+    server.handle_timeout(late);
+    assert_eq!(server.poll_transmit(late, ws), None);
+    let epoch = server.output_epoch();
+    server.confirm_received(1);
+    assert_ne!(
+        server.output_epoch(),
+        epoch,
+        "the driver re-reads poll_timeout"
+    );
+    let due = server.poll_timeout().unwrap();
+    assert!(due <= late, "due at once");
+    server.handle_timeout(late);
+    let frames = server.poll_transmit(late, ws).unwrap().frames;
+    assert_eq!(acks(&frames), [1]);
+    assert!(
+        server.poll_timeout().unwrap() > late,
+        "nothing due any more"
+    );
+
+    // `ack_every` messages confirmed: due at once.
+    let every = SessionConfig::default().ack_every;
+    let (mut server, ws) = gated(t0, SessionConfig::default(), TransportKind::WebSocket);
+    let batch: Vec<_> = (1..=every).map(|n| msg(n, "m")).collect();
+    server.handle_frames(t0, Some(ws), batch).unwrap();
+    assert!(
+        server.poll_timeout().unwrap() > t0,
+        "not before confirmation"
+    );
+    server.confirm_received(every);
+    assert_eq!(server.poll_timeout(), Some(t0));
+    server.handle_timeout(t0);
+    assert_eq!(acks(&server.poll_transmit(t0, ws).unwrap().frames), [every]);
+}
+
+/// A driver's timer task runs `handle_timeout` at every `poll_timeout`:
+/// while an ack waits for the store, that deadline is never in the past
+/// (the task would spin), time moves on, and no ack goes out; once
+/// confirmed, the ack does.
+#[test]
+fn no_deadline_stays_in_the_past_while_an_ack_waits_for_the_store() {
+    let t0 = Instant::now();
+    let (mut server, ws) = gated(t0, SessionConfig::default(), TransportKind::WebSocket);
+    server
+        .handle_frames(t0, Some(ws), [msg(1, "x"), msg(2, "y")])
+        .unwrap();
+    let mut now = t0;
+    let mut fired = 0;
+    // A client that keeps the socket alive with a ping every second.
+    let mut next_ping = t0 + Duration::from_secs(1);
+    while now < t0 + Duration::from_secs(30) {
+        let deadline = server.poll_timeout().expect("a timer runs").min(next_ping);
+        assert!(deadline > now, "a deadline in the past at {:?}", now - t0);
+        now = deadline;
+        if now == next_ping {
+            server.handle_frames(now, Some(ws), [Frame::Ping]).unwrap();
+            next_ping += Duration::from_secs(1);
+        }
+        server.handle_timeout(now);
+        while let Some(transmit) = server.poll_transmit(now, ws) {
+            assert!(
+                acks(&transmit.frames).is_empty(),
+                "an ack of unconfirmed messages"
+            );
+        }
+        fired += 1;
+        assert!(fired < 1_000, "the timer task spins");
+    }
+    server.confirm_received(2);
+    let due = server.poll_timeout().unwrap();
+    assert!(due <= now);
+    server.handle_timeout(now);
+    assert_eq!(acks(&server.poll_transmit(now, ws).unwrap().frames), [2]);
+    assert!(server.poll_timeout().unwrap() > now);
+}
+
+/// The room an acknowledgement announces counts only the messages up to
+/// it: the client counts the later ones as in flight. (The window itself
+/// still holds all of them: the next one beyond it is refused.)
+#[test]
+fn the_room_announced_counts_the_confirmed_messages_only() {
+    const LEN: usize = 1000;
+    const CHARGE: usize = LEN + MESSAGE_OVERHEAD;
+    let mut config = SessionConfig::default();
+    config.set_max_message(LEN);
+    config.max_inbound_bytes = 4 * CHARGE;
+    let big = |seq| Frame::Message {
+        seq,
+        message: text(&"x".repeat(LEN)),
+    };
+    let t0 = Instant::now();
+    let (mut server, ws) = gated(t0, config, TransportKind::WebSocket);
+    server
+        .handle_frames(t0, Some(ws), [big(1), big(2), big(3)])
+        .unwrap();
+    server.confirm_received(1);
+    assert_eq!(
+        server.request_reply()[0],
+        Frame::Ack {
+            seq: 1,
+            room: Some(3 * CHARGE as u64)
+        }
+    );
+    assert_eq!(server.room(), CHARGE, "what the queue leaves of the window");
+    server.handle_frames(t0, Some(ws), [big(4)]).unwrap();
+    assert!(matches!(
+        server.handle_frames(t0, Some(ws), [big(5)]),
+        Err(ProtocolError::WindowExceeded { seq: 5, .. })
+    ));
+}
+
+// ---- restore -------------------------------------------------------------------
+
+/// Moves frames between a server and a client attachment over WebSocket
+/// until both are quiet; gated messages are confirmed as they come (the
+/// store answers at once).
+fn exchange(
+    now: Instant,
+    server: &mut ServerSession,
+    sid: AttachmentId,
+    client: &mut ClientSession,
+    cid: AttachmentId,
+) {
+    for _ in 0..1_000 {
+        server.confirm_sent(server.sent());
+        server.confirm_received(server.received());
+        server.handle_timeout(now);
+        client.handle_timeout(now);
+        let mut moved = false;
+        while let Some(transmit) = server.poll_transmit(now, sid) {
+            moved = true;
+            client
+                .handle_frames(now, Some(cid), transmit.frames)
+                .unwrap();
+        }
+        while let Some(transmit) = client.poll_transmit(now) {
+            moved = true;
+            server
+                .handle_frames(now, Some(sid), transmit.frames)
+                .unwrap();
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("the exchange never ends");
+}
+
+/// The state as the store would hold it, built by hand: the messages the
+/// client did not acknowledge, and those the application did not take.
+/// Restored into a new core, the client resumes with its `last` and gets
+/// every message exactly once; the application gets every client message
+/// exactly once.
+#[test]
+fn a_restored_session_continues_where_the_store_left_it() {
+    let t0 = Instant::now();
+    let mut server = ServerSession::new(t0, SessionConfig::default(), identity());
+    server.hold_until_confirmed();
+    let mut client = ClientSession::new(ClientConfig::default());
+    let cid = client.attach(t0, TransportKind::WebSocket);
+    let sid = server.attach(t0, TransportKind::WebSocket, 0).unwrap();
+    let server_sent: Vec<_> = (1..=9).map(|n| text(&format!("s{n}"))).collect();
+    let client_sent: Vec<_> = (1..=6).map(|n| text(&format!("c{n}"))).collect();
+    for m in &server_sent[..4] {
+        server.send(m.clone()).unwrap();
+    }
+    for m in &client_sent[..3] {
+        client.send(m.clone()).unwrap();
+    }
+    exchange(t0, &mut server, sid, &mut client, cid);
+    let mut client_got: Vec<_> = std::iter::from_fn(|| client.poll_message()).collect();
+    let mut app_got = vec![server.poll_message().unwrap()]; // c1 taken, c2 and c3 wait
+    // The client acknowledged s1..s4 (the exchange ran its ack timer).
+    let t1 = t0 + Duration::from_secs(1);
+    exchange(t1, &mut server, sid, &mut client, cid);
+    assert_eq!(server.acked(), 4);
+
+    // s5..s7 reach the client, its ack does not reach the server; s8, s9
+    // are confirmed, s9 never sent (the window of one transmit).
+    for m in &server_sent[4..9] {
+        server.send(m.clone()).unwrap();
+    }
+    server.confirm_sent(9);
+    let batch = server.poll_transmit(t1, sid).unwrap().frames;
+    let first_three: Vec<_> = batch
+        .into_iter()
+        .filter(|f| matches!(f, Frame::Message { seq, .. } if *seq <= 7))
+        .collect();
+    client.handle_frames(t1, Some(cid), first_three).unwrap();
+    client_got.extend(std::iter::from_fn(|| client.poll_message()));
+    // c4, c5 arrive; c4 is confirmed, c5 is not (the node dies first).
+    for m in &client_sent[3..5] {
+        client.send(m.clone()).unwrap();
+    }
+    while let Some(transmit) = client.poll_transmit(t1) {
+        let messages = transmit
+            .frames
+            .into_iter()
+            .filter(|f| matches!(f, Frame::Message { .. }));
+        server.handle_frames(t1, Some(sid), messages).unwrap();
+    }
+    server.confirm_received(4);
+
+    // What the store holds: unacknowledged confirmed messages, and the
+    // confirmed messages the application did not take.
+    let restore = Restore {
+        acked: server.acked(),
+        outbound: server_sent[server.acked() as usize..server.confirmed_sent() as usize].to_vec(),
+        received: server.confirmed_received(),
+        inbound: client_sent[app_got.len()..server.confirmed_received() as usize].to_vec(),
+        closed: None,
+    };
+    assert_eq!((restore.acked, restore.outbound.len()), (4, 5));
+    assert_eq!((restore.received, restore.inbound.len()), (4, 3));
+    drop(server);
+
+    let t2 = t1 + Duration::from_secs(1);
+    let mut server = ServerSession::restore(t2, SessionConfig::default(), identity(), restore)
+        .expect("a valid state");
+    assert!(server.holds_until_confirmed());
+    assert_eq!(server.poll_event(), None, "a continuation is not news");
+    client.detach(t2, cid);
+    let target = client.connect_target().unwrap();
+    assert_eq!(target.last, 7, "the client is ahead of the store's acked");
+    let cid = client.attach(t2, TransportKind::WebSocket);
+    let sid = server
+        .attach(t2, TransportKind::WebSocket, target.last)
+        .unwrap();
+    let greeting = server.poll_transmit(t2, sid).unwrap().frames;
+    assert!(
+        matches!(greeting[0], Frame::Resumed { ack: 4, .. }),
+        "resumed, never open: {greeting:?}"
+    );
+    assert_eq!(seqs(&greeting), [8, 9], "replayed from last + 1");
+    client.handle_frames(t2, Some(cid), greeting).unwrap();
+    client.send(client_sent[5].clone()).unwrap();
+    exchange(t2, &mut server, sid, &mut client, cid);
+    exchange(
+        t2 + Duration::from_secs(1),
+        &mut server,
+        sid,
+        &mut client,
+        cid,
+    );
+    client_got.extend(std::iter::from_fn(|| client.poll_message()));
+    app_got.extend(std::iter::from_fn(|| server.poll_message()));
+    assert_eq!(client_got, server_sent, "every message exactly once");
+    assert_eq!(app_got, client_sent, "every client message exactly once");
+    assert_eq!(client.acked(), 6, "and acknowledged");
+    assert_eq!(server.acked(), 9);
+}
+
+/// Round trips through the simulator's store on every transport: the
+/// server crashes with the client's `last` equal to the store's `acked`,
+/// or ahead of it, and a restored core carries on.
+#[test]
+fn a_crash_and_restore_loses_and_doubles_nothing_on_every_transport() {
+    for kind in TransportKind::ALL {
+        for ahead in [false, true] {
+            let mut pair = Pair::new(SessionConfig::default(), ClientConfig::default())
+                .with_store(Duration::ZERO, 7);
+            pair.connect(kind);
+            pair.settle();
+            for n in 0..5 {
+                pair.server_send(text(&format!("s{n}"))).unwrap();
+                pair.client_send(text(&format!("c{n}"))).unwrap();
+            }
+            pair.run_until(10 * MS, Duration::from_secs(5), Pair::all_delivered);
+            for n in 5..9 {
+                pair.server_send(text(&format!("s{n}"))).unwrap();
+            }
+            if ahead {
+                // The client gets them (on long-polling, what one poll
+                // answer carries); its ack (its next poll) never reaches
+                // the server.
+                pair.settle_dir(Dir::Down);
+            }
+            let acked = pair.store.as_ref().unwrap().acked;
+            assert_eq!(acked, 5, "{kind}");
+            assert_eq!(pair.client.received() > acked, ahead, "{kind}");
+            pair.crash(0, false);
+            pair.client_send(text("c5")).unwrap();
+            pair.reconnect_and_quiesce(kind);
+            assert_eq!(pair.log.server_got.len(), 6, "{kind}: no app duplicate");
+            assert_eq!(pair.log.client_got.len(), 9, "{kind}");
+        }
+    }
+}
+
+/// A restored closed session is a tombstone: it replays what the client
+/// did not acknowledge, then repeats the close, for the resume window; one
+/// that expired is lost at once.
+#[test]
+fn a_restored_closed_session_repeats_its_close() {
+    let t0 = Instant::now();
+    let bye = Close::new(CloseCode::NORMAL, "bye");
+    let restore = Restore {
+        acked: 3,
+        outbound: vec![text("s4")],
+        received: 0,
+        inbound: Vec::new(),
+        closed: Some((bye.clone(), Initiator::Local)),
+    };
+    let mut server =
+        ServerSession::restore(t0, SessionConfig::default(), identity(), restore).unwrap();
+    assert!(server.is_closed());
+    let poll = server.attach(t0, TransportKind::LongPoll, 3).unwrap();
+    let transmit = server.poll_transmit(t0, poll).unwrap();
+    assert!(matches!(transmit.frames[0], Frame::Resumed { .. }));
+    assert_eq!(seqs(&transmit.frames), [4]);
+    assert_eq!(transmit.end, Some(bye.clone()));
+    let window = server.config().resume_window;
+    assert!(!server.is_finished(t0 + window - MS));
+    assert!(server.is_finished(t0 + window));
+    assert_eq!(
+        server.attach(t0 + window, TransportKind::WebSocket, 4),
+        Err(AttachError::SessionLost)
+    );
+
+    let lost = Restore {
+        closed: Some((
+            Close::new(CloseCode::SESSION_LOST, "resume window expired"),
+            Initiator::Expired,
+        )),
+        ..Restore::default()
+    };
+    let mut server =
+        ServerSession::restore(t0, SessionConfig::default(), identity(), lost).unwrap();
+    assert_eq!(
+        server.attach(t0, TransportKind::WebSocket, 0),
+        Err(AttachError::SessionLost)
+    );
+}
+
+/// The restored inbound queue fills the upstream window exactly as if its
+/// messages had just arrived: the greeting announces the room left, a
+/// client overrunning it is refused, and the application taking them
+/// announces the room that came back.
+#[test]
+fn the_restored_inbound_queue_counts_in_the_window() {
+    const LEN: usize = 1000;
+    const CHARGE: usize = LEN + MESSAGE_OVERHEAD;
+    let mut config = SessionConfig::default();
+    config.set_max_message(LEN);
+    config.max_inbound_bytes = 4 * CHARGE;
+    let big = || text(&"x".repeat(LEN));
+    let t0 = Instant::now();
+    let restore = Restore {
+        acked: 0,
+        outbound: Vec::new(),
+        received: 5,
+        inbound: vec![big(), big(), big()],
+        closed: None,
+    };
+    let mut server = ServerSession::restore(t0, config, identity(), restore).unwrap();
+    assert_eq!(server.inbound_bytes(), 3 * CHARGE);
+    assert_eq!(server.room(), CHARGE);
+    let ws = server.attach(t0, TransportKind::WebSocket, 0).unwrap();
+    let greeting = server.poll_transmit(t0, ws).unwrap().frames;
+    assert_eq!(
+        greeting,
+        [Frame::Resumed {
+            ack: 5,
+            room: Some(CHARGE as u64)
+        }]
+    );
+    let over = |seq| Frame::Message {
+        seq,
+        message: big(),
+    };
+    server.handle_frames(t0, Some(ws), [over(6)]).unwrap();
+    assert!(matches!(
+        server.handle_frames(t0, Some(ws), [over(7)]),
+        Err(ProtocolError::WindowExceeded { seq: 7, .. })
+    ));
+    server.confirm_received(6);
+    for _ in 0..4 {
+        assert_eq!(server.poll_message(), Some(big()));
+    }
+    let frames = server.poll_transmit(t0, ws).unwrap().frames;
+    assert!(
+        frames.contains(&Frame::Ack {
+            seq: 6,
+            room: Some(4 * CHARGE as u64)
+        }),
+        "{frames:?}"
+    );
+    assert!(
+        !server
+            .poll_event()
+            .is_some_and(|e| matches!(e, ServerEvent::Closed { .. }))
+    );
+}
+
+/// An attachment's `last` must lie within what the store holds: past it,
+/// it acknowledges messages that were never sent.
+#[test]
+fn a_restored_session_refuses_a_last_beyond_what_it_holds() {
+    let t0 = Instant::now();
+    let restore = Restore {
+        acked: 10,
+        outbound: vec![text("s11"), text("s12")],
+        ..Restore::default()
+    };
+    let mut server =
+        ServerSession::restore(t0, SessionConfig::default(), identity(), restore).unwrap();
+    assert_eq!(
+        server.attach(t0, TransportKind::Sse, 13),
+        Err(AttachError::Protocol(ProtocolError::AckBeyondSent {
+            ack: 13,
+            sent: 12
+        }))
+    );
+    let id = server.attach(t0, TransportKind::Sse, 12).unwrap();
+    let frames = server.poll_transmit(t0, id).unwrap().frames;
+    assert_eq!(seqs(&frames), Vec::<u64>::new(), "nothing left to replay");
+    assert_eq!(server.acked(), 12);
+    assert_eq!(server.send(text("s13")), Ok(13), "numbering carries on");
+}
+
+/// Stored state that cannot be a session is refused with a clear error,
+/// never a panic.
+#[test]
+fn an_impossible_stored_state_is_refused_with_a_clear_error() {
+    let t0 = Instant::now();
+    let restore = |r: Restore| {
+        ServerSession::restore(t0, SessionConfig::default(), identity(), r).map(|_| ())
+    };
+    let error = restore(Restore {
+        received: 1,
+        inbound: vec![text("a"), text("b")],
+        ..Restore::default()
+    });
+    assert_eq!(
+        error,
+        Err(RestoreError::InboundBeyondReceived {
+            received: 1,
+            queued: 2
+        })
+    );
+    assert_eq!(
+        error.unwrap_err().to_string(),
+        "the stored inbound queue holds 2 messages, but only 1 were ever received"
+    );
+    for acked in [u64::MAX, u64::MAX - 1] {
+        assert_eq!(
+            restore(Restore {
+                acked,
+                outbound: vec![text("a")],
+                ..Restore::default()
+            }),
+            Err(RestoreError::SeqOverflow { acked })
+        );
+    }
+    // At the edge: the last sequence number left is usable.
+    assert_eq!(
+        restore(Restore {
+            acked: u64::MAX - 2,
+            outbound: vec![text("a")],
+            received: u64::MAX,
+            ..Restore::default()
+        }),
+        Ok(())
+    );
+}
