@@ -227,6 +227,27 @@ fn a_close_waits_for_the_unconfirmed_messages_before_it() {
     assert!(matches!(transmit.frames.last(), Some(Frame::Close(_))));
 }
 
+/// The answer to a client's `close` carries the final ack (what the
+/// session took): it waits for the messages before the close to be
+/// confirmed, then acknowledges all of them.
+#[test]
+fn the_answer_to_a_client_close_waits_for_its_messages_to_be_confirmed() {
+    let t0 = Instant::now();
+    let (mut server, ws) = gated(t0, SessionConfig::default(), TransportKind::WebSocket);
+    let bye = Frame::close(CloseCode::NORMAL, "bye");
+    server
+        .handle_frames(t0, Some(ws), [msg(1, "x"), msg(2, "y"), bye.clone()])
+        .unwrap();
+    assert!(server.is_closed());
+    server.confirm_received(1);
+    assert_eq!(server.poll_transmit(t0, ws), None, "2 is not confirmed");
+    server.confirm_received(2);
+    let transmit = server.poll_transmit(t0, ws).expect("the answer");
+    assert_eq!(acks(&transmit.frames), [2]);
+    assert_eq!(transmit.frames.last(), Some(&bye));
+    assert_eq!(transmit.end, Some(Close::new(CloseCode::NORMAL, "bye")));
+}
+
 /// A client cannot acknowledge a message the store does not hold: it was
 /// never sent (a frame's ack, or the `last` of an attachment).
 #[test]

@@ -30,7 +30,8 @@
 //! - **downstream**: a message after
 //!   [`confirmed_sent`](ServerSession::confirmed_sent) is never
 //!   transmitted (and the `close` that follows the messages waits with
-//!   them); an acknowledgement of it is refused like one of a message
+//!   them, and for the messages received to be confirmed: it carries the
+//!   final ack); an acknowledgement of it is refused like one of a message
 //!   never sent;
 //! - **upstream**: no acknowledgement (`ack` frames, the `ack` of a send
 //!   reply, the `resumed` greeting) covers a message after
@@ -304,8 +305,9 @@ impl ServerSession {
     ///
     /// Downstream, a message after [`confirmed_sent`](Self::confirmed_sent)
     /// is never transmitted (the `close` that follows the messages waits
-    /// with them), and an acknowledgement of it is refused like one of a
-    /// message never sent. Upstream, no acknowledgement (`ack` frames, a
+    /// with them, and for every message received to be confirmed, as it
+    /// carries the final ack on WebSocket), and an acknowledgement of it is
+    /// refused like one of a message never sent. Upstream, no acknowledgement (`ack` frames, a
     /// send reply's `ack`, the `resumed` greeting) covers a message after
     /// [`confirmed_received`](Self::confirmed_received) — the room it
     /// announces counts only the messages up to there, the client counts
@@ -808,7 +810,11 @@ impl ServerSession {
         // ahead of it, and a resume replays the unacknowledged ones
         // (PROTOCOL.md §9): a close never discards messages.
         push_messages(&mut self.out, self.config.max_message, None, &mut frames);
-        let closing = matches!(self.state, State::Closed { .. }) && !self.out.has_pending();
+        // Behind the gates, the close also waits for what was received to
+        // be confirmed: its ack tells the client what the session took.
+        let closing = matches!(self.state, State::Closed { .. })
+            && !self.out.has_pending()
+            && self.inb.confirmed() == self.inb.received();
         // On WebSocket the close always carries the final ack, even one
         // already sent: it tells the client which of its messages the
         // session took before it ended. Room that came back is announced
