@@ -300,6 +300,43 @@ mod tests {
     }
 
     #[test]
+    fn behind_the_gate_messages_wait_unacknowledged_and_untaken() {
+        let t0 = Instant::now();
+        let delay = Duration::from_millis(100);
+        let mut inb = Inbound::new();
+        inb.accept(t0, 1, Message::text("a")).ok();
+        inb.hold_until_confirmed();
+        assert_eq!(inb.confirmed(), 1, "what came before counts as confirmed");
+        inb.accept(t0, 2, Message::text("bb")).ok();
+        inb.accept(t0, 3, Message::text("ccc")).ok();
+        let waiting: Vec<_> = inb.unconfirmed().map(|(seq, m)| (seq, m.len())).collect();
+        assert_eq!(waiting, [(2, 2), (3, 3)]);
+        assert_eq!(inb.confirmed_bytes(), crate::MESSAGE_OVERHEAD + 1);
+        assert_eq!(inb.take_ack(), 1, "only what is confirmed");
+        assert!(!inb.has_unacked());
+        assert_eq!(inb.ack_deadline(1, delay), None, "no timer for what waits");
+        assert_eq!(inb.pop(), Some(Message::text("a")));
+        assert_eq!(inb.pop(), None, "2 waits");
+        assert!(!inb.confirm(1), "not forward");
+        assert!(inb.confirm(2));
+        assert_eq!(
+            inb.ack_deadline(5, delay),
+            Some(t0 + delay),
+            "from the arrival"
+        );
+        assert_eq!(inb.confirmed_bytes(), crate::MESSAGE_OVERHEAD + 2);
+        assert!(inb.confirm(9), "capped");
+        assert_eq!(inb.confirmed(), 3);
+        assert_eq!(inb.unconfirmed().count(), 0);
+        assert_eq!(inb.take_ack(), 3);
+        assert_eq!(inb.ack_deadline(1, delay), None);
+        assert_eq!(
+            Inbound::restored(1, vec![Message::text(""); 2]).map(|_| ()),
+            None
+        );
+    }
+
+    #[test]
     fn ack_is_due_after_a_count_or_a_delay() {
         let t0 = Instant::now();
         let delay = Duration::from_millis(100);

@@ -280,6 +280,36 @@ mod tests {
     }
 
     #[test]
+    fn behind_the_gate_nothing_goes_out_or_is_acknowledged() {
+        let mut out = Outbound::new(1024, 16);
+        for s in ["a", "b", "c"] {
+            out.push(msg(s)).ok();
+        }
+        out.set_release(1);
+        assert_eq!(out.peek().map(|(seq, _)| seq), Some(1));
+        out.advance();
+        assert_eq!(out.peek(), None, "2 waits");
+        assert!(out.has_pending(), "but it is pending");
+        assert_eq!(
+            out.ack(2),
+            Err(ProtocolError::AckBeyondSent { ack: 2, sent: 1 })
+        );
+        let after: Vec<_> = out
+            .messages_after(1)
+            .map(|(seq, m)| (seq, m.clone()))
+            .collect();
+        assert_eq!(after, [(2, msg("b")), (3, msg("c"))]);
+        assert_eq!(out.ack(1), Ok(1));
+        assert_eq!(out.messages_after(1).count(), 2);
+        out.set_release(3);
+        assert_eq!(out.peek().map(|(seq, _)| seq), Some(2));
+        let restored = Outbound::restored(1024, 16, 5, vec![msg("f"), msg("g")]);
+        let restored = restored.expect("valid");
+        assert_eq!((restored.acked(), restored.last_seq()), (5, 7));
+        assert!(Outbound::restored(1024, 16, u64::MAX - 1, vec![msg("x")]).is_none());
+    }
+
+    #[test]
     fn refuses_past_either_limit() {
         const O: usize = crate::MESSAGE_OVERHEAD;
         let mut out = Outbound::new(2 * O + 4, 2);
