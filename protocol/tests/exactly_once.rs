@@ -481,6 +481,51 @@ proptest! {
 proptest! {
     #![proptest_config(config(256))]
 
+    /// The server closes in the middle of a random scenario with a store
+    /// and crashes: the client still delivers every message sent before
+    /// the close exactly once, then the close. A crash before the store
+    /// held the close undoes it with the sends that did not return: the
+    /// restarted application closes again.
+    #[test]
+    fn across_server_crashes_a_server_close_comes_after_everything_sent_before_it(
+        (s, store) in store_scenario(true),
+        close_at in any::<prop::sample::Index>(),
+    ) {
+        let mut pair = opened_with(&s, |_| {}, Some(&store));
+        let close_at = close_at.index(s.ops.len());
+        let the_end = Close::new(CloseCode::NORMAL, "the end");
+        for (i, op) in s.ops.iter().enumerate() {
+            if i == close_at {
+                pair.server_close(the_end.clone());
+            }
+            apply(&mut pair, op);
+            if i >= close_at && !pair.server.is_closed() {
+                pair.server_close(the_end.clone());
+            }
+            pair.assert_prefixes();
+            pair.assert_no_errors();
+        }
+        if !pair.client.is_closed() {
+            for id in pair.live_links() {
+                pair.cut(id, true);
+            }
+            pair.connect(s.last);
+            pair.run_until(Duration::from_millis(50), Duration::from_secs(120), |p| p.client.is_closed());
+        }
+        pair.assert_no_errors();
+        prop_assert_eq!(&pair.log.client_got, &pair.log.server_sent);
+        pair.assert_prefixes();
+        let closed = pair.client_events_matching(|e| matches!(e, ClientEvent::Closed { .. }));
+        prop_assert_eq!(
+            closed,
+            vec![ClientEvent::Closed { close: the_end, initiator: Initiator::Peer }]
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
     /// The client closes in the middle of a random scenario: when the
     /// server learns of the close, it has delivered every message the
     /// client sent before it, exactly once; the client reports its own

@@ -74,8 +74,8 @@ use holdfast_protocol::wire::sse::{SseItem, SseParser};
 use holdfast_protocol::wire::{binary, json, sse};
 use holdfast_protocol::{
     AttachError, AttachmentId, ClientConfig, ClientEvent, ClientSession, Close, CloseCode, Frame,
-    Message, ProtocolError, Restore, SendError, ServerEvent, ServerSession, SessionConfig,
-    SessionIdentity, TransportKind,
+    Initiator, Message, ProtocolError, Restore, SendError, ServerEvent, ServerSession,
+    SessionConfig, SessionIdentity, TransportKind,
 };
 
 /// The session key the simulated server hands out.
@@ -239,10 +239,14 @@ pub struct SimStore {
     pub inbound: VecDeque<Message>,
     /// The last upstream message the application finished.
     pub done: u64,
+    /// How the session ended, if a write said so.
+    pub closed: Option<(Close, Initiator)>,
     /// Writes issued and not completed, oldest first.
     pub writes: VecDeque<StoreWrite>,
     /// What the writes issued so far cover.
     issued: (u64, u64, u64, u64),
+    /// Whether a write issued so far holds the close.
+    issued_close: bool,
     /// The longest a write takes.
     max_delay: Duration,
     rng: u64,
@@ -261,6 +265,8 @@ pub struct StoreWrite {
     pub acked: u64,
     /// The application's progress.
     pub done: u64,
+    /// The session ended.
+    pub close: Option<(Close, Initiator)>,
 }
 
 impl SimStore {
@@ -305,6 +311,9 @@ impl SimStore {
             self.inbound.pop_front();
             self.done += 1;
         }
+        if write.close.is_some() {
+            self.closed.clone_from(&write.close);
+        }
     }
 }
 
@@ -329,6 +338,8 @@ pub struct Pair {
     pub store: Option<SimStore>,
     /// The upstream seq of the last message the server application took.
     pub app_taken: u64,
+    /// How the server's session ended, as its events said.
+    pub server_closed: Option<(Close, Initiator)>,
     trace: bool,
 }
 
@@ -352,6 +363,7 @@ impl Pair {
             drained_epoch: None,
             store: None,
             app_taken: 0,
+            server_closed: None,
             trace: std::env::var_os("SIM_TRACE").is_some(),
         }
     }
@@ -401,8 +413,10 @@ impl Pair {
             outbound: store.outbound.iter().cloned().collect(),
             received: store.received,
             inbound: store.inbound.iter().cloned().collect(),
-            closed: None,
+            closed: store.closed.clone(),
         };
+        store.issued_close = store.closed.is_some();
+        self.server_closed.clone_from(&store.closed);
         let (last_sent, done) = (store.last_sent(), store.done);
         store.issued = (last_sent, store.received, store.acked, done);
         self.trace(|| format!("server crash: restore {restore:?}"));
@@ -471,15 +485,25 @@ impl Pair {
             .map(|(seq, m)| (seq, m.clone()))
             .collect();
         let (new_acked, new_done) = (self.server.acked(), self.app_taken);
-        if outbound.is_empty() && inbound.is_empty() && new_acked == acked && new_done == done {
+        let close = (!store.issued_close)
+            .then(|| self.server_closed.clone())
+            .flatten();
+        if outbound.is_empty()
+            && inbound.is_empty()
+            && new_acked == acked
+            && new_done == done
+            && close.is_none()
+        {
             return completed;
         }
+        store.issued_close |= close.is_some();
         let delay = store.below(store.max_delay.as_millis() as u64 + 1);
         let after = store.writes.back().map_or(self.now, |w| w.due);
         let write = StoreWrite {
             due: after.max(self.now + Duration::from_millis(delay)),
             acked: new_acked,
             done: new_done,
+            close,
             outbound,
             inbound,
         };
@@ -1177,6 +1201,9 @@ impl Pair {
         }
         while let Some(event) = self.server.poll_event() {
             progress = true;
+            if let ServerEvent::Closed { close, initiator } = &event {
+                self.server_closed = Some((close.clone(), *initiator));
+            }
             self.trace(|| format!("server event {event:?}"));
             self.log.server_events.push((at, event));
         }
