@@ -994,7 +994,12 @@ pub(super) fn push_messages(
             .sum::<usize>();
     let mut budget = target.saturating_sub(used);
     let mut any = false;
+    // The durability gate (`u64::MAX` without a store).
+    let release = out.release();
     while let Some((seq, message)) = out.peek() {
+        if seq > release {
+            break;
+        }
         let frame = Frame::Message {
             seq,
             message: message.clone(),
