@@ -78,6 +78,21 @@ fn seqs(frames: &[Frame]) -> Vec<u64> {
         .collect()
 }
 
+/// Payload of the large test messages, and what each is charged.
+const LEN: usize = 1000;
+const CHARGE: usize = LEN + MESSAGE_OVERHEAD;
+
+fn big() -> Message {
+    text(&"x".repeat(LEN))
+}
+
+fn big_frame(seq: u64) -> Frame {
+    Frame::Message {
+        seq,
+        message: big(),
+    }
+}
+
 fn acks(frames: &[Frame]) -> Vec<u64> {
     frames
         .iter()
@@ -431,19 +446,13 @@ fn no_deadline_stays_in_the_past_while_an_ack_waits_for_the_store() {
 /// still holds all of them: the next one beyond it is refused.)
 #[test]
 fn the_room_announced_counts_the_confirmed_messages_only() {
-    const LEN: usize = 1000;
-    const CHARGE: usize = LEN + MESSAGE_OVERHEAD;
     let mut config = SessionConfig::default();
     config.set_max_message(LEN);
     config.max_inbound_bytes = 4 * CHARGE;
-    let big = |seq| Frame::Message {
-        seq,
-        message: text(&"x".repeat(LEN)),
-    };
     let t0 = Instant::now();
     let (mut server, ws) = gated(t0, config, TransportKind::WebSocket);
     server
-        .handle_frames(t0, Some(ws), [big(1), big(2), big(3)])
+        .handle_frames(t0, Some(ws), [big_frame(1), big_frame(2), big_frame(3)])
         .unwrap();
     server.confirm_received(1);
     assert_eq!(
@@ -454,9 +463,9 @@ fn the_room_announced_counts_the_confirmed_messages_only() {
         }
     );
     assert_eq!(server.room(), CHARGE, "what the queue leaves of the window");
-    server.handle_frames(t0, Some(ws), [big(4)]).unwrap();
+    server.handle_frames(t0, Some(ws), [big_frame(4)]).unwrap();
     assert!(matches!(
-        server.handle_frames(t0, Some(ws), [big(5)]),
+        server.handle_frames(t0, Some(ws), [big_frame(5)]),
         Err(ProtocolError::WindowExceeded { seq: 5, .. })
     ));
 }
@@ -685,17 +694,13 @@ fn a_restored_closed_session_repeats_its_close() {
 }
 
 /// The restored inbound queue fills the upstream window exactly as if its
-/// messages had just arrived: the greeting announces the room left, a
-/// client overrunning it is refused, and the application taking them
-/// announces the room that came back.
+/// messages had just arrived: the greeting announces the room left, and
+/// the application taking them announces the room that came back.
 #[test]
 fn the_restored_inbound_queue_counts_in_the_window() {
-    const LEN: usize = 1000;
-    const CHARGE: usize = LEN + MESSAGE_OVERHEAD;
     let mut config = SessionConfig::default();
     config.set_max_message(LEN);
     config.max_inbound_bytes = 4 * CHARGE;
-    let big = || text(&"x".repeat(LEN));
     let t0 = Instant::now();
     let restore = Restore {
         acked: 0,
@@ -716,31 +721,77 @@ fn the_restored_inbound_queue_counts_in_the_window() {
             room: Some(CHARGE as u64)
         }]
     );
-    let over = |seq| Frame::Message {
-        seq,
-        message: big(),
-    };
-    server.handle_frames(t0, Some(ws), [over(6)]).unwrap();
-    assert!(matches!(
-        server.handle_frames(t0, Some(ws), [over(7)]),
-        Err(ProtocolError::WindowExceeded { seq: 7, .. })
-    ));
-    server.confirm_received(6);
-    for _ in 0..4 {
+    assert_eq!(server.poll_transmit(t0, ws), None);
+    for _ in 0..3 {
         assert_eq!(server.poll_message(), Some(big()));
     }
     let frames = server.poll_transmit(t0, ws).unwrap().frames;
-    assert!(
-        frames.contains(&Frame::Ack {
-            seq: 6,
+    assert_eq!(
+        frames,
+        [Frame::Ack {
+            seq: 5,
             room: Some(4 * CHARGE as u64)
-        }),
-        "{frames:?}"
+        }],
+        "the room that came back"
     );
+}
+
+/// The stored inbound queue starts after the last message the previous
+/// node's application finished: it may hold messages that application had
+/// taken, whose room that node gave the client — at most the whole
+/// restored queue. The client keeps the greatest room it was given for an
+/// ack, so it may have that much in flight beyond what the greeting
+/// announces: the restored core admits it, and no more; once the
+/// application took as much, the window is the window again.
+#[test]
+fn a_restored_core_admits_what_the_previous_node_gave_room_for() {
+    let mut config = SessionConfig::default();
+    config.set_max_message(LEN);
+    config.max_inbound_bytes = 4 * CHARGE;
+    let t0 = Instant::now();
+    let restore = Restore {
+        received: 4,
+        inbound: vec![big(), big(), big(), big()],
+        ..Restore::default()
+    };
+    let mut server = ServerSession::restore(t0, config, identity(), restore).unwrap();
+    let ws = server.attach(t0, TransportKind::WebSocket, 0).unwrap();
+    let greeting = server.poll_transmit(t0, ws).unwrap().frames;
+    assert_eq!(
+        greeting,
+        [Frame::Resumed {
+            ack: 4,
+            room: Some(0)
+        }],
+        "the room announced counts the restored queue"
+    );
+    server
+        .handle_frames(t0, Some(ws), (5..=8).map(big_frame))
+        .unwrap();
+    assert!(matches!(
+        server.handle_frames(t0, Some(ws), [big_frame(9)]),
+        Err(ProtocolError::WindowExceeded { seq: 9, .. })
+    ));
+    assert_eq!(
+        server.inbound_bytes(),
+        8 * CHARGE,
+        "bounded: the window and the restored queue"
+    );
+    server.confirm_received(8);
+    for _ in 0..8 {
+        assert_eq!(server.poll_message(), Some(big()));
+    }
+    let ws = server.attach(t0, TransportKind::WebSocket, 0).unwrap();
+    let _greeting = server.poll_transmit(t0, ws);
+    server
+        .handle_frames(t0, Some(ws), (9..=12).map(big_frame))
+        .unwrap();
     assert!(
-        !server
-            .poll_event()
-            .is_some_and(|e| matches!(e, ServerEvent::Closed { .. }))
+        matches!(
+            server.handle_frames(t0, Some(ws), [big_frame(13)]),
+            Err(ProtocolError::WindowExceeded { seq: 13, .. })
+        ),
+        "the allowance is spent"
     );
 }
 

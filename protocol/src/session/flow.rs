@@ -25,6 +25,13 @@ pub(crate) struct Grant {
     /// Room grew past `threshold` since it was last announced: write an
     /// `ack` on whatever downstream the session has.
     update_due: bool,
+    /// Charged bytes admitted beyond `size` after a restore: the restored
+    /// queue may hold messages the previous node's application had taken
+    /// already (they were not finished), whose room that node announced
+    /// to the client; the client, which keeps the greatest room for an
+    /// ack, may have that much in flight. Shrinks as the application takes
+    /// messages; 0 otherwise.
+    allowance: usize,
 }
 
 impl Grant {
@@ -35,6 +42,21 @@ impl Grant {
             threshold: (size / 2).max(one_message).min(size),
             announced: size,
             update_due: false,
+            allowance: 0,
+        }
+    }
+
+    /// After a restore: admits up to `restored` charged bytes beyond the
+    /// window until the application took that much.
+    pub(crate) fn allow(&mut self, restored: usize) {
+        self.allowance = restored;
+    }
+
+    /// The application took a message charged `charge`.
+    #[inline]
+    pub(crate) fn took(&mut self, charge: usize) {
+        if self.allowance > 0 {
+            self.allowance = self.allowance.saturating_sub(charge);
         }
     }
 
@@ -52,7 +74,7 @@ impl Grant {
     /// Whether a new message charged `charge` fits: `Err(room)` is an
     /// overrun.
     pub(crate) fn admit(&self, queued: usize, charge: usize) -> Result<(), usize> {
-        if queued.saturating_add(charge) <= self.size {
+        if queued.saturating_add(charge) <= self.size + self.allowance {
             Ok(())
         } else {
             Err(self.room(queued))

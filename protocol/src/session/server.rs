@@ -235,8 +235,12 @@ impl ServerSession {
     /// first attachment greets with `resumed`, never `open`; an attachment
     /// with `last` anywhere in `acked ..= acked + outbound.len()` replays
     /// from `last + 1`. The upstream window counts the restored inbound
-    /// queue as if its messages had just arrived. The resume window
-    /// starts again at `now`.
+    /// queue as if its messages had just arrived (the room announced
+    /// leaves them out); until the application took as much, it still
+    /// admits that much beyond the window, as the previous node may have
+    /// given the client room for messages its application had taken but
+    /// not finished, which the store kept. The resume window starts again
+    /// at `now`.
     ///
     /// Stored state that cannot be a session (more inbound messages than
     /// were received, sequence numbers past `u64::MAX`) is refused with a
@@ -270,6 +274,7 @@ impl ServerSession {
         // will; and an application taking messages before it makes an
         // update due exactly as it would have.
         grant.announce(inb.queued_bytes());
+        grant.allow(inb.queued_bytes());
         let state = match closed {
             None => State::Open,
             Some((close, initiator)) => State::Closed {
@@ -905,6 +910,7 @@ impl ServerSession {
     /// §3.1).
     pub fn poll_message(&mut self) -> Option<crate::wire::Message> {
         let message = self.inb.pop()?;
+        self.grant.took(message_charge(message.len()));
         if self.grant.taken(self.inb.confirmed_bytes()) {
             self.output_epoch += 1;
         }

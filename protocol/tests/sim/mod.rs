@@ -55,12 +55,14 @@
 //! connection the server held breaks, and a new core is
 //! [restored](ServerSession::restore) from what the store holds.
 //!
-//! The server application's model: it finishes each message the moment it
-//! takes it (`done` = the last one taken), and `done` reaches the store
-//! with the driver's next write; the store keeps the inbound messages from
-//! `done + 1`. So a crash delivers again, after a restore, the messages
-//! the application took since the last `done` that reached the store —
-//! and nothing else twice.
+//! The server application's model: it takes every message as soon as the
+//! core gives it (unless paused), and finishes it at once or (with
+//! `app_finishes_at_once` unset) at [`Pair::app_finish`]; `done` (the last
+//! message finished) reaches the store with the driver's next write, and
+//! the store keeps the inbound messages from `done + 1` — the driver keeps
+//! a message taken but not finished. So a crash delivers again, after a
+//! restore, the messages the application took after the last `done` that
+//! reached the store — and nothing else twice.
 //!
 //! Set `SIM_TRACE=1` to print every step.
 
@@ -338,8 +340,17 @@ pub struct Pair {
     pub store: Option<SimStore>,
     /// The upstream seq of the last message the server application took.
     pub app_taken: u64,
+    /// The upstream seq of the last message the server application
+    /// finished: see [`Pair::app_finish`].
+    pub app_done: u64,
+    /// Whether the application finishes each message as it takes it
+    /// (else only at [`Pair::app_finish`]).
+    pub app_finishes_at_once: bool,
     /// How the server's session ended, as its events said.
     pub server_closed: Option<(Close, Initiator)>,
+    /// The server application takes no message while set (its queue and
+    /// the upstream window fill).
+    pub app_paused: bool,
     trace: bool,
 }
 
@@ -363,7 +374,10 @@ impl Pair {
             drained_epoch: None,
             store: None,
             app_taken: 0,
+            app_done: 0,
+            app_finishes_at_once: true,
             server_closed: None,
+            app_paused: false,
             trace: std::env::var_os("SIM_TRACE").is_some(),
         }
     }
@@ -426,6 +440,7 @@ impl Pair {
         self.log.server_sent.truncate(last_sent as usize);
         self.log.crashes.push((self.log.server_got.len(), done));
         self.app_taken = done;
+        self.app_done = done;
         for id in 0..self.links.len() {
             if matches!(
                 self.links[id].server,
@@ -440,6 +455,13 @@ impl Pair {
         self.server = ServerSession::restore(self.now, config, identity, restore)
             .expect("the store holds a valid session");
         self.drained_epoch = None;
+        self.pump();
+    }
+
+    /// The server application finishes every message it took: the driver
+    /// writes that progress to the store with its next write.
+    pub fn app_finish(&mut self) {
+        self.app_done = self.app_taken;
         self.pump();
     }
 
@@ -484,7 +506,7 @@ impl Pair {
             .filter(|(seq, _)| *seq > received)
             .map(|(seq, m)| (seq, m.clone()))
             .collect();
-        let (new_acked, new_done) = (self.server.acked(), self.app_taken);
+        let (new_acked, new_done) = (self.server.acked(), self.app_done);
         let close = (!store.issued_close)
             .then(|| self.server_closed.clone())
             .flatten();
@@ -1193,9 +1215,14 @@ impl Pair {
             progress = true;
             self.log.client_got.push(m);
         }
-        while let Some(m) = self.server.poll_message() {
+        while !self.app_paused
+            && let Some(m) = self.server.poll_message()
+        {
             progress = true;
             self.app_taken += 1;
+            if self.app_finishes_at_once {
+                self.app_done = self.app_taken;
+            }
             self.log.server_got.push(m);
             self.log.server_got_seqs.push(self.app_taken);
         }
