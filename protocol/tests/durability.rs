@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use holdfast_protocol::{
     AttachError, AttachmentId, ClientConfig, ClientSession, Close, CloseCode, Frame, Initiator,
-    MESSAGE_OVERHEAD, Message, ProtocolError, Restore, RestoreError, ServerEvent, ServerSession,
-    SessionConfig, SessionIdentity, TransportKind,
+    MESSAGE_OVERHEAD, Message, ProtocolError, Restore, RestoreError, ServerSession, SessionConfig,
+    SessionIdentity, TransportKind,
 };
 use sim::{Dir, Pair};
 

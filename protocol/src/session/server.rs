@@ -478,7 +478,9 @@ impl ServerSession {
         self.inb.queued_bytes()
     }
 
-    /// Highest upstream sequence number received.
+    /// Highest upstream sequence number received (behind the gates,
+    /// perhaps not confirmed yet: see
+    /// [`confirmed_received`](Self::confirmed_received)).
     pub fn received(&self) -> u64 {
         self.inb.received()
     }
@@ -489,7 +491,9 @@ impl ServerSession {
         self.output_epoch
     }
 
-    /// Highest downstream sequence number sent (assigned).
+    /// Highest downstream sequence number sent (assigned; behind the
+    /// gates, perhaps not confirmed yet: see
+    /// [`confirmed_sent`](Self::confirmed_sent)).
     pub fn sent(&self) -> u64 {
         self.out.last_seq()
     }
@@ -852,7 +856,9 @@ impl ServerSession {
     }
 
     /// The reply to a send request, after its frames were handled: the
-    /// acknowledgement of everything received, a `pong` if it held a `ping`,
+    /// acknowledgement of everything received (behind the gates, of
+    /// everything confirmed: answer once what the request carried is), a
+    /// `pong` if it held a `ping`,
     /// and the `close` frame if the session has ended — whoever closed it,
     /// only once the client acknowledged every message, which must reach
     /// it first (they and the close follow on the attachment, or on a
@@ -905,9 +911,9 @@ impl ServerSession {
         self.events.pop_front()
     }
 
-    /// The next message from the client, for the application. Room it
-    /// gives back may make an `ack` due on the attachment (`PROTOCOL.md`
-    /// §3.1).
+    /// The next message from the client, for the application (behind the
+    /// gates, only a confirmed one). Room it gives back may make an `ack`
+    /// due on the attachment (`PROTOCOL.md` §3.1).
     pub fn poll_message(&mut self) -> Option<crate::wire::Message> {
         let message = self.inb.pop()?;
         self.grant.took(message_charge(message.len()));
