@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use holdfast_protocol::{
     AttachError, AttachmentId, ClientConfig, ClientSession, Close, CloseCode, Frame, Initiator,
-    MESSAGE_OVERHEAD, Message, ProtocolError, Restore, RestoreError, ServerSession, SessionConfig,
-    SessionIdentity, TransportKind,
+    MAX_RESTORED_SEQ, MESSAGE_OVERHEAD, Message, ProtocolError, Restore, RestoreError,
+    ServerSession, SessionConfig, SessionIdentity, TransportKind,
 };
 use sim::{Dir, Pair};
 
@@ -845,24 +845,40 @@ fn an_impossible_stored_state_is_refused_with_a_clear_error() {
         error.unwrap_err().to_string(),
         "the stored inbound queue holds 2 messages, but only 1 were ever received"
     );
-    for acked in [u64::MAX, u64::MAX - 1] {
+    for (acked, outbound, received, direction, seq) in [
+        (u64::MAX, 1, 0, "downstream", u64::MAX),
+        (MAX_RESTORED_SEQ, 1, 0, "downstream", MAX_RESTORED_SEQ + 1),
+        (0, 0, MAX_RESTORED_SEQ + 1, "upstream", MAX_RESTORED_SEQ + 1),
+        (0, 0, u64::MAX, "upstream", u64::MAX),
+    ] {
         assert_eq!(
             restore(Restore {
                 acked,
-                outbound: vec![text("a")],
+                outbound: vec![text("a"); outbound],
+                received,
                 ..Restore::default()
             }),
-            Err(RestoreError::SeqOverflow { acked })
+            Err(RestoreError::SeqOutOfRange { direction, seq })
         );
     }
-    // At the edge: the last sequence number left is usable.
-    assert_eq!(
-        restore(Restore {
-            acked: u64::MAX - 2,
+    // At the edge: a session there counts on in both directions.
+    let mut server = ServerSession::restore(
+        t0,
+        SessionConfig::default(),
+        identity(),
+        Restore {
+            acked: MAX_RESTORED_SEQ - 1,
             outbound: vec![text("a")],
-            received: u64::MAX,
+            received: MAX_RESTORED_SEQ,
             ..Restore::default()
-        }),
-        Ok(())
-    );
+        },
+    )
+    .unwrap();
+    assert_eq!(server.send(text("b")), Ok(MAX_RESTORED_SEQ + 1));
+    let ws = server
+        .attach(t0, TransportKind::WebSocket, MAX_RESTORED_SEQ)
+        .unwrap();
+    let next = MAX_RESTORED_SEQ + 1;
+    assert_eq!(server.handle_frames(t0, Some(ws), [msg(next, "c")]), Ok(()));
+    assert_eq!(server.received(), next);
 }

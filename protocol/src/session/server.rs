@@ -228,22 +228,24 @@ impl ServerSession {
     }
 
     /// A session continued from what the store holds: another node opened
-    /// it, this one takes it over. Everything restored counts as confirmed, and the
-    /// gates are on ([`hold_until_confirmed`](Self::hold_until_confirmed)).
+    /// it, this one takes it over. Everything restored counts as
+    /// confirmed, and the gates are on
+    /// ([`hold_until_confirmed`](Self::hold_until_confirmed)).
     ///
     /// The session is detached. Its client holds the key already, so the
     /// first attachment greets with `resumed`, never `open`; an attachment
     /// with `last` anywhere in `acked ..= acked + outbound.len()` replays
     /// from `last + 1`. The upstream window counts the restored inbound
-    /// queue as if its messages had just arrived (the room announced
-    /// leaves them out); until the application took as much, it still
-    /// admits that much beyond the window, as the previous node may have
+    /// queue as if its messages had just arrived: the room announced is
+    /// what they leave. Yet until the application took as much, the core
+    /// admits that much beyond the window: the previous node may have
     /// given the client room for messages its application had taken but
     /// not finished, which the store kept. The resume window starts again
     /// at `now`.
     ///
     /// Stored state that cannot be a session (more inbound messages than
-    /// were received, sequence numbers past `u64::MAX`) is refused with a
+    /// were received, sequence numbers beyond
+    /// [`MAX_RESTORED_SEQ`](super::MAX_RESTORED_SEQ)) is refused with a
     /// [`RestoreError`], never a panic.
     pub fn restore(
         now: Instant,
@@ -258,6 +260,12 @@ impl ServerSession {
             inbound,
             closed,
         } = restore;
+        let last_sent = acked.saturating_add(u64::try_from(outbound.len()).unwrap_or(u64::MAX));
+        for (direction, seq) in [("downstream", last_sent), ("upstream", received)] {
+            if seq > super::MAX_RESTORED_SEQ {
+                return Err(RestoreError::SeqOutOfRange { direction, seq });
+            }
+        }
         let queued = inbound.len();
         let inb = Inbound::restored(received, inbound)
             .ok_or(RestoreError::InboundBeyondReceived { received, queued })?;
@@ -267,7 +275,10 @@ impl ServerSession {
             acked,
             outbound,
         )
-        .ok_or(RestoreError::SeqOverflow { acked })?;
+        .ok_or(RestoreError::SeqOutOfRange {
+            direction: "downstream",
+            seq: last_sent,
+        })?;
         out.set_release(out.last_seq());
         let mut grant = Grant::new(config.max_inbound_bytes, config.max_message);
         // As if an ack had announced the room left: the `resumed` greeting
@@ -312,8 +323,9 @@ impl ServerSession {
     /// is never transmitted (the `close` that follows the messages waits
     /// with them, and for every message received to be confirmed, as it
     /// carries the final ack on WebSocket), and an acknowledgement of it is
-    /// refused like one of a message never sent. Upstream, no acknowledgement (`ack` frames, a
-    /// send reply's `ack`, the `resumed` greeting) covers a message after
+    /// refused like one of a message never sent. Upstream, no
+    /// acknowledgement (`ack` frames, a send reply's `ack`, the `resumed`
+    /// greeting) covers a message after
     /// [`confirmed_received`](Self::confirmed_received) — the room it
     /// announces counts only the messages up to there, the client counts
     /// the later ones as in flight — and
