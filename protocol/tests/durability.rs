@@ -882,3 +882,202 @@ fn an_impossible_stored_state_is_refused_with_a_clear_error() {
     assert_eq!(server.handle_frames(t0, Some(ws), [msg(next, "c")]), Ok(()));
     assert_eq!(server.received(), next);
 }
+
+// ---- invariants under hostile input ----------------------------------------
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step against a gated server core.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Frames from the client (anything: wrong seqs, acks of anything).
+        Frames(Vec<Frame>, bool),
+        /// The application sends.
+        Send(u8),
+        /// The store confirms (up to a point near what was sent/received).
+        ConfirmSent(u64),
+        ConfirmReceived(u64),
+        /// A transport attaches with any `last`.
+        Attach(TransportKind, u64),
+        /// The current attachment goes away.
+        Detach,
+        /// The application takes a message.
+        Take,
+        /// A send request's reply is written.
+        Reply,
+        /// The application closes.
+        Close,
+        /// Time passes.
+        Advance(u64),
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            4 => (0u64..12, "[a-z]{0,8}").prop_map(|(seq, s)| msg(seq, &s)),
+            2 => (0u64..12).prop_map(|seq| Frame::Ack { seq, room: None }),
+            1 => Just(Frame::Ping),
+            1 => Just(Frame::Pong),
+            1 => Just(Frame::close(CloseCode::NORMAL, "bye")),
+        ]
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let kind = prop_oneof![
+            Just(TransportKind::WebSocket),
+            Just(TransportKind::Sse),
+            Just(TransportKind::LongPoll),
+        ];
+        prop_oneof![
+            6 => (prop::collection::vec(frame(), 1..5), any::<bool>())
+                .prop_map(|(f, on)| Step::Frames(f, on)),
+            4 => (1u8..4).prop_map(Step::Send),
+            3 => (0u64..14).prop_map(Step::ConfirmSent),
+            3 => (0u64..14).prop_map(Step::ConfirmReceived),
+            2 => (kind, 0u64..12).prop_map(|(k, last)| Step::Attach(k, last)),
+            1 => Just(Step::Detach),
+            3 => Just(Step::Take),
+            2 => Just(Step::Reply),
+            1 => Just(Step::Close),
+            3 => (0u64..300).prop_map(Step::Advance),
+        ]
+    }
+
+    /// Checks what left the core against the gates.
+    fn check(server: &ServerSession, frames: &[Frame]) -> Result<(), TestCaseError> {
+        for frame in frames {
+            match frame {
+                Frame::Message { seq, .. } => {
+                    prop_assert!(*seq <= server.confirmed_sent(), "{frame:?} went out")
+                }
+                Frame::Ack { seq, .. } | Frame::Resumed { ack: seq, .. } => prop_assert!(
+                    *seq <= server.confirmed_received(),
+                    "{frame:?} acknowledges past {}",
+                    server.confirmed_received()
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a client sends and whenever the store confirms, nothing
+        /// past a gate goes out (messages, acks, greetings), the
+        /// application gets only confirmed messages, the unconfirmed lists
+        /// are exactly what lies past the gates, and no timer stays due.
+        #[test]
+        fn the_gates_hold_against_any_client(steps in prop::collection::vec(step(), 1..80)) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut server = ServerSession::new(t0, SessionConfig::default(), identity());
+            server.hold_until_confirmed();
+            let mut current: Option<AttachmentId> = None;
+            let mut taken = 0u64;
+            for step in steps {
+                match step {
+                    Step::Frames(frames, on_attachment) => {
+                        let via = if on_attachment { current } else { None };
+                        let _ = server.handle_frames(now, via, frames);
+                    }
+                    Step::Send(n) => {
+                        for i in 0..n {
+                            let _ = server.send(text(&format!("s{i}")));
+                        }
+                    }
+                    Step::ConfirmSent(upto) => server.confirm_sent(upto),
+                    Step::ConfirmReceived(upto) => server.confirm_received(upto),
+                    Step::Attach(kind, last) => {
+                        if let Ok(id) = server.attach(now, kind, last) {
+                            current = Some(id);
+                        }
+                    }
+                    Step::Detach => {
+                        if let Some(id) = current.take() {
+                            server.detach(now, id);
+                        }
+                    }
+                    Step::Take => {
+                        if server.poll_message().is_some() {
+                            taken += 1;
+                        }
+                    }
+                    Step::Reply => {
+                        let reply = server.request_reply();
+                        check(&server, &reply)?;
+                    }
+                    Step::Close => server.close(now, Close::new(CloseCode::NORMAL, "end")),
+                    Step::Advance(ms) => now += Duration::from_millis(ms),
+                }
+                server.handle_timeout(now);
+                if let Some(deadline) = server.poll_timeout() {
+                    prop_assert!(deadline > now, "a timer stays due");
+                }
+                if let Some(id) = current {
+                    while let Some(transmit) = server.poll_transmit(now, id) {
+                        check(&server, &transmit.frames)?;
+                        if transmit.end.is_some() {
+                            current = None;
+                            break;
+                        }
+                    }
+                }
+                prop_assert!(taken <= server.confirmed_received(), "took an unconfirmed message");
+                prop_assert!(server.confirmed_sent() <= server.sent());
+                prop_assert!(server.confirmed_received() <= server.received());
+                prop_assert!(server.acked() <= server.confirmed_sent());
+                let sent: Vec<u64> = server.unconfirmed_sent().map(|(s, _)| s).collect();
+                prop_assert_eq!(sent, (server.confirmed_sent() + 1..=server.sent()).collect::<Vec<_>>());
+                let received: Vec<u64> = server.unconfirmed_received().map(|(s, _)| s).collect();
+                prop_assert_eq!(
+                    received,
+                    (server.confirmed_received() + 1..=server.received()).collect::<Vec<_>>()
+                );
+            }
+        }
+
+        /// Any stored state restores or is refused with an error, never a
+        /// panic; a restored session serves an attachment with any `last`
+        /// (or refuses it with an error).
+        #[test]
+        fn any_stored_state_restores_or_is_refused(
+            acked in prop_oneof![0u64..10, Just(MAX_RESTORED_SEQ - 1), Just(u64::MAX - 1)],
+            outbound in 0usize..4,
+            received in prop_oneof![0u64..6, Just(MAX_RESTORED_SEQ), Just(u64::MAX)],
+            inbound in 0usize..8,
+            closed in any::<bool>(),
+            last in 0u64..16,
+        ) {
+            let restore = Restore {
+                acked,
+                outbound: vec![text("o"); outbound],
+                received,
+                inbound: vec![text("i"); inbound],
+                closed: closed.then(|| (Close::new(CloseCode::NORMAL, "end"), Initiator::Peer)),
+            };
+            let t0 = Instant::now();
+            match ServerSession::restore(t0, SessionConfig::default(), identity(), restore) {
+                Ok(mut server) => {
+                    prop_assert!(inbound as u64 <= received);
+                    if let Ok(id) = server.attach(t0, TransportKind::WebSocket, acked.saturating_add(last)) {
+                        while let Some(transmit) = server.poll_transmit(t0, id) {
+                            check(&server, &transmit.frames)?;
+                            if transmit.end.is_some() {
+                                break;
+                            }
+                        }
+                    }
+                    let next = received.saturating_add(1);
+                    let _ = server.handle_frames(t0, None, [msg(next, "x")]);
+                    let _ = server.send(text("s"));
+                }
+                Err(RestoreError::InboundBeyondReceived { .. }) => prop_assert!(inbound as u64 > received),
+                Err(RestoreError::SeqOutOfRange { seq, .. }) => prop_assert!(seq > MAX_RESTORED_SEQ),
+                Err(other) => prop_assert!(false, "{other}"),
+            }
+        }
+    }
+}
