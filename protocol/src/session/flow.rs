@@ -52,12 +52,19 @@ impl Grant {
         self.allowance = restored;
     }
 
-    /// The application took a message charged `charge`.
+    /// The application took `message`.
     #[inline]
-    pub(crate) fn took(&mut self, charge: usize) {
+    pub(crate) fn took(&mut self, message: &crate::wire::Message) {
         if self.allowance > 0 {
-            self.allowance = self.allowance.saturating_sub(charge);
+            self.spend(message);
         }
+    }
+
+    /// Only after a restore: out of every message's way.
+    #[cold]
+    fn spend(&mut self, message: &crate::wire::Message) {
+        let charge = crate::config::message_charge(message.len());
+        self.allowance = self.allowance.saturating_sub(charge);
     }
 
     /// `W`, as announced in `open`.

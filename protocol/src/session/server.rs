@@ -928,7 +928,7 @@ impl ServerSession {
     /// due on the attachment (`PROTOCOL.md` §3.1).
     pub fn poll_message(&mut self) -> Option<crate::wire::Message> {
         let message = self.inb.pop()?;
-        self.grant.took(message_charge(message.len()));
+        self.grant.took(&message);
         if self.grant.taken(self.inb.confirmed_bytes()) {
             self.output_epoch += 1;
         }
