@@ -963,7 +963,7 @@ mod hostile {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512), failure_persistence: None, ..ProptestConfig::default() })]
 
         /// Whatever a client sends and whenever the store confirms, nothing
         /// past a gate goes out (messages, acks, greetings), the
