@@ -130,10 +130,15 @@ pub enum RestoreError {
         /// Messages in the stored inbound queue.
         queued: usize,
     },
-    /// The stored downstream sequence numbers run past `u64::MAX`.
-    #[error("the stored outbound messages after {acked} overflow the sequence numbers")]
-    SeqOverflow {
-        /// The stored acknowledgement.
-        acked: u64,
+    /// A stored sequence number is beyond what a session can reach
+    /// ([`MAX_RESTORED_SEQ`](crate::session::MAX_RESTORED_SEQ)): counting
+    /// on from it could overflow.
+    #[error("the stored {direction} sequence number {seq} is beyond what a session reaches (2^63)")]
+    SeqOutOfRange {
+        /// `"downstream"` (the last message stored for the client) or
+        /// `"upstream"` (the last one received).
+        direction: &'static str,
+        /// The sequence number (saturated at `u64::MAX`).
+        seq: u64,
     },
 }

@@ -50,7 +50,8 @@ pub use config::{
 };
 pub use error::{AttachError, ProtocolError, RestoreError, SendError};
 pub use session::{
-    AttachmentId, ClientConfig, ClientEvent, ClientSession, ConnectTarget, Initiator, Restore,
-    ServerEvent, ServerSession, SessionIdentity, Transmit, TransportFailure, TransportKind,
+    AttachmentId, ClientConfig, ClientEvent, ClientSession, ConnectTarget, Initiator,
+    MAX_RESTORED_SEQ, Restore, ServerEvent, ServerSession, SessionIdentity, Transmit,
+    TransportFailure, TransportKind,
 };
 pub use wire::{Close, DecodeError, Frame, Message, OpenParams, Text};

@@ -25,6 +25,13 @@ pub(crate) struct Grant {
     /// Room grew past `threshold` since it was last announced: write an
     /// `ack` on whatever downstream the session has.
     update_due: bool,
+    /// Charged bytes admitted beyond `size` after a restore: the restored
+    /// queue may hold messages the previous node's application had taken
+    /// already (they were not finished), whose room that node announced
+    /// to the client; the client, which keeps the greatest room for an
+    /// ack, may have that much in flight. Shrinks as the application takes
+    /// messages; 0 otherwise.
+    allowance: usize,
 }
 
 impl Grant {
@@ -35,7 +42,29 @@ impl Grant {
             threshold: (size / 2).max(one_message).min(size),
             announced: size,
             update_due: false,
+            allowance: 0,
         }
+    }
+
+    /// After a restore: admits up to `restored` charged bytes beyond the
+    /// window until the application took that much.
+    pub(crate) fn allow(&mut self, restored: usize) {
+        self.allowance = restored;
+    }
+
+    /// The application took `message`.
+    #[inline]
+    pub(crate) fn took(&mut self, message: &crate::wire::Message) {
+        if self.allowance > 0 {
+            self.spend(message);
+        }
+    }
+
+    /// Only after a restore: out of every message's way.
+    #[cold]
+    fn spend(&mut self, message: &crate::wire::Message) {
+        let charge = crate::config::message_charge(message.len());
+        self.allowance = self.allowance.saturating_sub(charge);
     }
 
     /// `W`, as announced in `open`.
@@ -52,7 +81,7 @@ impl Grant {
     /// Whether a new message charged `charge` fits: `Err(room)` is an
     /// overrun.
     pub(crate) fn admit(&self, queued: usize, charge: usize) -> Result<(), usize> {
-        if queued.saturating_add(charge) <= self.size {
+        if queued.saturating_add(charge) <= self.size + self.allowance {
             Ok(())
         } else {
             Err(self.room(queued))

@@ -27,9 +27,11 @@ pub(crate) struct Inbound {
     queue: VecDeque<Message>,
     /// What `queue` is charged: payloads plus the per-message overhead.
     queue_bytes: usize,
-    /// The durability gate: `None` without one (everything received counts
-    /// as confirmed); `Some(c)`: messages after `c` wait for the store.
-    confirmed: Option<u64>,
+    /// Whether a durability gate holds messages back (a store).
+    gated: bool,
+    /// Highest sequence number confirmed: the gate. Without one, it
+    /// follows `received`.
+    confirmed: u64,
     /// What the messages in `queue` after `confirmed` are charged.
     unconfirmed_bytes: usize,
 }
@@ -50,7 +52,8 @@ impl Inbound {
             resend_ack: false,
             queue: VecDeque::new(),
             queue_bytes: 0,
-            confirmed: None,
+            gated: false,
+            confirmed: 0,
             unconfirmed_bytes: 0,
         }
     }
@@ -71,7 +74,8 @@ impl Inbound {
             resend_ack: false,
             queue: queue.into(),
             queue_bytes,
-            confirmed: Some(received),
+            gated: true,
+            confirmed: received,
             unconfirmed_bytes: 0,
         })
     }
@@ -79,50 +83,47 @@ impl Inbound {
     /// Turns the durability gate on: what was received so far counts as
     /// confirmed.
     pub(crate) fn hold_until_confirmed(&mut self) {
-        if self.confirmed.is_none() {
-            self.confirmed = Some(self.received);
-        }
+        self.gated = true;
     }
 
     /// Highest sequence number confirmed (everything received, without a
     /// gate).
+    #[inline]
     pub(crate) fn confirmed(&self) -> u64 {
-        self.confirmed.unwrap_or(self.received)
+        self.confirmed
     }
 
     /// Confirms messages up to `upto` (capped at `received`); whether the
     /// gate moved.
     pub(crate) fn confirm(&mut self, upto: u64) -> bool {
-        let Some(confirmed) = self.confirmed else {
-            return false;
-        };
         let upto = upto.min(self.received);
-        if upto <= confirmed {
+        if !self.gated || upto <= self.confirmed {
             return false;
         }
-        let newly = usize::try_from(upto - confirmed).unwrap_or(usize::MAX);
+        let newly = usize::try_from(upto - self.confirmed).unwrap_or(usize::MAX);
         let charge: usize = self
             .unconfirmed()
             .take(newly)
             .map(|(_, m)| message_charge(m.len()))
             .sum();
         self.unconfirmed_bytes -= charge;
-        self.confirmed = Some(upto);
+        self.confirmed = upto;
         true
     }
 
     /// The messages after the gate, with their sequence numbers.
     pub(crate) fn unconfirmed(&self) -> impl Iterator<Item = (u64, &Message)> {
-        let count = usize::try_from(self.received - self.confirmed()).unwrap_or(usize::MAX);
+        let count = usize::try_from(self.received - self.confirmed).unwrap_or(usize::MAX);
         let skip = self.queue.len().saturating_sub(count);
         self.queue
             .iter()
             .skip(skip)
-            .zip(self.confirmed() + 1..)
+            .zip(self.confirmed + 1..)
             .map(|(m, seq)| (seq, m))
     }
 
     /// Accepts the next message, drops a replayed one, refuses a gap.
+    #[inline]
     pub(crate) fn accept(
         &mut self,
         now: Instant,
@@ -142,26 +143,33 @@ impl Inbound {
         self.unacked_since.get_or_insert(now);
         let charge = message_charge(message.len());
         self.queue_bytes += charge;
-        if self.confirmed.is_some() {
+        if self.gated {
             self.unconfirmed_bytes += charge;
+        } else {
+            self.confirmed = seq;
         }
         self.queue.push_back(message);
         Ok(Accepted::New)
     }
 
     /// Takes the oldest message for the application.
+    #[inline]
     pub(crate) fn pop(&mut self) -> Option<Message> {
-        if let Some(confirmed) = self.confirmed {
-            // The oldest queued message's seq; past the gate, it waits.
-            let front = self.received + 1 - self.queue.len() as u64;
-            if front > confirmed {
-                return None;
-            }
+        if self.gated && !self.front_confirmed() {
+            return None;
         }
         let message = self.queue.pop_front()?;
         self.queue_bytes -= message_charge(message.len());
         super::shrink_spare(&mut self.queue);
         Some(message)
+    }
+
+    /// Whether the oldest queued message is confirmed (behind a gate).
+    #[cold]
+    fn front_confirmed(&self) -> bool {
+        // Its seq: the queue ends at `received`.
+        let front = self.received + 1 - self.queue.len() as u64;
+        front <= self.confirmed
     }
 
     /// What the queued messages are charged: payloads plus
@@ -173,6 +181,7 @@ impl Inbound {
     /// What the queued messages up to the gate are charged: the room an
     /// acknowledgement of [`confirmed`](Self::confirmed) announces counts
     /// these (the client counts the later ones as in flight).
+    #[inline]
     pub(crate) fn confirmed_bytes(&self) -> usize {
         self.queue_bytes - self.unconfirmed_bytes
     }
@@ -183,7 +192,7 @@ impl Inbound {
 
     /// Whether messages arrived since the last acknowledgement.
     pub(crate) fn has_unacked(&self) -> bool {
-        self.confirmed() > self.acked_out || self.resend_ack
+        self.confirmed > self.acked_out || self.resend_ack
     }
 
     /// When an acknowledgement is due: at once after `every` messages, else
@@ -193,7 +202,7 @@ impl Inbound {
     /// out at once).
     pub(crate) fn ack_deadline(&self, every: u64, delay: Duration) -> Option<Instant> {
         let since = self.unacked_since?;
-        let ackable = self.confirmed().saturating_sub(self.acked_out);
+        let ackable = self.confirmed.saturating_sub(self.acked_out);
         if self.resend_ack || ackable >= every {
             Some(since)
         } else if ackable > 0 {
@@ -206,7 +215,7 @@ impl Inbound {
     /// Records that an acknowledgement of everything received (and
     /// confirmed) is on its way and returns it.
     pub(crate) fn take_ack(&mut self) -> u64 {
-        let upto = self.confirmed();
+        let upto = self.confirmed;
         self.acked_out = upto;
         if upto == self.received {
             self.unacked_since = None;
@@ -296,6 +305,43 @@ mod tests {
             inb.queue.capacity() <= 64,
             "{peak} -> {}",
             inb.queue.capacity()
+        );
+    }
+
+    #[test]
+    fn behind_the_gate_messages_wait_unacknowledged_and_untaken() {
+        let t0 = Instant::now();
+        let delay = Duration::from_millis(100);
+        let mut inb = Inbound::new();
+        inb.accept(t0, 1, Message::text("a")).ok();
+        inb.hold_until_confirmed();
+        assert_eq!(inb.confirmed(), 1, "what came before counts as confirmed");
+        inb.accept(t0, 2, Message::text("bb")).ok();
+        inb.accept(t0, 3, Message::text("ccc")).ok();
+        let waiting: Vec<_> = inb.unconfirmed().map(|(seq, m)| (seq, m.len())).collect();
+        assert_eq!(waiting, [(2, 2), (3, 3)]);
+        assert_eq!(inb.confirmed_bytes(), crate::MESSAGE_OVERHEAD + 1);
+        assert_eq!(inb.take_ack(), 1, "only what is confirmed");
+        assert!(!inb.has_unacked());
+        assert_eq!(inb.ack_deadline(1, delay), None, "no timer for what waits");
+        assert_eq!(inb.pop(), Some(Message::text("a")));
+        assert_eq!(inb.pop(), None, "2 waits");
+        assert!(!inb.confirm(1), "not forward");
+        assert!(inb.confirm(2));
+        assert_eq!(
+            inb.ack_deadline(5, delay),
+            Some(t0 + delay),
+            "from the arrival"
+        );
+        assert_eq!(inb.confirmed_bytes(), crate::MESSAGE_OVERHEAD + 2);
+        assert!(inb.confirm(9), "capped");
+        assert_eq!(inb.confirmed(), 3);
+        assert_eq!(inb.unconfirmed().count(), 0);
+        assert_eq!(inb.take_ack(), 3);
+        assert_eq!(inb.ack_deadline(1, delay), None);
+        assert_eq!(
+            Inbound::restored(1, vec![Message::text(""); 2]).map(|_| ()),
+            None
         );
     }
 

@@ -28,6 +28,12 @@ pub use server::{Restore, ServerEvent, ServerSession, SessionIdentity};
 
 use crate::wire::{Close, Frame};
 
+/// The highest sequence number [`ServerSession::restore`] accepts from a
+/// store, in either direction: 2^63, which a session never reaches (292
+/// years at a billion messages a second), so that counting on from a
+/// restored session never overflows.
+pub const MAX_RESTORED_SEQ: u64 = 1 << 63;
+
 /// The three transports (`PROTOCOL.md` §8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TransportKind {

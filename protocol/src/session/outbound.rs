@@ -13,8 +13,10 @@
 //!
 //! With a store (the server's durability gate), only messages up to
 //! `release` may be transmitted or acknowledged: the ones after it are not
-//! in the store yet. Without one, `release` is `u64::MAX`, and the gate
-//! costs one comparison per message.
+//! in the store yet. [`ack`](Outbound::ack) refuses past it; the transmit
+//! loop (`push_messages`) stops at it, reading it once per batch. Without
+//! a store, `release` is `u64::MAX`, and the gate costs one comparison per
+//! message.
 
 use std::collections::VecDeque;
 
@@ -175,15 +177,16 @@ impl Outbound {
     }
 
     /// The next message to transmit, if any.
+    /// The next message to transmit, if any, gate or not: the caller
+    /// stops at [`release`](Self::release).
+    #[inline]
     pub(crate) fn peek(&self) -> Option<(u64, &Message)> {
-        if self.cursor >= self.release {
-            return None;
-        }
         let index = usize::try_from(self.cursor - self.acked).ok()?;
         self.buffer.get(index).map(|m| (self.cursor + 1, m))
     }
 
     /// Marks the message returned by [`peek`](Self::peek) as transmitted.
+    #[inline]
     pub(crate) fn advance(&mut self) {
         if let Some((_, message)) = self.peek() {
             self.in_flight += message_charge(message.len());
@@ -277,6 +280,38 @@ mod tests {
         assert!(!out.has_pending());
         assert_eq!(out.payload_bytes(), 0);
         assert_eq!(out.charged_bytes(), 0);
+    }
+
+    #[test]
+    fn behind_the_gate_nothing_goes_out_or_is_acknowledged() {
+        let mut out = Outbound::new(1024, 16);
+        for s in ["a", "b", "c"] {
+            out.push(msg(s)).ok();
+        }
+        out.set_release(1);
+        let mut frames = Vec::new();
+        crate::session::server::push_messages(&mut out, 1 << 16, None, &mut frames);
+        assert_eq!(frames.len(), 1, "2 waits: {frames:?}");
+        assert!(out.has_pending(), "but it is pending");
+        assert_eq!(
+            out.ack(2),
+            Err(ProtocolError::AckBeyondSent { ack: 2, sent: 1 })
+        );
+        let after: Vec<_> = out
+            .messages_after(1)
+            .map(|(seq, m)| (seq, m.clone()))
+            .collect();
+        assert_eq!(after, [(2, msg("b")), (3, msg("c"))]);
+        assert_eq!(out.ack(1), Ok(1));
+        assert_eq!(out.messages_after(1).count(), 2);
+        out.set_release(3);
+        frames.clear();
+        crate::session::server::push_messages(&mut out, 1 << 16, None, &mut frames);
+        assert_eq!(frames.len(), 2, "2 and 3 go: {frames:?}");
+        let restored = Outbound::restored(1024, 16, 5, vec![msg("f"), msg("g")]);
+        let restored = restored.expect("valid");
+        assert_eq!((restored.acked(), restored.last_seq()), (5, 7));
+        assert!(Outbound::restored(1024, 16, u64::MAX - 1, vec![msg("x")]).is_none());
     }
 
     #[test]

@@ -30,7 +30,8 @@
 //! - **downstream**: a message after
 //!   [`confirmed_sent`](ServerSession::confirmed_sent) is never
 //!   transmitted (and the `close` that follows the messages waits with
-//!   them); an acknowledgement of it is refused like one of a message
+//!   them, and for the messages received to be confirmed: it carries the
+//!   final ack); an acknowledgement of it is refused like one of a message
 //!   never sent;
 //! - **upstream**: no acknowledgement (`ack` frames, the `ack` of a send
 //!   reply, the `resumed` greeting) covers a message after
@@ -227,18 +228,24 @@ impl ServerSession {
     }
 
     /// A session continued from what the store holds: another node opened
-    /// it, this one takes it over. Everything restored counts as confirmed, and the
-    /// gates are on ([`hold_until_confirmed`](Self::hold_until_confirmed)).
+    /// it, this one takes it over. Everything restored counts as
+    /// confirmed, and the gates are on
+    /// ([`hold_until_confirmed`](Self::hold_until_confirmed)).
     ///
     /// The session is detached. Its client holds the key already, so the
     /// first attachment greets with `resumed`, never `open`; an attachment
     /// with `last` anywhere in `acked ..= acked + outbound.len()` replays
     /// from `last + 1`. The upstream window counts the restored inbound
-    /// queue as if its messages had just arrived. The resume window
-    /// starts again at `now`.
+    /// queue as if its messages had just arrived: the room announced is
+    /// what they leave. Yet until the application took as much, the core
+    /// admits that much beyond the window: the previous node may have
+    /// given the client room for messages its application had taken but
+    /// not finished, which the store kept. The resume window starts again
+    /// at `now`.
     ///
     /// Stored state that cannot be a session (more inbound messages than
-    /// were received, sequence numbers past `u64::MAX`) is refused with a
+    /// were received, sequence numbers beyond
+    /// [`MAX_RESTORED_SEQ`](super::MAX_RESTORED_SEQ)) is refused with a
     /// [`RestoreError`], never a panic.
     pub fn restore(
         now: Instant,
@@ -253,6 +260,12 @@ impl ServerSession {
             inbound,
             closed,
         } = restore;
+        let last_sent = acked.saturating_add(u64::try_from(outbound.len()).unwrap_or(u64::MAX));
+        for (direction, seq) in [("downstream", last_sent), ("upstream", received)] {
+            if seq > super::MAX_RESTORED_SEQ {
+                return Err(RestoreError::SeqOutOfRange { direction, seq });
+            }
+        }
         let queued = inbound.len();
         let inb = Inbound::restored(received, inbound)
             .ok_or(RestoreError::InboundBeyondReceived { received, queued })?;
@@ -262,13 +275,17 @@ impl ServerSession {
             acked,
             outbound,
         )
-        .ok_or(RestoreError::SeqOverflow { acked })?;
+        .ok_or(RestoreError::SeqOutOfRange {
+            direction: "downstream",
+            seq: last_sent,
+        })?;
         out.set_release(out.last_seq());
         let mut grant = Grant::new(config.max_inbound_bytes, config.max_message);
         // As if an ack had announced the room left: the `resumed` greeting
         // will; and an application taking messages before it makes an
         // update due exactly as it would have.
         grant.announce(inb.queued_bytes());
+        grant.allow(inb.queued_bytes());
         let state = match closed {
             None => State::Open,
             Some((close, initiator)) => State::Closed {
@@ -304,9 +321,11 @@ impl ServerSession {
     ///
     /// Downstream, a message after [`confirmed_sent`](Self::confirmed_sent)
     /// is never transmitted (the `close` that follows the messages waits
-    /// with them), and an acknowledgement of it is refused like one of a
-    /// message never sent. Upstream, no acknowledgement (`ack` frames, a
-    /// send reply's `ack`, the `resumed` greeting) covers a message after
+    /// with them, and for every message received to be confirmed, as it
+    /// carries the final ack on WebSocket), and an acknowledgement of it is
+    /// refused like one of a message never sent. Upstream, no
+    /// acknowledgement (`ack` frames, a send reply's `ack`, the `resumed`
+    /// greeting) covers a message after
     /// [`confirmed_received`](Self::confirmed_received) — the room it
     /// announces counts only the messages up to there, the client counts
     /// the later ones as in flight — and
@@ -479,7 +498,9 @@ impl ServerSession {
         self.inb.queued_bytes()
     }
 
-    /// Highest upstream sequence number received.
+    /// Highest upstream sequence number received (behind the gates,
+    /// perhaps not confirmed yet: see
+    /// [`confirmed_received`](Self::confirmed_received)).
     pub fn received(&self) -> u64 {
         self.inb.received()
     }
@@ -490,7 +511,9 @@ impl ServerSession {
         self.output_epoch
     }
 
-    /// Highest downstream sequence number sent (assigned).
+    /// Highest downstream sequence number sent (assigned; behind the
+    /// gates, perhaps not confirmed yet: see
+    /// [`confirmed_sent`](Self::confirmed_sent)).
     pub fn sent(&self) -> u64 {
         self.out.last_seq()
     }
@@ -840,7 +863,11 @@ impl ServerSession {
         // ahead of it, and a resume replays the unacknowledged ones
         // (PROTOCOL.md §9): a close never discards messages.
         push_messages(&mut self.out, self.config.max_message, None, &mut frames);
-        let closing = matches!(self.state, State::Closed { .. }) && !self.out.has_pending();
+        // Behind the gates, the close also waits for what was received to
+        // be confirmed: its ack tells the client what the session took.
+        let closing = matches!(self.state, State::Closed { .. })
+            && !self.out.has_pending()
+            && self.inb.confirmed() == self.inb.received();
         // On WebSocket the close always carries the final ack, even one
         // already sent: it tells the client which of its messages the
         // session took before it ended. Room that came back is announced
@@ -873,7 +900,9 @@ impl ServerSession {
     }
 
     /// The reply to a send request, after its frames were handled: the
-    /// acknowledgement of everything received, a `pong` if it held a `ping`,
+    /// acknowledgement of everything received (behind the gates, of
+    /// everything confirmed: answer once what the request carried is), a
+    /// `pong` if it held a `ping`,
     /// and the `close` frame if the session has ended — whoever closed it,
     /// only once the client acknowledged every message, which must reach
     /// it first (they and the close follow on the attachment, or on a
@@ -926,11 +955,12 @@ impl ServerSession {
         self.events.pop_front()
     }
 
-    /// The next message from the client, for the application. Room it
-    /// gives back may make an `ack` due on the attachment (`PROTOCOL.md`
-    /// §3.1).
+    /// The next message from the client, for the application (behind the
+    /// gates, only a confirmed one). Room it gives back may make an `ack`
+    /// due on the attachment (`PROTOCOL.md` §3.1).
     pub fn poll_message(&mut self) -> Option<crate::wire::Message> {
         let message = self.inb.pop()?;
+        self.grant.took(&message);
         if self.grant.taken(self.inb.confirmed_bytes()) {
             self.output_epoch += 1;
         }
@@ -1020,7 +1050,12 @@ pub(super) fn push_messages(
             .sum::<usize>();
     let mut budget = target.saturating_sub(used);
     let mut any = false;
+    // The durability gate (`u64::MAX` without a store).
+    let release = out.release();
     while let Some((seq, message)) = out.peek() {
+        if seq > release {
+            break;
+        }
         let frame = Frame::Message {
             seq,
             message: message.clone(),
