@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use holdfast_testkit::redis::{RedisCluster, RedisServer};
+use holdfast_testkit::{RedisCluster, RedisServer};
 use nginx_support::{Nginx, Profile};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -180,8 +180,18 @@ impl Report {
     fn assert_exact(&self, sent: u64, what: &str) {
         assert_eq!(self.count("sent"), sent, "{what}: {:?}", self.json);
         assert_eq!(self.count("lost"), 0, "{what}: lost some: {:?}", self.json);
-        assert_eq!(self.count("duplicated"), 0, "{what}: duplicates: {:?}", self.json);
-        assert_eq!(self.count("reordered"), 0, "{what}: reordered: {:?}", self.json);
+        assert_eq!(
+            self.count("duplicated"),
+            0,
+            "{what}: duplicates: {:?}",
+            self.json
+        );
+        assert_eq!(
+            self.count("reordered"),
+            0,
+            "{what}: reordered: {:?}",
+            self.json
+        );
     }
 }
 
@@ -230,7 +240,7 @@ fn soak_length() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_behind_round_robin_nginx_deliver_exactly_on_every_transport() {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::start().await.expect("redis-server starts");
     let cluster = Cluster::start(&redis.url()).await;
     for transport in ["websocket", "sse", "long-poll", "auto"] {
         let report = run_client(&cluster.url(), transport, 2_000)
@@ -242,7 +252,9 @@ async fn three_nodes_behind_round_robin_nginx_deliver_exactly_on_every_transport
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_a_redis_cluster_deliver_exactly() {
-    let redis = RedisCluster::start(3).await;
+    let redis = RedisCluster::start(3)
+        .await
+        .expect("a Redis Cluster starts");
     let cluster = Cluster::start(&redis.url()).await;
     for transport in ["websocket", "long-poll"] {
         let report = run_client(&cluster.url(), transport, 2_000)
@@ -255,7 +267,7 @@ async fn three_nodes_on_a_redis_cluster_deliver_exactly() {
 /// Kills (SIGKILL) or stops (SIGTERM) each node in turn, restarting it,
 /// while clients on every transport run; every echo arrives exactly once.
 async fn soak(graceful: bool) {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::start().await.expect("redis-server starts");
     let mut cluster = Cluster::start(&redis.url()).await;
     let count = soak_length();
     let clients: Vec<_> = ["websocket", "sse", "long-poll"]

@@ -138,10 +138,7 @@ async fn round_robin_over_three_nodes_is_exactly_once_on_every_transport() {
             .expect("connect");
         exchange(&mut connection, 300, |_| {}).await;
         processed_once(&seen, 300);
-        let holding: usize = nodes
-            .iter()
-            .map(|node| node.holdfast.session_count())
-            .sum();
+        let holding: usize = nodes.iter().map(|node| node.holdfast.session_count()).sum();
         assert_eq!(holding, 1, "{transport:?}: one node owns the session");
         assert_eq!(seen.lock().map(|s| s.continued).unwrap_or(9), 0);
         connection.close().await;
@@ -178,7 +175,10 @@ async fn a_dead_owners_session_is_taken_over_and_its_writes_are_fenced() {
         assert_eq!(seen.continued, 1, "{transport:?}: one takeover");
         for n in 0..exchanged {
             let times = seen.processed.get(&n).copied().unwrap_or(0);
-            assert!((1..=2).contains(&times), "message {n} processed {times} times");
+            assert!(
+                (1..=2).contains(&times),
+                "message {n} processed {times} times"
+            );
         }
         // Messages the zombie took after its last stored progress come
         // again on the new owner (its answers to them were refused): the
@@ -217,8 +217,14 @@ async fn hand_over_moves_sessions_to_other_nodes_losing_and_doubling_nothing() {
         assert!(owner(&nodes).is_some_and(|now| now != first));
         processed_once(&seen, 300);
         let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        assert_eq!(seen.continued, 1, "{transport:?}: continued on another node");
-        assert_eq!(seen.moved, 1, "{transport:?}: the old handler was told it moved");
+        assert_eq!(
+            seen.continued, 1,
+            "{transport:?}: continued on another node"
+        );
+        assert_eq!(
+            seen.moved, 1,
+            "{transport:?}: the old handler was told it moved"
+        );
         drop(seen);
         connection.close().await;
     }
@@ -247,7 +253,11 @@ async fn exchange_from(
             .expect("the connection ended early");
         match event {
             holdfast::client::Event::Message(message) => {
-                assert_eq!(number_of(&message), expected, "echo out of order or doubled");
+                assert_eq!(
+                    number_of(&message),
+                    expected,
+                    "echo out of order or doubled"
+                );
                 expected += 1;
             }
             holdfast::client::Event::Closed(closed) => panic!("session closed: {closed:?}"),

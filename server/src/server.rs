@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use crate::admission::Admission;
-use crate::cluster::{Cluster, Routing};
 use crate::auth::{AuthHook, OpenRequest, Refusal};
+use crate::cluster::{Cluster, Routing};
 use crate::config::ServerConfig;
 use crate::origin::{OriginPolicy, Served};
 use crate::peer::{Forwarded, Peer, ProxyHeaders, TrustedProxies};

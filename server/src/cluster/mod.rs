@@ -25,9 +25,7 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use holdfast_protocol::{
-    Close, CloseCode, Initiator, Restore, ServerSession, SessionIdentity,
-};
+use holdfast_protocol::{Close, CloseCode, Initiator, Restore, ServerSession, SessionIdentity};
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::Identity;
@@ -188,7 +186,9 @@ impl Cluster {
             return Ok(());
         }
         if state.registry.open() >= state.config.max_sessions {
-            return Err(StoreError::Unavailable("this node holds too many sessions".into()));
+            return Err(StoreError::Unavailable(
+                "this node holds too many sessions".into(),
+            ));
         }
         let snapshot = self.store.claim(tag, owner, Self::ttl(state)).await?;
         if let Owner::Node { node, .. } = owner {
@@ -215,7 +215,9 @@ impl Cluster {
             .is_err()
         {
             self.give_back(&shared).await;
-            return Err(StoreError::Unavailable("this node holds too many sessions".into()));
+            return Err(StoreError::Unavailable(
+                "this node holds too many sessions".into(),
+            ));
         }
         if let Err(HandOffError::NotAccepting) = state.hand_off(Session::new(shared.clone())) {
             state.registry.remove(&shared);
@@ -314,7 +316,9 @@ impl Cluster {
             // Not settled: wait for the writer to store something, or check
             // again shortly (the handler's next step wakes nobody here).
             let step = tokio::time::Instant::now() + Duration::from_millis(20);
-            if tokio::time::timeout_at(deadline.min(step), notified).await.is_err()
+            if tokio::time::timeout_at(deadline.min(step), notified)
+                .await
+                .is_err()
                 && tokio::time::Instant::now() >= deadline
             {
                 break;
@@ -347,7 +351,9 @@ fn unavailable(state: &ServerState, error: &StoreError) -> Reject {
 
 /// `503` / `detach` 4503 with `Retry-After`: the session lives.
 fn retry_later(state: &ServerState, reason: &'static str) -> Reject {
-    Reject::Attachment(Close::new(CloseCode::OVERLOADED, reason).with_retry_after(state.config.retry_after))
+    Reject::Attachment(
+        Close::new(CloseCode::OVERLOADED, reason).with_retry_after(state.config.retry_after),
+    )
 }
 
 /// Rebuilds a session from its stored state.
@@ -367,10 +373,20 @@ fn restore(state: &Arc<ServerState>, key: &str, snapshot: Snapshot) -> Result<Ar
         key: key.to_owned(),
         session_id: session.session_id.clone(),
     };
-    let closed = close.clone().map(|StoredClose { code, reason, by_client }| {
-        let initiator = if by_client { Initiator::Peer } else { Initiator::Local };
-        (Close::new(CloseCode(code), reason), initiator)
-    });
+    let closed = close.clone().map(
+        |StoredClose {
+             code,
+             reason,
+             by_client,
+         }| {
+            let initiator = if by_client {
+                Initiator::Peer
+            } else {
+                Initiator::Local
+            };
+            (Close::new(CloseCode(code), reason), initiator)
+        },
+    );
     let core = ServerSession::restore(
         now(),
         state.config.session.clone(),
@@ -430,7 +446,11 @@ pub(crate) struct Routing {
 
 /// Runs before every endpoint: serves a request here, or carries it to
 /// the node that owns its session.
-pub(crate) async fn route(State(routing): State<Routing>, request: Request, next: Next) -> Response {
+pub(crate) async fn route(
+    State(routing): State<Routing>,
+    request: Request,
+    next: Next,
+) -> Response {
     let state = &routing.state;
     let Some(cluster) = &state.cluster else {
         return next.run(request).await;

@@ -725,7 +725,6 @@ impl std::fmt::Debug for Tunnel {
 }
 
 impl Tunnel {
-
     /// A handle that outlives the tunnel being moved into a connection:
     /// whether the other node accepted it, why it broke.
     pub(crate) fn watch(&self) -> TunnelWatch {

@@ -421,9 +421,7 @@ impl Shared {
                 let mut guard = self.lock();
                 let now = now();
                 guard.handle_timeout(now);
-                if guard.is_finished(now)
-                    || self.evicted.load(Ordering::Relaxed)
-                    || self.is_gone()
+                if guard.is_finished(now) || self.evicted.load(Ordering::Relaxed) || self.is_gone()
                 {
                     break;
                 }
@@ -450,7 +448,8 @@ impl Shared {
             if !durable.is_gone() {
                 // Over for good: the store forgets it too (else it would
                 // expire there with its TTL).
-                let (store, tag, epoch) = (durable.store.clone(), durable.tag.clone(), durable.epoch);
+                let (store, tag, epoch) =
+                    (durable.store.clone(), durable.tag.clone(), durable.epoch);
                 tokio::spawn(async move {
                     if let Err(error) = store.remove(&tag, epoch).await {
                         tracing::debug!(%error, "could not remove a finished session from the store");
@@ -692,8 +691,14 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if self.shared.is_gone() {
-            // The session lives on on another node.
+        if self.shared.is_gone()
+            || self
+                .shared
+                .durable
+                .as_ref()
+                .is_some_and(Durable::is_handing)
+        {
+            // The session lives on, on another node.
             return;
         }
         let mut core = self.shared.lock();

@@ -123,7 +123,10 @@ impl MemoryStore {
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         f(&mut self.cluster.lock())
     }
 }
@@ -221,7 +224,11 @@ impl Store for MemoryStore {
             record.received = received;
             if let Some(acked) = write.acked {
                 record.acked = record.acked.max(acked);
-                while record.outbound.front().is_some_and(|(seq, _)| *seq <= acked) {
+                while record
+                    .outbound
+                    .front()
+                    .is_some_and(|(seq, _)| *seq <= acked)
+                {
                     record.outbound.pop_front();
                 }
             }
@@ -465,7 +472,10 @@ mod tests {
             let _ = a.publish(b.node_id(), Bytes::from(vec![n])).await;
         }
         for n in 0..100u8 {
-            assert_eq!(inbox.recv().await, Some(BusEvent::Frame(Bytes::from(vec![n]))));
+            assert_eq!(
+                inbox.recv().await,
+                Some(BusEvent::Frame(Bytes::from(vec![n])))
+            );
         }
     }
 }

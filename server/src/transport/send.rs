@@ -77,10 +77,10 @@ async fn receive(
     let received = {
         let mut core = shared.lock();
         if !shared.admits_buffered(&core, batch_cost(&frames, core.received())) {
-        let acks: Vec<Frame> = frames
-            .into_iter()
-            .filter(|f| matches!(f, Frame::Ack { .. }))
-            .collect();
+            let acks: Vec<Frame> = frames
+                .into_iter()
+                .filter(|f| matches!(f, Frame::Ack { .. }))
+                .collect();
             core.handle_frames(now(), None, acks)?;
             return Err(Reject::Attachment(
                 Close::new(CloseCode::OVERLOADED, "the application is not keeping up")
