@@ -171,19 +171,20 @@ async fn a_dead_owners_session_is_taken_over_and_its_writes_are_fenced() {
             0,
             "{transport:?}: the zombie let go of it (fenced)"
         );
-        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        assert_eq!(seen.continued, 1, "{transport:?}: one takeover");
-        for n in 0..exchanged {
-            let times = seen.processed.get(&n).copied().unwrap_or(0);
-            assert!(
-                (1..=2).contains(&times),
-                "message {n} processed {times} times"
-            );
+        {
+            let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            assert_eq!(seen.continued, 1, "{transport:?}: one takeover");
+            for n in 0..exchanged {
+                let times = seen.processed.get(&n).copied().unwrap_or(0);
+                assert!(
+                    (1..=2).contains(&times),
+                    "message {n} processed {times} times"
+                );
+            }
+            // Messages the zombie took after its last stored progress come
+            // again on the new owner (its answers to them were refused): the
+            // client still gets each echo once, as `exchange` checked.
         }
-        // Messages the zombie took after its last stored progress come
-        // again on the new owner (its answers to them were refused): the
-        // client still gets each echo once, as `exchange` checked.
-        drop(seen);
         connection.close().await;
     }
 }
@@ -216,16 +217,17 @@ async fn hand_over_moves_sessions_to_other_nodes_losing_and_doubling_nothing() {
         assert_eq!(nodes[first].holdfast.session_count(), 0);
         assert!(owner(&nodes).is_some_and(|now| now != first));
         processed_once(&seen, 300);
-        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        assert_eq!(
-            seen.continued, 1,
-            "{transport:?}: continued on another node"
-        );
-        assert_eq!(
-            seen.moved, 1,
-            "{transport:?}: the old handler was told it moved"
-        );
-        drop(seen);
+        {
+            let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            assert_eq!(
+                seen.continued, 1,
+                "{transport:?}: continued on another node"
+            );
+            assert_eq!(
+                seen.moved, 1,
+                "{transport:?}: the old handler was told it moved"
+            );
+        }
         connection.close().await;
     }
 }

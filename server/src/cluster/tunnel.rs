@@ -725,6 +725,14 @@ impl std::fmt::Debug for Tunnel {
 }
 
 impl Tunnel {
+    /// The node at the other end.
+    #[cfg(test)]
+    pub(crate) fn peer(&self) -> &str {
+        &self.end.peer
+    }
+}
+
+impl Tunnel {
     /// A handle that outlives the tunnel being moved into a connection:
     /// whether the other node accepted it, why it broke.
     pub(crate) fn watch(&self) -> TunnelWatch {
