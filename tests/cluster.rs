@@ -307,3 +307,80 @@ async fn kill_9_of_each_node_in_turn_loses_nothing() {
 async fn rolling_sigterm_restarts_lose_nothing() {
     soak(true).await;
 }
+
+/// A request opening a session, answered by whichever node nginx picks.
+async fn open_status(url: &str) -> (u16, Option<String>) {
+    let response = reqwest::Client::new()
+        .get(format!("{url}/poll?v=1"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("an answer");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    (response.status().as_u16(), retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lost_while_running_refuses_new_sessions_and_loses_nothing_with_aof() {
+    let mut redis = RedisServer::builder()
+        .aof(true)
+        .start()
+        .await
+        .expect("redis-server starts");
+    let cluster = Cluster::start(&redis.url()).await;
+    assert_eq!(open_status(&cluster.url()).await.0, 200);
+    let clients: Vec<_> = ["websocket", "long-poll"]
+        .into_iter()
+        .map(|transport| (transport, run_client(&cluster.url(), transport, 3_000)))
+        .collect();
+    // Redis goes away under running sessions.
+    redis.kill();
+    let (status, retry_after) = open_status(&cluster.url()).await;
+    assert_eq!(status, 503, "a new session while Redis is away");
+    assert!(retry_after.is_some(), "with Retry-After");
+    redis.restart().await.expect("redis-server restarts");
+    // The nodes reconnect by themselves: new sessions open again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while open_status(&cluster.url()).await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new sessions open again once Redis is back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (transport, client) in clients {
+        let report = client.await.expect("client task");
+        report.assert_exact(3_000, transport);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_redis_is_unreachable_at_start_says_so_and_exits() {
+    let closed = free_port();
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(example("echo"))
+            .args([
+                "--addr",
+                "127.0.0.1:0",
+                "--redis",
+                &format!("redis://127.0.0.1:{closed}"),
+            ])
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the node gave up within 20 s")
+    .expect("the echo example ran");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot use Redis at"),
+        "a clear error: {stderr}"
+    );
+}
