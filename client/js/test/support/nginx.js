@@ -45,12 +45,8 @@ async function freePort() {
 export async function startNginx(upstreamPort, profile = "corporate") {
   const directives = PROFILES[profile];
   if (!directives) throw new Error(`unknown nginx profile ${profile}`);
-  const binary = nginxBinary();
-  const dir = await mkdtemp(path.join(tmpdir(), "holdfast-nginx-"));
-  const token = `ready-${process.pid}-${Date.now()}`;
-  for (let tries = 0; tries < 5; tries++) {
-    const port = await freePort();
-    const conf = `daemon off;
+  return launch(
+    (port, dir, token) => `daemon off;
 master_process off;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log info;
@@ -71,8 +67,70 @@ http {
         }
     }
 }
-`;
-    await writeFile(path.join(dir, "nginx.conf"), conf);
+`,
+  );
+}
+
+/**
+ * Starts nginx balancing round-robin (no affinity) over holdfast nodes on
+ * `upstreamPorts`, as the README advises (upgrades forwarded, buffering
+ * off, `Host` kept), and serving the files of `pages` at `/test/`:
+ * `{ origin, stop() }`.
+ */
+export async function startBalancedNginx(upstreamPorts, pages) {
+  const servers = upstreamPorts.map((port) => `        server 127.0.0.1:${port} max_fails=1 fail_timeout=1s;`).join("\n");
+  return launch(
+    (port, dir, token) => `daemon off;
+master_process off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log info;
+events { worker_connections 1024; }
+http {
+    access_log ${dir}/access.log;
+    client_body_temp_path ${dir}/client_body;
+    proxy_temp_path ${dir}/proxy;
+    fastcgi_temp_path ${dir}/fastcgi;
+    uwsgi_temp_path ${dir}/uwsgi;
+    scgi_temp_path ${dir}/scgi;
+    map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+    upstream holdfast_nodes {
+${servers}
+    }
+    server {
+        listen 127.0.0.1:${port};
+        location = /__holdfast_ready { return 200 '${token}'; }
+        location /test/ {
+            alias ${pages}/;
+            default_type text/html;
+            add_header Cache-Control no-store;
+        }
+        location / {
+            proxy_pass http://holdfast_nodes;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $http_host;
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+        }
+    }
+}
+`,
+  );
+}
+
+/**
+ * Runs nginx with the configuration `conf(port, dir, token)` on a free
+ * port, in a fresh temporary directory, and resolves once that very
+ * instance answers `/__holdfast_ready` with `token`.
+ */
+async function launch(conf) {
+  const binary = nginxBinary();
+  const dir = await mkdtemp(path.join(tmpdir(), "holdfast-nginx-"));
+  const token = `ready-${process.pid}-${Date.now()}`;
+  for (let tries = 0; tries < 5; tries++) {
+    const port = await freePort();
+    await writeFile(path.join(dir, "nginx.conf"), conf(port, dir, token));
     const child = spawn(binary, ["-p", dir, "-c", path.join(dir, "nginx.conf")], {
       stdio: ["ignore", "ignore", "pipe"],
     });

@@ -20,10 +20,11 @@ function binary(name) {
 
 /**
  * Starts `cargo`'s build of example `name` on `addr` (default: a free
- * loopback port) and resolves once it listens: `{ origin, port, stop() }`.
+ * loopback port), with `args` after it, and resolves once it listens:
+ * `{ origin, port, stop() }`.
  */
-export function startExample(name, { addr = "127.0.0.1:0", timeout = 15000 } = {}) {
-  const child = spawn(binary(name), ["--addr", addr], {
+export function startExample(name, { addr = "127.0.0.1:0", args = [], timeout = 15000 } = {}) {
+  const child = spawn(binary(name), ["--addr", addr, ...args], {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn,echo=info,chat=info" },
     stdio: ["ignore", "pipe", "pipe"],
   });
