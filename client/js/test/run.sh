@@ -5,7 +5,8 @@
 #      fallback, reconnects, refusals, the API;
 #   2. Debian's Chromium, headless, driven by playwright-core: the same
 #      exchange on every transport, a network cut and restore, a hostile
-#      proxy refusing WebSocket, and the chat example (with a screenshot).
+#      proxy refusing WebSocket, the chat example (with a screenshot), and
+#      three echo nodes sharing a redis-server behind nginx round-robin.
 #
 # Installs what it needs (chromium with apt-get, playwright-core with npm
 # ci, the examples with cargo build) and exits non-zero if a test failed.
