@@ -8,33 +8,19 @@
 //! is `HOLDFAST_CLUSTER_SOAK` messages per run (default 12,000, a quick
 //! mode for CI; the figure in BENCHMARKS.md is for 60,000).
 
+mod example_support;
+
 mod nginx_support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use example_support::example;
 use holdfast_testkit::{RedisCluster, RedisServer};
 use nginx_support::{Nginx, Profile};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>")
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test --all-targets` builds the examples",
-        path.display()
-    );
-    path
-}
 
 /// A loopback port free right now.
 fn free_port() -> u16 {

@@ -103,6 +103,19 @@ async fn three_nodes() -> (MemoryCluster, Vec<Node>, Nginx, Shared) {
     (cluster, nodes, nginx, seen)
 }
 
+/// Three nodes, and a client connected through nginx on `transport`.
+async fn connected(
+    transport: TransportKind,
+) -> (Vec<Node>, Nginx, Shared, holdfast::client::Connection) {
+    let (_cluster, nodes, nginx, seen) = three_nodes().await;
+    let connection = client(&nginx.url())
+        .transport(transport)
+        .connect()
+        .await
+        .expect("connect");
+    (nodes, nginx, seen, connection)
+}
+
 /// The node holding the one session of the test.
 fn owner(nodes: &[Node]) -> Option<usize> {
     nodes
@@ -130,12 +143,7 @@ async fn round_robin_over_three_nodes_is_exactly_once_on_every_transport() {
         TransportKind::Sse,
         TransportKind::LongPoll,
     ] {
-        let (_cluster, nodes, nginx, seen) = three_nodes().await;
-        let mut connection = client(&nginx.url())
-            .transport(transport)
-            .connect()
-            .await
-            .expect("connect");
+        let (nodes, _nginx, seen, mut connection) = connected(transport).await;
         exchange(&mut connection, 300, |_| {}).await;
         processed_once(&seen, 300);
         let holding: usize = nodes.iter().map(|node| node.holdfast.session_count()).sum();
@@ -150,12 +158,7 @@ async fn a_dead_owners_session_is_taken_over_and_its_writes_are_fenced() {
     // (A WebSocket stays on the zombie, which nothing contradicts until a
     // request reaches another node: HTTP transports spread their requests.)
     for transport in [TransportKind::Sse, TransportKind::LongPoll] {
-        let (_cluster, nodes, nginx, seen) = three_nodes().await;
-        let mut connection = client(&nginx.url())
-            .transport(transport)
-            .connect()
-            .await
-            .expect("connect");
+        let (nodes, _nginx, seen, mut connection) = connected(transport).await;
         exchange(&mut connection, 50, |_| {}).await;
         let first = owner(&nodes).expect("a node owns the session");
         // The owner "dies" as the others see it (its liveness key gone)
@@ -196,12 +199,7 @@ async fn hand_over_moves_sessions_to_other_nodes_losing_and_doubling_nothing() {
         TransportKind::Sse,
         TransportKind::LongPoll,
     ] {
-        let (_cluster, nodes, nginx, seen) = three_nodes().await;
-        let mut connection = client(&nginx.url())
-            .transport(transport)
-            .connect()
-            .await
-            .expect("connect");
+        let (nodes, _nginx, seen, mut connection) = connected(transport).await;
         exchange(&mut connection, 50, |_| {}).await;
         let first = owner(&nodes).expect("a node owns the session");
         let handing = {

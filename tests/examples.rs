@@ -2,28 +2,14 @@
 //! example delivers 10,000 messages exactly, on each forced transport and
 //! on auto. Both run as child processes, built with the tests.
 
-use std::path::PathBuf;
+mod example_support;
+
 use std::process::Stdio;
 use std::time::Duration;
 
+use example_support::example;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>")
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test --all-targets` builds the examples",
-        path.display()
-    );
-    path
-}
 
 /// Starts the echo example on a free port; returns it and its base URL.
 async fn start_echo() -> (Child, String) {

@@ -46,19 +46,7 @@ export async function startNginx(upstreamPort, profile = "corporate") {
   const directives = PROFILES[profile];
   if (!directives) throw new Error(`unknown nginx profile ${profile}`);
   return launch(
-    (port, dir, token) => `daemon off;
-master_process off;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log info;
-events { worker_connections 1024; }
-http {
-    access_log ${dir}/access.log;
-    client_body_temp_path ${dir}/client_body;
-    proxy_temp_path ${dir}/proxy;
-    fastcgi_temp_path ${dir}/fastcgi;
-    uwsgi_temp_path ${dir}/uwsgi;
-    scgi_temp_path ${dir}/scgi;
-    server {
+    (port, dir, token) => `${preamble(dir)}    server {
         listen 127.0.0.1:${port};
         location = /__holdfast_ready { return 200 '${token}'; }
         location / {
@@ -80,19 +68,7 @@ http {
 export async function startBalancedNginx(upstreamPorts, pages) {
   const servers = upstreamPorts.map((port) => `        server 127.0.0.1:${port} max_fails=1 fail_timeout=1s;`).join("\n");
   return launch(
-    (port, dir, token) => `daemon off;
-master_process off;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log info;
-events { worker_connections 1024; }
-http {
-    access_log ${dir}/access.log;
-    client_body_temp_path ${dir}/client_body;
-    proxy_temp_path ${dir}/proxy;
-    fastcgi_temp_path ${dir}/fastcgi;
-    uwsgi_temp_path ${dir}/uwsgi;
-    scgi_temp_path ${dir}/scgi;
-    map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+    (port, dir, token) => `${preamble(dir)}    map $http_upgrade $connection_upgrade { default upgrade; '' close; }
     upstream holdfast_nodes {
 ${servers}
     }
@@ -117,6 +93,24 @@ ${servers}
 }
 `,
   );
+}
+
+/** What every configuration starts with: one foreground process, every
+ * file in `dir`. Ends inside the `http` block. */
+function preamble(dir) {
+  return `daemon off;
+master_process off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log info;
+events { worker_connections 1024; }
+http {
+    access_log ${dir}/access.log;
+    client_body_temp_path ${dir}/client_body;
+    proxy_temp_path ${dir}/proxy;
+    fastcgi_temp_path ${dir}/fastcgi;
+    uwsgi_temp_path ${dir}/uwsgi;
+    scgi_temp_path ${dir}/scgi;
+`;
 }
 
 /**
