@@ -17,7 +17,7 @@ use std::time::Duration;
 use client_support::*;
 use holdfast::client::TransportKind;
 use holdfast::server::store::{MemoryCluster, MemoryStore};
-use holdfast::server::{Holdfast, Session};
+use holdfast::server::{Holdfast, Identity, OpenRequest, Refusal, Session};
 use nginx_support::{Nginx, Profile};
 use tokio::task::JoinHandle;
 
@@ -30,13 +30,27 @@ struct Seen {
     continued: u32,
     /// Handlers that ended because their session moved away.
     moved: u32,
+    /// What the handlers of continued sessions were told of their client:
+    /// its identity and its `Authorization` header.
+    continued_as: Vec<(Option<String>, Option<String>)>,
 }
 
 type Shared = Arc<Mutex<Seen>>;
 
 async fn echo(session: Session, seen: Shared) {
     if session.continued() {
-        seen.lock().unwrap_or_else(|e| e.into_inner()).continued += 1;
+        let identity = session
+            .extensions()
+            .get::<Identity>()
+            .map(|identity| identity.as_str().to_owned());
+        let header = session
+            .headers()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.continued += 1;
+        seen.continued_as.push((identity, header));
     }
     while let Some(message) = session.recv().await {
         *seen
@@ -73,6 +87,18 @@ async fn node(cluster: &MemoryCluster, seen: &Shared) -> Node {
     let seen = seen.clone();
     let holdfast = Holdfast::builder()
         .config(quick_server_config())
+        .auth(|request: OpenRequest| async move {
+            let name = request
+                .headers
+                .get("authorization")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::to_owned)
+                .ok_or_else(|| Refusal::unauthorized("log in first"))?;
+            let mut identity = http::Extensions::new();
+            identity.insert(Identity::new(name));
+            Ok(identity)
+        })
         .store(store.clone())
         .on_session(move |session| echo(session, seen.clone()));
     let app = axum::Router::new().nest("/realtime", holdfast.router());
@@ -109,6 +135,7 @@ async fn connected(
 ) -> (Vec<Node>, Nginx, Shared, holdfast::client::Connection) {
     let (_cluster, nodes, nginx, seen) = three_nodes().await;
     let connection = client(&nginx.url())
+        .header("authorization", "Bearer ada")
         .transport(transport)
         .connect()
         .await
@@ -224,6 +251,11 @@ async fn hand_over_moves_sessions_to_other_nodes_losing_and_doubling_nothing() {
             assert_eq!(
                 seen.moved, 1,
                 "{transport:?}: the old handler was told it moved"
+            );
+            assert_eq!(
+                seen.continued_as,
+                vec![(Some("ada".to_owned()), Some("Bearer ada".to_owned()))],
+                "{transport:?}: the new handler knows who the client is"
             );
         }
         connection.close().await;
