@@ -315,7 +315,10 @@ describe("a server that is down", () => {
       await nextEvent(client, "open", 5000);
       client.send("before");
       await nextEvent(client, "message", 5000);
-      await server.stop();
+      // A crash (SIGKILL): on SIGTERM the example would close its sessions
+      // with 1001 first.
+      server.child.kill("SIGKILL");
+      await new Promise((resolve) => (server.child.exitCode !== null || server.child.signalCode !== null ? resolve() : server.child.once("exit", resolve)));
       const restarted = await startExample("echo", { addr: `127.0.0.1:${server.port}` });
       try {
         const closed = await nextEvent(client, "close", 10000);
