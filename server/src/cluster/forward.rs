@@ -181,7 +181,21 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// forwarded, `Upgrade`.
 fn forwarded_headers(mut headers: HeaderMap, websocket: bool) -> HeaderMap {
     headers.remove(header::EXPECT);
-    if !websocket {
+    // Hop-by-hop headers describe the client's connection to this node,
+    // not the tunnel (RFC 9110 §7.6.1). A `Connection: close` from a proxy
+    // in front would make the owner close the tunnel as soon as it
+    // answered, while this side may still be finishing the request.
+    for hop in ["keep-alive", "proxy-connection", "te", "trailer"] {
+        headers.remove(hop);
+    }
+    if websocket {
+        // The upgrade needs `Connection: upgrade`, and nothing else.
+        headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+    } else {
+        headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
     headers
