@@ -156,6 +156,8 @@ impl Cluster {
 #[derive(Debug)]
 struct Report {
     json: serde_json::Value,
+    /// What it logged (warnings: reconnects, refusals, the session's end).
+    log: String,
 }
 
 impl Report {
@@ -165,7 +167,13 @@ impl Report {
 
     fn assert_exact(&self, sent: u64, what: &str) {
         assert_eq!(self.count("sent"), sent, "{what}: {:?}", self.json);
-        assert_eq!(self.count("lost"), 0, "{what}: lost some: {:?}", self.json);
+        assert_eq!(
+            self.count("lost"),
+            0,
+            "{what}: lost some: {:?}\n{}",
+            self.json,
+            self.log
+        );
         assert_eq!(
             self.count("duplicated"),
             0,
@@ -199,7 +207,8 @@ fn run_client(url: &str, transport: &str, count: u64) -> tokio::task::JoinHandle
             ])
             .env_remove("HTTP_PROXY")
             .env_remove("http_proxy")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .kill_on_drop(true)
             .output()
             .await
@@ -213,7 +222,8 @@ fn run_client(url: &str, transport: &str, count: u64) -> tokio::task::JoinHandle
             )
         });
         println!("{transport}: {}", stdout.trim());
-        Report { json }
+        let log = String::from_utf8_lossy(&output.stderr).into_owned();
+        Report { json, log }
     })
 }
 

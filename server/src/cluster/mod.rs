@@ -185,6 +185,9 @@ impl Cluster {
         if state.registry.get(key).is_some() {
             return Ok(());
         }
+        if self.is_draining() {
+            return Err(StoreError::Unavailable("this node is shutting down".into()));
+        }
         if state.registry.open() >= state.config.max_sessions {
             return Err(StoreError::Unavailable(
                 "this node holds too many sessions".into(),
@@ -278,6 +281,9 @@ impl Cluster {
     /// leaves the cluster.
     pub(crate) async fn hand_over(&self, state: &ServerState) {
         self.draining.store(true, Ordering::Release);
+        // A claim under way finishes first (and its session is handed
+        // over with the others); later ones see the node draining.
+        drop(self.claiming.lock().await);
         let sessions = state.registry.all();
         let handed = futures_util::future::join_all(
             sessions.iter().map(|shared| self.hand_over_one(shared)),

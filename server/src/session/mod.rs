@@ -691,14 +691,17 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if self.shared.is_gone()
-            || self
-                .shared
-                .durable
-                .as_ref()
-                .is_some_and(Durable::is_handing)
-        {
-            // The session lives on, on another node.
+        let durable = self.shared.durable.as_ref();
+        let draining = self
+            .shared
+            .server
+            .cluster
+            .as_ref()
+            .is_some_and(|cluster| cluster.is_draining());
+        if self.shared.is_gone() || durable.is_some_and(Durable::is_handing) || draining {
+            // The session lives on, on another node (a node shutting down
+            // drops its handlers when its runtime ends: that does not end
+            // their sessions).
             return;
         }
         let mut core = self.shared.lock();
