@@ -131,6 +131,12 @@ impl Cluster {
         ))
     }
 
+    /// Whether the store has the session named `key` (a store that cannot
+    /// be asked is taken to have it: the client tries again).
+    pub(crate) async fn knows(&self, key: &str) -> bool {
+        !matches!(self.store.owner(&tag(key)).await, Ok(Owner::Unknown))
+    }
+
     /// Where the session named `key` is, claiming it if its owner is gone.
     pub(crate) async fn find(&self, state: &Arc<ServerState>, key: &str) -> Result<Found, Reject> {
         if state.registry.get(key).is_some() {
@@ -205,10 +211,14 @@ impl Cluster {
                 tracing::debug!(%error, "could not tell the last owner it lost a session");
             }
         }
+        let epoch = snapshot.epoch;
         let shared = match restore(state, key, snapshot) {
             Ok(shared) => shared,
             Err(reason) => {
+                // Corrupt: forget it (its client gets 4410), rather than
+                // have every request claim it again.
                 tracing::error!(reason, "a stored session could not be rebuilt");
+                let _ = self.store.remove(tag, epoch).await;
                 return Err(StoreError::NotFound);
             }
         };

@@ -191,13 +191,13 @@ pub(crate) async fn prepare_session(
         let key = query
             .key
             .ok_or_else(|| Reject::bad_request("a probe needs the session `key`"))?;
-        let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+        let shared = find(state, &key).await?;
         reauthorize(state, &shared, &headers, &uri, kind, RequestKind::Probe).await?;
         return Ok(Prepared::Probe);
     }
     if let Some(key) = query.key {
         if state.auth.is_some() {
-            let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+            let shared = find(state, &key).await?;
             reauthorize(state, &shared, &headers, &uri, kind, RequestKind::Resume).await?;
         }
         return Ok(Prepared::Resume {
@@ -294,6 +294,23 @@ pub(crate) async fn reauthorize(
     Ok(())
 }
 
+/// The session named `key`, held here. Not held here: `410` / 4410 — or,
+/// with a store, when the store still has it (it just moved to or from
+/// this node between the routing and now), `detach` 4000: the client
+/// reconnects at once and is routed afresh.
+pub(crate) async fn find(state: &ServerState, key: &str) -> Result<Arc<Shared>, Reject> {
+    if let Some(shared) = state.registry.get(key) {
+        return Ok(shared);
+    }
+    match &state.cluster {
+        Some(cluster) if cluster.knows(key).await => Err(Reject::Attachment(Close::new(
+            CloseCode::RECONNECT,
+            "the session moved, reconnect",
+        ))),
+        _ => Err(Reject::session_lost()),
+    }
+}
+
 /// Opens or resumes the session and attaches the transport to it.
 pub(crate) async fn attach(
     state: &Arc<ServerState>,
@@ -303,7 +320,7 @@ pub(crate) async fn attach(
     match prepared {
         Prepared::Probe => Err(Reject::bad_request("a probe does not attach")),
         Prepared::Resume { key, last } => {
-            let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+            let shared = find(state, &key).await?;
             let id = shared.lock().attach(now(), kind, last)?;
             Ok((shared, id))
         }

@@ -44,7 +44,7 @@ async fn receive(
     let key = query
         .key
         .ok_or_else(|| Reject::bad_request("a send request needs the session key"))?;
-    let shared = state.registry.get(&key).ok_or_else(Reject::session_lost)?;
+    let shared = super::find(state, &key).await?;
     if state.auth.is_some() {
         // Before the body is read: a refused send touches nothing.
         let transport = shared.lock().transport().unwrap_or(TransportKind::LongPoll);
