@@ -164,12 +164,13 @@ impl Cluster {
                 return Ok(Found::At(node));
             }
             if self.is_draining() {
-                return Err(retry_later(state, "this node is shutting down"));
+                return Err(leaving());
             }
             match self.claim(state, key, &tag, &owner).await {
                 Ok(()) => return Ok(Found::Here),
                 Err(StoreError::Fenced) => continue,
                 Err(StoreError::NotFound) => return Ok(Found::Here),
+                Err(_) if self.is_draining() => return Err(leaving()),
                 Err(error) => return Err(unavailable(state, &error)),
             }
         }
@@ -363,6 +364,15 @@ const HAND_OVER_DEADLINE: Duration = Duration::from_secs(5);
 fn unavailable(state: &ServerState, error: &StoreError) -> Reject {
     tracing::warn!(%error, "session store");
     retry_later(state, "the session store is unavailable")
+}
+
+/// This node is shutting down and hands its sessions over: `detach` 4000,
+/// reconnect at once (another node serves the session).
+fn leaving() -> Reject {
+    Reject::Attachment(Close::new(
+        CloseCode::RECONNECT,
+        "this node is shutting down, reconnect",
+    ))
 }
 
 /// `503` / `detach` 4503 with `Retry-After`: the session lives.
