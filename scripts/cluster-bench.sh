@@ -8,7 +8,10 @@
 #   2. takeover after kill -9: two nodes behind nginx round-robin, a
 #      client streaming; the owner is killed; the time until the session is
 #      attached again on the other node (its log), several trials;
-#   3. a rolling restart's pause: the same with SIGTERM (hand-over).
+#   3. a rolling restart's pause: the same with SIGTERM (hand-over);
+#   4. a long-poll echo's round trip (send, then the poll that brings the
+#      echo; keep-alive connections) on the owner node and on the other
+#      node, which carries it to the owner over Redis.
 #
 #   scripts/cluster-bench.sh [MESSAGES]     (default 20000 per transport)
 #
@@ -126,3 +129,38 @@ measure KILL
 echo
 echo "== 3. SIGTERM (hand-over) of the owner → the session attached again on the other node"
 measure TERM
+
+echo
+echo "== 4. long-poll echo round trip on the owner and on the other node"
+start_pair
+cat >"$dir/rtt.py" <<'PY'
+# Long-poll echo round trip (POST /send, then the poll that brings the echo)
+# on the owner node and on another node, keep-alive connections.
+import http.client, json, sys, time
+a, b, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def conn(port): return http.client.HTTPConnection("127.0.0.1", port)
+ca = conn(a)
+ca.request("GET", "/realtime/poll?v=1"); body = ca.getresponse().read()
+key = json.loads(body)[0]["key"]
+seq = 0; last = 0
+def rtt(port_conn):
+    global seq, last
+    seq += 1
+    t0 = time.perf_counter()
+    port_conn.request("POST", "/realtime/send?v=1", body=json.dumps([{"t":"msg","seq":seq,"d":"x"*64}]),
+                      headers={"Holdfast-Key": key, "Content-Type": "application/json"})
+    port_conn.getresponse().read()
+    while True:
+        port_conn.request("GET", f"/realtime/poll?v=1&last={last}", headers={"Holdfast-Key": key})
+        frames = json.loads(port_conn.getresponse().read())
+        msgs = [f for f in frames if f.get("t") == "msg"]
+        if msgs:
+            last = msgs[-1]["seq"]; break
+    return (time.perf_counter() - t0) * 1000
+for name, port in (("owner", a), ("other node", b), ("owner", a), ("other node", b)):
+    c = conn(port)
+    for _ in range(20): rtt(c)
+    xs = sorted(rtt(c) for _ in range(n))
+    print(f"{name:10s} p50 {xs[len(xs)//2]:.2f} ms  p99 {xs[int(len(xs)*0.99)]:.2f} ms")
+PY
+python3 "$dir/rtt.py" "$a" "$b" 300
