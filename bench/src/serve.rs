@@ -120,11 +120,10 @@ async fn serve_holdfast(
     if let Some(store) = store {
         builder = builder.store(store as _);
     }
-    let holdfast = builder
-        .on_session(move |session| {
-            let room = room.clone();
-            async move { app(session, room).await }
-        });
+    let holdfast = builder.on_session(move |session| {
+        let room = room.clone();
+        async move { app(session, room).await }
+    });
     let app = axum::Router::new().merge(holdfast.router_at("/realtime"));
     let _ = holdfast_server::serve(listener, app)
         .max_connections(200_000)
