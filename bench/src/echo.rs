@@ -30,6 +30,8 @@ pub struct EchoResult {
     pub seconds: f64,
     pub latencies: Latencies,
     pub server_cpu_seconds: f64,
+    /// CPU time of the server's companions (redis-server) over the same period.
+    pub companion_cpu_seconds: f64,
 }
 
 /// Which client talks to the server.
@@ -66,12 +68,14 @@ pub async fn run(
     }
     tokio::time::sleep(spec.warmup).await;
     let cpu_start = server.cpu_seconds();
+    let companion_start = server.companion_cpu_seconds();
     let started = Instant::now();
     phase.store(MEASURE, Ordering::SeqCst);
     tokio::time::sleep(spec.duration).await;
     phase.store(STOP, Ordering::SeqCst);
     let seconds = started.elapsed().as_secs_f64();
     let server_cpu_seconds = server.cpu_seconds() - cpu_start;
+    let companion_cpu_seconds = server.companion_cpu_seconds() - companion_start;
     let mut latencies = Latencies::default();
     let mut round_trips = 0;
     for task in tasks {
@@ -84,6 +88,7 @@ pub async fn run(
         seconds,
         latencies,
         server_cpu_seconds,
+        companion_cpu_seconds,
     })
 }
 

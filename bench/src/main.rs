@@ -13,6 +13,7 @@
 //! Every run prints one JSON line; a Markdown table with the ratios to the
 //! baseline comes last.
 
+mod cluster;
 mod echo;
 mod fanout;
 mod idle;
@@ -78,7 +79,11 @@ impl Plan {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
-        return match serve::run(args.get(1).map_or("", String::as_str)) {
+        let redis = match args.get(2).map(String::as_str) {
+            Some("--redis") => args.get(3).map(String::as_str),
+            _ => None,
+        };
+        return match serve::run(args.get(1).map_or("", String::as_str), redis) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("serve: {e}");
@@ -103,7 +108,7 @@ fn main() -> ExitCode {
             "--only" => only = it.next().map(|s| s.split(',').map(str::to_owned).collect()),
             "-h" | "--help" => {
                 println!(
-                    "usage: holdfast-bench [--quick] [--json FILE] [--only echo,fanout,idle,resume]"
+                    "usage: holdfast-bench [--quick] [--json FILE] [--only echo,fanout,idle,resume,cluster]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -140,6 +145,16 @@ fn main() -> ExitCode {
         }
         if wants("resume") {
             resume_runs(&plan, &mut report).await?;
+        }
+        if wants("cluster") {
+            let spec = EchoSpec {
+                clients: 1,
+                size: 64,
+                window: 8,
+                warmup: plan.warmup,
+                duration: plan.duration,
+            };
+            cluster::echo_costs(spec).await?;
         }
         Ok::<_, String>(())
     });

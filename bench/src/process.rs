@@ -19,12 +19,23 @@ pub struct ServerProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
     pid: u32,
+    /// Processes the server leans on (redis-server), whose CPU counts too.
+    companions: Vec<u32>,
 }
 
 impl ServerProcess {
     /// Starts `holdfast-bench serve <kind>` pinned to CPU `cpu` (when
     /// `taskset` exists and the machine has that CPU).
     pub async fn start(kind: ServerKind, cpu: Option<usize>) -> Result<Self, String> {
+        Self::start_with(kind, cpu, &[]).await
+    }
+
+    /// Like `start`, with extra arguments after `serve <kind>`.
+    pub async fn start_with(
+        kind: ServerKind,
+        cpu: Option<usize>,
+        extra: &[String],
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut command = match cpu.filter(|_| taskset_available()) {
             Some(cpu) => {
@@ -37,6 +48,7 @@ impl ServerProcess {
         let mut child = command
             .arg("serve")
             .arg(kind.arg())
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -59,6 +71,7 @@ impl ServerProcess {
             child: Some(child),
             addr,
             pid,
+            companions: Vec::new(),
         })
     }
 
@@ -68,12 +81,27 @@ impl ServerProcess {
             child: None,
             addr,
             pid: 0,
+            companions: Vec::new(),
         }
     }
 
     /// CPU time (user + system) the server has used so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.pid).unwrap_or(0.0)
+    }
+
+    /// Counts `pid`'s CPU time as the server's companion (redis-server).
+    pub fn with_companion(mut self, pid: u32) -> Self {
+        self.companions.push(pid);
+        self
+    }
+
+    /// CPU time the companions have used so far, in seconds.
+    pub fn companion_cpu_seconds(&self) -> f64 {
+        self.companions
+            .iter()
+            .map(|&pid| cpu_seconds(pid).unwrap_or(0.0))
+            .sum()
     }
 
     /// Resident memory now, in bytes.
@@ -117,7 +145,7 @@ pub fn pin_self(cpu: usize) {
     }
 }
 
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields start after the last ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();

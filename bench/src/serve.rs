@@ -32,13 +32,22 @@ impl ServerKind {
 }
 
 /// Runs a server until stdin closes (the parent died or is done).
-pub fn run(kind: &str) -> Result<(), String> {
+/// `redis`: keep the holdfast server's sessions in Redis at this URL.
+pub fn run(kind: &str, redis: Option<&str>) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
+        let store = match redis {
+            Some(url) => Some(
+                holdfast_redis::RedisStore::connect(url)
+                    .await
+                    .map_err(|e| format!("redis {url}: {e}"))?,
+            ),
+            None => None,
+        };
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| e.to_string())?;
@@ -48,7 +57,7 @@ pub fn run(kind: &str) -> Result<(), String> {
         let serve = async move {
             match kind {
                 "raw-ws" => serve_raw(listener).await,
-                "holdfast" => serve_holdfast(listener).await,
+                "holdfast" => serve_holdfast(listener, store).await,
                 other => eprintln!("unknown server {other}"),
             }
         };
@@ -96,7 +105,10 @@ async fn serve_raw(listener: TcpListener) {
     }
 }
 
-async fn serve_holdfast(listener: TcpListener) {
+async fn serve_holdfast(
+    listener: TcpListener,
+    store: Option<std::sync::Arc<holdfast_redis::RedisStore>>,
+) {
     let room = Fanout::new(SlowConsumer::Wait);
     let mut config = ServerConfig::default();
     config.max_sessions = 200_000;
@@ -104,12 +116,14 @@ async fn serve_holdfast(listener: TcpListener) {
     // loopback address: measure the server, not its admission control.
     config.open_rate_limit = None;
     config.session.max_unacked_messages = 8192;
-    let holdfast = Holdfast::builder()
-        .config(config)
-        .on_session(move |session| {
-            let room = room.clone();
-            async move { app(session, room).await }
-        });
+    let mut builder = Holdfast::builder().config(config);
+    if let Some(store) = store {
+        builder = builder.store(store as _);
+    }
+    let holdfast = builder.on_session(move |session| {
+        let room = room.clone();
+        async move { app(session, room).await }
+    });
     let app = axum::Router::new().merge(holdfast.router_at("/realtime"));
     let _ = holdfast_server::serve(listener, app)
         .max_connections(200_000)
