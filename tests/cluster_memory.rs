@@ -117,7 +117,7 @@ async fn node(cluster: &MemoryCluster, seen: &Shared) -> Node {
     }
 }
 
-async fn three_nodes() -> (MemoryCluster, Vec<Node>, Nginx, Shared) {
+async fn three_nodes() -> (Vec<Node>, Nginx, Shared) {
     let cluster = MemoryCluster::new();
     let seen = Shared::default();
     let mut nodes = Vec::new();
@@ -126,14 +126,14 @@ async fn three_nodes() -> (MemoryCluster, Vec<Node>, Nginx, Shared) {
     }
     let upstreams: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
     let nginx = Nginx::start_balanced(Profile::WellConfigured, &upstreams).await;
-    (cluster, nodes, nginx, seen)
+    (nodes, nginx, seen)
 }
 
 /// Three nodes, and a client connected through nginx on `transport`.
 async fn connected(
     transport: TransportKind,
 ) -> (Vec<Node>, Nginx, Shared, holdfast::client::Connection) {
-    let (_cluster, nodes, nginx, seen) = three_nodes().await;
+    let (nodes, nginx, seen) = three_nodes().await;
     let connection = client(&nginx.url())
         .header("authorization", "Bearer ada")
         .transport(transport)
