@@ -133,6 +133,10 @@ describe("the session key stays out of URLs", () => {
       await nextEvent(client, "open", 5000);
       const { received } = await echoExchange(client, { count: 200, cut: () => proxy.cut(), cutEvery: 100 });
       assert.equal(received.length, 200);
+      // As below: a cut after the last echo was read forces no resume.
+      proxy.cut();
+      const more = await echoExchange(client, { count: 20 });
+      assert.equal(more.received.length, 20);
       const resumes = record.keyed("ws");
       assert.ok(resumes.length >= 1, "a WebSocket resumed");
       for (const { key, header, protocols } of resumes) {
