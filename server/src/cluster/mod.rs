@@ -128,6 +128,7 @@ impl Cluster {
             state.clone(),
             Some(durable),
             Stored::default(),
+            Vec::new(),
         ))
     }
 
@@ -394,6 +395,7 @@ fn restore(state: &Arc<ServerState>, key: &str, snapshot: Snapshot) -> Result<Ar
         inbound,
         progress,
         close,
+        cursors,
     } = snapshot;
     let identity = SessionIdentity {
         key: key.to_owned(),
@@ -457,7 +459,9 @@ fn restore(state: &Arc<ServerState>, key: &str, snapshot: Snapshot) -> Result<Ar
             acked,
             progress,
             closed: close.is_some(),
+            cursors: 0,
         },
+        cursors,
     ))
 }
 

@@ -170,6 +170,8 @@ pub(crate) struct Stored {
     pub(crate) acked: u64,
     pub(crate) progress: Progress,
     pub(crate) closed: bool,
+    /// The version of the session's topic cursors stored.
+    pub(crate) cursors: u64,
 }
 
 /// What one write will confirm once stored.

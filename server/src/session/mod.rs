@@ -22,10 +22,13 @@ use tokio::sync::Notify;
 
 use crate::logs::loggable;
 use crate::server::ServerState;
-use crate::store::Write;
+use crate::store::{Position, Write};
 
 mod durable;
 
+mod cursors;
+
+pub(crate) use cursors::Cursors;
 pub(crate) use durable::Durable;
 pub(crate) use durable::Stored;
 use durable::{AppProgress, Pending};
@@ -71,6 +74,8 @@ struct Inner {
     /// and what was last stored.
     app: AppProgress,
     stored: Stored,
+    /// With a store: where the session is in each topic it subscribed to.
+    cursors: Cursors,
     /// Sequence number of the last message the application took.
     taken: u64,
     /// The deadline the timer task sleeps until.
@@ -184,6 +189,8 @@ impl CoreGuard<'_> {
             progress: (inner.app.progress != inner.stored.progress).then_some(inner.app.progress),
             opened: false,
             close,
+            cursors: (inner.cursors.version() != inner.stored.cursors)
+                .then(|| inner.cursors.to_vec()),
         };
         if write.is_empty() {
             return None;
@@ -193,6 +200,7 @@ impl CoreGuard<'_> {
                 acked: write.acked.unwrap_or(inner.stored.acked),
                 progress: inner.app.progress,
                 closed: inner.stored.closed || write.close.is_some(),
+                cursors: inner.cursors.version(),
             },
             sent: core.sent(),
             received: core.received(),
@@ -348,7 +356,15 @@ impl Shared {
         server: Arc<ServerState>,
     ) -> Arc<Self> {
         let headers = kept_copy(&headers, server.config.max_kept_header_bytes);
-        Self::with_store(core, headers, extensions, server, None, Stored::default())
+        Self::with_store(
+            core,
+            headers,
+            extensions,
+            server,
+            None,
+            Stored::default(),
+            Vec::new(),
+        )
     }
 
     /// A session kept in a store too (`durable`), where `stored` says
@@ -361,6 +377,7 @@ impl Shared {
         server: Arc<ServerState>,
         durable: Option<Durable>,
         stored: Stored,
+        cursors: Vec<(String, Position)>,
     ) -> Arc<Self> {
         let identity = core.identity();
         Arc::new(Self {
@@ -370,6 +387,7 @@ impl Shared {
                 core,
                 app: AppProgress::restored(stored.progress),
                 taken: stored.progress.done,
+                cursors: Cursors::restored(cursors, stored.cursors),
                 stored,
                 armed: None,
                 accounted: 0,
@@ -502,8 +520,14 @@ impl Shared {
     }
 
     /// Queues a message: its sequence number, or `None` when a session
-    /// taken over drops it as already stored (see [`durable`]).
-    fn try_send(&self, message: Message) -> Result<Option<u64>, SendError> {
+    /// taken over drops it as already stored (see [`durable`]). A topic's
+    /// message (`topic`) moves the session's cursor in that topic, stored
+    /// with it; it is not an answer of the handler's.
+    fn try_send(
+        &self,
+        message: Message,
+        topic: Option<(&Arc<str>, Position)>,
+    ) -> Result<Option<u64>, SendError> {
         let mut core = self.lock();
         if core.is_closed() || self.is_gone() {
             return Err(SendError::Closed);
@@ -527,11 +551,17 @@ impl Shared {
             if !core.has_room_for(message.len()) {
                 return Err(SendError::Full);
             }
-            if !core.app().sends() {
+            if topic.is_none() && !core.app().sends() {
                 return Ok(None);
             }
         }
-        core.send(message).map(Some)
+        let seq = core.send(message)?;
+        if let Some((topic, position)) = topic
+            && self.durable.is_some()
+        {
+            core.inner().cursors.advance(topic, position);
+        }
+        Ok(Some(seq))
     }
 
     /// Whether the store holds everything, and the handler is not in the
@@ -795,7 +825,7 @@ impl Session {
             let notified = shared.space.notified();
             let mut notified = pin!(notified);
             notified.as_mut().enable();
-            match shared.try_send(message.clone()) {
+            match shared.try_send(message.clone(), None) {
                 Err(SendError::Full) => notified.await,
                 Ok(Some(seq)) => return shared.stored_sent(seq).await,
                 Ok(None) => return Ok(()),
@@ -808,7 +838,7 @@ impl Session {
     /// With a store, the message is stored shortly after (before it goes
     /// out).
     pub fn try_send(&self, message: impl Into<Message>) -> Result<(), SendError> {
-        self.shared().try_send(message.into()).map(|_| ())
+        self.shared().try_send(message.into(), None).map(|_| ())
     }
 
     /// Whether this session continues one that another node served until

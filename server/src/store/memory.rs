@@ -22,9 +22,10 @@ use bytes::Bytes;
 use holdfast_protocol::Message;
 use tokio::sync::mpsc;
 
+use super::memory_broker::{DEFAULT_HISTORY, MemoryBroker, MemoryTopics};
 use super::{
-    BusEvent, NewSession, Owner, Progress, Snapshot, Store, StoreError, StoreFuture, StoredClose,
-    Write,
+    Broker, BusEvent, NewSession, Owner, Progress, Position, Snapshot, Store, StoreError, StoreFuture,
+    StoredClose, Write,
 };
 
 /// Frames a node's inbox holds before the bus reports a [`BusEvent::Reset`]
@@ -32,9 +33,19 @@ use super::{
 const INBOX: usize = 4096;
 
 /// What several in-process nodes share: the sessions, the nodes, the bus.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryCluster {
     state: Arc<Mutex<State>>,
+    topics: MemoryTopics,
+}
+
+impl Default for MemoryCluster {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            topics: MemoryTopics::new(DEFAULT_HISTORY),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -61,6 +72,7 @@ struct Record {
     inbound: VecDeque<(u64, Message)>,
     progress: Progress,
     close: Option<StoredClose>,
+    cursors: Vec<(String, Position)>,
     expires: Instant,
 }
 
@@ -85,8 +97,10 @@ impl MemoryCluster {
                 receiver: Some(receiver),
             },
         );
+        drop(state);
         Arc::new(MemoryStore {
             cluster: self.clone(),
+            broker: self.topics.node(&id),
             id,
         })
     }
@@ -109,6 +123,7 @@ impl MemoryCluster {
 /// One node's handle on a [`MemoryCluster`].
 pub struct MemoryStore {
     cluster: MemoryCluster,
+    broker: Arc<MemoryBroker>,
     id: String,
 }
 
@@ -121,6 +136,7 @@ impl MemoryStore {
         if let Some(node) = self.cluster.lock().nodes.get_mut(&self.id) {
             node.alive = false;
         }
+        self.cluster.topics.die(&self.id);
     }
 
     fn with<T>(
@@ -194,6 +210,7 @@ impl Store for MemoryStore {
                     inbound: VecDeque::new(),
                     progress: Progress::default(),
                     close: None,
+                    cursors: Vec::new(),
                     expires: Instant::now() + ttl,
                 },
             );
@@ -244,6 +261,9 @@ impl Store for MemoryStore {
             }
             if let Some(close) = &write.close {
                 record.close = Some(close.clone());
+            }
+            if let Some(cursors) = &write.cursors {
+                record.cursors = cursors.clone();
             }
             record.expires = Instant::now() + ttl;
             Ok(())
@@ -302,6 +322,7 @@ impl Store for MemoryStore {
                 inbound: record.inbound.iter().cloned().collect(),
                 progress: record.progress,
                 close: record.close.clone(),
+                cursors: record.cursors.clone(),
             })
         }))
     }
@@ -369,6 +390,10 @@ impl Store for MemoryStore {
             // Called twice: the second caller gets a closed channel.
             None => mpsc::channel(1).1,
         }
+    }
+
+    fn broker(&self) -> Arc<dyn Broker> {
+        self.broker.clone()
     }
 }
 

@@ -29,12 +29,21 @@
 //! a one-way hash: the store never holds the key itself, and reading the
 //! store does not let anyone resume a session.
 
+mod broker;
 mod memory;
+mod memory_broker;
 
+pub use broker::{
+    Broker, MAX_MEMBER_INFO, MAX_TOPIC_NAME, Member, Position, Range, TopicEvent,
+    valid_topic_name,
+};
 pub use memory::{MemoryCluster, MemoryStore};
+pub(crate) use memory_broker::MemoryTopics;
+pub use memory_broker::DEFAULT_HISTORY;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -129,6 +138,10 @@ pub struct Write {
     pub opened: bool,
     /// The session ended.
     pub close: Option<StoredClose>,
+    /// Where the session is in each topic it is subscribed to: the last
+    /// message of each topic among the session's messages, this write's
+    /// included. `Some` replaces the whole set stored.
+    pub cursors: Option<Vec<(String, Position)>>,
 }
 
 impl Write {
@@ -140,6 +153,7 @@ impl Write {
             && self.progress.is_none()
             && !self.opened
             && self.close.is_none()
+            && self.cursors.is_none()
     }
 }
 
@@ -166,6 +180,8 @@ pub struct Snapshot {
     pub progress: Progress,
     /// How the session ended, if it did.
     pub close: Option<StoredClose>,
+    /// Where the session is in its topics (see [`Write::cursors`]).
+    pub cursors: Vec<(String, Position)>,
 }
 
 /// Who owns a session, as the store says.
@@ -269,4 +285,8 @@ pub trait Store: Send + Sync + 'static {
     /// The frames other nodes publish to this one. Called once, when the
     /// server starts.
     fn inbox(&self) -> mpsc::Receiver<BusEvent>;
+
+    /// The topics of the nodes sharing this store (one broker per store,
+    /// the same on every call).
+    fn broker(&self) -> Arc<dyn Broker>;
 }
