@@ -39,6 +39,7 @@ mod serve;
 mod server;
 mod session;
 pub mod store;
+mod topic;
 mod transport;
 mod write_deadline;
 
@@ -53,3 +54,6 @@ pub use peer::ProxyHeaders;
 pub use serve::{Serve, ServeConfig, ServeFuture, serve};
 pub use server::{Builder, Holdfast, Incoming};
 pub use session::{Session, SessionEnd};
+pub use topic::{
+    MAX_TOPICS_PER_SESSION, Member, PresenceEvent, PresenceWatch, Subscribed, Topic, TopicError,
+};

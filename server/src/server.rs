@@ -23,7 +23,8 @@ use crate::peer::{Forwarded, Peer, ProxyHeaders, TrustedProxies};
 use crate::registry::Registry;
 use crate::reject::Reject;
 use crate::session::{Session, now};
-use crate::store::Store;
+use crate::store::{DEFAULT_HISTORY, MemoryTopics, Store};
+use crate::topic::{Topic, TopicError, Topics};
 use crate::transport;
 
 /// A holdfast server: mount [`router`](Self::router) into an axum app, take
@@ -78,6 +79,8 @@ pub(crate) struct ServerState {
     sink: SessionSink,
     /// With a store: this node's part in the cluster.
     pub(crate) cluster: Option<Arc<Cluster>>,
+    /// The topics this node uses (started by the first one).
+    topics: std::sync::OnceLock<Arc<Topics>>,
 }
 
 type Handler = Arc<dyn Fn(Session) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -95,6 +98,19 @@ pub(crate) enum HandOffError {
 }
 
 impl ServerState {
+    /// The topic named `name` on this node (see [`Holdfast::topic`]).
+    pub(crate) fn topic(&self, name: &str) -> Result<Topic, TopicError> {
+        self.topics
+            .get_or_init(|| {
+                let broker = match &self.cluster {
+                    Some(cluster) => cluster.store.broker(),
+                    None => MemoryTopics::new(DEFAULT_HISTORY).node("local"),
+                };
+                Topics::start(broker, self.config.session.max_message)
+            })
+            .topic(name)
+    }
+
     /// Checks the request's `Origin` against the policy.
     pub(crate) fn check_origin(&self, headers: &HeaderMap, peer: Peer) -> Result<(), Reject> {
         self.origins.check(headers, || {
@@ -280,6 +296,16 @@ impl Holdfast {
             .route(&path("ws"), get(transport::ws::handle))
             .merge(http_routes)
             .with_state(self.state.clone())
+    }
+
+    /// The topic named `name`: publish to it, subscribe sessions to it,
+    /// follow who is subscribed. One topic, with one order, across every
+    /// node sharing the [store](Builder::store); this process alone
+    /// without one. Names are 1 to 200 bytes of printable ASCII without
+    /// `{` or `}`. Call it inside a Tokio runtime (the first call starts
+    /// the task that delivers topics on this node).
+    pub fn topic(&self, name: &str) -> Result<Topic, TopicError> {
+        self.state.topic(name)
     }
 
     /// Open sessions now (what `max_sessions` limits).
@@ -554,6 +580,7 @@ impl Builder {
         let holdfast = Holdfast {
             state: Arc::new(ServerState {
                 cluster: cluster.clone(),
+                topics: std::sync::OnceLock::new(),
                 admission: Admission::new(self.config.open_rate_limit.clone()),
                 config: self.config,
                 registry: Registry::default(),

@@ -100,9 +100,57 @@ impl Shared {
         self.lock().inner().cursors.get(topic)
     }
 
+    /// Topics the session has a cursor in.
+    pub(crate) fn cursor_count(&self) -> usize {
+        self.lock().inner().cursors.map.len()
+    }
+
+    /// The session joined `topic` at `position` (the last message it is
+    /// not to get). With a store, waits until the store holds it, so that
+    /// a takeover resumes the topic from there; `false` if the session
+    /// left this node meanwhile.
+    pub(crate) async fn start_cursor(&self, topic: &Arc<str>, position: Position) -> bool {
+        let Some(durable) = &self.durable else {
+            return true;
+        };
+        let version = {
+            let mut core = self.lock();
+            let cursors = &mut core.inner().cursors;
+            cursors.advance(topic, position);
+            cursors.version()
+        };
+        durable.wake.notify_one();
+        loop {
+            let notified = durable.stored.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().inner().stored.cursors >= version {
+                return true;
+            }
+            if durable.is_gone() {
+                return false;
+            }
+            notified.await;
+        }
+    }
+
     /// The session left `topic`.
     pub(crate) fn forget_cursor(&self, topic: &str) {
         self.lock().inner().cursors.forget(topic);
+        if let Some(durable) = &self.durable {
+            durable.wake.notify_one();
+        }
+    }
+
+    /// Closes the session with 4429: it could not keep up with a topic.
+    pub(crate) fn close_too_slow(&self) {
+        self.lock().close(
+            super::now(),
+            holdfast_protocol::Close::new(
+                holdfast_protocol::CloseCode::TOO_SLOW,
+                "too slow: could not keep up with a topic",
+            ),
+        );
     }
 
     /// Whether the session is over on this node (closed, or moved away).

@@ -29,9 +29,9 @@ mod durable;
 mod cursors;
 
 pub(crate) use cursors::Cursors;
-pub(crate) use durable::Durable;
 pub(crate) use durable::Stored;
 use durable::{AppProgress, Pending};
+pub(crate) use durable::{Durable, backoff};
 
 /// The current time on tokio's clock (so paused-time tests work too).
 pub(crate) fn now() -> Instant {
@@ -752,6 +752,12 @@ impl Session {
         &self.handle.shared
     }
 
+    /// The session's state, for the topics (holding it does not keep the
+    /// session open, unlike a `Session`).
+    pub(crate) fn shared_arc(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
     /// The session's public id, for logs. Not its key: the id cannot
     /// resume anything.
     pub fn id(&self) -> &str {
@@ -839,6 +845,12 @@ impl Session {
     /// out).
     pub fn try_send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         self.shared().try_send(message.into(), None).map(|_| ())
+    }
+
+    /// The topic named `name`, as [`Holdfast::topic`](crate::Holdfast::topic)
+    /// gives it: to subscribe this session, or publish.
+    pub fn topic(&self, name: &str) -> Result<crate::Topic, crate::TopicError> {
+        self.shared().server.topic(name)
     }
 
     /// Whether this session continues one that another node served until

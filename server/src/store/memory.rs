@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 
 use super::memory_broker::{DEFAULT_HISTORY, MemoryBroker, MemoryTopics};
 use super::{
-    Broker, BusEvent, NewSession, Owner, Progress, Position, Snapshot, Store, StoreError, StoreFuture,
-    StoredClose, Write,
+    Broker, BusEvent, NewSession, Owner, Position, Progress, Snapshot, Store, StoreError,
+    StoreFuture, StoredClose, Write,
 };
 
 /// Frames a node's inbox holds before the bus reports a [`BusEvent::Reset`]

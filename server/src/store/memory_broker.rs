@@ -204,7 +204,10 @@ impl Broker for MemoryBroker {
                 ..Range::default()
             }));
         };
-        let first = log.messages.front().map_or(log.last + 1, |(offset, _)| *offset);
+        let first = log
+            .messages
+            .front()
+            .map_or(log.last + 1, |(offset, _)| *offset);
         let messages = log
             .messages
             .iter()

@@ -34,12 +34,11 @@ mod memory;
 mod memory_broker;
 
 pub use broker::{
-    Broker, MAX_MEMBER_INFO, MAX_TOPIC_NAME, Member, Position, Range, TopicEvent,
-    valid_topic_name,
+    Broker, MAX_MEMBER_INFO, MAX_TOPIC_NAME, Member, Position, Range, TopicEvent, valid_topic_name,
 };
 pub use memory::{MemoryCluster, MemoryStore};
-pub(crate) use memory_broker::MemoryTopics;
 pub use memory_broker::DEFAULT_HISTORY;
+pub(crate) use memory_broker::MemoryTopics;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -140,4 +140,8 @@ impl Store for MemStore {
         // Tests take the inbox from `MemBus::join`.
         mpsc::channel(1).1
     }
+
+    fn broker(&self) -> Arc<dyn crate::store::Broker> {
+        crate::store::MemoryTopics::new(1).node(&self.node)
+    }
 }
