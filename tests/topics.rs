@@ -15,7 +15,9 @@ use std::time::Duration;
 use client_support::*;
 use holdfast::client::{Connection, Event, Message, TransportKind};
 use holdfast::server::store::{MemoryCluster, MemoryStore};
-use holdfast::server::{Holdfast, PresenceEvent, Session, Topic};
+use holdfast::server::{
+    Holdfast, MAX_TOPICS_PER_SESSION, PresenceEvent, Session, SlowConsumer, Topic, TopicError,
+};
 use nginx_support::{Nginx, Profile};
 use tokio::task::JoinHandle;
 
@@ -30,6 +32,8 @@ async fn member(session: Session) {
     let Ok(room) = session.topic("room") else {
         return;
     };
+    // Tests read as fast as they can; a burst must not close them.
+    let room = room.with_slow_consumer(SlowConsumer::Wait);
     let name = if session.continued() {
         String::new()
     } else {
@@ -69,7 +73,13 @@ impl Drop for Node {
 }
 
 async fn node(store: Option<Arc<MemoryStore>>) -> Node {
-    let mut builder = Holdfast::builder().config(quick_server_config());
+    node_with_history(store, 10_000).await
+}
+
+async fn node_with_history(store: Option<Arc<MemoryStore>>, history: usize) -> Node {
+    let mut config = quick_server_config();
+    config.topic_history = history;
+    let mut builder = Holdfast::builder().config(config);
     if let Some(store) = &store {
         builder = builder.store(store.clone());
     }
@@ -239,6 +249,59 @@ async fn one_node_every_subscriber_gets_every_message_once_in_one_order() {
     drop(node);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_every_queue_is_caught_up_from_the_log_in_order() {
+    let node = node(None).await;
+    let url = format!("http://{}/realtime", node.addr);
+    let mut connection = subscriber(&url, TransportKind::WebSocket, "reader").await;
+    let room = node.holdfast.topic("room").expect("topic");
+    // More than the broker's queue to this node (4096) and the hub's
+    // (1024) hold: events are dropped, the hub reads the log instead.
+    let count = 6000;
+    for n in 0..count {
+        room.publish(format!("{n}")).await.expect("publish");
+    }
+    let got = received(&mut connection, count).await;
+    let expected: Vec<String> = (0..count).map(|n| n.to_string()).collect();
+    assert!(got == expected, "every message once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_further_behind_than_the_history_closes_subscribers_rather_than_skip() {
+    let node = node_with_history(None, 50).await;
+    let url = format!("http://{}/realtime", node.addr);
+    let mut connection = subscriber(&url, TransportKind::WebSocket, "reader").await;
+    let room = node.holdfast.topic("room").expect("topic");
+    let count = 20_000;
+    for n in 0..count {
+        room.publish(format!("{n}")).await.expect("publish");
+    }
+    // Either the node kept up (every message), or it fell behind past the
+    // history and the session is closed with 4429: never a gap.
+    let mut next = 0;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let closed = loop {
+        let event = tokio::time::timeout_at(deadline, connection.next_event())
+            .await
+            .expect("an event in time");
+        match event {
+            Some(Event::Message(message)) => {
+                assert_eq!(message.as_text(), Some(next.to_string().as_str()), "no gap");
+                next += 1;
+                if next == count {
+                    break None;
+                }
+            }
+            Some(Event::Closed(closed)) => break Some(closed),
+            Some(_) => {}
+            None => panic!("ended without a close"),
+        }
+    };
+    if let Some(closed) = closed {
+        assert_eq!(closed.code, holdfast::client::CloseCode::TOO_SLOW);
+    }
+}
+
 /// Publishes `count` messages named `prefix-n` from three tasks, one per
 /// topic handle, and returns them in the topic's order.
 async fn publish_from(rooms: Vec<Topic>, prefix: &str, count: usize) -> Vec<String> {
@@ -345,4 +408,87 @@ async fn three_nodes_one_order_across_a_nodes_death_and_a_hand_over() {
         "sessions resumed their place on other nodes ({resumed})"
     );
     drop(nginx);
+}
+
+/// A handler that checks the topic limits and reports each as a line.
+async fn limits(session: Session) {
+    let mut report = Vec::new();
+    for bad in ["", "a b", "{slot}", "é"] {
+        let refused = matches!(session.topic(bad), Err(TopicError::InvalidName(_)));
+        report.push(format!("name {bad:?} refused: {refused}"));
+    }
+    let long = "x".repeat(holdfast::server::store::MAX_TOPIC_NAME + 1);
+    let refused = matches!(session.topic(&long), Err(TopicError::InvalidName(_)));
+    report.push(format!("long name refused: {refused}"));
+    if let Ok(room) = session.topic("limits") {
+        let max = quick_server_config().session.max_message;
+        let refused = matches!(
+            room.publish(vec![0u8; max + 1]).await,
+            Err(TopicError::TooBig { .. })
+        );
+        report.push(format!("big message refused: {refused}"));
+        let info = "i".repeat(holdfast::server::store::MAX_MEMBER_INFO + 1);
+        let refused = matches!(
+            room.subscribe_as(&session, info).await,
+            Err(TopicError::InfoTooLong)
+        );
+        report.push(format!("long info refused: {refused}"));
+    }
+    // With a store, a session's topics are bounded (their cursors are
+    // stored with every write).
+    let mut subscribed = 0;
+    let mut too_many = false;
+    for n in 0..=MAX_TOPICS_PER_SESSION {
+        let Ok(topic) = session.topic(&format!("t{n}")) else {
+            break;
+        };
+        match topic.subscribe(&session).await {
+            Ok(_) => subscribed += 1,
+            Err(TopicError::TooManyTopics) => too_many = true,
+            Err(_) => break,
+        }
+    }
+    report.push(format!("subscribed {subscribed}, then refused: {too_many}"));
+    let _ = session.send(report.join("\n")).await;
+    while session.recv().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_limits_give_clear_errors() {
+    let store = MemoryCluster::new().node();
+    let holdfast = Holdfast::builder()
+        .config(quick_server_config())
+        .store(store)
+        .on_session(limits);
+    let app = axum::Router::new().nest("/realtime", holdfast.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let url = format!(
+        "http://{}/realtime",
+        listener.local_addr().expect("address")
+    );
+    let server = tokio::spawn(async move {
+        let _ = holdfast::server::serve(listener, app).await;
+    });
+    let mut connection = client(&url).connect().await.expect("connect");
+    let report = wait_for(&mut connection, |event| match event {
+        Event::Message(message) => message.as_text().map(str::to_owned),
+        _ => None,
+    })
+    .await;
+    let expected = [
+        "name \"\" refused: true",
+        "name \"a b\" refused: true",
+        "name \"{slot}\" refused: true",
+        "name \"é\" refused: true",
+        "long name refused: true",
+        "big message refused: true",
+        "long info refused: true",
+        &format!("subscribed {MAX_TOPICS_PER_SESSION}, then refused: true"),
+    ]
+    .join("\n");
+    assert_eq!(report, expected);
+    connection.close().await;
+    server.abort();
 }

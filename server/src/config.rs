@@ -105,6 +105,11 @@ pub struct ServerConfig {
     /// budget are dropped (the auth hook still sees all of them).
     /// Default 8 KiB.
     pub max_kept_header_bytes: usize,
+    /// Messages each [topic](crate::Topic)'s history keeps on a node
+    /// without a store: a subscriber further behind than this (a session
+    /// resuming, a node whose queue overflowed) cannot get what it missed.
+    /// With a store, the store's own setting counts. Default 1000.
+    pub topic_history: usize,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +129,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(15),
             max_kept_header_bytes: 8 * 1024,
+            topic_history: crate::store::DEFAULT_HISTORY,
         }
     }
 }

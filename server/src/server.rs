@@ -23,7 +23,7 @@ use crate::peer::{Forwarded, Peer, ProxyHeaders, TrustedProxies};
 use crate::registry::Registry;
 use crate::reject::Reject;
 use crate::session::{Session, now};
-use crate::store::{DEFAULT_HISTORY, MemoryTopics, Store};
+use crate::store::{MemoryTopics, Store};
 use crate::topic::{Topic, TopicError, Topics};
 use crate::transport;
 
@@ -104,7 +104,7 @@ impl ServerState {
             .get_or_init(|| {
                 let broker = match &self.cluster {
                     Some(cluster) => cluster.store.broker(),
-                    None => MemoryTopics::new(DEFAULT_HISTORY).node("local"),
+                    None => MemoryTopics::new(self.config.topic_history).node("local"),
                 };
                 Topics::start(broker, self.config.session.max_message)
             })

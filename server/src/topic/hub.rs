@@ -25,8 +25,13 @@ use crate::store::{Member, Position, StoreFuture};
 /// Messages read from the log per request when catching up.
 const READ_BATCH: usize = 256;
 
+/// How long a subscription waits for the session's store to hold its
+/// starting place.
+const STORE_WAIT: Duration = Duration::from_secs(5);
+
 /// How often presence is read again while anyone on this node uses the
-/// topic: members of a node that died leave without an announcement.
+/// topic (members of a node that died leave without an announcement), and
+/// the log's end checked against what was delivered.
 const PRESENCE_REFRESH: Duration = Duration::from_secs(1);
 
 /// What the hub is asked to do.
@@ -40,6 +45,10 @@ pub(crate) enum Command {
     Presence,
     /// Events were lost: read the log from `last`.
     CatchUp,
+    /// Once a second: presence again, and whether the log moved past
+    /// `last` with no event saying so (a broker drops events when a
+    /// node's queue is full, and says so only with its next event).
+    Tick,
     Subscribe {
         shared: Arc<Shared>,
         info: String,
@@ -110,7 +119,7 @@ pub(crate) async fn run(mut hub: Hub) {
     loop {
         let command = tokio::select! {
             command = hub.commands.recv() => command,
-            _ = refresh.tick() => Some(Command::Presence),
+            _ = refresh.tick() => Some(Command::Tick),
         };
         let Some(command) = command else {
             break;
@@ -137,6 +146,15 @@ impl Hub {
         match command {
             Command::Published { position, message } => self.published(position, message).await,
             Command::Presence => self.refresh_presence().await,
+            Command::Tick => {
+                self.refresh_presence().await;
+                if !self.subscribers.is_empty()
+                    && let Ok(tail) = self.topics.broker.read(&self.name, 0, 0).await
+                    && (tail.epoch != self.epoch || tail.last > self.last)
+                {
+                    self.catch_up().await;
+                }
+            }
             Command::CatchUp => {
                 if let Some(handle) = self.handle.upgrade() {
                     handle.lost.store(true, Ordering::Release);
@@ -195,11 +213,8 @@ impl Hub {
                 continue;
             }
             if range.first > self.last + 1 {
-                tracing::warn!(
-                    topic = %self.name.escape_debug(),
-                    missed = range.first - self.last - 1,
-                    "messages left the topic's history before this node read them"
-                );
+                self.fell_behind(range.first - self.last - 1).await;
+                self.last = range.first - 1;
             }
             let done = range.messages.is_empty() || range.last <= self.last;
             for (offset, message) in range.messages {
@@ -214,6 +229,22 @@ impl Hub {
             if done || self.last >= range.last {
                 return;
             }
+        }
+    }
+
+    /// The log dropped messages this node had not delivered yet (it fell
+    /// further behind than the topic's history): its subscribers cannot
+    /// get them, and are closed with 4429 rather than silently miss them.
+    async fn fell_behind(&mut self, missed: u64) {
+        tracing::warn!(
+            topic = %self.name.escape_debug(),
+            missed,
+            subscribers = self.subscribers.len(),
+            "this node fell further behind than the topic's history: closing its subscribers"
+        );
+        for (id, subscriber) in std::mem::take(&mut self.subscribers) {
+            subscriber.shared.close_too_slow();
+            self.leave_presence(&id).await;
         }
     }
 
@@ -270,7 +301,13 @@ impl Hub {
                     epoch: self.epoch,
                     offset: self.last,
                 };
-                if !subscriber.shared.start_cursor(&self.name, start).await {
+                let stored = tokio::time::timeout(
+                    STORE_WAIT,
+                    subscriber.shared.start_cursor(&self.name, start),
+                )
+                .await
+                .map_err(|_| TopicError::Unavailable("the session store did not answer".into()))?;
+                if !stored {
                     return Err(TopicError::Closed);
                 }
             }
