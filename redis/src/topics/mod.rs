@@ -64,6 +64,9 @@ pub(crate) struct RedisBroker {
     subscribed: Mutex<HashSet<Arc<str>>>,
     /// Members this node added, per topic (id → info), kept in Redis.
     joined: Mutex<BTreeMap<Arc<str>, BTreeMap<String, String>>>,
+    /// What the presence sweep knows of each subscribed topic (see
+    /// [`presence`]).
+    seen: Mutex<std::collections::HashMap<Arc<str>, presence::Seen>>,
     receiver: Mutex<Option<mpsc::Receiver<TopicEvent>>>,
     /// Wakes the member keeper (after a reconnection).
     keep_now: Notify,
@@ -98,6 +101,7 @@ impl RedisBroker {
             scripts: TopicScripts::new(),
             subscribed: Mutex::new(HashSet::new()),
             joined: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(std::collections::HashMap::new()),
             receiver: Mutex::new(Some(rx)),
             keep_now: Notify::new(),
         });
@@ -314,9 +318,13 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let keys = self.keys.topic(topic)?;
             let new = locked(&self.subscribed).insert(Arc::from(topic));
+            if new {
+                locked(&self.seen).insert(Arc::from(topic), presence::Seen::default());
+            }
             let result = self.subscribe_channel(&keys.channel).await;
             if result.is_err() && new {
                 locked(&self.subscribed).remove(topic);
+                locked(&self.seen).remove(topic);
             }
             result
         })
@@ -327,6 +335,7 @@ impl Broker for RedisBroker {
             let keys = self.keys.topic(topic)?;
             // Frames still on their way are dropped from now on.
             locked(&self.subscribed).remove(topic);
+            locked(&self.seen).remove(topic);
             if self.cluster {
                 self.call("unsubscribe", self.subscriber.sunsubscribe(keys.channel))
                     .await
