@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::Value;
+use fred::util::redis_keyslot;
 use holdfast_protocol::Message;
 use holdfast_server::store::{
     Broker, MAX_MEMBER_INFO, Member, Position, Range, StoreError, StoreFuture, TopicEvent,
@@ -189,28 +190,89 @@ impl RedisBroker {
     }
 
     /// On a cluster: subscribes again to topics whose sharded subscription
-    /// is gone (their slot moved to another master); returns whether any
-    /// was. A master that does not answer is asked again at the next check.
+    /// this node lost (their slot moved to another master: Redis drops
+    /// the subscription without closing the connection, and the client
+    /// crate does not report it); returns whether any was.
     async fn resubscribe_lost(&self) -> bool {
-        let topics = self.subscribed_topics();
-        let checks = topics.iter().map(|topic| async move {
-            let keys = self.keys.topic(topic).ok()?;
-            let alive = crate::bus::subscribed(&self.client, &keys.channel).await;
-            (alive == Some(false)).then_some((topic.clone(), keys.channel))
-        });
-        let lost: Vec<(Arc<str>, String)> = futures_util::future::join_all(checks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        for (topic, channel) in &lost {
+        let mut lost = self.lost_subscriptions().await;
+        if !lost.is_empty() {
+            // A subscription still on its way counts as lost: look again.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let again = self.lost_subscriptions().await;
+            lost.retain(|topic| again.contains(topic));
+        }
+        for topic in &lost {
             tracing::debug!("a topic subscription was dropped (slot moved?), subscribing again");
             // Until it works, the next check finds it lost again.
-            if self.is_subscribed(topic) {
-                let _ = self.subscribe_channel(channel).await;
+            if let Ok(keys) = self.keys.topic(topic) {
+                if self.is_subscribed(topic) {
+                    let _ = self.subscribe_channel(&keys.channel).await;
+                }
             }
         }
         !lost.is_empty()
+    }
+
+    /// The subscribed topics on masters that hold fewer of this node's
+    /// sharded subscriptions than they should. `PUBSUB SHARDNUMSUB` would
+    /// not do: it counts every node's subscribers, so one node subscribing
+    /// again on the new master would hide that another one did not. Each
+    /// master is asked `CLIENT LIST TYPE pubsub` instead: this node's
+    /// subscriber connection (by its name) and its `ssub` count, against
+    /// the number of this node's channels (topics and its bus channel) whose
+    /// slot the master holds. A master that does not answer is asked again
+    /// at the next check.
+    async fn lost_subscriptions(&self) -> Vec<Arc<str>> {
+        let Some(state) = self.client.cached_cluster_state() else {
+            return Vec::new();
+        };
+        let slot = |channel: &str| state.get_server(redis_keyslot(channel.as_bytes())).cloned();
+        let mut expected: std::collections::HashMap<Server, (u64, Vec<Arc<str>>)> =
+            std::collections::HashMap::new();
+        if let Some(server) = slot(&self.keys.bus(&self.node_id)) {
+            expected.entry(server).or_default().0 += 1;
+        }
+        for topic in self.subscribed_topics() {
+            let Ok(keys) = self.keys.topic(&topic) else {
+                continue;
+            };
+            if let Some(server) = slot(&keys.channel) {
+                let entry = expected.entry(server).or_default();
+                entry.0 += 1;
+                entry.1.push(topic);
+            }
+        }
+        let name = format!("name={}", self.subscriber.id());
+        let checks = expected.into_iter().map(|(server, (count, topics))| {
+            let name = &name;
+            async move {
+                let list: String = self
+                    .call(
+                        "subscription check",
+                        self.client
+                            .with_cluster_node(server)
+                            .custom(fred::cmd!("CLIENT"), vec!["LIST", "TYPE", "pubsub"]),
+                    )
+                    .await
+                    .ok()?;
+                let ours: u64 = list
+                    .lines()
+                    .filter(|line| line.split(' ').any(|field| field == name))
+                    .filter_map(|line| {
+                        line.split(' ')
+                            .find_map(|field| field.strip_prefix("ssub="))
+                            .and_then(|n| n.parse::<u64>().ok())
+                    })
+                    .sum();
+                (ours < count).then_some(topics)
+            }
+        });
+        futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect()
     }
 }
 
