@@ -85,7 +85,8 @@ impl Builder {
 
     /// How long a topic's keys (log, epoch and offset, members) stay in
     /// Redis after the last publish or join, or the last refresh by a
-    /// live node that has members on it (every `ttl / 4`). Default 24 h;
+    /// live node that has members on it (every `ttl / 4`, at most 30 s).
+    /// Default 24 h;
     /// at least 1 s. A topic that expired starts again with a new epoch.
     pub fn topic_ttl(mut self, ttl: Duration) -> Self {
         self.topic_ttl = ttl;

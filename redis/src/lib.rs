@@ -85,8 +85,8 @@
 //! - Bus frames are not stored: a frame published while its receiver is
 //!   not subscribed is lost.
 //! - A topic's keys: [`Builder::topic_ttl`] (default 24 h) after the last
-//!   publish or join, refreshed every `topic_ttl / 4` while a live node
-//!   has members on it. A topic that expired starts again with a new
+//!   publish or join, refreshed every `topic_ttl / 4` (at most 30 s) while
+//!   a live node has members on it. A topic that expired starts again with a new
 //!   epoch.
 //!
 //! # When Redis goes away
@@ -151,7 +151,13 @@
 //!
 //! Each node subscribes to the channels of the topics it has subscribers
 //! on, on the store's subscriber connection (sharded subscriptions on a
-//! cluster, checked every second like the bus's). Its events go through a
+//! cluster). Resharding drops sharded subscriptions silently, so every
+//! second each node asks each master for its own subscriber connection
+//! (`CLIENT LIST TYPE pubsub`, the connection found by its name: every
+//! connection is named with `CLIENT SETNAME`) and compares its `ssub`
+//! count with the number of its channels in that master's slots — not
+//! `PUBSUB SHARDNUMSUB`, which counts every node's subscribers, so that
+//! one node subscribing again would hide another that did not. Its events go through a
 //! bounded queue (4096 events): when it is full, events are dropped and
 //! `TopicEvent::Reset` goes before the next one that fits. After every
 //! reconnection of the subscriber connection (and every sharded
@@ -165,8 +171,10 @@
 //! it). Each node also sweeps the topics it is subscribed to every
 //! `node_ttl`, so that a dead node's members are removed and announced
 //! within about two `node_ttl`s even if nobody lists them, and writes back
-//! the members it added that Redis lost (after a reconnection, and every
-//! `topic_ttl / 4`). A member's info is at most
+//! the members it added that Redis lost or other nodes removed while this
+//! one seemed dead (after a reconnection, and every `topic_ttl / 4` or
+//! 30 s, whichever is shorter; never over a member another node has
+//! since). A member's info is at most
 //! [`MAX_MEMBER_INFO`](holdfast_server::store::MAX_MEMBER_INFO) bytes: a
 //! longer one is refused with `StoreError::Unavailable`.
 //!

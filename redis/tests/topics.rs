@@ -689,3 +689,62 @@ async fn topic_subscriptions_follow_their_slot_to_another_master() {
         }
     }
 }
+
+/// A node that only seemed dead (its liveness key gone for a moment, as
+/// after a long pause) has its members removed by another node's listing;
+/// its heartbeat brings the key back and its keeper writes its members
+/// back (here every half second: topic_ttl 2 s), and keeps the topic's keys
+/// from expiring while they are there.
+#[tokio::test]
+async fn members_removed_while_a_node_seemed_dead_come_back() {
+    let redis = redis().await;
+    let url = redis.url();
+    let a = RedisStore::builder(&url)
+        .prefix("kp")
+        .node_ttl(Duration::from_millis(400))
+        .topic_ttl(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b = node(&url, "kp", 100).await;
+    ok("join", a.broker().join("k", &member("s1")).await).await;
+    assert_eq!(
+        ok("members", b.broker().members("k").await).await,
+        vec![member("s1")]
+    );
+    let key = format!("kp:node:{}", a.node_id());
+    redis
+        .command(&["DEL", &key])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        ok("members", b.broker().members("k").await)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        redis
+            .command(&["HLEN", "kp:t:{k}:members"])
+            .await
+            .ok()
+            .as_deref(),
+        Some("0"),
+        "removed, not only hidden"
+    );
+    common::eventually("the member is written back", WAIT, || async {
+        b.broker().members("k").await.ok() == Some(vec![member("s1")])
+    })
+    .await;
+    // Kept alive past its idle TTL while the member is there.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        let ttl = redis.command(&["PTTL", "kp:t:{k}:members"]).await;
+        let ttl: i64 = ttl.ok().and_then(|t| t.parse().ok()).unwrap_or(-9);
+        assert!((0..=2000).contains(&ttl), "members TTL {ttl}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        ok("members", b.broker().members("k").await).await,
+        vec![member("s1")]
+    );
+}

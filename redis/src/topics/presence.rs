@@ -12,14 +12,17 @@
 //!   the liveness keys of those nodes (one `EXISTS` per node, not per
 //!   topic), and lists again only the topics that name a dead node or
 //!   whose presence changed since (a presence frame came).
-//! - Every quarter of the idle TTL, and after each reconnection, this node
-//!   writes back the members it added that Redis lost (a restart without
-//!   persistence) — never over a member another node has since — and
-//!   refreshes the topic's TTL, so a topic with members on live nodes does
-//!   not expire.
+//! - Every quarter of the idle TTL (at most every [`KEEP_EVERY`]), and
+//!   after each reconnection, this node writes back the members it added
+//!   that are gone — Redis lost them (a restart without persistence), or
+//!   other nodes removed them while this one seemed dead (its heartbeat
+//!   lapsed) — never over a member another node has since, and refreshes
+//!   the topic's TTL, so a topic with members on live nodes does not
+//!   expire.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::Value;
@@ -39,9 +42,12 @@ pub(crate) struct Seen {
     nodes: Option<BTreeSet<String>>,
 }
 
+/// The longest time between two writes of this node's members.
+pub(crate) const KEEP_EVERY: Duration = Duration::from_secs(30);
+
 /// Runs the keeper and the sweep until the store aborts it.
 pub(crate) async fn keep(broker: Arc<RedisBroker>) {
-    let mut keep = tokio::time::interval(broker.options.idle_ttl / 4);
+    let mut keep = tokio::time::interval((broker.options.idle_ttl / 4).min(KEEP_EVERY));
     keep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = tokio::time::interval(broker.options.node_ttl);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
