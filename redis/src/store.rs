@@ -96,7 +96,10 @@ impl RedisStore {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = options.command_timeout;
-                p.broadcast_channel_capacity = options.bus_capacity;
+                // Shared by the bus and the topics (both read every frame
+                // of the subscriber connection): a burst of topic frames
+                // must not make the bus lag (a lagging reader resets).
+                p.broadcast_channel_capacity = options.bus_capacity.max(crate::topics::QUEUE);
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
         let build = |what: &str| {

@@ -17,6 +17,8 @@ mod frames;
 mod presence;
 mod scripts;
 
+pub(crate) use events::QUEUE;
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
