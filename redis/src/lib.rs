@@ -48,7 +48,7 @@
 //! | `hf:node:<node id>` | string | this node is alive (TTL `node_ttl`) |
 //! | `hf:bus:<node id>` | pub/sub channel | frames for this node |
 //! | `hf:t:{<topic>}:log` | stream | the topic's last messages, entry id `<offset>-0`, field `m` = the stored message |
-//! | `hf:t:{<topic>}:meta` | hash | `epoch` (random, set when the log is created), `last` offset |
+//! | `hf:t:{<topic>}:meta` | hash | `epoch` (random, set by the first publish or join), `last` offset |
 //! | `hf:t:{<topic>}:members` | hash | presence: member id → `<node id> <info>` |
 //! | `hf:t:{<topic>}:events` | pub/sub channel | `m<epoch>:<offset>:<stored message>` per message, `p` per presence change |
 //!
@@ -146,7 +146,7 @@
 //! announcements leave in offset order, whichever node published.
 //! [`read`](holdfast_server::store::Broker::read) is an `XRANGE` from an
 //! offset. The epoch is a random number below 2^53 chosen by the publish
-//! that creates the log: after Redis lost a log (a restart without
+//! (or join) that creates the log: after Redis lost a log (a restart without
 //! persistence, expiry), offsets start again at 1 under another epoch.
 //!
 //! Each node subscribes to the channels of the topics it has subscribers

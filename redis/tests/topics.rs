@@ -319,7 +319,13 @@ pub async fn presence(url: &str, prefix: &str) {
     let mut events = pb.events();
     ok("subscribe", pb.subscribe("lobby").await).await;
     assert!(ok("members", pa.members("lobby").await).await.is_empty());
+    assert_eq!(ok("read", pa.read("lobby", 0, 0).await).await.epoch, 0);
     ok("join", pa.join("lobby", &member("s1")).await).await;
+    // Joining creates the log (as publishing does): it has an epoch, no
+    // message yet, and the first publish keeps that epoch.
+    let joined = ok("read", pa.read("lobby", 0, 0).await).await;
+    assert_ne!(joined.epoch, 0);
+    assert_eq!((joined.first, joined.last), (1, 0));
     assert_eq!(
         next(&mut events).await,
         TopicEvent::Presence {
@@ -369,6 +375,13 @@ pub async fn presence(url: &str, prefix: &str) {
         pa.publish("lobby", &Message::text("marker")).await,
     )
     .await;
+    assert_eq!(
+        marker,
+        Position {
+            epoch: joined.epoch,
+            offset: 1
+        }
+    );
     loop {
         if let TopicEvent::Published { position, .. } = next(&mut events).await {
             if position == marker {

@@ -438,6 +438,7 @@ impl Broker for RedisBroker {
                 millis(self.options.idle_ttl),
                 channel,
                 sharded,
+                count(new_epoch()?),
             ];
             self.run("join", &self.scripts.join, &keys, args).await?;
             Ok(())

@@ -72,10 +72,15 @@ return {v[1], last, first, entries}
 "#;
 
 /// Adds or updates a member as this node's, refreshes the idle TTL,
-/// announces.
+/// announces. Like a publish, creates the log (its epoch) if it does not
+/// exist, so that a topic someone joined has an epoch.
 ///
-/// ARGV: member id, node, info, ttl ms, channel, sharded.
+/// ARGV: member id, node, info, ttl ms, channel, sharded, epoch if new.
 pub(crate) const JOIN: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', ARGV[7], 'last', '0')
+end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
 for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[4]) end
 if ARGV[6] == '1' then
