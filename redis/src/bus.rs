@@ -150,7 +150,7 @@ pub(crate) async fn forward(
 
 /// Whether the master of `channel`'s slot has a subscriber on it (`None`:
 /// no answer).
-async fn subscribed(checker: &Client, channel: &str) -> Option<bool> {
+pub(crate) async fn subscribed(checker: &Client, channel: &str) -> Option<bool> {
     let reply: fred::types::Value = checker.pubsub_shardnumsub(channel).await.ok()?;
     let items = crate::codec::array_of(reply).ok()?;
     let count = items.get(1).and_then(crate::codec::number_of)?;

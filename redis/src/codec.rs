@@ -1,12 +1,15 @@
 //! How values are laid out in Redis: messages (one byte of kind, then the
-//! payload), the kept headers (length-prefixed pairs), and the replies of
-//! the scripts read back into the store's types.
+//! payload), the kept headers (length-prefixed pairs), the session's topic
+//! cursors (one line each), and the replies of the scripts read back into
+//! the store's types.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::types::Value;
 use holdfast_protocol::Message;
 use holdfast_protocol::wire::Text;
-use holdfast_server::store::{NewSession, Progress, Snapshot, StoreError, StoredClose};
+use holdfast_server::store::{
+    NewSession, Position, Progress, Snapshot, StoreError, StoredClose, valid_topic_name,
+};
 
 /// First byte of a stored text message.
 const TEXT: u8 = b't';
@@ -78,6 +81,48 @@ fn take_chunk<'a>(stored: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
     let (chunk, rest) = rest.split_at(len);
     *stored = rest;
     Ok(chunk)
+}
+
+/// A session's topic cursors as one value: a line `<topic> <epoch>
+/// <offset>` per topic. Topic names are printable ASCII without spaces
+/// (see [`valid_topic_name`]), so the layout is unambiguous; a name that
+/// is not valid is refused (a bug in the caller), nothing is written.
+pub(crate) fn encode_cursors(cursors: &[(String, Position)]) -> Result<Bytes, StoreError> {
+    let mut out = String::with_capacity(cursors.len() * 48);
+    for (topic, position) in cursors {
+        if !valid_topic_name(topic) {
+            return Err(StoreError::Unavailable(format!(
+                "write refused (a bug in the caller): {:?} is not a valid topic name",
+                topic.escape_debug().to_string()
+            )));
+        }
+        out.push_str(&format!("{topic} {} {}\n", position.epoch, position.offset));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The cursors back from [`encode_cursors`].
+pub(crate) fn decode_cursors(stored: &[u8]) -> Result<Vec<(String, Position)>, StoreError> {
+    let bad = || corrupt("the stored topic cursors are malformed");
+    let text = std::str::from_utf8(stored).map_err(|_| bad())?;
+    text.lines()
+        .map(|line| {
+            let mut parts = line.split(' ');
+            let (Some(topic), Some(epoch), Some(offset), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
+            let position = Position {
+                epoch: epoch.parse().map_err(|_| bad())?,
+                offset: offset.parse().map_err(|_| bad())?,
+            };
+            if !valid_topic_name(topic) {
+                return Err(bad());
+            }
+            Ok((topic.to_owned(), position))
+        })
+        .collect()
 }
 
 /// An error for data in Redis that this crate did not write (or a bug).
@@ -198,6 +243,7 @@ impl Meta {
                 sends: self.number("sends")?,
             },
             close,
+            cursors: decode_cursors(self.get("tc").map(|v| v.as_ref()).unwrap_or_default())?,
         })
     }
 }
@@ -235,6 +281,42 @@ mod tests {
         assert!(decode_message(Bytes::new()).is_err());
         assert!(decode_message(Bytes::from_static(b"x")).is_err());
         assert!(decode_message(Bytes::from_static(b"t\xff")).is_err());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let cursors = vec![
+            (
+                "chat:lobby/1".to_owned(),
+                Position {
+                    epoch: 7,
+                    offset: 12,
+                },
+            ),
+            (
+                "x".repeat(200),
+                Position {
+                    epoch: u64::MAX,
+                    offset: 0,
+                },
+            ),
+        ];
+        let stored = encode_cursors(&cursors).unwrap_or_default();
+        assert_eq!(decode_cursors(&stored).ok(), Some(cursors));
+        assert_eq!(decode_cursors(b"").ok(), Some(Vec::new()));
+        for bad in ["a b", "", "a{b", "é"] {
+            let cursor = vec![(bad.to_owned(), Position::default())];
+            assert!(encode_cursors(&cursor).is_err(), "{bad:?}");
+        }
+        for bad in [
+            &b"t 1\n"[..],
+            b"t 1 2 3\n",
+            b"t x 2\n",
+            b"t{ 1 2\n",
+            b"\xff 1 2",
+        ] {
+            assert!(decode_cursors(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

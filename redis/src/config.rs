@@ -14,6 +14,8 @@ pub struct Builder {
     pub(crate) command_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) bus_capacity: usize,
+    pub(crate) topic_history: usize,
+    pub(crate) topic_ttl: Duration,
 }
 
 impl Builder {
@@ -25,6 +27,8 @@ impl Builder {
             command_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(3),
             bus_capacity: 1024,
+            topic_history: holdfast_server::store::DEFAULT_HISTORY,
+            topic_ttl: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -67,6 +71,27 @@ impl Builder {
         self
     }
 
+    /// How many messages each topic's log keeps (default
+    /// [`DEFAULT_HISTORY`](holdfast_server::store::DEFAULT_HISTORY), 1000;
+    /// at least 1): a node that missed messages (a lost connection, a
+    /// session taken over) reads them back as long as they are among the
+    /// last `history`. Redis trims the log to about this (`XADD MAXLEN ~`
+    /// keeps up to one stream node more: 100 entries by default); reads
+    /// show exactly the last `history`. Give every node the same value.
+    pub fn topic_history(mut self, history: usize) -> Self {
+        self.topic_history = history;
+        self
+    }
+
+    /// How long a topic's keys (log, epoch and offset, members) stay in
+    /// Redis after the last publish or join, or the last refresh by a
+    /// live node that has members on it (every `ttl / 4`). Default 24 h;
+    /// at least 1 s. A topic that expired starts again with a new epoch.
+    pub fn topic_ttl(mut self, ttl: Duration) -> Self {
+        self.topic_ttl = ttl;
+        self
+    }
+
     /// Connects: see [`RedisStore::connect`].
     pub async fn connect(self) -> Result<Arc<RedisStore>, Error> {
         self.check()?;
@@ -87,6 +112,16 @@ impl Builder {
         if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::InvalidOption(
                 "timeouts must be more than zero".into(),
+            ));
+        }
+        if self.topic_history == 0 {
+            return Err(Error::InvalidOption(
+                "topic_history must be at least 1".into(),
+            ));
+        }
+        if self.topic_ttl < Duration::from_secs(1) {
+            return Err(Error::InvalidOption(
+                "topic_ttl must be at least 1 s".into(),
             ));
         }
         if self.bus_capacity == 0 {

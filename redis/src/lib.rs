@@ -134,6 +134,7 @@ mod keys;
 mod liveness;
 mod scripts;
 mod store;
+mod topics;
 
 pub use config::Builder;
 pub use error::Error;

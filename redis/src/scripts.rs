@@ -14,6 +14,7 @@
 //! | `acked`, `lout` | client acked up to; last outbound sequence number stored |
 //! | `recv`, `done`, `cur`, `sends` | last inbound stored; [`Progress`](holdfast_server::store::Progress) |
 //! | `cc`, `cr`, `cb` | close code, reason, `1` if the client closed (absent: open) |
+//! | `tc` | topic cursors: one line per topic, `<topic> <epoch> <offset>` (absent: none) |
 //!
 //! The outbound list holds messages `acked + 1 ..= lout`, the inbound list
 //! `done + 1 ..= recv`, so trimming is an `LTRIM` by count.
@@ -47,8 +48,9 @@ return {'OK'}
 ///
 /// ARGV: node, epoch, ttl ms, first outbound seq, outbound count, first
 /// inbound seq, inbound count, acked (`''`: none), has progress, done,
-/// current, sends, opened, has close, code, reason, by client, then the
-/// outbound messages, then the inbound ones.
+/// current, sends, opened, has close, code, reason, by client, has
+/// cursors, cursors (see `codec::encode_cursors`), then the outbound
+/// messages, then the inbound ones.
 ///
 /// Messages at or below the last stored sequence number are skipped: a
 /// write retried after its answer was lost applies once. A first sequence
@@ -92,14 +94,15 @@ local function push(key, first, count, last, base)
     from = upto + 1
   end
 end
-if nout > 0 then push(o, ofirst, nout, lout, 18) end
-if nin > 0 then push(i, ifirst, nin, recv, 18 + nout) end
+if nout > 0 then push(o, ofirst, nout, lout, 20) end
+if nin > 0 then push(i, ifirst, nin, recv, 20 + nout) end
 if nacked > acked then redis.call('LTRIM', o, n(nacked - acked), -1) end
 if ndone > done then redis.call('LTRIM', i, n(ndone - done), -1) end
 redis.call('HSET', m, 'acked', n(nacked), 'lout', n(nlout), 'recv', n(nrecv), 'done', n(ndone))
 if ARGV[9] == '1' then redis.call('HSET', m, 'cur', ARGV[11], 'sends', ARGV[12]) end
 if ARGV[13] == '1' then redis.call('HSET', m, 'opened', '1') end
 if ARGV[14] == '1' then redis.call('HSET', m, 'cc', ARGV[15], 'cr', ARGV[16], 'cb', ARGV[17]) end
+if ARGV[18] == '1' then redis.call('HSET', m, 'tc', ARGV[19]) end
 redis.call('PEXPIRE', m, ARGV[3])
 redis.call('PEXPIRE', o, ARGV[3])
 redis.call('PEXPIRE', i, ARGV[3])

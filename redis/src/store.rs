@@ -8,15 +8,18 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::Value;
 use holdfast_server::store::{
-    BusEvent, NewSession, Owner, Snapshot, Store, StoreError, StoreFuture, Write,
+    Broker, BusEvent, NewSession, Owner, Snapshot, Store, StoreError, StoreFuture, Write,
 };
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::codec::{Meta, array_of, bytes_of, encode_headers, encode_message, number_of};
+use crate::codec::{
+    Meta, array_of, bytes_of, encode_cursors, encode_headers, encode_message, number_of,
+};
 use crate::config::{Builder, client_url, redacted};
 use crate::keys::Keys;
 use crate::scripts::{Script, Scripts};
+use crate::topics::{RedisBroker, TopicOptions};
 use crate::{Error, bus, liveness};
 
 /// A session store in Redis or Redis Cluster. See the [crate docs](crate).
@@ -31,6 +34,9 @@ pub struct RedisStore {
     inbox: Mutex<Option<mpsc::Receiver<BusEvent>>>,
     heartbeat: AbortHandle,
     forwarder: AbortHandle,
+    broker: Arc<RedisBroker>,
+    /// The broker's tasks (topic events, members).
+    topic_tasks: [AbortHandle; 2],
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -171,6 +177,19 @@ impl RedisStore {
             Duration::from_millis(100),
         ))
         .abort_handle();
+        let (broker, topic_tasks) = RedisBroker::start(
+            client.clone(),
+            subscriber.clone(),
+            node_id.clone(),
+            keys.clone(),
+            cluster,
+            TopicOptions {
+                history: options.topic_history,
+                idle_ttl: options.topic_ttl,
+                node_ttl: options.node_ttl,
+                command_timeout: options.command_timeout,
+            },
+        );
         Ok(Arc::new(Self {
             client,
             subscriber,
@@ -182,6 +201,8 @@ impl RedisStore {
             inbox: Mutex::new(Some(rx)),
             heartbeat,
             forwarder,
+            broker,
+            topic_tasks,
         }))
     }
 
@@ -192,17 +213,7 @@ impl RedisStore {
         what: &str,
         command: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, StoreError> {
-        // The client's own timeout applies first; this one is the bound
-        // even if the client's were not kept.
-        let bound = self.command_timeout + Duration::from_millis(100);
-        match tokio::time::timeout(bound, command).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(StoreError::Unavailable(format!("{what}: {error}"))),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "{what}: Redis did not answer within {:?}",
-                self.command_timeout
-            ))),
-        }
+        within(self.command_timeout, what, command).await
     }
 
     /// Runs a session script and reads its status reply.
@@ -248,6 +259,25 @@ impl RedisStore {
                 String::from_utf8_lossy(other)
             ))),
         }
+    }
+}
+
+/// Runs one command with a deadline (`timeout`, the store's command
+/// timeout); any failure is [`StoreError::Unavailable`] naming `what`.
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    what: &str,
+    command: impl Future<Output = Result<T, fred::error::Error>>,
+) -> Result<T, StoreError> {
+    // The client's own timeout applies first; this one is the bound even
+    // if the client's were not kept.
+    let bound = timeout + Duration::from_millis(100);
+    match tokio::time::timeout(bound, command).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(StoreError::Unavailable(format!("{what}: {error}"))),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "{what}: Redis did not answer within {timeout:?}"
+        ))),
     }
 }
 
@@ -298,7 +328,7 @@ fn write_args(
 ) -> Result<Vec<Value>, StoreError> {
     let out_first = first_of("outbound", &write.outbound)?;
     let in_first = first_of("inbound", &write.inbound)?;
-    let mut args = Vec::with_capacity(17 + write.outbound.len() + write.inbound.len());
+    let mut args = Vec::with_capacity(19 + write.outbound.len() + write.inbound.len());
     args.push(text(node));
     args.push(seq(epoch)?);
     args.push(millis(ttl));
@@ -321,6 +351,11 @@ fn write_args(
     args.push(Value::Integer(close.map_or(0, |c| i64::from(c.code))));
     args.push(text(close.map_or("", |c| c.reason.as_str())));
     args.push(flag(close.is_some_and(|c| c.by_client)));
+    args.push(flag(write.cursors.is_some()));
+    args.push(match &write.cursors {
+        Some(cursors) => Value::Bytes(encode_cursors(cursors)?),
+        None => text(""),
+    });
     for (_, message) in write.outbound.iter().chain(&write.inbound) {
         args.push(Value::Bytes(encode_message(message)));
     }
@@ -512,6 +547,10 @@ impl Store for RedisStore {
             mpsc::channel(1).1
         })
     }
+
+    fn broker(&self) -> Arc<dyn Broker> {
+        self.broker.clone()
+    }
 }
 
 impl Drop for RedisStore {
@@ -520,6 +559,9 @@ impl Drop for RedisStore {
         // as after a crash.
         self.heartbeat.abort();
         self.forwarder.abort();
+        for task in &self.topic_tasks {
+            task.abort();
+        }
         quit(self.client.clone(), self.subscriber.clone());
     }
 }

@@ -62,6 +62,8 @@ async fn unreachable_at_start_is_a_clear_error() {
         RedisStore::builder(&url).command_timeout(Duration::ZERO),
         RedisStore::builder(&url).connect_timeout(Duration::ZERO),
         RedisStore::builder(&url).bus_capacity(0),
+        RedisStore::builder(&url).topic_history(0),
+        RedisStore::builder(&url).topic_ttl(Duration::from_millis(999)),
     ];
     for builder in refused {
         let shown = format!("{builder:?}");

@@ -27,6 +27,12 @@ async fn fencing() {
 }
 
 #[tokio::test]
+async fn cursors() {
+    let redis = redis().await;
+    common::cursors(&redis.url(), "hf").await;
+}
+
+#[tokio::test]
 async fn claim_is_compare_and_set() {
     let redis = redis().await;
     common::claim_is_compare_and_set(&redis.url(), "hf").await;

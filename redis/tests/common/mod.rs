@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use holdfast_protocol::Message;
 use holdfast_redis::RedisStore;
 use holdfast_server::store::{
-    NewSession, Owner, Progress, Snapshot, Store, StoreError, StoredClose, Write, tag,
+    NewSession, Owner, Position, Progress, Snapshot, Store, StoreError, StoredClose, Write, tag,
 };
 
 pub const LONG: Duration = Duration::from_secs(60);
@@ -115,6 +115,7 @@ pub async fn round_trip(url: &str, prefix: &str) {
         }),
         opened: true,
         close: None,
+        cursors: None,
     };
     expect_ok("write", a.write(&t, 1, &write, LONG).await).await;
     let snapshot = claim_now(&b, &t).await;
@@ -134,6 +135,7 @@ pub async fn round_trip(url: &str, prefix: &str) {
                 sends: 1
             },
             close: None,
+            cursors: Vec::new(),
         }
     );
     assert_eq!(
@@ -210,6 +212,13 @@ pub async fn fencing(url: &str, prefix: &str) {
             reason: "x".into(),
             by_client: false,
         }),
+        cursors: Some(vec![(
+            "late".into(),
+            Position {
+                epoch: 1,
+                offset: 1,
+            },
+        )]),
     };
     assert!(matches!(
         a.write(&t, 1, &late, LONG).await,
@@ -228,6 +237,76 @@ pub async fn fencing(url: &str, prefix: &str) {
 
     let again = claim_now(&b, &t).await;
     assert_eq!(again, Snapshot { epoch: 3, ..taken });
+}
+
+fn at(epoch: u64, offset: u64) -> Position {
+    Position { epoch, offset }
+}
+
+/// Topic cursors are stored with the write that carries them, come back
+/// with a claim on another node, are replaced whole by the next write that
+/// carries some and kept by one that does not; a fenced write or one with
+/// a bad topic name changes none.
+pub async fn cursors(url: &str, prefix: &str) {
+    let a = store(url, prefix).await;
+    let b = store(url, prefix).await;
+    let t = tag("cursors");
+    expect_ok("create", a.create(&t, &session("c"), LONG).await).await;
+    let first = vec![
+        ("chat:lobby".to_owned(), at(7, 3)),
+        ("x".repeat(200), at(9_007_199_254_740_991, u64::MAX >> 12)),
+    ];
+    let write = Write {
+        outbound: out(1..=2),
+        cursors: Some(first.clone()),
+        ..Write::default()
+    };
+    expect_ok("write", a.write(&t, 1, &write, LONG).await).await;
+    let taken = claim_now(&b, &t).await;
+    assert_eq!(taken.cursors, first);
+
+    // The old owner is fenced: no cursor changes.
+    let late = Write {
+        cursors: Some(vec![("chat:lobby".to_owned(), at(7, 4))]),
+        ..Write::default()
+    };
+    assert!(matches!(
+        a.write(&t, 1, &late, LONG).await,
+        Err(StoreError::Fenced)
+    ));
+    // A write without cursors keeps them; a bad name is refused whole.
+    let more = Write {
+        outbound: out(3..=3),
+        ..Write::default()
+    };
+    expect_ok("write", b.write(&t, 2, &more, LONG).await).await;
+    let bad = Write {
+        outbound: out(4..=4),
+        cursors: Some(vec![("has space".to_owned(), at(1, 1))]),
+        ..Write::default()
+    };
+    assert!(matches!(
+        b.write(&t, 2, &bad, LONG).await,
+        Err(StoreError::Unavailable(m)) if m.contains("topic name")
+    ));
+    let again = claim_now(&a, &t).await;
+    assert_eq!(again.cursors, first);
+    assert_eq!(again.outbound, out(1..=3));
+
+    // Some replaces the whole set (here with one, then with none).
+    let one = vec![("b".to_owned(), at(2, 1))];
+    let write = Write {
+        cursors: Some(one.clone()),
+        ..Write::default()
+    };
+    expect_ok("write", a.write(&t, 3, &write, LONG).await).await;
+    assert_eq!(claim_now(&b, &t).await.cursors, one);
+    let none = Write {
+        cursors: Some(Vec::new()),
+        ..Write::default()
+    };
+    expect_ok("write", b.write(&t, 4, &none, LONG).await).await;
+    assert!(claim_now(&a, &t).await.cursors.is_empty());
 }
 
 /// Two claims from the same owner read: exactly one wins.
@@ -559,6 +638,7 @@ pub async fn big_write(url: &str, prefix: &str) {
 pub async fn all(url: &str, prefix: &str) {
     round_trip(url, &format!("{prefix}-rt")).await;
     fencing(url, &format!("{prefix}-f")).await;
+    cursors(url, &format!("{prefix}-cur")).await;
     claim_is_compare_and_set(url, &format!("{prefix}-c")).await;
     gaps_refused(url, &format!("{prefix}-g")).await;
     acked_and_progress_trim(url, &format!("{prefix}-t")).await;
