@@ -101,7 +101,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let store = holdfast_redis::RedisStore::connect(url)
             .await
             .map_err(|error| format!("cannot use Redis at {url}: {error}"))?;
-        tracing::info!(node = store.node_id(), "room and sessions kept in Redis at {url}");
+        tracing::info!(
+            node = store.node_id(),
+            "room and sessions kept in Redis at {url}"
+        );
         builder = builder.store(Arc::clone(&store) as _);
     }
     let clustered = args.redis.is_some();
@@ -249,10 +252,7 @@ impl Visitor {
         tracing::info!(session = self.session.id(), "continues here");
         match retry(|| self.room.subscribe(&self.session)).await {
             Ok(subscribed) if subscribed.missed > 0 => {
-                let text = format!(
-                    "{} events went by while you were away",
-                    subscribed.missed
-                );
+                let text = format!("{} events went by while you were away", subscribed.missed);
                 self.notice(&text).await?;
             }
             Ok(_) => {}
@@ -491,10 +491,7 @@ impl Visitor {
 
     /// Sends one JSON message; `Gone` once the session is over.
     async fn send(&self, value: &Value) -> Result<(), Gone> {
-        self.session
-            .send(value.to_string())
-            .await
-            .map_err(|_| Gone)
+        self.session.send(value.to_string()).await.map_err(|_| Gone)
     }
 }
 
@@ -522,10 +519,8 @@ async fn recent_chats(room: &Topic) -> Result<Recent, TopicError> {
                 .iter()
                 .filter_map(|v| v["id"].as_str().map(str::to_owned))
                 .collect();
-            let mut chats: Vec<Value> = values
-                .into_iter()
-                .filter(|v| v["type"] == "chat")
-                .collect();
+            let mut chats: Vec<Value> =
+                values.into_iter().filter(|v| v["type"] == "chat").collect();
             chats.drain(..chats.len().saturating_sub(HISTORY));
             return Ok(Recent { chats, ids });
         }
