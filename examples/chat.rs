@@ -272,8 +272,13 @@ impl Visitor {
         };
         match (request["type"].as_str(), self.name.is_some()) {
             (Some("join"), false) => self.join(&request).await,
-            // The page answering "rejoin" after its first join came again.
-            (Some("join"), true) if request["rejoin"] == true => Ok(()),
+            // The page answering "rejoin" after its first join came again
+            // (or after a second move): who is online may have changed.
+            (Some("join"), true) if request["rejoin"] == true => {
+                let names = self.names(&self.current_members().await);
+                self.online.clear();
+                self.send_online(names).await
+            }
             (Some("say"), false) if self.session.continued() => {
                 match self.line(&request, first_after_move) {
                     Ok(Some(_)) if self.held.len() >= MAX_HELD => {
