@@ -396,7 +396,13 @@ impl Visitor {
         };
         if line.maybe_published && line.cid.is_some() {
             match retry(|| recent_ids(&self.room)).await {
-                Ok(ids) if ids.contains(&line.id) => return Ok(()),
+                Ok(ids) if ids.contains(&line.id) => {
+                    tracing::info!(
+                        session = self.session.id(),
+                        "a line the last node published already"
+                    );
+                    return Ok(());
+                }
                 Ok(_) => {}
                 Err(error) => return self.unavailable(error).await,
             }

@@ -501,6 +501,11 @@ async fn three_chat_nodes_share_one_room_across_a_kill_9() {
             .wait(|heard| heard.online == everyone, "everyone online again")
             .await;
     }
+    let republished: usize = nodes
+        .iter()
+        .map(|node| node.logged(&["a line the last node published already"]))
+        .sum();
+    println!("lines a moved session found published already: {republished}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,6 +561,7 @@ async fn a_moved_session_keeps_at_most_64_lines_until_it_says_who_it_is() {
 async fn the_chat_s_limits_come_with_notices() {
     let node = Node::start(None).await;
     let url = node.url();
+    let observer = Visitor::join(&url, TransportKind::LongPoll, "Observer").await;
     let connection = client_support::client(&url)
         .transport(TransportKind::WebSocket)
         .connect()
@@ -620,4 +626,28 @@ async fn the_chat_s_limits_come_with_notices() {
     assert_eq!(next().await["text"], "messages are JSON text");
     send(json!({"type": "dance"})).await;
     assert_eq!(next().await["text"], "unknown request \"dance\"");
+    // Leaving (the session ends): the room hears it, and who is online.
+    sender.close().await;
+    observer
+        .wait(
+            |heard| {
+                heard
+                    .entries
+                    .iter()
+                    .any(|e| e["type"] == "leave" && e["name"] == name.as_str())
+            },
+            "the leave",
+        )
+        .await;
+    observer
+        .wait(
+            |heard| heard.online == ["Observer"],
+            "only the observer online",
+        )
+        .await;
+    assert_eq!(
+        observer.heard.lock().expect("heard").chat_texts().len(),
+        2,
+        "the two lines said"
+    );
 }
