@@ -3,7 +3,10 @@
 //!
 //! [`RedisStore`] implements [`holdfast_server::store::Store`]. Give it to
 //! the server's builder and every node of an app, pointed at the same
-//! Redis, can serve every request of every session.
+//! Redis, can serve every request of every session. Its
+//! [`broker`](holdfast_server::store::Store::broker) carries topics
+//! (messages every subscribed node gets, in one order, with a bounded
+//! history) and presence across the nodes (see [Topics](#topics)).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), holdfast_redis::Error> {
@@ -44,6 +47,15 @@
 //! | `hf:{<tag>}:i` | list | messages from the client the app has not processed (`done + 1 ..`) |
 //! | `hf:node:<node id>` | string | this node is alive (TTL `node_ttl`) |
 //! | `hf:bus:<node id>` | pub/sub channel | frames for this node |
+//! | `hf:t:{<topic>}:log` | stream | the topic's last messages, entry id `<offset>-0`, field `m` = the stored message |
+//! | `hf:t:{<topic>}:meta` | hash | `epoch` (random, set when the log is created), `last` offset |
+//! | `hf:t:{<topic>}:members` | hash | presence: member id → `<node id> <info>` |
+//! | `hf:t:{<topic>}:events` | pub/sub channel | `m<epoch>:<offset>:<stored message>` per message, `p` per presence change |
+//!
+//! The session's meta hash also holds its topic cursors (field `tc`: a
+//! line `<topic> <epoch> <offset>` per topic), written by the same script
+//! as the messages they count, so a takeover resumes every topic right
+//! after the last message stored.
 //!
 //! A stored message is one byte of kind (`t` text, `b` binary) and its
 //! bytes: binary-safe, and it comes back as the kind it went in as.
@@ -72,6 +84,10 @@
 //!   crash).
 //! - Bus frames are not stored: a frame published while its receiver is
 //!   not subscribed is lost.
+//! - A topic's keys: [`Builder::topic_ttl`] (default 24 h) after the last
+//!   publish or join, refreshed every `topic_ttl / 4` while a live node
+//!   has members on it. A topic that expired starts again with a new
+//!   epoch.
 //!
 //! # When Redis goes away
 //!
@@ -87,7 +103,9 @@
 //!   doubled.
 //! - After a Redis restart **without persistence**, every session and
 //!   liveness key is gone: each node's liveness key comes back at its next
-//!   refresh, sessions are `NotFound` (clients must open new ones).
+//!   refresh, sessions are `NotFound` (clients must open new ones); topic
+//!   logs start again under new epochs, and each node writes back the
+//!   members it added.
 //! - After a restart **with AOF** (`appendonly yes`; `appendfsync always`
 //!   loses nothing acknowledged, `everysec` up to a second of writes),
 //!   sessions come back as they were, with what remains of their TTLs
@@ -114,6 +132,50 @@
 //! full the next frames are **dropped** (the reader of Redis is never
 //! blocked and nothing grows without bound) and the inbox gets
 //! `BusEvent::Reset` before the next frame that fits.
+//!
+//! # Topics
+//!
+//! Each topic is a log in Redis: its three keys share the hash tag
+//! `{<topic>}`, so every operation is **one Lua script on one slot**.
+//! [`publish`](holdfast_server::store::Broker::publish) takes the next
+//! offset, appends the message (`XADD` with id `<offset>-0`, trimmed with
+//! `MAXLEN ~ history`) and announces it on the topic's channel **from
+//! inside the script** — `SPUBLISH` on a cluster (the channel has the
+//! topic's hash tag, so it is the script's slot; only that slot's master
+//! and the nodes subscribed there carry it), `PUBLISH` on one server — so
+//! announcements leave in offset order, whichever node published.
+//! [`read`](holdfast_server::store::Broker::read) is an `XRANGE` from an
+//! offset. The epoch is a random number below 2^53 chosen by the publish
+//! that creates the log: after Redis lost a log (a restart without
+//! persistence, expiry), offsets start again at 1 under another epoch.
+//!
+//! Each node subscribes to the channels of the topics it has subscribers
+//! on, on the store's subscriber connection (sharded subscriptions on a
+//! cluster, checked every second like the bus's). Its events go through a
+//! bounded queue (4096 events): when it is full, events are dropped and
+//! `TopicEvent::Reset` goes before the next one that fits. After every
+//! reconnection of the subscriber connection (and every sharded
+//! subscription lost to a slot move) the node subscribes again, **then**
+//! sends `Reset`: whoever reads the logs on it misses nothing published
+//! after.
+//!
+//! Presence: `join` records the member with this node's id; `leave`
+//! removes only a member this node added; `members` lists only members
+//! whose node's liveness key exists, and removes the others (announcing
+//! it). Each node also sweeps the topics it is subscribed to every
+//! `node_ttl`, so that a dead node's members are removed and announced
+//! within about two `node_ttl`s even if nobody lists them, and writes back
+//! the members it added that Redis lost (after a reconnection, and every
+//! `topic_ttl / 4`). A member's info is at most
+//! [`MAX_MEMBER_INFO`](holdfast_server::store::MAX_MEMBER_INFO) bytes: a
+//! longer one is refused with `StoreError::Unavailable`.
+//!
+//! What bounds Redis memory per topic: the log holds about
+//! [`Builder::topic_history`] messages (default 1000; `MAXLEN ~` keeps up
+//! to one stream node more, 100 entries by default; reads show exactly the
+//! last `history`), plus one entry per present member; a topic nobody
+//! publishes to, joins, or has members on a live node disappears after
+//! `topic_ttl`. Nothing is kept per subscriber or per node.
 //!
 //! # Why `fred`
 //!

@@ -89,6 +89,10 @@ impl RedisStore {
                 c.max_command_attempts = 1;
                 // Commands queued while Redis is away: bounded.
                 c.max_command_buffer_len = 100_000;
+                // Each connection is named after its client, so that the
+                // broker finds its own subscriber connection in `CLIENT
+                // LIST` (see `topics::RedisBroker::lost_subscriptions`).
+                c.auto_client_setname = true;
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = options.command_timeout;

@@ -601,3 +601,91 @@ async fn topics_on_a_cluster() {
     counts.sort_unstable();
     assert_eq!(counts, [0, 0, 2], "subscribers per master");
 }
+
+/// Resharding moves a topic's slot to another master: Redis drops the
+/// sharded subscriptions of every node without closing connections. Both
+/// subscribed nodes get `Reset` and receive again through the new master
+/// (each node checks its own subscriptions: one node subscribing again
+/// does not hide that the other one has not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_subscriptions_follow_their_slot_to_another_master() {
+    let cluster = RedisCluster::start(3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.url();
+    let a = node(&url, "mv", 100).await;
+    // Each node checks its subscriptions every second from its start: b
+    // checks half a second after a, when a may be subscribed again on the
+    // new master (which a check counting every node's subscribers, such as
+    // PUBSUB SHARDNUMSUB, would take for b's).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = node(&url, "mv", 100).await;
+    let mut queues = Vec::new();
+    for store in [&a, &b] {
+        let broker = store.broker();
+        queues.push(broker.events());
+        ok("subscribe", broker.subscribe("m").await).await;
+    }
+    let channel = "mv:t:{m}:events";
+    let nodes = cluster.nodes();
+    let slot = nodes[0]
+        .command(&["CLUSTER", "KEYSLOT", channel])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ids = Vec::new();
+    let mut owner = None;
+    for (n, node) in nodes.iter().enumerate() {
+        ids.push(
+            node.command(&["CLUSTER", "MYID"])
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let count = node.command(&["PUBSUB", "SHARDNUMSUB", channel]).await;
+        if count.ok().is_some_and(|c| c.ends_with("\n2")) {
+            owner = Some(n);
+        }
+    }
+    let Some(src) = owner else {
+        panic!("no master holds both subscriptions to {channel}");
+    };
+    // The slot holds no key yet (nothing published): it moves at once.
+    let dst = (src + 1) % nodes.len();
+    let mut steps = vec![(dst, "IMPORTING", src), (src, "MIGRATING", dst)];
+    for n in [dst, src, (src + 2) % nodes.len()] {
+        steps.push((n, "NODE", dst));
+    }
+    for (n, how, id) in steps {
+        let command = ["CLUSTER", "SETSLOT", slot.as_str(), how, ids[id].as_str()];
+        if let Err(error) = nodes[n].command(&command).await {
+            panic!("{command:?}: {error}");
+        }
+    }
+    for queue in &mut queues {
+        assert_eq!(next_message(queue).await, TopicEvent::Reset);
+    }
+    common::eventually("both nodes subscribed on the new master", WAIT, || async {
+        let count = nodes[dst]
+            .command(&["PUBSUB", "SHARDNUMSUB", channel])
+            .await;
+        count.ok().is_some_and(|c| c.ends_with("\n2"))
+    })
+    .await;
+    let position = ok(
+        "publish",
+        a.broker().publish("m", &Message::text("moved")).await,
+    )
+    .await;
+    for queue in &mut queues {
+        loop {
+            match next_message(queue).await {
+                TopicEvent::Published { position: got, .. } => {
+                    assert_eq!(got, position);
+                    break;
+                }
+                // A check that ran while the other node was subscribing.
+                TopicEvent::Reset => {}
+                TopicEvent::Presence { .. } => unreachable!("skipped"),
+            }
+        }
+    }
+}

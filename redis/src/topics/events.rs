@@ -104,6 +104,9 @@ pub(crate) async fn forward(
                     Some(topic) if broker.is_subscribed(topic) => {
                         let event = bytes_of(&message.value)
                             .and_then(|frame| frames::decode(topic, &frame));
+                        if let Some(TopicEvent::Presence { topic }) = &event {
+                            broker.presence_changed(topic);
+                        }
                         match event {
                             Some(event) => queue.send(event),
                             None => {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::Value;
+use fred::util::redis_keyslot;
 use holdfast_protocol::Message;
 use holdfast_server::store::{
     Broker, MAX_MEMBER_INFO, Member, Position, Range, StoreError, StoreFuture, TopicEvent,
@@ -64,6 +65,9 @@ pub(crate) struct RedisBroker {
     subscribed: Mutex<HashSet<Arc<str>>>,
     /// Members this node added, per topic (id → info), kept in Redis.
     joined: Mutex<BTreeMap<Arc<str>, BTreeMap<String, String>>>,
+    /// What the presence sweep knows of each subscribed topic (see
+    /// [`presence`]).
+    seen: Mutex<std::collections::HashMap<Arc<str>, presence::Seen>>,
     receiver: Mutex<Option<mpsc::Receiver<TopicEvent>>>,
     /// Wakes the member keeper (after a reconnection).
     keep_now: Notify,
@@ -98,6 +102,7 @@ impl RedisBroker {
             scripts: TopicScripts::new(),
             subscribed: Mutex::new(HashSet::new()),
             joined: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(std::collections::HashMap::new()),
             receiver: Mutex::new(Some(rx)),
             keep_now: Notify::new(),
         });
@@ -185,28 +190,89 @@ impl RedisBroker {
     }
 
     /// On a cluster: subscribes again to topics whose sharded subscription
-    /// is gone (their slot moved to another master); returns whether any
-    /// was. A master that does not answer is asked again at the next check.
+    /// this node lost (their slot moved to another master: Redis drops
+    /// the subscription without closing the connection, and the client
+    /// crate does not report it); returns whether any was.
     async fn resubscribe_lost(&self) -> bool {
-        let topics = self.subscribed_topics();
-        let checks = topics.iter().map(|topic| async move {
-            let keys = self.keys.topic(topic).ok()?;
-            let alive = crate::bus::subscribed(&self.client, &keys.channel).await;
-            (alive == Some(false)).then_some((topic.clone(), keys.channel))
-        });
-        let lost: Vec<(Arc<str>, String)> = futures_util::future::join_all(checks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        for (topic, channel) in &lost {
+        let mut lost = self.lost_subscriptions().await;
+        if !lost.is_empty() {
+            // A subscription still on its way counts as lost: look again.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let again = self.lost_subscriptions().await;
+            lost.retain(|topic| again.contains(topic));
+        }
+        for topic in &lost {
             tracing::debug!("a topic subscription was dropped (slot moved?), subscribing again");
             // Until it works, the next check finds it lost again.
-            if self.is_subscribed(topic) {
-                let _ = self.subscribe_channel(channel).await;
+            if let Ok(keys) = self.keys.topic(topic) {
+                if self.is_subscribed(topic) {
+                    let _ = self.subscribe_channel(&keys.channel).await;
+                }
             }
         }
         !lost.is_empty()
+    }
+
+    /// The subscribed topics on masters that hold fewer of this node's
+    /// sharded subscriptions than they should. `PUBSUB SHARDNUMSUB` would
+    /// not do: it counts every node's subscribers, so one node subscribing
+    /// again on the new master would hide that another one did not. Each
+    /// master is asked `CLIENT LIST TYPE pubsub` instead: this node's
+    /// subscriber connection (by its name) and its `ssub` count, against
+    /// the number of this node's channels (topics and its bus channel) whose
+    /// slot the master holds. A master that does not answer is asked again
+    /// at the next check.
+    async fn lost_subscriptions(&self) -> Vec<Arc<str>> {
+        let Some(state) = self.client.cached_cluster_state() else {
+            return Vec::new();
+        };
+        let slot = |channel: &str| state.get_server(redis_keyslot(channel.as_bytes())).cloned();
+        let mut expected: std::collections::HashMap<Server, (u64, Vec<Arc<str>>)> =
+            std::collections::HashMap::new();
+        if let Some(server) = slot(&self.keys.bus(&self.node_id)) {
+            expected.entry(server).or_default().0 += 1;
+        }
+        for topic in self.subscribed_topics() {
+            let Ok(keys) = self.keys.topic(&topic) else {
+                continue;
+            };
+            if let Some(server) = slot(&keys.channel) {
+                let entry = expected.entry(server).or_default();
+                entry.0 += 1;
+                entry.1.push(topic);
+            }
+        }
+        let name = format!("name={}", self.subscriber.id());
+        let checks = expected.into_iter().map(|(server, (count, topics))| {
+            let name = &name;
+            async move {
+                let list: String = self
+                    .call(
+                        "subscription check",
+                        self.client
+                            .with_cluster_node(server)
+                            .custom(fred::cmd!("CLIENT"), vec!["LIST", "TYPE", "pubsub"]),
+                    )
+                    .await
+                    .ok()?;
+                let ours: u64 = list
+                    .lines()
+                    .filter(|line| line.split(' ').any(|field| field == name))
+                    .filter_map(|line| {
+                        line.split(' ')
+                            .find_map(|field| field.strip_prefix("ssub="))
+                            .and_then(|n| n.parse::<u64>().ok())
+                    })
+                    .sum();
+                (ours < count).then_some(topics)
+            }
+        });
+        futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect()
     }
 }
 
@@ -314,9 +380,13 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let keys = self.keys.topic(topic)?;
             let new = locked(&self.subscribed).insert(Arc::from(topic));
+            if new {
+                locked(&self.seen).insert(Arc::from(topic), presence::Seen::default());
+            }
             let result = self.subscribe_channel(&keys.channel).await;
             if result.is_err() && new {
                 locked(&self.subscribed).remove(topic);
+                locked(&self.seen).remove(topic);
             }
             result
         })
@@ -327,6 +397,7 @@ impl Broker for RedisBroker {
             let keys = self.keys.topic(topic)?;
             // Frames still on their way are dropped from now on.
             locked(&self.subscribed).remove(topic);
+            locked(&self.seen).remove(topic);
             if self.cluster {
                 self.call("unsubscribe", self.subscriber.sunsubscribe(keys.channel))
                     .await

@@ -5,16 +5,20 @@
 //!   liveness key (`<prefix>:node:<id>`) of every node named there — those
 //!   keys are in other slots, so outside the script —, and removes the
 //!   members of dead nodes (one more script, which announces it).
-//! - Every `node_ttl` this node lists the members of the topics it is
-//!   subscribed to: a dead node's members are removed and announced within
-//!   about two `node_ttl`s of its death, even if nobody else lists them.
+//! - Every `node_ttl` this node sweeps the topics it is subscribed to, so
+//!   that a dead node's members are removed and announced within about two
+//!   `node_ttl`s of its death even if nobody lists them. Cheaply: it
+//!   remembers which other nodes each topic's last listing named, checks
+//!   the liveness keys of those nodes (one `EXISTS` per node, not per
+//!   topic), and lists again only the topics that name a dead node or
+//!   whose presence changed since (a presence frame came).
 //! - Every quarter of the idle TTL, and after each reconnection, this node
 //!   writes back the members it added that Redis lost (a restart without
 //!   persistence) — never over a member another node has since — and
 //!   refreshes the topic's TTL, so a topic with members on live nodes does
 //!   not expire.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use fred::prelude::*;
@@ -24,6 +28,16 @@ use holdfast_server::store::{Member, StoreError};
 use super::{RedisBroker, corrupt, locked, millis, text};
 use crate::codec::{array_of, bytes_of};
 use crate::keys::TopicKeys;
+
+/// What the sweep knows of one subscribed topic.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Seen {
+    /// Bumped by every presence frame: a listing started before it does
+    /// not record what it saw.
+    generation: u64,
+    /// The other nodes the last listing named (`None`: list it again).
+    nodes: Option<BTreeSet<String>>,
+}
 
 /// Runs the keeper and the sweep until the store aborts it.
 pub(crate) async fn keep(broker: Arc<RedisBroker>) {
@@ -92,14 +106,71 @@ impl RedisBroker {
         }
     }
 
-    /// Lists the members of every subscribed topic: dead nodes' members
+    /// A presence frame came for `topic`: the sweep lists it again.
+    pub(super) fn presence_changed(&self, topic: &str) {
+        if let Some(seen) = locked(&self.seen).get_mut(topic) {
+            seen.generation += 1;
+            seen.nodes = None;
+        }
+    }
+
+    /// Lists again the subscribed topics whose presence changed since
+    /// their last listing or that name a dead node: dead nodes' members
     /// are removed, and that is announced.
     async fn sweep(&self) {
-        for topic in self.subscribed_topics() {
+        let mut stale = Vec::new();
+        let mut named: HashMap<Arc<str>, BTreeSet<String>> = HashMap::new();
+        {
+            let seen = locked(&self.seen);
+            for topic in self.subscribed_topics() {
+                match seen.get(&topic).and_then(|s| s.nodes.clone()) {
+                    Some(nodes) => {
+                        named.insert(topic, nodes);
+                    }
+                    None => stale.push(topic),
+                }
+            }
+        }
+        let nodes: BTreeSet<&String> = named.values().flatten().collect();
+        let dead = match self.dead_nodes(nodes.into_iter().map(String::as_str)).await {
+            Ok(dead) => dead,
+            Err(error) => {
+                tracing::debug!(%error, "the presence sweep failed, retried at the next tick");
+                return;
+            }
+        };
+        stale.extend(
+            named
+                .into_iter()
+                .filter(|(_, nodes)| nodes.iter().any(|node| dead.contains(node)))
+                .map(|(topic, _)| topic),
+        );
+        for topic in stale {
             if let Err(error) = self.live_members(&topic).await {
                 tracing::debug!(%error, "the presence sweep failed, retried at the next tick");
             }
         }
+    }
+
+    /// Which of `nodes` are dead (their liveness key is gone).
+    async fn dead_nodes<'n>(
+        &self,
+        nodes: impl Iterator<Item = &'n str>,
+    ) -> Result<BTreeSet<String>, StoreError> {
+        let checks = nodes.map(|node| async move {
+            let found: i64 = self
+                .call("members", self.client.exists(self.keys.node(node)))
+                .await?;
+            Ok::<_, StoreError>((node, found > 0))
+        });
+        let mut dead = BTreeSet::new();
+        for check in futures_util::future::join_all(checks).await {
+            let (node, alive) = check?;
+            if !alive {
+                dead.insert(node.to_owned());
+            }
+        }
+        Ok(dead)
     }
 
     /// Removes a member if this node added it, and announces it.
@@ -118,6 +189,7 @@ impl RedisBroker {
     /// removed on the way.
     pub(super) async fn live_members(&self, topic: &str) -> Result<Vec<Member>, StoreError> {
         let keys = self.keys.topic(topic)?;
+        let generation = locked(&self.seen).get(topic).map(|s| s.generation);
         let reply = self
             .run("members", &self.scripts.members, &keys, Vec::new())
             .await?;
@@ -141,17 +213,17 @@ impl RedisBroker {
             .map(|(_, node, _)| node.as_str())
             .filter(|node| *node != self.node_id)
             .collect();
-        let checks = others.iter().map(|node| async move {
-            let found: i64 = self
-                .call("members", self.client.exists(self.keys.node(node)))
-                .await?;
-            Ok::<_, StoreError>((*node, found > 0))
-        });
-        let mut dead = BTreeSet::new();
-        for check in futures_util::future::join_all(checks).await {
-            let (node, alive) = check?;
-            if !alive {
-                dead.insert(node.to_owned());
+        let dead = self.dead_nodes(others.iter().copied()).await?;
+        // What the sweep checks from now on (for a subscribed topic, if
+        // no presence frame came meanwhile).
+        let alive: BTreeSet<String> = others
+            .iter()
+            .filter(|node| !dead.contains(**node))
+            .map(|node| (*node).to_owned())
+            .collect();
+        if let Some(entry) = locked(&self.seen).get_mut(topic) {
+            if generation == Some(entry.generation) {
+                entry.nodes = Some(alive);
             }
         }
         if !dead.is_empty() {
