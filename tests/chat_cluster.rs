@@ -2,10 +2,11 @@
 //! real `redis-server`, behind a real nginx balancing round-robin, and
 //! Rust clients on every transport speaking the chat's JSON like the page
 //! does. One room for all: every client sees every line exactly once, in
-//! one order — also when a node is killed with SIGKILL mid-conversation
-//! (its visitors' sessions continue on the other nodes, their lines in
-//! flight included) and restarted. Also: the chat's limits, with their
-//! notices.
+//! one order — also when a node is killed with SIGKILL, or stopped with
+//! SIGTERM, mid-conversation (its visitors' sessions continue on the other
+//! nodes, their lines in flight included) and restarted. Also: what a
+//! moved session holds until its client says who it is, and the chat's
+//! limits, with their notices.
 
 mod client_support;
 mod example_support;
@@ -125,6 +126,25 @@ impl Node {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
+    }
+
+    /// SIGTERM: the node hands its sessions over, then exits.
+    async fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+        assert!(
+            exited.is_ok(),
+            "the node on {} did not exit within 20 s of SIGTERM",
+            self.addr
+        );
     }
 
     /// Log lines containing all of `words`.
@@ -338,6 +358,27 @@ fn owner(nodes: &[Node], session: &str) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_chat_nodes_share_one_room_across_a_kill_9() {
+    conversation(Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_chat_nodes_share_one_room_across_a_sigterm_restart() {
+    conversation(Stop::Terminate).await;
+}
+
+/// How a node goes down mid-conversation.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// SIGKILL: its sessions are taken over once its liveness key expires.
+    Kill,
+    /// SIGTERM: it hands its sessions over, then exits.
+    Terminate,
+}
+
+/// Six visitors on three nodes talk; one node goes down (`stop`) with
+/// lines on their way to it and comes back: everyone sees every line
+/// once, in one order.
+async fn conversation(stop: Stop) {
     let redis = RedisServer::start().await.expect("redis-server starts");
     let mut nodes = Vec::new();
     for _ in 0..3 {
@@ -395,12 +436,15 @@ async fn three_chat_nodes_share_one_room_across_a_kill_9() {
         })
     };
     println!(
-        "killing node {victim}, serving {:?}",
+        "{stop:?}: node {victim}, serving {:?}",
         moved.iter().map(|v| &v.name).collect::<Vec<_>>()
     );
     let talking: Vec<_> = visitors.iter().map(talk).collect();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    nodes[victim].kill().await;
+    match stop {
+        Stop::Kill => nodes[victim].kill().await,
+        Stop::Terminate => nodes[victim].terminate().await,
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     nodes[victim].run().await;
     for task in talking {
@@ -495,6 +539,15 @@ async fn three_chat_nodes_share_one_room_across_a_kill_9() {
             .map(|node| node.logged(&[&visitor.session, "rejoined"]))
             .sum();
         assert_eq!(continued, 1, "{} continued on another node", visitor.name);
+        if let Stop::Terminate = stop {
+            // Its handler on the stopped node knew it moved (no "left").
+            assert_eq!(
+                nodes[victim].logged(&[&visitor.session, "moved to another node"]),
+                1,
+                "{} handed over",
+                visitor.name
+            );
+        }
     }
     for visitor in &visitors {
         visitor
