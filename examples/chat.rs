@@ -18,8 +18,9 @@
 //! With `--redis`, every node sharing that Redis serves the same room:
 //! history, who is online and every message, whatever node and transport
 //! each visitor is on. Stop a node (SIGTERM or Ctrl-C: it hands its
-//! visitors over) or kill it, and its visitors carry on on another node
-//! without noticing (see `docs/scaling.md`). Without `--redis` the room
+//! visitors over) or kill it, and its visitors carry on without noticing —
+//! on another node if a load balancer sends them there, else on this one
+//! when it is back (see `docs/scaling.md`). Without `--redis` the room
 //! lives in this one process.
 //!
 //! Wire format between the page and the room, one JSON text message each:
