@@ -26,6 +26,11 @@ pub enum SlowConsumer {
 /// A set of sessions that receive the same messages, each exactly once and
 /// in order, sharing one copy of every payload.
 ///
+/// A fan-out lives in this process: its members are sessions of this
+/// node. For a broadcast that reaches every node sharing a store — with
+/// one order for everyone, a history, and presence — use a
+/// [`Topic`](crate::Topic).
+///
 /// ```no_run
 /// use holdfast_server::{Fanout, Holdfast, SlowConsumer};
 ///
