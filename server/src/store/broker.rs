@@ -88,7 +88,7 @@ pub enum TopicEvent {
 }
 
 /// Where topics live: in this process for one node, in a store shared by
-/// several nodes (Redis). See the [module docs](self).
+/// several nodes (Redis). See the [store module](crate::store).
 ///
 /// Topic names given to a broker are checked by the caller: 1 to
 /// [`MAX_TOPIC_NAME`] bytes of printable ASCII other than `{` and `}`.

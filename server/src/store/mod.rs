@@ -25,6 +25,17 @@
 //! Two stores: [`MemoryCluster`] (several nodes in one process, for tests)
 //! and the Redis store of the `holdfast-redis` crate (real nodes).
 //!
+//! Each store also has a [`Broker`] ([`Store::broker`]): where the
+//! [topics](crate::Topic) of the nodes sharing it live. A topic is a log:
+//! every published message gets the next offset (1, 2, 3, … with no holes)
+//! within the log's epoch, a number picked when the log is created (it
+//! changes only if the log was lost). The broker keeps the newest messages
+//! of each log, so a node that missed some reads them back by offset;
+//! each node gets the [`TopicEvent`]s of the topics it subscribed to, in
+//! offset order, or a [`TopicEvent::Reset`] when some were lost. Presence
+//! is a set of [`Member`]s per topic, each recorded with the node that
+//! added it: a member whose node died is not listed.
+//!
 //! A session is named in the store by its [`tag`], derived from its key by
 //! a one-way hash: the store never holds the key itself, and reading the
 //! store does not let anyone resume a session.
