@@ -225,13 +225,19 @@ async fn run(
         subscribers: u32::try_from(spec.subscribers).map_err(|e| e.to_string())?,
         progress,
     });
-    let mut subscribers = JoinSet::new();
+    // All subscribed first (with Redis, opening 1000 sessions takes
+    // seconds), then each one's receiving starts.
+    let mut joined = Vec::with_capacity(spec.subscribers);
     for k in 0..spec.subscribers {
         let node = k % nodes.len();
         let mut connection = connect(&nodes[node]).await?;
         request(&mut connection, "tjoin", "tjoined").await?;
+        joined.push((format!("subscriber {k} (node {})", node + 1), connection));
+    }
+    let mut subscribers = JoinSet::new();
+    for (name, connection) in joined {
         subscribers.spawn(subscriber(
-            format!("subscriber {k} (node {})", node + 1),
+            name,
             connection,
             spec.messages,
             base,
