@@ -337,10 +337,7 @@ impl Report {
                         p[0], p[1], p[2]
                     );
                 }
-                Row::Topics { .. }
-                | Row::Idle { .. }
-                | Row::Resume { .. }
-                | Row::Echo { .. } => {}
+                Row::Topics { .. } | Row::Idle { .. } | Row::Resume { .. } | Row::Echo { .. } => {}
             }
         }
         self.print_topics();

@@ -134,7 +134,8 @@ impl Tally {
     fn delivered(&self, index: usize) {
         let got = self.counts[index].fetch_add(1, Ordering::AcqRel) + 1;
         if got == self.subscribers {
-            self.progress.send_modify(|p| p.complete = p.complete.max(index + 1));
+            self.progress
+                .send_modify(|p| p.complete = p.complete.max(index + 1));
         }
     }
 
