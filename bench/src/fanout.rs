@@ -19,7 +19,8 @@ pub struct FanoutResult {
     pub server_cpu_seconds: f64,
 }
 
-async fn connect(server: &ServerProcess) -> Result<Connection, String> {
+/// A holdfast WebSocket client of `server`.
+pub async fn connect(server: &ServerProcess) -> Result<Connection, String> {
     ClientBuilder::new(format!("http://{}/realtime", server.addr))
         .transport(TransportKind::WebSocket)
         .proxy(ProxyConfig::none())

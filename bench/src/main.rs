@@ -22,6 +22,7 @@ mod report;
 mod resume;
 mod serve;
 mod stats;
+mod topics;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,6 +45,7 @@ struct Plan {
     fanout_subscribers: usize,
     fanout_messages: usize,
     resume_messages: u64,
+    topics: topics::TopicsSpec,
 }
 
 impl Plan {
@@ -58,6 +60,11 @@ impl Plan {
             fanout_subscribers: 1000,
             fanout_messages: 200,
             resume_messages: 1000,
+            topics: topics::TopicsSpec {
+                subscribers: 1000,
+                messages: 200,
+                window: 8,
+            },
         }
     }
 
@@ -72,6 +79,11 @@ impl Plan {
             fanout_subscribers: 20,
             fanout_messages: 20,
             resume_messages: 100,
+            topics: topics::TopicsSpec {
+                subscribers: 12,
+                messages: 20,
+                window: 4,
+            },
         }
     }
 }
@@ -108,7 +120,7 @@ fn main() -> ExitCode {
             "--only" => only = it.next().map(|s| s.split(',').map(str::to_owned).collect()),
             "-h" | "--help" => {
                 println!(
-                    "usage: holdfast-bench [--quick] [--json FILE] [--only echo,fanout,idle,resume,cluster]"
+                    "usage: holdfast-bench [--quick] [--json FILE] [--only echo,fanout,idle,resume,cluster,topics]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -155,6 +167,11 @@ fn main() -> ExitCode {
                 duration: plan.duration,
             };
             cluster::echo_costs(spec).await?;
+        }
+        if wants("topics") {
+            for result in topics::runs(plan.topics).await? {
+                report.add(Row::topics(result));
+            }
         }
         Ok::<_, String>(())
     });

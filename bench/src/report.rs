@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::echo::{EchoResult, EchoSpec, Target};
 use crate::fanout::FanoutResult;
 use crate::idle::IdleResult;
+use crate::topics::TopicsResult;
 
 /// One measured run.
 pub enum Row {
@@ -26,6 +27,17 @@ pub enum Row {
         deliveries_per_sec: f64,
         p: [f64; 3],
         cpu_us_per_delivery: f64,
+    },
+    Topics {
+        nodes: usize,
+        store: &'static str,
+        subscribers: usize,
+        published: usize,
+        window: usize,
+        deliveries_per_sec: f64,
+        p: [f64; 3],
+        cpu_us_per_delivery: f64,
+        redis_us_per_message: f64,
     },
     Idle {
         kind: TransportKind,
@@ -66,6 +78,21 @@ impl Row {
             deliveries_per_sec: result.deliveries as f64 / result.seconds.max(1e-9),
             p: result.latencies.percentiles(),
             cpu_us_per_delivery: result.server_cpu_seconds * 1e6 / result.deliveries.max(1) as f64,
+        }
+    }
+
+    pub fn topics(mut result: TopicsResult) -> Self {
+        Self::Topics {
+            nodes: result.nodes,
+            store: result.store,
+            subscribers: result.spec.subscribers,
+            published: result.spec.messages,
+            window: result.spec.window,
+            deliveries_per_sec: result.deliveries as f64 / result.seconds.max(1e-9),
+            p: result.latencies.percentiles(),
+            cpu_us_per_delivery: result.server_cpu_seconds * 1e6 / result.deliveries.max(1) as f64,
+            redis_us_per_message: result.redis_cpu_seconds * 1e6
+                / result.spec.messages.max(1) as f64,
         }
     }
 
@@ -110,6 +137,24 @@ impl Row {
                 "deliveries_per_sec": deliveries_per_sec.round(),
                 "p50_us": p[0], "p99_us": p[1], "p999_us": p[2],
                 "server_cpu_us_per_delivery": round2(*cpu_us_per_delivery),
+            }),
+            Self::Topics {
+                nodes,
+                store,
+                subscribers,
+                published,
+                window,
+                deliveries_per_sec,
+                p,
+                cpu_us_per_delivery,
+                redis_us_per_message,
+            } => json!({
+                "bench": "topics", "nodes": nodes, "store": store,
+                "subscribers": subscribers, "published": published, "window": window,
+                "deliveries_per_sec": deliveries_per_sec.round(),
+                "p50_us": p[0], "p99_us": p[1], "p999_us": p[2],
+                "server_cpu_us_per_delivery": round2(*cpu_us_per_delivery),
+                "redis_cpu_us_per_message": round2(*redis_us_per_message),
             }),
             Self::Idle {
                 kind,
@@ -230,6 +275,48 @@ impl Report {
         }
     }
 
+    fn print_topics(&self) {
+        let topics: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| matches!(r, Row::Topics { .. }))
+            .collect();
+        if topics.is_empty() {
+            return;
+        }
+        println!(
+            "\n### Topics (nodes and redis-server pinned to CPU 0, clients to CPU 1; server CPU summed over the nodes)\n"
+        );
+        println!(
+            "| nodes | store | subscribers | messages | window | deliveries/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/delivery | redis-server CPU µs/message |"
+        );
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for row in topics {
+            if let Row::Topics {
+                nodes,
+                store,
+                subscribers,
+                published,
+                window,
+                deliveries_per_sec,
+                p,
+                cpu_us_per_delivery,
+                redis_us_per_message,
+            } = row
+            {
+                let redis = if *store == "redis" {
+                    format!("{redis_us_per_message:.1}")
+                } else {
+                    "–".into()
+                };
+                println!(
+                    "| {nodes} | {store} | {subscribers} | {published} | {window} | {deliveries_per_sec:.0} | {:.0} | {:.0} | {:.0} | {cpu_us_per_delivery:.2} | {redis} |",
+                    p[0], p[1], p[2]
+                );
+            }
+        }
+    }
+
     fn print_others(&self) {
         for row in &self.rows {
             match row {
@@ -250,9 +337,10 @@ impl Report {
                         p[0], p[1], p[2]
                     );
                 }
-                Row::Idle { .. } | Row::Resume { .. } | Row::Echo { .. } => {}
+                Row::Topics { .. } | Row::Idle { .. } | Row::Resume { .. } | Row::Echo { .. } => {}
             }
         }
+        self.print_topics();
         let idle: Vec<&Row> = self
             .rows
             .iter()

@@ -9,7 +9,7 @@ use std::io::Write as _;
 
 use futures_util::{StreamExt, TryStreamExt};
 use holdfast_protocol::Message;
-use holdfast_server::{Fanout, Holdfast, ServerConfig, Session, SlowConsumer};
+use holdfast_server::{Fanout, Holdfast, ServerConfig, Session, SlowConsumer, Topic};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -130,11 +130,44 @@ async fn serve_holdfast(
         .await;
 }
 
+/// The topic of the `topics` benchmark.
+const BENCH_TOPIC: &str = "bench";
+
 /// Echo, plus `burst N` (send N numbered messages), `join` (receive
-/// broadcasts) and `pub:…` (broadcast this message to everyone joined).
+/// broadcasts), `pub:…` (broadcast this message to everyone joined),
+/// `tjoin` (subscribe to the topic `bench`, with `SlowConsumer::Wait`;
+/// answers `tjoined`) and `t:…` (publish this message to that topic,
+/// waiting until its log holds it; answers only a failure).
 async fn app(session: Session, room: Fanout) {
+    // Held for the session's life: a node's hub runs while a handle does.
+    let mut topic: Option<Topic> = None;
     while let Some(message) = session.recv().await {
         if let Some(text) = message.as_text() {
+            if text == "tjoin" {
+                let answer = match bench_topic(&session, &mut topic) {
+                    Ok(t) => match t.subscribe(&session).await {
+                        Ok(_) => "tjoined".to_owned(),
+                        Err(e) => format!("tjoin failed: {e}"),
+                    },
+                    Err(e) => format!("tjoin failed: {e}"),
+                };
+                if session.send(answer).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            if text.starts_with("t:") {
+                let result = match bench_topic(&session, &mut topic) {
+                    Ok(t) => t.publish(message.clone()).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    if session.send(format!("tpub failed: {e}")).await.is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
             if let Some(n) = text.strip_prefix("burst ") {
                 let n: u64 = n.parse().unwrap_or(0);
                 for i in 1..=n {
@@ -158,4 +191,19 @@ async fn app(session: Session, room: Fanout) {
         }
     }
     room.leave(&session);
+}
+
+/// The session's handle on the benchmark's topic, made on first use.
+fn bench_topic<'a>(
+    session: &Session,
+    topic: &'a mut Option<Topic>,
+) -> Result<&'a Topic, holdfast_server::TopicError> {
+    if topic.is_none() {
+        *topic = Some(
+            session
+                .topic(BENCH_TOPIC)?
+                .with_slow_consumer(SlowConsumer::Wait),
+        );
+    }
+    topic.as_ref().ok_or(holdfast_server::TopicError::Closed)
 }
