@@ -164,6 +164,14 @@ impl AppProgress {
     }
 }
 
+/// Acknowledgements alone wake the writer only once the store's are this
+/// many messages behind: a write costs a store round trip, and an ack the
+/// store has not heard of only means that a node taking the session over
+/// sends those messages again — the client drops them by sequence number.
+/// Any other write carries the latest ack along. So the store holds at most
+/// this many acknowledged messages more than the replay buffer.
+pub(crate) const ACK_WRITE_LAG: u64 = 16;
+
 /// What was last stored, to write only what changed.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Stored {

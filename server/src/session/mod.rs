@@ -254,13 +254,15 @@ impl Drop for CoreGuard<'_> {
                 (Some(_), None) => true,
                 (None, _) => false,
             };
+        let stored_acked = inner.stored.acked;
         drop(inner);
 
         let closed_now = after.closed && !before.closed;
         if let Some(durable) = &shared.durable
             && (after.sent != before.sent
                 || after.received != before.received
-                || after.acked != before.acked
+                || (after.acked != before.acked
+                    && after.acked >= stored_acked + durable::ACK_WRITE_LAG)
                 || closed_now)
         {
             durable.wake.notify_one();
@@ -576,6 +578,8 @@ impl Shared {
         if let Some(durable) = &self.durable {
             durable.handing.store(true, Ordering::Release);
             self.app.notify_waiters();
+            // Acks the writer let wait go out now (see `ACK_WRITE_LAG`).
+            durable.wake.notify_one();
         }
     }
 
