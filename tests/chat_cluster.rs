@@ -14,151 +14,24 @@ mod nginx_support;
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use example_support::example;
+use example_support::ExampleNode as Node;
 use holdfast::client::{Event, Message, Sender, TransportKind};
 use holdfast_testkit::RedisServer;
 use nginx_support::{Nginx, Profile};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// Every wait in these tests is bounded by this.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A loopback port free right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// One `chat` process, on a port it keeps across restarts, its log kept.
-struct Node {
-    addr: SocketAddr,
-    redis: Option<String>,
-    child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Node {
-    async fn start(redis: Option<&str>) -> Node {
-        let mut node = Node {
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            redis: redis.map(str::to_owned),
-            child: None,
-            log: Arc::default(),
-        };
-        node.run().await;
-        node
-    }
-
-    /// Starts the process and waits until it listens.
-    async fn run(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let mut last_error = String::new();
-        // The port may be taken by another test's process in between.
-        for _ in 0..20 {
-            let mut command = Command::new(example("chat"));
-            command.args(["--addr", &self.addr.to_string()]);
-            if let Some(redis) = &self.redis {
-                command.args(["--redis", redis]);
-            }
-            let mut child = command
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("chat example starts");
-            let stdout = child.stdout.take().expect("stdout");
-            let stderr = child.stderr.take().expect("stderr");
-            let mut lines = BufReader::new(stdout).lines();
-            let log = self.log.clone();
-            let listening = tokio::time::timeout(Duration::from_secs(20), async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let ready = line.contains("chat on http://");
-                    log.lock().expect("log").push(line);
-                    if ready {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await
-            .unwrap_or(false);
-            let log = self.log.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    log.lock().expect("log").push(line);
-                }
-            });
-            if listening {
-                tokio::spawn(async move {
-                    let mut lines = BufReader::new(stderr).lines();
-                    while let Ok(Some(_)) = lines.next_line().await {}
-                });
-                self.child = Some(child);
-                return;
-            }
-            let mut error = String::new();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                tokio::io::AsyncReadExt::read_to_string(&mut BufReader::new(stderr), &mut error),
-            )
-            .await;
-            let _ = child.kill().await;
-            last_error = error;
-            if !last_error.contains("Address already in use") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("the chat node on {} did not start: {last_error}", self.addr);
-    }
-
-    /// SIGKILL: the node dies with everything in its memory.
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-    }
-
-    /// SIGTERM: the node hands its sessions over, then exits.
-    async fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = child.id() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
-        }
-        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
-        assert!(
-            exited.is_ok(),
-            "the node on {} did not exit within 20 s of SIGTERM",
-            self.addr
-        );
-    }
-
-    /// Log lines containing all of `words`.
-    fn logged(&self, words: &[&str]) -> usize {
-        self.log
-            .lock()
-            .expect("log")
-            .iter()
-            .filter(|line| words.iter().all(|word| line.contains(word)))
-            .count()
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/realtime", self.addr)
+/// A chat node (with `redis`: one of several sharing it).
+async fn chat_node(redis: Option<&str>) -> Node {
+    match redis {
+        Some(redis) => Node::start("chat", "chat on http://", &["--redis", redis]).await,
+        None => Node::start("chat", "chat on http://", &[]).await,
     }
 }
 
@@ -382,7 +255,7 @@ async fn conversation(stop: Stop) {
     let redis = RedisServer::start().await.expect("redis-server starts");
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(Node::start(Some(&redis.url())).await);
+        nodes.push(chat_node(Some(&redis.url())).await);
     }
     let upstreams: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
     let nginx = Nginx::start_balanced(Profile::WellConfigured, &upstreams).await;
@@ -565,8 +438,8 @@ async fn conversation(stop: Stop) {
 async fn a_moved_session_keeps_at_most_64_lines_until_it_says_who_it_is() {
     let redis = RedisServer::start().await.expect("redis-server starts");
     let mut nodes = vec![
-        Node::start(Some(&redis.url())).await,
-        Node::start(Some(&redis.url())).await,
+        chat_node(Some(&redis.url())).await,
+        chat_node(Some(&redis.url())).await,
     ];
     let upstreams: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
     let nginx = Nginx::start_balanced(Profile::WellConfigured, &upstreams).await;
@@ -612,7 +485,7 @@ async fn a_moved_session_keeps_at_most_64_lines_until_it_says_who_it_is() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chat_s_limits_come_with_notices() {
-    let node = Node::start(None).await;
+    let node = chat_node(None).await;
     let url = node.url();
     let observer = Visitor::join(&url, TransportKind::LongPoll, "Observer").await;
     let connection = client_support::client(&url)

@@ -13,121 +13,17 @@ mod example_support;
 mod nginx_support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use example_support::example;
+use example_support::{ExampleNode as Node, example, free_port};
 use holdfast_testkit::{RedisCluster, RedisServer};
 use nginx_support::{Nginx, Profile};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// A loopback port free right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// One `echo --redis` node, on a port it keeps across restarts.
-struct Node {
-    addr: SocketAddr,
-    redis: String,
-    child: Option<Child>,
-    /// Restarts so far.
-    starts: u32,
-}
-
-impl Node {
-    async fn start(redis: &str) -> Node {
-        let mut node = Node {
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            redis: redis.to_owned(),
-            child: None,
-            starts: 0,
-        };
-        node.run().await;
-        node
-    }
-
-    /// Starts the process and waits until it listens.
-    async fn run(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let mut last_error = String::new();
-        // The port may be taken by another test's process in between.
-        for _ in 0..20 {
-            let mut child = Command::new(example("echo"))
-                .args(["--addr", &self.addr.to_string(), "--redis", &self.redis])
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("echo example starts");
-            let stdout = child.stdout.take().expect("stdout");
-            let stderr = child.stderr.take().expect("stderr");
-            let mut lines = BufReader::new(stdout).lines();
-            let listening = tokio::time::timeout(Duration::from_secs(20), async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.contains("echo server on http://") {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await
-            .unwrap_or(false);
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            if listening {
-                tokio::spawn(async move {
-                    let mut lines = BufReader::new(stderr).lines();
-                    while let Ok(Some(_)) = lines.next_line().await {}
-                });
-                self.child = Some(child);
-                self.starts += 1;
-                return;
-            }
-            let mut error = String::new();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                tokio::io::AsyncReadExt::read_to_string(&mut BufReader::new(stderr), &mut error),
-            )
-            .await;
-            let _ = child.kill().await;
-            last_error = error;
-            if !last_error.contains("Address already in use") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("the echo node on {} did not start: {last_error}", self.addr);
-    }
-
-    /// SIGKILL: the node dies with everything in its memory.
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-    }
-
-    /// SIGTERM: the node hands its sessions over, then exits.
-    async fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = child.id() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
-        }
-        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
-        assert!(
-            exited.is_ok(),
-            "the node on {} did not exit within 20 s of SIGTERM",
-            self.addr
-        );
-    }
+/// An echo node sharing `redis`.
+async fn echo_node(redis: &str) -> Node {
+    Node::start("echo", "echo server on http://", &["--redis", redis]).await
 }
 
 /// Three nodes sharing `redis`, behind round-robin nginx.
@@ -140,7 +36,7 @@ impl Cluster {
     async fn start(redis: &str) -> Cluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(Node::start(redis).await);
+            nodes.push(echo_node(redis).await);
         }
         let upstreams: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
         let nginx = Nginx::start_balanced(Profile::WellConfigured, &upstreams).await;
