@@ -17,13 +17,13 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use fred::prelude::*;
 use holdfast_server::store::BusEvent;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use crate::codec::bytes_of;
+use crate::lossy::LossyQueue;
 
 /// Subscribes `subscriber` to `channel` (sharded on a cluster).
 pub(crate) async fn subscribe(
@@ -35,47 +35,6 @@ pub(crate) async fn subscribe(
         subscriber.ssubscribe(channel).await
     } else {
         subscriber.subscribe(channel).await
-    }
-}
-
-/// Where frames go, and whether frames were lost since the last one that
-/// got through.
-struct Inbox {
-    tx: mpsc::Sender<BusEvent>,
-    lost: bool,
-}
-
-/// The inbox's reader is gone: nothing left to do.
-struct Closed;
-
-impl Inbox {
-    /// Hands one frame on, or drops it and remembers to say so.
-    fn frame(&mut self, frame: Bytes) -> Result<(), Closed> {
-        if self.lost && !self.reset()? {
-            return Ok(());
-        }
-        match self.tx.try_send(BusEvent::Frame(frame)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.lost = true;
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
-        }
-    }
-
-    /// Frames were (or may have been) lost: say so now if there is room,
-    /// else before the next frame. Returns whether the reset went out.
-    fn reset(&mut self) -> Result<bool, Closed> {
-        self.lost = true;
-        match self.tx.try_send(BusEvent::Reset) {
-            Ok(()) => {
-                self.lost = false;
-                Ok(true)
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
-        }
     }
 }
 
@@ -103,7 +62,7 @@ pub(crate) async fn forward(
     mut reconnects: tokio::sync::broadcast::Receiver<Server>,
     retry: Duration,
 ) {
-    let mut inbox = Inbox { tx, lost: false };
+    let mut inbox = LossyQueue::new(tx, || BusEvent::Reset);
     let mut check = tokio::time::interval(SHARD_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -131,7 +90,7 @@ pub(crate) async fn forward(
             },
             message = messages.recv() => match message {
                 Ok(message) if *message.channel == *channel => match bytes_of(&message.value) {
-                    Some(frame) => inbox.frame(frame),
+                    Some(frame) => inbox.send(BusEvent::Frame(frame)),
                     None => {
                         tracing::warn!("a bus message that is not bytes was dropped");
                         Ok(())
@@ -175,37 +134,5 @@ async fn resubscribe(
                 while reconnects.try_recv().is_ok() {}
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_inbox_drops_frames_then_resets_before_the_next_one() {
-        let (tx, mut rx) = mpsc::channel(2);
-        let mut inbox = Inbox { tx, lost: false };
-        for n in 0..4u8 {
-            assert!(inbox.frame(Bytes::from(vec![n])).is_ok());
-        }
-        assert_eq!(
-            rx.try_recv().ok(),
-            Some(BusEvent::Frame(Bytes::from(vec![0])))
-        );
-        assert_eq!(
-            rx.try_recv().ok(),
-            Some(BusEvent::Frame(Bytes::from(vec![1])))
-        );
-        assert!(rx.try_recv().is_err());
-        // Room again: the reset comes first, then the new frame.
-        assert!(inbox.frame(Bytes::from(vec![9])).is_ok());
-        assert_eq!(rx.try_recv().ok(), Some(BusEvent::Reset));
-        assert_eq!(
-            rx.try_recv().ok(),
-            Some(BusEvent::Frame(Bytes::from(vec![9])))
-        );
-        drop(rx);
-        assert!(inbox.frame(Bytes::from(vec![10])).is_err());
     }
 }

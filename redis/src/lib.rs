@@ -202,6 +202,7 @@ mod config;
 mod error;
 mod keys;
 mod liveness;
+mod lossy;
 mod scripts;
 mod store;
 mod topics;
