@@ -48,11 +48,17 @@ async function openTabs(n, options) {
       return page;
     }),
   );
-  await Promise.all(
-    pages.map((page) =>
-      page.waitForFunction(() => window.tabs.status().readyState === 1, null, { timeout: 20000 }),
-    ),
-  );
+  try {
+    await Promise.all(
+      pages.map((page) =>
+        page.waitForFunction(() => window.tabs.status().readyState === 1, null, { timeout: 20000 }),
+      ),
+    );
+  } catch (error) {
+    // Say which tabs did not open, and how they stood.
+    const all = await Promise.all(pages.map((page) => status(page).catch((e) => String(e))));
+    throw new Error(`not every tab opened within 20 s: ${JSON.stringify(all)} (${error.message})`);
+  }
   return pages;
 }
 
