@@ -192,6 +192,10 @@ describe("many tabs, one connection", () => {
         if (state === "frozen") {
           const paused = new Promise((resolve) => cdp.once("Debugger.paused", resolve));
           await cdp.send("Debugger.pause");
+          // A pause takes effect when the page next runs JavaScript: an
+          // idle tab may run none for a while. Run some now (never
+          // awaited: it is what stops).
+          cdp.send("Runtime.evaluate", { expression: "void 0" }).catch(() => {});
           await within(5000, paused, "the page did not stop");
         } else {
           await cdp.send("Debugger.resume");
