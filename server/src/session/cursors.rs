@@ -39,7 +39,13 @@ impl Cursors {
     }
 
     pub(crate) fn advance(&mut self, topic: &Arc<str>, position: Position) {
-        self.map.insert(topic.clone(), position);
+        // Per topic message: update in place, no clone of the name.
+        match self.map.get_mut(topic) {
+            Some(cursor) => *cursor = position,
+            None => {
+                self.map.insert(topic.clone(), position);
+            }
+        }
         self.version += 1;
     }
 

@@ -53,7 +53,8 @@ pub(crate) enum Command {
         shared: Arc<Shared>,
         info: String,
         policy: SlowConsumer,
-        reply: oneshot::Sender<Result<Subscribed, TopicError>>,
+        /// The result, and whether the session was not subscribed before.
+        reply: oneshot::Sender<Result<(Subscribed, bool), TopicError>>,
     },
     Unsubscribe {
         session: Arc<str>,
@@ -268,7 +269,7 @@ impl Hub {
         shared: Arc<Shared>,
         info: String,
         policy: SlowConsumer,
-    ) -> Result<Subscribed, TopicError> {
+    ) -> Result<(Subscribed, bool), TopicError> {
         if shared.is_over() {
             return Err(TopicError::Closed);
         }
@@ -280,7 +281,7 @@ impl Hub {
         if let Some(subscriber) = self.subscribers.get_mut(&id) {
             subscriber.policy = policy;
             self.topics.broker.join(&self.name, &member).await?;
-            return Ok(Subscribed::default());
+            return Ok((Subscribed::default(), false));
         }
         let cursor = shared.cursor(&self.name);
         if cursor.is_none()
@@ -314,7 +315,7 @@ impl Hub {
         }
         self.topics.broker.join(&self.name, &member).await?;
         self.subscribers.insert(id, subscriber);
-        Ok(subscribed)
+        Ok((subscribed, true))
     }
 
     /// Gives a subscriber that was at `cursor` what it missed up to

@@ -207,9 +207,13 @@ impl Topic {
             .send(command)
             .await
             .map_err(|_| TopicError::Unavailable("the topic stopped".into()))?;
-        let subscribed = answer
+        let (subscribed, new) = answer
             .await
             .map_err(|_| TopicError::Unavailable("the topic stopped".into()))??;
+        if !new {
+            // Only the info changed: its watcher runs already.
+            return Ok(subscribed);
+        }
         // The session leaves the topic (and presence) when it ends.
         let hub = self.hub.clone();
         let shared = session.shared_arc().clone();
