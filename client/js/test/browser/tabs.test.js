@@ -196,7 +196,7 @@ describe("many tabs, one connection", () => {
           // idle tab may run none for a while. Run some now (never
           // awaited: it is what stops).
           cdp.send("Runtime.evaluate", { expression: "void 0" }).catch(() => {});
-          await within(5000, paused, "the page did not stop");
+          await within(15000, paused, "the page did not stop");
         } else {
           await cdp.send("Debugger.resume");
         }
