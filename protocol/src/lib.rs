@@ -40,6 +40,7 @@
 
 pub mod close;
 pub mod config;
+pub mod connector;
 pub mod error;
 pub mod session;
 pub mod wire;

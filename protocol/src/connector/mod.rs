@@ -1,0 +1,685 @@
+//! The client's connection policy as a state machine with no IO: which
+//! transport to attach, when to fall back, how long to back off, when to
+//! probe a better transport and switch up, when to give up — the same
+//! machine in the Rust client (this module) and the JS client (a port in
+//! `holdfast.js`), both checked against the scenario vectors in
+//! `protocol/vectors/`.
+//!
+//! The driver reports what happened to each attempt and asks what to do:
+//!
+//! ```text
+//!   opened / trusted / ended(AttemptEnd) ──▶           ──▶ poll(now): Action
+//!   probed(id, works) / wake(cause)     ──▶ Connector ──▶ poll_timeout()
+//!   send_failed(failure) ───────────────▶           ──▶ SendVerdict (at once)
+//! ```
+//!
+//! The rules (`docs/networks.md`, "The client's fallback rules"):
+//!
+//! - a transport that never delivers its first frame (refused upgrade,
+//!   error page, timeout, silence, closed early) is *blocked*: the next one
+//!   is tried at once, and the step goes in the fallback report;
+//! - a transport that cannot even connect means the server (or the
+//!   network) is down: no fallback, the best transport again after a
+//!   backoff;
+//! - before the session ever opened, the client keeps trying for
+//!   `connect_timeout`, then gives up; afterwards it never gives up (the
+//!   server says when the session is lost);
+//! - a transport that dies twice within 10 s of opening without carrying
+//!   frames both ways is demoted;
+//! - a transport that carried frames both ways is remembered, and resets
+//!   the backoff;
+//! - on a fallback transport, better transports are probed now and then,
+//!   and the session switches up when one works;
+//! - a send request that failed is sent again (up to `send_retries` times,
+//!   then the attachment is given up); one refused with 4503 is sent again
+//!   after its `retry_after`, as often as it takes.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use holdfast_protocol::TransportKind;
+//! use holdfast_protocol::connector::{Action, AttemptEnd, Connector, ConnectorConfig};
+//!
+//! let t0 = Instant::now();
+//! let mut connector = Connector::new(ConnectorConfig::default(), t0, Box::new(|| 0.5));
+//! assert_eq!(
+//!     connector.poll(t0),
+//!     Some(Action::Attach { transport: TransportKind::WebSocket, fresh_session: false })
+//! );
+//! // A proxy refuses the upgrade: SSE next, at once.
+//! let t1 = t0 + Duration::from_millis(30);
+//! connector.ended(t1, AttemptEnd::Status { status: 426, retry_after: None });
+//! assert_eq!(
+//!     connector.poll(t1),
+//!     Some(Action::Attach { transport: TransportKind::Sse, fresh_session: false })
+//! );
+//! ```
+
+mod attempt;
+mod backoff;
+mod reprobe;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+pub use attempt::{AttemptEnd, Cause, Failure, Fallback};
+pub use backoff::Backoff;
+pub use reprobe::MAX_REPROBE;
+
+use crate::{Close, CloseCode, TransportKind};
+use reprobe::Reprobe;
+
+/// A transport that died without carrying frames both ways within this
+/// long after opening counts as a flap.
+pub const FLAP_WINDOW: Duration = Duration::from_secs(10);
+/// Flaps after which a transport is demoted.
+pub const FLAPS_TO_DEMOTE: u32 = 2;
+/// The most steps a fallback report holds (the first ones are kept).
+pub const MAX_FALLBACKS: usize = 16;
+/// The most failures kept for a reconnect reason or a give-up.
+const MAX_FAILURES: usize = 8;
+/// The first retry of a failed send request waits this long, doubling.
+pub const SEND_RETRY: Duration = Duration::from_millis(100);
+
+/// The connection policy's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectorConfig {
+    /// The transports to use, best first. Default all three.
+    pub transports: Vec<TransportKind>,
+    /// The transport that worked last time for this server, if remembered:
+    /// tried first.
+    pub remembered: Option<TransportKind>,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+    /// On a fallback transport, how long before the better ones are probed
+    /// (doubling after each failed round, up to [`MAX_REPROBE`]). Default
+    /// 15 s.
+    pub reprobe_after: Duration,
+    /// How long to keep trying before the session ever opened; `None`:
+    /// forever. Default 30 s.
+    pub connect_timeout: Option<Duration>,
+    /// How many times a failed send request is sent again before its
+    /// attachment is given up. Default 3.
+    pub send_retries: u32,
+}
+
+impl Default for ConnectorConfig {
+    fn default() -> Self {
+        Self {
+            transports: TransportKind::ALL.to_vec(),
+            remembered: None,
+            backoff: Backoff::default(),
+            reprobe_after: Duration::from_secs(15),
+            connect_timeout: Some(Duration::from_secs(30)),
+            send_retries: 3,
+        }
+    }
+}
+
+/// What the driver is to do next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Attach this transport now. `fresh_session`: start a new session
+    /// (the server refused to open the last one for now).
+    Attach {
+        /// The transport.
+        transport: TransportKind,
+        /// Whether to open a new session rather than resume.
+        fresh_session: bool,
+    },
+    /// Stop the current attachment (a better transport works): it ends with
+    /// [`AttemptEnd::Stopped`], and the better one is attached next.
+    Stop,
+    /// Probe this better transport without touching the session
+    /// (`PROTOCOL.md` §8.5), then report with
+    /// [`probed`](Connector::probed).
+    Probe {
+        /// Names this probe in [`probed`](Connector::probed).
+        id: u64,
+        /// The transport to probe.
+        transport: TransportKind,
+    },
+    /// Remember this transport for this server (it carried frames both
+    /// ways).
+    Remember(TransportKind),
+    /// Tell the application the session is reconnecting; the next
+    /// [`Attach`](Self::Attach) comes after `delay`.
+    Reconnecting {
+        /// Attempts since the connection last worked, from 1.
+        attempt: u32,
+        /// How long until the next attempt.
+        delay: Duration,
+        /// Why, for people.
+        reason: String,
+    },
+    /// The network came back while attached: check the attachment (ping a
+    /// socket, poll again, restart a stream), which may have died unseen.
+    Check,
+    /// Give up: the session never opened and will not.
+    GiveUp(GiveUp),
+}
+
+/// Why the connector gave up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GiveUp {
+    /// holdfast refused to open the session.
+    Refused(Close),
+    /// No transport reached the server within the connect timeout: the
+    /// last failures, oldest first.
+    NoTransport(Vec<Failure>),
+}
+
+/// What went wrong with a send request (SSE and long-polling upstream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendFailure {
+    /// No answer, or an answer not from holdfast (with its `Retry-After`).
+    Failed {
+        /// What its `Retry-After` said.
+        retry_after: Option<Duration>,
+    },
+    /// holdfast refused the messages for now (`detach` 4503): the
+    /// application is not keeping up, or the session is between nodes.
+    Overloaded {
+        /// The server's `retry_after`.
+        retry_after: Option<Duration>,
+    },
+    /// holdfast refused the request for good (another `detach`).
+    Refused,
+}
+
+/// What to do about a failed send request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendVerdict {
+    /// Send the same messages again after this long.
+    Retry(Duration),
+    /// Give the attachment up (end it with [`AttemptEnd::Closed`]).
+    EndAttachment,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Attach at the next poll.
+    Ready,
+    /// An attachment runs.
+    Attached(Attempt),
+    /// Backing off until then.
+    Waiting(Instant),
+    /// Gave up, or the session is over.
+    Done,
+}
+
+#[derive(Debug)]
+struct Attempt {
+    index: usize,
+    started: Instant,
+    /// When its first frame arrived: until then it is an attempt that may
+    /// fail, afterwards a connection that may drop.
+    opened: Option<Instant>,
+    trusted: bool,
+    stopping: bool,
+}
+
+/// The connection policy of one client session. See the [module
+/// documentation](self).
+pub struct Connector {
+    config: ConnectorConfig,
+    random: Box<dyn FnMut() -> f64 + Send>,
+    started: Instant,
+    phase: Phase,
+    /// The transport in use, as an index in `config.transports`.
+    index: usize,
+    /// Backoff attempts since the connection last worked.
+    attempt: u32,
+    /// Early deaths per transport.
+    flaps: Vec<u32>,
+    /// Whether any attachment ever opened (the session exists).
+    session_open: bool,
+    fresh_session: bool,
+    /// Failures since the last wait.
+    failures: Vec<Failure>,
+    /// The most any of them asked to wait.
+    failures_retry_after: Duration,
+    reprobe: Reprobe,
+    /// The better transport to attach once the stopped one ended.
+    switch_to: Option<usize>,
+    report: Vec<Fallback>,
+    send_failures: u32,
+    actions: VecDeque<Action>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("phase", &self.phase)
+            .field("index", &self.index)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// A connector starting at `now`. `random` gives uniform numbers in
+    /// `[0, 1)` for jitter (the tests pass a constant).
+    pub fn new(
+        config: ConnectorConfig,
+        now: Instant,
+        mut random: Box<dyn FnMut() -> f64 + Send>,
+    ) -> Self {
+        let reprobe = Reprobe::new(now, config.reprobe_after, random());
+        let mut connector = Self {
+            flaps: vec![0; config.transports.len()],
+            config,
+            random,
+            started: now,
+            phase: Phase::Ready,
+            index: 0,
+            attempt: 0,
+            session_open: false,
+            fresh_session: false,
+            failures: Vec::new(),
+            failures_retry_after: Duration::ZERO,
+            reprobe,
+            switch_to: None,
+            report: Vec::new(),
+            send_failures: 0,
+            actions: VecDeque::new(),
+        };
+        if connector.config.transports.is_empty() {
+            connector.give_up(GiveUp::NoTransport(Vec::new()));
+        }
+        connector.index = connector.best_index();
+        connector
+    }
+
+    // ---- inputs --------------------------------------------------------
+
+    /// The current attachment's first frame arrived: the transport works.
+    pub fn opened(&mut self, now: Instant) {
+        if let Phase::Attached(a) = &mut self.phase {
+            a.opened.get_or_insert(now);
+            self.session_open = true;
+            self.fresh_session = false;
+        }
+    }
+
+    /// The current attachment carried frames both ways.
+    pub fn trusted(&mut self, now: Instant) {
+        let Phase::Attached(a) = &mut self.phase else {
+            return;
+        };
+        a.opened.get_or_insert(now);
+        if a.trusted {
+            return;
+        }
+        a.trusted = true;
+        self.session_open = true;
+        self.flaps[a.index] = 0;
+        if self.config.transports.len() > 1 {
+            let kind = self.config.transports[a.index];
+            self.config.remembered = Some(kind);
+            self.actions.push_back(Action::Remember(kind));
+        }
+    }
+
+    /// The current attachment ended.
+    pub fn ended(&mut self, now: Instant, end: AttemptEnd) {
+        let Phase::Attached(a) = std::mem::replace(&mut self.phase, Phase::Ready) else {
+            return;
+        };
+        self.send_failures = 0;
+        if end == AttemptEnd::SessionClosed {
+            self.phase = Phase::Done;
+            return;
+        }
+        match a.opened {
+            None => self.failed(now, a, end),
+            Some(opened) => self.dropped(now, a, opened, end),
+        }
+    }
+
+    /// What the probe `id` found. Results of probes forgotten since (after
+    /// a fallback or a switch) are ignored.
+    pub fn probed(&mut self, now: Instant, id: u64, works: bool) {
+        let Some(candidate) = self.reprobe.current(id) else {
+            return;
+        };
+        if works {
+            self.reprobe.works(candidate);
+        } else {
+            let random = (self.random)();
+            if let Some((id, next)) = self.reprobe.next(now, candidate, self.index, random) {
+                self.request_probe(id, next);
+            }
+        }
+    }
+
+    /// The network came back (`online`) or the page became visible: a
+    /// backoff ends now (an `online` also starts the backoff afresh), and
+    /// an attachment that may have died unseen is checked.
+    pub fn wake(&mut self, _now: Instant, network_changed: bool) {
+        match &self.phase {
+            Phase::Waiting(_) => {
+                if network_changed {
+                    self.attempt = 0;
+                }
+                self.phase = Phase::Ready;
+            }
+            Phase::Attached(a) if a.opened.is_some() => self.actions.push_back(Action::Check),
+            _ => {}
+        }
+    }
+
+    /// A send request failed: what to do with its messages.
+    pub fn send_failed(&mut self, failure: SendFailure) -> SendVerdict {
+        match failure {
+            SendFailure::Overloaded { retry_after } => {
+                SendVerdict::Retry(retry_after.unwrap_or(self.config.backoff.initial))
+            }
+            SendFailure::Refused => SendVerdict::EndAttachment,
+            SendFailure::Failed { retry_after } => {
+                if self.send_failures >= self.config.send_retries {
+                    return SendVerdict::EndAttachment;
+                }
+                self.send_failures += 1;
+                let delay = SEND_RETRY * 2u32.saturating_pow(self.send_failures - 1);
+                SendVerdict::Retry(delay.max(retry_after.unwrap_or_default()))
+            }
+        }
+    }
+
+    /// A send request was answered: the retry count starts again.
+    pub fn send_succeeded(&mut self) {
+        self.send_failures = 0;
+    }
+
+    // ---- outputs -------------------------------------------------------
+
+    /// The next thing to do at `now`, if any. Call after every input, and
+    /// when [`poll_timeout`](Self::poll_timeout) passes, until `None`.
+    pub fn poll(&mut self, now: Instant) -> Option<Action> {
+        if let Some(action) = self.actions.pop_front() {
+            return Some(action);
+        }
+        if let Phase::Waiting(until) = self.phase
+            && now >= until
+        {
+            self.phase = Phase::Ready;
+        }
+        if matches!(self.phase, Phase::Ready) {
+            if let Some(found) = self.reprobe.take_found()
+                && found < self.index
+            {
+                self.switch(now, found);
+            }
+            self.phase = Phase::Attached(Attempt {
+                index: self.index,
+                started: now,
+                opened: None,
+                trusted: false,
+                stopping: false,
+            });
+            return Some(Action::Attach {
+                transport: self.config.transports[self.index],
+                fresh_session: std::mem::take(&mut self.fresh_session),
+            });
+        }
+        if !self.probing_allowed() {
+            return None;
+        }
+        if let Some(found) = self.reprobe.found()
+            && let Phase::Attached(a) = &mut self.phase
+            && !a.stopping
+        {
+            a.stopping = true;
+            self.switch_to = Some(found);
+            return Some(Action::Stop);
+        }
+        if let Some((id, candidate)) = self.reprobe.start(now) {
+            self.request_probe(id, candidate);
+            return self.poll(now);
+        }
+        None
+    }
+
+    /// When [`poll`](Self::poll) has something to do next without any
+    /// input: the end of a backoff, or the next re-probe.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let waiting = match self.phase {
+            Phase::Waiting(until) => Some(until),
+            _ => None,
+        };
+        let reprobe = self.probing_allowed().then(|| self.reprobe.due()).flatten();
+        match (waiting, reprobe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The fallback report: every step down the transport order so far,
+    /// oldest first (at most [`MAX_FALLBACKS`]).
+    pub fn fallbacks(&self) -> &[Fallback] {
+        &self.report
+    }
+
+    /// Whether the connector is done (gave up, or the session is over).
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    // ---- the rules -----------------------------------------------------
+
+    /// An attempt that never delivered its first frame.
+    fn failed(&mut self, now: Instant, a: Attempt, end: AttemptEnd) {
+        match end {
+            AttemptEnd::Refused(close) => return self.refused(now, close),
+            AttemptEnd::Stopped => {
+                if let Some(better) = self.switch_to.take() {
+                    self.switch(now, better);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let Some(cause) = end.cause() else { return };
+        let transport = self.config.transports[a.index];
+        self.record(Failure {
+            transport,
+            cause,
+            after_open: false,
+        });
+        self.failures_retry_after = self
+            .failures_retry_after
+            .max(end.retry_after().unwrap_or_default());
+        if cause != Cause::Unreachable && a.index + 1 < self.config.transports.len() {
+            self.fall_back(now, a.index, cause, now - a.started);
+            return;
+        }
+        // The server is down, or nothing is left: from the best again,
+        // after a backoff.
+        self.index = self.best_index();
+        let delay = self
+            .next_backoff()
+            .max(std::mem::take(&mut self.failures_retry_after));
+        let reason = self.failures_reason();
+        self.wait(now, delay, reason);
+    }
+
+    /// holdfast refused to open the session (or closed it).
+    fn refused(&mut self, now: Instant, close: Close) {
+        if self.session_open {
+            self.phase = Phase::Done;
+            return;
+        }
+        if close.code == CloseCode::OVERLOADED
+            && let Some(after) = close.retry_after
+        {
+            // Overloaded before the session opened: honour retry_after,
+            // with jitter on top, and open a fresh session then.
+            let delay = after + self.next_backoff();
+            let reason = format!(
+                "the server is overloaded ({} {})",
+                close.code.0, close.reason
+            );
+            self.fresh_session = true;
+            self.wait(now, delay, reason);
+            if self.is_done() {
+                self.actions.clear();
+                self.give_up(GiveUp::Refused(close));
+            }
+            return;
+        }
+        self.give_up(GiveUp::Refused(close));
+    }
+
+    /// A connection that worked, then ended.
+    fn dropped(&mut self, now: Instant, a: Attempt, opened: Instant, end: AttemptEnd) {
+        self.failures.clear();
+        self.failures_retry_after = Duration::ZERO;
+        let lasted = now.saturating_duration_since(opened);
+        if !a.trusted && lasted < FLAP_WINDOW && end != AttemptEnd::Stopped {
+            self.flaps[a.index] += 1;
+            if self.flaps[a.index] >= FLAPS_TO_DEMOTE && a.index + 1 < self.config.transports.len()
+            {
+                self.flaps[a.index] = 0;
+                self.fall_back(now, a.index, Cause::Flapping, lasted);
+            }
+        }
+        // A connection that carried frames both ways proves the network
+        // works: the next drop starts the backoff afresh, however short.
+        if a.trusted || lasted >= self.config.backoff.reset_after {
+            self.attempt = 0;
+        }
+        if let Some(better) = self.switch_to.take() {
+            self.switch(now, better);
+        }
+        let immediate = match &end {
+            AttemptEnd::Stopped => true,
+            AttemptEnd::Detached(close) => {
+                close.code == CloseCode::RECONNECT || close.code == CloseCode::REPLACED
+            }
+            AttemptEnd::Refused(_) => {
+                self.phase = Phase::Done;
+                return;
+            }
+            _ => false,
+        };
+        if immediate {
+            self.phase = Phase::Ready;
+            return;
+        }
+        let reason = end.cause().map_or_else(String::new, |cause| {
+            let failure = Failure {
+                transport: self.config.transports[a.index],
+                cause,
+                after_open: true,
+            };
+            match &end {
+                AttemptEnd::Detached(close) if !close.reason.is_empty() => {
+                    format!("{failure}: {}", close.reason)
+                }
+                _ => failure.to_string(),
+            }
+        });
+        let delay = self
+            .next_backoff()
+            .max(end.retry_after().unwrap_or_default());
+        self.wait(now, delay, reason);
+    }
+
+    /// Steps down from `from` to the next transport, at once.
+    fn fall_back(&mut self, now: Instant, from: usize, cause: Cause, after: Duration) {
+        if self.report.len() < MAX_FALLBACKS {
+            self.report.push(Fallback {
+                from: self.config.transports[from],
+                to: self.config.transports[from + 1],
+                cause,
+                after,
+            });
+        }
+        self.index = from + 1;
+        self.reset_reprobe(now);
+        self.phase = Phase::Ready;
+    }
+
+    /// Moves up to a better transport a probe found.
+    fn switch(&mut self, now: Instant, better: usize) {
+        self.index = better;
+        self.reset_reprobe(now);
+        self.phase = Phase::Ready;
+    }
+
+    /// Backs off for `delay`, or gives up when that would pass the connect
+    /// timeout of a session that never opened.
+    fn wait(&mut self, now: Instant, delay: Duration, reason: String) {
+        if !self.session_open
+            && let Some(timeout) = self.config.connect_timeout
+            && now + delay >= self.started + timeout
+        {
+            let failures = std::mem::take(&mut self.failures);
+            self.give_up(GiveUp::NoTransport(failures));
+            return;
+        }
+        self.failures.clear();
+        self.phase = Phase::Waiting(now + delay);
+        self.actions.push_back(Action::Reconnecting {
+            attempt: self.attempt,
+            delay,
+            reason,
+        });
+    }
+
+    fn give_up(&mut self, why: GiveUp) {
+        self.phase = Phase::Done;
+        self.actions.push_back(Action::GiveUp(why));
+    }
+
+    /// The next backoff delay; counts the attempt.
+    fn next_backoff(&mut self) -> Duration {
+        let random = (self.random)();
+        let delay = self.config.backoff.delay(self.attempt, random);
+        self.attempt = self.attempt.saturating_add(1);
+        delay
+    }
+
+    fn record(&mut self, failure: Failure) {
+        if self.failures.len() == MAX_FAILURES {
+            self.failures.remove(0);
+        }
+        self.failures.push(failure);
+    }
+
+    fn failures_reason(&self) -> String {
+        let reasons: Vec<String> = self.failures.iter().map(Failure::to_string).collect();
+        reasons.join("; ")
+    }
+
+    fn request_probe(&mut self, id: u64, candidate: usize) {
+        let transport = self.config.transports[candidate];
+        if transport == TransportKind::LongPoll {
+            // Long-polling goes through anything that passes requests.
+            self.reprobe.works(candidate);
+            return;
+        }
+        self.actions.push_back(Action::Probe { id, transport });
+    }
+
+    fn reset_reprobe(&mut self, now: Instant) {
+        let random = (self.random)();
+        self.reprobe.reset(now, self.config.reprobe_after, random);
+    }
+
+    /// Probes run on a fallback transport of an open session, while
+    /// attached or backing off.
+    fn probing_allowed(&self) -> bool {
+        self.index > 0
+            && self.session_open
+            && matches!(self.phase, Phase::Attached(_) | Phase::Waiting(_))
+    }
+
+    /// The transport to try first: the one remembered, else the best.
+    fn best_index(&self) -> usize {
+        self.config
+            .remembered
+            .and_then(|kind| self.config.transports.iter().position(|k| *k == kind))
+            .unwrap_or(0)
+    }
+}
