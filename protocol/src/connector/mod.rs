@@ -57,6 +57,7 @@
 mod attempt;
 mod backoff;
 mod reprobe;
+mod send;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -64,6 +65,7 @@ use std::time::{Duration, Instant};
 pub use attempt::{AttemptEnd, Cause, Failure, Fallback};
 pub use backoff::Backoff;
 pub use reprobe::MAX_REPROBE;
+pub use send::{SEND_RETRY, SendFailure, SendPolicy, SendVerdict};
 
 use crate::{Close, CloseCode, TransportKind};
 use reprobe::Reprobe;
@@ -77,8 +79,6 @@ pub const FLAPS_TO_DEMOTE: u32 = 2;
 pub const MAX_FALLBACKS: usize = 16;
 /// The most failures kept for a reconnect reason or a give-up.
 const MAX_FAILURES: usize = 8;
-/// The first retry of a failed send request waits this long, doubling.
-pub const SEND_RETRY: Duration = Duration::from_millis(100);
 
 /// The connection policy's settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -168,33 +168,6 @@ pub enum GiveUp {
     NoTransport(Vec<Failure>),
 }
 
-/// What went wrong with a send request (SSE and long-polling upstream).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SendFailure {
-    /// No answer, or an answer not from holdfast (with its `Retry-After`).
-    Failed {
-        /// What its `Retry-After` said.
-        retry_after: Option<Duration>,
-    },
-    /// holdfast refused the messages for now (`detach` 4503): the
-    /// application is not keeping up, or the session is between nodes.
-    Overloaded {
-        /// The server's `retry_after`.
-        retry_after: Option<Duration>,
-    },
-    /// holdfast refused the request for good (another `detach`).
-    Refused,
-}
-
-/// What to do about a failed send request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SendVerdict {
-    /// Send the same messages again after this long.
-    Retry(Duration),
-    /// Give the attachment up (end it with [`AttemptEnd::Closed`]).
-    EndAttachment,
-}
-
 #[derive(Debug)]
 enum Phase {
     /// Attach at the next poll.
@@ -242,7 +215,7 @@ pub struct Connector {
     /// The better transport to attach once the stopped one ended.
     switch_to: Option<usize>,
     report: Vec<Fallback>,
-    send_failures: u32,
+    send: SendPolicy,
     actions: VecDeque<Action>,
 }
 
@@ -265,6 +238,7 @@ impl Connector {
         mut random: Box<dyn FnMut() -> f64 + Send>,
     ) -> Self {
         let reprobe = Reprobe::new(now, config.reprobe_after, random());
+        let send = SendPolicy::new(config.send_retries, config.backoff.initial);
         let mut connector = Self {
             flaps: vec![0; config.transports.len()],
             config,
@@ -280,7 +254,7 @@ impl Connector {
             reprobe,
             switch_to: None,
             report: Vec::new(),
-            send_failures: 0,
+            send,
             actions: VecDeque::new(),
         };
         if connector.config.transports.is_empty() {
@@ -325,7 +299,7 @@ impl Connector {
         let Phase::Attached(a) = std::mem::replace(&mut self.phase, Phase::Ready) else {
             return;
         };
-        self.send_failures = 0;
+        self.send.succeeded();
         if end == AttemptEnd::SessionClosed {
             self.phase = Phase::Done;
             return;
@@ -368,27 +342,21 @@ impl Connector {
         }
     }
 
-    /// A send request failed: what to do with its messages.
+    /// A send request of the current attachment failed: what to do with
+    /// its messages. (A driver may as well give each attachment its own
+    /// [`send_policy`](Self::send_policy).)
     pub fn send_failed(&mut self, failure: SendFailure) -> SendVerdict {
-        match failure {
-            SendFailure::Overloaded { retry_after } => {
-                SendVerdict::Retry(retry_after.unwrap_or(self.config.backoff.initial))
-            }
-            SendFailure::Refused => SendVerdict::EndAttachment,
-            SendFailure::Failed { retry_after } => {
-                if self.send_failures >= self.config.send_retries {
-                    return SendVerdict::EndAttachment;
-                }
-                self.send_failures += 1;
-                let delay = SEND_RETRY * 2u32.saturating_pow(self.send_failures - 1);
-                SendVerdict::Retry(delay.max(retry_after.unwrap_or_default()))
-            }
-        }
+        self.send.failed(failure)
     }
 
     /// A send request was answered: the retry count starts again.
     pub fn send_succeeded(&mut self) {
-        self.send_failures = 0;
+        self.send.succeeded();
+    }
+
+    /// A fresh send policy for an attachment, with this configuration.
+    pub fn send_policy(&self) -> SendPolicy {
+        SendPolicy::new(self.config.send_retries, self.config.backoff.initial)
     }
 
     // ---- outputs -------------------------------------------------------
