@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use holdfast_protocol::connector::{Backoff, ConnectorConfig, SendPolicy};
 use holdfast_protocol::{ClientConfig, ClientSession, TransportKind};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
-use crate::backoff::Backoff;
 use crate::connection::Connection;
 use crate::driver::Driver;
 use crate::error::ConnectError;
@@ -33,38 +33,37 @@ use crate::transport::Ctx;
 #[must_use]
 pub struct ClientBuilder {
     url: String,
-    transports: Vec<TransportKind>,
+    /// The session core's settings (probe timeout, close timeout, limits).
     core: ClientConfig,
-    backoff: Backoff,
+    /// The connection policy's settings (transports, backoff, re-probe,
+    /// connect timeout).
+    policy: ConnectorConfig,
     max_inbound_bytes: usize,
     headers: HeaderMap,
     proxy: Option<ProxyConfig>,
     extra_roots: Vec<Vec<u8>>,
     remember_for: Duration,
-    reprobe_after: Duration,
-    connect_timeout: Duration,
     poll_timeout: Duration,
     header_error: Option<String>,
 }
 
 impl ClientBuilder {
     /// A builder for the server mounted at `url` (`http://…/realtime` or
-    /// `https://…`), with the defaults: WebSocket → SSE → long-polling,
-    /// 2 s probe timeout, backoff 250 ms → 30 s with jitter, proxies from
-    /// the environment.
+    /// `https://…`), with the defaults of the session core
+    /// ([`ClientConfig`]) and of the connection policy
+    /// ([`ConnectorConfig`]): WebSocket → SSE → long-polling, 2 s probe
+    /// timeout, backoff 250 ms → 30 s with jitter, 30 s connect timeout,
+    /// proxies from the environment.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            transports: TransportKind::ALL.to_vec(),
             core: ClientConfig::default(),
-            backoff: Backoff::default(),
+            policy: ConnectorConfig::default(),
             max_inbound_bytes: 1024 * 1024,
             headers: HeaderMap::new(),
             proxy: None,
             extra_roots: Vec::new(),
             remember_for: Duration::from_secs(600),
-            reprobe_after: Duration::from_secs(15),
-            connect_timeout: Duration::from_secs(30),
             poll_timeout: Duration::from_secs(40),
             header_error: None,
         }
@@ -80,7 +79,7 @@ impl ClientBuilder {
             }
         }
         if !list.is_empty() {
-            self.transports = list;
+            self.policy.transports = list;
         }
         self
     }
@@ -106,7 +105,14 @@ impl ClientBuilder {
 
     /// Reconnect delays.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
+        self.policy.backoff = backoff;
+        self
+    }
+
+    /// How long [`Connection::close`] waits for the server to confirm the
+    /// close before giving up on it. Default 5 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.core.close_timeout = timeout;
         self
     }
 
@@ -159,14 +165,15 @@ impl ClientBuilder {
     /// How long to wait, on a fallback transport, before probing the better
     /// ones again (doubling each time, up to 5 minutes). Default 15 s.
     pub fn reprobe_after(mut self, delay: Duration) -> Self {
-        self.reprobe_after = delay;
+        self.policy.reprobe_after = delay;
         self
     }
 
-    /// How long `connect` keeps retrying a server that says it is
-    /// overloaded. Default 30 s.
+    /// How long `connect` keeps trying before it gives up: while the
+    /// server is unreachable, every transport is blocked, or the server
+    /// says it is overloaded. Default 30 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.policy.connect_timeout = Some(timeout);
         self
     }
 
@@ -185,6 +192,7 @@ impl ClientBuilder {
         let shared = Shared::new(
             ClientSession::new(self.core.clone()),
             self.max_inbound_bytes,
+            self.core.close_timeout,
         );
         let memory_key = base.as_str().to_owned();
         let driver = Driver {
@@ -194,13 +202,11 @@ impl ClientBuilder {
                 probe_timeout: self.core.probe_timeout,
                 poll_timeout: self.poll_timeout,
                 max_message: self.core.max_message.saturating_mul(6) + 4096,
+                send_policy: SendPolicy::new(self.policy.send_retries, self.policy.backoff.initial),
             },
             shared: shared.clone(),
-            order: self.transports,
-            backoff: self.backoff,
+            policy: self.policy,
             remember_for: self.remember_for,
-            reprobe_after: self.reprobe_after,
-            connect_timeout: self.connect_timeout,
             core_config: self.core,
             memory_key,
         };
@@ -271,6 +277,9 @@ mod tests {
             TransportKind::Sse,
             TransportKind::LongPoll,
         ]);
-        assert_eq!(b.transports, [TransportKind::Sse, TransportKind::LongPoll]);
+        assert_eq!(
+            b.policy.transports,
+            [TransportKind::Sse, TransportKind::LongPoll]
+        );
     }
 }

@@ -4,7 +4,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_util::Stream;
 use futures_util::stream::BoxStream;
@@ -146,10 +145,11 @@ impl Sender {
     /// See [`Connection::close`].
     pub async fn close(&self) {
         let shared = self.shared();
-        shared
-            .lock()
-            .core
-            .close(now(), Close::new(CloseCode::NORMAL, ""));
+        {
+            let mut inner = shared.lock();
+            inner.closing = true;
+            inner.core.close(now(), Close::new(CloseCode::NORMAL, ""));
+        }
         shared.driver.notify_one();
         let closed = async {
             loop {
@@ -162,7 +162,10 @@ impl Sender {
                 notified.await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(6), closed)
+        // The core gives up on the server's answer `close_timeout` after
+        // sending the close; this bounds the wait from the call, when no
+        // transport is up to carry the close at all.
+        if tokio::time::timeout(shared.close_timeout, closed)
             .await
             .is_err()
         {

@@ -1,196 +1,105 @@
-//! The driver task: keeps the session attached. It picks a transport,
-//! falls back when one is blocked, reconnects with backoff and jitter when
-//! one drops, remembers what worked, and re-probes better transports in
-//! the background to switch up without losing a message.
-//!
-//! Fallback rules (`docs/networks.md`, "The client's fallback rules"):
-//!
-//! - a transport that never delivers its first frame — refused upgrade,
-//!   error page, closed or silent before the first frame — is *blocked*:
-//!   the next one is tried at once;
-//! - a transport that cannot even connect means the server (or network) is
-//!   down: that is not a reason to fall back, so the same order is retried
-//!   after a backoff;
-//! - a transport that dies shortly after opening without ever carrying a
-//!   frame both ways, twice, is demoted;
-//! - what worked is remembered (with an expiry) for the next connection.
+//! The driver task: keeps the session attached by doing what the
+//! connection policy ([`Connector`], in `holdfast-protocol`) says — attach
+//! this transport, probe that one, back off, switch up, give up — and
+//! telling it how each attempt went. The policy itself (fallback,
+//! demotion, backoff and its reset, re-probing, remembering) lives there,
+//! shared with the JS client and checked by the scenario vectors in
+//! `protocol/vectors/`; this file only runs it on tokio.
 
-use std::collections::HashMap;
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, MaybeDone, maybe_done};
-use holdfast_protocol::{ClientSession, Close, CloseCode, TransportKind};
+use holdfast_protocol::connector::{Action, AttemptEnd, Connector, ConnectorConfig};
+use holdfast_protocol::{ClientConfig, ClientSession, Close, CloseCode, TransportKind};
 use tokio::sync::Notify;
 
-use crate::backoff::{Backoff, random_unit};
-use crate::error::{AttemptError, ConnectError};
+use crate::error::ConnectError;
 use crate::event::Event;
 use crate::memory;
-use crate::shared::{ConnectState, Shared};
-use crate::transport::{self, Ctx, EndReason, Outcome, probe::probe};
+use crate::shared::{ConnectState, Progress, Shared, now};
+use crate::transport::{self, Ctx, probe::probe, sleep_until};
 
-/// A transport that died without carrying frames both ways within this
-/// long after opening counts as a flap.
-const FLAP_WINDOW: Duration = Duration::from_secs(10);
-/// Flaps after which a transport is demoted.
-const FLAPS_TO_DEMOTE: u32 = 2;
-/// Longest wait between re-probes of a better transport.
-const MAX_REPROBE: Duration = Duration::from_secs(300);
+/// A probe under way: its id and whether the transport works.
+type Probe<'a> = Pin<Box<dyn Future<Output = (u64, bool)> + Send + 'a>>;
 
 pub(crate) struct Driver {
     pub(crate) ctx: Ctx,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) order: Vec<TransportKind>,
-    pub(crate) backoff: Backoff,
+    pub(crate) policy: ConnectorConfig,
     pub(crate) remember_for: Duration,
-    pub(crate) reprobe_after: Duration,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) core_config: holdfast_protocol::ClientConfig,
+    pub(crate) core_config: ClientConfig,
     pub(crate) memory_key: String,
 }
 
 impl Driver {
     pub(crate) async fn run(self) {
-        let started = tokio::time::Instant::now();
-        let mut index = self.best_index();
-        let mut attempt: u32 = 0;
-        let mut flaps: HashMap<TransportKind, u32> = HashMap::new();
-        let mut errors: Vec<String> = Vec::new();
-        // Re-probing runs on its own clock across attachments: a busy
-        // session on a fallback transport reconnects often (streams are
-        // recycled), and must still get to probe.
-        let mut reprobe = Reprobe::new(self.reprobe_after);
+        self.drive().await;
+    }
+
+    async fn drive(&self) {
+        let mut policy = self.policy.clone();
+        policy.remembered = memory::recall(&self.memory_key);
+        let mut connector = Connector::new(policy, now(), Box::new(random_unit));
+        let mut probe: Option<Probe<'_>> = None;
         loop {
             if self.give_up_if_abandoned() {
                 return;
             }
-            // A probe that finished between attachments: go straight to
-            // the better transport instead of attaching below it first.
-            if let Some(better) = reprobe.take_finished(index) {
-                tracing::info!(from = %self.order[index], to = %self.order[better], "a better transport works again; switching");
-                index = better;
-                reprobe = Reprobe::new(self.reprobe_after);
-            }
-            let kind = self.order[index];
-            let (outcome, switch_to) = self.attach(index, &mut reprobe).await;
-            let delay = match outcome {
-                Outcome::SessionClosed => {
-                    self.fail(ConnectError::NoTransport(vec!["the session closed".into()]));
+            let Some(action) = connector.poll(now()) else {
+                if connector.is_done() {
+                    self.finish();
                     return;
                 }
-                Outcome::Failed(AttemptError::Refused(close)) => {
-                    let retry = close
-                        .retry_after
-                        .filter(|_| close.code == CloseCode::OVERLOADED);
-                    match retry {
-                        Some(after) if started.elapsed() + after < self.connect_timeout => {
-                            // Overloaded before the session opened: honour
-                            // Retry-After with a fresh session.
-                            tracing::info!(?after, "server overloaded; retrying later");
-                            self.shared.lock().core = ClientSession::new(self.core_config.clone());
-                            after + self.backoff.delay(0, random_unit())
-                        }
-                        _ => {
-                            self.fail(ConnectError::Refused {
-                                code: close.code,
-                                reason: close.reason.to_string(),
-                                retry_after: close.retry_after,
-                            });
-                            return;
-                        }
-                    }
-                }
-                Outcome::Failed(error) => {
-                    tracing::debug!(transport = %kind, error = %error.describe(), "attempt failed");
-                    errors.push(format!("{kind}: {}", error.describe()));
-                    let unreachable = matches!(error, AttemptError::Unreachable(_));
-                    if !unreachable && index + 1 < self.order.len() {
-                        index += 1; // blocked: fall back at once
-                        reprobe = Reprobe::new(self.reprobe_after);
-                        continue;
-                    }
-                    if !self.opened() {
-                        self.fail(ConnectError::NoTransport(std::mem::take(&mut errors)));
-                        return;
-                    }
-                    index = self.best_index();
-                    let delay = self.backoff.delay(attempt, random_unit());
-                    attempt = attempt.saturating_add(1);
-                    self.reconnecting(attempt, delay, errors.join("; "));
-                    errors.clear();
-                    delay
-                }
-                Outcome::Ended(ended) => {
-                    errors.clear();
-                    let lasted = ended.greeted_at.elapsed();
-                    if ended.trusted {
-                        memory::remember(&self.memory_key, kind, self.remember_for);
-                        flaps.remove(&kind);
-                    } else if lasted < FLAP_WINDOW {
-                        let count = flaps.entry(kind).or_default();
-                        *count += 1;
-                        if *count >= FLAPS_TO_DEMOTE && index + 1 < self.order.len() {
-                            tracing::info!(transport = %kind, "demoted: it keeps dying right after opening");
-                            flaps.remove(&kind);
-                            index += 1;
-                            reprobe = Reprobe::new(self.reprobe_after);
-                        }
-                    }
-                    // A connection that carried messages both ways proves
-                    // the network works: the next drop starts the backoff
-                    // afresh, however short-lived connections are.
-                    if ended.trusted || lasted >= self.backoff.reset_after {
-                        attempt = 0;
-                    }
-                    if let Some(better) = switch_to {
-                        index = better;
-                        reprobe = Reprobe::new(self.reprobe_after);
-                    }
-                    match ended.reason {
-                        EndReason::Stopped => Duration::ZERO,
-                        EndReason::Detached(close)
-                            if close.code == CloseCode::RECONNECT
-                                || close.code == CloseCode::REPLACED =>
-                        {
-                            Duration::ZERO
-                        }
-                        reason => {
-                            let mut delay = self.backoff.delay(attempt, random_unit());
-                            attempt = attempt.saturating_add(1);
-                            if let EndReason::Busy(Some(after)) = &reason {
-                                delay = delay.max(*after);
-                            }
-                            self.reconnecting(attempt, delay, describe(&reason));
-                            delay
-                        }
-                    }
-                }
-            };
-            if !delay.is_zero() {
+                // Backing off: wait for the policy's timer, a probe's
+                // result, or the application (a close cuts the wait short;
+                // a send does not).
+                let timeout = connector.poll_timeout().map(tokio::time::Instant::from_std);
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = self.shared.driver.notified() => {}
-                    // The probe goes on while we wait (its timeout runs
-                    // whether it is polled or not).
-                    () = reprobe.keep_going(&self, index), if index > 0 => {}
+                    () = sleep_until(timeout) => {}
+                    (id, works) = finish_probe(&mut probe), if probe.is_some() => {
+                        connector.probed(now(), id, works);
+                    }
+                    () = self.shared.driver.notified() => {
+                        if self.shared.lock().closing {
+                            connector.wake(now(), false);
+                        }
+                    }
                 }
+                continue;
+            };
+            match action {
+                Action::Attach {
+                    transport,
+                    fresh_session,
+                } => {
+                    if fresh_session {
+                        self.shared.lock().core = ClientSession::new(self.core_config.clone());
+                    }
+                    let end = self.attach(transport, &mut connector, &mut probe).await;
+                    tracing::debug!(%transport, ?end, "attachment ended");
+                    connector.ended(now(), end);
+                }
+                Action::GiveUp(why) => {
+                    self.fail(why.into());
+                    return;
+                }
+                other => self.act(other, &mut probe),
             }
         }
     }
 
-    /// Runs one attachment to its end, re-probing better transports in the
-    /// background. Returns how it ended and, if it was stopped to switch
-    /// up, the better transport's index.
+    /// Runs one attachment to its end, telling the policy how far it got
+    /// and doing what the policy says meanwhile (probe, switch up).
     async fn attach<'a>(
         &'a self,
-        index: usize,
-        reprobe: &mut Reprobe<'a>,
-    ) -> (Outcome, Option<usize>) {
+        kind: TransportKind,
+        connector: &mut Connector,
+        probe: &mut Option<Probe<'a>>,
+    ) -> AttemptEnd {
+        self.shared.lock().progress = Progress::default();
         let stop = Notify::new();
-        let kind = self.order[index];
         let run = async {
             match kind {
                 TransportKind::WebSocket => {
@@ -202,47 +111,92 @@ impl Driver {
                 }
             }
         };
-        let mut run = std::pin::pin!(run);
-        let mut switch = None;
+        let mut run = pin!(run);
+        let mut told = Progress::default();
         loop {
+            let timeout = connector.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
-                outcome = &mut run => return (outcome, switch),
-                better = reprobe.outcome(self, index), if index > 0 && switch.is_none() => {
-                    match better {
-                        Some(better) if better < index => {
-                            tracing::info!(from = %kind, to = %self.order[better], "a better transport works again; switching");
-                            switch = Some(better);
-                            stop.notify_one();
-                        }
-                        _ => reprobe.failed(),
+                end = &mut run => {
+                    self.tell_progress(connector, &mut told);
+                    return end;
+                }
+                () = self.shared.progress.notified() => self.tell_progress(connector, &mut told),
+                (id, works) = finish_probe(probe), if probe.is_some() => {
+                    connector.probed(now(), id, works);
+                }
+                () = sleep_until(timeout) => {}
+            }
+            while let Some(action) = connector.poll(now()) {
+                match action {
+                    Action::Stop => {
+                        tracing::info!(from = %kind, "a better transport works again; switching");
+                        stop.notify_one();
                     }
+                    other => self.act(other, probe),
                 }
             }
         }
     }
 
-    /// Probes the transports better than `index`; the best that works, if
-    /// any.
-    async fn probe_better(&self, index: usize) -> Option<usize> {
-        let key = self.shared.lock().core.params().map(|p| p.key.clone())?;
-        for better in 0..index {
-            if probe(&self.ctx, self.order[better], &key).await {
-                return Some(better);
+    /// The actions that need no attachment of their own.
+    fn act<'a>(&'a self, action: Action, probe: &mut Option<Probe<'a>>) {
+        match action {
+            Action::Probe { id, transport } => *probe = Some(self.probe(id, transport)),
+            Action::Remember(kind) => memory::remember(&self.memory_key, kind, self.remember_for),
+            Action::Reconnecting {
+                attempt,
+                delay,
+                reason,
+            } => {
+                tracing::info!(attempt, ?delay, %reason, "reconnecting");
+                self.shared.push_event(Event::Reconnecting {
+                    attempt,
+                    delay,
+                    reason,
+                });
+            }
+            // No `online` or visibility hints reach a Rust client: `wake`
+            // is never called with an attachment up.
+            Action::Check => {}
+            // Handled by the callers.
+            Action::Attach { .. } | Action::Stop | Action::GiveUp(_) => {
+                tracing::debug!(?action, "not expected here");
             }
         }
-        None
     }
 
-    /// The index of the transport to try first: the one remembered for
-    /// this server, else the first.
-    fn best_index(&self) -> usize {
-        memory::recall(&self.memory_key)
-            .and_then(|kind| self.order.iter().position(|k| *k == kind))
-            .unwrap_or(0)
+    /// Tells the policy what the transports recorded since last time.
+    fn tell_progress(&self, connector: &mut Connector, told: &mut Progress) {
+        let progress = self.shared.lock().progress;
+        if progress.opened && !told.opened {
+            connector.opened(now());
+        }
+        if progress.trusted && !told.trusted {
+            connector.trusted(now());
+        }
+        *told = progress;
     }
 
-    fn opened(&self) -> bool {
-        self.shared.lock().core.params().is_some()
+    /// Probes `kind` for the session, without touching it.
+    fn probe(&self, id: u64, kind: TransportKind) -> Probe<'_> {
+        let key = self.shared.lock().core.params().map(|p| p.key.clone());
+        Box::pin(async move {
+            let works = match key {
+                Some(key) => probe(&self.ctx, kind, &key).await,
+                None => false,
+            };
+            (id, works)
+        })
+    }
+
+    /// The policy is done: the session is over (its `Closed` event is
+    /// queued), or it never opened.
+    fn finish(&self) {
+        if matches!(*self.shared.connect_state.borrow(), ConnectState::Pending) {
+            self.fail(ConnectError::NoTransport(vec![
+                "the session closed before it opened".into(),
+            ]));
+        }
     }
 
     fn fail(&self, error: ConnectError) {
@@ -265,15 +219,6 @@ impl Driver {
         self.shared.space.notify_waiters();
     }
 
-    fn reconnecting(&self, attempt: u32, delay: Duration, reason: String) {
-        tracing::info!(attempt, ?delay, %reason, "reconnecting");
-        self.shared.push_event(Event::Reconnecting {
-            attempt,
-            delay,
-            reason,
-        });
-    }
-
     /// When the application let go while no transport is attached, there
     /// is nobody to tell: end here.
     fn give_up_if_abandoned(&self) -> bool {
@@ -290,95 +235,28 @@ impl Driver {
     }
 }
 
-/// When to probe better transports next: a deadline that survives
-/// reconnects, pushed back (doubling, with jitter) after each failed probe.
-///
-/// The probe in flight survives reconnects too: a busy session on a
-/// fallback transport may reconnect more often than a probe takes (SSE
-/// streams are recycled every few hundred kilobytes), and a probe started
-/// over with every attachment would never finish.
-struct Reprobe<'a> {
-    delay: Duration,
-    due: tokio::time::Instant,
-    /// Waiting for `due`, then probing, then holding what it found until
-    /// taken; `None` until first polled.
-    in_flight: Option<MaybeDone<BoxFuture<'a, Option<usize>>>>,
+/// Waits for the probe under way (pending if none), and clears it.
+async fn finish_probe(probe: &mut Option<Probe<'_>>) -> (u64, bool) {
+    let Some(running) = probe else {
+        return std::future::pending().await;
+    };
+    let result = running.await;
+    *probe = None;
+    result
 }
 
-impl<'a> Reprobe<'a> {
-    fn new(delay: Duration) -> Self {
-        Self {
-            delay,
-            due: tokio::time::Instant::now() + delay.mul_f64(0.75 + 0.5 * random_unit()),
-            in_flight: None,
-        }
+/// A uniform random number in `[0, 1)` from the operating system's RNG
+/// (jitter needs no cryptographic quality, but needs to differ between
+/// processes started together).
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Fall back on the clock's low bits: still differs between clients.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        return f64::from(nanos % 1_000_000) / 1_000_000.0;
     }
-
-    /// The probe of the transports better than `index`, started if none is
-    /// in flight.
-    fn probe(
-        &mut self,
-        driver: &'a Driver,
-        index: usize,
-    ) -> &mut MaybeDone<BoxFuture<'a, Option<usize>>> {
-        self.in_flight.get_or_insert_with(|| {
-            let due = self.due;
-            maybe_done(Box::pin(async move {
-                tokio::time::sleep_until(due).await;
-                driver.probe_better(index).await
-            }))
-        })
-    }
-
-    /// Waits for the probe's outcome. Cancel-safe: dropped, the probe goes
-    /// on at the next call.
-    async fn outcome(&mut self, driver: &'a Driver, index: usize) -> Option<usize> {
-        let probe = self.probe(driver, index);
-        (&mut *probe).await;
-        let better = Pin::new(probe).take_output().flatten();
-        self.in_flight = None;
-        better
-    }
-
-    /// Drives the probe while no attachment runs (during a backoff); what
-    /// it finds waits for [`take_finished`](Self::take_finished). Never
-    /// returns.
-    async fn keep_going(&mut self, driver: &'a Driver, index: usize) {
-        self.probe(driver, index).await;
-        std::future::pending().await
-    }
-
-    /// The better transport a probe found while no attachment was waiting
-    /// for it, if any; a finished probe that found none counts as failed.
-    fn take_finished(&mut self, index: usize) -> Option<usize> {
-        let probe = self.in_flight.as_mut()?;
-        (&mut *probe).now_or_never()?;
-        let finished = Pin::new(probe).take_output()?;
-        self.in_flight = None;
-        match finished {
-            Some(better) if better < index => Some(better),
-            _ => {
-                self.failed();
-                None
-            }
-        }
-    }
-
-    fn failed(&mut self) {
-        self.in_flight = None;
-        self.delay = (self.delay * 2).min(MAX_REPROBE);
-        self.due = tokio::time::Instant::now() + self.delay.mul_f64(0.75 + 0.5 * random_unit());
-    }
-}
-
-fn describe(reason: &EndReason) -> String {
-    match reason {
-        EndReason::Lost(why) => why.clone(),
-        EndReason::Detached(close) => {
-            format!("detached by the server: {} {}", close.code, close.reason)
-        }
-        EndReason::Silent => "nothing heard from the server for too long".into(),
-        EndReason::Busy(_) => "the server is busy".into(),
-        EndReason::Stopped => "switching transport".into(),
-    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -1,10 +1,15 @@
-//! Errors: what `connect` and the builder report to the application, and
-//! how one connection attempt failed (which decides fallback and backoff).
+//! Errors `connect` and the builder report to the application, and how a
+//! failed request or handshake reads as the end of an attempt
+//! ([`AttemptEnd`], the one outcome every transport reports to the
+//! connection policy).
 
+use std::fmt::Display;
 use std::time::Duration;
 
+use holdfast_protocol::connector::{AttemptEnd, Failure, GiveUp};
 use holdfast_protocol::wire::json;
-use holdfast_protocol::{Close, CloseCode, Frame};
+use holdfast_protocol::{CloseCode, Frame};
+use http::HeaderMap;
 use tokio_tungstenite::tungstenite;
 
 /// Why [`ClientBuilder::connect`](crate::ClientBuilder::connect) failed.
@@ -28,88 +33,95 @@ pub enum ConnectError {
         /// For overload refusals: when the server said to retry.
         retry_after: Option<Duration>,
     },
-    /// No transport reached the server: each one's failure, in the order
-    /// tried.
+    /// No transport reached the server within the connect timeout: the
+    /// last failures, in the order tried (`"sse: answered HTTP 502"`).
     #[error("no transport worked: {}", .0.join("; "))]
     NoTransport(Vec<String>),
 }
 
-/// How one attempt to attach a transport failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum AttemptError {
-    /// The network did not answer at all (connection refused, DNS, proxy
-    /// unreachable): the server may simply be down. Not a reason to fall
-    /// back.
-    Unreachable(String),
-    /// Something answered but this transport does not work through it
-    /// (refused upgrade, error page, closed or silent before the first
-    /// frame): try the next transport.
-    Blocked(String),
-    /// holdfast itself answered with a `close` frame: no other transport
-    /// would do better.
-    Refused(Close),
-}
-
-impl AttemptError {
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Self::Unreachable(s) => format!("unreachable: {s}"),
-            Self::Blocked(s) => s.clone(),
-            Self::Refused(close) => format!("refused: {} {}", close.code, close.reason),
-        }
-    }
-
-    /// Classifies a failed WebSocket handshake.
-    pub(crate) fn from_ws_handshake(error: tungstenite::Error) -> Self {
-        match error {
-            tungstenite::Error::Http(response) => {
-                let status = response.status();
-                match response.body().as_deref().and_then(close_in_body) {
-                    Some(close) => Self::Refused(close),
-                    None => Self::Blocked(format!("WebSocket upgrade refused with HTTP {status}")),
-                }
+impl From<GiveUp> for ConnectError {
+    fn from(why: GiveUp) -> Self {
+        match why {
+            GiveUp::Refused(close) => Self::Refused {
+                code: close.code,
+                reason: close.reason.to_string(),
+                retry_after: close.retry_after,
+            },
+            GiveUp::NoTransport(failures) => {
+                Self::NoTransport(failures.iter().map(Failure::to_string).collect())
             }
-            tungstenite::Error::Io(e) => Self::Unreachable(e.to_string()),
-            other => Self::Blocked(format!("WebSocket handshake failed: {other}")),
         }
     }
 }
 
-/// Classifies a non-200 answer to an HTTP request: holdfast's own refusals
-/// carry a JSON `close` or `detach` frame; anything else (502, 504, an HTML
+/// `end`, after logging what exactly happened (for people debugging a
+/// network; the policy only needs `end`).
+pub(crate) fn ended(end: AttemptEnd, detail: impl Display) -> AttemptEnd {
+    tracing::debug!(?end, %detail, "attempt ended");
+    end
+}
+
+/// What a non-200 answer to an HTTP request means: holdfast's own refusals
+/// carry a JSON `close` (the session is refused or over) or `detach` (this
+/// request is refused, the session lives); anything else (502, 504, an HTML
 /// page) comes from an intermediary and is never data.
-pub(crate) fn classify_http(status: u16, body: &[u8]) -> HttpFailure {
+pub(crate) fn classify_http(status: u16, headers: &HeaderMap, body: &[u8]) -> AttemptEnd {
     match json::decode_batch(body)
         .ok()
         .and_then(|f| f.into_iter().next())
     {
-        Some(Frame::Close(close)) => HttpFailure::Closed(close),
-        Some(Frame::Detach(close)) => HttpFailure::Detached(close),
-        _ => HttpFailure::Intermediary(format!(
-            "HTTP {status} {}",
-            if body.contains(&b'<') {
-                "(an HTML error page: an intermediary, not holdfast)"
+        Some(Frame::Close(close)) => AttemptEnd::Refused(close),
+        Some(Frame::Detach(close)) => AttemptEnd::Detached(close),
+        _ => {
+            let from = if body.contains(&b'<') {
+                "an HTML error page: an intermediary, not holdfast"
             } else {
-                "(not from holdfast)"
-            }
-        )),
+                "not from holdfast"
+            };
+            ended(
+                AttemptEnd::Status {
+                    status,
+                    retry_after: retry_after(headers),
+                },
+                format_args!("HTTP {status} ({from})"),
+            )
+        }
     }
 }
 
-/// What a non-200 HTTP answer means.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum HttpFailure {
-    /// holdfast ended (or refused) the session.
-    Closed(Close),
-    /// holdfast refused this request; the session lives.
-    Detached(Close),
-    /// Not holdfast: a proxy, gateway or load balancer.
-    Intermediary(String),
+/// `Retry-After` in seconds (the HTTP-date form is not worth a parser
+/// here: intermediaries that send one get the backoff instead).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
-fn close_in_body(body: &[u8]) -> Option<Close> {
-    match json::decode_batch(body).ok()?.into_iter().next()? {
-        Frame::Close(close) => Some(close),
-        _ => None,
+/// How a failed WebSocket handshake ends the attempt.
+pub(crate) fn ws_handshake_end(error: tungstenite::Error) -> AttemptEnd {
+    match error {
+        tungstenite::Error::Http(response) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            classify_http(response.status().as_u16(), response.headers(), body)
+        }
+        tungstenite::Error::Io(e) => ended(AttemptEnd::Unreachable, e),
+        other => ended(AttemptEnd::Invalid, format_args!("handshake: {other}")),
     }
+}
+
+/// How a failed HTTP request (no answer) ends the attempt.
+pub(crate) fn request_end(error: &reqwest::Error) -> AttemptEnd {
+    let end = if error.is_connect() {
+        AttemptEnd::Unreachable
+    } else if error.is_timeout() {
+        AttemptEnd::Timeout
+    } else {
+        AttemptEnd::Closed
+    };
+    ended(end, error)
 }

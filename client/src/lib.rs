@@ -32,7 +32,6 @@
 //! `NO_PROXY` for every transport (WebSocket through `CONNECT`); TLS is
 //! rustls.
 
-mod backoff;
 mod builder;
 mod connection;
 mod driver;
@@ -44,11 +43,11 @@ mod proxy;
 mod shared;
 mod transport;
 
-pub use backoff::Backoff;
 pub use builder::ClientBuilder;
 pub use connection::{Connection, Receiver, Sender};
 pub use error::ConnectError;
 pub use event::{Closed, Event};
+pub use holdfast_protocol::connector::Backoff;
 pub use holdfast_protocol::{CloseCode, Message, SendError, TransportKind};
 pub use proxy::{NoProxy, ProxyConfig};
 

@@ -19,7 +19,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use url::Url;
 
-use crate::error::AttemptError;
+use holdfast_protocol::connector::AttemptEnd;
+
+use crate::error::{ended, ws_handshake_end};
 use crate::proxy::ProxyConfig;
 use crate::transport::KEY_HEADER;
 
@@ -115,26 +117,25 @@ impl Net {
         url: &Url,
         max_message: usize,
         key: Option<&str>,
-    ) -> Result<WsStream, AttemptError> {
+    ) -> Result<WsStream, AttemptEnd> {
         let host = url
             .host_str()
-            .ok_or_else(|| AttemptError::Unreachable(format!("no host in {url}")))?
+            .ok_or_else(|| ended(AttemptEnd::Unreachable, format_args!("no host in {url}")))?
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
         let tcp = match self.proxy.proxy_for(url) {
             Some(proxy) => tunnel(proxy, &host, port).await?,
             None => TcpStream::connect((host.as_str(), port))
                 .await
-                .map_err(|e| AttemptError::Unreachable(format!("{host}:{port}: {e}")))?,
+                .map_err(|e| ended(AttemptEnd::Unreachable, format_args!("{host}:{port}: {e}")))?,
         };
         let _ = tcp.set_nodelay(true);
         let stream = if url.scheme() == "wss" {
             let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| AttemptError::Unreachable(format!("bad TLS name {host:?}: {e}")))?;
-            let tls =
-                self.tls.connect(name, tcp).await.map_err(|e| {
-                    AttemptError::Blocked(format!("TLS handshake with {host}: {e}"))
-                })?;
+                .map_err(|e| ended(AttemptEnd::Unreachable, format_args!("bad TLS name {host:?}: {e}")))?;
+            let tls = self.tls.connect(name, tcp).await.map_err(|e| {
+                ended(AttemptEnd::Invalid, format_args!("TLS handshake with {host}: {e}"))
+            })?;
             MaybeTls::Tls(Box::new(tls))
         } else {
             MaybeTls::Plain(tcp)
@@ -142,13 +143,16 @@ impl Net {
         let mut request = url
             .as_str()
             .into_client_request()
-            .map_err(|e| AttemptError::Unreachable(format!("bad WebSocket URL {url}: {e}")))?;
+            .map_err(|e| ended(AttemptEnd::Unreachable, format_args!("bad WebSocket URL {url}: {e}")))?;
         for (name, value) in &self.headers {
             request.headers_mut().insert(name.clone(), value.clone());
         }
         if let Some(key) = key {
             let key = http::HeaderValue::from_str(key).map_err(|_| {
-                AttemptError::Unreachable("the session key is not a valid header value".into())
+                ended(
+                    AttemptEnd::Invalid,
+                    "the session key is not a valid header value",
+                )
             })?;
             request
                 .headers_mut()
@@ -162,18 +166,20 @@ impl Net {
         config.read_buffer_size = 16 * 1024;
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
-            .map_err(AttemptError::from_ws_handshake)?;
+            .map_err(ws_handshake_end)?;
         Ok(ws)
     }
 }
 
 /// Opens a tunnel to `host:port` through an HTTP proxy with `CONNECT`.
-async fn tunnel(proxy: &Url, host: &str, port: u16) -> Result<TcpStream, AttemptError> {
+async fn tunnel(proxy: &Url, host: &str, port: u16) -> Result<TcpStream, AttemptEnd> {
     let proxy_host = proxy.host_str().unwrap_or("");
     let proxy_port = proxy.port_or_known_default().unwrap_or(3128);
     let mut tcp = TcpStream::connect((proxy_host, proxy_port))
         .await
-        .map_err(|e| AttemptError::Unreachable(format!("proxy {proxy_host}:{proxy_port}: {e}")))?;
+        .map_err(|e| {
+            ended(AttemptEnd::Unreachable, format_args!("proxy {proxy_host}:{proxy_port}: {e}"))
+        })?;
     let authority = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -194,7 +200,7 @@ async fn tunnel(proxy: &Url, host: &str, port: u16) -> Result<TcpStream, Attempt
     request.push_str("\r\n");
     tcp.write_all(request.as_bytes())
         .await
-        .map_err(|e| AttemptError::Unreachable(format!("proxy {proxy_host}: {e}")))?;
+        .map_err(|e| ended(AttemptEnd::Unreachable, format_args!("proxy {proxy_host}: {e}")))?;
 
     // Read the proxy's answer up to the blank line, byte-exact, so nothing
     // of the tunnelled stream is consumed.
@@ -204,13 +210,17 @@ async fn tunnel(proxy: &Url, host: &str, port: u16) -> Result<TcpStream, Attempt
     loop {
         let mut line = String::new();
         let n = reader.read_line(&mut line).await.map_err(|e| {
-            AttemptError::Blocked(format!("proxy {proxy_host} during CONNECT: {e}"))
+            ended(
+                AttemptEnd::Closed,
+                format_args!("proxy {proxy_host} during CONNECT: {e}"),
+            )
         })?;
         total += n;
         if n == 0 || total > 16 * 1024 {
-            return Err(AttemptError::Blocked(format!(
-                "proxy {proxy_host} ended or garbled its CONNECT answer"
-            )));
+            return Err(ended(
+                AttemptEnd::Invalid,
+                format_args!("proxy {proxy_host} ended or garbled its CONNECT answer"),
+            ));
         }
         if status_line.is_empty() {
             status_line = line.trim().to_owned();
@@ -222,10 +232,23 @@ async fn tunnel(proxy: &Url, host: &str, port: u16) -> Result<TcpStream, Attempt
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok());
-    if status != Some(200) {
-        return Err(AttemptError::Blocked(format!(
-            "proxy {proxy_host} refused CONNECT {authority}: {status_line}"
-        )));
+    match status {
+        Some(200) => {}
+        Some(status) => {
+            return Err(ended(
+                AttemptEnd::Status {
+                    status,
+                    retry_after: None,
+                },
+                format_args!("proxy {proxy_host} refused CONNECT {authority}"),
+            ));
+        }
+        None => {
+            return Err(ended(
+                AttemptEnd::Invalid,
+                format_args!("proxy {proxy_host} answered CONNECT with a garbled status line"),
+            ));
+        }
     }
     Ok(tcp)
 }

@@ -35,9 +35,14 @@ pub(crate) struct Shared {
     pub(crate) driver: Notify,
     /// Transports holding back input: the application took events.
     pub(crate) drained: Notify,
+    /// The driver: the current attachment proved itself (see
+    /// [`Progress`]).
+    pub(crate) progress: Notify,
     /// Largest size of unread message payloads before transports stop
     /// reading.
     pub(crate) max_inbound_bytes: usize,
+    /// How long `close` waits for the server's answer.
+    pub(crate) close_timeout: std::time::Duration,
     /// Whether the session opened yet, for `connect`.
     pub(crate) connect_state: watch::Sender<ConnectState>,
 }
@@ -54,10 +59,28 @@ pub(crate) struct Inner {
     pub(crate) transport: Option<TransportKind>,
     /// The application dropped every handle.
     pub(crate) abandoned: bool,
+    /// The application asked to close.
+    pub(crate) closing: bool,
+    /// How far the current attachment got, for the connection policy.
+    pub(crate) progress: Progress,
+}
+
+/// How far the current attachment got: the transports record it, the
+/// driver tells the connection policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// Its first frame arrived: the transport works.
+    pub(crate) opened: bool,
+    /// Frames went both ways on it.
+    pub(crate) trusted: bool,
 }
 
 impl Shared {
-    pub(crate) fn new(core: ClientSession, max_inbound_bytes: usize) -> Arc<Self> {
+    pub(crate) fn new(
+        core: ClientSession,
+        max_inbound_bytes: usize,
+        close_timeout: std::time::Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner {
                 core,
@@ -66,18 +89,34 @@ impl Shared {
                 closed: None,
                 transport: None,
                 abandoned: false,
+                closing: false,
+                progress: Progress::default(),
             }),
             app: Notify::new(),
             space: Notify::new(),
             driver: Notify::new(),
             drained: Notify::new(),
+            progress: Notify::new(),
             max_inbound_bytes,
+            close_timeout,
             connect_state: watch::Sender::new(ConnectState::Pending),
         })
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records how far the current attachment got, and wakes the driver.
+    pub(crate) fn attempt_progress(&self, update: impl FnOnce(&mut Progress)) {
+        let mut inner = self.lock();
+        let before = inner.progress;
+        update(&mut inner.progress);
+        let changed = inner.progress != before;
+        drop(inner);
+        if changed {
+            self.progress.notify_one();
+        }
     }
 
     /// Queues an event for the application.

@@ -2,14 +2,16 @@
 //! and the session core until its attachment ends, and what they share:
 //! URLs, the link to the core, the upstream send pump.
 
+pub(crate) mod http;
 pub(crate) mod poll;
 pub(crate) mod probe;
 pub(crate) mod sse;
 pub(crate) mod upstream;
 pub(crate) mod ws;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use holdfast_protocol::connector::{AttemptEnd, SendPolicy};
 use holdfast_protocol::wire::PROTOCOL_VERSION;
 use holdfast_protocol::{
     AttachmentId, ClientEvent, Close, ConnectTarget, Frame, ProtocolError, TransportFailure,
@@ -17,7 +19,6 @@ use holdfast_protocol::{
 };
 use url::Url;
 
-use crate::error::AttemptError;
 use crate::event::{Closed, Event};
 use crate::net::Net;
 use crate::shared::{Shared, now};
@@ -35,6 +36,8 @@ pub(crate) struct Ctx {
     /// How long a poll may be held by the server before we give up on it.
     pub(crate) poll_timeout: Duration,
     pub(crate) max_message: usize,
+    /// The send-retry rule each attachment starts with.
+    pub(crate) send_policy: SendPolicy,
 }
 
 impl Ctx {
@@ -83,64 +86,29 @@ impl Ctx {
     }
 }
 
-/// How an attachment ended.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// It never delivered its first frame.
-    Failed(AttemptError),
-    /// It carried the session, then the transport ended.
-    Ended(Ended),
-    /// The session is over (the `Closed` event is already queued).
-    SessionClosed,
-}
-
-/// A transport that carried the session, and how it ended.
-#[derive(Debug)]
-pub(crate) struct Ended {
-    pub(crate) reason: EndReason,
-    /// Whether frames went both ways (the transport is trusted).
-    pub(crate) trusted: bool,
-    /// When it greeted.
-    pub(crate) greeted_at: Instant,
-}
-
-#[derive(Debug)]
-pub(crate) enum EndReason {
-    /// The network dropped it.
-    Lost(String),
-    /// The server ended the attachment with `detach`.
-    Detached(Close),
-    /// Nothing arrived for longer than the heartbeat allows.
-    Silent,
-    /// The server answered with an overload refusal for a request.
-    Busy(Option<Duration>),
-    /// The driver asked this transport to stop (switching up).
-    Stopped,
-}
-
 /// What a step of the core said about the attachment.
 pub(crate) enum Step {
     Continue,
-    Failed(AttemptError),
-    Ended(EndReason),
-    Closed,
+    End(AttemptEnd),
 }
 
 /// One attachment's link to the session core: feeds it, asks it what to
-/// send, and turns its events into steps and application events.
+/// send, turns its events into steps and application events, and tells the
+/// driver when the attachment proved itself (opened, trusted).
 pub(crate) struct Link<'a> {
     pub(crate) shared: &'a Shared,
     pub(crate) id: AttachmentId,
     pub(crate) kind: TransportKind,
-    pub(crate) greeted_at: Option<Instant>,
-    /// When the server proved this transport works: its greeting, or for a
-    /// continuing poll (greeted at once) the first poll answer. Until then
-    /// an ending is a failed attempt, whatever the core believes.
-    proven_at: Option<Instant>,
+    /// Whether the first frame arrived (or, for a poll continuing a poll
+    /// attachment, none is coming: `PROTOCOL.md` §5).
+    greeted: bool,
+    /// Whether the server proved this transport works: its greeting, or
+    /// for a continuing poll the first poll answer.
+    opened: bool,
     /// Whether the application heard that the session is on this link.
     announced: bool,
-    pub(crate) sent_any: bool,
-    pub(crate) received_any: bool,
+    sent_any: bool,
+    received_any: bool,
 }
 
 impl<'a> Link<'a> {
@@ -159,8 +127,8 @@ impl<'a> Link<'a> {
                 shared,
                 id,
                 kind,
-                greeted_at: greeted.then(Instant::now),
-                proven_at: None,
+                greeted,
+                opened: false,
                 announced: false,
                 sent_any: false,
                 received_any: false,
@@ -186,6 +154,7 @@ impl<'a> Link<'a> {
         drop(inner);
         if has_message && !via_request {
             self.received_any = true;
+            self.check_trusted();
         }
         if let Err(error) = result {
             return self.protocol_error(error);
@@ -217,6 +186,7 @@ impl<'a> Link<'a> {
             .any(|f| matches!(f, Frame::Message { .. } | Frame::Pong | Frame::Ack { .. }))
         {
             self.sent_any = true;
+            self.check_trusted();
         }
         Some(transmit.frames)
     }
@@ -233,43 +203,14 @@ impl<'a> Link<'a> {
 
     /// Whether the first frame arrived.
     pub(crate) fn greeted(&self) -> bool {
-        self.greeted_at.is_some()
-    }
-
-    /// The outcome once the transport itself failed or ended.
-    pub(crate) fn lost(&self, why: impl Into<String>) -> Outcome {
-        let why = why.into();
-        match self.proven_at {
-            None => Outcome::Failed(AttemptError::Blocked(format!(
-                "{} closed before its first frame: {why}",
-                self.kind
-            ))),
-            Some(_) => self.ended(EndReason::Lost(why)),
-        }
-    }
-
-    pub(crate) fn ended(&self, reason: EndReason) -> Outcome {
-        match self.proven_at {
-            None => Outcome::Failed(AttemptError::Blocked(format!(
-                "{} ended before it worked: {reason:?}",
-                self.kind
-            ))),
-            Some(proven_at) => Outcome::Ended(Ended {
-                reason,
-                trusted: self.sent_any && self.received_any,
-                greeted_at: proven_at,
-            }),
-        }
+        self.greeted
     }
 
     /// What a step means for the attachment: `None` while it carries on.
-    pub(crate) fn outcome(&self, step: Step) -> Option<Outcome> {
+    pub(crate) fn outcome(step: Step) -> Option<AttemptEnd> {
         match step {
             Step::Continue => None,
-            Step::Failed(e) => Some(Outcome::Failed(e)),
-            Step::Ended(EndReason::Lost(why)) => Some(self.lost(why)),
-            Step::Ended(reason) => Some(self.ended(reason)),
-            Step::Closed => Some(Outcome::SessionClosed),
+            Step::End(end) => Some(end),
         }
     }
 
@@ -278,15 +219,28 @@ impl<'a> Link<'a> {
         self.shared.lock().core.detach(now(), self.id);
     }
 
+    /// A non-200 answer to a request of this attachment: a `close` in it
+    /// goes to the core (which ends or refuses the session), anything else
+    /// ends the attachment.
+    pub(crate) fn refused(&mut self, status: u16, headers: &::http::HeaderMap, body: &[u8]) -> Step {
+        match crate::error::classify_http(status, headers, body) {
+            AttemptEnd::Refused(close) => match self.feed(vec![Frame::Close(close.clone())], true) {
+                Step::Continue => Step::End(AttemptEnd::Refused(close)),
+                end => end,
+            },
+            end => Step::End(end),
+        }
+    }
+
     fn protocol_error(&mut self, error: ProtocolError) -> Step {
         tracing::warn!(transport = %self.kind, %error, "the server broke the protocol");
         if error.ends_session() {
             let close = Close::new(error.close_code(), error.to_string());
             self.shared.lock().core.abandon(close);
             let _ = self.events();
-            return Step::Closed;
+            return Step::End(AttemptEnd::SessionClosed);
         }
-        Step::Ended(EndReason::Lost(format!("protocol error: {error}")))
+        Step::End(AttemptEnd::Invalid)
     }
 
     /// Turns the core's events into a step and application events.
@@ -305,31 +259,30 @@ impl<'a> Link<'a> {
                     if id == self.id =>
                 {
                     let resumed = matches!(event, ClientEvent::Resumed { .. });
-                    self.greeted_at.get_or_insert_with(Instant::now);
-                    self.proven_at.get_or_insert_with(Instant::now);
+                    self.greeted = true;
+                    self.mark_opened();
                     if !self.announced {
                         self.announce(kind, resumed);
                     }
                 }
                 ClientEvent::Opened { .. } | ClientEvent::Resumed { .. } => {}
                 ClientEvent::Detached { id, close } if id == self.id => {
-                    step = Step::Ended(EndReason::Detached(close));
+                    step = Step::End(AttemptEnd::Detached(close));
                 }
                 ClientEvent::TransportFailed { id, failure } if id == self.id => {
-                    step = match failure {
-                        TransportFailure::NoGreeting => Step::Failed(AttemptError::Blocked(
-                            format!("no first frame on {} within the probe timeout", self.kind),
-                        )),
-                        TransportFailure::Silent => Step::Ended(EndReason::Silent),
-                    };
+                    step = Step::End(match failure {
+                        TransportFailure::NoGreeting => AttemptEnd::NoFirstFrame,
+                        TransportFailure::Silent => AttemptEnd::Silent,
+                    });
                 }
                 ClientEvent::Detached { .. } | ClientEvent::TransportFailed { .. } => {}
                 ClientEvent::Closed { close, initiator } => {
                     let mut inner = self.shared.lock();
                     if inner.core.params().is_none() {
-                        // Refused before the session ever opened: a failed
-                        // attempt, which `connect` reports.
-                        step = Step::Failed(AttemptError::Refused(close));
+                        // Refused before the session ever opened: the
+                        // connection policy decides (retry later, or give
+                        // up and let `connect` report it).
+                        step = Step::End(AttemptEnd::Refused(close));
                         continue;
                     }
                     if inner.closed.is_none() {
@@ -339,21 +292,36 @@ impl<'a> Link<'a> {
                     drop(inner);
                     self.shared.app.notify_waiters();
                     self.shared.space.notify_waiters();
-                    step = Step::Closed;
+                    step = Step::End(AttemptEnd::SessionClosed);
                 }
             }
         }
         step
     }
 
-    /// Tells the application the session is (again) on this link, if the
-    /// server's greeting did not already (a continuing poll has none).
+    /// A poll answer arrived: a continuing poll attachment (greeted at
+    /// once) is proven now, and the application hears the session is on
+    /// this link if the greeting did not already tell it.
     pub(crate) fn confirm(&mut self) {
-        if self.greeted() {
-            self.proven_at.get_or_insert_with(Instant::now);
+        if self.greeted {
+            self.mark_opened();
+            if !self.announced {
+                self.announce(self.kind, true);
+            }
         }
-        if !self.announced && self.greeted() {
-            self.announce(self.kind, true);
+    }
+
+    fn mark_opened(&mut self) {
+        if !self.opened {
+            self.opened = true;
+            self.shared.attempt_progress(|p| p.opened = true);
+            self.check_trusted();
+        }
+    }
+
+    fn check_trusted(&mut self) {
+        if self.opened && self.sent_any && self.received_any {
+            self.shared.attempt_progress(|p| p.trusted = true);
         }
     }
 

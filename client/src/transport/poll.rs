@@ -1,132 +1,125 @@
 //! The long-polling transport: one downstream batch per request, each
 //! carrying the acknowledgement of everything delivered so far in its
-//! `last`; the upstream as send requests.
+//! `last`; the upstream as send requests (`http::carry`).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
+use holdfast_protocol::connector::AttemptEnd;
 use holdfast_protocol::wire::json;
-use holdfast_protocol::{Frame, TransportKind};
-use http::header;
+use holdfast_protocol::{ConnectTarget, Frame, TransportKind};
+use http::{HeaderMap, header};
 use tokio::sync::Notify;
 
-use super::sse::refused;
-use super::upstream::Upstream;
-use super::{Ctx, EndReason, KEY_HEADER, Link, Outcome, Step, sleep_until};
-use crate::error::AttemptError;
+use super::http::{Downstream, carry};
+use super::{Ctx, KEY_HEADER, Link, Step};
+use crate::error::{ended, request_end};
 use crate::shared::Shared;
 
 /// A poll's result: its `last`, and the answer.
 type Poll<'c> = Pin<Box<dyn Future<Output = (u64, PollAnswer)> + Send + 'c>>;
 
-enum PollAnswer {
+pub(crate) enum PollAnswer {
     Frames(Vec<Frame>),
-    Refused { status: u16, body: Vec<u8> },
-    Failed { connect: bool, why: String },
+    Refused {
+        status: u16,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    },
+    Failed(AttemptEnd),
 }
 
-pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
+pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd {
     let Some((mut link, target)) = Link::attach(shared, TransportKind::LongPoll) else {
-        return Outcome::SessionClosed;
+        return AttemptEnd::SessionClosed;
     };
-    let mut upstream = Upstream::new(ctx);
-    let mut poll: Option<Poll<'_>> = Some(start_poll(
+    let poller = Poller {
         ctx,
-        target.key.as_deref(),
-        target.last,
-        poll_deadline(ctx, shared),
-    ));
-    let outcome = loop {
-        upstream.start(&mut link);
-        if poll.is_none() && !link.inbound_full() {
-            let target = shared.lock().core.connect_target();
-            match target {
-                Some(target) => {
-                    tracing::trace!(last = target.last, "poll");
-                    poll = Some(start_poll(
-                        ctx,
-                        target.key.as_deref(),
-                        target.last,
-                        poll_deadline(ctx, shared),
-                    ))
-                }
-                None => break Outcome::SessionClosed,
-            }
-        }
-        let polling = poll.is_some();
-        let busy = upstream.busy();
-        let retry_at = upstream.retry_at();
-        let mut posted = None;
-        let step = tokio::select! {
-            (last, answer) = async { match &mut poll { Some(p) => p.await, None => std::future::pending().await } }, if polling => {
-                poll = None;
-                match answer {
-                    PollAnswer::Frames(frames) => {
-                        tracing::trace!(last, frames = frames.len(), "poll answered");
-                        shared.lock().core.acked_by_request(last);
-                        let step = link.feed(frames, false);
-                        link.confirm();
-                        step
-                    }
-                    PollAnswer::Refused { status, body } => {
-                        let outcome = refused(&mut link, status, &body);
-                        break if link.greeted() {
-                            match outcome {
-                                Outcome::Failed(e) => link.ended(EndReason::Lost(e.describe())),
-                                other => other,
-                            }
-                        } else {
-                            outcome
-                        };
-                    }
-                    PollAnswer::Failed { connect, why } if connect && !link.greeted() => {
-                        break Outcome::Failed(AttemptError::Unreachable(why));
-                    }
-                    PollAnswer::Failed { why, .. } => Step::Ended(EndReason::Lost(why)),
-                }
-            }
-            result = upstream.finish(), if busy => {
-                posted = Some(result);
-                Step::Continue
-            }
-            () = sleep_until(retry_at), if retry_at.is_some() => Step::Continue,
-            () = shared.driver.notified() => Step::Continue,
-            () = shared.drained.notified(), if !polling => Step::Continue,
-            () = sleep_until(link.deadline()) => link.timeout(),
-            () = stop.notified() => Step::Ended(EndReason::Stopped),
-        };
-        let step = upstream.settle(&mut link, posted, step);
-        if let Some(outcome) = link.outcome(step) {
-            break outcome;
-        }
+        shared,
+        poll: Some(start_poll(ctx, &target, poll_deadline(ctx, shared))),
     };
+    let end = carry(ctx, shared, stop, &mut link, Downstream::Poll(poller)).await;
     link.detach();
-    outcome
+    end
+}
+
+/// One poll after another, while the application keeps up.
+pub(crate) struct Poller<'c> {
+    ctx: &'c Ctx,
+    shared: &'c Shared,
+    poll: Option<Poll<'c>>,
+}
+
+impl Poller<'_> {
+    /// Starts the next poll if none is out and the application has room.
+    pub(crate) fn prepare(&mut self, link: &Link<'_>) -> Option<AttemptEnd> {
+        if self.poll.is_some() || link.inbound_full() {
+            return None;
+        }
+        let Some(target) = self.shared.lock().core.connect_target() else {
+            return Some(AttemptEnd::SessionClosed);
+        };
+        tracing::trace!(last = target.last, "poll");
+        self.poll = Some(start_poll(
+            self.ctx,
+            &target,
+            poll_deadline(self.ctx, self.shared),
+        ));
+        None
+    }
+
+    pub(crate) fn polling(&self) -> bool {
+        self.poll.is_some()
+    }
+
+    /// The answer of the poll out; cancel-safe (pending if none).
+    pub(crate) async fn answer(&mut self) -> (u64, PollAnswer) {
+        let Some(poll) = &mut self.poll else {
+            return std::future::pending().await;
+        };
+        let answer = poll.await;
+        self.poll = None;
+        answer
+    }
+
+    pub(crate) fn apply(&mut self, link: &mut Link<'_>, last: u64, answer: PollAnswer) -> Step {
+        match answer {
+            PollAnswer::Frames(frames) => {
+                tracing::trace!(last, frames = frames.len(), "poll answered");
+                self.shared.lock().core.acked_by_request(last);
+                let step = link.feed(frames, false);
+                link.confirm();
+                step
+            }
+            PollAnswer::Refused {
+                status,
+                headers,
+                body,
+            } => match link.refused(status, &headers, &body) {
+                Step::Continue => Step::End(AttemptEnd::Invalid),
+                end => end,
+            },
+            PollAnswer::Failed(end) => Step::End(end),
+        }
+    }
 }
 
 /// How long to wait for a poll's answer: the server's announced hold plus
 /// room for the network, or the default before the session opened (the
 /// first poll is answered at once).
-fn poll_deadline(ctx: &Ctx, shared: &Shared) -> std::time::Duration {
+fn poll_deadline(ctx: &Ctx, shared: &Shared) -> Duration {
     shared.lock().core.params().map_or(ctx.poll_timeout, |p| {
-        p.poll_hold + ctx.probe_timeout.max(std::time::Duration::from_secs(5))
+        p.poll_hold + ctx.probe_timeout.max(Duration::from_secs(5))
     })
 }
 
-fn start_poll<'c>(
-    ctx: &'c Ctx,
-    key: Option<&str>,
-    last: u64,
-    timeout: std::time::Duration,
-) -> Poll<'c> {
-    let target = holdfast_protocol::ConnectTarget {
-        key: key.map(str::to_owned),
-        last,
-    };
+fn start_poll<'c>(ctx: &'c Ctx, target: &ConnectTarget, timeout: Duration) -> Poll<'c> {
+    let last = target.last;
     let mut request = ctx
         .net
         .http
-        .get(ctx.endpoint(TransportKind::LongPoll, &target))
+        .get(ctx.endpoint(TransportKind::LongPoll, target))
         .header(header::CACHE_CONTROL, "no-cache")
         .timeout(timeout);
     if let Some(key) = &target.key {
@@ -135,26 +128,22 @@ fn start_poll<'c>(
     let request = request.send();
     Box::pin(async move {
         let answer = match request.await {
-            Err(e) => PollAnswer::Failed {
-                connect: e.is_connect(),
-                why: format!("poll failed: {e}"),
-            },
+            Err(e) => PollAnswer::Failed(request_end(&e)),
             Ok(response) => {
                 let status = response.status().as_u16();
+                let headers = response.headers().clone();
                 match response.bytes().await {
-                    Err(e) => PollAnswer::Failed {
-                        connect: false,
-                        why: format!("poll answer cut: {e}"),
-                    },
+                    Err(e) => PollAnswer::Failed(request_end(&e)),
                     Ok(body) if status == 200 => match json::decode_batch(&body) {
                         Ok(frames) => PollAnswer::Frames(frames),
-                        Err(e) => PollAnswer::Failed {
-                            connect: false,
-                            why: format!("poll answer is not a holdfast batch: {e}"),
-                        },
+                        Err(e) => PollAnswer::Failed(ended(
+                            AttemptEnd::Invalid,
+                            format_args!("poll answer: {e}"),
+                        )),
                     },
                     Ok(body) => PollAnswer::Refused {
                         status,
+                        headers,
                         body: body.to_vec(),
                     },
                 }

@@ -1,30 +1,29 @@
 //! The upstream of the HTTP transports: the client's frames as send
-//! requests, one in flight at a time, each answered with an ack.
+//! requests, one in flight at a time, each answered with an ack. What to do
+//! when one fails is the connection policy's [`SendPolicy`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use holdfast_protocol::Frame;
+use holdfast_protocol::connector::{AttemptEnd, SendFailure, SendPolicy, SendVerdict};
 use holdfast_protocol::wire::json;
+use holdfast_protocol::{CloseCode, Frame};
 use http::header;
 
-use super::{Ctx, EndReason, KEY_HEADER, Link, Step};
-use crate::error::{AttemptError, HttpFailure, classify_http};
+use super::{Ctx, KEY_HEADER, Link, Step};
+use crate::error::{classify_http, ended, request_end};
 use crate::shared::now;
 
-type Request<'c> = Pin<Box<dyn Future<Output = Result<Vec<Frame>, HttpFailure>> + Send + 'c>>;
+/// A send request's answer: frames, or how it failed.
+type Request<'c> = Pin<Box<dyn Future<Output = Result<Vec<Frame>, AttemptEnd>> + Send + 'c>>;
 
-/// Consecutive failed send requests after which the attachment is given
-/// up (the downstream is probably gone too).
-const MAX_FAILURES: u32 = 4;
-
-/// At most one send request in flight; a failed one is retried after a
-/// short, growing delay.
+/// At most one send request in flight; a failed one is sent again when the
+/// policy says so.
 pub(crate) struct Upstream<'c> {
     ctx: &'c Ctx,
     in_flight: Option<Request<'c>>,
-    failures: u32,
+    policy: SendPolicy,
     retry_at: Option<tokio::time::Instant>,
 }
 
@@ -33,12 +32,12 @@ impl<'c> Upstream<'c> {
         Self {
             ctx,
             in_flight: None,
-            failures: 0,
+            policy: ctx.send_policy.clone(),
             retry_at: None,
         }
     }
 
-    /// When a failed request may be retried, if one is waiting.
+    /// When a failed request may be sent again, if one is waiting.
     pub(crate) fn retry_at(&self) -> Option<tokio::time::Instant> {
         self.retry_at
     }
@@ -77,25 +76,20 @@ impl<'c> Upstream<'c> {
             .body(body)
             .send();
         self.in_flight = Some(Box::pin(async move {
-            let response = request
-                .await
-                .map_err(|e| HttpFailure::Intermediary(format!("send request failed: {e}")))?;
+            let response = request.await.map_err(|e| request_end(&e))?;
             let status = response.status().as_u16();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| HttpFailure::Intermediary(format!("send reply cut: {e}")))?;
+            let headers = response.headers().clone();
+            let body = response.bytes().await.map_err(|e| request_end(&e))?;
             if status != 200 {
-                return Err(classify_http(status, &body));
+                return Err(classify_http(status, &headers, &body));
             }
-            json::decode_batch(&body).map_err(|e| {
-                HttpFailure::Intermediary(format!("send reply is not a holdfast batch: {e}"))
-            })
+            json::decode_batch(&body)
+                .map_err(|e| ended(AttemptEnd::Invalid, format_args!("send reply: {e}")))
         }));
     }
 
     /// Waits for the request in flight (pending forever if none).
-    pub(crate) async fn finish(&mut self) -> Result<Vec<Frame>, HttpFailure> {
+    pub(crate) async fn finish(&mut self) -> Result<Vec<Frame>, AttemptEnd> {
         match &mut self.in_flight {
             Some(request) => {
                 let result = request.await;
@@ -111,7 +105,7 @@ impl<'c> Upstream<'c> {
     pub(crate) fn settle(
         &mut self,
         link: &mut Link<'_>,
-        posted: Option<Result<Vec<Frame>, HttpFailure>>,
+        posted: Option<Result<Vec<Frame>, AttemptEnd>>,
         step: Step,
     ) -> Step {
         match posted {
@@ -121,44 +115,42 @@ impl<'c> Upstream<'c> {
     }
 
     /// Applies a finished request to the link.
-    pub(crate) fn apply(
-        &mut self,
-        link: &mut Link<'_>,
-        result: Result<Vec<Frame>, HttpFailure>,
-    ) -> Step {
-        match result {
+    fn apply(&mut self, link: &mut Link<'_>, result: Result<Vec<Frame>, AttemptEnd>) -> Step {
+        // The failure, and how the attachment ends if it is given up.
+        let (failure, end) = match result {
             Ok(frames) => {
-                self.failures = 0;
-                link.feed(frames, true)
+                self.policy.succeeded();
+                return link.feed(frames, true);
             }
-            Err(HttpFailure::Closed(close)) => link.feed(vec![Frame::Close(close)], true),
-            Err(failure) => {
-                link.shared.lock().core.request_failed(now());
-                self.failures += 1;
-                if self.failures < MAX_FAILURES && matches!(failure, HttpFailure::Intermediary(_)) {
-                    // Nothing is lost (the same messages go again); the
-                    // downstream may well be fine: retry before giving up.
-                    let delay = Duration::from_millis(100) * 2u32.pow(self.failures - 1);
-                    self.retry_at = Some(tokio::time::Instant::now() + delay);
-                    tracing::debug!(
-                        failures = self.failures,
-                        ?delay,
-                        "send request failed; retrying"
-                    );
-                    return Step::Continue;
-                }
-                match failure {
-                    HttpFailure::Detached(close) if close.retry_after.is_some() => {
-                        Step::Ended(EndReason::Busy(close.retry_after))
-                    }
-                    HttpFailure::Detached(close) => Step::Ended(EndReason::Lost(format!(
-                        "send refused: {} {}",
-                        close.code, close.reason
-                    ))),
-                    HttpFailure::Intermediary(why) => Step::Ended(EndReason::Lost(why)),
-                    HttpFailure::Closed(_) => Step::Failed(AttemptError::Blocked(String::new())),
-                }
+            // holdfast closed the session: the core hears it.
+            Err(AttemptEnd::Refused(close)) => return link.feed(vec![Frame::Close(close)], true),
+            Err(AttemptEnd::Detached(close)) if close.code == CloseCode::OVERLOADED => (
+                SendFailure::Overloaded {
+                    retry_after: close.retry_after,
+                },
+                AttemptEnd::Detached(close),
+            ),
+            Err(AttemptEnd::Detached(close)) => (SendFailure::Refused, AttemptEnd::Detached(close)),
+            Err(end) => (
+                SendFailure::Failed {
+                    retry_after: match end {
+                        AttemptEnd::Status { retry_after, .. } => retry_after,
+                        _ => None,
+                    },
+                },
+                AttemptEnd::Closed,
+            ),
+        };
+        // The messages go again from the oldest unacknowledged one; the
+        // server drops what it already has.
+        link.shared.lock().core.request_failed(now());
+        match self.policy.failed(failure) {
+            SendVerdict::Retry(delay) => {
+                tracing::debug!(?failure, ?delay, "send request failed; sending again");
+                self.retry_at = Some(tokio::time::Instant::now() + delay);
+                Step::Continue
             }
+            SendVerdict::EndAttachment => Step::End(end),
         }
     }
 }

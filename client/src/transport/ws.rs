@@ -7,13 +7,15 @@ use holdfast_protocol::{Frame, Message, TransportKind};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
-use super::{Ctx, EndReason, Link, Outcome, Step, sleep_until};
-use crate::error::AttemptError;
+use holdfast_protocol::connector::AttemptEnd;
+
+use super::{Ctx, Link, Step, sleep_until};
+use crate::error::ended;
 use crate::shared::Shared;
 
-pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
+pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd {
     let Some((mut link, target)) = Link::attach(shared, TransportKind::WebSocket) else {
-        return Outcome::SessionClosed;
+        return AttemptEnd::SessionClosed;
     };
     let url = ctx.endpoint(TransportKind::WebSocket, &target);
     let connect = ctx
@@ -21,54 +23,55 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> Outcome {
         .connect_ws(&url, ctx.max_message, target.key.as_deref());
     let ws = match tokio::time::timeout(ctx.probe_timeout, connect).await {
         Ok(Ok(ws)) => ws,
-        Ok(Err(error)) => {
+        Ok(Err(end)) => {
             link.detach();
-            return Outcome::Failed(error);
+            return end;
         }
         Err(_) => {
             link.detach();
-            return Outcome::Failed(AttemptError::Blocked("WebSocket connect timed out".into()));
+            return ended(AttemptEnd::Timeout, "no WebSocket upgrade");
         }
     };
     let (mut sink, mut stream) = ws.split();
-    let outcome = loop {
+    let end = loop {
         let mut failed = None;
         while let Some(frames) = link.transmit() {
             if let Err(e) = write(&mut sink, frames).await {
-                failed = Some(link.lost(format!("write failed: {e}")));
+                failed = Some(ended(AttemptEnd::Closed, format_args!("write: {e}")));
                 break;
             }
         }
-        if let Some(outcome) = failed {
-            break outcome;
+        if let Some(end) = failed {
+            break end;
         }
         if let Err(e) = sink.flush().await {
-            break link.lost(format!("write failed: {e}"));
+            break ended(AttemptEnd::Closed, format_args!("write: {e}"));
         }
         let reading = !link.inbound_full();
+        let deadline = link.deadline();
         let step = tokio::select! {
             incoming = stream.next(), if reading => match incoming {
                 Some(Ok(message)) => match frames_of(message) {
                     Ok(Some(frames)) => link.feed(frames, false),
-                    Ok(None) => Step::Ended(EndReason::Lost("closed by the server".into())),
-                    Err(why) => Step::Ended(EndReason::Lost(why)),
+                    Ok(None) => Step::End(ended(AttemptEnd::Closed, "closed by the server")),
+                    Err(why) => Step::End(ended(AttemptEnd::Invalid, why)),
                 },
-                Some(Err(e)) => Step::Ended(EndReason::Lost(e.to_string())),
-                None => Step::Ended(EndReason::Lost("connection closed".into())),
+                Some(Err(e)) => Step::End(ended(AttemptEnd::Closed, e)),
+                None => Step::End(ended(AttemptEnd::Closed, "connection closed")),
             },
             () = shared.driver.notified() => Step::Continue,
             () = shared.drained.notified(), if !reading => Step::Continue,
-            () = sleep_until(link.deadline()) => link.timeout(),
-            () = stop.notified() => Step::Ended(EndReason::Stopped),
+            () = sleep_until(deadline) => link.timeout(),
+            () = stop.notified() => Step::End(AttemptEnd::Stopped),
         };
-        if let Some(outcome) = link.outcome(step) {
-            break outcome;
+        if let Some(end) = Link::outcome(step) {
+            break end;
         }
     };
     link.detach();
     // Say goodbye politely if the socket still works; never wait long.
     let _ = tokio::time::timeout(ctx.probe_timeout, sink.close()).await;
-    outcome
+    end
 }
 
 /// The frames in one WebSocket message; `None` when the server closed.
