@@ -7,6 +7,7 @@ mod client_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use client_support::*;
 use holdfast::client::{ConnectError, ProxyConfig, TransportKind};
@@ -101,6 +102,7 @@ async fn every_transport_works_over_tls() {
 async fn an_untrusted_certificate_is_refused() {
     let (url, _cert, server) = tls_echo_server().await;
     let error = client(&url)
+        .connect_timeout(Duration::from_secs(1))
         .connect()
         .await
         .err()
