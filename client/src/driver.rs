@@ -214,9 +214,6 @@ impl Driver {
             inner.core.abandon(close.clone());
             inner.closed = Some(close);
         }
-        drop(inner);
-        self.shared.app.notify_waiters();
-        self.shared.space.notify_waiters();
     }
 
     /// When the application let go while no transport is attached, there

@@ -1,7 +1,14 @@
 //! What the application's handles and the driver task share: the session
 //! core, the ordered queue of events for the application, and the wakers.
+//!
+//! Everything goes through [`Shared::lock`], whose guard wakes whoever can
+//! progress when it is dropped — readers when events were queued, senders
+//! when acks freed room, transports when the application drained its
+//! queue, the driver when the attachment proved itself, everyone when the
+//! session ended — so no call site has to remember whom to wake.
 
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -63,6 +70,90 @@ pub(crate) struct Inner {
     pub(crate) closing: bool,
     /// How far the current attachment got, for the connection policy.
     pub(crate) progress: Progress,
+    /// Events ever queued (tells the guard new ones arrived).
+    queued: u64,
+}
+
+/// What the guard compares before and after, to know whom to wake.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Snapshot {
+    queued: u64,
+    acked: u64,
+    /// The application heard the end (`Inner::closed`).
+    closed: bool,
+    /// The core is over (senders fail from now on).
+    core_closed: bool,
+    inbound_full: bool,
+    progress: Progress,
+}
+
+impl Inner {
+    fn snapshot(&self, max_inbound_bytes: usize) -> Snapshot {
+        Snapshot {
+            queued: self.queued,
+            acked: self.core.acked(),
+            closed: self.closed.is_some(),
+            core_closed: self.core.is_closed(),
+            inbound_full: self.event_bytes >= max_inbound_bytes,
+            progress: self.progress,
+        }
+    }
+}
+
+/// Exclusive access to the shared state; wakes whoever can progress when
+/// dropped.
+pub(crate) struct Guard<'a> {
+    shared: &'a Shared,
+    inner: Option<MutexGuard<'a, Inner>>,
+    before: Snapshot,
+}
+
+impl Deref for Guard<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        match &self.inner {
+            Some(inner) => inner,
+            None => unreachable!("the guard is only emptied in drop"),
+        }
+    }
+}
+
+impl DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        match &mut self.inner {
+            Some(inner) => inner,
+            None => unreachable!("the guard is only emptied in drop"),
+        }
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let after = inner.snapshot(self.shared.max_inbound_bytes);
+        drop(inner);
+        let before = self.before;
+        if after == before {
+            return;
+        }
+        let ended = (after.closed && !before.closed) || (after.core_closed && !before.core_closed);
+        if after.queued != before.queued || ended {
+            self.shared.app.notify_waiters();
+        }
+        // Any acknowledgement frees room (in messages, if not in payload
+        // bytes: an ack of empty messages frees only their overhead).
+        if after.acked > before.acked || ended {
+            self.shared.space.notify_waiters();
+        }
+        if before.inbound_full && !after.inbound_full {
+            self.shared.drained.notify_waiters();
+        }
+        if after.progress != before.progress {
+            self.shared.progress.notify_one();
+        }
+    }
 }
 
 /// How far the current attachment got: the transports record it, the
@@ -91,6 +182,7 @@ impl Shared {
                 abandoned: false,
                 closing: false,
                 progress: Progress::default(),
+                queued: 0,
             }),
             app: Notify::new(),
             space: Notify::new(),
@@ -103,41 +195,32 @@ impl Shared {
         })
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// The shared state; the guard wakes whoever can progress when dropped.
+    pub(crate) fn lock(&self) -> Guard<'_> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let before = inner.snapshot(self.max_inbound_bytes);
+        Guard {
+            shared: self,
+            inner: Some(inner),
+            before,
+        }
     }
 
-    /// Records how far the current attachment got, and wakes the driver.
+    /// Records how far the current attachment got (the driver hears).
     pub(crate) fn attempt_progress(&self, update: impl FnOnce(&mut Progress)) {
-        let mut inner = self.lock();
-        let before = inner.progress;
-        update(&mut inner.progress);
-        let changed = inner.progress != before;
-        drop(inner);
-        if changed {
-            self.progress.notify_one();
-        }
+        update(&mut self.lock().progress);
     }
 
     /// Queues an event for the application.
     pub(crate) fn push_event(&self, event: Event) {
         self.lock().push_event(event);
-        self.app.notify_waiters();
     }
 
-    /// Moves messages the core received into the event queue. Returns
-    /// whether any moved.
-    pub(crate) fn take_messages(&self, inner: &mut Inner) -> bool {
-        let mut any = false;
+    /// Moves messages the core received into the event queue.
+    pub(crate) fn take_messages(inner: &mut Inner) {
         while let Some(message) = inner.core.poll_message() {
             inner.push_event(Event::Message(message));
-            any = true;
         }
-        if any {
-            self.app.notify_waiters();
-            // Acks may now be due and the space freed by acks too.
-        }
-        any
     }
 
     /// Whether transports should stop reading until the application
@@ -154,15 +237,9 @@ impl Shared {
             notified.as_mut().enable();
             {
                 let mut inner = self.lock();
-                let was_full = inner.event_bytes >= self.max_inbound_bytes;
                 if let Some(event) = inner.events.pop_front() {
                     if let Event::Message(m) = &event {
                         inner.event_bytes -= m.len();
-                    }
-                    let full = inner.event_bytes >= self.max_inbound_bytes;
-                    drop(inner);
-                    if was_full && !full {
-                        self.drained.notify_waiters();
                     }
                     return Some(event);
                 }
@@ -178,6 +255,7 @@ impl Shared {
     pub(crate) fn try_send(&self, message: Message) -> Result<(), SendError> {
         let result = self.lock().core.send(message).map(|_| ());
         if result.is_ok() {
+            // The application queued something: the transport sends it.
             self.driver.notify_one();
         }
         result
@@ -202,6 +280,7 @@ impl Inner {
         if let Event::Message(m) = &event {
             self.event_bytes += m.len();
         }
+        self.queued += 1;
         self.events.push_back(event);
     }
 }

@@ -141,16 +141,10 @@ impl<'a> Link<'a> {
     /// reply).
     pub(crate) fn feed(&mut self, frames: Vec<Frame>, via_request: bool) -> Step {
         let via = (!via_request).then_some(self.id);
-        let mut inner = self.shared.lock();
-        // Any acknowledgement frees room (in messages, if not in payload
-        // bytes: an ack of empty messages frees only their overhead).
-        let acked = inner.core.acked();
         let has_message = frames.iter().any(|f| matches!(f, Frame::Message { .. }));
+        let mut inner = self.shared.lock();
         let result = inner.core.handle_frames(now(), via, frames);
-        if inner.core.acked() > acked {
-            self.shared.space.notify_waiters();
-        }
-        self.shared.take_messages(&mut inner);
+        Shared::take_messages(&mut inner);
         drop(inner);
         if has_message && !via_request {
             self.received_any = true;
@@ -290,8 +284,6 @@ impl<'a> Link<'a> {
                         inner.push_event(Event::Closed(Closed::new(&close, initiator)));
                     }
                     drop(inner);
-                    self.shared.app.notify_waiters();
-                    self.shared.space.notify_waiters();
                     step = Step::End(AttemptEnd::SessionClosed);
                 }
             }
@@ -351,8 +343,6 @@ impl<'a> Link<'a> {
         {
             inner.push_event(Event::TransportChanged { from, to: kind });
         }
-        drop(inner);
-        self.shared.app.notify_waiters();
     }
 }
 

@@ -296,6 +296,11 @@ impl Connector {
 
     /// The current attachment ended.
     pub fn ended(&mut self, now: Instant, end: AttemptEnd) {
+        // Only an attachment can end (a driver reporting an ending twice
+        // must not cut a backoff short or revive a finished connector).
+        if !matches!(self.phase, Phase::Attached(_)) {
+            return;
+        }
         let Phase::Attached(a) = std::mem::replace(&mut self.phase, Phase::Ready) else {
             return;
         };
@@ -437,10 +442,13 @@ impl Connector {
 
     /// An attempt that never delivered its first frame.
     fn failed(&mut self, now: Instant, a: Attempt, end: AttemptEnd) {
+        // A switch asked of an attempt that failed on its own before it
+        // stopped is stale: the next probe round decides afresh.
+        let switch_to = self.switch_to.take();
         match end {
             AttemptEnd::Refused(close) => return self.refused(now, close),
             AttemptEnd::Stopped => {
-                if let Some(better) = self.switch_to.take() {
+                if let Some(better) = switch_to {
                     self.switch(now, better);
                 }
                 return;
