@@ -67,17 +67,8 @@ const ACK_EVERY = 32;
 const ACK_DELAY = 100;
 /** Message limit assumed until the server's `open` says otherwise. */
 const DEFAULT_MAX_MESSAGE = 64 * 1024;
-/** A transport that dies without carrying frames both ways within this long
- * after greeting, twice, is demoted. */
-const FLAP_WINDOW = 10000;
-const FLAPS_TO_DEMOTE = 2;
-/** Longest wait between re-probes of a better transport. */
-const MAX_REPROBE = 5 * 60 * 1000;
 /** Shortest timeout of a send request. */
 const MIN_SEND_TIMEOUT = 10000;
-/** Times a failed send request is sent again before its attachment is
- * given up. */
-const SEND_RETRIES = 2;
 /** An SSE event larger than this is a broken stream, not data. */
 const MAX_SSE_EVENT = 16 * 1024 * 1024;
 
@@ -291,14 +282,6 @@ async function readText(response, timeout) {
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** The delay before reconnect attempt `attempt` (0-based): exponential,
- * capped, with the `jitter` fraction of it random. */
-function backoffDelay(backoff, attempt) {
-  const base = Math.min(backoff.initial * 2 ** Math.min(attempt, 30), backoff.max);
-  const jitter = Math.min(Math.max(backoff.jitter, 0), 1);
-  return Math.round(base * (1 - jitter * Math.random()));
 }
 
 // ---------------------------------------------------------------------------
@@ -716,7 +699,7 @@ class Upstream {
   /** A request failed without an answer from holdfast. */
   failed(why, retryAfter) {
     const att = this.attachment;
-    if (this.failures < SEND_RETRIES) {
+    if (this.failures < 2) {
       // Nothing is lost (the same messages go again) and the downstream
       // may well be fine: try again shortly (100 ms, 200 ms, …).
       this.failures += 1;
@@ -2182,6 +2165,620 @@ const ATTACHMENTS = {
 };
 
 // ---------------------------------------------------------------------------
+// The connection policy: which transport to attach, when to fall back, how
+// long to back off, when to probe a better transport and switch up, when to
+// give up. A state machine with no IO — time is passed in (ms), random
+// numbers are injected — ported from the Rust client's
+// `protocol/src/connector/`, with the same names; both are checked against
+// the scenario vectors in `protocol/vectors/` (test/node/vectors.test.js
+// here). The engine below is its driver:
+//
+//   opened / trusted / ended(now, ending) ──▶           ──▶ poll(now): action
+//   probed(now, id, works) / wake(…)      ──▶ Connector ──▶ pollTimeout()
+//   sendFailed(failure) ──────────────────▶           ──▶ verdict (at once)
+//
+// Endings (how an attachment ended): "unreachable" (nothing answered),
+// { status, retryAfter } (an HTTP answer not from holdfast), "timeout" (no
+// answer within the probe timeout), "no_first_frame" (answered, then no
+// first frame within it), "invalid" (an answer that is not holdfast's),
+// "closed", "silent", { detached: close }, { refused: close } (holdfast
+// ended the attachment / closed the session), "session_closed", "stopped"
+// (the driver stopped it); `close` is { code, reason, retryAfter }.
+//
+// Actions: { attach: transport, fresh }, { stop: true }, { probe: transport,
+// id }, { remember: transport }, { reconnecting: { attempt, delay, reason } },
+// { check: true }, { giveUp: { refused: close } | { noTransport: [failure] } }.
+//
+// Send failures: "failed", { failed: { retryAfter } }, { overloaded:
+// { retryAfter } }, "refused"; verdicts: { resend: ms }, { endAttachment:
+// true }.
+//
+// The rules:
+// - a transport that never delivers its first frame (refused upgrade, error
+//   page, timeout, silence, closed early) is blocked: the next one is tried
+//   at once, and the step goes in the fallback report;
+// - a transport that cannot even connect means the server (or the network)
+//   is down: no fallback, the best transport again after a backoff;
+// - before the session ever opened, the client keeps trying for
+//   `connectTimeout` (null: forever), then gives up; afterwards it never
+//   gives up (the server says when the session is lost);
+// - a transport that dies twice within 10 s of opening without carrying
+//   frames both ways is demoted;
+// - a transport that carried frames both ways is remembered, and resets the
+//   backoff;
+// - on a fallback transport, better transports are probed now and then, and
+//   the session switches up when one works;
+// - a send request that failed is sent again (up to `sendRetries` times,
+//   then the attachment is given up); one refused with 4503 is sent again
+//   after its `retryAfter`, as often as it takes.
+
+/** A transport that died without carrying frames both ways within this
+ * long (ms) after opening counts as a flap… */
+const FLAP_WINDOW = 10000;
+/** …and this many flaps demote it. */
+const FLAPS_TO_DEMOTE = 2;
+/** The most steps a fallback report holds (the first ones are kept). */
+const MAX_FALLBACKS = 16;
+/** The most failures kept for a reconnect reason or a give-up. */
+const MAX_FAILURES = 8;
+/** The first retry of a failed send request waits this long (ms), doubling. */
+const SEND_RETRY = 100;
+/** Longest wait (ms) between re-probes of a better transport. */
+const MAX_REPROBE = 5 * 60 * 1000;
+
+const CONNECTOR_DEFAULTS = Object.freeze({
+  transports: TRANSPORTS,
+  remembered: null,
+  backoff: DEFAULTS.backoff,
+  reprobeAfter: 15000,
+  connectTimeout: 30000,
+  sendRetries: 3,
+});
+
+const FAILURE_ENDINGS = ["unreachable", "timeout", "no_first_frame", "invalid", "closed", "silent"];
+
+function clamp01(x) {
+  return Math.min(Math.max(x, 0), 1);
+}
+
+/** `ms` as Rust computes `Duration::as_secs_f64() * 1000.0`: whole seconds
+ * plus nanoseconds over 1e9, so that both clients round the same way. */
+function durationMillis(ms) {
+  const secs = Math.floor(ms / 1000);
+  const nanos = Math.round((ms - secs * 1000) * 1e6);
+  return (secs + nanos / 1e9) * 1000;
+}
+
+/** Rounded down to a whole millisecond: both clients must agree to the
+ * millisecond on the scenario vectors. */
+function wholeMillis(ms) {
+  return ms > 0 ? Math.floor(ms) : 0;
+}
+
+/** The delay (ms) before reconnect attempt `attempt` (0-based), given a
+ * uniform random number in [0, 1): a random delay in
+ * `[base × (1 − jitter), base]`, `base = min(initial × 2^attempt, max)`. */
+function backoffDelay(backoff, attempt, random) {
+  const base = Math.min(backoff.initial * 2 ** Math.min(attempt, 30), backoff.max);
+  const jitter = clamp01(backoff.jitter) * clamp01(random);
+  return wholeMillis(durationMillis(base) * (1 - jitter));
+}
+
+/** `delay` spread over ±25 %. */
+function jittered(delay, random) {
+  return wholeMillis(durationMillis(delay) * (0.75 + 0.5 * clamp01(random)));
+}
+
+/** When to probe the transports better than the one in use, and what the
+ * probes found. The clock survives reconnects: a busy session on a
+ * fallback transport reconnects often (event streams are recycled every
+ * few hundred kilobytes) and must still get to probe. A probe that finds
+ * nothing pushes the next one back, doubling (with jitter) up to
+ * MAX_REPROBE. */
+class Reprobe {
+  constructor(now, first, random) {
+    this.delay = first; // the wait after the next failed round
+    this.due = now + jittered(first, random); // when the next round starts
+    this.probing = null; // the round under way: { id, candidate }
+    this.found = null; // a better transport the last round found
+    this.nextId = 0;
+  }
+
+  /** Starts the clock afresh (after a fallback or a switch): any probe
+   * under way is forgotten. */
+  reset(now, first, random) {
+    const nextId = this.nextId;
+    Object.assign(this, new Reprobe(now, first, random));
+    this.nextId = nextId;
+  }
+
+  /** When the next round is due, while none is under way or found. */
+  dueAt() {
+    return this.probing === null && this.found === null ? this.due : null;
+  }
+
+  /** Starts a round at `now` if one is due: `{ id, candidate }` (the best
+   * transport first). */
+  start(now) {
+    const due = this.dueAt();
+    if (due === null || now < due) return null;
+    return this.probe(0);
+  }
+
+  probe(candidate) {
+    this.nextId += 1;
+    this.probing = { id: this.nextId, candidate };
+    return this.probing;
+  }
+
+  /** The candidate probe `id` was for, if it is the one under way. */
+  current(id) {
+    return this.probing !== null && this.probing.id === id ? this.probing.candidate : null;
+  }
+
+  works(candidate) {
+    this.probing = null;
+    this.found = candidate;
+  }
+
+  /** The candidate does not work: probe the next one better than `index`,
+   * or end the round and wait longer. */
+  next(now, candidate, index, random) {
+    if (candidate + 1 < index) return this.probe(candidate + 1);
+    this.probing = null;
+    this.delay = Math.min(this.delay * 2, MAX_REPROBE);
+    this.due = now + jittered(this.delay, random);
+    return null;
+  }
+
+  takeFound() {
+    const found = this.found;
+    this.found = null;
+    return found;
+  }
+}
+
+/** The cause an ending records, `{ cause, status, code }` (cause one of
+ * the labels of the fallback report), or null for the endings that are
+ * not failures. Throws on an unknown ending (a driver's bug). */
+function causeOf(end) {
+  if (typeof end === "string") {
+    if (FAILURE_ENDINGS.includes(end)) return { cause: end, status: null, code: null };
+    if (end === "stopped" || end === "session_closed") return null;
+  } else if (end && typeof end === "object") {
+    if (Number.isInteger(end.status)) return { cause: "status", status: end.status, code: null };
+    if (end.detached) return { cause: "detached", status: null, code: end.detached.code };
+    if (end.refused) return { cause: "refused", status: null, code: end.refused.code };
+  }
+  throw new TypeError(`not an attempt ending: ${JSON.stringify(end)}`);
+}
+
+/** How long the server (or an intermediary) asked to wait, if it did. */
+function retryAfterOf(end) {
+  if (typeof end !== "object") return null;
+  const close = end.detached || end.refused;
+  const after = close ? close.retryAfter : end.retryAfter;
+  return Number.isFinite(after) ? after : null;
+}
+
+/** A failure `{ transport, cause, status, code, afterOpen }` for people
+ * (the same words as the Rust client's). */
+function describeFailure({ transport, cause, status, code, afterOpen }) {
+  switch (cause) {
+    case "unreachable":
+      return `${transport}: unreachable`;
+    case "status":
+      return transport === "websocket" && !afterOpen
+        ? `${transport}: upgrade refused with HTTP ${status}`
+        : `${transport}: answered HTTP ${status}`;
+    case "timeout":
+      return `${transport}: no answer within the probe timeout`;
+    case "no_first_frame":
+      return `${transport}: no first frame within the probe timeout`;
+    case "invalid":
+      return `${transport}: the answer is not holdfast's`;
+    case "closed":
+      return afterOpen ? `${transport}: connection lost` : `${transport}: closed before its first frame`;
+    case "silent":
+      return `${transport}: nothing heard from the server for too long`;
+    case "detached":
+      return `${transport}: detached by the server (${code})`;
+    case "refused":
+      return `${transport}: refused by the server (${code})`;
+    case "flapping":
+      return `${transport}: keeps dying right after opening`;
+    default:
+      return `${transport}: ${cause}`;
+  }
+}
+
+/**
+ * The connection policy of one client session (see the comment above):
+ * the JS port of the Rust client's `Connector`, exported for tests and the
+ * curious. Time is a number of ms passed to every call, never read.
+ *
+ * `config` (all optional): `transports` (best first), `remembered` (a
+ * transport or null), `backoff` ({ initial, max, jitter, resetAfter }, ms),
+ * `reprobeAfter`, `connectTimeout` (null: forever; default 30 s),
+ * `sendRetries` (default 3). `random()` gives uniform numbers in [0, 1).
+ */
+export class Connector {
+  /** A failure of a give-up's `noTransport` list, for people. */
+  static describe(failure) {
+    return describeFailure(failure);
+  }
+
+  constructor(config = {}, now = 0, random = Math.random) {
+    this.config = {
+      transports: [...(config.transports ?? CONNECTOR_DEFAULTS.transports)],
+      remembered: config.remembered ?? null,
+      backoff: { ...CONNECTOR_DEFAULTS.backoff, ...(config.backoff || {}) },
+      reprobeAfter: config.reprobeAfter ?? CONNECTOR_DEFAULTS.reprobeAfter,
+      connectTimeout:
+        config.connectTimeout === undefined ? CONNECTOR_DEFAULTS.connectTimeout : config.connectTimeout,
+      sendRetries: config.sendRetries ?? CONNECTOR_DEFAULTS.sendRetries,
+    };
+    this.random = random;
+    this.started = now;
+    this.reprobe = new Reprobe(now, this.config.reprobeAfter, random());
+    // "ready" (attach at the next poll), "attached", "waiting" (backing
+    // off until `until`) or "done" (gave up, or the session is over).
+    this.phase = "ready";
+    /** The attachment under way: { index, started, opened, trusted, stopping }. */
+    this.attached = null;
+    this.until = 0;
+    /** The transport in use, as an index in `config.transports`. */
+    this.index = 0;
+    /** Backoff attempts since the connection last worked. */
+    this.attempt = 0;
+    /** Early deaths per transport. */
+    this.flaps = this.config.transports.map(() => 0);
+    /** Whether any attachment ever opened (the session exists). */
+    this.sessionOpen = false;
+    this.freshSession = false;
+    /** Failures since the last wait, and the most any of them asked to wait. */
+    this.failures = [];
+    this.failuresRetryAfter = 0;
+    /** The better transport to attach once the stopped one ended. */
+    this.switchTo = null;
+    this.report = [];
+    this.sendFailures = 0;
+    this.actions = [];
+    if (this.config.transports.length === 0) this.giveUp({ noTransport: [] });
+    this.index = this.bestIndex();
+  }
+
+  // ---- inputs ---------------------------------------------------------------
+
+  /** The current attachment's first frame arrived: the transport works. */
+  opened(now) {
+    if (this.phase !== "attached") return;
+    this.attached.opened ??= now;
+    this.sessionOpen = true;
+    this.freshSession = false;
+  }
+
+  /** The current attachment carried frames both ways. */
+  trusted(now) {
+    if (this.phase !== "attached") return;
+    const a = this.attached;
+    a.opened ??= now;
+    if (a.trusted) return;
+    a.trusted = true;
+    this.sessionOpen = true;
+    this.flaps[a.index] = 0;
+    if (this.config.transports.length > 1) {
+      const kind = this.config.transports[a.index];
+      this.config.remembered = kind;
+      this.actions.push({ remember: kind });
+    }
+  }
+
+  /** The current attachment ended (`end`: an ending, see above). */
+  ended(now, end) {
+    causeOf(end); // an unknown ending throws before anything changes
+    if (this.phase !== "attached") return;
+    const a = this.attached;
+    this.attached = null;
+    this.phase = "ready";
+    this.sendFailures = 0;
+    if (end === "session_closed") {
+      this.phase = "done";
+      return;
+    }
+    if (a.opened === null) this.failed(now, a, end);
+    else this.dropped(now, a, a.opened, end);
+  }
+
+  /** What the probe `id` found. Results of probes forgotten since (after a
+   * fallback or a switch) are ignored. */
+  probed(now, id, works) {
+    const candidate = this.reprobe.current(id);
+    if (candidate === null) return;
+    if (works) {
+      this.reprobe.works(candidate);
+      return;
+    }
+    const next = this.reprobe.next(now, candidate, this.index, this.random());
+    if (next !== null) this.requestProbe(next.id, next.candidate);
+  }
+
+  /** The network came back (`networkChanged`: `online`) or the page became
+   * visible: a backoff ends now (an `online` also starts the backoff
+   * afresh), and an attachment that may have died unseen is checked. */
+  wake(now, networkChanged) {
+    if (this.phase === "waiting") {
+      if (networkChanged) this.attempt = 0;
+      this.phase = "ready";
+    } else if (this.phase === "attached" && this.attached.opened !== null) {
+      this.actions.push({ check: true });
+    }
+  }
+
+  /** A send request failed: what to do with its messages. */
+  sendFailed(failure) {
+    const kind = typeof failure === "string" ? failure : Object.keys(failure ?? {})[0];
+    const fields = typeof failure === "object" && failure !== null ? failure[kind] : undefined;
+    const retryAfter = Number.isFinite(fields?.retryAfter) ? fields.retryAfter : null;
+    switch (kind) {
+      case "overloaded":
+        return { resend: retryAfter ?? this.config.backoff.initial };
+      case "refused":
+        return { endAttachment: true };
+      case "failed": {
+        if (this.sendFailures >= this.config.sendRetries) return { endAttachment: true };
+        this.sendFailures += 1;
+        const delay = SEND_RETRY * 2 ** (this.sendFailures - 1);
+        return { resend: Math.max(delay, retryAfter ?? 0) };
+      }
+      default:
+        throw new TypeError(`not a send failure: ${JSON.stringify(failure)}`);
+    }
+  }
+
+  /** A send request was answered: the retry count starts again. */
+  sendSucceeded() {
+    this.sendFailures = 0;
+  }
+
+  // ---- outputs --------------------------------------------------------------
+
+  /** The next thing to do at `now`, or null. Call after every input, and
+   * when `pollTimeout()` passes, until null. */
+  poll(now) {
+    if (this.actions.length > 0) return this.actions.shift();
+    if (this.phase === "waiting" && now >= this.until) this.phase = "ready";
+    if (this.phase === "ready") {
+      const found = this.reprobe.takeFound();
+      if (found !== null && found < this.index) this.switch(now, found);
+      this.phase = "attached";
+      this.attached = { index: this.index, started: now, opened: null, trusted: false, stopping: false };
+      const fresh = this.freshSession;
+      this.freshSession = false;
+      return { attach: this.config.transports[this.index], fresh };
+    }
+    if (!this.probingAllowed()) return null;
+    const found = this.reprobe.found;
+    if (found !== null && this.phase === "attached" && !this.attached.stopping) {
+      this.attached.stopping = true;
+      this.switchTo = found;
+      return { stop: true };
+    }
+    const probe = this.reprobe.start(now);
+    if (probe !== null) {
+      this.requestProbe(probe.id, probe.candidate);
+      return this.poll(now);
+    }
+    return null;
+  }
+
+  /** When (ms, on the caller's clock) `poll` has something to do next
+   * without any input: the end of a backoff, or the next re-probe. */
+  pollTimeout() {
+    const waiting = this.phase === "waiting" ? this.until : null;
+    const reprobe = this.probingAllowed() ? this.reprobe.dueAt() : null;
+    if (waiting !== null && reprobe !== null) return Math.min(waiting, reprobe);
+    return waiting ?? reprobe;
+  }
+
+  /** The fallback report: every step down the transport order so far,
+   * oldest first (at most MAX_FALLBACKS), as `{ from, to, cause, status,
+   * code, after }`. */
+  fallbacks() {
+    return this.report.slice();
+  }
+
+  /** Whether the connector is done (gave up, or the session is over). */
+  get done() {
+    return this.phase === "done";
+  }
+
+  // ---- the rules ------------------------------------------------------------
+
+  /** An attempt that never delivered its first frame. */
+  failed(now, a, end) {
+    if (typeof end === "object" && end.refused) {
+      this.refused(now, end.refused);
+      return;
+    }
+    if (end === "stopped") {
+      if (this.switchTo !== null) {
+        const better = this.switchTo;
+        this.switchTo = null;
+        this.switch(now, better);
+      }
+      return;
+    }
+    const cause = causeOf(end);
+    if (cause === null) return;
+    this.record({ transport: this.config.transports[a.index], ...cause, afterOpen: false });
+    this.failuresRetryAfter = Math.max(this.failuresRetryAfter, retryAfterOf(end) ?? 0);
+    if (cause.cause !== "unreachable" && a.index + 1 < this.config.transports.length) {
+      this.fallBack(now, a.index, cause, now - a.started);
+      return;
+    }
+    // The server is down, or nothing is left: from the best again, after a
+    // backoff.
+    this.index = this.bestIndex();
+    const delay = Math.max(this.nextBackoff(), this.failuresRetryAfter);
+    this.failuresRetryAfter = 0;
+    this.wait(now, delay, this.failures.map(describeFailure).join("; "));
+  }
+
+  /** holdfast refused to open the session (or closed it). */
+  refused(now, close) {
+    if (this.sessionOpen) {
+      this.phase = "done";
+      return;
+    }
+    if (close.code === CloseCodes.OVERLOADED && Number.isFinite(close.retryAfter)) {
+      // Overloaded before the session opened: honour retryAfter, with
+      // jitter on top, and open a fresh session then.
+      const delay = close.retryAfter + this.nextBackoff();
+      const reason = `the server is overloaded (${close.code} ${close.reason ?? ""})`;
+      this.freshSession = true;
+      this.wait(now, delay, reason);
+      if (this.done) {
+        this.actions = [];
+        this.giveUp({ refused: close });
+      }
+      return;
+    }
+    this.giveUp({ refused: close });
+  }
+
+  /** A connection that worked, then ended. */
+  dropped(now, a, opened, end) {
+    this.failures = [];
+    this.failuresRetryAfter = 0;
+    const lasted = Math.max(0, now - opened);
+    if (!a.trusted && lasted < FLAP_WINDOW && end !== "stopped") {
+      this.flaps[a.index] += 1;
+      if (this.flaps[a.index] >= FLAPS_TO_DEMOTE && a.index + 1 < this.config.transports.length) {
+        this.flaps[a.index] = 0;
+        this.fallBack(now, a.index, { cause: "flapping", status: null, code: null }, lasted);
+      }
+    }
+    // A connection that carried frames both ways proves the network works:
+    // the next drop starts the backoff afresh, however short.
+    if (a.trusted || lasted >= this.config.backoff.resetAfter) this.attempt = 0;
+    if (this.switchTo !== null) {
+      const better = this.switchTo;
+      this.switchTo = null;
+      this.switch(now, better);
+    }
+    let immediate = false;
+    if (end === "stopped") immediate = true;
+    else if (typeof end === "object" && end.detached) {
+      const code = end.detached.code;
+      immediate = code === CloseCodes.RECONNECT || code === CloseCodes.REPLACED;
+    } else if (typeof end === "object" && end.refused) {
+      this.phase = "done";
+      return;
+    }
+    if (immediate) {
+      this.phase = "ready";
+      return;
+    }
+    const cause = causeOf(end);
+    let reason = "";
+    if (cause !== null) {
+      const failure = { transport: this.config.transports[a.index], ...cause, afterOpen: true };
+      const detail = typeof end === "object" && end.detached ? end.detached.reason : "";
+      reason = detail ? `${describeFailure(failure)}: ${detail}` : describeFailure(failure);
+    }
+    const delay = Math.max(this.nextBackoff(), retryAfterOf(end) ?? 0);
+    this.wait(now, delay, reason);
+  }
+
+  /** Steps down from `from` to the next transport, at once. */
+  fallBack(now, from, cause, after) {
+    if (this.report.length < MAX_FALLBACKS) {
+      this.report.push({
+        from: this.config.transports[from],
+        to: this.config.transports[from + 1],
+        cause: cause.cause,
+        status: cause.status,
+        code: cause.code,
+        after: Math.max(0, after),
+      });
+    }
+    this.index = from + 1;
+    this.resetReprobe(now);
+    this.phase = "ready";
+  }
+
+  /** Moves up to a better transport a probe found. */
+  switch(now, better) {
+    this.index = better;
+    this.resetReprobe(now);
+    this.phase = "ready";
+  }
+
+  /** Backs off for `delay`, or gives up when that would pass the connect
+   * timeout of a session that never opened. */
+  wait(now, delay, reason) {
+    const timeout = this.config.connectTimeout;
+    if (!this.sessionOpen && timeout !== null && now + delay >= this.started + timeout) {
+      const failures = this.failures;
+      this.failures = [];
+      this.giveUp({ noTransport: failures });
+      return;
+    }
+    this.failures = [];
+    this.phase = "waiting";
+    this.until = now + delay;
+    this.actions.push({ reconnecting: { attempt: this.attempt, delay, reason } });
+  }
+
+  giveUp(why) {
+    this.phase = "done";
+    this.actions.push({ giveUp: why });
+  }
+
+  /** The next backoff delay; counts the attempt. */
+  nextBackoff() {
+    const delay = backoffDelay(this.config.backoff, this.attempt, this.random());
+    this.attempt += 1;
+    return delay;
+  }
+
+  record(failure) {
+    if (this.failures.length === MAX_FAILURES) this.failures.shift();
+    this.failures.push(failure);
+  }
+
+  requestProbe(id, candidate) {
+    const transport = this.config.transports[candidate];
+    if (transport === "long-poll") {
+      // Long-polling goes through anything that passes requests.
+      this.reprobe.works(candidate);
+      return;
+    }
+    this.actions.push({ probe: transport, id });
+  }
+
+  resetReprobe(now) {
+    this.reprobe.reset(now, this.config.reprobeAfter, this.random());
+  }
+
+  /** Probes run on a fallback transport of an open session, while attached
+   * or backing off. */
+  probingAllowed() {
+    return (
+      this.index > 0 && this.sessionOpen && (this.phase === "attached" || this.phase === "waiting")
+    );
+  }
+
+  /** The transport to try first: the one remembered, else the best. */
+  bestIndex() {
+    const index =
+      this.config.remembered === null ? -1 : this.config.transports.indexOf(this.config.remembered);
+    return index === -1 ? 0 : index;
+  }
+}
+
+// ---------------------------------------------------------------------------
 // The engine: the session state and the driver that keeps it attached.
 
 class Engine {
@@ -2902,7 +3499,7 @@ class Engine {
           this.finish(close, true);
           return;
         }
-        delay = (close.retryAfter ?? 0) + backoffDelay(this.options.backoff, this.attempt++);
+        delay = (close.retryAfter ?? 0) + backoffDelay(this.options.backoff, this.attempt++, Math.random());
         reason = `the server is overloaded (${close.code} ${close.reason})`;
       } else if (outcome.type === "failed") {
         errors.push(outcome.why);
@@ -2913,7 +3510,7 @@ class Engine {
           continue;
         }
         index = this.bestIndex();
-        delay = Math.max(backoffDelay(this.options.backoff, this.attempt++), retryAfter);
+        delay = Math.max(backoffDelay(this.options.backoff, this.attempt++, Math.random()), retryAfter);
         reason = errors.join("; ");
       } else {
         // ended: the transport carried the session, then ended.
@@ -2937,7 +3534,7 @@ class Engine {
         }
         if (outcome.reason !== "stopped" && outcome.reason !== "recheck") {
           delay = Math.max(
-            backoffDelay(this.options.backoff, this.attempt++),
+            backoffDelay(this.options.backoff, this.attempt++, Math.random()),
             outcome.retryAfter ?? 0,
           );
           reason = outcome.why;
