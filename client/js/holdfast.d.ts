@@ -58,6 +58,11 @@ export interface HoldfastOptions {
   /** How long `close()` waits for the server's answer (ms, extended while
    * acknowledgements arrive). Default 5000. */
   closeTimeout?: number;
+  /** How long (ms) to keep trying before the session ever opened, then
+   * give up (`close` with code 1006). Default `null`: forever, as a page
+   * should keep trying while it is open. Once the session opened the
+   * client never gives up: the server says when the session is lost. */
+  connectTimeout?: number | null;
   /** First wait (ms) before re-probing a better transport while on a
    * fallback; doubles after each failed probe, up to 5 minutes.
    * Default 15 000. */
@@ -244,4 +249,89 @@ export declare class Holdfast extends EventTarget {
     listener: EventListenerOrEventListenerObject | null,
     options?: boolean | EventListenerOptions,
   ): void;
+}
+
+/** How an attachment ended, as the Connector hears it. */
+export type ConnectorEnding =
+  | "unreachable"
+  | "timeout"
+  | "no_first_frame"
+  | "invalid"
+  | "closed"
+  | "silent"
+  | "stopped"
+  | "session_closed"
+  | { status: number; retryAfter?: number }
+  | { detached: ConnectorClose }
+  | { refused: ConnectorClose };
+
+export interface ConnectorClose {
+  code: number;
+  reason: string;
+  retryAfter?: number;
+}
+
+export interface ConnectorFailure {
+  transport: Transport;
+  cause: string;
+  status: number | null;
+  code: number | null;
+  afterOpen: boolean;
+}
+
+export type ConnectorAction =
+  | { attach: Transport; fresh: boolean }
+  | { stop: true }
+  | { probe: Transport; id: number }
+  | { remember: Transport }
+  | { reconnecting: { attempt: number; delay: number; reason: string } }
+  | { check: true }
+  | { giveUp: { refused: ConnectorClose } | { noTransport: ConnectorFailure[] } };
+
+/**
+ * The client's connection policy — which transport to attach, when to fall
+ * back, back off, re-probe, switch up or give up — as a state machine with
+ * no IO: time (ms) is passed to every call, random numbers are injected.
+ * The engine of `Holdfast` drives it; exported for tests and the curious.
+ * It is the same machine as the Rust client's, checked against the same
+ * scenario vectors.
+ */
+export declare class Connector {
+  static describe(failure: ConnectorFailure): string;
+  constructor(
+    config?: {
+      transports?: Transport[];
+      remembered?: Transport | null;
+      backoff?: BackoffOptions;
+      reprobeAfter?: number;
+      connectTimeout?: number | null;
+      sendRetries?: number;
+    },
+    now?: number,
+    random?: () => number,
+  );
+  opened(now: number): void;
+  trusted(now: number): void;
+  ended(now: number, end: ConnectorEnding): void;
+  probed(now: number, id: number, works: boolean): void;
+  wake(now: number, networkChanged: boolean): void;
+  sendFailed(
+    failure:
+      | "failed"
+      | "refused"
+      | { failed: { retryAfter?: number } }
+      | { overloaded: { retryAfter?: number } },
+  ): { resend: number } | { endAttachment: true };
+  sendSucceeded(): void;
+  poll(now: number): ConnectorAction | null;
+  pollTimeout(): number | null;
+  fallbacks(): {
+    from: Transport;
+    to: Transport;
+    cause: string;
+    status: number | null;
+    code: number | null;
+    after: number;
+  }[];
+  readonly done: boolean;
 }

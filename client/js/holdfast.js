@@ -55,6 +55,8 @@ const DEFAULTS = Object.freeze({
   backoff: Object.freeze({ initial: 250, max: 30000, jitter: 0.5, resetAfter: 10000 }),
   maxUnackedBytes: 1024 * 1024,
   closeTimeout: 5000,
+  // null: a page keeps trying to open its session for as long as it is open.
+  connectTimeout: null,
   reprobeAfter: 15000,
   rememberFor: 10 * 60 * 1000,
   credentials: "same-origin",
@@ -65,19 +67,13 @@ const DEFAULTS = Object.freeze({
 const ACK_EVERY = 32;
 /** …or this long after the first unacknowledged one. */
 const ACK_DELAY = 100;
+/** The close code when the client gave up before the session opened
+ * (`connectTimeout`): WebSocket's "abnormal closure", never on the wire. */
+const GAVE_UP = 1006;
 /** Message limit assumed until the server's `open` says otherwise. */
 const DEFAULT_MAX_MESSAGE = 64 * 1024;
-/** A transport that dies without carrying frames both ways within this long
- * after greeting, twice, is demoted. */
-const FLAP_WINDOW = 10000;
-const FLAPS_TO_DEMOTE = 2;
-/** Longest wait between re-probes of a better transport. */
-const MAX_REPROBE = 5 * 60 * 1000;
 /** Shortest timeout of a send request. */
 const MIN_SEND_TIMEOUT = 10000;
-/** Times a failed send request is sent again before its attachment is
- * given up. */
-const SEND_RETRIES = 2;
 /** An SSE event larger than this is a broken stream, not data. */
 const MAX_SSE_EVENT = 16 * 1024 * 1024;
 
@@ -235,9 +231,10 @@ function closeOf(frame) {
 }
 
 /** What a non-200 answer means: holdfast's own refusals carry a JSON
- * `close` or `detach` frame; anything else (502, 504, an HTML page) comes
- * from an intermediary and is never data. */
-function classifyHttp(status, text, headers) {
+ * `close` or `detach` frame (`{ closeFrame }`, `{ detach }`); anything else
+ * (502, 504, an HTML page) comes from an intermediary and is never data
+ * (`{ retryAfter }`, from its `Retry-After`). */
+function classifyHttp(text, headers) {
   let first;
   try {
     first = parseBatch(text)[0];
@@ -248,18 +245,9 @@ function classifyHttp(status, text, headers) {
   const retryAfter = parseRetryAfter(headers.get("retry-after"));
   if (first && first.t === "detach") {
     const detach = closeOf(first);
-    return {
-      detach,
-      why: `refused: ${detach.code} ${detach.reason}`,
-      retryAfter: detach.retryAfter ?? retryAfter,
-    };
+    return { detach: { ...detach, retryAfter: detach.retryAfter ?? retryAfter } };
   }
-  const type = headers.get("content-type") || "";
-  const html = type.includes("html") || /<(!doctype|html|head|body|h1|title)/i.test(text);
-  return {
-    why: `HTTP ${status} ${html ? "(an HTML error page: an intermediary, not holdfast)" : "(not from holdfast)"}`,
-    retryAfter,
-  };
+  return { retryAfter };
 }
 
 /** Whether a failed fetch never reached any server (refused, DNS, no
@@ -280,6 +268,12 @@ function unreachable(error) {
   ].includes(code);
 }
 
+/** The ending of an attachment whose request failed without an answer. */
+function failedRequest(error) {
+  if (unreachable(error)) return "unreachable";
+  return error instanceof RequestTimeout ? "timeout" : "closed";
+}
+
 /** Reads a response body as text, giving up after `timeout` ms. */
 async function readText(response, timeout) {
   let timer;
@@ -291,14 +285,6 @@ async function readText(response, timeout) {
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** The delay before reconnect attempt `attempt` (0-based): exponential,
- * capped, with the `jitter` fraction of it random. */
-function backoffDelay(backoff, attempt) {
-  const base = Math.min(backoff.initial * 2 ** Math.min(attempt, 30), backoff.max);
-  const jitter = Math.min(Math.max(backoff.jitter, 0), 1);
-  return Math.round(base * (1 - jitter * Math.random()));
 }
 
 // ---------------------------------------------------------------------------
@@ -496,15 +482,9 @@ function binaryMessage(entry) {
 
 // ---------------------------------------------------------------------------
 // Attachments: one transport carrying the session, from its request to its
-// end. Each ends exactly once, with an outcome the driver acts on:
-//
-//   { type: "failed", cause: "unreachable" | "blocked", why, retryAfter }
-//       never delivered its first frame
-//   { type: "refused", close }    holdfast refused to open a session
-//   { type: "ended", reason, why, trusted, greetedAt, retryAfter }
-//       carried the session, then ended (reason: "lost", "detached",
-//       "silent", "busy", "stopped", "recheck")
-//   { type: "closed" }            the session is over
+// end. Each ends exactly once, with one of the connection policy's endings
+// ("closed", "silent", { status, retryAfter }, … — see "The connection
+// policy" below), which the engine reports to its Connector.
 
 class Attachment {
   constructor(engine, kind, target) {
@@ -514,18 +494,20 @@ class Attachment {
     this.startedAt = now();
     this.lastHeard = this.startedAt;
     this.greeted = false;
-    this.greetedAt = 0;
     // The server proved this transport works: its greeting, or on a
     // continuing poll (greeted at once) the first answer. Until then an
     // ending is a failed attempt.
     this.proven = false;
-    this.provenAt = 0;
+    // Something answered (an upgrade, response headers): a transport with
+    // no first frame past the probe timeout had no answer, or was buffered
+    // or silent.
+    this.responded = false;
     this.announced = false;
     this.sentAny = false;
     this.receivedAny = false;
     this.ackDue = false;
     this.verifyBy = 0;
-    this.remembered = false;
+    this.reportedTrusted = false;
     this.ended = false;
     this.done = new Promise((resolve) => {
       this.resolve = resolve;
@@ -540,48 +522,32 @@ class Attachment {
     return this.sentAny && this.receivedAny;
   }
 
-  end(outcome) {
+  /** Ends the attachment (once) with a connection-policy ending. */
+  end(ending) {
     if (this.ended) return;
     this.ended = true;
     this.teardown();
-    this.resolve(outcome);
+    this.resolve(ending);
   }
 
-  fail(cause, why, retryAfter) {
-    this.end({ type: "failed", cause, why: `${this.kind}: ${why}`, retryAfter });
+  /** The transport itself ended, failed or was cut (no `detach`, no
+   * `close`). */
+  lost() {
+    this.end("closed");
   }
 
-  /** The transport itself ended or failed (no `detach`, no `close`). */
-  lost(why, retryAfter) {
-    if (!this.proven) {
-      this.fail("blocked", `closed before its first frame: ${why}`, retryAfter);
-      return;
-    }
-    this.finish(retryAfter === undefined ? "lost" : "busy", why, retryAfter);
-  }
-
-  /** Ends an attachment that greeted. */
-  finish(reason, why, retryAfter) {
-    this.end({
-      type: "ended",
-      reason,
-      why,
-      retryAfter,
-      trusted: this.trusted,
-      greetedAt: this.provenAt || this.greetedAt,
-    });
-  }
-
-  /** A non-200 answer from an HTTP endpoint (`what`: which request). */
-  refused(response, text, what = this.kind) {
-    const verdict = classifyHttp(response.status, text, response.headers);
+  /** A non-200 answer from an HTTP endpoint. */
+  refused(response, text) {
+    const verdict = classifyHttp(text, response.headers);
     if (verdict.closeFrame) {
       this.engine.onFrames(this, [verdict.closeFrame], true);
       return;
     }
-    const why = `${what} answered ${verdict.why}`;
-    if (this.greeted) this.lost(why, verdict.retryAfter);
-    else this.fail("blocked", why, verdict.retryAfter);
+    this.end(
+      verdict.detach
+        ? { detached: verdict.detach }
+        : { status: response.status, retryAfter: verdict.retryAfter },
+    );
   }
 
   /** A closer look after the network came back or the tab woke up. */
@@ -597,16 +563,21 @@ class WebSocketAttachment extends Attachment {
     const url = this.engine.endpoint("websocket", this.target);
     try {
       this.ws = this.engine.newWebSocket(url, this.target.key);
-    } catch (error) {
-      this.fail("blocked", `cannot open a WebSocket: ${describeError(error)}`);
+    } catch {
+      // A URL or protocols the WebSocket refuses, or a page forbidding it.
+      this.lost();
       return;
     }
     const ws = this.ws;
     ws.binaryType = "arraybuffer";
+    ws.onopen = () => {
+      this.responded = true;
+    };
     ws.onmessage = (event) => this.receive(event.data);
-    ws.onclose = (event) =>
-      this.lost(`socket closed (code ${event.code}${event.reason ? `, ${event.reason}` : ""})`);
-    ws.onerror = () => this.lost("socket error");
+    // A WebSocket does not say why it failed (a refused upgrade and a
+    // server that is down look alike): "closed" falls back to the next
+    // transport, whose HTTP answer (or none) tells.
+    ws.onclose = ws.onerror = () => this.lost();
   }
 
   receive(data) {
@@ -614,8 +585,8 @@ class WebSocketAttachment extends Attachment {
     let frames;
     try {
       frames = typeof data === "string" ? parseBatch(data) : [this.binaryFrame(data)];
-    } catch (error) {
-      this.lost(`bad data from the server: ${error.message}`);
+    } catch {
+      this.end("invalid");
       return;
     }
     this.engine.onFrames(this, frames, false);
@@ -679,15 +650,14 @@ class WebSocketAttachment extends Attachment {
 }
 
 /** Sends the client's frames for SSE and long-polling: one request in
- * flight at a time, each answered with an ack (PROTOCOL.md §8.4). A failed
- * request is sent again (the server drops what it already has) a few
- * times before the attachment is given up; a `503` refusal (the
- * application is not keeping up) is sent again after its `retry_after`. */
+ * flight at a time, each answered with an ack (PROTOCOL.md §8.4). What to
+ * do when one fails — send the same messages again (the server drops what
+ * it already has) and when, or give the attachment up — is the connection
+ * policy's verdict (`Connector.sendFailed`). */
 class Upstream {
   constructor(attachment) {
     this.attachment = attachment;
     this.busy = false;
-    this.failures = 0;
     this.retry = null;
   }
 
@@ -704,27 +674,21 @@ class Upstream {
     clearTimeout(this.retry);
   }
 
-  /** Sends again (from the oldest unacknowledged message) after `delay`. */
-  again(delay) {
-    this.attachment.engine.requestFailed();
+  /** A request failed (`failure`: a Connector send failure). */
+  failed(failure) {
+    const att = this.attachment;
+    const engine = att.engine;
+    engine.requestFailed();
+    const verdict = engine.connector.sendFailed(failure);
+    if (verdict.resend === undefined) {
+      att.lost();
+      return;
+    }
+    // Sends again, from the oldest unacknowledged message.
     this.retry = setTimeout(() => {
       this.busy = false;
       this.start();
-    }, delay);
-  }
-
-  /** A request failed without an answer from holdfast. */
-  failed(why, retryAfter) {
-    const att = this.attachment;
-    if (this.failures < SEND_RETRIES) {
-      // Nothing is lost (the same messages go again) and the downstream
-      // may well be fine: try again shortly (100 ms, 200 ms, …).
-      this.failures += 1;
-      this.again(Math.max(100 * 2 ** (this.failures - 1), retryAfter ?? 0));
-      return;
-    }
-    att.engine.requestFailed();
-    att.lost(why, retryAfter);
+    }, verdict.resend);
   }
 
   async post(body) {
@@ -742,35 +706,36 @@ class Upstream {
         },
         body,
       }));
-    } catch (error) {
-      if (!att.ended) this.failed(`send request failed: ${describeError(error)}`);
+    } catch {
+      if (!att.ended) this.failed("failed");
       return;
     }
     if (att.ended) return;
     if (response.status !== 200) {
-      const verdict = classifyHttp(response.status, text, response.headers);
+      const verdict = classifyHttp(text, response.headers);
       if (verdict.closeFrame) {
         engine.requestFailed();
         engine.onFrames(att, [verdict.closeFrame], true);
-      } else if (verdict.detach && verdict.detach.code === CloseCodes.OVERLOADED) {
-        this.again(verdict.retryAfter ?? engine.options.backoff.initial);
       } else if (verdict.detach) {
-        engine.requestFailed();
-        att.lost(`send answered ${verdict.why}`);
+        const { code, retryAfter } = verdict.detach;
+        // 4503: the application is not keeping up, or the session is
+        // between nodes; anything else from holdfast is for good.
+        this.failed(code === CloseCodes.OVERLOADED ? { overloaded: { retryAfter } } : "refused");
       } else {
-        this.failed(`send answered ${verdict.why}`, verdict.retryAfter);
+        this.failed({ failed: { retryAfter: verdict.retryAfter } });
       }
       return;
     }
     let frames;
     try {
       frames = parseBatch(text);
-    } catch (error) {
-      this.failed(`the send reply is not a holdfast batch (an intermediary?): ${error.message}`);
+    } catch {
+      // Not a holdfast batch: an intermediary answered.
+      this.failed("failed");
       return;
     }
     this.busy = false;
-    this.failures = 0;
+    engine.connector.sendSucceeded();
     engine.onFrames(att, frames, true);
     if (!att.ended) engine.confirm(att);
   }
@@ -792,17 +757,18 @@ class SseAttachment extends Attachment {
       });
     } catch (error) {
       if (this.ended) return;
-      this.fail(unreachable(error) ? "unreachable" : "blocked", `request failed: ${describeError(error)}`);
+      this.end(failedRequest(error));
       return;
     }
     if (this.ended) return;
+    this.responded = true;
     if (response.status !== 200) {
       this.refused(response, await readText(response, engine.options.probeTimeout));
       return;
     }
     const type = response.headers.get("content-type") || "";
     if (!type.startsWith("text/event-stream") || !response.body) {
-      this.fail("blocked", `the answer is not an event stream (${type || "no type"}): an intermediary?`);
+      this.end("invalid"); // not an event stream: an intermediary
       return;
     }
     this.reader = response.body.getReader();
@@ -812,29 +778,29 @@ class SseAttachment extends Attachment {
       let chunk;
       try {
         chunk = await this.reader.read();
-      } catch (error) {
-        this.lost(`stream cut: ${describeError(error)}`);
+      } catch {
+        this.lost(); // cut
         return;
       }
       if (this.ended) return;
       if (chunk.done) {
-        this.lost("stream ended without a detach");
+        this.lost(); // ended without a detach
         return;
       }
       engine.heard(this);
       let events;
       try {
         events = parser.push(decoder.decode(chunk.value, { stream: true }));
-      } catch (error) {
-        this.lost(error.message);
+      } catch {
+        this.end("invalid"); // an impossibly large event
         return;
       }
       for (const data of events) {
         let frames;
         try {
           frames = parseBatch(data);
-        } catch (error) {
-          this.lost(`bad event: ${error.message}`);
+        } catch {
+          this.end("invalid");
           return;
         }
         engine.onFrames(this, frames, false);
@@ -849,7 +815,7 @@ class SseAttachment extends Attachment {
 
   /** A stream may be dead after a network change: take a fresh one. */
   check() {
-    if (this.greeted) this.finish("recheck", "checking the connection");
+    if (this.greeted) this.end("stopped");
   }
 
   teardown() {
@@ -936,21 +902,28 @@ class PollAttachment extends Attachment {
           target = engine.target();
           continue;
         }
-        const why = `poll failed: ${describeError(error)}`;
-        if (!this.answered && unreachable(error)) this.fail("unreachable", why);
-        else this.lost(why);
+        // A server that answered before and a poll that proved the
+        // session are not "unreachable" nor "timeout": the connection was
+        // lost.
+        const ending = failedRequest(error);
+        this.end(
+          (ending === "unreachable" && this.answered) || (ending === "timeout" && this.proven)
+            ? "closed"
+            : ending,
+        );
         return;
       }
       if (this.ended) return;
+      this.responded = true;
       if (response.status !== 200) {
-        this.refused(response, text, "poll");
+        this.refused(response, text);
         return;
       }
       let frames;
       try {
         frames = parseBatch(text);
-      } catch (error) {
-        this.lost(`the poll answer is not a holdfast batch (an intermediary?): ${error.message}`);
+      } catch {
+        this.end("invalid"); // not a holdfast batch: an intermediary
         return;
       }
       this.answered = true;
@@ -1120,7 +1093,7 @@ class Hub {
     });
     window.addEventListener("pageshow", (event) => {
       if (!event.persisted) return;
-      for (const att of [...this.members.values()]) att.leaderGone("the page came back from the cache");
+      for (const att of [...this.members.values()]) att.leaderGone(); // the page came back from the cache
     });
     window.addEventListener("online", () => this.leading?.recheck(null));
   }
@@ -1216,7 +1189,7 @@ class Hub {
     this.stealing = false;
     for (const att of [...this.members.values()]) {
       if (att.boundTo === null) this.postJoin(att);
-      else if (att.boundTo !== reign) att.leaderGone("the tab holding the shared connection went away");
+      else if (att.boundTo !== reign) att.leaderGone(); // its leader went away
     }
   }
 
@@ -1310,7 +1283,7 @@ class Hub {
         const hold = att.engine.params?.hold ?? DEFAULT_HOLD;
         const quiet = t - Math.max(att.heardAt, att.carriedAt);
         if (quiet > hold + Math.max(att.engine.options.probeTimeout, 5000) + REPORT_GRACE) {
-          att.lost(`nothing from the shared poll for ${quiet} ms`);
+          att.end("silent"); // nothing from the shared poll for too long
         }
       }
     }
@@ -1544,7 +1517,7 @@ class Leader {
 function sharedFailure(error) {
   return {
     how: "fail",
-    cause: unreachable(error) ? "unreachable" : "blocked",
+    cause: failedRequest(error),
     why: `shared request failed: ${describeError(error)}`,
   };
 }
@@ -2105,8 +2078,8 @@ class SharedAttachment extends Attachment {
       if (n !== this.relayed + 1 && this.streaming) {
         // A relay message was lost (a frozen tab): the stream has a hole.
         this.relayed = n;
-        const why = "a message from the tab holding the shared connection was lost";
-        this.finish(this.proven ? "lost" : "stopped", why);
+        // (A message from the tab holding the shared connection was lost.)
+        this.end(this.proven ? "closed" : "stopped");
         return;
       }
       this.relayed = n;
@@ -2123,40 +2096,38 @@ class SharedAttachment extends Attachment {
 
   hubEnded(message) {
     if (this.ended) return;
-    const why = String(message.why ?? "");
     switch (message.how) {
       case "http":
         this.refused(
           { status: message.status, headers: new Headers(message.headers || {}) },
           String(message.text ?? ""),
-          `shared ${this.kind}`,
         );
         return;
       case "unshared":
         this.hub.off = true;
-        this.finish("stopped", why);
+        this.end("stopped");
         return;
       case "full":
         this.engine.unshared = true;
-        this.finish("stopped", why);
+        this.end("stopped");
         return;
-      case "fail":
-        if (!this.proven) this.fail(message.cause === "unreachable" ? "unreachable" : "blocked", why);
-        else this.lost(why);
+      case "fail": {
+        const cause = ["unreachable", "timeout"].includes(message.cause) ? message.cause : "closed";
+        this.end(this.proven ? "closed" : cause);
         return;
+      }
       case "notstream":
-        if (!this.proven) this.fail("blocked", why);
-        else this.lost(why);
+        this.end(this.proven ? "closed" : "invalid");
         return;
       default:
-        this.lost(why);
+        this.lost();
     }
   }
 
   /** The leader changed: re-join the new one, at once and without
    * backoff; the session resumes from what this tab was given. */
-  leaderGone(why) {
-    this.finish("stopped", why);
+  leaderGone() {
+    this.end("stopped");
   }
 
   flush() {
@@ -2180,6 +2151,620 @@ const ATTACHMENTS = {
   sse: SseAttachment,
   "long-poll": PollAttachment,
 };
+
+// ---------------------------------------------------------------------------
+// The connection policy: which transport to attach, when to fall back, how
+// long to back off, when to probe a better transport and switch up, when to
+// give up. A state machine with no IO — time is passed in (ms), random
+// numbers are injected — ported from the Rust client's
+// `protocol/src/connector/`, with the same names; both are checked against
+// the scenario vectors in `protocol/vectors/` (test/node/vectors.test.js
+// here). The engine below is its driver:
+//
+//   opened / trusted / ended(now, ending) ──▶           ──▶ poll(now): action
+//   probed(now, id, works) / wake(…)      ──▶ Connector ──▶ pollTimeout()
+//   sendFailed(failure) ──────────────────▶           ──▶ verdict (at once)
+//
+// Endings (how an attachment ended): "unreachable" (nothing answered),
+// { status, retryAfter } (an HTTP answer not from holdfast), "timeout" (no
+// answer within the probe timeout), "no_first_frame" (answered, then no
+// first frame within it), "invalid" (an answer that is not holdfast's),
+// "closed", "silent", { detached: close }, { refused: close } (holdfast
+// ended the attachment / closed the session), "session_closed", "stopped"
+// (the driver stopped it); `close` is { code, reason, retryAfter }.
+//
+// Actions: { attach: transport, fresh }, { stop: true }, { probe: transport,
+// id }, { remember: transport }, { reconnecting: { attempt, delay, reason } },
+// { check: true }, { giveUp: { refused: close } | { noTransport: [failure] } }.
+//
+// Send failures: "failed", { failed: { retryAfter } }, { overloaded:
+// { retryAfter } }, "refused"; verdicts: { resend: ms }, { endAttachment:
+// true }.
+//
+// The rules:
+// - a transport that never delivers its first frame (refused upgrade, error
+//   page, timeout, silence, closed early) is blocked: the next one is tried
+//   at once, and the step goes in the fallback report;
+// - a transport that cannot even connect means the server (or the network)
+//   is down: no fallback, the best transport again after a backoff;
+// - before the session ever opened, the client keeps trying for
+//   `connectTimeout` (null: forever), then gives up; afterwards it never
+//   gives up (the server says when the session is lost);
+// - a transport that dies twice within 10 s of opening without carrying
+//   frames both ways is demoted;
+// - a transport that carried frames both ways is remembered, and resets the
+//   backoff;
+// - on a fallback transport, better transports are probed now and then, and
+//   the session switches up when one works;
+// - a send request that failed is sent again (up to `sendRetries` times,
+//   then the attachment is given up); one refused with 4503 is sent again
+//   after its `retryAfter`, as often as it takes.
+
+/** A transport that died without carrying frames both ways within this
+ * long (ms) after opening counts as a flap… */
+const FLAP_WINDOW = 10000;
+/** …and this many flaps demote it. */
+const FLAPS_TO_DEMOTE = 2;
+/** The most steps a fallback report holds (the first ones are kept). */
+const MAX_FALLBACKS = 16;
+/** The most failures kept for a reconnect reason or a give-up. */
+const MAX_FAILURES = 8;
+/** The first retry of a failed send request waits this long (ms), doubling. */
+const SEND_RETRY = 100;
+/** Longest wait (ms) between re-probes of a better transport. */
+const MAX_REPROBE = 5 * 60 * 1000;
+
+const CONNECTOR_DEFAULTS = Object.freeze({
+  transports: TRANSPORTS,
+  remembered: null,
+  backoff: DEFAULTS.backoff,
+  reprobeAfter: 15000,
+  connectTimeout: 30000,
+  sendRetries: 3,
+});
+
+const FAILURE_ENDINGS = ["unreachable", "timeout", "no_first_frame", "invalid", "closed", "silent"];
+
+function clamp01(x) {
+  return Math.min(Math.max(x, 0), 1);
+}
+
+/** `ms` as Rust computes `Duration::as_secs_f64() * 1000.0`: whole seconds
+ * plus nanoseconds over 1e9, so that both clients round the same way. */
+function durationMillis(ms) {
+  const secs = Math.floor(ms / 1000);
+  const nanos = Math.round((ms - secs * 1000) * 1e6);
+  return (secs + nanos / 1e9) * 1000;
+}
+
+/** Rounded down to a whole millisecond: both clients must agree to the
+ * millisecond on the scenario vectors. */
+function wholeMillis(ms) {
+  return ms > 0 ? Math.floor(ms) : 0;
+}
+
+/** The delay (ms) before reconnect attempt `attempt` (0-based), given a
+ * uniform random number in [0, 1): a random delay in
+ * `[base × (1 − jitter), base]`, `base = min(initial × 2^attempt, max)`. */
+function backoffDelay(backoff, attempt, random) {
+  const base = Math.min(backoff.initial * 2 ** Math.min(attempt, 30), backoff.max);
+  const jitter = clamp01(backoff.jitter) * clamp01(random);
+  return wholeMillis(durationMillis(base) * (1 - jitter));
+}
+
+/** `delay` spread over ±25 %. */
+function jittered(delay, random) {
+  return wholeMillis(durationMillis(delay) * (0.75 + 0.5 * clamp01(random)));
+}
+
+/** When to probe the transports better than the one in use, and what the
+ * probes found. The clock survives reconnects: a busy session on a
+ * fallback transport reconnects often (event streams are recycled every
+ * few hundred kilobytes) and must still get to probe. A probe that finds
+ * nothing pushes the next one back, doubling (with jitter) up to
+ * MAX_REPROBE. */
+class Reprobe {
+  constructor(now, first, random) {
+    this.delay = first; // the wait after the next failed round
+    this.due = now + jittered(first, random); // when the next round starts
+    this.probing = null; // the round under way: { id, candidate }
+    this.found = null; // a better transport the last round found
+    this.nextId = 0;
+  }
+
+  /** Starts the clock afresh (after a fallback or a switch): any probe
+   * under way is forgotten. */
+  reset(now, first, random) {
+    const nextId = this.nextId;
+    Object.assign(this, new Reprobe(now, first, random));
+    this.nextId = nextId;
+  }
+
+  /** When the next round is due, while none is under way or found. */
+  dueAt() {
+    return this.probing === null && this.found === null ? this.due : null;
+  }
+
+  /** Starts a round at `now` if one is due: `{ id, candidate }` (the best
+   * transport first). */
+  start(now) {
+    const due = this.dueAt();
+    if (due === null || now < due) return null;
+    return this.probe(0);
+  }
+
+  probe(candidate) {
+    this.nextId += 1;
+    this.probing = { id: this.nextId, candidate };
+    return this.probing;
+  }
+
+  /** The candidate probe `id` was for, if it is the one under way. */
+  current(id) {
+    return this.probing !== null && this.probing.id === id ? this.probing.candidate : null;
+  }
+
+  works(candidate) {
+    this.probing = null;
+    this.found = candidate;
+  }
+
+  /** The candidate does not work: probe the next one better than `index`,
+   * or end the round and wait longer. */
+  next(now, candidate, index, random) {
+    if (candidate + 1 < index) return this.probe(candidate + 1);
+    this.probing = null;
+    this.delay = Math.min(this.delay * 2, MAX_REPROBE);
+    this.due = now + jittered(this.delay, random);
+    return null;
+  }
+
+  takeFound() {
+    const found = this.found;
+    this.found = null;
+    return found;
+  }
+}
+
+/** The cause an ending records, `{ cause, status, code }` (cause one of
+ * the labels of the fallback report), or null for the endings that are
+ * not failures. Throws on an unknown ending (a driver's bug). */
+function causeOf(end) {
+  if (typeof end === "string") {
+    if (FAILURE_ENDINGS.includes(end)) return { cause: end, status: null, code: null };
+    if (end === "stopped" || end === "session_closed") return null;
+  } else if (end && typeof end === "object") {
+    if (Number.isInteger(end.status)) return { cause: "status", status: end.status, code: null };
+    if (end.detached) return { cause: "detached", status: null, code: end.detached.code };
+    if (end.refused) return { cause: "refused", status: null, code: end.refused.code };
+  }
+  throw new TypeError(`not an attempt ending: ${JSON.stringify(end)}`);
+}
+
+/** How long the server (or an intermediary) asked to wait, if it did. */
+function retryAfterOf(end) {
+  if (typeof end !== "object") return null;
+  const close = end.detached || end.refused;
+  const after = close ? close.retryAfter : end.retryAfter;
+  return Number.isFinite(after) ? after : null;
+}
+
+/** A failure `{ transport, cause, status, code, afterOpen }` for people
+ * (the same words as the Rust client's). */
+function describeFailure({ transport, cause, status, code, afterOpen }) {
+  switch (cause) {
+    case "unreachable":
+      return `${transport}: unreachable`;
+    case "status":
+      return transport === "websocket" && !afterOpen
+        ? `${transport}: upgrade refused with HTTP ${status}`
+        : `${transport}: answered HTTP ${status}`;
+    case "timeout":
+      return `${transport}: no answer within the probe timeout`;
+    case "no_first_frame":
+      return `${transport}: no first frame within the probe timeout`;
+    case "invalid":
+      return `${transport}: the answer is not holdfast's`;
+    case "closed":
+      return afterOpen ? `${transport}: connection lost` : `${transport}: closed before its first frame`;
+    case "silent":
+      return `${transport}: nothing heard from the server for too long`;
+    case "detached":
+      return `${transport}: detached by the server (${code})`;
+    case "refused":
+      return `${transport}: refused by the server (${code})`;
+    case "flapping":
+      return `${transport}: keeps dying right after opening`;
+    default:
+      return `${transport}: ${cause}`;
+  }
+}
+
+/**
+ * The connection policy of one client session (see the comment above):
+ * the JS port of the Rust client's `Connector`, exported for tests and the
+ * curious. Time is a number of ms passed to every call, never read.
+ *
+ * `config` (all optional): `transports` (best first), `remembered` (a
+ * transport or null), `backoff` ({ initial, max, jitter, resetAfter }, ms),
+ * `reprobeAfter`, `connectTimeout` (null: forever; default 30 s),
+ * `sendRetries` (default 3). `random()` gives uniform numbers in [0, 1).
+ */
+export class Connector {
+  /** A failure of a give-up's `noTransport` list, for people. */
+  static describe(failure) {
+    return describeFailure(failure);
+  }
+
+  constructor(config = {}, now = 0, random = Math.random) {
+    this.config = {
+      transports: [...(config.transports ?? CONNECTOR_DEFAULTS.transports)],
+      remembered: config.remembered ?? null,
+      backoff: { ...CONNECTOR_DEFAULTS.backoff, ...(config.backoff || {}) },
+      reprobeAfter: config.reprobeAfter ?? CONNECTOR_DEFAULTS.reprobeAfter,
+      connectTimeout:
+        config.connectTimeout === undefined ? CONNECTOR_DEFAULTS.connectTimeout : config.connectTimeout,
+      sendRetries: config.sendRetries ?? CONNECTOR_DEFAULTS.sendRetries,
+    };
+    this.random = random;
+    this.started = now;
+    this.reprobe = new Reprobe(now, this.config.reprobeAfter, random());
+    // "ready" (attach at the next poll), "attached", "waiting" (backing
+    // off until `until`) or "done" (gave up, or the session is over).
+    this.phase = "ready";
+    /** The attachment under way: { index, started, opened, trusted, stopping }. */
+    this.attached = null;
+    this.until = 0;
+    /** The transport in use, as an index in `config.transports`. */
+    this.index = 0;
+    /** Backoff attempts since the connection last worked. */
+    this.attempt = 0;
+    /** Early deaths per transport. */
+    this.flaps = this.config.transports.map(() => 0);
+    /** Whether any attachment ever opened (the session exists). */
+    this.sessionOpen = false;
+    this.freshSession = false;
+    /** Failures since the last wait, and the most any of them asked to wait. */
+    this.failures = [];
+    this.failuresRetryAfter = 0;
+    /** The better transport to attach once the stopped one ended. */
+    this.switchTo = null;
+    this.report = [];
+    this.sendFailures = 0;
+    this.actions = [];
+    if (this.config.transports.length === 0) this.giveUp({ noTransport: [] });
+    this.index = this.bestIndex();
+  }
+
+  // ---- inputs ---------------------------------------------------------------
+
+  /** The current attachment's first frame arrived: the transport works. */
+  opened(now) {
+    if (this.phase !== "attached") return;
+    this.attached.opened ??= now;
+    this.sessionOpen = true;
+    this.freshSession = false;
+  }
+
+  /** The current attachment carried frames both ways. */
+  trusted(now) {
+    if (this.phase !== "attached") return;
+    const a = this.attached;
+    a.opened ??= now;
+    if (a.trusted) return;
+    a.trusted = true;
+    this.sessionOpen = true;
+    this.flaps[a.index] = 0;
+    if (this.config.transports.length > 1) {
+      const kind = this.config.transports[a.index];
+      this.config.remembered = kind;
+      this.actions.push({ remember: kind });
+    }
+  }
+
+  /** The current attachment ended (`end`: an ending, see above). */
+  ended(now, end) {
+    causeOf(end); // an unknown ending throws before anything changes
+    if (this.phase !== "attached") return;
+    const a = this.attached;
+    this.attached = null;
+    this.phase = "ready";
+    this.sendFailures = 0;
+    if (end === "session_closed") {
+      this.phase = "done";
+      return;
+    }
+    if (a.opened === null) this.failed(now, a, end);
+    else this.dropped(now, a, a.opened, end);
+  }
+
+  /** What the probe `id` found. Results of probes forgotten since (after a
+   * fallback or a switch) are ignored. */
+  probed(now, id, works) {
+    const candidate = this.reprobe.current(id);
+    if (candidate === null) return;
+    if (works) {
+      this.reprobe.works(candidate);
+      return;
+    }
+    const next = this.reprobe.next(now, candidate, this.index, this.random());
+    if (next !== null) this.requestProbe(next.id, next.candidate);
+  }
+
+  /** The network came back (`networkChanged`: `online`) or the page became
+   * visible: a backoff ends now (an `online` also starts the backoff
+   * afresh), and an attachment that may have died unseen is checked. */
+  wake(now, networkChanged) {
+    if (this.phase === "waiting") {
+      if (networkChanged) this.attempt = 0;
+      this.phase = "ready";
+    } else if (this.phase === "attached" && this.attached.opened !== null) {
+      this.actions.push({ check: true });
+    }
+  }
+
+  /** A send request failed: what to do with its messages. */
+  sendFailed(failure) {
+    const kind = typeof failure === "string" ? failure : Object.keys(failure ?? {})[0];
+    const fields = typeof failure === "object" && failure !== null ? failure[kind] : undefined;
+    const retryAfter = Number.isFinite(fields?.retryAfter) ? fields.retryAfter : null;
+    switch (kind) {
+      case "overloaded":
+        return { resend: retryAfter ?? this.config.backoff.initial };
+      case "refused":
+        return { endAttachment: true };
+      case "failed": {
+        if (this.sendFailures >= this.config.sendRetries) return { endAttachment: true };
+        this.sendFailures += 1;
+        const delay = SEND_RETRY * 2 ** (this.sendFailures - 1);
+        return { resend: Math.max(delay, retryAfter ?? 0) };
+      }
+      default:
+        throw new TypeError(`not a send failure: ${JSON.stringify(failure)}`);
+    }
+  }
+
+  /** A send request was answered: the retry count starts again. */
+  sendSucceeded() {
+    this.sendFailures = 0;
+  }
+
+  // ---- outputs --------------------------------------------------------------
+
+  /** The next thing to do at `now`, or null. Call after every input, and
+   * when `pollTimeout()` passes, until null. */
+  poll(now) {
+    if (this.actions.length > 0) return this.actions.shift();
+    if (this.phase === "waiting" && now >= this.until) this.phase = "ready";
+    if (this.phase === "ready") {
+      const found = this.reprobe.takeFound();
+      if (found !== null && found < this.index) this.switch(now, found);
+      this.phase = "attached";
+      this.attached = { index: this.index, started: now, opened: null, trusted: false, stopping: false };
+      const fresh = this.freshSession;
+      this.freshSession = false;
+      return { attach: this.config.transports[this.index], fresh };
+    }
+    if (!this.probingAllowed()) return null;
+    const found = this.reprobe.found;
+    if (found !== null && this.phase === "attached" && !this.attached.stopping) {
+      this.attached.stopping = true;
+      this.switchTo = found;
+      return { stop: true };
+    }
+    const probe = this.reprobe.start(now);
+    if (probe !== null) {
+      this.requestProbe(probe.id, probe.candidate);
+      return this.poll(now);
+    }
+    return null;
+  }
+
+  /** When (ms, on the caller's clock) `poll` has something to do next
+   * without any input: the end of a backoff, or the next re-probe. */
+  pollTimeout() {
+    const waiting = this.phase === "waiting" ? this.until : null;
+    const reprobe = this.probingAllowed() ? this.reprobe.dueAt() : null;
+    if (waiting !== null && reprobe !== null) return Math.min(waiting, reprobe);
+    return waiting ?? reprobe;
+  }
+
+  /** The fallback report: every step down the transport order so far,
+   * oldest first (at most MAX_FALLBACKS), as `{ from, to, cause, status,
+   * code, after }`. */
+  fallbacks() {
+    return this.report.slice();
+  }
+
+  /** Whether the connector is done (gave up, or the session is over). */
+  get done() {
+    return this.phase === "done";
+  }
+
+  // ---- the rules ------------------------------------------------------------
+
+  /** An attempt that never delivered its first frame. */
+  failed(now, a, end) {
+    if (typeof end === "object" && end.refused) {
+      this.refused(now, end.refused);
+      return;
+    }
+    if (end === "stopped") {
+      if (this.switchTo !== null) {
+        const better = this.switchTo;
+        this.switchTo = null;
+        this.switch(now, better);
+      }
+      return;
+    }
+    const cause = causeOf(end);
+    if (cause === null) return;
+    this.record({ transport: this.config.transports[a.index], ...cause, afterOpen: false });
+    this.failuresRetryAfter = Math.max(this.failuresRetryAfter, retryAfterOf(end) ?? 0);
+    if (cause.cause !== "unreachable" && a.index + 1 < this.config.transports.length) {
+      this.fallBack(now, a.index, cause, now - a.started);
+      return;
+    }
+    // The server is down, or nothing is left: from the best again, after a
+    // backoff.
+    this.index = this.bestIndex();
+    const delay = Math.max(this.nextBackoff(), this.failuresRetryAfter);
+    this.failuresRetryAfter = 0;
+    this.wait(now, delay, this.failures.map(describeFailure).join("; "));
+  }
+
+  /** holdfast refused to open the session (or closed it). */
+  refused(now, close) {
+    if (this.sessionOpen) {
+      this.phase = "done";
+      return;
+    }
+    if (close.code === CloseCodes.OVERLOADED && Number.isFinite(close.retryAfter)) {
+      // Overloaded before the session opened: honour retryAfter, with
+      // jitter on top, and open a fresh session then.
+      const delay = close.retryAfter + this.nextBackoff();
+      const reason = `the server is overloaded (${close.code} ${close.reason ?? ""})`;
+      this.freshSession = true;
+      this.wait(now, delay, reason);
+      if (this.done) {
+        this.actions = [];
+        this.giveUp({ refused: close });
+      }
+      return;
+    }
+    this.giveUp({ refused: close });
+  }
+
+  /** A connection that worked, then ended. */
+  dropped(now, a, opened, end) {
+    this.failures = [];
+    this.failuresRetryAfter = 0;
+    const lasted = Math.max(0, now - opened);
+    if (!a.trusted && lasted < FLAP_WINDOW && end !== "stopped") {
+      this.flaps[a.index] += 1;
+      if (this.flaps[a.index] >= FLAPS_TO_DEMOTE && a.index + 1 < this.config.transports.length) {
+        this.flaps[a.index] = 0;
+        this.fallBack(now, a.index, { cause: "flapping", status: null, code: null }, lasted);
+      }
+    }
+    // A connection that carried frames both ways proves the network works:
+    // the next drop starts the backoff afresh, however short.
+    if (a.trusted || lasted >= this.config.backoff.resetAfter) this.attempt = 0;
+    if (this.switchTo !== null) {
+      const better = this.switchTo;
+      this.switchTo = null;
+      this.switch(now, better);
+    }
+    let immediate = false;
+    if (end === "stopped") immediate = true;
+    else if (typeof end === "object" && end.detached) {
+      const code = end.detached.code;
+      immediate = code === CloseCodes.RECONNECT || code === CloseCodes.REPLACED;
+    } else if (typeof end === "object" && end.refused) {
+      this.phase = "done";
+      return;
+    }
+    if (immediate) {
+      this.phase = "ready";
+      return;
+    }
+    const cause = causeOf(end);
+    let reason = "";
+    if (cause !== null) {
+      const failure = { transport: this.config.transports[a.index], ...cause, afterOpen: true };
+      const detail = typeof end === "object" && end.detached ? end.detached.reason : "";
+      reason = detail ? `${describeFailure(failure)}: ${detail}` : describeFailure(failure);
+    }
+    const delay = Math.max(this.nextBackoff(), retryAfterOf(end) ?? 0);
+    this.wait(now, delay, reason);
+  }
+
+  /** Steps down from `from` to the next transport, at once. */
+  fallBack(now, from, cause, after) {
+    if (this.report.length < MAX_FALLBACKS) {
+      this.report.push({
+        from: this.config.transports[from],
+        to: this.config.transports[from + 1],
+        cause: cause.cause,
+        status: cause.status,
+        code: cause.code,
+        after: Math.max(0, after),
+      });
+    }
+    this.index = from + 1;
+    this.resetReprobe(now);
+    this.phase = "ready";
+  }
+
+  /** Moves up to a better transport a probe found. */
+  switch(now, better) {
+    this.index = better;
+    this.resetReprobe(now);
+    this.phase = "ready";
+  }
+
+  /** Backs off for `delay`, or gives up when that would pass the connect
+   * timeout of a session that never opened. */
+  wait(now, delay, reason) {
+    const timeout = this.config.connectTimeout;
+    if (!this.sessionOpen && timeout !== null && now + delay >= this.started + timeout) {
+      const failures = this.failures;
+      this.failures = [];
+      this.giveUp({ noTransport: failures });
+      return;
+    }
+    this.failures = [];
+    this.phase = "waiting";
+    this.until = now + delay;
+    this.actions.push({ reconnecting: { attempt: this.attempt, delay, reason } });
+  }
+
+  giveUp(why) {
+    this.phase = "done";
+    this.actions.push({ giveUp: why });
+  }
+
+  /** The next backoff delay; counts the attempt. */
+  nextBackoff() {
+    const delay = backoffDelay(this.config.backoff, this.attempt, this.random());
+    this.attempt += 1;
+    return delay;
+  }
+
+  record(failure) {
+    if (this.failures.length === MAX_FAILURES) this.failures.shift();
+    this.failures.push(failure);
+  }
+
+  requestProbe(id, candidate) {
+    const transport = this.config.transports[candidate];
+    if (transport === "long-poll") {
+      // Long-polling goes through anything that passes requests.
+      this.reprobe.works(candidate);
+      return;
+    }
+    this.actions.push({ probe: transport, id });
+  }
+
+  resetReprobe(now) {
+    this.reprobe.reset(now, this.config.reprobeAfter, this.random());
+  }
+
+  /** Probes run on a fallback transport of an open session, while attached
+   * or backing off. */
+  probingAllowed() {
+    return (
+      this.index > 0 && this.sessionOpen && (this.phase === "attached" || this.phase === "waiting")
+    );
+  }
+
+  /** The transport to try first: the one remembered, else the best. */
+  bestIndex() {
+    const index =
+      this.config.remembered === null ? -1 : this.config.transports.indexOf(this.config.remembered);
+    return index === -1 ? 0 : index;
+  }
+}
 
 // ---------------------------------------------------------------------------
 // The engine: the session state and the driver that keeps it attached.
@@ -2220,14 +2805,11 @@ class Engine {
     this.requests = new Map(); // attachment -> Set<AbortController>
     this.timer = null;
     this.timerAt = 0;
-    this.waiting = null; // { resolve, timer } during a backoff wait
-    this.reprobeDelay = options.reprobeAfter;
-    // Re-probing keeps its own clock across attachments: a busy session on
-    // a fallback transport reconnects often (recycled streams) and must
-    // still get to probe.
-    this.reprobeDue = 0;
-    /** The re-probe under way, if any (see `reprobeUnderWay`). */
-    this.reprobing = null;
+    /** The connection policy (created by `run`). */
+    this.connector = null;
+    this.driving = false;
+    /** What woke the engine, while the Connector's answer is acted on. */
+    this.wokenBy = null;
     /** The shared request had no room for this session: its own from now. */
     this.unshared = false;
     this.listen();
@@ -2305,7 +2887,11 @@ class Engine {
     this.closing = { code, reason, sentAt: null, deadline: now() + this.options.closeTimeout };
     this.flush();
     this.schedule();
-    this.wake();
+    if (!this.attachment && this.connector) {
+      // Backing off: attach now, to tell the server.
+      this.connector.wake(now(), false);
+      this.drive();
+    }
   }
 
   // ---- what the attachments call ------------------------------------------
@@ -2469,7 +3055,7 @@ class Engine {
     } catch (error) {
       if (!(error instanceof ProtocolViolation)) throw error;
       this.requestFailed();
-      att.lost(`the server broke the protocol: ${error.message}`);
+      att.end("invalid"); // the server broke the protocol
       return;
     }
     if (!att.ended) {
@@ -2586,26 +3172,21 @@ class Engine {
   /** The attachment's first frame arrived (or, on long-polling, its first
    * answer). */
   greet(att, resumed) {
-    if (!att.greeted) {
-      att.greeted = true;
-      att.greetedAt = now();
-    }
-    if (!att.proven) {
-      att.proven = true;
-      att.provenAt = now();
-    }
+    att.greeted = true;
     att.lastHeard = now();
+    const opened = !att.proven;
+    att.proven = true;
     if (!att.announced) this.announce(att, resumed);
+    if (opened) this.attachmentOpened(att);
   }
 
   /** On long-polling: a poll answered, so the session is on this attachment
    * (a continuing poll gets no `resumed`). */
   confirm(att) {
-    if (att.greeted && !att.proven) {
-      att.proven = true;
-      att.provenAt = now();
-    }
+    const opened = att.greeted && !att.proven;
+    if (opened) att.proven = true;
     if (!att.announced && att.greeted) this.announce(att, true);
+    if (opened) this.attachmentOpened(att);
   }
 
   announce(att, resumed) {
@@ -2628,21 +3209,14 @@ class Engine {
   }
 
   detached(att, close) {
-    const why = `detached by the server: ${close.code} ${close.reason}`;
-    if (close.code === CloseCodes.RECONNECT || close.code === CloseCodes.REPLACED) {
-      att.finish("stopped", why);
-    } else if (close.retryAfter !== undefined) {
-      att.finish("busy", why, close.retryAfter);
-    } else {
-      att.finish("detached", why);
-    }
+    att.end({ detached: close });
   }
 
   closedByServer(close) {
     if (!this.params) {
       // Refused before a session opened.
       const att = this.attachment;
-      if (att) att.end({ type: "refused", close });
+      if (att) att.end({ refused: close });
       return;
     }
     if (this.closing && this.closing.sentAt !== null) {
@@ -2719,12 +3293,12 @@ class Engine {
   }
 
   /** Once frames went both ways on an attachment, its transport works
-   * here: remember it for the next connection. */
+   * here: the connection policy hears it (and has it remembered). */
   trust(att) {
-    if (att.remembered || !att.trusted || !att.announced) return;
-    att.remembered = true;
-    // A forced transport says nothing about what works here.
-    if (this.order.length > 1) remember(this.memoryKey, att.kind, this.options.rememberFor);
+    if (att.reportedTrusted || !att.trusted || !att.announced || att !== this.attachment) return;
+    att.reportedTrusted = true;
+    this.connector.trusted(now());
+    this.drive();
   }
 
   /** Sends a `ping` on the attachment (the connection check). */
@@ -2777,6 +3351,9 @@ class Engine {
         if (att.streaming && !att.ackDue && ack !== null) deadlines.push(ack);
       }
     }
+    // The end of a backoff, or the next re-probe.
+    const policy = this.connector ? this.connector.pollTimeout() : null;
+    if (policy !== null) deadlines.push(policy);
     return deadlines.length ? Math.min(...deadlines) : null;
   }
 
@@ -2805,13 +3382,14 @@ class Engine {
     if (att && !att.ended) {
       if (!att.greeted) {
         if (t >= att.startedAt + this.options.probeTimeout) {
-          att.fail("blocked", `no first frame within the probe timeout (${this.options.probeTimeout} ms)`);
+          att.end(att.responded ? "no_first_frame" : "timeout");
         }
       } else if (att.streaming && t >= att.lastHeard + this.deadAfter()) {
-        att.finish("silent", `nothing heard from the server for ${t - att.lastHeard} ms`);
+        att.end("silent");
       } else if (att.verifyBy && t >= att.verifyBy) {
-        // The network just came back: reconnect at once.
-        att.finish("recheck", "no answer to a connection check");
+        // No answer to a connection check after the network came back:
+        // reconnect at once.
+        att.end("stopped");
       } else {
         const ack = this.ackDeadline();
         if (att.streaming && ack !== null && t >= ack) {
@@ -2820,6 +3398,7 @@ class Engine {
         }
       }
     }
+    this.drive();
     this.schedule();
   }
 
@@ -2844,29 +3423,29 @@ class Engine {
   }
 
   /** The network came back (`online`), or the tab became visible: run the
-   * timers now, stop waiting out a backoff, and look closer at a
-   * connection that may have died meanwhile. */
+   * timers now, and tell the connection policy (a backoff ends; a
+   * connection that may have died meanwhile is checked). */
   check(networkChanged) {
-    if (this.closed) return;
+    if (this.closed || !this.connector) return;
     this.onTimer();
-    if (this.waiting) {
-      if (networkChanged) this.attempt = 0;
-      this.wake();
-      return;
+    if (this.closed) return;
+    this.connector.wake(now(), networkChanged);
+    this.wokenBy = networkChanged ? "online" : "visible";
+    try {
+      this.drive();
+    } finally {
+      this.wokenBy = null;
     }
-    const att = this.attachment;
-    if (!att || att.ended || !att.greeted) return;
-    const quiet = now() - att.lastHeard > (this.params ? this.params.ping : 20000);
-    if (networkChanged || quiet) att.check();
   }
 
   // ---- the driver -----------------------------------------------------------
+  // Every decision — which transport, fallback, backoff, re-probing and
+  // switching up, giving up — is the Connector's (the connection policy
+  // above). The engine reports how each attachment went, runs the probes it
+  // is asked for, and does what it says.
 
-  /** Keeps the session attached until it is over: picks a transport,
-   * falls back when one is blocked, reconnects with backoff and jitter when
-   * one drops, remembers what worked, and switches up when a better
-   * transport works again. */
-  async run() {
+  /** Keeps the session attached until it is over. */
+  run() {
     if (this.order.length === 0) {
       this.error(
         "no usable transport: there is no WebSocket here (Node 20 needs --experimental-websocket, " +
@@ -2875,90 +3454,62 @@ class Engine {
       this.finish({ code: CloseCodes.GOING_AWAY, reason: "no usable transport" }, false);
       return;
     }
-    let index = this.bestIndex();
-    this.attempt = 0;
-    const flaps = new Map();
-    let errors = [];
-    let retryAfter = 0;
-    while (!this.closed) {
-      // A probe that finished between attachments: go straight to the
-      // better transport instead of attaching below it first.
-      const found = this.takeFinishedReprobe(index);
-      if (found !== null) {
-        index = found;
-        this.resetReprobe();
+    if (this.closed) return;
+    const options = this.options;
+    this.connector = new Connector(
+      {
+        transports: this.order,
+        remembered: recall(this.memoryKey),
+        backoff: options.backoff,
+        reprobeAfter: options.reprobeAfter,
+        connectTimeout: options.connectTimeout,
+      },
+      now(),
+      Math.random,
+    );
+    this.drive();
+  }
+
+  /** Does what the connection policy asks until it has nothing to do now,
+   * then sleeps until it next may (`pollTimeout`, on the engine's one
+   * timer). */
+  drive() {
+    if (!this.connector || this.driving) return;
+    this.driving = true;
+    try {
+      for (let action; !this.closed && (action = this.connector.poll(now())) !== null; ) {
+        this.perform(action);
       }
-      const kind = this.order[index];
-      const { outcome, switchTo } = await this.attach(index);
-      if (this.closed || outcome.type === "closed") {
-        this.cancelReprobe();
-        return;
-      }
-      let delay = 0;
-      let reason = "";
-      if (outcome.type === "refused") {
-        const { close } = outcome;
-        if (close.code !== CloseCodes.OVERLOADED) {
-          this.finish(close, true);
-          return;
-        }
-        delay = (close.retryAfter ?? 0) + backoffDelay(this.options.backoff, this.attempt++);
-        reason = `the server is overloaded (${close.code} ${close.reason})`;
-      } else if (outcome.type === "failed") {
-        errors.push(outcome.why);
-        retryAfter = Math.max(retryAfter, outcome.retryAfter ?? 0);
-        if (outcome.cause !== "unreachable" && index + 1 < this.order.length) {
-          index += 1; // blocked: fall back at once
-          this.resetReprobe();
-          continue;
-        }
-        index = this.bestIndex();
-        delay = Math.max(backoffDelay(this.options.backoff, this.attempt++), retryAfter);
-        reason = errors.join("; ");
-      } else {
-        // ended: the transport carried the session, then ended.
-        const lasted = now() - outcome.greetedAt;
-        if (outcome.trusted) flaps.delete(kind);
-        else if (lasted < FLAP_WINDOW) {
-          const count = (flaps.get(kind) ?? 0) + 1;
-          flaps.set(kind, count);
-          if (count >= FLAPS_TO_DEMOTE && index + 1 < this.order.length) {
-            flaps.delete(kind);
-            index += 1; // it keeps dying right after opening: demote it
-            this.resetReprobe();
-          }
-        }
-        // A connection that carried messages both ways proves the network
-        // works: the next drop starts the backoff afresh.
-        if (outcome.trusted || lasted >= this.options.backoff.resetAfter) this.attempt = 0;
-        if (switchTo !== null) {
-          index = switchTo;
-          this.resetReprobe();
-        }
-        if (outcome.reason !== "stopped" && outcome.reason !== "recheck") {
-          delay = Math.max(
-            backoffDelay(this.options.backoff, this.attempt++),
-            outcome.retryAfter ?? 0,
-          );
-          reason = outcome.why;
-        }
-      }
-      errors = [];
-      retryAfter = 0;
-      if (delay > 0 || reason) {
-        this.client.dispatchEvent(
-          new HoldfastEvent("reconnecting", { attempt: this.attempt, delay, reason }),
-        );
-        await this.sleep(delay);
-      }
+    } finally {
+      this.driving = false;
+    }
+    this.schedule();
+  }
+
+  perform(action) {
+    if (action.attach !== undefined) {
+      this.attach(action.attach);
+    } else if (action.stop) {
+      // A better transport works: this attachment ends, that one follows.
+      this.attachment?.end("stopped");
+    } else if (action.probe !== undefined) {
+      this.runProbe(action.id, action.probe);
+    } else if (action.remember !== undefined) {
+      remember(this.memoryKey, action.remember, this.options.rememberFor);
+    } else if (action.reconnecting) {
+      const { attempt, delay, reason } = action.reconnecting;
+      this.client.dispatchEvent(new HoldfastEvent("reconnecting", { attempt, delay, reason }));
+    } else if (action.check) {
+      this.checkAttachment();
+    } else if (action.giveUp) {
+      this.giveUp(action.giveUp);
     }
   }
 
-  /** Runs one attachment to its end, re-probing better transports in the
-   * background. Returns how it ended and, if it was stopped to switch up,
-   * the better transport's index. */
-  async attach(index) {
-    const kind = this.order[index];
+  /** Attaches transport `kind`. (The Connector's `fresh`, a new session
+   * after the server refused to open one, needs nothing here: there is no
+   * session to resume until one opened.) */
+  attach(kind) {
     this.out.rewind();
     if (this.closing) this.closing.sentAt = null;
     const hub = this.sharedHub(kind);
@@ -2969,105 +3520,64 @@ class Engine {
     if (kind === "long-poll" && this.params) {
       // Usable at once: a continuing poll gets no greeting (PROTOCOL.md §5).
       att.greeted = true;
-      att.greetedAt = now();
     }
-    let switchTo = null;
-    if (this.reprobeDue === 0) this.resetReprobe();
-    const watchReprobe = () => {
-      const pending = this.reprobeUnderWay(index);
-      pending.promise.then((better) => {
-        // Reset meanwhile, or this attachment is over: the probe's result
-        // stays for the next one (takeFinishedReprobe).
-        if (this.reprobing !== pending || att.ended) return;
-        this.reprobing = null;
-        if (better === null || better >= index) {
-          this.reprobeFailed();
-          watchReprobe();
-          return;
-        }
-        switchTo = better;
-        att.finish("stopped", `switching to ${this.order[better]}`);
-      });
-    };
-    if (index > 0) watchReprobe();
+    att.done.then((ending) => this.attachmentEnded(att, ending));
     att.start();
     this.flush();
-    this.schedule();
-    const outcome = await att.done;
+  }
+
+  attachmentEnded(att, ending) {
     if (this.attachment === att) {
       this.attachment = null;
       this.transport = null;
       this.out.rewind();
-      this.schedule();
     }
-    return { outcome, switchTo };
+    if (this.closed) return;
+    this.connector.ended(now(), ending);
+    this.drive();
   }
 
-  /** Starts the re-probe clock afresh (after a fallback or a switch). */
-  resetReprobe() {
-    this.cancelReprobe();
-    this.reprobeDelay = this.options.reprobeAfter;
-    this.reprobeDue = now() + this.reprobeDelay * (0.75 + 0.5 * Math.random());
+  /** The attachment's first frame arrived (or its first poll answer). */
+  attachmentOpened(att) {
+    if (att !== this.attachment || !this.connector) return;
+    this.connector.opened(now());
+    this.drive();
   }
 
-  /** After a probe found nothing better: wait twice as long (with jitter). */
-  reprobeFailed() {
-    this.cancelReprobe();
-    this.reprobeDelay = Math.min(this.reprobeDelay * 2, MAX_REPROBE);
-    this.reprobeDue = now() + this.reprobeDelay * (0.75 + 0.5 * Math.random());
+  /** A `check` after a wake-up: an `online` checks the connection; a page
+   * becoming visible only one that has been quiet for a ping interval (a
+   * busy one is plainly alive). */
+  checkAttachment() {
+    const att = this.attachment;
+    if (!att || att.ended || !att.greeted) return;
+    const quiet = now() - att.lastHeard > (this.params ? this.params.ping : 20000);
+    if (this.wokenBy !== "visible" || quiet) att.check();
   }
 
-  /** The re-probe of the transports better than `index`: waits for
-   * `reprobeDue`, then probes. It survives reconnects: a busy session on a
-   * fallback transport may reconnect more often than a probe takes (SSE
-   * streams are recycled every few hundred kilobytes), and a probe started
-   * over with every attachment would never finish. */
-  reprobeUnderWay(index) {
-    if (this.reprobing?.index === index) return this.reprobing;
-    this.cancelReprobe();
-    const pending = { index, timer: null, finished: false, better: null };
-    pending.promise = new Promise((resolve) => {
-      pending.timer = setTimeout(resolve, Math.max(0, this.reprobeDue - now()));
-    })
-      .then(() => {
-        pending.timer = null;
-        return this.probeBetter(index);
-      })
-      .then((better) => {
-        pending.finished = true;
-        pending.better = better;
-        return better;
-      });
-    this.reprobing = pending;
-    return pending;
+  /** Probes a better transport for the Connector. */
+  runProbe(id, kind) {
+    const probing = this.params && !this.closed ? this.probe(kind) : Promise.resolve(false);
+    probing.then((works) => {
+      if (this.closed) return;
+      this.connector.probed(now(), id, works);
+      this.drive();
+    });
   }
 
-  /** The better transport a probe found while no attachment was waiting
-   * for it, or null; a finished probe that found none counts as failed. */
-  takeFinishedReprobe(index) {
-    const pending = this.reprobing;
-    if (!pending?.finished) return null;
-    this.reprobing = null;
-    if (pending.better !== null && pending.better < index) return pending.better;
-    this.reprobeFailed();
-    return null;
-  }
-
-  cancelReprobe() {
-    if (this.reprobing?.timer) clearTimeout(this.reprobing.timer);
-    this.reprobing = null;
-  }
-
-  /** The best transport better than `index` that works now (PROTOCOL.md
-   * §8.5), or null. */
-  async probeBetter(index) {
-    for (let better = 0; better < index; better++) {
-      if (!this.params || this.closed) return null;
-      const kind = this.order[better];
-      if (kind === "long-poll") return better;
-      if (await this.probe(kind)) return better;
+  /** The connection policy gave up before the session opened. */
+  giveUp(why) {
+    if (why.refused) {
+      this.finish(why.refused, true);
+      return;
     }
-    return null;
+    const failures = why.noTransport.map(describeFailure).join("; ");
+    this.finish(
+      {
+        code: GAVE_UP,
+        reason: `no transport reached the server within connectTimeout${failures ? ` (${failures})` : ""}`,
+      },
+      false,
+    );
   }
 
   probe(kind) {
@@ -3153,29 +3663,6 @@ class Engine {
     }
   }
 
-  /** The transport to try first: the one remembered for this server. */
-  bestIndex() {
-    const remembered = recall(this.memoryKey);
-    const index = remembered ? this.order.indexOf(remembered) : -1;
-    return index === -1 ? 0 : index;
-  }
-
-  /** Waits out a backoff; `wake` ends it early. */
-  sleep(delay) {
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => this.wake(), delay);
-      this.waiting = { resolve, timer };
-    });
-  }
-
-  wake() {
-    const waiting = this.waiting;
-    if (!waiting) return;
-    this.waiting = null;
-    clearTimeout(waiting.timer);
-    waiting.resolve();
-  }
-
   // ---- endings --------------------------------------------------------------
 
   error(message, cause) {
@@ -3190,7 +3677,6 @@ class Engine {
     this.closing = null;
     clearTimeout(this.timer);
     this.timer = null;
-    this.cancelReprobe();
     this.unlisten();
     const att = this.attachment;
     this.attachment = null;
@@ -3198,9 +3684,8 @@ class Engine {
     if (att) {
       // Let a close answer on the WebSocket reach the server before the
       // socket goes.
-      att.end({ type: "closed" });
+      att.end("session_closed");
     }
-    this.wake();
     const code = close.code;
     const sessionLost = code === CloseCodes.SESSION_LOST;
     const failure = !(code === 1000 || code === 1001 || (code >= 3000 && code < 4000));
@@ -3278,6 +3763,10 @@ function resolveOptions(options = {}) {
   merged.transports = transports;
   for (const name of ["probeTimeout", "maxUnackedBytes", "closeTimeout", "reprobeAfter", "rememberFor"]) {
     if (!(merged[name] >= 0)) throw new TypeError(`\`${name}\` must be a non-negative number`);
+  }
+  merged.connectTimeout ??= null;
+  if (merged.connectTimeout !== null && !(merged.connectTimeout >= 0)) {
+    throw new TypeError("`connectTimeout` must be a non-negative number, or null (forever)");
   }
   return merged;
 }
