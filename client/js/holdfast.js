@@ -2585,16 +2585,16 @@ export class Connector {
 
   /** An attempt that never delivered its first frame. */
   failed(now, a, end) {
+    // A switch asked of an attempt that failed on its own before it
+    // stopped is stale: the next probe round decides afresh.
+    const switchTo = this.switchTo;
+    this.switchTo = null;
     if (typeof end === "object" && end.refused) {
       this.refused(now, end.refused);
       return;
     }
     if (end === "stopped") {
-      if (this.switchTo !== null) {
-        const better = this.switchTo;
-        this.switchTo = null;
-        this.switch(now, better);
-      }
+      if (switchTo !== null) this.switch(now, switchTo);
       return;
     }
     const cause = causeOf(end);
