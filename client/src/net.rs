@@ -131,19 +131,28 @@ impl Net {
         };
         let _ = tcp.set_nodelay(true);
         let stream = if url.scheme() == "wss" {
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| ended(AttemptEnd::Unreachable, format_args!("bad TLS name {host:?}: {e}")))?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+                ended(
+                    AttemptEnd::Unreachable,
+                    format_args!("bad TLS name {host:?}: {e}"),
+                )
+            })?;
             let tls = self.tls.connect(name, tcp).await.map_err(|e| {
-                ended(AttemptEnd::Invalid, format_args!("TLS handshake with {host}: {e}"))
+                ended(
+                    AttemptEnd::Invalid,
+                    format_args!("TLS handshake with {host}: {e}"),
+                )
             })?;
             MaybeTls::Tls(Box::new(tls))
         } else {
             MaybeTls::Plain(tcp)
         };
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ended(AttemptEnd::Unreachable, format_args!("bad WebSocket URL {url}: {e}")))?;
+        let mut request = url.as_str().into_client_request().map_err(|e| {
+            ended(
+                AttemptEnd::Unreachable,
+                format_args!("bad WebSocket URL {url}: {e}"),
+            )
+        })?;
         for (name, value) in &self.headers {
             request.headers_mut().insert(name.clone(), value.clone());
         }
@@ -178,7 +187,10 @@ async fn tunnel(proxy: &Url, host: &str, port: u16) -> Result<TcpStream, Attempt
     let mut tcp = TcpStream::connect((proxy_host, proxy_port))
         .await
         .map_err(|e| {
-            ended(AttemptEnd::Unreachable, format_args!("proxy {proxy_host}:{proxy_port}: {e}"))
+            ended(
+                AttemptEnd::Unreachable,
+                format_args!("proxy {proxy_host}:{proxy_port}: {e}"),
+            )
         })?;
     let authority = if host.contains(':') {
         format!("[{host}]:{port}")
@@ -198,9 +210,12 @@ async fn tunnel(proxy: &Url, host: &str, port: u16) -> Result<TcpStream, Attempt
         ));
     }
     request.push_str("\r\n");
-    tcp.write_all(request.as_bytes())
-        .await
-        .map_err(|e| ended(AttemptEnd::Unreachable, format_args!("proxy {proxy_host}: {e}")))?;
+    tcp.write_all(request.as_bytes()).await.map_err(|e| {
+        ended(
+            AttemptEnd::Unreachable,
+            format_args!("proxy {proxy_host}: {e}"),
+        )
+    })?;
 
     // Read the proxy's answer up to the blank line, byte-exact, so nothing
     // of the tunnelled stream is consumed.

@@ -216,12 +216,19 @@ impl<'a> Link<'a> {
     /// A non-200 answer to a request of this attachment: a `close` in it
     /// goes to the core (which ends or refuses the session), anything else
     /// ends the attachment.
-    pub(crate) fn refused(&mut self, status: u16, headers: &::http::HeaderMap, body: &[u8]) -> Step {
+    pub(crate) fn refused(
+        &mut self,
+        status: u16,
+        headers: &::http::HeaderMap,
+        body: &[u8],
+    ) -> Step {
         match crate::error::classify_http(status, headers, body) {
-            AttemptEnd::Refused(close) => match self.feed(vec![Frame::Close(close.clone())], true) {
-                Step::Continue => Step::End(AttemptEnd::Refused(close)),
-                end => end,
-            },
+            AttemptEnd::Refused(close) => {
+                match self.feed(vec![Frame::Close(close.clone())], true) {
+                    Step::Continue => Step::End(AttemptEnd::Refused(close)),
+                    end => end,
+                }
+            }
             end => Step::End(end),
         }
     }
