@@ -3,7 +3,8 @@
 //!
 //! Opening is split in two so that WebSocket can refuse after its upgrade
 //! (browsers cannot read the status of a refused upgrade): [`prepare`] runs
-//! on the request (origin, query, authentication), [`attach`] when the
+//! on the request (query, authentication, limits; the origin was checked
+//! by the Origin layer before the handler ran), [`attach`] when the
 //! transport is ready to carry frames.
 
 mod body;
