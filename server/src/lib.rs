@@ -32,6 +32,8 @@ mod config;
 mod fanout;
 mod logs;
 mod origin;
+#[cfg(test)]
+mod paused_timers;
 mod peer;
 mod registry;
 mod reject;

@@ -1,4 +1,5 @@
-//! The server's timers on tokio's paused clock: heartbeat pings, the
+//! The server's timers on tokio's paused clock (unit tests, so that they
+//! build into the crate's one test binary): heartbeat pings, the
 //! dead-peer timeout, the poll hold, the resume window and the WebSocket
 //! write deadline, each checked to the millisecond of test time with the
 //! default configuration (seconds of timers, milliseconds of wall time).
@@ -11,12 +12,12 @@
 
 use std::time::Duration;
 
+use crate::{Holdfast, Incoming, ServerConfig, Session};
 use axum::body::Body;
 use futures_util::{SinkExt, StreamExt};
 use holdfast_protocol::wire::json;
 use holdfast_protocol::wire::sse::{SseItem, SseParser};
 use holdfast_protocol::{CloseCode, Frame};
-use holdfast_server::{Holdfast, Incoming, ServerConfig, Session};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::DuplexStream;
