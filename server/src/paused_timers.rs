@@ -336,9 +336,11 @@ async fn websocket_heartbeats_keep_an_answering_client_and_drop_a_silent_one() {
 #[tokio::test(start_paused = true)]
 async fn a_websocket_write_without_progress_is_dropped_after_write_timeout() {
     bounded(async {
-        let mut config = ServerConfig::default();
-        // Well inside the first ping and the dead-peer timeout.
-        config.write_timeout = Duration::from_secs(5);
+        let config = ServerConfig {
+            // Well inside the first ping and the dead-peer timeout.
+            write_timeout: Duration::from_secs(5),
+            ..ServerConfig::default()
+        };
         let mut server = Server::start(config);
         let write_timeout = server.holdfast.config().write_timeout;
         // A pipe much smaller than the message: the write stalls at once.
@@ -378,10 +380,12 @@ async fn a_websocket_write_without_progress_is_dropped_after_write_timeout() {
 #[tokio::test(start_paused = true)]
 async fn sse_pings_answered_by_send_keep_the_stream_until_it_is_recycled_at_sse_max_age() {
     bounded(async {
-        let mut config = ServerConfig::default();
-        // Not a multiple of the ping interval: a ping and the recycling never
-        // fall due on the same millisecond.
-        config.sse_max_age = Duration::from_secs(290);
+        let config = ServerConfig {
+            // Not a multiple of the ping interval: a ping and the recycling
+            // never fall due on the same millisecond.
+            sse_max_age: Duration::from_secs(290),
+            ..ServerConfig::default()
+        };
         let server = Server::start(config);
         let config = server.holdfast.config();
         let (ping, max_age) = (config.session.ping_interval, config.sse_max_age);
