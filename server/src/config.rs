@@ -81,7 +81,7 @@ pub struct ServerConfig {
     /// this much before every read and keeps it allocated for the life of
     /// the connection, so it sets both the per-message CPU floor and the
     /// memory of an idle WebSocket session; larger messages simply take
-    /// several reads. Default 4 KiB.
+    /// several reads. Default 2 KiB.
     pub ws_read_buffer: usize,
     /// New sessions waiting for [`Incoming::accept`](crate::Incoming::accept);
     /// past it, new sessions are refused with `503`. Default 1024.

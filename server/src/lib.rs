@@ -6,10 +6,10 @@
 //! WebSocket, Server-Sent Events and long-polling.
 //!
 //! ```text
-//!  GET  <mount>/ws   ─┐                                   ┌─▶ Incoming::accept() → Session
-//!  GET  <mount>/sse  ─┤  transport adapters   session core │      recv() / send() / close()
-//!  GET  <mount>/poll ─┼─▶ (origin, auth,  ─▶ (holdfast-   ─┤
-//!  POST <mount>/send ─┘   limits, codecs)     protocol)    └─▶ per-session timer task
+//!  GET  <mount>/ws   ─┐  Origin   transport adapters   session core ┌─▶ Incoming::accept() → Session
+//!  GET  <mount>/sse  ─┤  layer    (auth, limits,       (holdfast-   │      recv() / send() / close()
+//!  GET  <mount>/poll ─┼─▶ ─────▶   codecs)         ─▶  protocol)   ─┤
+//!  POST <mount>/send ─┘                                             └─▶ per-session timer task
 //! ```
 //!
 //! Each transport is a thin adapter: it decodes what arrives, hands frames
@@ -32,6 +32,8 @@ mod config;
 mod fanout;
 mod logs;
 mod origin;
+#[cfg(test)]
+mod paused_timers;
 mod peer;
 mod registry;
 mod reject;

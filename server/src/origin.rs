@@ -1,11 +1,37 @@
-//! Which web pages may talk to the server: the `Origin` check made on every
-//! request of every transport, and the matching CORS layer.
+//! Which web pages may talk to the server: the `Origin` check, applied as
+//! one layer ([`enforce`]) in front of every session endpoint — WebSocket,
+//! SSE, long-polling, `send`, shared requests — and the matching CORS layer.
+//! No handler checks the origin itself: a request refused here never
+//! reaches one (no upgrade, no body read, no session looked up).
 
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use holdfast_protocol::CloseCode;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::peer::Peer;
 use crate::reject::Reject;
+use crate::server::ServerState;
+
+/// The layer's body, run once per request before the endpoint: a page from
+/// an origin the policy refuses gets `403` with a `close` 4403 frame
+/// (`PROTOCOL.md` §7) — on `/ws` before the upgrade, so a foreign page
+/// gets no socket at all — and everything else goes on untouched.
+pub(crate) async fn enforce(
+    State(state): State<Arc<ServerState>>,
+    peer: Peer,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.check_origin(request.headers(), peer) {
+        Ok(()) => next.run(request).await,
+        Err(reject) => reject.into_http(),
+    }
+}
 
 /// Which `Origin`s are allowed. Requests without an `Origin` header
 /// (non-browser clients, same-origin `GET`s) are always allowed.
@@ -251,5 +277,130 @@ mod tests {
                 .check(&headers(Some("https://z")), x)
                 .is_ok()
         );
+    }
+
+    /// Each session endpoint goes through the Origin layer, before its
+    /// handler: a foreign page is refused with `403` and `close` 4403 even
+    /// where the handler itself would have refused the request for another
+    /// reason (no upgrade headers, no key, a bad version, a malformed
+    /// body), while the same request from an allowed page or without an
+    /// `Origin` reaches the handler. The JavaScript client is served to
+    /// any page.
+    mod layer {
+        use axum::body::Body;
+        use holdfast_protocol::wire::json;
+        use holdfast_protocol::{CloseCode, Frame};
+        use http::{Request, StatusCode};
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+
+        use crate::{Holdfast, ServerConfig};
+
+        const GOOD: &str = "http://good.test";
+        const EVIL: &str = "http://evil.test";
+
+        /// Every route under the mount, each with a request its handler
+        /// refuses on its own (so a `403` can only come from the layer).
+        fn requests() -> Vec<(&'static str, &'static str, &'static str)> {
+            vec![
+                // Not an upgrade: the handler's extractor answers 426.
+                ("GET", "/rt/ws?v=1", ""),
+                ("GET", "/rt/sse?v=99", ""),
+                ("GET", "/rt/poll?v=99", ""),
+                // No session key.
+                ("POST", "/rt/send?v=1", "[]"),
+                // Shared requests: an empty list of sessions.
+                ("POST", "/rt/sse?v=1", "[]"),
+                ("POST", "/rt/poll?v=1", "[]"),
+            ]
+        }
+
+        async fn answer(
+            holdfast: &Holdfast,
+            method: &str,
+            uri: &str,
+            body: &'static str,
+            origin: Option<&str>,
+        ) -> (StatusCode, Vec<u8>) {
+            let mut request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("host", "server.test");
+            if let Some(origin) = origin {
+                request = request.header("origin", origin);
+            }
+            let request = request.body(Body::from(body)).expect("a valid request");
+            let router: axum::Router = holdfast.router_at("/rt");
+            let response = router.oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let body = response.into_body().collect().await.expect("a body");
+            (status, body.to_bytes().to_vec())
+        }
+
+        fn is_origin_refusal(status: StatusCode, body: &[u8]) -> bool {
+            let close = match json::decode_batch(body).ok().as_deref() {
+                Some([Frame::Close(close)]) => close.code,
+                _ => return false,
+            };
+            status == StatusCode::FORBIDDEN && close == CloseCode::FORBIDDEN
+        }
+
+        async fn check(holdfast: Holdfast, allowed: &str) {
+            for (method, uri, body) in requests() {
+                let (status, refusal) = answer(&holdfast, method, uri, body, Some(EVIL)).await;
+                assert!(
+                    is_origin_refusal(status, &refusal),
+                    "{method} {uri} from a foreign page: {status} {:?}",
+                    String::from_utf8_lossy(&refusal)
+                );
+                for origin in [Some(allowed), None] {
+                    let (status, answer) = answer(&holdfast, method, uri, body, origin).await;
+                    assert!(
+                        !is_origin_refusal(status, &answer) && status.is_client_error(),
+                        "{method} {uri} from {origin:?} must reach the handler \
+                         (which refuses it for its own reason): {status} {:?}",
+                        String::from_utf8_lossy(&answer)
+                    );
+                }
+            }
+            for script in [
+                "/rt/client.js",
+                &format!("/rt/{}", crate::client_js::VERSIONED_NAME),
+            ] {
+                let (status, _) = answer(&holdfast, "GET", script, "", Some(EVIL)).await;
+                assert_eq!(status, StatusCode::OK, "{script} is served to any page");
+            }
+            assert_eq!(holdfast.held_sessions(), 0);
+        }
+
+        #[tokio::test]
+        async fn every_endpoint_is_behind_the_layer_with_a_list() {
+            let (holdfast, _incoming) = Holdfast::builder().allow_origins([GOOD]).build();
+            check(holdfast, GOOD).await;
+        }
+
+        #[tokio::test]
+        async fn every_endpoint_is_behind_the_layer_same_origin() {
+            let (holdfast, _incoming) = Holdfast::builder().build();
+            check(holdfast, "http://server.test").await;
+        }
+
+        /// With shared requests turned off, `POST` on `/sse` and `/poll` is
+        /// not routed: `405` for pages that may talk to the server.
+        #[tokio::test]
+        async fn without_shared_requests_the_other_routes_are_still_behind_it() {
+            let mut config = ServerConfig::default();
+            config.session.max_shared_sessions = 0;
+            let (holdfast, _incoming) = Holdfast::builder().config(config).build();
+            for (method, uri, body) in requests() {
+                let (status, refusal) = answer(&holdfast, method, uri, body, Some(EVIL)).await;
+                assert!(
+                    is_origin_refusal(status, &refusal),
+                    "{method} {uri}: {status}"
+                );
+            }
+            let (status, _) = answer(&holdfast, "POST", "/rt/poll?v=1", "[]", None).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        }
     }
 }

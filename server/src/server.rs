@@ -259,22 +259,26 @@ impl Holdfast {
     }
 
     /// The endpoints under `mount`, as one node serves them.
+    ///
+    /// The session endpoints sit behind one Origin layer
+    /// ([`origin::enforce`](crate::origin::enforce)): each request is
+    /// checked there once, before its handler runs. The JavaScript client
+    /// is not: any page may load the script (the requests it then makes
+    /// are checked). CORS, when cross-origin pages are allowed, wraps the
+    /// HTTP endpoints outside the Origin layer, so a refusal carries the
+    /// same CORS headers as any other answer.
     fn endpoints<S>(&self, mount: &str) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
     {
         let path = |name: &str| format!("{mount}/{name}");
-        let http_routes = Router::new()
-            .route(&path("client.js"), get(crate::client_js::latest))
-            .route(
-                &path(crate::client_js::VERSIONED_NAME),
-                get(crate::client_js::versioned),
-            )
-            .route(&path("send"), post(transport::send::handle));
+        let origin_checked =
+            axum::middleware::from_fn_with_state(self.state.clone(), crate::origin::enforce);
+        let http_sessions = Router::new().route(&path("send"), post(transport::send::handle));
         // Shared requests (PROTOCOL.md §11): `POST` on the same paths.
         // Turned off, they are not routed, and axum answers `405`.
-        let http_routes = if self.state.config.session.max_shared_sessions > 0 {
-            http_routes
+        let http_sessions = if self.state.config.session.max_shared_sessions > 0 {
+            http_sessions
                 .route(
                     &path("sse"),
                     get(transport::sse::handle).post(transport::shared::sse::handle),
@@ -284,18 +288,26 @@ impl Holdfast {
                     get(transport::poll::handle).post(transport::shared::poll::handle),
                 )
         } else {
-            http_routes
+            http_sessions
                 .route(&path("sse"), get(transport::sse::handle))
                 .route(&path("poll"), get(transport::poll::handle))
         };
+        let http_routes = http_sessions
+            .layer(origin_checked.clone())
+            .route(&path("client.js"), get(crate::client_js::latest))
+            .route(
+                &path(crate::client_js::VERSIONED_NAME),
+                get(crate::client_js::versioned),
+            );
         let http_routes = match self.state.origins.cors_layer() {
             Some(cors) => http_routes.layer(cors),
             None => http_routes,
         };
-        Router::new()
+        // WebSocket has no CORS: browsers do not apply it to upgrades.
+        let ws = Router::new()
             .route(&path("ws"), get(transport::ws::handle))
-            .merge(http_routes)
-            .with_state(self.state.clone())
+            .layer(origin_checked);
+        ws.merge(http_routes).with_state(self.state.clone())
     }
 
     /// The topic named `name`: publish to it, subscribe sessions to it,

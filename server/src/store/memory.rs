@@ -16,7 +16,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, not `std`'s: a record's TTL runs on paused test time too.
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use holdfast_protocol::Message;
@@ -411,6 +414,20 @@ mod tests {
 
     fn text(s: &'static str) -> Message {
         Message::text(s)
+    }
+
+    /// A stored session lives for its TTL on tokio's clock, so tests with
+    /// paused time see it expire (a `std` clock would never move).
+    #[tokio::test(start_paused = true)]
+    async fn a_record_expires_after_its_ttl_in_paused_time() {
+        let cluster = MemoryCluster::new();
+        let node = cluster.node();
+        let ttl = Duration::from_secs(60);
+        assert_eq!(node.create("t", &session(), ttl).await.ok(), Some(1));
+        tokio::time::sleep(ttl - Duration::from_millis(1)).await;
+        assert_eq!(cluster.sessions(), 1, "expired before its TTL");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(cluster.sessions(), 0, "still held after its TTL");
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //!
 //! Opening is split in two so that WebSocket can refuse after its upgrade
 //! (browsers cannot read the status of a refused upgrade): [`prepare`] runs
-//! on the request (origin, query, authentication), [`attach`] when the
+//! on the request (query, authentication, limits; the origin was checked
+//! by the Origin layer before the handler ran), [`attach`] when the
 //! transport is ready to carry frames.
 
 mod body;
@@ -155,7 +156,8 @@ pub(crate) enum Prepared {
     Probe,
 }
 
-/// Checks a downstream request: origin and query; for a request naming a
+/// Checks a downstream request (its origin was checked by the Origin layer
+/// before it got here): the query; for a request naming a
 /// session, the authentication hook again (the session must exist and the
 /// request carry its owner's identity); for a new session, the session
 /// limits (server-wide, then the client address's rate) and then the
@@ -168,13 +170,12 @@ pub(crate) async fn prepare(
     kind: TransportKind,
     last_event_id: Option<u64>,
 ) -> Result<Prepared, Reject> {
-    state.check_origin(&headers, peer)?;
     let mut query = ConnectQuery::read(&headers, uri.query(), kind == TransportKind::WebSocket)?;
     query.last = query.last.max(last_event_id.unwrap_or(0));
     prepare_session(state, headers, uri, peer, kind, query).await
 }
 
-/// [`prepare`] once the origin is checked and the query read — or, for a
+/// [`prepare`] once the query is read — or, for a
 /// session carried by a shared request (`PROTOCOL.md` §11), once its entry
 /// in the body is: the key and `last` come from `query`, the rest (the
 /// authentication hook's input, the client address) from the request.

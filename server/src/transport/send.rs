@@ -14,19 +14,17 @@ use http::{HeaderMap, Uri};
 use super::body::{BodyError, read_limited, timed_out};
 use super::{ConnectQuery, batch_response, reauthorize};
 use crate::auth::RequestKind;
-use crate::peer::Peer;
 use crate::reject::Reject;
 use crate::server::ServerState;
 use crate::session::now;
 
 pub(crate) async fn handle(
     State(state): State<Arc<ServerState>>,
-    peer: Peer,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Response {
-    match receive(&state, peer, &headers, &uri, body).await {
+    match receive(&state, &headers, &uri, body).await {
         Ok(response) => response,
         Err(reject) => reject.into_http(),
     }
@@ -34,12 +32,11 @@ pub(crate) async fn handle(
 
 async fn receive(
     state: &ServerState,
-    peer: Peer,
     headers: &HeaderMap,
     uri: &Uri,
     body: Body,
 ) -> Result<Response, Reject> {
-    state.check_origin(headers, peer)?;
+    // The origin was checked by the Origin layer, before the body.
     let query = ConnectQuery::read(headers, uri.query(), false)?;
     let key = query
         .key

@@ -37,11 +37,9 @@ pub(crate) async fn handle(
     uri: Uri,
     upgrade: Upgrade,
 ) -> Response {
-    // The one refusal made before the upgrade: pages from foreign origins
-    // get nothing at all.
-    if let Err(reject) = state.check_origin(&headers, peer) {
-        return reject.into_http();
-    }
+    // Pages from foreign origins never get here: the Origin layer
+    // (`origin::enforce`) refused them before the upgrade. Every other
+    // refusal is made after it, as frames on the socket.
     let prepared = prepare(&state, headers, uri, peer, TransportKind::WebSocket, None).await;
     let session = &state.config.session;
     let max_batch = session.max_batch;

@@ -61,7 +61,7 @@ async fn accept(
     body: Body,
     kind: TransportKind,
 ) -> Result<(Vec<Member>, SharedBatch), Response> {
-    let entries = request::read(state, peer, headers, uri, body).await?;
+    let entries = request::read(state, headers, uri, body).await?;
     Ok(split(take(state, headers, uri, peer, kind, entries).await))
 }
 

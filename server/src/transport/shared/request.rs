@@ -10,7 +10,6 @@ use holdfast_protocol::CloseCode;
 use http::{HeaderMap, Uri};
 use serde::Deserialize;
 
-use crate::peer::Peer;
 use crate::reject::Reject;
 use crate::server::ServerState;
 use crate::transport::ConnectQuery;
@@ -57,21 +56,17 @@ struct RawEntry {
     last: Option<u64>,
 }
 
-/// Checks a shared request and reads its body. A refusal is the whole
-/// answer: `403` (origin), `400` close 4400 (version, a key outside the
+/// Checks a shared request and reads its body (its origin was checked by the
+/// Origin layer: every session it carries has the same one). A refusal is
+/// the whole answer: `400` close 4400 (version, a key outside the
 /// body, a malformed body), `413` close 1009 (body over its limit), `408`
 /// (body too slow).
 pub(crate) async fn read(
     state: &ServerState,
-    peer: Peer,
     headers: &HeaderMap,
     uri: &Uri,
     body: Body,
 ) -> Result<Vec<Entry>, Response> {
-    // Once for the request: every session it carries has the same origin.
-    state
-        .check_origin(headers, peer)
-        .map_err(Reject::into_http)?;
     check_url_and_headers(headers, uri).map_err(Reject::into_http)?;
     let max = state.config.session.max_shared_sessions;
     let limit = max.saturating_mul(BYTES_PER_SESSION);
