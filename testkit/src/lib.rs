@@ -18,9 +18,30 @@
 //! `Connection: close` and hop-by-hop headers removed, streams the response
 //! back until the upstream closes, then closes the client connection. A 101
 //! turns the connection into a tunnel. What goes wrong is a [`Behavior`],
-//! replaced at any time with [`Proxy::set`]; [`Proxy::stats`] counts what
-//! happened and [`Proxy::cut_all`] drops every live connection. Dropping the
-//! `Proxy` stops it and every connection task.
+//! replaced at any time with [`Proxy::set`], plus the [`Answer`]s installed
+//! with [`Proxy::answer`] (the proxy's own response to the next `n`
+//! matching requests: a gateway's 502, a server's 503). [`Proxy::stats`]
+//! counts what happened; [`Proxy::cut_all`], [`Proxy::cut_paths`] and
+//! [`Proxy::silence_tunnels`] act on the connections open right now.
+//! Dropping the `Proxy` stops it and every connection task.
+//!
+//! # As a program: `hostile-proxy`
+//!
+//! Test suites in other languages (the JavaScript client's, in
+//! `client/js/test/support/proxy.js`) run the same proxy as a program:
+//!
+//! ```text
+//! cargo build -p holdfast-testkit --bin hostile-proxy
+//! target/debug/hostile-proxy --upstream 127.0.0.1:8080 [--route /test/=127.0.0.1:8081]
+//! ```
+//!
+//! It prints `{"addr":"127.0.0.1:<port>","port":<port>}` as its first line,
+//! then takes one JSON command a line on stdin (`{"cmd":"set",
+//! "refuse_upgrade":403}`, `{"cmd":"cut"}`, `{"cmd":"answer","status":502,
+//! "times":3}`, `{"cmd":"stats"}`, …) and answers each with one JSON line
+//! on stdout. It exits when its stdin closes, so a test run that dies
+//! leaves no proxy behind. The commands are listed in
+//! `testkit/src/bin/hostile-proxy.rs`.
 //!
 //! # Limits
 //!

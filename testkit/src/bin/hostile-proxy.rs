@@ -437,3 +437,66 @@ fn main() -> ExitCode {
     drop(proxy);
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Options, String> {
+        parse_options(list.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn command_line() {
+        let o = args(&[
+            "--upstream",
+            "127.0.0.1:80",
+            "--route",
+            "/test/=127.0.0.1:81",
+        ])
+        .unwrap();
+        assert_eq!(o.upstream, Some("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(
+            o.routes,
+            [("/test/".to_owned(), "127.0.0.1:81".parse().unwrap())]
+        );
+        assert!(args(&["--help"]).unwrap().help);
+        for bad in [
+            &["--upstream"][..],
+            &["--upstream", "localhost"],
+            &["--route", "/test/"],
+            &["--route", "test=127.0.0.1:1"],
+            &["--port", "1"],
+        ] {
+            assert!(args(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn set(json: &str) -> Result<Behavior, String> {
+        match serde_json::from_str(json).map_err(|e| e.to_string())? {
+            Command::Set(b) => behavior(b),
+            other => panic!("not a set: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn behaviours() {
+        assert_eq!(set(r#"{"cmd":"set"}"#).unwrap(), Behavior::default());
+        let b = set(
+            r#"{"cmd":"set","buffer":{"paths":{"ends_with":"/sse"}},"cut":{"bytes":0},
+                "silence_after_upgrade":{"ms":5},"upgrade_delay_ms":7}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            Behavior::default()
+                .buffer_responses(usize::MAX, PathFilter::ends_with("/sse"))
+                .cut_after(After::IMMEDIATELY)
+                .silence_after_upgrade(After::millis(5))
+                .delay_upgrades(Duration::from_millis(7))
+        );
+        assert!(set(r#"{"cmd":"set","error_page":{"status":600}}"#).is_err());
+        assert!(set(r#"{"cmd":"set","buffer":{"paths":{"starts_with":"/"}}}"#).is_err());
+        assert!(set(r#"{"cmd":"set","latency_ms":-1}"#).is_err());
+    }
+}
