@@ -154,8 +154,23 @@ for (const transports of [["websocket"], ["sse"], ["long-poll"], undefined]) {
     }
 
     test("a cut before the first message resumes an empty session", async () => {
+      const endpoint = { sse: "sse", "long-poll": "poll" }[name] ?? "ws";
+      const before = (await proxy.stats()).counts[endpoint];
       const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports });
       await nextEvent(client, "open", 5000);
+      // Cut while the session idles on its held stream, socket or poll:
+      // on long-polling the first poll opened the session and the next one
+      // is held (the proxy opens a connection per request, so a poll not
+      // yet sent would escape the cut).
+      const held = endpoint === "poll" ? 2 : 1;
+      await until(
+        async () => {
+          const { counts, inFlight } = await proxy.stats();
+          return counts[endpoint] - before >= held && inFlight[endpoint] >= 1;
+        },
+        5000,
+        `a held ${endpoint} request at the proxy`,
+      );
       const resumed = nextEvent(client, "resumed", 5000);
       await proxy.cut();
       await resumed;

@@ -31,13 +31,14 @@ export function nextEvent(target, type, ms, filter = () => true) {
 /** Resolves once `condition()` holds (it may return a promise, e.g. of
  * the proxy's stats), checking every 20 ms, within `ms`. */
 export function until(condition, ms, describe) {
+  let over = false;
   return within(
     ms,
     new Promise((resolve, reject) => {
       const check = async () => {
         try {
           if (await condition()) resolve();
-          else setTimeout(check, 20);
+          else if (!over) setTimeout(check, 20);
         } catch (error) {
           reject(error);
         }
@@ -45,7 +46,7 @@ export function until(condition, ms, describe) {
       check();
     }),
     describe,
-  );
+  ).finally(() => (over = true));
 }
 
 /** Records every event of a client, in order. */
