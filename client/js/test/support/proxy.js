@@ -284,7 +284,6 @@ export async function startProxy(upstreamPort) {
         connections: stats.live,
         maxConnections: stats.max_live,
         largestSend: byEndpoint(stats.largest_body, Math.max).send,
-        raw: stats,
       };
     },
     async close() {
