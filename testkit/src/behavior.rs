@@ -133,7 +133,8 @@ pub struct Cut {
 /// the fields. Install with [`Proxy::set`](crate::Proxy::set); see each field
 /// for whether a change reaches connections already open.
 ///
-/// Precedence for one request: [`error_page`](Self::error_page) first, then
+/// Precedence for one request: an installed [`Answer`](crate::Answer)
+/// first, then [`error_page`](Self::error_page), then
 /// [`refuse_upgrade`](Self::refuse_upgrade); everything else composes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Behavior {

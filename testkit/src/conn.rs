@@ -53,6 +53,73 @@ enum Route {
     Stream(TcpStream),
 }
 
+/// What the proxy's commands ([`Proxy::cut_paths`](crate::Proxy::cut_paths),
+/// [`Proxy::silence_tunnels`](crate::Proxy::silence_tunnels)) reach in a
+/// live connection.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    /// The request's path, once its head was read.
+    path: OnceLock<String>,
+    /// Forwarding stopped (after an upgrade).
+    silent: AtomicBool,
+    /// The connection became a tunnel (upgrade or raw `CONNECT`).
+    tunneled: AtomicBool,
+    /// Ends the connection (a stored permit: no wake-up is lost).
+    kicked: Notify,
+}
+
+impl Control {
+    pub(crate) fn path(&self) -> Option<&str> {
+        self.path.get().map(String::as_str)
+    }
+
+    pub(crate) fn cut(&self) {
+        self.kicked.notify_one();
+    }
+
+    /// Silences the connection if it is a tunnel.
+    pub(crate) fn silence_tunnel(&self) {
+        if self.tunneled.load(Ordering::Relaxed) {
+            self.silent.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Takes a connection out of the registry when its task ends or is aborted.
+struct Registered<'a>(&'a Shared, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.unregister(self.1);
+    }
+}
+
+/// Counts a request as open until its connection ends.
+struct Open<'a> {
+    shared: &'a Shared,
+    path: String,
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.shared.update(|s| {
+            if let Some(n) = s.open.get_mut(&self.path) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    s.open.remove(&self.path);
+                }
+            }
+        });
+    }
+}
+
+/// Whether a request target's query holds `probe=1`.
+fn is_probe(target: &str) -> bool {
+    target
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split(['&', '#']).any(|pair| pair == "probe=1"))
+}
+
 /// The state of one connection, shared by its two directions.
 pub(crate) struct Conn {
     shared: Arc<Shared>,
@@ -60,8 +127,12 @@ pub(crate) struct Conn {
     started: Instant,
     /// Bytes written downstream.
     down: AtomicU64,
-    /// Forwarding stopped (after an upgrade).
-    silent: AtomicBool,
+    /// Bytes written upstream.
+    up: AtomicU64,
+    /// For a request with a body: where the body starts in `up`, and the
+    /// request's path.
+    body: OnceLock<(u64, String)>,
+    control: Arc<Control>,
     /// When the tunnel (upgrade) began, and `down` at that moment.
     tunnel: OnceLock<(Instant, u64)>,
     tunnel_began: Notify,
@@ -75,12 +146,17 @@ pub(crate) async fn run(
     cuts: watch::Receiver<u64>,
 ) {
     let _ = client.set_nodelay(true);
+    let control = Arc::new(Control::default());
+    shared.register(index, control.clone());
+    let _registered = Registered(&shared, index);
     let conn = Conn {
-        shared,
+        shared: shared.clone(),
         index,
         started: Instant::now(),
         down: AtomicU64::new(0),
-        silent: AtomicBool::new(false),
+        up: AtomicU64::new(0),
+        body: OnceLock::new(),
+        control,
         tunnel: OnceLock::new(),
         tunnel_began: Notify::new(),
     };
@@ -118,11 +194,11 @@ impl Conn {
     }
 
     fn silent(&self) -> bool {
-        self.silent.load(Ordering::Relaxed)
+        self.control.silent.load(Ordering::Relaxed)
     }
 
     fn silence(&self) {
-        if !self.silent.swap(true, Ordering::Relaxed) {
+        if !self.control.silent.swap(true, Ordering::Relaxed) {
             tracing::debug!(connection = self.index, "tunnel silenced");
         }
     }
@@ -131,6 +207,7 @@ impl Conn {
         let _ = self
             .tunnel
             .set((Instant::now(), self.down.load(Ordering::Relaxed)));
+        self.control.tunneled.store(true, Ordering::Relaxed);
         self.tunnel_began.notify_waiters();
     }
 
@@ -234,7 +311,20 @@ impl Conn {
             return false;
         }
         let n = data.len() as u64;
-        self.shared.update(|s| s.bytes_up += n);
+        let total = self.up.fetch_add(n, Ordering::Relaxed) + n;
+        let body = self.body.get().filter(|_| self.tunnel.get().is_none());
+        self.shared.update(|s| {
+            s.bytes_up += n;
+            if let Some((start, path)) = body {
+                let size = total.saturating_sub(*start);
+                match s.largest_body.get_mut(path) {
+                    Some(largest) => *largest = (*largest).max(size),
+                    None => {
+                        s.largest_body.insert(path.clone(), size);
+                    }
+                }
+            }
+        });
         true
     }
 
@@ -331,6 +421,7 @@ impl Conn {
             tokio::select! {
                 _ = sleep_opt(deadline) => return End::Cut,
                 _ = cuts.changed() => return End::Cut,
+                _ = self.control.kicked.notified() => return End::Cut,
                 changed = behavior.changed() => {
                     if changed.is_err() {
                         return End::Cut;
@@ -379,10 +470,13 @@ impl Conn {
     /// Answers the client with the proxy's own HTML page and closes.
     async fn answer(&self, client: &mut TcpStream, status: u16, detail: &str) -> End {
         tracing::debug!(connection = self.index, status, detail, "proxy answers");
-        if let Err(end) = self
-            .write_down(client, &head::error_page(status, detail))
+        self.respond(client, &head::error_page(status, detail))
             .await
-        {
+    }
+
+    /// Sends the client `response` (whole) and closes.
+    async fn respond(&self, client: &mut TcpStream, response: &[u8]) -> End {
+        if let Err(end) = self.write_down(client, response).await {
             return end;
         }
         let _ = client.shutdown().await;
@@ -417,7 +511,7 @@ impl Conn {
             return self.connect(client, head, rest).await;
         }
         if head.target.starts_with('/') {
-            let Some(upstream) = self.shared.upstream else {
+            let Some(upstream) = self.shared.upstream_for(head::path_of(&head.target)) else {
                 return self
                     .answer(
                         client,
@@ -517,12 +611,33 @@ impl Conn {
         };
         let path = head::path_of(&origin).to_owned();
         let upgrade = head::is_upgrade(&head);
+        let probe = is_probe(&origin);
+        let _ = self.control.path.set(path.clone());
         self.shared.update(|s| {
             *s.requests.entry(path.clone()).or_default() += 1;
             if upgrade {
                 s.upgrade_requests += 1;
             }
+            if probe {
+                s.probes += 1;
+            }
+            let open = s.open.entry(path.clone()).or_default();
+            *open += 1;
+            let open = *open;
+            let max = s.max_open.entry(path.clone()).or_default();
+            *max = (*max).max(open);
         });
+        let _open = Open {
+            shared: &self.shared,
+            path: path.clone(),
+        };
+        if let Some(response) = self.shared.take_answer(&head.method, &path) {
+            tracing::debug!(
+                connection = self.index,
+                "an installed answer takes the request"
+            );
+            return self.respond(client, &response).await;
+        }
         let b = self.behavior();
         if let Some(page) = b.error_page.as_ref().filter(|p| p.paths.matches(&path)) {
             let detail = match page.status {
@@ -561,6 +676,9 @@ impl Conn {
         };
         let _ = upstream.set_nodelay(true);
         let mut first = head::forward_request(&head, &origin, host.as_deref(), upgrade);
+        if !upgrade {
+            let _ = self.body.set((first.len() as u64, path));
+        }
         first.extend_from_slice(&rest);
         let end = self
             .relay(client, &mut upstream, &first, Some(buffer))

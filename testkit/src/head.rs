@@ -298,21 +298,55 @@ pub(crate) fn parse_authority(target: &str) -> Option<(String, u16)> {
 
 /// An intermediary's HTML error page, whole response.
 pub(crate) fn error_page(status: u16, detail: &str) -> Vec<u8> {
-    let reason = http::StatusCode::from_u16(status)
+    response(
+        status,
+        &[("Content-Type", b"text/html")],
+        &error_body(status, detail),
+    )
+}
+
+/// The canonical reason phrase of `status`.
+fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let body = format!(
+        .unwrap_or("Error")
+}
+
+/// The HTML body of an intermediary's error page.
+pub(crate) fn error_body(status: u16, detail: &str) -> Vec<u8> {
+    let reason = reason(status);
+    format!(
         "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n\
          <center><h1>{status} {reason}</h1></center>\r\n<p>{detail}</p>\r\n\
          <hr><center>holdfast-testkit</center>\r\n</body>\r\n</html>\r\n"
-    );
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nServer: holdfast-testkit\r\n\
-         Content-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
     )
     .into_bytes()
+}
+
+/// A whole response the proxy sends itself: `headers`, then its own
+/// `Content-Length` and `Connection: close`, then `body`.
+pub(crate) fn response(status: u16, headers: &[(&str, &[u8])], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {status} {}\r\nServer: holdfast-testkit\r\n",
+            reason(status)
+        )
+        .as_bytes(),
+    );
+    for (name, value) in headers {
+        push_header(&mut out, name, value);
+    }
+    out.extend_from_slice(
+        format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body);
+    out
 }
 
 #[cfg(test)]

@@ -18,9 +18,30 @@
 //! `Connection: close` and hop-by-hop headers removed, streams the response
 //! back until the upstream closes, then closes the client connection. A 101
 //! turns the connection into a tunnel. What goes wrong is a [`Behavior`],
-//! replaced at any time with [`Proxy::set`]; [`Proxy::stats`] counts what
-//! happened and [`Proxy::cut_all`] drops every live connection. Dropping the
-//! `Proxy` stops it and every connection task.
+//! replaced at any time with [`Proxy::set`], plus the [`Answer`]s installed
+//! with [`Proxy::answer`] (the proxy's own response to the next `n`
+//! matching requests: a gateway's 502, a server's 503). [`Proxy::stats`]
+//! counts what happened; [`Proxy::cut_all`], [`Proxy::cut_paths`] and
+//! [`Proxy::silence_tunnels`] act on the connections open right now.
+//! Dropping the `Proxy` stops it and every connection task.
+//!
+//! # As a program: `hostile-proxy`
+//!
+//! Test suites in other languages (the JavaScript client's, in
+//! `client/js/test/support/proxy.js`) run the same proxy as a program:
+//!
+//! ```text
+//! cargo build -p holdfast-testkit --bin hostile-proxy
+//! target/debug/hostile-proxy --upstream 127.0.0.1:8080 [--route /test/=127.0.0.1:8081]
+//! ```
+//!
+//! It prints `{"addr":"127.0.0.1:<port>","port":<port>}` as its first line,
+//! then takes one JSON command a line on stdin (`{"cmd":"set",
+//! "refuse_upgrade":403}`, `{"cmd":"cut"}`, `{"cmd":"answer","status":502,
+//! "times":3}`, `{"cmd":"stats"}`, …) and answers each with one JSON line
+//! on stdout. It exits when its stdin closes, so a test run that dies
+//! leaves no proxy behind. The commands are listed in
+//! `testkit/src/bin/hostile-proxy.rs`.
 //!
 //! # Limits
 //!
@@ -79,12 +100,13 @@
 //! # }
 //! ```
 
+mod answer;
 mod behavior;
 mod conn;
 mod head;
 mod redis;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -94,6 +116,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use answer::{Answer, AnswerId};
 pub use behavior::{After, Behavior, Buffering, Cut, ErrorPage, PathFilter};
 pub use redis::{RedisCluster, RedisServer, RedisServerBuilder};
 
@@ -118,8 +141,25 @@ pub struct Stats {
     pub bytes_up: u64,
     /// Bytes written to clients (the proxy's own answers included).
     pub bytes_down: u64,
-    /// Connections the proxy ended itself: cut, reset or [`Proxy::cut_all`].
+    /// Connections the proxy ended itself: cut, reset, [`Proxy::cut_all`]
+    /// or [`Proxy::cut_paths`].
     pub cut: u64,
+    /// The most connections open at once (`live`), since the start or the
+    /// last [`Proxy::reset_max`].
+    pub max_live: u64,
+    /// Requests whose query string holds `probe=1`: holdfast clients mark
+    /// the attempts that probe a better transport so.
+    pub probes: u64,
+    /// Requests open now, by path: from the request head to the end of its
+    /// connection (a held poll, an event stream, a WebSocket tunnel).
+    pub open: BTreeMap<String, u64>,
+    /// The most requests open at once, by path, since the start or the last
+    /// [`Proxy::reset_max`].
+    pub max_open: BTreeMap<String, u64>,
+    /// The largest request body forwarded upstream, by path (raw bytes after
+    /// the head, chunked framing included; upgrades not counted), since the
+    /// start or the last [`Proxy::reset_max`].
+    pub largest_body: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -131,22 +171,84 @@ impl Stats {
             .map(|(_, n)| n)
             .sum()
     }
+
+    /// Requests open now whose path ends with `suffix`.
+    pub fn open_to(&self, suffix: &str) -> u64 {
+        self.open
+            .iter()
+            .filter(|(path, _)| path.ends_with(suffix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The most requests open at once on one path ending with `suffix`
+    /// (the largest of those paths' [`max_open`](Self::max_open)).
+    pub fn max_open_to(&self, suffix: &str) -> u64 {
+        self.max_open
+            .iter()
+            .filter(|(path, _)| path.ends_with(suffix))
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The largest request body forwarded on a path ending with `suffix`.
+    pub fn largest_body_to(&self, suffix: &str) -> u64 {
+        self.largest_body
+            .iter()
+            .filter(|(path, _)| path.ends_with(suffix))
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// State shared by the handle and every connection task.
 pub(crate) struct Shared {
     upstream: Option<SocketAddr>,
+    /// Path prefixes served by another upstream, first match wins.
+    routes: Vec<(String, SocketAddr)>,
     behavior: watch::Sender<Arc<Behavior>>,
     cuts: watch::Sender<u64>,
     stats: Mutex<Stats>,
     changed: Notify,
+    answers: Mutex<answer::Answers>,
+    /// Every live connection, for the commands aimed at some of them.
+    conns: Mutex<HashMap<u64, Arc<conn::Control>>>,
 }
 
 impl Shared {
     pub(crate) fn update(&self, f: impl FnOnce(&mut Stats)) {
-        f(&mut self.stats.lock().unwrap_or_else(PoisonError::into_inner));
+        f(&mut lock(&self.stats));
         self.changed.notify_waiters();
     }
+
+    /// Where an origin-form request for `path` goes.
+    pub(crate) fn upstream_for(&self, path: &str) -> Option<SocketAddr> {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, addr)| *addr)
+            .or(self.upstream)
+    }
+
+    /// The response of an installed [`Answer`] taking this request.
+    pub(crate) fn take_answer(&self, method: &str, path: &str) -> Option<Vec<u8>> {
+        lock(&self.answers).take(method, path)
+    }
+
+    pub(crate) fn register(&self, index: u64, control: Arc<conn::Control>) {
+        lock(&self.conns).insert(index, control);
+    }
+
+    pub(crate) fn unregister(&self, index: u64) {
+        lock(&self.conns).remove(&index);
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Decrements `live` when a connection task ends (or is aborted).
@@ -162,6 +264,7 @@ impl Drop for LiveGuard {
 #[derive(Debug, Default)]
 pub struct ProxyBuilder {
     upstream: Option<SocketAddr>,
+    routes: Vec<(String, SocketAddr)>,
     behavior: Behavior,
 }
 
@@ -170,6 +273,15 @@ impl ProxyBuilder {
     /// proxy answers them 502 and works as a forward proxy only.
     pub fn upstream(mut self, addr: SocketAddr) -> Self {
         self.upstream = Some(addr);
+        self
+    }
+
+    /// Origin-form requests whose path starts with `prefix` (e.g.
+    /// `"/test/"`) go to `addr` instead of the upstream: a second server
+    /// behind the same origin, such as the pages of a browser test. The
+    /// first matching route wins; behaviours and answers apply alike.
+    pub fn route(mut self, prefix: impl Into<String>, addr: SocketAddr) -> Self {
+        self.routes.push((prefix.into(), addr));
         self
     }
 
@@ -185,10 +297,13 @@ impl ProxyBuilder {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             upstream: self.upstream,
+            routes: self.routes,
             behavior: watch::Sender::new(Arc::new(self.behavior)),
             cuts: watch::Sender::new(0),
             stats: Mutex::new(Stats::default()),
             changed: Notify::new(),
+            answers: Mutex::new(answer::Answers::default()),
+            conns: Mutex::new(HashMap::new()),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         tracing::debug!(%addr, upstream = ?self.upstream, "test proxy listening");
@@ -214,6 +329,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     shared.update(|s| {
                         s.connections += 1;
                         s.live += 1;
+                        s.max_live = s.max_live.max(s.live);
                     });
                     let guard = LiveGuard(shared.clone());
                     let shared = shared.clone();
@@ -296,13 +412,52 @@ impl Proxy {
         self.shared.cuts.send_modify(|n| *n += 1);
     }
 
+    /// Closes every connection open right now whose request path matches
+    /// (e.g. `PathFilter::ends_with("/sse")`: the event streams), as
+    /// [`cut_all`](Self::cut_all) does; connections still reading their
+    /// request head, and later ones, are not affected.
+    pub fn cut_paths(&self, paths: &PathFilter) {
+        for control in lock(&self.shared.conns).values() {
+            if control.path().is_some_and(|p| paths.matches(p)) {
+                control.cut();
+            }
+        }
+    }
+
+    /// Silences every tunnel (upgraded connection) open right now, as
+    /// [`Behavior::silence_after_upgrade`] does, but leaves later tunnels
+    /// alone: a middlebox that lost its state.
+    pub fn silence_tunnels(&self) {
+        for control in lock(&self.shared.conns).values() {
+            control.silence_tunnel();
+        }
+    }
+
+    /// Installs `answer`: matching requests get it instead of being
+    /// forwarded, until it runs out or is withdrawn.
+    pub fn answer(&self, answer: Answer) -> AnswerId {
+        tracing::debug!(?answer, "test proxy answer installed");
+        lock(&self.shared.answers).install(answer)
+    }
+
+    /// Removes an installed answer; false if it had already run out.
+    pub fn withdraw(&self, id: AnswerId) -> bool {
+        lock(&self.shared.answers).withdraw(id)
+    }
+
+    /// Starts the high-water marks ([`Stats::max_live`],
+    /// [`Stats::max_open`], [`Stats::largest_body`]) over from now.
+    pub fn reset_max(&self) {
+        self.shared.update(|s| {
+            s.max_live = s.live;
+            s.max_open = s.open.clone();
+            s.largest_body.clear();
+        });
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        self.shared
-            .stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.shared.stats).clone()
     }
 
     /// Waits until `condition` holds for the counters, and returns them.

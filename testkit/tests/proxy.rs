@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use holdfast_testkit::{After, Behavior, PathFilter, Proxy};
+use holdfast_testkit::{After, Answer, Behavior, PathFilter, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -583,4 +583,317 @@ async fn bad_input_gets_an_answer_not_a_panic() {
     // Still serving.
     let (status, _) = fetch(&direct_client(), &format!("{}/realtime/poll", proxy.url())).await;
     assert_eq!(status, 200);
+}
+
+/// `POST <path>` with `body`.
+fn post_request(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+#[tokio::test]
+async fn answers_take_matching_requests_until_they_run_out_or_are_withdrawn() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(upstream.addr).await.unwrap();
+
+    // A server refusing sends twice, then the real one answers.
+    proxy.answer(
+        Answer::new(503)
+            .method("POST")
+            .paths(PathFilter::ends_with("/send"))
+            .json(r#"[{"t":"detach","code":4503}]"#)
+            .header(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            )
+            .times(2),
+    );
+    for _ in 0..2 {
+        let raw = exchange(proxy.addr(), &post_request("/realtime/send", b"[]")).await;
+        let (status, head, body) = split(&raw);
+        assert_eq!(status, 503);
+        assert!(head.contains("\r\nretry-after: 1\r\n"), "{head}");
+        assert!(head.contains("application/json"), "{head}");
+        assert_eq!(body, br#"[{"t":"detach","code":4503}]"#);
+    }
+    // Other methods and paths were never taken; now the sends go through.
+    let (status, _, _) = split(&exchange(proxy.addr(), &get_request("/realtime/send")).await);
+    assert_eq!(
+        status, 405,
+        "GET reaches the upstream (which takes POST only)"
+    );
+    let raw = exchange(proxy.addr(), &post_request("/realtime/send", b"[1]")).await;
+    assert_eq!(split(&raw).2, b"[1]");
+
+    // Upgrades are answered too: a gateway error page, once.
+    proxy.answer(
+        Answer::new(502)
+            .paths(PathFilter::ends_with("/ws"))
+            .times(1),
+    );
+    let (status, body) = refusal(ws_connect(proxy.addr()).await);
+    assert_eq!(status, 502);
+    assert!(body.contains("502 Bad Gateway"), "{body}");
+    let mut ws = ws_connect(proxy.addr()).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "open");
+
+    // Until withdrawn: every request.
+    let id = proxy.answer(Answer::new(405).empty());
+    for _ in 0..3 {
+        let (status, _, body) = split(&exchange(proxy.addr(), &get_request("/a")).await);
+        assert_eq!((status, body.len()), (405, 0));
+    }
+    assert!(proxy.withdraw(id));
+    assert!(!proxy.withdraw(id), "already withdrawn");
+    let (status, _, body) = split(&exchange(proxy.addr(), &get_request("/a")).await);
+    assert_eq!((status, body.as_slice()), (200, &b"hello from /a"[..]));
+
+    let stats = proxy.stats();
+    assert_eq!(stats.requests_to("/send"), 4, "answered requests count");
+    assert_eq!(stats.requests_to("/a"), 4);
+    assert_eq!((stats.upgrade_requests, stats.upgrades), (2, 1));
+}
+
+#[tokio::test]
+async fn cut_paths_ends_only_the_matching_requests() {
+    let mut upstream = Upstream::start().await;
+    let proxy = Proxy::start(upstream.addr).await.unwrap();
+    let mut ws = ws_connect(proxy.addr()).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "open");
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(&get_request("/realtime/stream"))
+        .await
+        .unwrap();
+    let _events = upstream.next_stream().await;
+    assert_eq!(read_head(&mut stream).await.0, 200);
+
+    proxy.cut_paths(&PathFilter::ends_with("/stream"));
+    read_to_end(&mut stream).await;
+    let stats = within("the stream cut", proxy.wait_until(|s| s.live == 1)).await;
+    assert_eq!(stats.cut, 1);
+    echo(&mut ws, "still here").await;
+
+    // Later requests to the path are not affected.
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(&get_request("/realtime/stream"))
+        .await
+        .unwrap();
+    let events = upstream.next_stream().await;
+    let (status, _, _) = read_head(&mut stream).await;
+    assert_eq!(status, 200);
+    events.send(Bytes::from_static(b"data: x\n\n")).unwrap();
+    drop(events);
+    let rest = String::from_utf8(read_to_end(&mut stream).await).unwrap();
+    assert!(rest.contains("data: x"), "{rest:?}");
+}
+
+#[tokio::test]
+async fn silence_tunnels_silences_the_open_ones_only() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(upstream.addr).await.unwrap();
+    let mut old = ws_connect(proxy.addr()).await.unwrap();
+    assert_eq!(next_text(&mut old).await, "open");
+    // Not a tunnel yet: a request still under way is left alone.
+    let mut pending = TcpStream::connect(proxy.addr()).await.unwrap();
+
+    proxy.silence_tunnels();
+    old.send(Message::text("anyone?")).await.unwrap();
+    assert_quiet(&mut old).await;
+
+    let mut new = ws_connect(proxy.addr()).await.unwrap();
+    assert_eq!(next_text(&mut new).await, "open");
+    echo(&mut new, "fine").await;
+    pending
+        .write_all(&get_request("/realtime/plain"))
+        .await
+        .unwrap();
+    let (status, _, body) = split(&read_to_end(&mut pending).await);
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"hello from /realtime/plain"[..])
+    );
+    assert_eq!(proxy.stats().cut, 0);
+}
+
+#[tokio::test]
+async fn routes_send_a_path_prefix_to_another_upstream() {
+    let upstream = Upstream::start().await;
+    // The second server: answers one request with a mark of its own.
+    let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pages_addr = pages.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = pages.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while !buf.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        let body = format!("pages saw {}", head.lines().next().unwrap_or(""));
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tcp.write_all(answer.as_bytes()).await;
+    });
+    let proxy = Proxy::builder()
+        .upstream(upstream.addr)
+        .route("/test/", pages_addr)
+        .start()
+        .await
+        .unwrap();
+    let (status, body) = fetch(&direct_client(), &format!("{}/test/a.html?x", proxy.url())).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "pages saw GET /test/a.html?x HTTP/1.1")
+    );
+    let (status, body) = fetch(&direct_client(), &format!("{}/testing", proxy.url())).await;
+    assert_eq!((status, body.as_str()), (200, "hello from /testing"));
+}
+
+#[tokio::test]
+async fn stats_count_probes_open_requests_and_largest_bodies() {
+    let mut upstream = Upstream::start().await;
+    let proxy = Proxy::start(upstream.addr).await.unwrap();
+    let mut streams = Vec::new();
+    for path in ["/realtime/stream?probe=1", "/realtime/stream?x=1&probe=1"] {
+        let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        tcp.write_all(&get_request(path)).await.unwrap();
+        let events = upstream.next_stream().await;
+        assert_eq!(read_head(&mut tcp).await.0, 200);
+        streams.push((tcp, events));
+    }
+    let _ = exchange(proxy.addr(), &get_request("/realtime/plain?probe=10")).await;
+    let stats = proxy.stats();
+    assert_eq!(stats.probes, 2, "probe=1 only");
+    assert_eq!(stats.open_to("/stream"), 2);
+    assert_eq!(stats.max_open_to("/stream"), 2);
+    assert_eq!(stats.max_live, 3, "the two streams and the plain request");
+
+    // One stream ends: open goes down, the high-water marks stay until reset.
+    let (mut tcp, events) = streams.pop().unwrap();
+    drop(events);
+    read_to_end(&mut tcp).await;
+    let stats = within(
+        "one stream ended",
+        proxy.wait_until(|s| s.open_to("/stream") == 1),
+    )
+    .await;
+    assert_eq!(stats.max_open_to("/stream"), 2);
+    proxy.reset_max();
+    let stats = proxy.stats();
+    assert_eq!((stats.max_open_to("/stream"), stats.max_live), (1, 1));
+
+    for size in [10, 3000, 200] {
+        let raw = exchange(
+            proxy.addr(),
+            &post_request("/realtime/send", &vec![b'x'; size]),
+        )
+        .await;
+        assert_eq!(split(&raw).2.len(), size);
+    }
+    let stats = proxy.stats();
+    assert_eq!(stats.largest_body_to("/send"), 3000);
+    assert_eq!(stats.largest_body_to("/stream"), 0, "GETs have no body");
+    proxy.reset_max();
+    assert_eq!(proxy.stats().largest_body_to("/send"), 0);
+}
+
+/// One line from the program's stdout, as JSON.
+async fn reply<R>(lines: &mut tokio::io::Lines<R>) -> serde_json::Value
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let line = within("a line from hostile-proxy", lines.next_line())
+        .await
+        .unwrap()
+        .expect("hostile-proxy closed its stdout");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+#[tokio::test]
+async fn hostile_proxy_program_takes_commands_on_stdin_and_exits_when_it_closes() {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+
+    let upstream = Upstream::start().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hostile-proxy"))
+        .args(["--upstream", &upstream.addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = reply(&mut lines).await;
+    let port = u16::try_from(first["port"].as_u64().unwrap()).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(first["addr"], addr.to_string());
+
+    let mut command = async |text: &str| {
+        within("a command written", async {
+            stdin.write_all(text.as_bytes()).await.unwrap();
+            stdin.write_all(b"\n").await.unwrap();
+        })
+        .await;
+        reply(&mut lines).await
+    };
+    let ok = serde_json::json!({"ok": true});
+    assert_eq!(command(r#"{"cmd":"set","refuse_upgrade":403}"#).await, ok);
+    assert_eq!(refusal(ws_connect(addr).await).0, 403);
+    let answered = command(
+        r#"{"cmd":"answer","status":503,"times":1,"paths":{"ends_with":"/plain"},"body":"busy"}"#,
+    )
+    .await;
+    assert_eq!(answered["ok"], true);
+    let (status, _, body) = split(&exchange(addr, &get_request("/realtime/plain")).await);
+    assert_eq!((status, body.as_slice()), (503, &b"busy"[..]));
+    let (status, _, _) = split(&exchange(addr, &get_request("/realtime/plain")).await);
+    assert_eq!(status, 200);
+
+    // Bad commands are answered, change nothing, and the next one works.
+    for bad in [
+        "not json",
+        r#"{"cmd":"fly"}"#,
+        r#"{"cmd":"set","refuse_upgrade":99}"#,
+        r#"{"cmd":"answer","status":200,"headers":{"X":"a\nb"}}"#,
+    ] {
+        let answer = command(bad).await;
+        assert_eq!(answer["ok"], false, "{bad}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let long = "x".repeat((1 << 20) + 10);
+    let answer = command(&long).await;
+    assert!(
+        answer["error"].as_str().unwrap().contains("at most"),
+        "{answer}"
+    );
+    assert_eq!(refusal(ws_connect(addr).await).0, 403, "still refusing");
+
+    let answer = command(r#"{"cmd":"stats"}"#).await;
+    let stats = &answer["stats"];
+    assert_eq!(stats["requests"]["/realtime/plain"], 2);
+    assert_eq!(stats["upgrade_requests"], 2);
+    assert_eq!(command(r#"{"cmd":"cut"}"#).await, ok);
+    assert_eq!(
+        command(r#"{"cmd":"cut","paths":{"ends_with":"/sse"}}"#).await,
+        ok
+    );
+
+    // Stdin closes: the program stops listening and exits.
+    drop(stdin);
+    let status = within("hostile-proxy to exit", child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(TcpStream::connect(addr).await.is_err(), "still listening");
 }

@@ -8,8 +8,12 @@
 #      proxy refusing WebSocket, the chat example (with a screenshot), and
 #      three echo nodes sharing a redis-server behind nginx round-robin.
 #
+# The hostile proxy is the testkit's (testkit/src/bin/hostile-proxy.rs),
+# the same the Rust tests use, driven by test/support/proxy.js.
+#
 # Installs what it needs (chromium with apt-get, playwright-core with npm
-# ci, the examples with cargo build) and exits non-zero if a test failed.
+# ci, the examples and the proxy with cargo build) and exits non-zero if a
+# test failed.
 # Called by the repository's ./test.sh; also `npm test` in client/js.
 #
 #   UPDATE_SCREENSHOTS=1 test/run.sh    also rewrites test/screenshots/chat.png
@@ -51,8 +55,12 @@ if [ ! -d node_modules/playwright-core ]; then
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
 fi
 
-step "cargo build --example echo --example chat"
+step "cargo build --example echo --example chat; the hostile proxy"
 (cd "$root" && cargo build --locked --example echo --example chat)
+# The testkit's hostile proxy (test/support/proxy.js runs it). Built on its
+# own: together with the examples, cargo would unify their features and
+# rebuild the examples.
+(cd "$root" && cargo build --locked --quiet -p holdfast-testkit --bin hostile-proxy)
 
 # Node 20 and 21 have a WebSocket only behind a flag.
 ws_flag=()

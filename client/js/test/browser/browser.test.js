@@ -55,7 +55,7 @@ describe("browser", () => {
   }
 
   test("a hostile proxy refusing WebSocket upgrades: SSE within a second", async () => {
-    proxy.refuseWebSocket = true;
+    await proxy.set({ refuseWebSocket: true });
     try {
       const page = await harness();
       const result = await page.evaluate(
@@ -68,7 +68,7 @@ describe("browser", () => {
       assert.equal(result.received, 100);
       await page.close();
     } finally {
-      proxy.refuseWebSocket = false;
+      await proxy.set({ refuseWebSocket: false });
     }
   });
 
@@ -77,7 +77,7 @@ describe("browser", () => {
       const page = await harness();
       const context = browser.context;
       t.after(async () => {
-        proxy.down = false;
+        await proxy.set({ down: false });
         await context.setOffline(false);
       });
       // A long backoff: only the browser's `online` event (and then the
@@ -104,8 +104,8 @@ describe("browser", () => {
       await receiving("at first");
 
       // Cut: every connection dies, then the browser goes offline.
-      proxy.down = true;
-      proxy.cut();
+      await proxy.set({ down: true });
+      await proxy.cut();
       let now = await waitStatus(
         (s) => s.events.some((e) => e.type === "reconnecting"),
         "no reconnecting event",
@@ -117,7 +117,7 @@ describe("browser", () => {
       await page.waitForTimeout(300); // the page keeps sending meanwhile
 
       // Restore: `online` ends the 20 s backoff at once.
-      proxy.down = false;
+      await proxy.set({ down: false });
       await context.setOffline(false);
       await receiving("after the network came back");
       now = await status();
@@ -125,13 +125,13 @@ describe("browser", () => {
       assert.ok(now.events.some((e) => e.type === "resumed"), "resumed");
 
       // Again, woken by the tab becoming visible this time.
-      proxy.down = true;
-      proxy.cut();
+      await proxy.set({ down: true });
+      await proxy.cut();
       await waitStatus(
         (s) => s.events.filter((e) => e.type === "reconnecting").length >= 2,
         "no second reconnecting event",
       );
-      proxy.down = false;
+      await proxy.set({ down: false });
       await page.evaluate(() => document.dispatchEvent(new Event("visibilitychange")));
       await receiving("after the tab became visible");
 
@@ -169,7 +169,7 @@ describe("browser", () => {
       }
     };
     await flowing("at first");
-    proxy.silenceTunnels();
+    await proxy.silenceTunnels();
     await page.waitForTimeout(200);
     const stalled = (await status()).received;
     await page.waitForTimeout(200);

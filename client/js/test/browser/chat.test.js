@@ -75,7 +75,7 @@ test("three people on three transports chat in one room", async () => {
   ];
   const expected = [];
   for (const [index, [person, text]] of script.entries()) {
-    if (index === 4) proxy.cut(); // every connection drops mid-conversation
+    if (index === 4) await proxy.cut(); // every connection drops mid-conversation
     await say(person, text);
     expected.push(text);
     // Everyone sees it before the next line: a conversation, in order.
@@ -113,7 +113,7 @@ test("eight people in eight tabs on long-polling share one poll and chat", async
   // Over HTTP/1.1 a browser opens six connections per host: without one
   // shared poll for all the tabs, eight held polls would leave no
   // connection for anyone's messages (PROTOCOL.md §11.3).
-  proxy.resetMax();
+  await proxy.resetMax();
   const names = ["Ada", "Barbara", "Claude", "Dennis", "Edsger", "Frances", "Grace", "Hedy"];
   const people = [];
   for (const name of names) people.push(await join(name, "long-poll"));
@@ -137,7 +137,8 @@ test("eight people in eight tabs on long-polling share one poll and chat", async
       { timeout: 10000 },
     );
   }
-  assert.ok(proxy.maxInFlight.poll <= 2, `${proxy.maxInFlight.poll} polls at once`);
+  const { maxInFlight } = await proxy.stats();
+  assert.ok(maxInFlight.poll <= 2, `${maxInFlight.poll} polls at once`);
   for (const person of people) {
     assert.deepEqual(person.page.problems, [], person.name);
     await person.page.close();

@@ -101,8 +101,8 @@ async function closeAll(pages) {
 describe("many tabs, one connection", () => {
   for (const kind of ["long-poll", "sse"]) {
     test(`12 tabs on ${kind}: 20 messages each, every tab exactly its own echoes`, async () => {
-      proxy.resetMax();
-      const before = { ...proxy.counts };
+      await proxy.resetMax();
+      const before = (await proxy.stats()).counts;
       const pages = await openTabs(12, { ...FAST, transports: [kind] });
       await Promise.all(pages.map((page, i) => page.evaluate((label) => window.tabs.send(label, 20), `tab${i}`)));
       await allEchoed(pages);
@@ -112,15 +112,16 @@ describe("many tabs, one connection", () => {
         assert.equal(now.received, 20);
       }
       const endpoint = kind === "sse" ? "sse" : "poll";
+      const stats = await proxy.stats();
       const figures = {
-        requests: proxy.counts[endpoint] - before[endpoint],
-        maxHeldAtOnce: proxy.maxInFlight[endpoint],
-        maxConnections: proxy.maxConnections,
-        connectionsNow: proxy.connections,
+        requests: stats.counts[endpoint] - before[endpoint],
+        maxHeldAtOnce: stats.maxInFlight[endpoint],
+        maxConnections: stats.maxConnections,
+        connectionsNow: stats.connections,
       };
       console.log(`# 12 tabs on ${kind}: ${JSON.stringify(figures)}`);
       // One shared request at a time (plus one being replaced).
-      assert.ok(proxy.maxInFlight[endpoint] <= 2, `${proxy.maxInFlight[endpoint]} ${endpoint} requests at once`);
+      assert.ok(stats.maxInFlight[endpoint] <= 2, `${stats.maxInFlight[endpoint]} ${endpoint} requests at once`);
       await closeAll(pages);
     });
   }
@@ -246,22 +247,22 @@ describe("many tabs, one connection", () => {
     [400, "the shared request refused as a whole (400, close 4400)"],
   ]) {
     test(`${what}: the tabs go on with their own requests`, async (t) => {
-      proxy.refuseShared = code;
-      t.after(() => (proxy.refuseShared = 0));
-      const before = { ...proxy.counts };
+      await proxy.refuseShared(code);
+      t.after(() => proxy.refuseShared(0));
+      const before = (await proxy.stats()).counts;
       const pages = await openTabs(2, { ...FAST, transports: ["long-poll"] });
       await Promise.all(pages.map((page, i) => page.evaluate((label) => window.tabs.send(label, 20), `tab${i}`)));
       await allEchoed(pages);
       for (const page of pages) assert.equal((await status(page)).transport, "long-poll");
       // A refused shared poll, then plain ones.
-      assert.ok(proxy.counts.poll - before.poll > 4, "plain polls");
+      assert.ok((await proxy.stats()).counts.poll - before.poll > 4, "plain polls");
       await closeAll(pages);
     });
   }
 
   test("a buffering proxy holds the shared stream: the tabs fall back to long-polling", async (t) => {
-    proxy.bufferSse = true;
-    t.after(() => (proxy.bufferSse = false));
+    await proxy.set({ bufferSse: true });
+    t.after(() => proxy.set({ bufferSse: false }));
     const pages = await openTabs(3, { ...FAST, transports: ["sse", "long-poll"], probeTimeout: 500, reprobeAfter: 60000 });
     await Promise.all(pages.map((page, i) => page.evaluate((label) => window.tabs.send(label, 20), `tab${i}`)));
     await allEchoed(pages);
@@ -270,11 +271,12 @@ describe("many tabs, one connection", () => {
   });
 
   test("share: false — three tabs each with their own requests", async () => {
-    proxy.resetMax();
+    await proxy.resetMax();
     const pages = await openTabs(3, { ...FAST, transports: ["long-poll"], share: false });
     await Promise.all(pages.map((page, i) => page.evaluate((label) => window.tabs.send(label, 20), `tab${i}`)));
     await allEchoed(pages);
-    assert.ok(proxy.maxInFlight.poll >= 3, `${proxy.maxInFlight.poll} polls at once: one per tab`);
+    const { maxInFlight } = await proxy.stats();
+    assert.ok(maxInFlight.poll >= 3, `${maxInFlight.poll} polls at once: one per tab`);
     await closeAll(pages);
   });
 });

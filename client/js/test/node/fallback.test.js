@@ -32,7 +32,7 @@ describe("fallback", () => {
   });
 
   test("a refused WebSocket upgrade falls back to SSE at once", async () => {
-    proxy.refuseWebSocket = true;
+    await proxy.set({ refuseWebSocket: true });
     try {
       const started = Date.now();
       const client = new Holdfast(`${proxy.origin}/realtime`, {
@@ -50,20 +50,20 @@ describe("fallback", () => {
       await nextEvent(client, "close", 5000);
 
       // Remembered: the next client goes straight to SSE.
-      const upgrades = proxy.counts.ws;
+      const upgrades = (await proxy.stats()).counts.ws;
       const next = new Holdfast(`${proxy.origin}/realtime`, { reprobeAfter: 60000 });
       assert.equal((await nextEvent(next, "open", 5000)).transport, "sse");
-      assert.equal(proxy.counts.ws, upgrades, "no WebSocket attempt");
+      assert.equal((await proxy.stats()).counts.ws, upgrades, "no WebSocket attempt");
       next.close();
       await nextEvent(next, "close", 5000);
     } finally {
-      proxy.refuseWebSocket = false;
+      await proxy.set({ refuseWebSocket: false });
     }
   });
 
   test("a buffering proxy is caught by the probe timeout: long-polling", async () => {
-    proxy.refuseWebSocket = true;
-    proxy.bufferSse = true;
+    await proxy.set({ refuseWebSocket: true });
+    await proxy.set({ bufferSse: true });
     try {
       const client = new Holdfast(`${proxy.origin}/realtime`, {
         ...FAST,
@@ -76,23 +76,20 @@ describe("fallback", () => {
       client.close();
       await nextEvent(client, "close", 5000);
     } finally {
-      proxy.refuseWebSocket = false;
-      proxy.bufferSse = false;
+      await proxy.set({ refuseWebSocket: false, bufferSse: false });
     }
   });
 
   test("switches back up to WebSocket once it works again, losing nothing", async () => {
-    proxy.refuseWebSocket = true;
+    await proxy.set({ refuseWebSocket: true });
     const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, reprobeAfter: 200 });
     const events = record(client);
     try {
       assert.equal((await nextEvent(client, "open", 5000)).transport, "sse");
       // The first re-probes fail while the proxy still refuses.
-      await until(() => proxy.counts.probes >= 1, 5000, "a re-probe of the WebSocket");
+      await until(async () => (await proxy.stats()).counts.probes >= 1, 5000, "a re-probe of the WebSocket");
       const changed = nextEvent(client, "transportchange", 10000);
-      setTimeout(() => {
-        proxy.refuseWebSocket = false;
-      }, 100);
+      setTimeout(() => proxy.set({ refuseWebSocket: false }), 100);
       const { received } = await echoExchange(client, { count: 600 });
       const change = await changed;
       assert.deepEqual([change.from, change.to], ["sse", "websocket"]);
@@ -105,14 +102,14 @@ describe("fallback", () => {
         "a switch is not a reconnect",
       );
     } finally {
-      proxy.refuseWebSocket = false;
+      await proxy.set({ refuseWebSocket: false });
     }
   });
 
   test("switches up even when its streams end sooner than a probe takes", async () => {
     // CI found it in the Rust client: a probe still under way when the
     // attachment ended was dropped, and started over with the next one.
-    proxy.refuseWebSocket = true;
+    await proxy.set({ refuseWebSocket: true });
     const client = new Holdfast(`${proxy.origin}/realtime`, {
       ...FAST,
       reprobeAfter: 100,
@@ -123,8 +120,7 @@ describe("fallback", () => {
     try {
       assert.equal((await nextEvent(client, "open", 5000)).transport, "sse");
       const changed = nextEvent(client, "transportchange", 15000);
-      proxy.upgradeDelay = 500;
-      proxy.refuseWebSocket = false;
+      await proxy.set({ upgradeDelay: 500, refuseWebSocket: false });
       // Messages keep flowing both ways, so every stream is trusted (no
       // demotion) however short-lived.
       stream = steadyStream(client, "busy");
@@ -143,8 +139,7 @@ describe("fallback", () => {
     } finally {
       stream?.stop();
       clearInterval(cutter);
-      proxy.refuseWebSocket = false;
-      proxy.upgradeDelay = 0;
+      await proxy.set({ refuseWebSocket: false, upgradeDelay: 0 });
     }
   });
 
@@ -167,7 +162,7 @@ describe("fallback", () => {
         const echoed = stream.received.length;
         await until(() => stream.received.length >= echoed + 5, 5000, `echoes after cut ${cut - 1}`);
         const reconnecting = nextEvent(client, "reconnecting", 5000);
-        proxy.cut();
+        await proxy.cut();
         await reconnecting;
       }
       const attempts = events.filter((e) => e.type === "reconnecting").map((e) => e.attempt);
@@ -188,10 +183,8 @@ describe("fallback", () => {
     );
     const { received } = await echoExchange(client, {
       count: 300,
-      cut: () => {
-        proxy.failNext(3, "sse"); // the stream's reconnects meet error pages
-        proxy.cut();
-      },
+      // The stream's reconnects meet error pages.
+      cut: () => proxy.failNext(3, "sse").then(() => proxy.cut()),
       cutEvery: 100,
     });
     const event = await reconnecting;
@@ -210,8 +203,8 @@ describe("fallback", () => {
     // Every transport meets the error page once: HTTP does not work
     // either, so nothing justifies a fallback.
     const reconnecting = nextEvent(client, "reconnecting", 5000, (e) => /HTTP 502/.test(e.reason));
-    proxy.failNext(3);
-    proxy.cut();
+    await proxy.failNext(3);
+    await proxy.cut();
     // A browser's WebSocket does not tell a refused upgrade's status.
     assert.equal(
       (await reconnecting).reason,
@@ -230,7 +223,7 @@ describe("fallback", () => {
       const events = record(client);
       await nextEvent(client, "open", 5000);
       // Sent again 3 times (after 100, 200, 400 ms), as by the Rust client.
-      proxy.failNext(3, "send");
+      await proxy.failNext(3, "send");
       const { received } = await echoExchange(client, { count: 200 });
       assert.equal(received.length, 200);
       assert.deepEqual(
@@ -261,7 +254,7 @@ describe("fallback", () => {
     const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports: ["sse"] });
     const events = record(client);
     await nextEvent(client, "open", 5000);
-    proxy.busySendNext(2, 150);
+    await proxy.busySendNext(2, 150);
     const started = Date.now();
     const { received } = await echoExchange(client, { count: 50 });
     assert.ok(Date.now() - started >= 300, "waited retry_after twice");
@@ -276,7 +269,7 @@ describe("fallback", () => {
   });
 
   test("overload (503 + 4503) is retried after Retry-After, with a fresh session", async () => {
-    proxy.overloadNext(2, 300);
+    await proxy.overloadNext(2, 300);
     const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, transports: ["long-poll"] });
     const events = record(client);
     const started = Date.now();

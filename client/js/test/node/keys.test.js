@@ -134,7 +134,7 @@ describe("the session key stays out of URLs", () => {
       const { received } = await echoExchange(client, { count: 200, cut: () => proxy.cut(), cutEvery: 100 });
       assert.equal(received.length, 200);
       // As below: a cut after the last echo was read forces no resume.
-      proxy.cut();
+      await proxy.cut();
       const more = await echoExchange(client, { count: 20 });
       assert.equal(more.received.length, 20);
       const resumes = record.keyed("ws");
@@ -151,7 +151,7 @@ describe("the session key stays out of URLs", () => {
   });
 
   test("probes name the key outside the URL too", async () => {
-    proxy.refuseWebSocket = true;
+    await proxy.set({ refuseWebSocket: true });
     const record = recorder();
     const client = new Holdfast(`${proxy.origin}/realtime`, {
       ...FAST,
@@ -162,7 +162,7 @@ describe("the session key stays out of URLs", () => {
     try {
       assert.equal((await nextEvent(client, "open", 5000)).transport, "sse");
       const changed = nextEvent(client, "transportchange", 10000);
-      proxy.refuseWebSocket = false;
+      await proxy.set({ refuseWebSocket: false });
       const change = await changed;
       assert.deepEqual([change.from, change.to], ["sse", "websocket"]);
       assert.ok(record.keyed("ws", "probe=1").length >= 1, "the WebSocket probe named the key");
@@ -170,13 +170,12 @@ describe("the session key stays out of URLs", () => {
       assert.equal(received.length, 100);
       record.assertNoKeyInUrls();
     } finally {
-      proxy.refuseWebSocket = false;
+      await proxy.set({ refuseWebSocket: false });
       client.close();
       await nextEvent(client, "close", 5000).catch(() => {});
     }
 
-    proxy.refuseWebSocket = true;
-    proxy.bufferSse = true;
+    await proxy.set({ refuseWebSocket: true, bufferSse: true });
     const polled = recorder();
     const fallback = new Holdfast(`${proxy.origin}/realtime`, {
       ...FAST,
@@ -188,7 +187,7 @@ describe("the session key stays out of URLs", () => {
     try {
       assert.equal((await nextEvent(fallback, "open", 5000)).transport, "long-poll");
       const changed = nextEvent(fallback, "transportchange", 10000);
-      proxy.bufferSse = false;
+      await proxy.set({ bufferSse: false });
       const change = await changed;
       assert.deepEqual([change.from, change.to], ["long-poll", "sse"]);
       assert.ok(polled.keyed("sse", "probe=1").length >= 1, "the SSE probe named the key");
@@ -196,8 +195,7 @@ describe("the session key stays out of URLs", () => {
       assert.equal(received.length, 100);
       polled.assertNoKeyInUrls();
     } finally {
-      proxy.refuseWebSocket = false;
-      proxy.bufferSse = false;
+      await proxy.set({ refuseWebSocket: false, bufferSse: false });
       fallback.close();
       await nextEvent(fallback, "close", 5000).catch(() => {});
     }
@@ -242,7 +240,7 @@ describe("the session key stays out of URLs", () => {
       // A cut that fell after the last echo was already read forces no
       // resume (a loaded machine batches them all in one read): cut once
       // more, with messages still to go.
-      proxy.cut();
+      await proxy.cut();
       const resumed = await echoExchange(socket, { count: 20 });
       assert.equal(resumed.received.length, 20);
       assert.ok(socketed.keyed("ws").length >= 1, "the WebSocket resumed with the subprotocol");

@@ -28,17 +28,25 @@ export function nextEvent(target, type, ms, filter = () => true) {
   );
 }
 
-/** Resolves once `condition()` holds, checking on every event loop turn
- * (and at least every 20 ms), within `ms`. */
+/** Resolves once `condition()` holds (it may return a promise, e.g. of
+ * the proxy's stats), checking every 20 ms, within `ms`. */
 export function until(condition, ms, describe) {
+  let over = false;
   return within(
     ms,
-    new Promise((resolve) => {
-      const check = () => (condition() ? resolve() : setTimeout(check, 20));
+    new Promise((resolve, reject) => {
+      const check = async () => {
+        try {
+          if (await condition()) resolve();
+          else if (!over) setTimeout(check, 20);
+        } catch (error) {
+          reject(error);
+        }
+      };
       check();
     }),
     describe,
-  );
+  ).finally(() => (over = true));
 }
 
 /** Records every event of a client, in order. */
