@@ -1,0 +1,188 @@
+//! Shared by the Rust client's integration tests: an echo server, a client
+//! builder with test-sized timers, and exact-delivery checks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use holdfast::client::{Backoff, ClientBuilder, Connection, Event, Message, TransportKind};
+use holdfast::server::{Holdfast, ServerConfig, Session};
+use tokio::net::TcpListener;
+
+/// Every wait in these tests is bounded by this.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// An echo server on 127.0.0.1 with a port of its own.
+pub struct EchoServer {
+    pub addr: SocketAddr,
+    pub holdfast: Holdfast,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoServer {
+    pub async fn start(config: ServerConfig) -> Self {
+        let holdfast = Holdfast::builder().config(config).on_session(echo);
+        let app = axum::Router::new().nest("/realtime", holdfast.router());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let write_timeout = holdfast.config().write_timeout;
+        let task = tokio::spawn(async move {
+            let _ = holdfast::server::serve(listener, app)
+                .write_timeout(write_timeout)
+                .await;
+        });
+        Self {
+            addr,
+            holdfast,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/realtime", self.addr)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo(session: Session) {
+    while let Some(message) = session.recv().await {
+        if session.send(message).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Server timers short enough for tests that wait on them.
+pub fn quick_server_config() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.session.ping_interval = Duration::from_millis(500);
+    config.session.timeout = Duration::from_secs(3);
+    config.session.poll_hold = Duration::from_secs(2);
+    config
+}
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A client with test-sized timers.
+pub fn client(url: &str) -> ClientBuilder {
+    init_tracing();
+    ClientBuilder::new(url)
+        .probe_timeout(Duration::from_millis(800))
+        .heartbeat_tolerance(Duration::from_secs(2))
+        .backoff(Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+            jitter: 0.5,
+            reset_after: Duration::from_secs(2),
+        })
+        .reprobe_after(Duration::from_secs(3600))
+        .proxy(holdfast::client::ProxyConfig::none())
+}
+
+/// What one exchange saw.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    pub transports: Vec<TransportKind>,
+    pub changes: Vec<(TransportKind, TransportKind)>,
+    pub reconnects: u32,
+    pub resumed: u32,
+}
+
+/// Sends `count` numbered messages (every third one binary) and checks the
+/// echoes arrive exactly once and in order, calling `during` after each
+/// send so a test can break things mid-stream.
+pub async fn exchange(
+    connection: &mut Connection,
+    count: u32,
+    mut during: impl FnMut(u32),
+) -> Exchange {
+    let mut seen = Exchange::default();
+    let mut expected = 0u32;
+    let mut sent = 0u32;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while expected < count {
+        while sent < count && sent < expected + 64 {
+            let message = numbered(sent);
+            connection.send(message).await.expect("send");
+            sent += 1;
+            during(sent);
+        }
+        let event = tokio::time::timeout_at(deadline, connection.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("timed out with {expected}/{count} echoes back: {seen:?}"))
+            .expect("the connection ended early");
+        match event {
+            Event::Message(message) => {
+                assert_eq!(
+                    number_of(&message),
+                    expected,
+                    "echo out of order or duplicated"
+                );
+                expected += 1;
+            }
+            Event::Open { transport, .. } => seen.transports.push(transport),
+            Event::Resumed { transport } => {
+                seen.resumed += 1;
+                seen.transports.push(transport);
+            }
+            Event::TransportChanged { from, to } => seen.changes.push((from, to)),
+            Event::Reconnecting { .. } => seen.reconnects += 1,
+            Event::Closed(closed) => panic!("session closed mid-exchange: {closed:?}"),
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Message `n`: text, or binary for every third.
+pub fn numbered(n: u32) -> Message {
+    if n % 3 == 2 {
+        let mut bytes = n.to_be_bytes().to_vec();
+        bytes.extend(std::iter::repeat_n(0xA5u8, (n % 50) as usize));
+        Message::binary(bytes)
+    } else {
+        Message::text(format!("{n}:{}", "x".repeat((n % 40) as usize)))
+    }
+}
+
+/// The number of a message made by [`numbered`].
+pub fn number_of(message: &Message) -> u32 {
+    match message {
+        Message::Binary(bytes) => u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")),
+        Message::Text(text) => text
+            .split(':')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("numbered text"),
+    }
+}
+
+/// Waits for the first event matching `pick`, skipping (and checking)
+/// others.
+pub async fn wait_for<T>(
+    connection: &mut Connection,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, connection.next_event())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("the connection ended");
+        if let Some(found) = pick(&event) {
+            return found;
+        }
+    }
+}
