@@ -23,6 +23,7 @@
 //! Run with `--nocapture` to see progress and the summary.
 
 use crate::client_support;
+use crate::support::own_process::run_alone;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -198,6 +199,9 @@ async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_one_session_exactly_once_across_cuts_and_transport_switches() {
+    if !run_alone(module_path!(), "chaos_soak_one_session_exactly_once_across_cuts_and_transport_switches").await {
+        return;
+    }
     let settings = Settings::from_env();
     let seed = settings.seed;
     println!(
@@ -217,7 +221,7 @@ async fn chaos_soak_one_session_exactly_once_across_cuts_and_transport_switches(
             .await
             .expect("proxy"),
     );
-    let url = format!("{}/realtime", proxy.url());
+    let url = server.url_at(&proxy.url());
 
     // The resting level: the server, proxy and client code warmed up by a
     // short session, closed (its tombstone goes with the resume window).

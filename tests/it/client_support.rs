@@ -2,6 +2,7 @@
 //! builder with test-sized timers, and exact-delivery checks.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use holdfast::client::{Backoff, ClientBuilder, Connection, Event, Message, TransportKind};
@@ -11,9 +12,26 @@ use tokio::net::TcpListener;
 /// Every wait in these tests is bounded by this.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// An echo server on 127.0.0.1 with a port of its own.
+/// A mount path no other server of this process had: `/s<n>/realtime`.
+///
+/// The client remembers, per URL and for the whole process, the transport
+/// that worked there. All the integration tests share one process and the
+/// ports of finished tests are handed out again, so a server on a reused
+/// port would inherit what a client learnt from another test's server —
+/// SSE remembered behind a proxy that refused upgrades, say. A path of its
+/// own makes every server's URL new, whatever its port, through proxies
+/// and nginx alike (they pass the path on).
+pub fn unique_mount() -> String {
+    static SERVERS: AtomicU64 = AtomicU64::new(0);
+    format!("/s{}/realtime", SERVERS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An echo server on 127.0.0.1, mounted at a path of its own
+/// ([`unique_mount`]).
 pub struct EchoServer {
     pub addr: SocketAddr,
+    /// Where the holdfast endpoints are: `/s<n>/realtime`.
+    pub mount: String,
     pub holdfast: Holdfast,
     task: tokio::task::JoinHandle<()>,
 }
@@ -21,7 +39,8 @@ pub struct EchoServer {
 impl EchoServer {
     pub async fn start(config: ServerConfig) -> Self {
         let holdfast = Holdfast::builder().config(config).on_session(echo);
-        let app = axum::Router::new().nest("/realtime", holdfast.router());
+        let mount = unique_mount();
+        let app = axum::Router::new().nest(&mount, holdfast.router());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let write_timeout = holdfast.config().write_timeout;
@@ -32,13 +51,21 @@ impl EchoServer {
         });
         Self {
             addr,
+            mount,
             holdfast,
             task,
         }
     }
 
+    /// The server's holdfast URL.
     pub fn url(&self) -> String {
-        format!("http://{}/realtime", self.addr)
+        format!("http://{}{}", self.addr, self.mount)
+    }
+
+    /// Its holdfast URL through a front at `origin` (`http://host:port`)
+    /// that passes paths on, such as a test proxy.
+    pub fn url_at(&self, origin: &str) -> String {
+        format!("{origin}{}", self.mount)
     }
 }
 

@@ -20,7 +20,7 @@ async fn proxied(config: ServerConfig, behavior: Behavior) -> (EchoServer, Proxy
         .start()
         .await
         .expect("proxy");
-    let url = format!("{}/realtime", proxy.url());
+    let url = server.url_at(&proxy.url());
     (server, proxy, url)
 }
 

@@ -18,10 +18,11 @@
 //! total (`503`) still delivers its acks, so that refusing input never
 //! stalls an application that waits for acks before it reads again.
 //!
-//! The tests run one at a time (the [`SERIAL`] lock), so that the resident
-//! memory one of them measures is its own.
+//! The tests that measure resident memory run in a process of their own
+//! ([`run_alone`]), so that the memory they measure is their attack's.
 
 use crate::support;
+use crate::support::own_process::run_alone;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +34,6 @@ use holdfast::server::ServerConfig;
 use support::raw;
 use support::*;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-
-/// One test at a time: resident memory is per process.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MIB: usize = 1024 * 1024;
 
@@ -206,7 +204,6 @@ fn batch_of(first: u64, n: usize, payload: &str) -> String {
 /// Rows 2 and 3 over HTTP: `POST /send` batches of `per_batch` messages of
 /// `payload`, never polling, until refused (at most `max_batches`).
 async fn send_flood(what: &str, payload: &str) {
-    let _serial = SERIAL.lock().await;
     const PER_BATCH: usize = 1000;
     const MAX_BATCHES: usize = 200;
     let config = attack_config();
@@ -284,12 +281,18 @@ async fn send_flood(what: &str, payload: &str) {
 /// Row 2: batches of zero-byte messages are charged and refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_batches_of_empty_messages_are_refused_at_the_inbound_limit() {
+    if !run_alone(module_path!(), "send_batches_of_empty_messages_are_refused_at_the_inbound_limit").await {
+        return;
+    }
     send_flood("POST /send, 0-byte messages", "").await;
 }
 
 /// Row 3: batches of 1-byte messages are charged and refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_batches_of_one_byte_messages_are_refused_at_the_inbound_limit() {
+    if !run_alone(module_path!(), "send_batches_of_one_byte_messages_are_refused_at_the_inbound_limit").await {
+        return;
+    }
     send_flood("POST /send, 1-byte messages", "x").await;
 }
 
@@ -311,7 +314,9 @@ async fn send_or_refused(
 /// is never queued in memory past the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_floods_of_one_byte_messages_are_refused_at_the_window() {
-    let _serial = SERIAL.lock().await;
+    if !run_alone(module_path!(), "websocket_floods_of_one_byte_messages_are_refused_at_the_window").await {
+        return;
+    }
     const PER_FRAME: usize = 1000;
     // Enough to fill any loopback socket buffers several times over.
     const MAX_FRAMES: usize = 4000;
@@ -420,7 +425,9 @@ async fn pin_attack(what: &str, frames: usize, message: impl Fn(u64) -> Vec<WsMe
 /// rest an unknown field) is copied out; the frame is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_byte_messages_in_large_frames_do_not_pin_them() {
-    let _serial = SERIAL.lock().await;
+    if !run_alone(module_path!(), "one_byte_messages_in_large_frames_do_not_pin_them").await {
+        return;
+    }
     let pad = "p".repeat(390_000);
     pin_attack("1-byte messages in 390 KB frames", 200, |seq| {
         vec![WsMessage::text(format!(
@@ -435,7 +442,9 @@ async fn one_byte_messages_in_large_frames_do_not_pin_them() {
 /// copied out rather than pinning that buffer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_messages_after_large_frames_do_not_pin_the_read_buffer() {
-    let _serial = SERIAL.lock().await;
+    if !run_alone(module_path!(), "binary_messages_after_large_frames_do_not_pin_the_read_buffer").await {
+        return;
+    }
     // An empty batch padded with whitespace, then the 1-byte message.
     let padding = format!("[{}]", " ".repeat(390_000));
     pin_attack("1-byte binary messages after 390 KB frames", 300, |seq| {
@@ -453,7 +462,9 @@ async fn binary_messages_after_large_frames_do_not_pin_the_read_buffer() {
 /// buffer (it is not the frame's own allocation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_text_messages_after_large_frames_do_not_pin_the_read_buffer() {
-    let _serial = SERIAL.lock().await;
+    if !run_alone(module_path!(), "short_text_messages_after_large_frames_do_not_pin_the_read_buffer").await {
+        return;
+    }
     let padding = format!("[{}]", " ".repeat(390_000));
     let payload = "y".repeat(64);
     pin_attack("64-byte text messages after 390 KB frames", 300, |seq| {
@@ -471,7 +482,6 @@ async fn short_text_messages_after_large_frames_do_not_pin_the_read_buffer() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_send_still_delivers_its_acks() {
-    let _serial = SERIAL.lock().await;
     const FILL: usize = 8000;
     let mut config = attack_config();
     // Room for the batch below and the application's message, not one

@@ -7,6 +7,7 @@
 //! to stderr (`cargo test --test it hardening_deadlines -- --nocapture`).
 
 use crate::support;
+use crate::support::own_process::run_alone;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -29,10 +30,6 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(1);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Scheduling allowance on a loaded 2-core test machine.
 const MARGIN: Duration = Duration::from_secs(2);
-
-/// The memory test measures the whole process: it runs alone (write
-/// lock), the other tests of this file alongside each other (read lock).
-static MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 fn server_config() -> ServerConfig {
     let mut config = ServerConfig::default();
@@ -328,7 +325,9 @@ fn ping_frame() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_pings_never_read_are_bounded_and_the_connection_dropped() {
-    let _alone = MEMORY.write().await;
+    if !run_alone(module_path!(), "websocket_pings_never_read_are_bounded_and_the_connection_dropped").await {
+        return;
+    }
     let server = echo_server(server_config()).await;
     let steady = Steady::start(&server).await;
 
@@ -441,7 +440,6 @@ fn assert_all_stalled_messages(what: &str, frames: &[Frame]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_reader_that_stops_reading_is_detached_at_the_write_deadline() {
-    let _shared = MEMORY.read().await;
     let (server, mut incoming) = app_server(stall_config()).await;
 
     let mut tcp = small_window(server.addr).await;
@@ -482,7 +480,6 @@ async fn a_websocket_reader_that_stops_reading_is_detached_at_the_write_deadline
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_reader_that_stops_reading_is_detached_at_the_write_deadline() {
-    let _shared = MEMORY.read().await;
     let (server, mut incoming) = app_server(stall_config()).await;
 
     let mut tcp = small_window(server.addr).await;
@@ -589,7 +586,6 @@ async fn trickle(addr: SocketAddr, head: String, drip: &'static [u8], bound: Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_bodies_and_headers_trickled_a_byte_at_a_time_are_cut_at_their_deadlines() {
-    let _shared = MEMORY.read().await;
     let server = echo_server(server_config()).await;
     let steady = Steady::start(&server).await;
     let http = raw::http_client();
@@ -737,7 +733,6 @@ async fn raw_ws_session(server: &TestServer) -> TcpStream {
 
 #[tokio::test]
 async fn close_codes_outside_rfc_6455_are_replaced_with_1002_never_echoed() {
-    let _shared = MEMORY.read().await;
     let server = echo_server(server_config()).await;
     let steady = Steady::start(&server).await;
     let forbidden = [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535];
@@ -794,7 +789,6 @@ async fn close_codes_outside_rfc_6455_are_replaced_with_1002_never_echoed() {
 
 #[tokio::test]
 async fn serve_limits_connections_and_the_header_deadline_frees_their_slots() {
-    let _shared = MEMORY.read().await;
     let router = axum::Router::new().route(
         "/who",
         axum::routing::get(
@@ -853,7 +847,6 @@ async fn serve_limits_connections_and_the_header_deadline_frees_their_slots() {
 
 #[tokio::test]
 async fn serve_shuts_down_gracefully_after_the_request_in_flight() {
-    let _shared = MEMORY.read().await;
     let entered = Arc::new(tokio::sync::Notify::new());
     let router = axum::Router::new().route(
         "/slow",

@@ -51,9 +51,9 @@ async fn corporate_default_falls_back_to_sse_and_delivers_exactly() {
     // Small enough that streams are recycled during the exchange: a
     // recycled stream must end cleanly through nginx's HTTP/1.0 upstream.
     config.sse_max_bytes = 32 * 1024;
-    let (_server, nginx) = behind(Profile::Corporate, config).await;
+    let (server, nginx) = behind(Profile::Corporate, config).await;
     let started = Instant::now();
-    let mut connection = client(&nginx.url()).connect().await.expect("connect");
+    let mut connection = client(&nginx.url_to(&server.mount)).connect().await.expect("connect");
     let connected = started.elapsed();
     assert_eq!(
         connection.transport(),
@@ -94,9 +94,9 @@ async fn corporate_default_falls_back_to_sse_and_delivers_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corporate_proxy_that_ignores_x_accel_buffering_ends_on_long_polling() {
-    let (_server, nginx) = behind(Profile::CorporateStrict, quick_server_config()).await;
+    let (server, nginx) = behind(Profile::CorporateStrict, quick_server_config()).await;
     let started = Instant::now();
-    let mut connection = client(&nginx.url()).connect().await.expect("connect");
+    let mut connection = client(&nginx.url_to(&server.mount)).connect().await.expect("connect");
     let connected = started.elapsed();
     assert_eq!(
         connection.transport(),
@@ -122,7 +122,7 @@ async fn corporate_proxy_that_ignores_x_accel_buffering_ends_on_long_polling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn well_configured_nginx_keeps_the_client_on_websocket() {
     let (server, nginx) = behind(Profile::WellConfigured, quick_server_config()).await;
-    let mut connection = client(&nginx.url()).connect().await.expect("connect");
+    let mut connection = client(&nginx.url_to(&server.mount)).connect().await.expect("connect");
     assert_eq!(
         connection.transport(),
         Some(TransportKind::WebSocket),
@@ -135,7 +135,7 @@ async fn well_configured_nginx_keeps_the_client_on_websocket() {
     assert_eq!(connection.transport(), Some(TransportKind::WebSocket));
     // The other transports work through it too.
     for kind in [TransportKind::Sse, TransportKind::LongPoll] {
-        let mut forced = client(&nginx.url())
+        let mut forced = client(&nginx.url_to(&server.mount))
             .transport(kind)
             .connect()
             .await
@@ -205,9 +205,12 @@ async fn stay_idle(connection: &mut Connection, duration: Duration) -> Idle {
 
 /// One session per transport, at once: exchange, stay idle for [`IDLE`],
 /// exchange again. Returns what each saw.
-async fn idle_sessions(nginx: &Nginx) -> Vec<(TransportKind, Exchange, Idle, Exchange)> {
+async fn idle_sessions(
+    server: &EchoServer,
+    nginx: &Nginx,
+) -> Vec<(TransportKind, Exchange, Idle, Exchange)> {
     let runs = TransportKind::ALL.map(|kind| {
-        let url = nginx.url();
+        let url = nginx.url_to(&server.mount);
         async move {
             let mut connection = client(&url)
                 .transport(kind)
@@ -227,7 +230,7 @@ async fn idle_sessions(nginx: &Nginx) -> Vec<(TransportKind, Exchange, Idle, Exc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impatient_nginx_cuts_nothing_when_pings_and_poll_hold_are_below_its_timeout() {
     let (server, nginx) = behind(Profile::Impatient(IMPATIENT), timers_below(IMPATIENT)).await;
-    for (kind, before, idle, after) in idle_sessions(&nginx).await {
+    for (kind, before, idle, after) in idle_sessions(&server, &nginx).await {
         println!("impatient nginx, timers below: {kind}: idle {idle:?}");
         assert_eq!(before.reconnects + after.reconnects, 0, "{kind}");
         assert_eq!(
@@ -241,7 +244,7 @@ async fn impatient_nginx_cuts_nothing_when_pings_and_poll_hold_are_below_its_tim
     let log = nginx.error_log();
     assert!(!log.contains("upstream timed out"), "{}", nginx.logs());
     // The default order stays on WebSocket through it.
-    let mut connection = client(&nginx.url()).connect().await.expect("connect");
+    let mut connection = client(&nginx.url_to(&server.mount)).connect().await.expect("connect");
     let idle = stay_idle(&mut connection, IMPATIENT * 2).await;
     assert_eq!(idle.reconnects, 0, "{idle:?}");
     exchange(&mut connection, 200, |_| {}).await;
@@ -259,8 +262,8 @@ async fn impatient_nginx_cuts_nothing_when_pings_and_poll_hold_are_below_its_tim
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impatient_nginx_cuts_idle_connections_when_timers_are_above_its_timeout_but_nothing_is_lost()
  {
-    let (_server, nginx) = behind(Profile::Impatient(IMPATIENT), timers_above(IMPATIENT)).await;
-    for (kind, before, idle, after) in idle_sessions(&nginx).await {
+    let (server, nginx) = behind(Profile::Impatient(IMPATIENT), timers_above(IMPATIENT)).await;
+    for (kind, before, idle, after) in idle_sessions(&server, &nginx).await {
         println!("impatient nginx, timers above: {kind}: idle {idle:?}, after {after:?}");
         assert_eq!(before.reconnects, 0, "{kind}: {before:?}");
         // nginx cut the silent connection (WebSocket, SSE) or answered the

@@ -170,8 +170,8 @@ async fn run(scenario: Scenario, keep: &mut Vec<(EchoServer, Front)>) -> Row {
     let front = start_front(scenario, &server).await;
     let url = match &front {
         Front::None => server.url(),
-        Front::Proxy(proxy) => format!("{}/realtime", proxy.url()),
-        Front::Nginx(nginx) => nginx.url(),
+        Front::Proxy(proxy) => server.url_at(&proxy.url()),
+        Front::Nginx(nginx) => nginx.url_to(&server.mount),
     };
     let outage_proxy = match (&front, scenario) {
         (Front::Proxy(proxy), Scenario::BadGatewayMidStream) => Some(proxy.clone()),

@@ -224,7 +224,13 @@ impl Nginx {
 
     /// The holdfast URL through this nginx (`http://127.0.0.1:<port>/<token>/realtime`).
     pub fn url(&self) -> String {
-        format!("http://{}{}/realtime", self.addr, self.prefix)
+        self.url_to("/realtime")
+    }
+
+    /// The URL through this nginx of a server mounted at `mount`
+    /// (`http://127.0.0.1:<port>/<token><mount>`).
+    pub fn url_to(&self, mount: &str) -> String {
+        format!("http://{}{}{mount}", self.addr, self.prefix)
     }
 
     /// nginx's error log so far.
