@@ -573,8 +573,17 @@ impl Plan {
         }
     }
 
-    fn is_greeting_only(&self) -> bool {
-        self.stop_when_done && self.cut_after == Some(0)
+    /// For [`Plan::greeting_only`], once its cut is due: `Done` if the
+    /// greeting came, an error if not. `None` for every other plan.
+    fn greeting_only_end(&self, greeted: bool) -> Option<Result<Outcome, String>> {
+        let greeting_only = self.stop_when_done && self.cut_after == Some(0);
+        greeting_only.then(|| {
+            if greeted {
+                Ok(Outcome::Done)
+            } else {
+                Err("no greeting in time".into())
+            }
+        })
     }
 
     /// A random cut for `transport`.
@@ -645,6 +654,18 @@ const MID_CHUNK_WAIT: Duration = Duration::from_millis(30);
 
 /// The idle tick of the drivers: app feeding, ack delays.
 const TICK: Duration = Duration::from_millis(5);
+
+/// The upstream of an HTTP attachment (SSE or long-polling): at most one
+/// send request at a time.
+#[derive(Default)]
+struct Upstream {
+    /// The send request in flight.
+    send: Option<SendFuture>,
+    /// The highest seq it carries: its answer must ack at least that.
+    carried: u64,
+    /// Our `close` is out: release nothing more.
+    closing: bool,
+}
 
 /// A wire client: [`Core`] plus transports.
 pub struct Client {
@@ -784,12 +805,8 @@ impl Client {
         loop {
             let now = Instant::now();
             if plan.cut_due(started, now, greeted, events, "WebSocket")? {
-                if plan.is_greeting_only() {
-                    return if greeted {
-                        Ok(Outcome::Done)
-                    } else {
-                        Err("no greeting in time".into())
-                    };
+                if let Some(end) = plan.greeting_only_end(greeted) {
+                    return end;
                 }
                 match plan.mode {
                     CutMode::AfterSending => {
@@ -797,10 +814,7 @@ impl Client {
                         self.ws_send_pending(&tx, now);
                         tokio::task::yield_now().await;
                     }
-                    CutMode::UnreadResponses => {
-                        let pause = self.rng.random_range(1..8);
-                        tokio::time::sleep(Duration::from_millis(pause)).await;
-                    }
+                    CutMode::UnreadResponses => self.leave_responses_unread().await,
                     _ => {}
                 }
                 return Ok(Outcome::Cut);
@@ -959,9 +973,7 @@ impl Client {
         let mut started = Instant::now();
         let mut greeted = false;
         let mut events = 0usize;
-        let mut send: Option<SendFuture> = None;
-        let mut send_carried = 0u64;
-        let mut closing = false;
+        let mut upstream = Upstream::default();
         let mut cut_mid_chunk = false;
         loop {
             let now = Instant::now();
@@ -970,12 +982,8 @@ impl Client {
                 return Ok(Outcome::Cut);
             }
             if !cut_mid_chunk && plan.cut_due(started, now, greeted, events, "SSE")? {
-                if plan.is_greeting_only() {
-                    return if greeted {
-                        Ok(Outcome::Done)
-                    } else {
-                        Err("no greeting in time".into())
-                    };
+                if let Some(end) = plan.greeting_only_end(greeted) {
+                    return end;
                 }
                 match plan.mode {
                     CutMode::MidChunk => {
@@ -983,40 +991,20 @@ impl Client {
                         started = now - plan.max_duration;
                     }
                     CutMode::SendInFlight | CutMode::AfterSending => {
-                        self.release();
-                        if send.is_none()
-                            && let Some((future, _)) = self.start_send(None, true)
-                        {
-                            send = Some(future);
-                        }
-                        if let Some(future) = send.as_mut() {
-                            let wait = Duration::from_micros(self.rng.random_range(0..3000));
-                            let _ = tokio::time::timeout(wait, future).await;
-                            self.core.stats.send_failures += 1;
-                            self.core.rewind();
-                        }
-                        return Ok(Outcome::Cut);
+                        return Ok(self.cut_with_send_in_flight(&mut upstream).await);
                     }
                     CutMode::UnreadResponses => {
-                        let pause = self.rng.random_range(1..8);
-                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        self.leave_responses_unread().await;
                         return Ok(Outcome::Cut);
                     }
                     _ => return Ok(Outcome::Cut),
                 }
             }
-            if greeted && send.is_none() {
+            if greeted && upstream.send.is_none() {
                 if self.is_done() && plan.stop_when_done {
                     return Ok(Outcome::Done);
                 }
-                let close_now = plan.close_when_done.filter(|_| self.is_done() && !closing);
-                if !closing {
-                    self.release();
-                }
-                if let Some((future, carried)) = self.start_send(close_now, false) {
-                    send = Some(future);
-                    send_carried = carried;
-                    closing |= close_now.is_some();
+                if self.send_due(&mut upstream, plan) {
                     events += 1;
                 }
             }
@@ -1062,9 +1050,8 @@ impl Client {
                         return Ok(Outcome::Cut);
                     }
                 }
-                result = maybe(&mut send) => {
-                    send = None;
-                    if let Some(outcome) = self.finish_send(result, send_carried)? {
+                result = maybe(&mut upstream.send) => {
+                    if let Some(outcome) = self.finish_send(&mut upstream, result)? {
                         return Ok(outcome);
                     }
                 }
@@ -1078,17 +1065,17 @@ impl Client {
     async fn run_poll(&mut self, plan: &Plan) -> Result<Outcome, String> {
         let mut started = Instant::now();
         let mut events = 0usize;
-        let mut send: Option<SendFuture> = None;
-        let mut send_carried = 0u64;
-        let mut closing = false;
+        let mut upstream = Upstream::default();
         let mut first_poll = true;
         loop {
             // Once our `close` is out, wait for its answer rather than race
             // it with another poll (the server forgets a session whose
             // closing handshake is done).
-            if closing && let Some(future) = send.as_mut() {
+            if upstream.closing
+                && let Some(future) = upstream.send.as_mut()
+            {
                 let result = raw::within(raw::DEADLINE, "the reply to our close", future).await;
-                if let Some(outcome) = self.finish_send(result, send_carried)? {
+                if let Some(outcome) = self.finish_send(&mut upstream, result)? {
                     return Ok(outcome);
                 }
                 return Err("the reply to our close holds no close frame".into());
@@ -1096,17 +1083,15 @@ impl Client {
             // Close between polls, not alongside one: a poll that reaches
             // the server after it processed our `close` may find the session
             // already forgotten (410).
-            if let (Some(_), false, true) = (plan.close_when_done, closing, self.is_done()) {
-                if let Some(future) = send.take() {
+            if let (Some(_), false, true) = (plan.close_when_done, upstream.closing, self.is_done())
+            {
+                if let Some(future) = upstream.send.as_mut() {
                     let result = raw::within(raw::DEADLINE, "a send reply", future).await;
-                    if let Some(outcome) = self.finish_send(result, send_carried)? {
+                    if let Some(outcome) = self.finish_send(&mut upstream, result)? {
                         return Ok(outcome);
                     }
                 }
-                if let Some((future, carried)) = self.start_send(plan.close_when_done, false) {
-                    send = Some(future);
-                    send_carried = carried;
-                    closing = true;
+                if self.send_due(&mut upstream, plan) {
                     continue;
                 }
             }
@@ -1132,12 +1117,8 @@ impl Client {
                     return Ok(Outcome::Cut);
                 }
                 if !drop_on_headers && plan.cut_due(started, now, greeted, events, "poll")? {
-                    if plan.is_greeting_only() {
-                        return if greeted {
-                            Ok(Outcome::Done)
-                        } else {
-                            Err("no greeting in time".into())
-                        };
+                    if let Some(end) = plan.greeting_only_end(greeted) {
+                        return end;
                     }
                     match plan.mode {
                         CutMode::ResponseUnread => {
@@ -1145,19 +1126,7 @@ impl Client {
                             started = now - plan.max_duration;
                         }
                         CutMode::SendInFlight | CutMode::AfterSending => {
-                            self.release();
-                            if send.is_none()
-                                && let Some((future, _)) = self.start_send(None, true)
-                            {
-                                send = Some(future);
-                            }
-                            if let Some(future) = send.as_mut() {
-                                let wait = Duration::from_micros(self.rng.random_range(0..3000));
-                                let _ = tokio::time::timeout(wait, future).await;
-                                self.core.stats.send_failures += 1;
-                                self.core.rewind();
-                            }
-                            return Ok(Outcome::Cut);
+                            return Ok(self.cut_with_send_in_flight(&mut upstream).await);
                         }
                         CutMode::HeldPoll | CutMode::UnreadResponses => {
                             // Let the poll reach the server, then drop it.
@@ -1170,18 +1139,11 @@ impl Client {
                         _ => return Ok(Outcome::Cut),
                     }
                 }
-                if self.core.open.is_some() && send.is_none() {
+                if self.core.open.is_some() && upstream.send.is_none() {
                     if self.is_done() && plan.stop_when_done && !first_poll {
                         return Ok(Outcome::Done);
                     }
-                    let close_now = plan.close_when_done.filter(|_| self.is_done() && !closing);
-                    if !closing {
-                        self.release();
-                    }
-                    if let Some((future, carried)) = self.start_send(close_now, false) {
-                        send = Some(future);
-                        send_carried = carried;
-                        closing |= close_now.is_some();
+                    if self.send_due(&mut upstream, plan) {
                         events += 1;
                     }
                 }
@@ -1190,9 +1152,8 @@ impl Client {
                         events += 1;
                         break response;
                     }
-                    result = maybe(&mut send) => {
-                        send = None;
-                        if let Some(outcome) = self.finish_send(result, send_carried)? {
+                    result = maybe(&mut upstream.send) => {
+                        if let Some(outcome) = self.finish_send(&mut upstream, result)? {
                             return Ok(outcome);
                         }
                     }
@@ -1254,6 +1215,54 @@ impl Client {
 
     // ---- send -------------------------------------------------------------
 
+    /// Starts a send request on `upstream` with whatever is due, releasing
+    /// more of the backlog unless our `close` is out, and `close` itself
+    /// once the exchange is done if the plan says so. Whether a request
+    /// started.
+    fn send_due(&mut self, upstream: &mut Upstream, plan: &Plan) -> bool {
+        let close_now = plan
+            .close_when_done
+            .filter(|_| self.is_done() && !upstream.closing);
+        if !upstream.closing {
+            self.release();
+        }
+        match self.start_send(close_now, false) {
+            Some((future, carried)) => {
+                upstream.send = Some(future);
+                upstream.carried = carried;
+                upstream.closing |= close_now.is_some();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The SSE and poll cut with a send request in flight: one is started
+    /// if none is (carrying at least an ack), given a few milliseconds to
+    /// reach the server, and dropped — its messages count as not sent.
+    async fn cut_with_send_in_flight(&mut self, upstream: &mut Upstream) -> Outcome {
+        self.release();
+        if upstream.send.is_none()
+            && let Some((future, _)) = self.start_send(None, true)
+        {
+            upstream.send = Some(future);
+        }
+        if let Some(future) = upstream.send.as_mut() {
+            let wait = Duration::from_micros(self.rng.random_range(0..3000));
+            let _ = tokio::time::timeout(wait, future).await;
+            self.core.stats.send_failures += 1;
+            self.core.rewind();
+        }
+        Outcome::Cut
+    }
+
+    /// The unread-responses cut: stop reading for a few milliseconds so that
+    /// the server's output piles up in flight (the caller then drops it).
+    async fn leave_responses_unread(&mut self) {
+        let pause = self.rng.random_range(1..8);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+
     /// Starts a send request with whatever is due (pongs, messages, ack,
     /// and `close` with this code if given); `force` sends at least an ack. Returns the request and the
     /// highest seq it carries.
@@ -1307,8 +1316,15 @@ impl Client {
         Some((future, carried))
     }
 
-    /// Handles a send response; `Some` ends the attachment.
-    fn finish_send(&mut self, result: SendResult, carried: u64) -> Result<Option<Outcome>, String> {
+    /// Handles the answer to `upstream`'s send request; `Some` ends the
+    /// attachment.
+    fn finish_send(
+        &mut self,
+        upstream: &mut Upstream,
+        result: SendResult,
+    ) -> Result<Option<Outcome>, String> {
+        upstream.send = None;
+        let carried = upstream.carried;
         let (status, headers, body) = match result {
             Ok(reply) => reply,
             Err(_) => {

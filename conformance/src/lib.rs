@@ -40,7 +40,7 @@
 //! Servers under test must be reachable over plain HTTP (`http://` base
 //! URLs, `ws://` for WebSocket); requests never go through a proxy.
 
-// TMP pub mod checks;
+pub mod checks;
 pub mod client;
 pub mod raw;
 pub mod wire;

@@ -225,17 +225,26 @@ pub async fn post(
     body: impl Into<reqwest::Body>,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let mut request = client
-        .post(url)
+    read_reply(post_request(client.post(url), url, body, headers).await).await
+}
+
+/// Sends a `POST` of `body` as text with `headers`; panics if no response
+/// comes within [`DEADLINE`].
+async fn post_request(
+    request: reqwest::RequestBuilder,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = request
         .header("content-type", "text/plain;charset=UTF-8")
         .body(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = within(DEADLINE, &format!("POST {url}"), request.send())
+    within(DEADLINE, &format!("POST {url}"), request.send())
         .await
-        .unwrap_or_else(|e| panic!("POST {url} failed: {e}"));
-    read_reply(response).await
+        .unwrap_or_else(|e| panic!("POST {url} failed: {e}"))
 }
 
 /// `POST <base>/send?v=1&key=K` with a batch.
@@ -472,18 +481,8 @@ impl Sse {
         body: impl Into<reqwest::Body>,
         headers: &[(&str, &str)],
     ) -> Result<Self, Reply> {
-        let mut request = client
-            .post(url)
-            .header("accept", "text/event-stream")
-            .header("content-type", "text/plain;charset=UTF-8")
-            .body(body);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = within(DEADLINE, &format!("POST {url}"), request.send())
-            .await
-            .unwrap_or_else(|e| panic!("POST {url} failed: {e}"));
-        Self::from_response(response).await
+        let request = client.post(url).header("accept", "text/event-stream");
+        Self::from_response(post_request(request, url, body, headers).await).await
     }
 
     async fn from_response(response: reqwest::Response) -> Result<Self, Reply> {

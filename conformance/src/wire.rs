@@ -336,16 +336,24 @@ pub fn encoded_len(frame: &Frame) -> usize {
 
 /// Parses a batch.
 pub fn parse_batch(text: &[u8]) -> Result<Vec<Frame>, String> {
+    json_array("batch", text)?
+        .iter()
+        .map(Frame::from_json)
+        .collect()
+}
+
+/// `text` as JSON that must be an array; `what` names it in errors.
+fn json_array(what: &str, text: &[u8]) -> Result<Vec<Value>, String> {
     let value: Value = serde_json::from_slice(text).map_err(|e| {
         format!(
-            "batch is not JSON ({e}): {:?}",
+            "{what} is not JSON ({e}): {:?}",
             String::from_utf8_lossy(&text[..text.len().min(200)])
         )
     })?;
-    let items = value
-        .as_array()
-        .ok_or_else(|| format!("a batch must be a JSON array, got {value}"))?;
-    items.iter().map(Frame::from_json).collect()
+    match value {
+        Value::Array(items) => Ok(items),
+        other => Err(format!("a {what} must be a JSON array, got {other}")),
+    }
 }
 
 /// A shared batch (§11.2): `[tag, batch]` pairs, in order.
@@ -353,15 +361,7 @@ pub type SharedBatch = Vec<(u64, Vec<Frame>)>;
 
 /// Parses a shared batch: a JSON array of `[tag, batch]` pairs.
 pub fn parse_shared_batch(text: &[u8]) -> Result<SharedBatch, String> {
-    let value: Value = serde_json::from_slice(text).map_err(|e| {
-        format!(
-            "shared batch is not JSON ({e}): {:?}",
-            String::from_utf8_lossy(&text[..text.len().min(200)])
-        )
-    })?;
-    let pairs = value
-        .as_array()
-        .ok_or_else(|| format!("a shared batch must be a JSON array, got {value}"))?;
+    let pairs = json_array("shared batch", text)?;
     pairs
         .iter()
         .map(|pair| {

@@ -4,13 +4,11 @@
 //! `detach` event, a held poll returns at once. Checked for every pair of
 //! transports; the session carries on over the new attachment.
 
-use crate::support;
-
 use std::time::Duration;
 
+use crate::support::raw::{self, resume_query};
+use crate::support::*;
 use holdfast::server::ServerConfig;
-use support::raw::{self, resume_query};
-use support::*;
 
 /// The old attachment, live.
 enum Old {

@@ -30,9 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use client_support::{EchoServer, client, quick_server_config};
+use crate::client_support::{client, proxied, quick_server_config};
 use holdfast::client::{Event, Message, TransportKind};
-use holdfast_testkit::{After, Behavior, PathFilter, Proxy};
+use holdfast_testkit::{After, Behavior, PathFilter};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -199,7 +199,12 @@ async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_one_session_exactly_once_across_cuts_and_transport_switches() {
-    if !run_alone(module_path!(), "chaos_soak_one_session_exactly_once_across_cuts_and_transport_switches").await {
+    if !run_alone(
+        module_path!(),
+        "chaos_soak_one_session_exactly_once_across_cuts_and_transport_switches",
+    )
+    .await
+    {
         return;
     }
     let settings = Settings::from_env();
@@ -213,15 +218,8 @@ async fn chaos_soak_one_session_exactly_once_across_cuts_and_transport_switches(
     config.session.resume_window = RESUME_WINDOW;
     // Streams recycled every 128 KiB: SSE ends and resumes on its own too.
     config.sse_max_bytes = 128 * 1024;
-    let server = EchoServer::start(config).await;
-    let proxy = Arc::new(
-        Proxy::builder()
-            .upstream(server.addr)
-            .start()
-            .await
-            .expect("proxy"),
-    );
-    let url = server.url_at(&proxy.url());
+    let (server, proxy, url) = proxied(config, Behavior::transparent()).await;
+    let proxy = Arc::new(proxy);
 
     // The resting level: the server, proxy and client code warmed up by a
     // short session, closed (its tombstone goes with the resume window).

@@ -26,27 +26,11 @@
 //!    maximum and the session spent most of its time waiting. Now a
 //!    connection that carried messages both ways resets the backoff.
 
-use crate::client_support;
-
 use std::time::Duration;
 
-use client_support::*;
+use crate::client_support::*;
 use holdfast::client::{Backoff, Event, TransportKind};
-use holdfast_testkit::{After, Behavior, PathFilter, Proxy};
-
-async fn proxied(
-    config: holdfast::server::ServerConfig,
-    behavior: Behavior,
-) -> (EchoServer, Proxy) {
-    let server = EchoServer::start(config).await;
-    let proxy = Proxy::builder()
-        .upstream(server.addr)
-        .behavior(behavior)
-        .start()
-        .await
-        .expect("proxy");
-    (server, proxy)
-}
+use holdfast_testkit::{After, Behavior, PathFilter};
 
 /// Starts a session on SSE (upgrades refused), lets upgrades through —
 /// each taking `UPGRADE_DELAY`, so a probe takes longer than that — and
@@ -55,8 +39,7 @@ async fn proxied(
 async fn switch_up_while_busy(sse_max_bytes: usize, per_tick: u32) -> Option<Duration> {
     let mut config = quick_server_config();
     config.sse_max_bytes = sse_max_bytes;
-    let (server, proxy) = proxied(config, Behavior::default().refuse_upgrades(403)).await;
-    let url = server.url_at(&proxy.url());
+    let (_server, proxy, url) = proxied(config, Behavior::default().refuse_upgrades(403)).await;
     let mut connection = client(&url)
         .reprobe_after(Duration::from_millis(500))
         .connect()
@@ -136,8 +119,7 @@ async fn busy_sse_session_switches_back_up_to_websocket() {
 /// A WebSocket session through a gateway that answers 502 to everything
 /// for a second; returns the transport it is on afterwards.
 async fn after_gateway_outage(outage: Behavior) -> Option<TransportKind> {
-    let (server, proxy) = proxied(quick_server_config(), Behavior::transparent()).await;
-    let url = server.url_at(&proxy.url());
+    let (_server, proxy, url) = proxied(quick_server_config(), Behavior::transparent()).await;
     // The test client never re-probes (reprobe_after is an hour): what it
     // ends on is where its reconnects took it.
     let mut connection = client(&url).connect().await.expect("connect");
@@ -178,13 +160,12 @@ async fn websocket_session_is_back_on_websocket_after_a_gateway_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_on_a_network_that_cuts_every_few_seconds_keeps_flowing() {
-    let (server, proxy) = proxied(
+    let (_server, _proxy, url) = proxied(
         quick_server_config(),
         Behavior::default()
             .cut_randomly(After::bytes(256 * 1024).or_time(Duration::from_secs(2)), 3),
     )
     .await;
-    let url = server.url_at(&proxy.url());
     // The default backoff (250 ms → 30 s, reset after 10 s stable).
     let mut connection = client(&url)
         .backoff(Backoff::default())

@@ -9,8 +9,6 @@
 //! limits, with their notices.
 
 use crate::client_support;
-use crate::example_support;
-use crate::nginx_support;
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -18,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use example_support::ExampleNode as Node;
+use crate::example_support::ExampleNode as Node;
+use crate::nginx_support::{Nginx, Profile};
 use holdfast::client::{Event, Message, Sender, TransportKind};
 use holdfast_testkit::RedisServer;
-use nginx_support::{Nginx, Profile};
 use serde_json::{Value, json};
 
 /// Every wait in these tests is bounded by this.

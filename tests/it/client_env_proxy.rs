@@ -3,13 +3,11 @@
 //! `client` example (built with the tests) as a child process with its own
 //! environment, against an in-process echo server and proxy.
 
-use crate::client_support;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use client_support::*;
+use crate::client_support::*;
 use holdfast_testkit::{Behavior, Proxy};
 
 /// `target/<profile>/examples/client`, next to this test's binary.

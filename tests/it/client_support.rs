@@ -5,8 +5,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::support::echo;
+pub use crate::support::server::init_tracing;
+
 use holdfast::client::{Backoff, ClientBuilder, Connection, Event, Message, TransportKind};
-use holdfast::server::{Holdfast, ServerConfig, Session};
+use holdfast::server::{Holdfast, ServerConfig};
+use holdfast_testkit::{Behavior, Proxy};
 use tokio::net::TcpListener;
 
 /// Every wait in these tests is bounded by this.
@@ -75,12 +79,18 @@ impl Drop for EchoServer {
     }
 }
 
-async fn echo(session: Session) {
-    while let Some(message) = session.recv().await {
-        if session.send(message).await.is_err() {
-            break;
-        }
-    }
+/// An echo server behind a test proxy behaving as `behavior`, and the
+/// server's URL through the proxy.
+pub async fn proxied(config: ServerConfig, behavior: Behavior) -> (EchoServer, Proxy, String) {
+    let server = EchoServer::start(config).await;
+    let proxy = Proxy::builder()
+        .upstream(server.addr)
+        .behavior(behavior)
+        .start()
+        .await
+        .expect("proxy");
+    let url = server.url_at(&proxy.url());
+    (server, proxy, url)
 }
 
 /// Server timers short enough for tests that wait on them.
@@ -90,16 +100,6 @@ pub fn quick_server_config() -> ServerConfig {
     config.session.timeout = Duration::from_secs(3);
     config.session.poll_hold = Duration::from_secs(2);
     config
-}
-
-/// Logs to the test's output when `RUST_LOG` is set.
-pub fn init_tracing() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
 }
 
 /// A client with test-sized timers.

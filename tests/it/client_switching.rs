@@ -3,26 +3,12 @@
 //! exact delivery both ways (the echo server sends back what it received,
 //! so an in-order, exactly-once echo proves both directions).
 
-use crate::client_support;
-
 use std::time::Duration;
 
-use client_support::*;
+use crate::client_support::*;
 use holdfast::client::{ConnectError, Event, ProxyConfig, TransportKind};
-use holdfast::server::{CloseCode, ServerConfig};
+use holdfast::server::CloseCode;
 use holdfast_testkit::{After, Behavior, PathFilter, Proxy};
-
-async fn proxied(config: ServerConfig, behavior: Behavior) -> (EchoServer, Proxy, String) {
-    let server = EchoServer::start(config).await;
-    let proxy = Proxy::builder()
-        .upstream(server.addr)
-        .behavior(behavior)
-        .start()
-        .await
-        .expect("proxy");
-    let url = server.url_at(&proxy.url());
-    (server, proxy, url)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upgrade_falls_back_to_sse() {

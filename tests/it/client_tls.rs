@@ -3,12 +3,10 @@
 //! through `add_root_certificate`, directly and through a forward proxy's
 //! `CONNECT` tunnel.
 
-use crate::client_support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use client_support::*;
+use crate::client_support::*;
 use holdfast::client::{ConnectError, ProxyConfig, TransportKind};
 use holdfast::server::Holdfast;
 use holdfast_testkit::Proxy;

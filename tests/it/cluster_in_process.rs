@@ -6,19 +6,16 @@
 //! handlers. `cluster_processes` runs the same against real processes and
 //! a real Redis.
 
-use crate::client_support;
-use crate::nginx_support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client_support::*;
+use crate::client_support::*;
+use crate::nginx_support::{Nginx, Profile};
 use holdfast::client::TransportKind;
 use holdfast::server::store::{MemoryCluster, MemoryStore};
 use holdfast::server::{Holdfast, Identity, OpenRequest, Refusal, Session};
-use nginx_support::{Nginx, Profile};
 use tokio::task::JoinHandle;
 
 /// What the handlers on every node saw.

@@ -8,16 +8,12 @@
 //! is `HOLDFAST_CLUSTER_SOAK` messages per run (default 12,000, a quick
 //! mode for CI; the figure in BENCHMARKS.md is for 60,000).
 
-use crate::example_support;
-
-use crate::nginx_support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use example_support::{ExampleNode as Node, example, free_port};
+use crate::example_support::{ExampleNode as Node, example, free_port};
+use crate::nginx_support::{Nginx, Profile};
 use holdfast_testkit::{RedisCluster, RedisServer};
-use nginx_support::{Nginx, Profile};
 use tokio::process::Command;
 
 /// A loopback port free right now.

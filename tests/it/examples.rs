@@ -2,12 +2,10 @@
 //! example delivers 10,000 messages exactly, on each forced transport and
 //! on auto. Both run as child processes, built with the tests.
 
-use crate::example_support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use example_support::example;
+use crate::example_support::example;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 

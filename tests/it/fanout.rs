@@ -2,11 +2,9 @@
 //! and in order; a member that cannot keep up is disconnected with 4429
 //! (never silently skipped) without holding the others back.
 
-use crate::client_support;
-
 use std::time::Duration;
 
-use client_support::*;
+use crate::client_support::*;
 use holdfast::client::{Event, Message, TransportKind};
 use holdfast::server::{CloseCode, Fanout, Holdfast, ServerConfig, SlowConsumer};
 use tokio::net::TcpListener;

@@ -21,18 +21,17 @@
 //! The tests that measure resident memory run in a process of their own
 //! ([`run_alone`]), so that the memory they measure is their attack's.
 
-use crate::support;
 use crate::support::own_process::run_alone;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::raw;
+use crate::support::*;
 use futures_util::SinkExt;
 use holdfast::protocol::message_charge;
 use holdfast::server::ServerConfig;
-use support::raw;
-use support::*;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 const MIB: usize = 1024 * 1024;
@@ -281,7 +280,12 @@ async fn send_flood(what: &str, payload: &str) {
 /// Row 2: batches of zero-byte messages are charged and refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_batches_of_empty_messages_are_refused_at_the_inbound_limit() {
-    if !run_alone(module_path!(), "send_batches_of_empty_messages_are_refused_at_the_inbound_limit").await {
+    if !run_alone(
+        module_path!(),
+        "send_batches_of_empty_messages_are_refused_at_the_inbound_limit",
+    )
+    .await
+    {
         return;
     }
     send_flood("POST /send, 0-byte messages", "").await;
@@ -290,7 +294,12 @@ async fn send_batches_of_empty_messages_are_refused_at_the_inbound_limit() {
 /// Row 3: batches of 1-byte messages are charged and refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_batches_of_one_byte_messages_are_refused_at_the_inbound_limit() {
-    if !run_alone(module_path!(), "send_batches_of_one_byte_messages_are_refused_at_the_inbound_limit").await {
+    if !run_alone(
+        module_path!(),
+        "send_batches_of_one_byte_messages_are_refused_at_the_inbound_limit",
+    )
+    .await
+    {
         return;
     }
     send_flood("POST /send, 1-byte messages", "x").await;
@@ -314,7 +323,12 @@ async fn send_or_refused(
 /// is never queued in memory past the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_floods_of_one_byte_messages_are_refused_at_the_window() {
-    if !run_alone(module_path!(), "websocket_floods_of_one_byte_messages_are_refused_at_the_window").await {
+    if !run_alone(
+        module_path!(),
+        "websocket_floods_of_one_byte_messages_are_refused_at_the_window",
+    )
+    .await
+    {
         return;
     }
     const PER_FRAME: usize = 1000;
@@ -425,7 +439,12 @@ async fn pin_attack(what: &str, frames: usize, message: impl Fn(u64) -> Vec<WsMe
 /// rest an unknown field) is copied out; the frame is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_byte_messages_in_large_frames_do_not_pin_them() {
-    if !run_alone(module_path!(), "one_byte_messages_in_large_frames_do_not_pin_them").await {
+    if !run_alone(
+        module_path!(),
+        "one_byte_messages_in_large_frames_do_not_pin_them",
+    )
+    .await
+    {
         return;
     }
     let pad = "p".repeat(390_000);
@@ -442,7 +461,12 @@ async fn one_byte_messages_in_large_frames_do_not_pin_them() {
 /// copied out rather than pinning that buffer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_messages_after_large_frames_do_not_pin_the_read_buffer() {
-    if !run_alone(module_path!(), "binary_messages_after_large_frames_do_not_pin_the_read_buffer").await {
+    if !run_alone(
+        module_path!(),
+        "binary_messages_after_large_frames_do_not_pin_the_read_buffer",
+    )
+    .await
+    {
         return;
     }
     // An empty batch padded with whitespace, then the 1-byte message.
@@ -462,7 +486,12 @@ async fn binary_messages_after_large_frames_do_not_pin_the_read_buffer() {
 /// buffer (it is not the frame's own allocation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_text_messages_after_large_frames_do_not_pin_the_read_buffer() {
-    if !run_alone(module_path!(), "short_text_messages_after_large_frames_do_not_pin_the_read_buffer").await {
+    if !run_alone(
+        module_path!(),
+        "short_text_messages_after_large_frames_do_not_pin_the_read_buffer",
+    )
+    .await
+    {
         return;
     }
     let padding = format!("[{}]", " ".repeat(390_000));

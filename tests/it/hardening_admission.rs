@@ -15,12 +15,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::raw::{self, Reply, resume_query};
+use crate::support::*;
 use holdfast::server::{
     Holdfast, Identity, IpNet, OpenRateLimit, OpenRequest, ProxyHeaders, Refusal, RequestKind,
     ServerConfig,
 };
-use support::raw::{self, Reply, resume_query};
-use support::*;
 use tokio::net::TcpSocket;
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));

@@ -6,7 +6,6 @@
 //! running alongside that loses nothing. Figures for `docs/security.md` go
 //! to stderr (`cargo test --test it hardening_deadlines -- --nocapture`).
 
-use crate::support;
 use crate::support::own_process::run_alone;
 
 use std::future::IntoFuture;
@@ -15,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::raw::{self, resume_query};
+use crate::support::*;
 use holdfast::server::{Holdfast, Incoming, Message, ServeConfig, ServerConfig, Session};
-use support::raw::{self, resume_query};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -325,7 +324,12 @@ fn ping_frame() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_pings_never_read_are_bounded_and_the_connection_dropped() {
-    if !run_alone(module_path!(), "websocket_pings_never_read_are_bounded_and_the_connection_dropped").await {
+    if !run_alone(
+        module_path!(),
+        "websocket_pings_never_read_are_bounded_and_the_connection_dropped",
+    )
+    .await
+    {
         return;
     }
     let server = echo_server(server_config()).await;

@@ -5,13 +5,11 @@
 //! opening request's headers, however many the client sent. A fresh
 //! session still echoes.
 
-use crate::support;
-
 use std::time::Duration;
 
+use crate::support::raw;
+use crate::support::*;
 use holdfast::server::{Holdfast, ServeConfig, ServerConfig};
-use support::raw;
-use support::*;
 
 /// Bytes of names and values a session holds.
 fn kept_bytes(session: &holdfast::server::Session) -> usize {

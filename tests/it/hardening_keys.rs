@@ -8,19 +8,18 @@
 //! never puts it in a URL, on any transport, probes included, while its
 //! messages still arrive exactly once.
 
-use crate::client_support;
 use crate::support;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::client_support::{client, exchange, quick_server_config, wait_for};
+use crate::support::raw::{self, RawWs, Sse, SseIn, WsIn};
+use crate::support::{DEADLINE, Frame, TestServer};
 use axum::serve::ListenerExt;
-use client_support::{client, exchange, quick_server_config, wait_for};
 use holdfast::client::{Connection, Event, TransportKind};
 use holdfast::server::{Holdfast, ServerConfig};
 use holdfast_testkit::{Behavior, PathFilter, Proxy};
-use support::raw::{self, RawWs, Sse, SseIn, WsIn};
-use support::{DEADLINE, Frame, TestServer};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

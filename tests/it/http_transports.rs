@@ -7,9 +7,9 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
+use crate::support::raw::{self, resume_query};
+use crate::support::*;
 use holdfast::server::ServerConfig;
-use support::raw::{self, resume_query};
-use support::*;
 
 fn msg(seq: u64, text: &str) -> Frame {
     Frame::Msg {

@@ -5,15 +5,13 @@
 //! session survives and resumes with no loss), unsupported version
 //! (400 / 4400).
 
-use crate::support;
-
 use std::time::Duration;
 
+use crate::support::raw::{self, resume_query};
+use crate::support::wire::{self, encode_binary};
+use crate::support::*;
 use holdfast::server::{CloseCode, ServerConfig};
 use serde_json::{Value, json};
-use support::raw::{self, resume_query};
-use support::wire::{self, encode_binary};
-use support::*;
 
 /// `max_msg` 1024 (so `max_batch` 6 × 1024 + 4096 = 10240).
 fn small_messages() -> ServerConfig {

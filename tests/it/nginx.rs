@@ -20,16 +20,13 @@
 //! exactly once, in order). nginx missing is a failure: `./test.sh`
 //! installs it.
 
-use crate::client_support;
-use crate::nginx_support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use client_support::*;
+use crate::client_support::*;
+use crate::nginx_support::{Nginx, Profile};
 use holdfast::client::{Connection, Event, TransportKind};
 use holdfast::server::{Holdfast, IpNet, OpenRateLimit, ServerConfig};
-use nginx_support::{Nginx, Profile};
 
 /// nginx's `proxy_read_timeout` in the impatient profile: holdfast's
 /// defaults (20 s pings, 25 s poll hold) scaled down for tests.
@@ -53,7 +50,10 @@ async fn corporate_default_falls_back_to_sse_and_delivers_exactly() {
     config.sse_max_bytes = 32 * 1024;
     let (server, nginx) = behind(Profile::Corporate, config).await;
     let started = Instant::now();
-    let mut connection = client(&nginx.url_to(&server.mount)).connect().await.expect("connect");
+    let mut connection = client(&nginx.url_to(&server.mount))
+        .connect()
+        .await
+        .expect("connect");
     let connected = started.elapsed();
     assert_eq!(
         connection.transport(),
@@ -96,7 +96,10 @@ async fn corporate_default_falls_back_to_sse_and_delivers_exactly() {
 async fn corporate_proxy_that_ignores_x_accel_buffering_ends_on_long_polling() {
     let (server, nginx) = behind(Profile::CorporateStrict, quick_server_config()).await;
     let started = Instant::now();
-    let mut connection = client(&nginx.url_to(&server.mount)).connect().await.expect("connect");
+    let mut connection = client(&nginx.url_to(&server.mount))
+        .connect()
+        .await
+        .expect("connect");
     let connected = started.elapsed();
     assert_eq!(
         connection.transport(),
@@ -122,7 +125,10 @@ async fn corporate_proxy_that_ignores_x_accel_buffering_ends_on_long_polling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn well_configured_nginx_keeps_the_client_on_websocket() {
     let (server, nginx) = behind(Profile::WellConfigured, quick_server_config()).await;
-    let mut connection = client(&nginx.url_to(&server.mount)).connect().await.expect("connect");
+    let mut connection = client(&nginx.url_to(&server.mount))
+        .connect()
+        .await
+        .expect("connect");
     assert_eq!(
         connection.transport(),
         Some(TransportKind::WebSocket),
@@ -244,7 +250,10 @@ async fn impatient_nginx_cuts_nothing_when_pings_and_poll_hold_are_below_its_tim
     let log = nginx.error_log();
     assert!(!log.contains("upstream timed out"), "{}", nginx.logs());
     // The default order stays on WebSocket through it.
-    let mut connection = client(&nginx.url_to(&server.mount)).connect().await.expect("connect");
+    let mut connection = client(&nginx.url_to(&server.mount))
+        .connect()
+        .await
+        .expect("connect");
     let idle = stay_idle(&mut connection, IMPATIENT * 2).await;
     assert_eq!(idle.reconnects, 0, "{idle:?}");
     exchange(&mut connection, 200, |_| {}).await;

@@ -25,11 +25,11 @@ use crate::nginx_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client_support::{EchoServer, number_of, numbered};
+use crate::client_support::{EchoServer, number_of, numbered};
+use crate::nginx_support::{Nginx, Profile};
 use holdfast::client::{Backoff, ClientBuilder, Event, ProxyConfig, TransportKind};
 use holdfast::server::ServerConfig;
 use holdfast_testkit::{After, Behavior, PathFilter, Proxy};
-use nginx_support::{Nginx, Profile};
 
 /// The networks measured.
 #[derive(Clone, Copy, Debug)]

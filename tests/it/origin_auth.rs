@@ -10,9 +10,9 @@ use crate::support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::support::raw::{self, resume_query};
+use crate::support::*;
 use holdfast::server::{Holdfast, OpenRequest, Refusal};
-use support::raw::{self, resume_query};
-use support::*;
 
 const GOOD: &str = "http://good.test";
 const EVIL: &str = "http://evil.test";

@@ -3,12 +3,10 @@
 //! detached after `timeout` (4408); a poll that follows the previous one
 //! within `timeout` continues the attachment, a later one resumes.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
-use support::raw::{self, resume_query};
-use support::*;
+use crate::support::raw::{self, resume_query};
+use crate::support::*;
 
 const PING: u64 = 150;
 const TIMEOUT: u64 = 500;

@@ -2,13 +2,11 @@
 //! whether WebSocket or SSE works again with `probe=1` and its key. A probe
 //! proves a frame can travel, and never attaches or touches the session.
 
-use crate::support;
-
 use std::time::Duration;
 
+use crate::support::raw::{self, resume_query};
+use crate::support::*;
 use holdfast::server::ServerConfig;
-use support::raw::{self, resume_query};
-use support::*;
 
 fn probe_query(key: &str) -> String {
     format!("{}&probe=1", resume_query(key, 0))

@@ -13,9 +13,9 @@ use crate::support;
 
 use std::time::Duration;
 
+use crate::support::raw::{self, resume_query};
+use crate::support::*;
 use holdfast::server::ServerConfig;
-use support::raw::{self, resume_query};
-use support::*;
 
 const KEY_HEADER: &str = "holdfast-key";
 

@@ -13,10 +13,10 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use holdfast::server::{CloseCode, ServerConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::*;
 
 /// Messages each way.
 const N: usize = 1000;

@@ -3,13 +3,11 @@
 //! end resumes and gets the rest and then the same `close`; dropping the
 //! last `Session` handle closes with 1000; `shutdown` closes with 1001.
 
-use crate::support;
-
 use std::time::Duration;
 
+use crate::support::raw::{self, resume_query};
+use crate::support::*;
 use holdfast::server::{CloseCode, ServerConfig, Session};
-use support::raw::{self, resume_query};
-use support::*;
 
 fn three() -> Vec<Payload> {
     ["one", "two", "three"]

@@ -3,13 +3,11 @@
 //! refused with "session lost" (HTTP 410 / close 4410) on every endpoint,
 //! and the application's `Session` sees the end as expired.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::raw::{self, resume_query};
+use crate::support::*;
 use holdfast::server::{CloseCode, ServerConfig};
-use support::raw::{self, resume_query};
-use support::*;
 
 /// Short timers: the server notices a vanished stream within a ping.
 fn short_window(resume_ms: u64) -> ServerConfig {

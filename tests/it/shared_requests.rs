@@ -8,11 +8,11 @@ use crate::support;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::support::raw::{self, Reply};
+use crate::support::wire::SharedBatch;
+use crate::support::*;
 use holdfast::server::{Holdfast, OpenRequest, Refusal, ServerConfig};
 use serde_json::json;
-use support::raw::{self, Reply};
-use support::wire::SharedBatch;
-use support::*;
 
 /// One browser tab's session as the shared request's client keeps it.
 #[derive(Debug, Default)]

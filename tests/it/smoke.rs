@@ -1,10 +1,8 @@
 //! Smoke test: an echo over each transport, as a user would first try it.
 
-use crate::support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn echo_over_each_transport() {

@@ -4,21 +4,18 @@
 //! hand-over. `redis/tests/` checks the Redis broker itself, and the
 //! chat tests the same on real processes and Redis.
 
-use crate::client_support;
-use crate::nginx_support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use client_support::*;
+use crate::client_support::*;
+use crate::nginx_support::{Nginx, Profile};
 use holdfast::client::{Connection, Event, Message, TransportKind};
 use holdfast::server::store::{MemoryCluster, MemoryStore};
 use holdfast::server::{
     Holdfast, MAX_TOPICS_PER_SESSION, PresenceEvent, Session, SlowConsumer, Topic, TopicError,
 };
-use nginx_support::{Nginx, Profile};
 use tokio::task::JoinHandle;
 
 /// Subscriptions that resumed a session's place in the topic (after a

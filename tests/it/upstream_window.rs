@@ -9,16 +9,14 @@
 //! server always reads, and a client keeps within the window the server
 //! announces (`open.win`, then `room` with every ack).
 
-use crate::support;
-
 use std::time::Duration;
 
+use crate::support::client::charge;
+use crate::support::raw;
+use crate::support::wire::{self, Open};
+use crate::support::*;
 use futures_util::StreamExt;
 use holdfast::server::ServerConfig;
-use support::client::charge;
-use support::raw;
-use support::wire::{self, Open};
-use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// The bound on a whole burst: far above what it takes (well under a

@@ -2,13 +2,11 @@
 //! on WebSocket and `bin` frames elsewhere, unknown fields ignored, empty
 //! batches, `ping`/`pong`.
 
-use crate::support;
-
+use crate::support::raw::{self, resume_query};
+use crate::support::wire::encode_binary;
+use crate::support::*;
 use holdfast::server::ServerConfig;
 use serde_json::json;
-use support::raw::{self, resume_query};
-use support::wire::encode_binary;
-use support::*;
 
 /// A server with `max_msg` 4096 whose application sends `messages` at once.
 async fn server_sending(messages: Vec<Payload>) -> TestServer {

@@ -212,7 +212,8 @@ impl Recorder {
     }
 }
 
-/// Logs to the test output with `RUST_LOG` (off by default).
+/// Logs to the test output with `RUST_LOG` (off by default). The first
+/// call in the process installs the subscriber; later ones do nothing.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
