@@ -123,6 +123,11 @@ impl Tabs {
         }
     }
 
+    /// Whether every tab in `tags` has its session key.
+    fn all_open(&self, tags: &[u64]) -> bool {
+        tags.iter().all(|t| self.tab(*t).key.is_some())
+    }
+
     /// Whether every tab in `tags` has `n` messages.
     fn all_have(&self, tags: &[u64], n: usize) -> bool {
         tags.iter().all(|t| self.tab(*t).got.len() >= n)
@@ -141,6 +146,15 @@ impl Tabs {
         tab.sent += n;
         let reply = raw::send(http, base, &key, &frames).await;
         assert_eq!(reply.status, 200, "send of tab {tag}: {:?}", reply.body);
+    }
+
+    /// Asserts that every tab of `tags` got exactly its own echoes 1..=n
+    /// and is still going.
+    fn assert_all_echoed(&self, tags: &[u64], n: u64) {
+        for &tag in tags {
+            self.assert_echoes(tag, n);
+            assert!(self.tab(tag).ends.is_empty(), "tab {tag} ended");
+        }
     }
 
     /// Asserts that tab `tag` got exactly its own echoes 1..=n.
@@ -165,6 +179,15 @@ fn tags(n: u64) -> Vec<u64> {
     (1..=n).collect()
 }
 
+/// An echo server with default settings, an HTTP client, and `n` tabs
+/// (tags 1..=n) with no session yet.
+async fn echo_and_tabs(n: u64) -> (TestServer, reqwest::Client, Vec<u64>, Tabs) {
+    let server = TestServer::echo(ServerConfig::default()).await;
+    let all = tags(n);
+    let tabs = Tabs::new(all.clone());
+    (server, raw::http_client(), all, tabs)
+}
+
 /// Opens a shared stream, panicking on a refusal.
 async fn shared_sse(http: &reqwest::Client, server: &TestServer, body: String) -> Sse {
     match Sse::post(http, &server.url("sse", "v=1"), body, &[]).await {
@@ -175,6 +198,19 @@ async fn shared_sse(http: &reqwest::Client, server: &TestServer, body: String) -
             String::from_utf8_lossy(&reply.body)
         ),
     }
+}
+
+/// Opens the sessions of `all` on one shared stream: the stream, once
+/// every tab has its key.
+async fn open_on_one_stream(
+    http: &reqwest::Client,
+    server: &TestServer,
+    tabs: &mut Tabs,
+    all: &[u64],
+) -> Sse {
+    let mut sse = shared_sse(http, server, tabs.body(all)).await;
+    read_until(&mut sse, tabs, "opens", |t| t.all_open(all)).await;
+    sse
 }
 
 /// One shared poll.
@@ -197,18 +233,12 @@ async fn read_until(sse: &mut Sse, tabs: &mut Tabs, what: &str, done: impl Fn(&T
 
 #[tokio::test]
 async fn twelve_sessions_open_and_echo_on_one_stream() {
-    let server = TestServer::echo(ServerConfig::default()).await;
-    let http = raw::http_client();
-    let all = tags(12);
-    let mut tabs = Tabs::new(all.clone());
+    let (server, http, all, mut tabs) = echo_and_tabs(12).await;
     let mut sse = shared_sse(&http, &server, tabs.body(&all)).await;
     assert_eq!(sse.header("content-type"), "text/event-stream");
     assert_eq!(sse.header("cache-control"), "no-cache, no-transform");
     assert_eq!(sse.header("x-accel-buffering"), "no");
-    read_until(&mut sse, &mut tabs, "twelve opens", |t| {
-        all.iter().all(|tag| t.tab(*tag).key.is_some())
-    })
-    .await;
+    read_until(&mut sse, &mut tabs, "twelve opens", |t| t.all_open(&all)).await;
     assert!(sse.parser.comment_bytes > 0, "the padding comes first");
     assert_eq!(server.holdfast.session_count(), 12);
     for round in 0..4 {
@@ -221,25 +251,19 @@ async fn twelve_sessions_open_and_echo_on_one_stream() {
         })
         .await;
     }
-    for &tag in &all {
-        tabs.assert_echoes(tag, 20);
-        assert!(tabs.tab(tag).ends.is_empty(), "tab {tag} ended");
-    }
+    tabs.assert_all_echoed(&all, 20);
 }
 
 #[tokio::test]
 async fn twelve_sessions_open_and_echo_by_shared_polls() {
-    let server = TestServer::echo(ServerConfig::default()).await;
-    let http = raw::http_client();
-    let all = tags(12);
-    let mut tabs = Tabs::new(all.clone());
+    let (server, http, all, mut tabs) = echo_and_tabs(12).await;
     let reply = shared_poll(&http, &server, tabs.body(&all)).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("content-type"), "application/json");
     assert_eq!(reply.header("cache-control"), "no-store");
     tabs.absorb(&reply.shared());
     assert!(
-        all.iter().all(|tag| tabs.tab(*tag).key.is_some()),
+        tabs.all_open(&all),
         "every entry without a key opens at once"
     );
     for &tag in &all {
@@ -260,23 +284,13 @@ async fn twelve_sessions_open_and_echo_by_shared_polls() {
         );
         tabs.absorb(&pairs);
     }
-    for &tag in &all {
-        tabs.assert_echoes(tag, 10);
-        assert!(tabs.tab(tag).ends.is_empty(), "tab {tag} ended");
-    }
+    tabs.assert_all_echoed(&all, 10);
 }
 
 #[tokio::test]
 async fn a_stream_cut_mid_flow_resumes_every_session_exactly() {
-    let server = TestServer::echo(ServerConfig::default()).await;
-    let http = raw::http_client();
-    let all = tags(3);
-    let mut tabs = Tabs::new(all.clone());
-    let mut sse = shared_sse(&http, &server, tabs.body(&all)).await;
-    read_until(&mut sse, &mut tabs, "opens", |t| {
-        all.iter().all(|tag| t.tab(*tag).key.is_some())
-    })
-    .await;
+    let (server, http, all, mut tabs) = echo_and_tabs(3).await;
+    let mut sse = open_on_one_stream(&http, &server, &mut tabs, &all).await;
     tabs.send(&http, &server.base, 1, 30).await;
     read_until(&mut sse, &mut tabs, "some echoes", |t| {
         !t.tab(1).got.is_empty()
@@ -306,10 +320,7 @@ async fn a_stream_cut_mid_flow_resumes_every_session_exactly() {
 
 #[tokio::test]
 async fn a_shared_poll_that_lost_its_answer_gets_it_again() {
-    let server = TestServer::echo(ServerConfig::default()).await;
-    let http = raw::http_client();
-    let all = tags(4);
-    let mut tabs = Tabs::new(all.clone());
+    let (server, http, all, mut tabs) = echo_and_tabs(4).await;
     tabs.absorb(&shared_poll(&http, &server, tabs.body(&all)).await.shared());
     for &tag in &all {
         tabs.send(&http, &server.base, tag, 8).await;
@@ -344,15 +355,8 @@ async fn a_shared_poll_that_lost_its_answer_gets_it_again() {
 
 #[tokio::test]
 async fn a_session_taken_by_its_own_stream_leaves_with_4409_and_the_others_go_on() {
-    let server = TestServer::echo(ServerConfig::default()).await;
-    let http = raw::http_client();
-    let all = tags(3);
-    let mut tabs = Tabs::new(all.clone());
-    let mut sse = shared_sse(&http, &server, tabs.body(&all)).await;
-    read_until(&mut sse, &mut tabs, "opens", |t| {
-        all.iter().all(|tag| t.tab(*tag).key.is_some())
-    })
-    .await;
+    let (server, http, all, mut tabs) = echo_and_tabs(3).await;
+    let mut sse = open_on_one_stream(&http, &server, &mut tabs, &all).await;
     let key2 = tabs.key(2);
     let mut own = match Sse::open(
         &http,
@@ -816,11 +820,7 @@ async fn a_recycled_stream_detaches_every_session_with_4000() {
     let http = raw::http_client();
     let all = tags(3);
     let mut tabs = Tabs::new(all.clone());
-    let mut sse = shared_sse(&http, &server, tabs.body(&all)).await;
-    read_until(&mut sse, &mut tabs, "opens", |t| {
-        all.iter().all(|tag| t.tab(*tag).key.is_some())
-    })
-    .await;
+    let mut sse = open_on_one_stream(&http, &server, &mut tabs, &all).await;
     for &tag in &all {
         tabs.send(&http, &server.base, tag, 40).await;
     }
