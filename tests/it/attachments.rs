@@ -23,13 +23,8 @@ async fn a_new_attachment_replaces_the_old_one_with_4409() {
     config.session.poll_hold = Duration::from_secs(10);
     let (server, mut incoming) = TestServer::start(config).await;
     let http = raw::http_client();
-    let mut client = Client::new(&server.base, 0);
-    assert_eq!(
-        client.attach(Transport::Poll, &Plan::greeting_only()).await,
-        Ok(Outcome::Done)
-    );
+    let (client, session) = open_session(&server, &mut incoming, Transport::Poll).await;
     let key = client.core.key().expect("key").to_owned();
-    let session = accept(&mut incoming, DEADLINE).await;
     let mut delivered = 0u64;
 
     for old_kind in Transport::ALL {

@@ -3,10 +3,11 @@
 //! exact delivery both ways (the echo server sends back what it received,
 //! so an in-order, exactly-once echo proves both directions).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client_support::*;
-use holdfast::client::{ConnectError, Event, ProxyConfig, TransportKind};
+use holdfast::client::{ConnectError, Connection, Event, ProxyConfig, TransportKind};
 use holdfast::server::CloseCode;
 use holdfast_testkit::{After, Behavior, PathFilter, Proxy};
 
@@ -100,6 +101,18 @@ async fn buffered_sse_falls_back_to_long_polling() {
     exchange(&mut connection, 300, |_| {}).await;
 }
 
+/// A client forced onto `kind` through a transparent proxy that the test
+/// can change, in front of an echo server.
+async fn forced_through_proxy(kind: TransportKind) -> (EchoServer, Arc<Proxy>, Connection) {
+    let (server, proxy, url) = proxied(quick_server_config(), Behavior::transparent()).await;
+    let connection = client(&url)
+        .transport(kind)
+        .connect()
+        .await
+        .expect("connect");
+    (server, Arc::new(proxy), connection)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intermediary_error_pages_are_transient_never_data() {
     for (status, kind) in [
@@ -107,13 +120,7 @@ async fn intermediary_error_pages_are_transient_never_data() {
         (504, TransportKind::Sse),
         (502, TransportKind::LongPoll),
     ] {
-        let (_server, proxy, url) = proxied(quick_server_config(), Behavior::transparent()).await;
-        let proxy = std::sync::Arc::new(proxy);
-        let mut connection = client(&url)
-            .transport(kind)
-            .connect()
-            .await
-            .expect("connect");
+        let (_server, proxy, mut connection) = forced_through_proxy(kind).await;
         let seen = exchange(&mut connection, 400, |sent| {
             if sent == 100 {
                 // A gateway answers with error pages for a while.
@@ -140,13 +147,7 @@ async fn repeated_cuts_on_every_transport_deliver_exactly() {
         (2, TransportKind::Sse),
         (3, TransportKind::LongPoll),
     ] {
-        let (_server, proxy, url) = proxied(quick_server_config(), Behavior::transparent()).await;
-        let proxy = std::sync::Arc::new(proxy);
-        let mut connection = client(&url)
-            .transport(kind)
-            .connect()
-            .await
-            .expect("connect");
+        let (_server, proxy, mut connection) = forced_through_proxy(kind).await;
         // Connections die at random sizes and ages, and at four fixed
         // points everything live is cut besides (as soon as something is
         // live: polls come and go).

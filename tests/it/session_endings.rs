@@ -27,12 +27,7 @@ async fn send_three_then_close(session: &Session, code: CloseCode, reason: &str)
 async fn server_close_comes_after_pending_messages_on_every_transport() {
     for transport in Transport::ALL {
         let (server, mut incoming) = TestServer::start(ServerConfig::default()).await;
-        let mut client = Client::new(&server.base, 0);
-        assert_eq!(
-            client.attach(transport, &Plan::greeting_only()).await,
-            Ok(Outcome::Done)
-        );
-        let session = accept(&mut incoming, DEADLINE).await;
+        let (mut client, session) = open_session(&server, &mut incoming, transport).await;
         send_three_then_close(&session, CloseCode::NORMAL, "bye").await;
         let outcome = client
             .attach(transport, &Plan::until_closed(DEADLINE))
@@ -59,12 +54,7 @@ async fn a_client_that_missed_the_close_resumes_and_gets_the_rest_then_close() {
         (Transport::Sse, Transport::WebSocket),
     ] {
         let (server, mut incoming) = TestServer::start(ServerConfig::default()).await;
-        let mut client = Client::new(&server.base, 0);
-        assert_eq!(
-            client.attach(first, &Plan::greeting_only()).await,
-            Ok(Outcome::Done)
-        );
-        let session = accept(&mut incoming, DEADLINE).await;
+        let (mut client, session) = open_session(&server, &mut incoming, first).await;
         // The client is gone (its attachment dropped, whatever was in
         // flight lost) while the server sends and closes.
         send_three_then_close(&session, CloseCode::NORMAL, "bye").await;
@@ -117,12 +107,7 @@ async fn a_client_close_reaches_the_application_after_its_messages() {
 async fn dropping_the_last_session_handle_closes_with_1000() {
     for transport in Transport::ALL {
         let (server, mut incoming) = TestServer::start(ServerConfig::default()).await;
-        let mut client = Client::new(&server.base, 0);
-        assert_eq!(
-            client.attach(transport, &Plan::greeting_only()).await,
-            Ok(Outcome::Done)
-        );
-        let session = accept(&mut incoming, DEADLINE).await;
+        let (mut client, session) = open_session(&server, &mut incoming, transport).await;
         session.send("last words").await.expect("send");
         drop(session);
         match client
@@ -145,12 +130,7 @@ async fn shutdown_closes_every_session_with_1001_after_pending_messages() {
     let mut clients = Vec::new();
     let mut sessions = Vec::new();
     for transport in Transport::ALL {
-        let mut client = Client::new(&server.base, 0);
-        assert_eq!(
-            client.attach(transport, &Plan::greeting_only()).await,
-            Ok(Outcome::Done)
-        );
-        let session = accept(&mut incoming, DEADLINE).await;
+        let (client, session) = open_session(&server, &mut incoming, transport).await;
         session
             .send(format!("bye {transport:?}"))
             .await

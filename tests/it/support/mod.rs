@@ -24,6 +24,22 @@ pub use raw::{DEADLINE, RawWs, SharedIn, Sse, SseIn, WsIn, within};
 pub use server::{Recorder, TestServer, accept, echo, to_message, to_payload};
 pub use wire::{Frame, Payload};
 
+/// Opens a session on `transport` with a new wire client (the attachment
+/// ends once greeted) and takes the application's end of it.
+pub async fn open_session(
+    server: &TestServer,
+    incoming: &mut holdfast::server::Incoming,
+    transport: Transport,
+) -> (Client, holdfast::server::Session) {
+    let mut client = Client::new(&server.base, 0);
+    assert_eq!(
+        client.attach(transport, &Plan::greeting_only()).await,
+        Ok(Outcome::Done),
+        "opening a session on {transport:?}"
+    );
+    (client, accept(incoming, DEADLINE).await)
+}
+
 /// Short timers for timer tests: ping `ping_ms`, timeout `timeout_ms`.
 pub fn config_with_timers(ping_ms: u64, timeout_ms: u64) -> holdfast::server::ServerConfig {
     use std::time::Duration;
