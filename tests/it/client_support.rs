@@ -12,6 +12,7 @@ use holdfast::client::{Backoff, ClientBuilder, Connection, Event, Message, Trans
 use holdfast::server::{Holdfast, ServerConfig};
 use holdfast_testkit::{Behavior, Proxy};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 /// Every wait in these tests is bounded by this.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -30,6 +31,22 @@ pub fn unique_mount() -> String {
     format!("/s{}/realtime", SERVERS.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Serves `holdfast` mounted at `mount` on a fresh loopback port with
+/// `holdfast::server::serve` (and the configuration's write deadline): the
+/// address, and the task to abort to stop it.
+pub async fn serve(holdfast: &Holdfast, mount: &str) -> (SocketAddr, JoinHandle<()>) {
+    let app = axum::Router::new().nest(mount, holdfast.router());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let write_timeout = holdfast.config().write_timeout;
+    let task = tokio::spawn(async move {
+        let _ = holdfast::server::serve(listener, app)
+            .write_timeout(write_timeout)
+            .await;
+    });
+    (addr, task)
+}
+
 /// An echo server on 127.0.0.1, mounted at a path of its own
 /// ([`unique_mount`]).
 pub struct EchoServer {
@@ -37,22 +54,14 @@ pub struct EchoServer {
     /// Where the holdfast endpoints are: `/s<n>/realtime`.
     pub mount: String,
     pub holdfast: Holdfast,
-    task: tokio::task::JoinHandle<()>,
+    task: JoinHandle<()>,
 }
 
 impl EchoServer {
     pub async fn start(config: ServerConfig) -> Self {
         let holdfast = Holdfast::builder().config(config).on_session(echo);
         let mount = unique_mount();
-        let app = axum::Router::new().nest(&mount, holdfast.router());
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let write_timeout = holdfast.config().write_timeout;
-        let task = tokio::spawn(async move {
-            let _ = holdfast::server::serve(listener, app)
-                .write_timeout(write_timeout)
-                .await;
-        });
+        let (addr, task) = serve(&holdfast, &mount).await;
         Self {
             addr,
             mount,

@@ -98,14 +98,8 @@ async fn node(cluster: &MemoryCluster, seen: &Shared) -> Node {
         })
         .store(store.clone())
         .on_session(move |session| echo(session, seen.clone()));
-    let app = axum::Router::new().nest("/realtime", holdfast.router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("local address");
-    let task = tokio::spawn(async move {
-        let _ = holdfast::server::serve(listener, app).await;
-    });
+    // One mount for all nodes: nginx balances one path over them.
+    let (addr, task) = serve(&holdfast, "/realtime").await;
     Node {
         holdfast,
         store,

@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::client_support::*;
 use holdfast::client::{Event, Message, TransportKind};
 use holdfast::server::{CloseCode, Fanout, Holdfast, ServerConfig, SlowConsumer};
-use tokio::net::TcpListener;
 
 /// A server whose sessions all join one room; returns its URL and the room.
 async fn room_server(config: ServerConfig) -> (String, Fanout) {
@@ -23,13 +22,10 @@ async fn room_server(config: ServerConfig) -> (String, Fanout) {
             }
         }
     });
-    let app = axum::Router::new().nest("/realtime", holdfast.router());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = holdfast::server::serve(listener, app).await;
-    });
-    (format!("http://{addr}/realtime"), room)
+    // Served until the test's runtime ends.
+    let mount = unique_mount();
+    let (addr, _) = serve(&holdfast, &mount).await;
+    (format!("http://{addr}{mount}"), room)
 }
 
 async fn wait_members(room: &Fanout, count: usize) {

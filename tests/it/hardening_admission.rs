@@ -32,31 +32,17 @@ struct Server {
     base: String,
     addr: SocketAddr,
     holdfast: Holdfast,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: server::AbortOnDrop,
 }
 
 impl Server {
     async fn serve(holdfast: Holdfast) -> Self {
-        let app = axum::Router::new().nest(server::MOUNT, holdfast.router());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local address");
-        let task = tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            let _ = axum::serve(listener, service).await;
-        });
+        let (addr, task) = server::serve_with_peers(&holdfast).await;
         Self {
             base: format!("http://{addr}{}", server::MOUNT),
             addr,
             holdfast,
-            task,
+            _task: task,
         }
     }
 

@@ -20,11 +20,12 @@
 //! exactly once, in order). nginx missing is a failure: `./test.sh`
 //! installs it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::client_support::*;
 use crate::nginx_support::{Nginx, Profile};
+use crate::support::server::serve_with_peers;
 use holdfast::client::{Connection, Event, TransportKind};
 use holdfast::server::{Holdfast, IpNet, OpenRateLimit, ServerConfig};
 
@@ -294,29 +295,6 @@ async fn impatient_nginx_cuts_idle_connections_when_timers_are_above_its_timeout
     );
 }
 
-/// An echo server that knows each request's TCP peer (as
-/// `holdfast::server::serve` does), so that it can tell nginx from others.
-async fn serve_with_peers(holdfast: holdfast::server::Holdfast) -> (SocketAddr, AbortOnDrop) {
-    let app = axum::Router::new().nest("/realtime", holdfast.router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        let _ = axum::serve(listener, service).await;
-    });
-    (addr, AbortOnDrop(task))
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A plain HTTP client whose connections come from `local`.
 fn http_from(local: IpAddr) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -352,7 +330,9 @@ async fn behind_nginx_forwarded_host_and_client_address_count_once_nginx_is_trus
         if trusted {
             builder = builder.trusted_proxies([IpNet::from(IpAddr::from([127, 0, 0, 1]))]);
         }
-        let (addr, _server) = serve_with_peers(builder.on_session(|_| async {})).await;
+        // A server that knows each request's TCP peer, so that it can tell
+        // nginx from others.
+        let (addr, _server) = serve_with_peers(&builder.on_session(|_| async {})).await;
         let nginx = Nginx::start(Profile::Forwarding, addr).await;
         let logs = || format!("trusted {trusted}\n{}", nginx.logs());
 

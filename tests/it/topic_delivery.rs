@@ -81,14 +81,8 @@ async fn node_with_history(store: Option<Arc<MemoryStore>>, history: usize) -> N
         builder = builder.store(store.clone());
     }
     let holdfast = builder.on_session(member);
-    let app = axum::Router::new().nest("/realtime", holdfast.router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("local address");
-    let task = tokio::spawn(async move {
-        let _ = holdfast::server::serve(listener, app).await;
-    });
+    // One mount for all nodes: nginx balances one path over them.
+    let (addr, task) = serve(&holdfast, "/realtime").await;
     Node {
         holdfast,
         store,
@@ -457,17 +451,9 @@ async fn topic_limits_give_clear_errors() {
         .config(quick_server_config())
         .store(store)
         .on_session(limits);
-    let app = axum::Router::new().nest("/realtime", holdfast.router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let url = format!(
-        "http://{}/realtime",
-        listener.local_addr().expect("address")
-    );
-    let server = tokio::spawn(async move {
-        let _ = holdfast::server::serve(listener, app).await;
-    });
+    let mount = unique_mount();
+    let (addr, server) = serve(&holdfast, &mount).await;
+    let url = format!("http://{addr}{mount}");
     let mut connection = client(&url).connect().await.expect("connect");
     let report = wait_for(&mut connection, |event| match event {
         Event::Message(message) => message.as_text().map(str::to_owned),

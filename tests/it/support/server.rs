@@ -126,6 +126,32 @@ impl TestServer {
     }
 }
 
+/// Serves `holdfast` at [`MOUNT`] on a fresh loopback port with plain
+/// `axum::serve` and connect info (each request's TCP peer, as
+/// `holdfast::server::serve` gives it): the address, and the serving task,
+/// stopped when dropped.
+pub async fn serve_with_peers(holdfast: &Holdfast) -> (SocketAddr, AbortOnDrop) {
+    let app = axum::Router::new().nest(MOUNT, holdfast.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    let task = tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        let _ = axum::serve(listener, service).await;
+    });
+    (addr, AbortOnDrop(task))
+}
+
+/// Aborts a task when dropped.
+pub struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The echo application: every message comes back, in order, until the
 /// session ends.
 pub async fn echo(session: Session) {
