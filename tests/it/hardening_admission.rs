@@ -59,16 +59,6 @@ impl Server {
     }
 }
 
-/// An HTTP client whose connections come from `local` (a loopback address).
-fn http_from(local: IpAddr) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .local_address(local)
-        .build()
-        .expect("build the HTTP client")
-}
-
 /// A WebSocket to `url` from the loopback address `local`, or the status
 /// of its refused upgrade.
 async fn ws_try_from(

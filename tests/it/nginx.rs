@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::client_support::*;
 use crate::nginx_support::{Nginx, Profile};
+use crate::support::http_from;
 use crate::support::server::serve_with_peers;
 use holdfast::client::{Connection, Event, TransportKind};
 use holdfast::server::{Holdfast, IpNet, OpenRateLimit, ServerConfig};
@@ -43,6 +44,17 @@ async fn behind(profile: Profile, config: ServerConfig) -> (EchoServer, Nginx) {
     (server, nginx)
 }
 
+/// Connects (automatic transport) through `nginx` and checks the
+/// transport the client ended on; nginx's logs on failure.
+async fn connect_on(server: &EchoServer, nginx: &Nginx, expected: TransportKind) -> Connection {
+    let connection = client(&nginx.url_to(&server.mount))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", nginx.logs()));
+    assert_eq!(connection.transport(), Some(expected), "{}", nginx.logs());
+    connection
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corporate_default_falls_back_to_sse_and_delivers_exactly() {
     let mut config = quick_server_config();
@@ -51,17 +63,8 @@ async fn corporate_default_falls_back_to_sse_and_delivers_exactly() {
     config.sse_max_bytes = 32 * 1024;
     let (server, nginx) = behind(Profile::Corporate, config).await;
     let started = Instant::now();
-    let mut connection = client(&nginx.url_to(&server.mount))
-        .connect()
-        .await
-        .expect("connect");
+    let mut connection = connect_on(&server, &nginx, TransportKind::Sse).await;
     let connected = started.elapsed();
-    assert_eq!(
-        connection.transport(),
-        Some(TransportKind::Sse),
-        "{}",
-        nginx.logs()
-    );
     let seen = exchange(&mut connection, 2000, |_| {}).await;
     println!(
         "corporate default: {:?} after {connected:?}; {seen:?}",
@@ -97,17 +100,8 @@ async fn corporate_default_falls_back_to_sse_and_delivers_exactly() {
 async fn corporate_proxy_that_ignores_x_accel_buffering_ends_on_long_polling() {
     let (server, nginx) = behind(Profile::CorporateStrict, quick_server_config()).await;
     let started = Instant::now();
-    let mut connection = client(&nginx.url_to(&server.mount))
-        .connect()
-        .await
-        .expect("connect");
+    let mut connection = connect_on(&server, &nginx, TransportKind::LongPoll).await;
     let connected = started.elapsed();
-    assert_eq!(
-        connection.transport(),
-        Some(TransportKind::LongPoll),
-        "{}",
-        nginx.logs()
-    );
     let seen = exchange(&mut connection, 2000, |_| {}).await;
     println!("corporate strict: long-polling after {connected:?}; {seen:?}");
     assert!(seen.changes.is_empty(), "{seen:?}");
@@ -126,16 +120,7 @@ async fn corporate_proxy_that_ignores_x_accel_buffering_ends_on_long_polling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn well_configured_nginx_keeps_the_client_on_websocket() {
     let (server, nginx) = behind(Profile::WellConfigured, quick_server_config()).await;
-    let mut connection = client(&nginx.url_to(&server.mount))
-        .connect()
-        .await
-        .expect("connect");
-    assert_eq!(
-        connection.transport(),
-        Some(TransportKind::WebSocket),
-        "{}",
-        nginx.logs()
-    );
+    let mut connection = connect_on(&server, &nginx, TransportKind::WebSocket).await;
     let seen = exchange(&mut connection, 2000, |_| {}).await;
     assert_eq!(seen.reconnects, 0, "{seen:?}");
     assert!(seen.changes.is_empty(), "{seen:?}");
@@ -293,16 +278,6 @@ async fn impatient_nginx_cuts_idle_connections_when_timers_are_above_its_timeout
         polls.iter().any(|(status, _)| *status == 504),
         "held polls answered 504 by nginx: {polls:?}"
     );
-}
-
-/// A plain HTTP client whose connections come from `local`.
-fn http_from(local: IpAddr) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .local_address(local)
-        .build()
-        .expect("HTTP client")
 }
 
 /// Opens a session with a long-poll through nginx: the status.

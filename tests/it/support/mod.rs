@@ -40,6 +40,19 @@ pub async fn open_session(
     (client, accept(incoming, DEADLINE).await)
 }
 
+/// A plain HTTP client (no proxy) whose connections come from `local`, a
+/// loopback address other than 127.0.0.1: another client, as the server
+/// sees it.
+pub fn http_from(local: std::net::IpAddr) -> reqwest::Client {
+    // As in `raw::http_client`: reqwest may need a crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(local)
+        .build()
+        .expect("build the HTTP client")
+}
+
 /// Short timers for timer tests: ping `ping_ms`, timeout `timeout_ms`.
 pub fn config_with_timers(ping_ms: u64, timeout_ms: u64) -> holdfast::server::ServerConfig {
     use std::time::Duration;

@@ -86,43 +86,48 @@ impl TestServer {
 
     /// Waits until the server holds `n` sessions, or panics after `within`.
     pub async fn wait_session_count(&self, n: usize, within: Duration) {
-        let reached = tokio::time::timeout(within, async {
-            loop {
-                if self.holdfast.session_count() == n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        self.wait_until(within, 5, || {
+            let count = self.holdfast.session_count();
+            (count == n).then_some(()).ok_or_else(|| {
+                format!("server still holds {count} sessions after {within:?}, expected {n}")
+            })
         })
         .await;
-        assert!(
-            reached.is_ok(),
-            "server still holds {} sessions after {within:?}, expected {n}",
-            self.holdfast.session_count()
-        );
     }
-}
 
-impl TestServer {
     /// Waits until the server buffers `n` bytes across all sessions (replay
     /// buffers and unread input), or panics after `within`. A resume's or
     /// poll's `last` drops acknowledged messages from the replay buffer, so
     /// this shows that a request has reached the session.
     pub async fn wait_buffered_bytes(&self, n: usize, within: Duration) {
+        self.wait_until(within, 2, || {
+            let bytes = self.holdfast.buffered_bytes();
+            (bytes == n).then_some(()).ok_or_else(|| {
+                format!("server buffers {bytes} bytes after {within:?}, expected {n}")
+            })
+        })
+        .await;
+    }
+
+    /// Polls `check` every `every_ms` until it is `Ok`; panics with its
+    /// last `Err` after `within`.
+    async fn wait_until(
+        &self,
+        within: Duration,
+        every_ms: u64,
+        check: impl Fn() -> Result<(), String>,
+    ) {
         let reached = tokio::time::timeout(within, async {
-            loop {
-                if self.holdfast.buffered_bytes() == n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+            while check().is_err() {
+                tokio::time::sleep(Duration::from_millis(every_ms)).await;
             }
         })
         .await;
-        assert!(
-            reached.is_ok(),
-            "server buffers {} bytes after {within:?}, expected {n}",
-            self.holdfast.buffered_bytes()
-        );
+        if reached.is_err()
+            && let Err(failure) = check()
+        {
+            panic!("{failure}");
+        }
     }
 }
 
