@@ -13,7 +13,7 @@ use crate::support;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::client_support::{client, exchange, quick_server_config, wait_for};
+use crate::client_support::{client, exchange, quick_server_config, unique_mount, wait_for};
 use crate::support::raw::{self, RawWs, Sse, SseIn, WsIn};
 use crate::support::{DEADLINE, Frame, TestServer};
 use axum::serve::ListenerExt;
@@ -282,32 +282,28 @@ async fn recorded(behavior: Behavior) -> Recorded {
     // An echo server of our own: the support ones have no room for a layer.
     let holdfast = Holdfast::builder()
         .config(quick_server_config())
-        .on_session(|session: holdfast::server::Session| async move {
-            while let Some(message) = session.recv().await {
-                if session.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
-    let app = axum::Router::new()
-        .nest("/realtime", holdfast.router())
-        .layer(axum::middleware::map_request(
-            move |request: axum::extract::Request| {
-                let record = record.clone();
-                async move {
-                    let key = request
-                        .headers()
-                        .get(KEY_HEADER)
-                        .map(|v| v.to_str().unwrap_or("<not text>").to_owned());
-                    record
-                        .0
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((request.uri().to_string(), key));
-                    request
-                }
-            },
-        ));
+        .on_session(crate::support::echo);
+    let mount = unique_mount();
+    let app =
+        axum::Router::new()
+            .nest(&mount, holdfast.router())
+            .layer(axum::middleware::map_request(
+                move |request: axum::extract::Request| {
+                    let record = record.clone();
+                    async move {
+                        let key = request
+                            .headers()
+                            .get(KEY_HEADER)
+                            .map(|v| v.to_str().unwrap_or("<not text>").to_owned());
+                        record
+                            .0
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((request.uri().to_string(), key));
+                        request
+                    }
+                },
+            ));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
@@ -322,7 +318,7 @@ async fn recorded(behavior: Behavior) -> Recorded {
         .start()
         .await
         .expect("proxy");
-    let url = format!("{}/realtime", proxy.url());
+    let url = format!("{}{mount}", proxy.url());
     Recorded {
         seen,
         proxy: Arc::new(proxy),

@@ -60,6 +60,8 @@ struct Node {
     holdfast: Holdfast,
     store: Option<Arc<MemoryStore>>,
     addr: SocketAddr,
+    /// Its holdfast URL.
+    url: String,
     task: JoinHandle<()>,
 }
 
@@ -69,11 +71,13 @@ impl Drop for Node {
     }
 }
 
-async fn node(store: Option<Arc<MemoryStore>>) -> Node {
-    node_with_history(store, 10_000).await
+/// A node serving its topics at `mount` (a cluster's nodes share one, so
+/// that nginx balances one path over them).
+async fn node(store: Option<Arc<MemoryStore>>, mount: &str) -> Node {
+    node_with_history(store, 10_000, mount).await
 }
 
-async fn node_with_history(store: Option<Arc<MemoryStore>>, history: usize) -> Node {
+async fn node_with_history(store: Option<Arc<MemoryStore>>, history: usize, mount: &str) -> Node {
     let mut config = quick_server_config();
     config.topic_history = history;
     let mut builder = Holdfast::builder().config(config);
@@ -81,12 +85,12 @@ async fn node_with_history(store: Option<Arc<MemoryStore>>, history: usize) -> N
         builder = builder.store(store.clone());
     }
     let holdfast = builder.on_session(member);
-    // One mount for all nodes: nginx balances one path over them.
-    let (addr, task) = serve(&holdfast, "/realtime").await;
+    let (addr, task) = serve(&holdfast, mount).await;
     Node {
         holdfast,
         store,
         addr,
+        url: format!("http://{addr}{mount}"),
         task,
     }
 }
@@ -163,8 +167,8 @@ fn is_a_suffix(got: &[String], order: &[String], who: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_every_subscriber_gets_every_message_once_in_one_order() {
-    let node = node(None).await;
-    let url = format!("http://{}/realtime", node.addr);
+    let node = node(None, &unique_mount()).await;
+    let url = node.url.clone();
     let room = node.holdfast.topic("room").expect("topic");
     let mut presence = room.watch_presence();
     let mut clients = Vec::new();
@@ -242,8 +246,8 @@ async fn one_node_every_subscriber_gets_every_message_once_in_one_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_past_every_queue_is_caught_up_from_the_log_in_order() {
-    let node = node(None).await;
-    let url = format!("http://{}/realtime", node.addr);
+    let node = node(None, &unique_mount()).await;
+    let url = node.url.clone();
     let mut connection = subscriber(&url, TransportKind::WebSocket, "reader").await;
     let room = node.holdfast.topic("room").expect("topic");
     // More than the broker's queue to this node (4096) and the hub's
@@ -259,8 +263,8 @@ async fn a_burst_past_every_queue_is_caught_up_from_the_log_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_further_behind_than_the_history_closes_subscribers_rather_than_skip() {
-    let node = node_with_history(None, 50).await;
-    let url = format!("http://{}/realtime", node.addr);
+    let node = node_with_history(None, 50, &unique_mount()).await;
+    let url = node.url.clone();
     let mut connection = subscriber(&url, TransportKind::WebSocket, "reader").await;
     let room = node.holdfast.topic("room").expect("topic");
     let count = 20_000;
@@ -327,12 +331,13 @@ async fn publish_from(rooms: Vec<Topic>, prefix: &str, count: usize) -> Vec<Stri
 async fn three_nodes_one_order_across_a_nodes_death_and_a_hand_over() {
     let cluster = MemoryCluster::new();
     let mut nodes = Vec::new();
+    let mount = unique_mount();
     for _ in 0..3 {
-        nodes.push(node(Some(cluster.node())).await);
+        nodes.push(node(Some(cluster.node()), &mount).await);
     }
     let upstreams: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
     let nginx = Nginx::start_balanced(Profile::WellConfigured, &upstreams).await;
-    let url = nginx.url();
+    let url = nginx.url_to(&mount);
     // HTTP transports: their requests spread over the nodes, so a dead
     // node's sessions are taken over at the next request.
     let mut clients = Vec::new();
