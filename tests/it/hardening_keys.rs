@@ -362,7 +362,12 @@ async fn the_rust_client_never_puts_the_key_in_a_url() {
             }
         })
         .await;
-        assert!(seen.resumed >= 1, "{kind}: no resume: {seen:?}");
+        // On long-polling a cut poll may be followed by one that continues
+        // the attachment (within the server's timeout) with no `resumed`:
+        // every poll after the first names the session all the same.
+        if kind != TransportKind::LongPoll {
+            assert!(seen.resumed >= 1, "{kind}: no resume: {seen:?}");
+        }
         let downstream = match kind {
             TransportKind::WebSocket => "/ws",
             TransportKind::Sse => "/sse",
