@@ -15,8 +15,10 @@
 //! with the rule it broke. Every check is bounded in time.
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -76,12 +78,25 @@ pub async fn run_all(base: &str) -> Vec<Report> {
     reports
 }
 
+/// Runs `check` within [`CHECK_DEADLINE`]. The wire helpers panic on what
+/// a test cannot go on from (a refused connection, a request that failed):
+/// here that is the check's failure, and the next check still runs.
 async fn bounded(name: String, check: impl Future<Output = Result<String, String>>) -> Report {
-    let result = match tokio::time::timeout(CHECK_DEADLINE, check).await {
-        Ok(result) => result,
+    let guarded = AssertUnwindSafe(check).catch_unwind();
+    let result = match tokio::time::timeout(CHECK_DEADLINE, guarded).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => Err(panic_message(panic.as_ref())),
         Err(_) => Err(format!("not done within {CHECK_DEADLINE:?}")),
     };
     Report { name, result }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "the check panicked".to_owned())
 }
 
 /// Opens a session on `transport`, sends `ECHO_MESSAGES` and expects them

@@ -8,7 +8,7 @@ use holdfast_conformance::checks;
 use crate::support::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_echo_example_application_passes_every_conformance_check() {
+async fn an_in_process_echo_server_passes_every_conformance_check() {
     let server = TestServer::echo(ServerConfig::default()).await;
     let reports = checks::run_all(&server.base).await;
     for report in &reports {
@@ -47,6 +47,24 @@ async fn an_echo_that_changes_messages_fails_the_echo_check() {
         assert!(
             failure.contains("first difference at index 0"),
             "{transport:?}: {failure}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_server_at_the_url_fails_every_check_with_a_report() {
+    // A port nothing listens on any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let reports = checks::run_all(&format!("http://127.0.0.1:{port}/realtime")).await;
+    assert_eq!(reports.len(), 6);
+    for report in &reports {
+        let failure = report.result.as_ref().expect_err("passed with no server");
+        assert!(
+            failure.contains("failed") || failure.contains("refused"),
+            "{report}"
         );
     }
 }
