@@ -241,7 +241,7 @@ describe("fallback", () => {
     const events = record(client);
     await nextEvent(client, "open", 5000);
     const reconnecting = nextEvent(client, "reconnecting", 5000);
-    proxy.failNext(4, "send");
+    await proxy.failNext(4, "send");
     const { received } = await echoExchange(client, { count: 50 });
     assert.equal(received.length, 50);
     assert.equal((await reconnecting).reason, "sse: connection lost");
