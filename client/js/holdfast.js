@@ -2624,13 +2624,11 @@ export class Connector {
       // jitter on top, and open a fresh session then.
       const delay = close.retryAfter + this.nextBackoff();
       const reason = `the server is overloaded (${close.code} ${close.reason ?? ""})`;
-      this.freshSession = true;
-      this.wait(now, delay, reason);
-      if (this.done) {
-        this.actions = [];
-        this.giveUp({ refused: close });
+      if (!this.pastConnectTimeout(now, delay)) {
+        this.freshSession = true;
+        this.wait(now, delay, reason);
+        return;
       }
-      return;
     }
     this.giveUp({ refused: close });
   }
@@ -2705,9 +2703,15 @@ export class Connector {
 
   /** Backs off for `delay`, or gives up when that would pass the connect
    * timeout of a session that never opened. */
-  wait(now, delay, reason) {
+  /** Whether waiting `delay` from `now` would pass the connect timeout of
+   * a session that never opened. */
+  pastConnectTimeout(now, delay) {
     const timeout = this.config.connectTimeout;
-    if (!this.sessionOpen && timeout !== null && now + delay >= this.started + timeout) {
+    return !this.sessionOpen && timeout !== null && now + delay >= this.started + timeout;
+  }
+
+  wait(now, delay, reason) {
+    if (this.pastConnectTimeout(now, delay)) {
       const failures = this.failures;
       this.failures = [];
       this.giveUp({ noTransport: failures });

@@ -495,13 +495,11 @@ impl Connector {
                 "the server is overloaded ({} {})",
                 close.code.0, close.reason
             );
-            self.fresh_session = true;
-            self.wait(now, delay, reason);
-            if self.is_done() {
-                self.actions.clear();
-                self.give_up(GiveUp::Refused(close));
+            if !self.past_connect_timeout(now, delay) {
+                self.fresh_session = true;
+                self.wait(now, delay, reason);
+                return;
             }
-            return;
         }
         self.give_up(GiveUp::Refused(close));
     }
@@ -586,10 +584,7 @@ impl Connector {
     /// Backs off for `delay`, or gives up when that would pass the connect
     /// timeout of a session that never opened.
     fn wait(&mut self, now: Instant, delay: Duration, reason: String) {
-        if !self.session_open
-            && let Some(timeout) = self.config.connect_timeout
-            && now + delay >= self.started + timeout
-        {
+        if self.past_connect_timeout(now, delay) {
             let failures = std::mem::take(&mut self.failures);
             self.give_up(GiveUp::NoTransport(failures));
             return;
@@ -601,6 +596,16 @@ impl Connector {
             delay,
             reason,
         });
+    }
+
+    /// Whether waiting `delay` from `now` would pass the connect timeout of
+    /// a session that never opened.
+    fn past_connect_timeout(&self, now: Instant, delay: Duration) -> bool {
+        !self.session_open
+            && self
+                .config
+                .connect_timeout
+                .is_some_and(|timeout| now + delay >= self.started + timeout)
     }
 
     fn give_up(&mut self, why: GiveUp) {
