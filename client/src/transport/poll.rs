@@ -131,7 +131,8 @@ fn start_poll<'c>(ctx: &'c Ctx, target: &ConnectTarget, timeout: Duration) -> Po
             Err(e) => PollAnswer::Failed(request_end(&e)),
             Ok(response) => {
                 let status = response.status().as_u16();
-                let headers = response.headers().clone();
+                // Headers matter only on a refusal: no copy on the usual path.
+                let headers = (status != 200).then(|| response.headers().clone());
                 match response.bytes().await {
                     Err(e) => PollAnswer::Failed(request_end(&e)),
                     Ok(body) if status == 200 => match json::decode_batch(&body) {
@@ -143,7 +144,7 @@ fn start_poll<'c>(ctx: &'c Ctx, target: &ConnectTarget, timeout: Duration) -> Po
                     },
                     Ok(body) => PollAnswer::Refused {
                         status,
-                        headers,
+                        headers: headers.unwrap_or_default(),
                         body: body.to_vec(),
                     },
                 }

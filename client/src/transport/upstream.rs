@@ -78,9 +78,10 @@ impl<'c> Upstream<'c> {
         self.in_flight = Some(Box::pin(async move {
             let response = request.await.map_err(|e| request_end(&e))?;
             let status = response.status().as_u16();
-            let headers = response.headers().clone();
+            // Headers matter only on a refusal: no copy on the usual path.
+            let headers = (status != 200).then(|| response.headers().clone());
             let body = response.bytes().await.map_err(|e| request_end(&e))?;
-            if status != 200 {
+            if let Some(headers) = headers {
                 return Err(classify_http(status, &headers, &body));
             }
             json::decode_batch(&body)
