@@ -26,6 +26,10 @@ static MOVED: AtomicUsize = AtomicUsize::new(0);
 /// topic.
 static RESUMED: AtomicUsize = AtomicUsize::new(0);
 
+/// Of those, the sessions that moved on again before their handler
+/// subscribed (a node that died takes a session over as well as any).
+static LEFT: AtomicUsize = AtomicUsize::new(0);
+
 /// What every handler does: subscribe its session to "room" (as the name
 /// its client sends first, on a new session), say so, then publish what
 /// the client sends.
@@ -49,6 +53,10 @@ async fn member(session: Session) {
             RESUMED.fetch_add(1, Ordering::Relaxed);
         }
         Ok(_) => {}
+        Err(TopicError::Closed) if session.continued() => {
+            LEFT.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         Err(_) => return,
     }
     if !session.continued() && session.send("subscribed").await.is_err() {
@@ -332,6 +340,62 @@ async fn publish_from(rooms: Vec<Topic>, prefix: &str, count: usize) -> Vec<Stri
     all.into_iter().map(|(_, text)| text).collect()
 }
 
+/// A session handed over to a node whose hub is behind it in the topic
+/// (that node's events stopped: it reads the log once a second) resumes
+/// right after what it got, not from where that hub stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_to_a_node_behind_it_in_the_topic_gets_nothing_twice() {
+    let cluster = MemoryCluster::new();
+    let mount = unique_mount();
+    let nodes = [
+        node(Some(cluster.node()), &mount).await,
+        node(Some(cluster.node()), &mount).await,
+    ];
+    let upstreams: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
+    let nginx = Nginx::start_balanced(Profile::WellConfigured, &upstreams).await;
+    // Both nodes' hubs run (each has heard of the subscriber)...
+    let rooms = nodes
+        .each_ref()
+        .map(|node| node.holdfast.topic("room").expect("topic"));
+    let mut watches = rooms.each_ref().map(Topic::watch_presence);
+    let mut connection = subscriber(&nginx.url_to(&mount), TransportKind::WebSocket, "mover").await;
+    for watch in &mut watches {
+        tokio::time::timeout(DEADLINE, async {
+            while watch.members().is_empty() {
+                watch.next().await.expect("presence");
+            }
+        })
+        .await
+        .expect("the hub heard of the subscriber");
+    }
+    let home = usize::from(nodes[0].holdfast.session_count() == 0);
+    let (home, other) = (&nodes[home], &nodes[1 - home]);
+    let [room, behind] = if home.addr == nodes[0].addr {
+        rooms
+    } else {
+        let [a, b] = rooms;
+        [b, a]
+    };
+    // ...then the other one hears nothing more (it reads the log once a
+    // second).
+    if let Some(store) = &other.store {
+        store.die();
+    }
+    let published: Vec<String> = (0..20).map(|n| format!("m{n}")).collect();
+    for text in &published {
+        room.publish(text.clone()).await.expect("publish");
+    }
+    assert_eq!(received(&mut connection, 20).await, published);
+
+    // Handed over before the other hub's next read of the log.
+    home.holdfast.hand_over().await;
+    behind.publish("after").await.expect("publish");
+    let got = received_until(&mut connection, "after").await;
+    assert_eq!(got, ["after"], "nothing it got comes again");
+    assert_eq!(other.holdfast.session_count(), 1, "continued there");
+    drop(nginx);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_one_order_across_a_nodes_death_and_a_hand_over() {
     let cluster = MemoryCluster::new();
@@ -410,24 +474,27 @@ async fn three_nodes_one_order_across_a_nodes_death_and_a_hand_over() {
     // moved session continues on another node at its client's next request,
     // which may come after the client has read everything: wait (bounded)
     // for the handlers there. Every session that moved must have resumed its
-    // place in the topic.
+    // place in the topic, unless it moved on again first.
     let settled = tokio::time::timeout(DEADLINE, async {
         loop {
             let moved = MOVED.load(Ordering::Relaxed);
-            if moved > 0 && RESUMED.load(Ordering::Relaxed) == moved {
+            let left = LEFT.load(Ordering::Relaxed);
+            if moved > left && RESUMED.load(Ordering::Relaxed) + left == moved {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
-    let (moved, resumed) = (
+    let (moved, resumed, left) = (
         MOVED.load(Ordering::Relaxed),
         RESUMED.load(Ordering::Relaxed),
+        LEFT.load(Ordering::Relaxed),
     );
     assert!(
         settled.is_ok(),
-        "{moved} sessions moved to other nodes, {resumed} resumed their place in the topic"
+        "{moved} sessions moved to other nodes, {resumed} resumed their place in the topic, \
+         {left} moved on before subscribing"
     );
     drop(nginx);
 }

@@ -294,6 +294,13 @@ impl Hub {
         let mut subscribed = Subscribed::default();
         match cursor {
             Some(cursor) => {
+                // The session may have got further on another node than
+                // this hub has delivered (a hub reads the log only once a
+                // second when its node's events stop): read to the log's
+                // end first, or the hub would give it again what it got.
+                if cursor.epoch != self.epoch || cursor.offset > self.last {
+                    self.catch_up().await;
+                }
                 subscribed.resumed = true;
                 subscribed.missed = self.resume(&subscriber, cursor).await?;
             }
