@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::client_support::*;
 use holdfast::client::{ConnectError, Connection, Event, ProxyConfig, TransportKind};
-use holdfast::server::CloseCode;
+use holdfast::server::{CloseCode, Holdfast, Session};
 use holdfast_testkit::{After, Behavior, PathFilter, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,4 +377,95 @@ async fn server_down_is_not_a_reason_to_fall_back() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A send the server refuses for now (the server-wide buffer is full:
+/// `503` with `Retry-After`) is sent again after the wait, on the same
+/// attachment (`PROTOCOL.md` §7): nothing lost, nothing twice, no
+/// reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_refused_for_now_is_sent_again_after_retry_after() {
+    const LIMIT: usize = 16 * 1024;
+    let mut config = quick_server_config();
+    config.max_buffered_bytes = LIMIT;
+    config.session.max_message = 4096;
+    config.session.max_unacked_bytes = LIMIT;
+    config.retry_after = Duration::from_secs(1);
+    // The application reads nothing until told to.
+    let go = Arc::new(tokio::sync::Notify::new());
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let holdfast = Holdfast::builder().config(config).on_session({
+        let go = go.clone();
+        move |session: Session| {
+            let (go, got_tx) = (go.clone(), got_tx.clone());
+            async move {
+                go.notified().await;
+                while let Some(message) = session.recv().await {
+                    let text = message.as_text().unwrap_or_default().to_owned();
+                    let _ = got_tx.send(text);
+                }
+            }
+        }
+    });
+    let mount = unique_mount();
+    let (addr, _task) = serve(&holdfast, &mount).await;
+    let proxy = Proxy::builder()
+        .upstream(addr)
+        .start()
+        .await
+        .expect("proxy");
+    let sends = || -> u64 {
+        let stats = proxy.stats();
+        let path = format!("{mount}/send");
+        stats.requests.get(&path).copied().unwrap_or(0)
+    };
+    let connection = client(&format!("{}{mount}", proxy.url()))
+        .transport(TransportKind::LongPoll)
+        .connect()
+        .await
+        .expect("connect");
+    let sent: Vec<String> = (0..20)
+        .map(|n| format!("{n:04}{}", "x".repeat(1020)))
+        .collect();
+    // Ten fit in the server-wide budget...
+    for text in &sent[..10] {
+        connection.send(text.clone()).await.expect("send");
+    }
+    wait_until(|| holdfast.buffered_bytes() >= 10 * 1024).await;
+    // ...the next ten do not: their request is refused, then sent again.
+    let before = sends();
+    for text in &sent[10..] {
+        connection.send(text.clone()).await.expect("send");
+    }
+    wait_until(|| sends() >= before + 2).await;
+    go.notify_one();
+    let mut received = Vec::new();
+    while received.len() < sent.len() {
+        let text = tokio::time::timeout(DEADLINE, got.recv())
+            .await
+            .expect("the application got everything in time")
+            .expect("the handler runs");
+        received.push(text);
+    }
+    assert!(received == sent, "every message once, in order");
+    connection.close().await;
+    let mut connection = connection;
+    while let Some(event) = connection.next_event().await {
+        assert!(
+            !matches!(event, Event::Reconnecting { .. }),
+            "a refused send reconnected: {event:?}"
+        );
+    }
+}
+
+/// Waits, with [`DEADLINE`], until `done` holds (a state the test can only
+/// read, not be told of).
+async fn wait_until(done: impl Fn() -> bool) {
+    tokio::time::timeout(DEADLINE, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("in time");
 }
