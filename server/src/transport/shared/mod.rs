@@ -87,6 +87,8 @@ async fn take(
                 key: entry.key,
                 last: entry.last,
                 probe: false,
+                // Reports travel on a session's own requests only.
+                report: None,
             };
             match prepare_session(state, headers.clone(), uri.clone(), peer, kind, query).await {
                 Ok(prepared) => attach(state, prepared, kind).await,
