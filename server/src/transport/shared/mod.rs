@@ -87,8 +87,7 @@ async fn take(
                 key: entry.key,
                 last: entry.last,
                 probe: false,
-                // Reports travel on a session's own requests only.
-                report: None,
+                report: entry.report,
             };
             match prepare_session(state, headers.clone(), uri.clone(), peer, kind, query).await {
                 Ok(prepared) => attach(state, prepared, kind).await,
