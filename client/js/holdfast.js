@@ -508,8 +508,7 @@ class Attachment {
     this.ackDue = false;
     this.verifyBy = 0;
     this.reportedTrusted = false;
-    // The fallback report its requests carry until it opens (see
-    // `Engine.offerReport`), and how many entries the server then has.
+    // The report its requests carry until it opens (`offerReport`).
     this.report = null;
     this.reporting = 0;
     this.ended = false;
@@ -2217,13 +2216,12 @@ const ATTACHMENTS = {
 const FLAP_WINDOW = 10000;
 /** …and this many flaps demote it. */
 const FLAPS_TO_DEMOTE = 2;
-/** A fallback report step as the server reads it (PROTOCOL.md §1.2):
- * `from:to:cause:detail:after_ms`, detail the HTTP status or close code. */
+/** A fallback report entry on the wire (PROTOCOL.md §1.2). */
 const reportEntry = (f) =>
   `${f.from}:${f.to}:${f.cause}:${f.status ?? f.code ?? ""}:${Math.max(0, Math.floor(f.after))}`;
 
-/** The most bytes of fallback report a session's own request carries, and
- * an entry of a shared request (whose body allows 256 bytes a session). */
+/** The most bytes of report on a session's own request, and in a shared
+ * request's entry (its body allows 256 bytes a session). */
 const REPORT_BYTES = 1024;
 const SHARED_REPORT_BYTES = 128;
 
@@ -3567,9 +3565,8 @@ class Engine {
     this.drive();
   }
 
-  /** The fallback report's entries the server has not had, as the
-   * `report` of `att`'s requests (PROTOCOL.md §1.2), within `max` bytes:
-   * once `att` opens, the server has them and they are not sent again. */
+  /** The report entries the server has not had, within `max` bytes, for
+   * `att`'s requests: once it opens, the server has them. */
   offerReport(att, max) {
     const unsent = this.connector.fallbacks().slice(this.reported);
     let n = unsent.length;
@@ -3888,14 +3885,8 @@ export class Holdfast extends EventTarget {
     return this.#engine.params ? this.#engine.params.sid : null;
   }
 
-  /** Why the page is on the transport it is on, for support tools and
-   * badges: `{ transport, fallbacks }`, each fallback a step down the
-   * transport order, oldest first — `{ from, to, reason, status, code,
-   * afterMs }`: `reason` one of `unreachable`, `status`, `timeout`,
-   * `no_first_frame`, `invalid`, `closed`, `silent`, `detached`,
-   * `refused`, `flapping`; `status` the HTTP status (for `status`),
-   * `code` the close code (for `detached` and `refused`), else null.
-   * The server is told the same once (`Session::fallbacks`). */
+  /** Why the page is on this transport: `{ transport, fallbacks: [{ from,
+   * to, reason, status, code, afterMs }] }` (see the README). */
   get diagnostics() {
     const engine = this.#engine;
     const fallbacks = (engine.connector ? engine.connector.fallbacks() : []).map((f) => ({
