@@ -17,7 +17,9 @@
 //!
 //! With `--redis`, every node sharing that Redis serves the same room:
 //! history, who is online and every message, whatever node and transport
-//! each visitor is on. Stop a node (SIGTERM or Ctrl-C: it hands its
+//! each visitor is on — and, when it is on a fallback, why ("on SSE:
+//! WebSocket upgrade refused"), which this server logs too, from the
+//! report the page's client sends it (`Session::fallbacks`). Stop a node (SIGTERM or Ctrl-C: it hands its
 //! visitors over) or kill it, and its visitors carry on without noticing —
 //! on another node if a load balancer sends them there, else on this one
 //! when it is back (see `docs/scaling.md`). Without `--redis` the room
@@ -63,7 +65,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use holdfast::server::store::{DEFAULT_HISTORY, Member, Store as _};
-use holdfast::server::{Holdfast, Message, Session, Topic, TopicError};
+use holdfast::server::{Cause, Fallback, Holdfast, Message, Session, Topic, TopicError};
 use serde_json::{Value, json};
 use tracing_subscriber::EnvFilter;
 
@@ -203,6 +205,15 @@ struct Visitor {
 /// visitor, until the session ends; the room itself reaches the visitor
 /// through the topic.
 async fn serve(session: Session) {
+    let fallbacks = session.fallbacks();
+    if !fallbacks.is_empty() {
+        // What an operator wants to know about a visitor behind a proxy.
+        tracing::info!(
+            session = session.id(),
+            fallbacks = %fallback_words(&fallbacks),
+            "on a fallback transport"
+        );
+    }
     let room = match session.topic(ROOM) {
         Ok(room) => room,
         Err(error) => {
@@ -574,6 +585,24 @@ where
 
 fn parse(message: &Message) -> Option<Value> {
     serde_json::from_str(message.as_text()?).ok()
+}
+
+/// A client's fallback report for the log, e.g. `websocket->sse: status
+/// 403, sse->long-poll: no_first_frame` (closed sets and numbers only: no
+/// client text reaches the log).
+fn fallback_words(fallbacks: &[Fallback]) -> String {
+    let words: Vec<String> = fallbacks
+        .iter()
+        .map(|step| {
+            let detail = match step.cause {
+                Cause::Status(status) => format!(" {status}"),
+                Cause::Detached(code) | Cause::Refused(code) => format!(" {}", code.0),
+                _ => String::new(),
+            };
+            format!("{}->{}: {}{detail}", step.from, step.to, step.cause.label())
+        })
+        .collect();
+    words.join(", ")
 }
 
 /// A name without control characters or surrounding spaces.

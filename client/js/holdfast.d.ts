@@ -199,6 +199,23 @@ export declare class Holdfast extends EventTarget {
   readonly transport: Transport | null;
   /** The session's public id (for logs and support), once open. */
   readonly sessionId: string | null;
+  /** Why the page is on the transport it is on: each step down the
+   * transport order, oldest first. The server is told the same, once. */
+  readonly diagnostics: {
+    transport: Transport | null;
+    fallbacks: {
+      from: Transport;
+      to: Transport;
+      /** unreachable, status, timeout, no_first_frame, invalid, closed,
+       * silent, detached, refused or flapping */
+      reason: string;
+      /** The HTTP status, for `reason: "status"`. */
+      status: number | null;
+      /** The close code, for `detached` and `refused`. */
+      code: number | null;
+      afterMs: number;
+    }[];
+  };
   /** How binary messages arrive. Default `"arraybuffer"`. */
   binaryType: "arraybuffer" | "blob";
 

@@ -508,6 +508,9 @@ class Attachment {
     this.ackDue = false;
     this.verifyBy = 0;
     this.reportedTrusted = false;
+    // The report its requests carry until it opens (`offerReport`).
+    this.report = null;
+    this.reporting = 0;
     this.ended = false;
     this.done = new Promise((resolve) => {
       this.resolve = resolve;
@@ -560,7 +563,7 @@ class Attachment {
 
 class WebSocketAttachment extends Attachment {
   start() {
-    const url = this.engine.endpoint("websocket", this.target);
+    const url = this.engine.endpoint("websocket", this.target, false, this.report);
     try {
       this.ws = this.engine.newWebSocket(url, this.target.key);
     } catch {
@@ -749,7 +752,7 @@ class SseAttachment extends Attachment {
 
   async start() {
     const engine = this.engine;
-    const url = engine.endpoint("sse", this.target);
+    const url = engine.endpoint("sse", this.target, false, this.report);
     let response;
     try {
       response = await engine.fetchStream(this, url, engine.options.probeTimeout, {
@@ -890,7 +893,7 @@ class PollAttachment extends Attachment {
         ? (engine.params.hold ?? engine.params.timeout) + Math.max(engine.options.probeTimeout, 5000)
         : engine.options.probeTimeout;
       this.polling = new AbortController();
-      const url = engine.endpoint("long-poll", target);
+      const url = engine.endpoint("long-poll", target, false, this.report);
       let response;
       let text;
       try {
@@ -1218,6 +1221,7 @@ class Hub {
       credentials: engine.options.credentials,
       key: att.target.key,
       last: att.target.last,
+      report: att.report,
       mux: engine.params?.mux,
       hold: engine.params?.hold,
       probeTimeout: engine.options.probeTimeout,
@@ -1597,6 +1601,7 @@ class Carrier {
       tag,
       key: typeof message.key === "string" ? message.key : null,
       last: Number.isSafeInteger(message.last) ? message.last : 0,
+      report: typeof message.report === "string" ? message.report : null,
       awaiting: 0,
       carried: false,
       n: 0, // relay items sent to it, numbered
@@ -1660,6 +1665,8 @@ class Carrier {
       const frames = found.get(id);
       if (!member || (frames === undefined && last === undefined)) continue;
       let ended = false;
+      // Answered: the server has its report.
+      if (frames) member.report = null;
       for (const frame of frames || []) {
         if (frame.t === "open" && typeof frame.key === "string") {
           member.key = frame.key;
@@ -1708,7 +1715,11 @@ class Carrier {
 
   static body(members) {
     return JSON.stringify(
-      members.map((m) => (m.key === null ? { s: m.tag } : { s: m.tag, key: m.key, last: m.last })),
+      members.map((m) => ({
+        s: m.tag,
+        ...(m.key === null ? {} : { key: m.key, last: m.last }),
+        ...(m.report ? { report: m.report } : {}),
+      })),
     );
   }
 }
@@ -2205,6 +2216,15 @@ const ATTACHMENTS = {
 const FLAP_WINDOW = 10000;
 /** …and this many flaps demote it. */
 const FLAPS_TO_DEMOTE = 2;
+/** A fallback report entry on the wire (PROTOCOL.md §1.2). */
+const reportEntry = (f) =>
+  `${f.from}:${f.to}:${f.cause}:${f.status ?? f.code ?? ""}:${Math.max(0, Math.floor(f.after))}`;
+
+/** The most bytes of report on a session's own request, and in a shared
+ * request's entry (its body allows 256 bytes a session). */
+const REPORT_BYTES = 1024;
+const SHARED_REPORT_BYTES = 128;
+
 /** The most steps a fallback report holds (the first ones are kept). */
 const MAX_FALLBACKS = 16;
 /** The most failures kept for a reconnect reason or a give-up. */
@@ -2811,6 +2831,8 @@ class Engine {
     this.timerAt = 0;
     /** The connection policy (created by `run`). */
     this.connector = null;
+    /** Fallback report entries the server has been told. */
+    this.reported = 0;
     this.driving = false;
     /** What woke the engine, while the Connector's answer is acted on. */
     this.wokenBy = null;
@@ -2902,7 +2924,7 @@ class Engine {
 
   /** The URL of a downstream endpoint. The key is in it only where it
    * cannot travel outside (see `keyInHeader`): never for a WebSocket. */
-  endpoint(kind, { key, last }, probe = false) {
+  endpoint(kind, { key, last }, probe = false, report = null) {
     const url = new URL(this.base.href);
     url.pathname = `${this.base.pathname.replace(/\/+$/, "")}/${ENDPOINTS[kind]}`;
     if (kind === "websocket") url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -2912,6 +2934,7 @@ class Engine {
       url.searchParams.set("last", String(last));
     }
     if (probe) url.searchParams.set("probe", "1");
+    if (report) url.searchParams.set("report", report);
     return url.href;
   }
 
@@ -3521,6 +3544,7 @@ class Engine {
       ? new SharedAttachment(this, kind, this.target(), hub)
       : new ATTACHMENTS[kind](this, kind, this.target());
     this.attachment = att;
+    this.offerReport(att, hub ? SHARED_REPORT_BYTES : REPORT_BYTES);
     if (kind === "long-poll" && this.params) {
       // Usable at once: a continuing poll gets no greeting (PROTOCOL.md §5).
       att.greeted = true;
@@ -3541,8 +3565,21 @@ class Engine {
     this.drive();
   }
 
+  /** The report entries the server has not had, within `max` bytes, for
+   * `att`'s requests: once it opens, the server has them. */
+  offerReport(att, max) {
+    const unsent = this.connector.fallbacks().slice(this.reported);
+    let n = unsent.length;
+    let value = "";
+    while (n > 0 && (value = unsent.slice(0, n).map(reportEntry).join(",")).length > max) n--;
+    att.report = n ? value : null;
+    att.reporting = this.reported + n;
+  }
+
   /** The attachment's first frame arrived (or its first poll answer). */
   attachmentOpened(att) {
+    this.reported = Math.max(this.reported, att.reporting);
+    att.report = null;
     if (att !== this.attachment || !this.connector) return;
     this.connector.opened(now());
     this.drive();
@@ -3846,6 +3883,21 @@ export class Holdfast extends EventTarget {
   /** The session's public id (for logs and support), once open. */
   get sessionId() {
     return this.#engine.params ? this.#engine.params.sid : null;
+  }
+
+  /** Why the page is on this transport: `{ transport, fallbacks: [{ from,
+   * to, reason, status, code, afterMs }] }` (see the README). */
+  get diagnostics() {
+    const engine = this.#engine;
+    const fallbacks = (engine.connector ? engine.connector.fallbacks() : []).map((f) => ({
+      from: f.from,
+      to: f.to,
+      reason: f.cause,
+      status: f.status,
+      code: f.code,
+      afterMs: Math.floor(f.after),
+    }));
+    return { transport: engine.transport, fallbacks };
   }
 
   /** How binary messages are delivered: `"arraybuffer"` or `"blob"`. */

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use futures_util::stream::BoxStream;
+use holdfast_protocol::connector::Fallback;
 use holdfast_protocol::{Close, CloseCode, Message, SendError, TransportKind};
 
 use crate::event::Event;
@@ -108,6 +109,17 @@ impl Connection {
         self.sender.session_id()
     }
 
+    /// Why the connection is on the transport it is on: each step down
+    /// the transport order it took (from WebSocket to SSE, from SSE to
+    /// long-polling), with the cause — an upgrade refused with HTTP 403,
+    /// an event stream buffered past the probe timeout, … — and how long
+    /// into the attempt it gave up, oldest first (at most 16). The server
+    /// is told too, once, on the next request that opens or resumes the
+    /// session (its application reads it with `Session::fallbacks`).
+    pub fn fallbacks(&self) -> Vec<Fallback> {
+        self.sender.fallbacks()
+    }
+
     /// Payload bytes sent but not yet acknowledged by the server.
     pub fn unacked_bytes(&self) -> usize {
         self.sender.unacked_bytes()
@@ -190,6 +202,11 @@ impl Sender {
             .core
             .params()
             .map(|p| p.session_id.clone())
+    }
+
+    /// See [`Connection::fallbacks`].
+    pub fn fallbacks(&self) -> Vec<Fallback> {
+        self.shared().lock().fallbacks.clone()
     }
 
     /// See [`Connection::unacked_bytes`].

@@ -11,7 +11,7 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
-use holdfast_protocol::connector::{Action, AttemptEnd, Connector, ConnectorConfig};
+use holdfast_protocol::connector::{Action, AttemptEnd, Connector, ConnectorConfig, report};
 use holdfast_protocol::{ClientConfig, ClientSession, Close, CloseCode, TransportKind};
 use tokio::sync::Notify;
 
@@ -43,6 +43,8 @@ impl Driver {
         policy.remembered = memory::recall(&self.memory_key);
         let mut connector = Connector::new(policy, now(), Box::new(random_unit));
         let mut probe: Option<Probe<'_>> = None;
+        // How many of the fallback report's entries the server was told.
+        let mut reported = 0;
         loop {
             if self.give_up_if_abandoned() {
                 return;
@@ -77,9 +79,20 @@ impl Driver {
                     if fresh_session {
                         self.shared.lock().core = ClientSession::new(self.core_config.clone());
                     }
+                    let riding = self.offer_report(&connector, reported);
                     let end = self.attach(transport, &mut connector, &mut probe).await;
                     tracing::debug!(%transport, ?end, "attachment ended");
+                    {
+                        let mut inner = self.shared.lock();
+                        // The server answered a request that carried the
+                        // report: it has those entries, never send them again.
+                        if inner.progress.opened {
+                            reported = riding;
+                        }
+                        inner.report = None;
+                    }
                     connector.ended(now(), end);
+                    self.shared.lock().fallbacks = connector.fallbacks().to_vec();
                 }
                 Action::GiveUp(why) => {
                     self.fail(why.into());
@@ -136,6 +149,16 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Puts the fallback report's entries after the first `reported` on
+    /// the next attachment's requests (`PROTOCOL.md` §1.2); how many
+    /// entries that makes the server know once one is answered.
+    fn offer_report(&self, connector: &Connector, reported: usize) -> usize {
+        let fallbacks = connector.fallbacks();
+        let unsent = fallbacks.get(reported..).unwrap_or_default();
+        self.shared.lock().report = (!unsent.is_empty()).then(|| report::encode(unsent));
+        fallbacks.len()
     }
 
     /// The actions that need no attachment of their own.

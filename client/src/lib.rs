@@ -47,7 +47,7 @@ pub use builder::ClientBuilder;
 pub use connection::{Connection, Receiver, Sender};
 pub use error::ConnectError;
 pub use event::{Closed, Event};
-pub use holdfast_protocol::connector::Backoff;
+pub use holdfast_protocol::connector::{Backoff, Cause, Fallback};
 pub use holdfast_protocol::{CloseCode, Message, SendError, TransportKind};
 pub use proxy::{NoProxy, ProxyConfig};
 

@@ -13,6 +13,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use holdfast_protocol::connector::Fallback;
 use holdfast_protocol::{ClientSession, Close, Message, SendError, TransportKind};
 use tokio::sync::{Notify, watch};
 
@@ -70,6 +71,11 @@ pub(crate) struct Inner {
     pub(crate) closing: bool,
     /// How far the current attachment got, for the connection policy.
     pub(crate) progress: Progress,
+    /// The connection policy's fallback report, for the application.
+    pub(crate) fallbacks: Vec<Fallback>,
+    /// The `report` value the current attachment's requests carry
+    /// (`PROTOCOL.md` §1.2): the entries the server has not been told yet.
+    pub(crate) report: Option<String>,
     /// Events ever queued (tells the guard new ones arrived).
     queued: u64,
 }
@@ -182,6 +188,8 @@ impl Shared {
                 abandoned: false,
                 closing: false,
                 progress: Progress::default(),
+                fallbacks: Vec::new(),
+                report: None,
                 queued: 0,
             }),
             app: Notify::new(),

@@ -49,6 +49,7 @@ pub use admission::OpenRateLimit;
 pub use auth::{Identity, OpenRequest, Refusal, RequestKind};
 pub use config::ServerConfig;
 pub use fanout::{Fanout, FanoutReport, SlowConsumer};
+pub use holdfast_protocol::connector::{Cause, Fallback};
 pub use holdfast_protocol::{Close, CloseCode, Message, SendError, SessionConfig, TransportKind};
 pub use ipnet::IpNet;
 pub use origin::OriginPolicy;

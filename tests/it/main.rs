@@ -81,6 +81,8 @@ mod chaos;
 mod chaos_findings;
 /// `HTTP_PROXY` / `NO_PROXY` honoured, in a child process.
 mod client_env_proxy;
+/// Fallback reports: the client tells the server why, once; hostile ones.
+mod client_reports;
 /// Fallback, switching up, error pages, cuts, expiry, overload.
 mod client_switching;
 /// `https://` and `wss://`, directly and through a `CONNECT` tunnel.

@@ -41,9 +41,15 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// The URL of an endpoint, with the connect query. The key is not in
-    /// it: it travels in [`KEY_HEADER`].
-    pub(crate) fn endpoint(&self, kind: TransportKind, target: &ConnectTarget) -> Url {
+    /// The URL of an endpoint, with the connect query and the fallback
+    /// `report` to deliver, if any. The key is not in it: it travels in
+    /// [`KEY_HEADER`].
+    pub(crate) fn endpoint(
+        &self,
+        kind: TransportKind,
+        target: &ConnectTarget,
+        report: Option<&str>,
+    ) -> Url {
         let mut url = self.base.clone();
         let path = match kind {
             TransportKind::WebSocket => "ws",
@@ -70,6 +76,9 @@ impl Ctx {
                 .append_pair("v", &PROTOCOL_VERSION.to_string());
             if target.key.is_some() {
                 query.append_pair("last", &target.last.to_string());
+            }
+            if let Some(report) = report {
+                query.append_pair("report", report);
             }
         }
         url
@@ -107,6 +116,9 @@ pub(crate) struct Link<'a> {
     opened: bool,
     /// Whether the application heard that the session is on this link.
     announced: bool,
+    /// The fallback report this attachment's requests carry until it
+    /// opened.
+    report: Option<String>,
     sent_any: bool,
     received_any: bool,
 }
@@ -121,6 +133,7 @@ impl<'a> Link<'a> {
         // (`PROTOCOL.md` §5): the core counts such an attachment as greeted
         // at once, and so does the link.
         let greeted = inner.core.transport() == Some(kind);
+        let report = inner.report.clone();
         drop(inner);
         Some((
             Self {
@@ -130,6 +143,7 @@ impl<'a> Link<'a> {
                 greeted,
                 opened: false,
                 announced: false,
+                report,
                 sent_any: false,
                 received_any: false,
             },
@@ -193,6 +207,12 @@ impl<'a> Link<'a> {
     /// Whether the application is behind on reading.
     pub(crate) fn inbound_full(&self) -> bool {
         self.shared.inbound_full()
+    }
+
+    /// The fallback report for this attachment's next request: until the
+    /// server answered one (the session opened or resumed), then never.
+    pub(crate) fn report(&self) -> Option<&str> {
+        self.report.as_deref().filter(|_| !self.opened)
     }
 
     /// Whether the first frame arrived.

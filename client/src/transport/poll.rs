@@ -37,7 +37,12 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd
     let poller = Poller {
         ctx,
         shared,
-        poll: Some(start_poll(ctx, &target, poll_deadline(ctx, shared))),
+        poll: Some(start_poll(
+            ctx,
+            &target,
+            poll_deadline(ctx, shared),
+            link.report(),
+        )),
     };
     let end = carry(ctx, shared, stop, &mut link, Downstream::Poll(poller)).await;
     link.detach();
@@ -65,6 +70,7 @@ impl Poller<'_> {
             self.ctx,
             &target,
             poll_deadline(self.ctx, self.shared),
+            link.report(),
         ));
         None
     }
@@ -114,12 +120,17 @@ fn poll_deadline(ctx: &Ctx, shared: &Shared) -> Duration {
     })
 }
 
-fn start_poll<'c>(ctx: &'c Ctx, target: &ConnectTarget, timeout: Duration) -> Poll<'c> {
+fn start_poll<'c>(
+    ctx: &'c Ctx,
+    target: &ConnectTarget,
+    timeout: Duration,
+    report: Option<&str>,
+) -> Poll<'c> {
     let last = target.last;
     let mut request = ctx
         .net
         .http
-        .get(ctx.endpoint(TransportKind::LongPoll, target))
+        .get(ctx.endpoint(TransportKind::LongPoll, target, report))
         .header(header::CACHE_CONTROL, "no-cache")
         .timeout(timeout);
     if let Some(key) = &target.key {

@@ -16,7 +16,7 @@ pub(crate) async fn probe(ctx: &Ctx, kind: TransportKind, key: &str) -> bool {
         key: Some(key.to_owned()),
         last: 0,
     };
-    let mut url = ctx.endpoint(kind, &target);
+    let mut url = ctx.endpoint(kind, &target, None);
     url.query_pairs_mut().append_pair("probe", "1");
     let attempt = async {
         match kind {

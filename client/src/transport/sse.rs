@@ -37,7 +37,7 @@ async fn open(
     link: &mut Link<'_>,
     target: holdfast_protocol::ConnectTarget,
 ) -> Result<EventStream, AttemptEnd> {
-    let url = ctx.endpoint(TransportKind::Sse, &target);
+    let url = ctx.endpoint(TransportKind::Sse, &target, link.report());
     let mut request = ctx
         .net
         .http

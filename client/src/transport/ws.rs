@@ -17,7 +17,7 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd
     let Some((mut link, target)) = Link::attach(shared, TransportKind::WebSocket) else {
         return AttemptEnd::SessionClosed;
     };
-    let url = ctx.endpoint(TransportKind::WebSocket, &target);
+    let url = ctx.endpoint(TransportKind::WebSocket, &target, link.report());
     let connect = ctx
         .net
         .connect_ws(&url, ctx.max_message, target.key.as_deref());

@@ -56,6 +56,7 @@
 
 mod attempt;
 mod backoff;
+pub mod report;
 mod reprobe;
 mod send;
 

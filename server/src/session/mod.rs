@@ -28,6 +28,8 @@ mod durable;
 
 mod cursors;
 
+mod report;
+
 pub(crate) use cursors::Cursors;
 pub(crate) use durable::Stored;
 use durable::{AppProgress, Pending};
@@ -66,6 +68,8 @@ pub(crate) struct Shared {
     server: Arc<ServerState>,
     /// With a store: where the session's state is kept for other nodes.
     pub(crate) durable: Option<Durable>,
+    /// What the client reported of its fallbacks.
+    reports: report::Reports,
 }
 
 struct Inner {
@@ -405,6 +409,7 @@ impl Shared {
             extensions,
             server,
             durable,
+            reports: report::Reports::default(),
         })
     }
 

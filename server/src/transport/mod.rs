@@ -25,6 +25,7 @@ use holdfast_protocol::{
 };
 use http::{Extensions, HeaderMap, Uri};
 
+use holdfast_protocol::connector::report::{self, Decoded, MAX_REPORT_BYTES};
 use holdfast_protocol::wire::PROTOCOL_VERSION;
 
 use crate::admission::Verdict;
@@ -48,6 +49,9 @@ pub(crate) struct ConnectQuery {
     pub(crate) last: u64,
     /// `probe=1`: test the transport without attaching (`PROTOCOL.md` §8.5).
     pub(crate) probe: bool,
+    /// The client's fallback report (`PROTOCOL.md` §1.2), if it sent one.
+    /// Never a reason to refuse the request.
+    pub(crate) report: Option<Decoded>,
 }
 
 impl ConnectQuery {
@@ -79,6 +83,7 @@ impl ConnectQuery {
         outside: Result<Option<String>, Reject>,
     ) -> Result<Self, Reject> {
         let (mut v, mut key, mut last, mut probe) = (None, None, None, false);
+        let mut report = None;
         for pair in query.unwrap_or("").split('&') {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             // Our parameter names need no decoding; values might.
@@ -87,6 +92,7 @@ impl ConnectQuery {
                 "key" => key = Some(value),
                 "last" => last = Some(value),
                 "probe" => probe = value == "1",
+                "report" => report = Some(value),
                 _ => {}
             }
         }
@@ -128,8 +134,27 @@ impl ConnectQuery {
                 }
             })?,
         };
-        Ok(Self { key, last, probe })
+        Ok(Self {
+            key,
+            last,
+            probe,
+            report: report.filter(|r| !r.is_empty()).map(read_report),
+        })
     }
+}
+
+/// A `report` value as it came in the query. Escaped, a value is at most
+/// three times as long as decoded: a longer one is over the bound however
+/// it is spelled, and is not even decoded.
+fn read_report(raw: &str) -> Decoded {
+    let unread = Decoded {
+        entries: Vec::new(),
+        skipped: 1,
+    };
+    if raw.len() > 3 * MAX_REPORT_BYTES {
+        return unread;
+    }
+    decode_if_needed(raw).map_or(unread, |value| report::decode(&value))
 }
 
 /// A query value, percent-decoded only when it has escapes (keys never
@@ -147,10 +172,12 @@ pub(crate) enum Prepared {
     Open {
         headers: HeaderMap,
         identity: Extensions,
+        report: Option<Decoded>,
     },
     Resume {
         key: String,
         last: u64,
+        report: Option<Decoded>,
     },
     /// A probe of a session's transport: answers, never attaches.
     Probe,
@@ -204,6 +231,7 @@ pub(crate) async fn prepare_session(
         return Ok(Prepared::Resume {
             key,
             last: query.last,
+            report: query.report,
         });
     }
     if state.registry.open() >= state.config.max_sessions {
@@ -236,7 +264,11 @@ pub(crate) async fn prepare_session(
         }
         None => Extensions::new(),
     };
-    Ok(Prepared::Open { headers, identity })
+    Ok(Prepared::Open {
+        headers,
+        identity,
+        report: query.report,
+    })
 }
 
 /// Takes a token from the client address's bucket, or refuses with `503`
@@ -320,13 +352,20 @@ pub(crate) async fn attach(
 ) -> Result<(Arc<Shared>, AttachmentId), Reject> {
     match prepared {
         Prepared::Probe => Err(Reject::bad_request("a probe does not attach")),
-        Prepared::Resume { key, last } => {
+        Prepared::Resume { key, last, report } => {
             let shared = find(state, &key).await?;
             let id = shared.lock().attach(now(), kind, last)?;
+            if let Some(report) = report {
+                shared.record_client_report(report.entries);
+            }
             Ok((shared, id))
         }
-        Prepared::Open { headers, identity } => {
-            let shared = open(state, headers, identity).await?;
+        Prepared::Open {
+            headers,
+            identity,
+            report,
+        } => {
+            let shared = open(state, headers, identity, report).await?;
             let id = shared.lock().attach(now(), kind, 0)?;
             Ok((shared, id))
         }
@@ -337,6 +376,7 @@ async fn open(
     state: &Arc<ServerState>,
     headers: HeaderMap,
     identity: Extensions,
+    report: Option<Decoded>,
 ) -> Result<Arc<Shared>, Reject> {
     let (key, session_id) = match (new_key(), new_session_id()) {
         (Ok(key), Ok(id)) => (key, id),
@@ -363,6 +403,11 @@ async fn open(
         .is_err()
     {
         return Err(overloaded(state, "too many sessions"));
+    }
+    // Before the application gets the session, so that it sees the report
+    // from its first look.
+    if let Some(report) = report {
+        shared.record_client_report(report.entries);
     }
     if let Err(HandOffError::NotAccepting) = state.hand_off(Session::new(shared.clone())) {
         state.registry.remove(&shared);
@@ -497,6 +542,7 @@ mod tests {
                 key: Some("abc".into()),
                 last: 12,
                 probe: false,
+                report: None,
             })
         );
         assert_eq!(
@@ -505,6 +551,7 @@ mod tests {
                 key: None,
                 last: 0,
                 probe: false,
+                report: None,
             })
         );
         let bad_request = |r: Result<ConnectQuery, Reject>| matches!(r, Err(Reject::Session(c)) if c.code == CloseCode::BAD_REQUEST);
@@ -568,6 +615,49 @@ mod tests {
             ConnectQuery::read(&headers, None, true).map(|q| q.key),
             Ok(Some("xyz".into()))
         );
+    }
+
+    #[test]
+    fn reads_the_report_and_never_refuses_for_it() {
+        let report = |query: &str| {
+            ConnectQuery::parse(Some(query), Ok(None))
+                .ok()
+                .and_then(|q| q.report)
+        };
+        // As a form encoder (URLSearchParams, `url`) writes it, and raw.
+        let escaped = report("v=1&report=websocket%3Asse%3Astatus%3A403%3A12%2Csse%3Along-poll%3Ano_first_frame%3A%3A3001")
+            .expect("a report");
+        assert_eq!(escaped.entries.len(), 2);
+        assert!(escaped.is_valid());
+        assert_eq!(
+            report("report=websocket:sse:status:403:12").map(|r| r.entries),
+            Some(vec![holdfast_protocol::connector::Fallback {
+                from: TransportKind::WebSocket,
+                to: TransportKind::Sse,
+                cause: holdfast_protocol::connector::Cause::Status(403),
+                after: std::time::Duration::from_millis(12),
+            }])
+        );
+        assert_eq!(report("v=1&report="), None);
+        assert_eq!(report("v=1"), None);
+        // Garbage, bad escapes, and values past the bound: read as nothing,
+        // and the request goes on.
+        for hostile in [
+            "report=%zz".to_owned(),
+            "report=%FF%FE".to_owned(),
+            format!(
+                "report={}",
+                "websocket%3Asse%3Atimeout%3A%3A1%2C".repeat(200)
+            ),
+            format!("report={}", "x".repeat(2 << 20)),
+            format!("report={}", ",".repeat(10_000)),
+        ] {
+            let query = ConnectQuery::parse(Some(&format!("v=1&{hostile}&last=0")), Ok(None))
+                .expect("a bad report never refuses the request");
+            let report = query.report.expect("a report");
+            assert!(report.entries.is_empty());
+            assert!(!report.is_valid());
+        }
     }
 
     #[test]

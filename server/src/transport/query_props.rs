@@ -34,7 +34,7 @@ fn query_like() -> impl Strategy<Value = String> {
 /// A parameter the parser does not know.
 fn unknown_param() -> impl Strategy<Value = (String, String)> {
     ("[a-z_]{1,8}", any::<String>()).prop_filter("not a known name", |(name, _)| {
-        !["v", "key", "last", "probe"].contains(&name.as_str())
+        !["v", "key", "last", "probe", "report"].contains(&name.as_str())
     })
 }
 
@@ -92,7 +92,7 @@ proptest! {
         let parsed = ConnectQuery::parse(Some(&query), Ok(None));
         prop_assert_eq!(
             parsed.ok(),
-            Some(ConnectQuery { key, last: last.unwrap_or(0), probe }),
+            Some(ConnectQuery { key, last: last.unwrap_or(0), probe, report: None }),
             "query {:?}", query
         );
     }

@@ -15,8 +15,15 @@ import { assertEmbedsCurrentClient, startExample } from "../support/servers.js";
 let chat;
 let proxy;
 let browser;
+/** What the chat server logged since it started listening. */
+let chatLog = "";
 before(async () => {
   chat = await startExample("chat");
+  for (const stream of [chat.child.stdout, chat.child.stderr]) {
+    stream.on("data", (chunk) => {
+      chatLog += chunk;
+    });
+  }
   await assertEmbedsCurrentClient(chat.origin);
   proxy = await startProxy(chat.port);
   browser = await launchBrowser();
@@ -142,5 +149,70 @@ test("eight people in eight tabs on long-polling share one poll and chat", async
   for (const person of people) {
     assert.deepEqual(person.page.problems, [], person.name);
     await person.page.close();
+  }
+});
+
+/** Resolves once the chat server logged a line matching `pattern`. */
+function logged(pattern, timeout = 5000) {
+  const streams = [chat.child.stdout, chat.child.stderr];
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      for (const stream of streams) stream.off("data", check);
+    };
+    const check = () => {
+      if (chatLog.split("\n").some((line) => pattern.test(line))) {
+        done();
+        resolve();
+      }
+    };
+    const timer = setTimeout(() => {
+      done();
+      reject(new Error(`the server logged no ${pattern}:\n${chatLog.slice(-3000)}`));
+    }, timeout);
+    for (const stream of streams) stream.on("data", check);
+    check();
+  });
+}
+
+test("a page forced off WebSocket says why, and the server heard it", async () => {
+  await proxy.set({ refuseWebSocket: true });
+  try {
+    const ada = await join("Ada", null);
+    // A browser's WebSocket does not tell the status of a refused upgrade.
+    assert.equal(ada.shown, "· on SSE: WebSocket blocked (closed before it opened)");
+    const chatSession = (await ada.page.locator("#status").getAttribute("title")).replace("session ", "");
+
+    // Another client on the same page, as a support page would read it
+    // (this tab's memory of what worked cleared first: it starts over).
+    const { diagnostics, sessionId } = await ada.page.evaluate(async () => {
+      sessionStorage.clear();
+      const { Holdfast } = await import("/realtime/client.js");
+      const hf = new Holdfast("/realtime", { rememberFor: 0 });
+      await new Promise((resolve, reject) => {
+        hf.onopen = resolve;
+        hf.onclose = (event) => reject(new Error(`${event.code} ${event.reason}`));
+      });
+      const seen = { diagnostics: hf.diagnostics, sessionId: hf.sessionId };
+      hf.close();
+      return seen;
+    });
+    assert.equal(diagnostics.transport, "sse");
+    assert.deepEqual(
+      diagnostics.fallbacks.map((f) => [f.from, f.to, f.reason, f.status, f.code]),
+      [["websocket", "sse", "closed", null, null]],
+    );
+    assert.ok(Number.isInteger(diagnostics.fallbacks[0].afterMs) && diagnostics.fallbacks[0].afterMs >= 0);
+
+    // Both reports reached the server, which logs them from
+    // `Session::fallbacks` (the second through the tab's shared request).
+    assert.notEqual(sessionId, chatSession);
+    for (const id of [chatSession, sessionId]) {
+      await logged(new RegExp(`${id}.*websocket->sse: closed`));
+    }
+    assert.deepEqual(ada.page.problems, []);
+    await ada.page.close();
+  } finally {
+    await proxy.set({ refuseWebSocket: false });
   }
 });

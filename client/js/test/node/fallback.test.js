@@ -80,6 +80,56 @@ describe("fallback", () => {
     }
   });
 
+  test("the fallback report rides on open and resume requests until one is answered, once", async () => {
+    await proxy.set({ refuseWebSocket: true, bufferSse: true });
+    try {
+      const urls = [];
+      const fetch = (url, init) => {
+        urls.push(new URL(url));
+        return globalThis.fetch(url, init);
+      };
+      const client = new Holdfast(`${proxy.origin}/realtime`, {
+        ...FAST,
+        fetch,
+        probeTimeout: 600,
+        reprobeAfter: 60000,
+      });
+      assert.equal((await nextEvent(client, "open", 5000)).transport, "long-poll");
+      const { fallbacks } = client.diagnostics;
+      assert.deepEqual(
+        fallbacks.map((f) => [f.from, f.to, f.reason]),
+        [
+          ["websocket", "sse", "closed"],
+          ["sse", "long-poll", "no_first_frame"],
+        ],
+      );
+      const wire = fallbacks.map((f) => `${f.from}:${f.to}:${f.reason}::${f.afterMs}`);
+      const reports = (path) =>
+        urls.filter((u) => u.pathname.endsWith(path)).map((u) => u.searchParams.get("report"));
+      // SSE was told of the first step (its answer never came); the poll
+      // that opened the session of both.
+      assert.deepEqual(reports("/sse"), [wire[0]]);
+      assert.equal(reports("/poll")[0], wire.join(","));
+      // Once answered, never again: not on later polls, nor on the resume
+      // after a cut, nor on sends.
+      await echoExchange(client, { count: 20 });
+      // A gateway's error page ends the poll attachment: the session
+      // resumes on a new one.
+      const reconnecting = nextEvent(client, "reconnecting", 5000);
+      await proxy.failNext(1, "poll");
+      await proxy.cut();
+      await reconnecting;
+      await echoExchange(client, { count: 20 });
+      assert.ok(reports("/poll").length > 2);
+      assert.deepEqual(reports("/poll").slice(1).filter((r) => r !== null), []);
+      assert.deepEqual(reports("/send").filter((r) => r !== null), []);
+      client.close();
+      await nextEvent(client, "close", 5000);
+    } finally {
+      await proxy.set({ refuseWebSocket: false, bufferSse: false });
+    }
+  });
+
   test("switches back up to WebSocket once it works again, losing nothing", async () => {
     await proxy.set({ refuseWebSocket: true });
     const client = new Holdfast(`${proxy.origin}/realtime`, { ...FAST, reprobeAfter: 200 });

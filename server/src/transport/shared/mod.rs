@@ -87,6 +87,7 @@ async fn take(
                 key: entry.key,
                 last: entry.last,
                 probe: false,
+                report: entry.report,
             };
             match prepare_session(state, headers.clone(), uri.clone(), peer, kind, query).await {
                 Ok(prepared) => attach(state, prepared, kind).await,

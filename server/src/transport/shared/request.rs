@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use axum::body::Body;
 use axum::response::Response;
 use holdfast_protocol::CloseCode;
+use holdfast_protocol::connector::report::{self, Decoded};
 use http::{HeaderMap, Uri};
 use serde::Deserialize;
 
@@ -34,6 +35,8 @@ pub(crate) struct Entry {
     pub(crate) key: Option<String>,
     /// What the session's application was given (`last` of §1).
     pub(crate) last: u64,
+    /// The client's fallback report for this session (`report` of §1.2).
+    pub(crate) report: Option<Decoded>,
 }
 
 /// Never shows the key: it is a bearer credential (`PROTOCOL.md` §2.1).
@@ -43,6 +46,7 @@ impl std::fmt::Debug for Entry {
             .field("tag", &self.tag)
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("last", &self.last)
+            .field("report", &self.report)
             .finish()
     }
 }
@@ -54,6 +58,9 @@ struct RawEntry {
     s: u64,
     key: Option<String>,
     last: Option<u64>,
+    /// Any JSON: a report that is not a string is no report, never a
+    /// reason to refuse the request.
+    report: Option<serde_json::Value>,
 }
 
 /// Checks a shared request and reads its body (its origin was checked by the
@@ -150,6 +157,12 @@ pub(crate) fn parse(bytes: &[u8], max: usize) -> Result<Vec<Entry>, Reject> {
                 tag,
                 key: entry.key,
                 last: entry.last.unwrap_or(0),
+                report: entry
+                    .report
+                    .as_ref()
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|report| !report.is_empty())
+                    .map(report::decode),
             })
         })
         .collect()
@@ -180,20 +193,37 @@ mod tests {
                 Entry {
                     tag: 1,
                     key: Some("k1".into()),
-                    last: 12
+                    last: 12,
+                    report: None,
                 },
                 Entry {
                     tag: 2,
                     key: None,
-                    last: 0
+                    last: 0,
+                    report: None,
                 },
                 Entry {
                     tag: (1 << 31) - 1,
                     key: None,
-                    last: 0
+                    last: 0,
+                    report: None,
                 },
             ])
         );
+    }
+
+    #[test]
+    fn reads_each_sessions_report_and_never_refuses_for_it() {
+        let entries = parse(
+            br#"[{"s":1,"report":"websocket:sse:status:403:12"},{"s":2,"report":7},{"s":3,"report":"x,y"},{"s":4,"report":""}]"#,
+            4,
+        )
+        .expect("a body");
+        let reports: Vec<_> = entries.into_iter().map(|e| e.report).collect();
+        assert_eq!(reports[0].as_ref().map(|r| r.entries.len()), Some(1));
+        assert_eq!(reports[1], None);
+        assert_eq!(reports[2].as_ref().map(|r| r.skipped), Some(2));
+        assert_eq!(reports[3], None);
     }
 
     #[test]
@@ -202,6 +232,7 @@ mod tests {
             tag: 1,
             key: Some("secret-key".into()),
             last: 2,
+            report: None,
         };
         assert!(!format!("{entry:?}").contains("secret"));
     }
