@@ -94,7 +94,8 @@ impl ConnectQuery {
             && v.parse::<u32>().ok() != Some(PROTOCOL_VERSION)
         {
             return Err(Reject::bad_request(format!(
-                "unsupported protocol version {:?}; this server speaks {PROTOCOL_VERSION}",
+                "{} {:?}; this server speaks {PROTOCOL_VERSION}",
+                crate::reject::BAD_VERSION,
                 crate::logs::loggable(v)
             )));
         }
@@ -198,7 +199,9 @@ pub(crate) async fn prepare_session(
     }
     if let Some(key) = query.key {
         if state.auth.is_some() {
-            let shared = find(state, &key).await?;
+            let shared = find(state, &key).await.inspect_err(|reject| {
+                resume_refused(state, kind, reject);
+            })?;
             reauthorize(state, &shared, &headers, &uri, kind, RequestKind::Resume).await?;
         }
         return Ok(Prepared::Resume {
@@ -207,7 +210,7 @@ pub(crate) async fn prepare_session(
         });
     }
     if state.registry.open() >= state.config.max_sessions {
-        return Err(overloaded(state, "too many sessions"));
+        return Err(overloaded(state, crate::reject::TOO_MANY_SESSIONS));
     }
     admit(state, &headers, peer)?;
     let identity = match &state.auth {
@@ -254,10 +257,7 @@ fn admit(state: &ServerState, headers: &HeaderMap, peer: Peer) -> Result<(), Rej
                 tracing::debug!(%client, "refusing a new session: address over its open rate");
             }
             Err(Reject::Session(
-                Close::new(
-                    CloseCode::OVERLOADED,
-                    "too many new sessions from your address",
-                )
+                Close::new(CloseCode::OVERLOADED, crate::reject::RATE_LIMITED)
                 .with_retry_after(wait.max(state.config.retry_after)),
             ))
         }
@@ -321,15 +321,28 @@ pub(crate) async fn attach(
     match prepared {
         Prepared::Probe => Err(Reject::bad_request("a probe does not attach")),
         Prepared::Resume { key, last } => {
-            let shared = find(state, &key).await?;
-            let id = shared.lock().attach(now(), kind, last)?;
-            Ok((shared, id))
+            let attached = match find(state, &key).await {
+                Ok(shared) => {
+                    let id = shared.lock().attach(now(), kind, last);
+                    id.map(|id| (shared, id)).map_err(Reject::from)
+                }
+                Err(reject) => Err(reject),
+            };
+            attached.inspect_err(|reject| resume_refused(state, kind, reject))
         }
         Prepared::Open { headers, identity } => {
             let shared = open(state, headers, identity).await?;
             let id = shared.lock().attach(now(), kind, 0)?;
             Ok((shared, id))
         }
+    }
+}
+
+/// Counts a resume that could not recover its session (unknown here,
+/// expired or over) as `recovered="false"`.
+fn resume_refused(state: &ServerState, kind: TransportKind, reject: &Reject) {
+    if reject.close().code == CloseCode::SESSION_LOST {
+        state.metrics.resume_lost(kind);
     }
 }
 
@@ -362,7 +375,7 @@ async fn open(
         .insert(shared.clone(), state.config.max_sessions)
         .is_err()
     {
-        return Err(overloaded(state, "too many sessions"));
+        return Err(overloaded(state, crate::reject::TOO_MANY_SESSIONS));
     }
     if let Err(HandOffError::NotAccepting) = state.hand_off(Session::new(shared.clone())) {
         state.registry.remove(&shared);
