@@ -68,6 +68,7 @@ impl RedisStore {
     }
 
     pub(crate) async fn start(options: Builder) -> Result<Arc<Self>, Error> {
+        describe_metrics();
         let url = client_url(&options.url)?;
         let shown = redacted(&options.url);
         let unreachable = |reason: String| Error::Unreachable {
@@ -214,19 +215,28 @@ impl RedisStore {
     }
 
     /// Runs one command with the store's deadline; any failure is
-    /// [`StoreError::Unavailable`] naming `what`.
+    /// [`StoreError::Unavailable`] naming `what`. Each round trip is
+    /// timed in `holdfast_store_seconds{op=what}`, each failure counted
+    /// in `holdfast_store_errors_total{op=what}` (`what` is one of this
+    /// file's operation names).
     async fn call<T>(
         &self,
-        what: &str,
+        what: &'static str,
         command: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, StoreError> {
-        within(self.command_timeout, what, command).await
+        let started = std::time::Instant::now();
+        let result = within(self.command_timeout, what, command).await;
+        metrics::histogram!(STORE_SECONDS, "op" => what).record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!(STORE_ERRORS, "op" => what).increment(1);
+        }
+        result
     }
 
     /// Runs a session script and reads its status reply.
     async fn script(
         &self,
-        what: &str,
+        what: &'static str,
         script: &Script,
         tag: &str,
         args: Vec<Value>,
@@ -267,6 +277,26 @@ impl RedisStore {
             ))),
         }
     }
+}
+
+/// Round trips to Redis of the session store (histogram), by `op`.
+const STORE_SECONDS: &str = "holdfast_store_seconds";
+/// Round trips to Redis of the session store that failed (timeout,
+/// connection, server error), by `op`.
+const STORE_ERRORS: &str = "holdfast_store_errors_total";
+
+/// Describes the store's metrics to the installed recorder.
+fn describe_metrics() {
+    metrics::describe_histogram!(
+        STORE_SECONDS,
+        metrics::Unit::Seconds,
+        "Round trips of the Redis session store, by operation (create, write, owner, claim, release, remove, touch, node_alive, leave, publish)."
+    );
+    metrics::describe_counter!(
+        STORE_ERRORS,
+        metrics::Unit::Count,
+        "Round trips of the Redis session store that failed or timed out, by operation."
+    );
 }
 
 /// Runs one command with a deadline (`timeout`, the store's command
