@@ -147,8 +147,10 @@ async fn a_scrape_shows_each_transport_resumes_refusals_and_gauges_back_at_zero(
         })
         .await;
         proxy.set(Behavior::transparent());
-        let seen = exchange(&mut connection, ECHOES, |_| {}).await;
-        assert!(seen.resumed >= 1, "{transport}: {seen:?}");
+        // (Whether the client reports the resume as such depends on its
+        // timing — a long-poll client may take the gateway errors for a
+        // pause — the server's count does not.)
+        exchange(&mut connection, ECHOES, |_| {}).await;
         let scraped = scrape_until(&handle, "the session attached again", |s| {
             s.value("holdfast_sessions", &[("state", "attached")]) == 1.0
         })
@@ -157,8 +159,8 @@ async fn a_scrape_shows_each_transport_resumes_refusals_and_gauges_back_at_zero(
             scraped.value(
                 "holdfast_resumes_total",
                 &[("transport", transport), ("recovered", "true")]
-            ) >= 1.0,
-            "{transport}: a resume that recovered"
+            ) == 1.0,
+            "{transport}: the resume that recovered"
         );
         assert_eq!(
             scraped.value("holdfast_attachments", &[("transport", transport)]),
