@@ -191,23 +191,26 @@ impl Metrics {
             TransportKind::ALL.map(|kind| f(transport_label(kind)))
         };
         Self {
-            sessions: ["attached", "detached"].map(|state| metrics::gauge!(SESSIONS, "state" => state)),
+            sessions: ["attached", "detached"]
+                .map(|state| metrics::gauge!(SESSIONS, "state" => state)),
             opened: metrics::counter!(SESSIONS_OPENED),
             attachments: TransportKind::ALL
                 .map(|kind| metrics::gauge!(ATTACHMENTS, "transport" => transport_label(kind))),
-            attachments_total: per_transport(&|t| metrics::counter!(ATTACHMENTS_TOTAL, "transport" => t)),
-            resumed: per_transport(&|t| {
-                metrics::counter!(RESUMES, "transport" => t, "recovered" => "true")
-            }),
-            resume_lost: per_transport(&|t| {
-                metrics::counter!(RESUMES, "transport" => t, "recovered" => "false")
-            }),
-            messages_in: per_transport(&|t| {
-                metrics::counter!(MESSAGES, "direction" => "in", "transport" => t)
-            }),
-            messages_out: per_transport(&|t| {
-                metrics::counter!(MESSAGES, "direction" => "out", "transport" => t)
-            }),
+            attachments_total: per_transport(
+                &|t| metrics::counter!(ATTACHMENTS_TOTAL, "transport" => t),
+            ),
+            resumed: per_transport(
+                &|t| metrics::counter!(RESUMES, "transport" => t, "recovered" => "true"),
+            ),
+            resume_lost: per_transport(
+                &|t| metrics::counter!(RESUMES, "transport" => t, "recovered" => "false"),
+            ),
+            messages_in: per_transport(
+                &|t| metrics::counter!(MESSAGES, "direction" => "in", "transport" => t),
+            ),
+            messages_out: per_transport(
+                &|t| metrics::counter!(MESSAGES, "direction" => "out", "transport" => t),
+            ),
             bytes_in: metrics::counter!(MESSAGE_BYTES, "direction" => "in"),
             bytes_out: metrics::counter!(MESSAGE_BYTES, "direction" => "out"),
             replayed: metrics::counter!(REPLAYED),
@@ -408,9 +411,7 @@ pub(crate) fn rejection_reason(reject: &Reject) -> Option<&'static str> {
             crate::reject::NOT_KEEPING_UP => "overloaded",
             _ => "unavailable",
         },
-        CloseCode::BAD_REQUEST if close.reason.starts_with(crate::reject::BAD_VERSION) => {
-            "version"
-        }
+        CloseCode::BAD_REQUEST if close.reason.starts_with(crate::reject::BAD_VERSION) => "version",
         CloseCode::BAD_REQUEST | CloseCode::PROTOCOL_ERROR | CloseCode::WINDOW_EXCEEDED => {
             "protocol"
         }
@@ -510,10 +511,7 @@ mod tests {
         assert_eq!(closed_reason(&close(1000), Initiator::Peer), "client");
         // What the client says its code is does not make it a shutdown.
         assert_eq!(closed_reason(&close(1001), Initiator::Peer), "client");
-        assert_eq!(
-            closed_reason(&close(4410), Initiator::Expired),
-            "expired"
-        );
+        assert_eq!(closed_reason(&close(4410), Initiator::Expired), "expired");
         for (code, reason) in [
             (1000, "server"),
             (4123, "server"),
@@ -527,7 +525,11 @@ mod tests {
             (4408, "timeout"),
             (4410, "lost"),
         ] {
-            assert_eq!(closed_reason(&close(code), Initiator::Local), reason, "{code}");
+            assert_eq!(
+                closed_reason(&close(code), Initiator::Local),
+                reason,
+                "{code}"
+            );
         }
     }
 
@@ -572,7 +574,10 @@ mod tests {
             Some("timeout")
         );
         assert_eq!(
-            rejection_reason(&Reject::Attachment(Close::new(CloseCode::RECONNECT, "moved"))),
+            rejection_reason(&Reject::Attachment(Close::new(
+                CloseCode::RECONNECT,
+                "moved"
+            ))),
             None
         );
     }
@@ -658,10 +663,7 @@ mod tests {
             counter(MESSAGES, &[("direction", "out"), ("transport", "sse")]),
             Some(3)
         );
-        assert_eq!(
-            counter(MESSAGE_BYTES, &[("direction", "out")]),
-            Some(9)
-        );
+        assert_eq!(counter(MESSAGE_BYTES, &[("direction", "out")]), Some(9));
         assert_eq!(counter(REPLAYED, &[]), Some(1));
     }
 }

@@ -86,7 +86,10 @@ async fn scrape_until(
             return scraped;
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("{what}: never seen within {DEADLINE:?}\n{}", handle.render());
+            panic!(
+                "{what}: never seen within {DEADLINE:?}\n{}",
+                handle.render()
+            );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -182,9 +185,13 @@ async fn a_scrape_shows_each_transport_resumes_refusals_and_gauges_back_at_zero(
     // Refusals, straight to the server.
     let http = raw::http_client();
     let base = server.url();
-    raw::get(&http, &format!("{base}/poll?v=1"), &[("origin", "http://evil.test")])
-        .await
-        .assert_refusal(403, "close", 4403);
+    raw::get(
+        &http,
+        &format!("{base}/poll?v=1"),
+        &[("origin", "http://evil.test")],
+    )
+    .await
+    .assert_refusal(403, "close", 4403);
     raw::get(&http, &format!("{base}/poll?v=9"), &[])
         .await
         .assert_refusal(400, "close", 4400);
@@ -194,20 +201,27 @@ async fn a_scrape_shows_each_transport_resumes_refusals_and_gauges_back_at_zero(
     // A WebSocket message over `max_message` ends its session (1009).
     let ws_url = format!("ws://{}{}/ws?v=1", server.addr, server.mount);
     let mut ws = RawWs::connect(&ws_url).await;
-    assert!(matches!(ws.recv_frames().await.as_slice(), [Frame::Open(_)]));
+    assert!(matches!(
+        ws.recv_frames().await.as_slice(),
+        [Frame::Open(_)]
+    ));
     let big = format!(r#"[{{"t":"msg","seq":1,"d":"{}"}}]"#, "x".repeat(2000));
     ws.send_text(&big).await;
     let ending = ws.recv_until_closed().await;
-    assert_eq!(ending.1.as_ref().map(|code| code.0), Some(1009), "{ending:?}");
+    assert_eq!(
+        ending.1.as_ref().map(|code| code.0),
+        Some(1009),
+        "{ending:?}"
+    );
 
     let scraped = scrape_until(&handle, "every gauge back at 0", |s| {
         s.value("holdfast_sessions_closed_total", &[("reason", "protocol")]) == 1.0
             && ["attached", "detached"]
                 .iter()
                 .all(|state| s.value("holdfast_sessions", &[("state", state)]) == 0.0)
-            && TransportKind::ALL.iter().all(|kind| {
-                s.value("holdfast_attachments", &[("transport", label(*kind))]) == 0.0
-            })
+            && TransportKind::ALL
+                .iter()
+                .all(|kind| s.value("holdfast_attachments", &[("transport", label(*kind))]) == 0.0)
             && s.value("holdfast_buffered_bytes", &[]) == 0.0
     })
     .await;
@@ -222,7 +236,11 @@ async fn a_scrape_shows_each_transport_resumes_refusals_and_gauges_back_at_zero(
         assert!(scraped.find(name, &labels).is_some(), "{name}{labels:?}");
     }
     assert!(scraped.find("holdfast_buffered_bytes", &[]).is_some());
-    assert_eq!(server.holdfast.buffered_bytes(), 0, "the gauge follows the server's count");
+    assert_eq!(
+        server.holdfast.buffered_bytes(),
+        0,
+        "the gauge follows the server's count"
+    );
 
     // Exactly once each way, per transport: the replays are apart.
     for kind in TransportKind::ALL {
@@ -282,4 +300,50 @@ async fn a_scrape_shows_each_transport_resumes_refusals_and_gauges_back_at_zero(
     ] {
         assert!(scraped.described(name), "{name} has help text");
     }
+}
+
+/// `cargo run --example echo` serves `/metrics`: a client's echoes show
+/// there, counted on its transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_echo_example_serves_metrics() {
+    let node =
+        crate::example_support::ExampleNode::start("echo", "echo server on http://", &[]).await;
+    let mut connection = client(&format!("http://{}/realtime", node.addr))
+        .transport(TransportKind::WebSocket)
+        .connect()
+        .await
+        .expect("connect");
+    exchange(&mut connection, ECHOES, |_| {}).await;
+    let http = raw::http_client();
+    let url = format!("http://{}/metrics", node.addr);
+    let reply = raw::get(&http, &url, &[]).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.header("content-type").starts_with("text/plain"),
+        "{:?}",
+        reply.header("content-type")
+    );
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    let scraped = Scraped(Scrape::parse(lines).expect("the exposition text parses"));
+    for direction in ["in", "out"] {
+        assert_eq!(
+            scraped.value(
+                "holdfast_messages_total",
+                &[("direction", direction), ("transport", "websocket")]
+            ),
+            f64::from(ECHOES),
+            "{direction}\n{text}"
+        );
+    }
+    assert_eq!(
+        scraped.value("holdfast_attachments", &[("transport", "websocket")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        scraped.value("holdfast_sessions", &[("state", "attached")]),
+        1.0,
+        "{text}"
+    );
 }

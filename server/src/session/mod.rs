@@ -320,7 +320,9 @@ impl Drop for CoreGuard<'_> {
             // this node (a transport may still hold it for a moment).
             let here = !shared.is_forgotten() && !shared.is_gone();
             let transport = after.transport.filter(|_| here);
-            inner.presence.set(metrics, here && !after.closed, transport);
+            inner
+                .presence
+                .set(metrics, here && !after.closed, transport);
             if let Some(kind) = after.transport {
                 inner.last_transport = kind;
             }

@@ -258,7 +258,7 @@ fn admit(state: &ServerState, headers: &HeaderMap, peer: Peer) -> Result<(), Rej
             }
             Err(Reject::Session(
                 Close::new(CloseCode::OVERLOADED, crate::reject::RATE_LIMITED)
-                .with_retry_after(wait.max(state.config.retry_after)),
+                    .with_retry_after(wait.max(state.config.retry_after)),
             ))
         }
     }

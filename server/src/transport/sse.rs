@@ -3,10 +3,10 @@
 //! buffering, a padding prelude, and the stream recycled after a byte or
 //! time budget so a buffering proxy can never hoard it.
 
-use tracing::Instrument;
 use std::convert::Infallible;
 use std::pin::pin;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use axum::body::Body;
 use axum::extract::State;
