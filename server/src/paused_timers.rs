@@ -454,3 +454,80 @@ async fn a_silent_sse_client_is_detached_after_the_timeout() {
     })
     .await;
 }
+
+/// A log sink for one test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A session's whole life — opened on long-polling, resumed on WebSocket,
+/// cut, resumed on SSE, closed — is logged under its span (its id, never
+/// its key), and what happens on an attachment under that attachment's
+/// span. (Here for the in-process server; paused time runs it at once.)
+#[tokio::test(start_paused = true)]
+async fn a_sessions_life_across_transports_is_in_its_span() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || sink.clone())
+        .finish();
+    // This runtime runs every task on this thread: all of them log here.
+    let _default = tracing::subscriber::set_default(subscriber);
+    let (key, id) = {
+        let mut server = Server::start(ServerConfig::default());
+        let (key, session) = server.open_by_poll().await;
+        bounded(async {
+            let mut ws = server
+                .websocket(&format!("/ws?v=1&key={key}&last=0"), 64 * 1024)
+                .await;
+            let greeting = next_frames(&mut ws).await.unwrap_or_default();
+            assert!(matches!(greeting.first(), Some(Frame::Resumed { .. })));
+            drop(ws);
+            while session.transport().is_some() {
+                tokio::time::sleep(TICK).await;
+            }
+            let mut stream = server
+                .event_stream(&format!("/sse?v=1&key={key}&last=0"))
+                .await;
+            let greeting = stream.next().await.unwrap_or_default();
+            assert!(matches!(greeting.first(), Some(Frame::Resumed { .. })));
+            session.close(CloseCode::NORMAL, "bye");
+            while stream.next().await.is_some() {}
+        })
+        .await;
+        (key, session.id().to_owned())
+    };
+    let log =
+        String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let span = format!("session{{session_id={id}}}");
+    let line = |what: &str| {
+        log.lines()
+            .find(|line| line.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in\n{log}"))
+    };
+    for what in ["session opened", "session resumed", "session closed"] {
+        assert!(line(what).contains(&span), "{what} in {span}:\n{log}");
+    }
+    assert!(line("session opened").contains(" INFO "), "{log}");
+    assert!(line("session closed").contains(" INFO "), "{log}");
+    let detached = line("transport detached");
+    assert!(
+        detached.contains(&format!("{span}:attachment{{transport=")),
+        "the cut WebSocket's end in its attachment's span:\n{log}"
+    );
+    assert!(!log.contains(&key), "the key is never logged:\n{log}");
+}

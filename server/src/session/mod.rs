@@ -101,6 +101,9 @@ struct Inner {
     /// The downstream message whose acknowledgement the ack-delay
     /// histogram waits for, and when it was queued: one at a time.
     ack_sample: Option<(u64, Instant)>,
+    /// The span of the latest attachment (if a subscriber records it):
+    /// events that happen in it are logged in it.
+    attachment_span: Option<tracing::Id>,
 }
 
 /// What the guard compares to decide whom to wake.
@@ -294,11 +297,22 @@ impl Drop for CoreGuard<'_> {
         let after = Snapshot::of(&inner.core);
         let shared = self.shared;
         let metrics = &shared.server.metrics;
+        // Logged in the span of the attachment they happen in, else in the
+        // session's: either way under the session's id.
+        let mut in_attachment = None;
         while let Some(event) = inner.core.poll_event() {
             count_event(metrics, &event);
-            shared
-                .span
-                .in_scope(|| log_event(&shared.session_id, &event));
+            let here = *in_attachment.get_or_insert_with(|| {
+                let current = tracing::Span::current().id();
+                current.is_some() && current == inner.attachment_span
+            });
+            if here {
+                log_event(&shared.session_id, &event);
+            } else {
+                shared
+                    .span
+                    .in_scope(|| log_event(&shared.session_id, &event));
+            }
         }
         let total = after.unacked_bytes + after.inbound_bytes;
         let accounted = std::mem::replace(&mut inner.accounted, total);
@@ -514,6 +528,7 @@ impl Shared {
                 written,
                 last_transport: TransportKind::LongPoll,
                 ack_sample: None,
+                attachment_span: None,
             }),
             transmit: Notify::new(),
             app: Notify::new(),
@@ -555,7 +570,14 @@ impl Shared {
     /// A span for one attachment of this session (`debug`, inside the
     /// session's): what its transport logs is in it.
     pub(crate) fn attachment_span(&self, kind: TransportKind) -> tracing::Span {
-        tracing::debug_span!(parent: &self.span, "attachment", transport = kind.as_str())
+        let span =
+            tracing::debug_span!(parent: &self.span, "attachment", transport = kind.as_str());
+        if let Some(id) = span.id() {
+            // Not through `lock`: nothing the guard compares changes.
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.attachment_span = Some(id);
+        }
+        span
     }
 
     /// Runs the session's timers until it is finished, then forgets it
