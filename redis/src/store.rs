@@ -614,3 +614,67 @@ fn quit(client: Client, subscriber: Client) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast_server::store::NewSession;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// Against a real `redis-server`: a round trip that worked is timed
+    /// under its operation, one that failed (the server gone) is counted.
+    #[test]
+    fn store_round_trips_are_timed_and_failures_counted_by_operation() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        // One thread runs every task: the recorder of this thread sees all.
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let mut server = holdfast_testkit::RedisServer::start()
+                    .await
+                    .expect("redis-server on PATH");
+                let store = RedisStore::builder(&server.url())
+                    .prefix("metrics-test")
+                    .command_timeout(Duration::from_millis(300))
+                    .connect()
+                    .await
+                    .expect("connect");
+                let session = NewSession {
+                    session_id: "s1".to_owned(),
+                    identity: None,
+                    headers: Vec::new(),
+                };
+                let ttl = Duration::from_secs(60);
+                store.create("t1", &session, ttl).await.expect("create");
+                server.kill();
+                let refused = store.release("t1", 1).await;
+                assert!(refused.is_err(), "{refused:?}");
+            })
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        let find = |name: &str, op: &str| {
+            snapshot
+                .iter()
+                .find(|(key, ..)| {
+                    key.key().name() == name
+                        && key
+                            .key()
+                            .labels()
+                            .any(|l| l.key() == "op" && l.value() == op)
+                })
+                .map(|(.., value)| match value {
+                    DebugValue::Histogram(values) => values.len() as u64,
+                    DebugValue::Counter(n) => *n,
+                    DebugValue::Gauge(_) => 0,
+                })
+        };
+        assert_eq!(find(STORE_SECONDS, "create"), Some(1));
+        assert_eq!(find(STORE_ERRORS, "create"), None);
+        assert_eq!(find(STORE_SECONDS, "release"), Some(1));
+        assert_eq!(find(STORE_ERRORS, "release"), Some(1));
+    }
+}
