@@ -135,7 +135,7 @@ pub(crate) fn describe() {
     describe_histogram!(
         ACK_DELAY,
         Unit::Seconds,
-        "Time from a downstream message queued by the application to its acknowledgement by the client; sampled: one message per acknowledgement round of each session."
+        "Time from a downstream message queued by the application to its acknowledgement by the client; sampled: a session's first message, then one in 16 of those sent while no sampled one awaits its acknowledgement."
     );
     describe_histogram!(
         SEND_WAIT,

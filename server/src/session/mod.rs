@@ -36,6 +36,10 @@ pub(crate) use durable::Stored;
 use durable::{AppProgress, Pending};
 pub(crate) use durable::{Durable, backoff};
 
+/// The ack-delay histogram samples the first message a session sends,
+/// then one of every this many sent while no sample is in flight.
+const ACK_SAMPLE_EVERY: u8 = 16;
+
 /// The current time on tokio's clock (so paused-time tests work too).
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -101,6 +105,9 @@ struct Inner {
     /// The downstream message whose acknowledgement the ack-delay
     /// histogram waits for, and when it was queued: one at a time.
     ack_sample: Option<(u64, Instant)>,
+    /// Sends to let pass before the next sample (the clock is read twice
+    /// per sample: not for every round trip).
+    ack_skip: u8,
     /// The span of the latest attachment (if a subscriber records it):
     /// events that happen in it are logged in it.
     attachment_span: Option<tracing::Id>,
@@ -528,6 +535,7 @@ impl Shared {
                 written,
                 last_transport: TransportKind::LongPoll,
                 ack_sample: None,
+                ack_skip: 0,
                 attachment_span: None,
             }),
             transmit: Notify::new(),
@@ -718,7 +726,12 @@ impl Shared {
         let seq = core.send(message)?;
         let inner = core.inner();
         if inner.ack_sample.is_none() {
-            inner.ack_sample = Some((seq, now()));
+            if inner.ack_skip == 0 {
+                inner.ack_sample = Some((seq, now()));
+                inner.ack_skip = ACK_SAMPLE_EVERY - 1;
+            } else {
+                inner.ack_skip -= 1;
+            }
         }
         if let Some((topic, position)) = topic
             && self.durable.is_some()
