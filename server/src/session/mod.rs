@@ -261,27 +261,15 @@ impl CoreGuard<'_> {
         let shared = self.shared;
         let metrics = &shared.server.metrics;
         let inner = self.inner();
-        let before = inner.core.received();
-        // The core accepts messages in sequence only: the sizes of those
-        // that continue the sequence are the bytes received.
-        let (mut next, mut bytes, mut last) = (before + 1, 0u64, 0u64);
-        let frames = frames.into_iter().inspect(|frame| {
-            if let Frame::Message { seq, message } = frame
-                && *seq == next
-            {
-                next += 1;
-                last = message.len() as u64;
-                bytes += last;
-            }
-        });
+        let (received, queued) = (inner.core.received(), inner.core.inbound_bytes());
         let result = inner.core.handle_frames(now, via, frames);
-        let got = inner.core.received() - before;
-        let seen = next - 1 - before;
-        if got + 1 == seen {
-            bytes -= last; // the last one was refused
-        } else if got != seen {
-            bytes = 0; // dropped: the session is closed
-        }
+        // Nothing leaves the inbound queue meanwhile, and each message
+        // accepted is charged its payload plus `MESSAGE_OVERHEAD`: the
+        // payload bytes without looking at the frames.
+        let got = inner.core.received() - received;
+        let charged = inner.core.inbound_bytes().saturating_sub(queued);
+        let overhead = (got as usize).saturating_mul(holdfast_protocol::MESSAGE_OVERHEAD);
+        let bytes = charged.saturating_sub(overhead) as u64;
         let kind = inner.core.transport().unwrap_or(inner.last_transport);
         metrics.received(kind, got, bytes);
         result
@@ -302,6 +290,7 @@ impl Drop for CoreGuard<'_> {
             return;
         };
         let after = Snapshot::of(&inner.core);
+        let (before_transport, before_closed) = (self.before.transport, self.before.closed);
         let shared = self.shared;
         let metrics = &shared.server.metrics;
         // Logged in the span of the attachment they happen in, else in the
@@ -336,7 +325,12 @@ impl Drop for CoreGuard<'_> {
                 .fetch_sub(accounted - total, Ordering::Relaxed);
             metrics.buffered(0, accounted - total);
         }
-        if inner.presence.differs(!after.closed, after.transport) {
+        // Only an attachment coming or going, or the end, moves the gauges
+        // (a session forgotten or gone takes back what it added when its
+        // timer task ends).
+        if (after.transport != before_transport || after.closed != before_closed)
+            && inner.presence.differs(!after.closed, after.transport)
+        {
             // Nothing more counts once the session is forgotten or left
             // this node (a transport may still hold it for a moment).
             let here = !shared.is_forgotten() && !shared.is_gone();
@@ -518,6 +512,10 @@ impl Shared {
         }
         let span = tracing::info_span!(parent: None, "session", session_id = %identity.session_id);
         let written = core.sent();
+        // Counted from the start (a session taken over is detached until
+        // its client attaches).
+        let mut presence = Presence::default();
+        presence.set(&server.metrics, !core.is_closed(), core.transport());
         Arc::new(Self {
             span,
             session_id: identity.session_id.as_str().into(),
@@ -530,7 +528,7 @@ impl Shared {
                 stored,
                 armed: None,
                 accounted: 0,
-                presence: Presence::default(),
+                presence,
                 // Restored messages were written by the node before.
                 written,
                 last_transport: TransportKind::LongPoll,
