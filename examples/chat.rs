@@ -119,7 +119,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let addr = listener.local_addr()?;
-    tracing::info!("chat on http://{addr}, metrics on http://{addr}/metrics");
+    tracing::info!("chat on http://{addr}");
+    tracing::info!("Prometheus metrics on http://{addr}/metrics");
     // TCP_NODELAY, header and write deadlines, a connection limit.
     holdfast::server::serve(listener, app)
         .with_graceful_shutdown(async move {

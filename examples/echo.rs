@@ -52,7 +52,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let addr = listener.local_addr()?;
-    tracing::info!("echo server on http://{addr}/realtime, metrics on http://{addr}/metrics");
+    tracing::info!("echo server on http://{addr}/realtime");
+    tracing::info!("Prometheus metrics on http://{addr}/metrics");
     // TCP_NODELAY, header and write deadlines, a connection limit.
     holdfast::server::serve(listener, app)
         .with_graceful_shutdown(async move {
