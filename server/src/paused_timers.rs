@@ -531,3 +531,74 @@ async fn a_sessions_life_across_transports_is_in_its_span() {
     );
     assert!(!log.contains(&key), "the key is never logged:\n{log}");
 }
+
+/// What a debugging recorder holds, one entry per metric.
+type Entries = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    metrics_util::debugging::DebugValue,
+)>;
+
+/// The values recorded in the histogram `name`.
+fn histogram(entries: &Entries, name: &str) -> Vec<f64> {
+    entries
+        .iter()
+        .filter(|(key, ..)| key.key().name() == name)
+        .flat_map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Histogram(values) => {
+                values.iter().map(|v| v.into_inner()).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// A `send` that found the replay buffer full is timed until the client's
+/// acknowledgement made room, and the message it waited behind from
+/// queued to acknowledged: both to the millisecond of test time.
+#[tokio::test(start_paused = true)]
+async fn a_send_waiting_for_room_and_the_ack_delay_are_timed() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // This runtime runs every task on this thread: all of them count here.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let wait = Duration::from_millis(250);
+    bounded(async {
+        let mut config = ServerConfig::default();
+        config.session.max_unacked_messages = 1;
+        let mut server = Server::start(config);
+        let (key, session) = server.open_by_poll().await;
+        session.send("one").await.expect("room for one");
+        let second = tokio::spawn({
+            let session = session.clone();
+            async move { session.send("two").await }
+        });
+        tokio::time::sleep(wait).await;
+        assert!(!second.is_finished(), "the second send waits for room");
+        let (_, frames) = server.get(&format!("/poll?v=1&key={key}&last=0")).await;
+        assert!(matches!(
+            frames.first(),
+            Some(Frame::Message { seq: 1, .. })
+        ));
+        // This poll acknowledges the first message: room for the second.
+        let (_, frames) = server.get(&format!("/poll?v=1&key={key}&last=1")).await;
+        assert!(matches!(
+            frames.first(),
+            Some(Frame::Message { seq: 2, .. })
+        ));
+        second
+            .await
+            .expect("the send task")
+            .expect("sent once there was room");
+    })
+    .await;
+    // A snapshot drains the histograms: take one.
+    let entries: Entries = snapshotter.snapshot().into_vec();
+    let waited = histogram(&entries, crate::metrics::SEND_WAIT);
+    assert_eq!(waited.len(), 1, "one send waited: {waited:?}");
+    assert!((waited[0] - wait.as_secs_f64()).abs() < 0.002, "{waited:?}");
+    let delays = histogram(&entries, crate::metrics::ACK_DELAY);
+    assert_eq!(delays.len(), 1, "the first message is sampled: {delays:?}");
+    assert!((delays[0] - wait.as_secs_f64()).abs() < 0.002, "{delays:?}");
+}
