@@ -595,6 +595,43 @@ mod tests {
     }
 
     #[test]
+    fn a_reported_fallback_is_counted_with_closed_labels() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            client_fallback(&Fallback {
+                from: TransportKind::WebSocket,
+                to: TransportKind::Sse,
+                cause: Cause::Status(403),
+                after: Duration::from_millis(12),
+            });
+            client_report(true);
+        });
+        let entries = snapshotter.snapshot().into_vec();
+        let labels = |name: &str| {
+            entries
+                .iter()
+                .find(|(key, ..)| key.key().name() == name)
+                .map(|(key, ..)| {
+                    key.key()
+                        .labels()
+                        .map(|l| format!("{}={}", l.key(), l.value()))
+                        .collect::<Vec<_>>()
+                })
+        };
+        assert_eq!(
+            labels(CLIENT_FALLBACKS),
+            Some(vec![
+                "from=websocket".to_owned(),
+                "to=sse".to_owned(),
+                "reason=status".to_owned(),
+                "status=403".to_owned(),
+            ])
+        );
+        assert_eq!(labels(CLIENT_REPORTS), Some(vec!["valid=true".to_owned()]));
+    }
+
+    #[test]
     fn presence_takes_back_what_it_added() {
         let recorder = metrics_util::debugging::DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
