@@ -97,6 +97,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = parse_args()?;
+    // Before the server is built: its metrics bind to the recorder there is.
+    let metrics = prometheus()?;
 
     let mut builder = Holdfast::builder();
     if let Some(url) = &args.redis {
@@ -114,10 +116,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let holdfast = builder.on_session(serve);
     let app = axum::Router::new()
         .route("/", axum::routing::get(page))
+        .route("/metrics", metrics)
         .nest("/realtime", holdfast.router());
 
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    tracing::info!("chat on http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    tracing::info!("chat on http://{addr}");
+    tracing::info!("Prometheus metrics on http://{addr}/metrics");
     // TCP_NODELAY, header and write deadlines, a connection limit.
     holdfast::server::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -131,6 +136,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     Ok(())
+}
+
+/// Installs the Prometheus exporter as the process's metrics recorder;
+/// the route that serves its text (`GET /metrics`).
+fn prometheus() -> Result<axum::routing::MethodRouter, Box<dyn std::error::Error>> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        // Keeps the summaries' windows moving.
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(axum::routing::get(move || {
+        let text = handle.render();
+        async move { ([("content-type", "text/plain; version=0.0.4")], text) }
+    }))
 }
 
 /// Ctrl-C or SIGTERM (what a deploy sends).

@@ -13,7 +13,8 @@
 //!
 //! Endpoints under `/realtime`: `ws`, `sse`, `poll`, `send` (see
 //! `PROTOCOL.md`). Logs every session opening, transport attach/detach,
-//! resume and close; `RUST_LOG=debug` for more.
+//! resume and close; `RUST_LOG=debug` for more. Prometheus metrics at
+//! `GET /metrics` (see `docs/operations.md`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = parse_args()?;
+    // Before the server is built: its metrics bind to the recorder there is.
+    let metrics = prometheus()?;
 
     let mut builder = Holdfast::builder();
     if let Some(url) = &args.redis {
@@ -44,10 +47,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let holdfast = builder.on_session(echo);
     let app = axum::Router::new()
         .route("/", axum::routing::get(index))
+        .route("/metrics", metrics)
         .nest("/realtime", holdfast.router());
 
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    tracing::info!("echo server on http://{}/realtime", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    tracing::info!("echo server on http://{addr}/realtime");
+    tracing::info!("Prometheus metrics on http://{addr}/metrics");
     // TCP_NODELAY, header and write deadlines, a connection limit.
     holdfast::server::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -58,6 +64,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     Ok(())
+}
+
+/// Installs the Prometheus exporter as the process's metrics recorder;
+/// the route that serves its text.
+fn prometheus() -> Result<axum::routing::MethodRouter, Box<dyn std::error::Error>> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        // Keeps the summaries' windows moving (the exporter's own listener
+        // would; this one is served by the app).
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(axum::routing::get(move || {
+        let text = handle.render();
+        async move { ([("content-type", "text/plain; version=0.0.4")], text) }
+    }))
 }
 
 /// Ctrl-C or SIGTERM (what a deploy sends).
@@ -96,6 +122,7 @@ async fn index() -> &'static str {
      GET  /realtime/sse    Server-Sent Events (downstream)\n\
      GET  /realtime/poll   long-polling (downstream)\n\
      POST /realtime/send   upstream for SSE and long-polling\n\
+     GET  /metrics         Prometheus metrics\n\
      \n\
      Every message you send comes back. The wire protocol is in PROTOCOL.md.\n"
 }

@@ -68,6 +68,7 @@ impl RedisStore {
     }
 
     pub(crate) async fn start(options: Builder) -> Result<Arc<Self>, Error> {
+        describe_metrics();
         let url = client_url(&options.url)?;
         let shown = redacted(&options.url);
         let unreachable = |reason: String| Error::Unreachable {
@@ -214,19 +215,28 @@ impl RedisStore {
     }
 
     /// Runs one command with the store's deadline; any failure is
-    /// [`StoreError::Unavailable`] naming `what`.
+    /// [`StoreError::Unavailable`] naming `what`. Each round trip is
+    /// timed in `holdfast_store_seconds{op=what}`, each failure counted
+    /// in `holdfast_store_errors_total{op=what}` (`what` is one of this
+    /// file's operation names).
     async fn call<T>(
         &self,
-        what: &str,
+        what: &'static str,
         command: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, StoreError> {
-        within(self.command_timeout, what, command).await
+        let started = std::time::Instant::now();
+        let result = within(self.command_timeout, what, command).await;
+        metrics::histogram!(STORE_SECONDS, "op" => what).record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!(STORE_ERRORS, "op" => what).increment(1);
+        }
+        result
     }
 
     /// Runs a session script and reads its status reply.
     async fn script(
         &self,
-        what: &str,
+        what: &'static str,
         script: &Script,
         tag: &str,
         args: Vec<Value>,
@@ -267,6 +277,26 @@ impl RedisStore {
             ))),
         }
     }
+}
+
+/// Round trips to Redis of the session store (histogram), by `op`.
+const STORE_SECONDS: &str = "holdfast_store_seconds";
+/// Round trips to Redis of the session store that failed (timeout,
+/// connection, server error), by `op`.
+const STORE_ERRORS: &str = "holdfast_store_errors_total";
+
+/// Describes the store's metrics to the installed recorder.
+fn describe_metrics() {
+    metrics::describe_histogram!(
+        STORE_SECONDS,
+        metrics::Unit::Seconds,
+        "Round trips of the Redis session store, by operation (create, write, owner, claim, release, remove, touch, node_alive, leave, publish)."
+    );
+    metrics::describe_counter!(
+        STORE_ERRORS,
+        metrics::Unit::Count,
+        "Round trips of the Redis session store that failed or timed out, by operation."
+    );
 }
 
 /// Runs one command with a deadline (`timeout`, the store's command
@@ -582,5 +612,69 @@ fn quit(client: Client, subscriber: Client) {
             let _ = tokio::time::timeout(bound, client.quit()).await;
             let _ = tokio::time::timeout(bound, subscriber.quit()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast_server::store::NewSession;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// Against a real `redis-server`: a round trip that worked is timed
+    /// under its operation, one that failed (the server gone) is counted.
+    #[test]
+    fn store_round_trips_are_timed_and_failures_counted_by_operation() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        // One thread runs every task: the recorder of this thread sees all.
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let mut server = holdfast_testkit::RedisServer::start()
+                    .await
+                    .expect("redis-server on PATH");
+                let store = RedisStore::builder(&server.url())
+                    .prefix("metrics-test")
+                    .command_timeout(Duration::from_millis(300))
+                    .connect()
+                    .await
+                    .expect("connect");
+                let session = NewSession {
+                    session_id: "s1".to_owned(),
+                    identity: None,
+                    headers: Vec::new(),
+                };
+                let ttl = Duration::from_secs(60);
+                store.create("t1", &session, ttl).await.expect("create");
+                server.kill();
+                let refused = store.release("t1", 1).await;
+                assert!(refused.is_err(), "{refused:?}");
+            })
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        let find = |name: &str, op: &str| {
+            snapshot
+                .iter()
+                .find(|(key, ..)| {
+                    key.key().name() == name
+                        && key
+                            .key()
+                            .labels()
+                            .any(|l| l.key() == "op" && l.value() == op)
+                })
+                .map(|(.., value)| match value {
+                    DebugValue::Histogram(values) => values.len() as u64,
+                    DebugValue::Counter(n) => *n,
+                    DebugValue::Gauge(_) => 0,
+                })
+        };
+        assert_eq!(find(STORE_SECONDS, "create"), Some(1));
+        assert_eq!(find(STORE_ERRORS, "create"), None);
+        assert_eq!(find(STORE_SECONDS, "release"), Some(1));
+        assert_eq!(find(STORE_ERRORS, "release"), Some(1));
     }
 }

@@ -31,6 +31,7 @@ mod cluster;
 mod config;
 mod fanout;
 mod logs;
+mod metrics;
 mod origin;
 #[cfg(test)]
 mod paused_timers;

@@ -454,3 +454,151 @@ async fn a_silent_sse_client_is_detached_after_the_timeout() {
     })
     .await;
 }
+
+/// A log sink for one test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A session's whole life — opened on long-polling, resumed on WebSocket,
+/// cut, resumed on SSE, closed — is logged under its span (its id, never
+/// its key), and what happens on an attachment under that attachment's
+/// span. (Here for the in-process server; paused time runs it at once.)
+#[tokio::test(start_paused = true)]
+async fn a_sessions_life_across_transports_is_in_its_span() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || sink.clone())
+        .finish();
+    // This runtime runs every task on this thread: all of them log here.
+    let _default = tracing::subscriber::set_default(subscriber);
+    let (key, id) = {
+        let mut server = Server::start(ServerConfig::default());
+        let (key, session) = server.open_by_poll().await;
+        bounded(async {
+            let mut ws = server
+                .websocket(&format!("/ws?v=1&key={key}&last=0"), 64 * 1024)
+                .await;
+            let greeting = next_frames(&mut ws).await.unwrap_or_default();
+            assert!(matches!(greeting.first(), Some(Frame::Resumed { .. })));
+            drop(ws);
+            while session.transport().is_some() {
+                tokio::time::sleep(TICK).await;
+            }
+            let mut stream = server
+                .event_stream(&format!("/sse?v=1&key={key}&last=0"))
+                .await;
+            let greeting = stream.next().await.unwrap_or_default();
+            assert!(matches!(greeting.first(), Some(Frame::Resumed { .. })));
+            session.close(CloseCode::NORMAL, "bye");
+            while stream.next().await.is_some() {}
+        })
+        .await;
+        (key, session.id().to_owned())
+    };
+    let log =
+        String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let span = format!("session{{session_id={id}}}");
+    let line = |what: &str| {
+        log.lines()
+            .find(|line| line.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in\n{log}"))
+    };
+    for what in ["session opened", "session resumed", "session closed"] {
+        assert!(line(what).contains(&span), "{what} in {span}:\n{log}");
+    }
+    assert!(line("session opened").contains(" INFO "), "{log}");
+    assert!(line("session closed").contains(" INFO "), "{log}");
+    let detached = line("transport detached");
+    assert!(
+        detached.contains(&format!("{span}:attachment{{transport=")),
+        "the cut WebSocket's end in its attachment's span:\n{log}"
+    );
+    assert!(!log.contains(&key), "the key is never logged:\n{log}");
+}
+
+/// What a debugging recorder holds, one entry per metric.
+type Entries = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    metrics_util::debugging::DebugValue,
+)>;
+
+/// The values recorded in the histogram `name`.
+fn histogram(entries: &Entries, name: &str) -> Vec<f64> {
+    entries
+        .iter()
+        .filter(|(key, ..)| key.key().name() == name)
+        .flat_map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Histogram(values) => {
+                values.iter().map(|v| v.into_inner()).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// A `send` that found the replay buffer full is timed until the client's
+/// acknowledgement made room, and the message it waited behind from
+/// queued to acknowledged: both to the millisecond of test time.
+#[tokio::test(start_paused = true)]
+async fn a_send_waiting_for_room_and_the_ack_delay_are_timed() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // This runtime runs every task on this thread: all of them count here.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let wait = Duration::from_millis(250);
+    bounded(async {
+        let mut config = ServerConfig::default();
+        config.session.max_unacked_messages = 1;
+        let mut server = Server::start(config);
+        let (key, session) = server.open_by_poll().await;
+        session.send("one").await.expect("room for one");
+        let second = tokio::spawn({
+            let session = session.clone();
+            async move { session.send("two").await }
+        });
+        tokio::time::sleep(wait).await;
+        assert!(!second.is_finished(), "the second send waits for room");
+        let (_, frames) = server.get(&format!("/poll?v=1&key={key}&last=0")).await;
+        assert!(matches!(
+            frames.first(),
+            Some(Frame::Message { seq: 1, .. })
+        ));
+        // This poll acknowledges the first message: room for the second.
+        let (_, frames) = server.get(&format!("/poll?v=1&key={key}&last=1")).await;
+        assert!(matches!(
+            frames.first(),
+            Some(Frame::Message { seq: 2, .. })
+        ));
+        second
+            .await
+            .expect("the send task")
+            .expect("sent once there was room");
+    })
+    .await;
+    // A snapshot drains the histograms: take one.
+    let entries: Entries = snapshotter.snapshot().into_vec();
+    let waited = histogram(&entries, crate::metrics::SEND_WAIT);
+    assert_eq!(waited.len(), 1, "one send waited: {waited:?}");
+    assert!((waited[0] - wait.as_secs_f64()).abs() < 0.002, "{waited:?}");
+    let delays = histogram(&entries, crate::metrics::ACK_DELAY);
+    assert_eq!(delays.len(), 1, "the first message is sampled: {delays:?}");
+    assert!((delays[0] - wait.as_secs_f64()).abs() < 0.002, "{delays:?}");
+}

@@ -7,6 +7,16 @@ use holdfast_protocol::wire::json;
 use holdfast_protocol::{AttachError, Close, CloseCode, Frame, ProtocolError};
 use http::{HeaderValue, StatusCode, header};
 
+/// Refusal texts the metrics tell apart (`metrics::rejection_reason`):
+/// `max_sessions` reached.
+pub(crate) const TOO_MANY_SESSIONS: &str = "too many sessions";
+/// The client address opens sessions faster than its rate.
+pub(crate) const RATE_LIMITED: &str = "too many new sessions from your address";
+/// A send refused for now: the server-wide buffer is full.
+pub(crate) const NOT_KEEPING_UP: &str = "the application is not keeping up";
+/// How the refusal of a protocol version begins.
+pub(crate) const BAD_VERSION: &str = "unsupported protocol version";
+
 /// A refusal: either the session is over (or never opened) — a `close`
 /// frame — or only this request or attachment fails — a `detach` frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +77,7 @@ impl Reject {
     /// The HTTP response: status from the code, a JSON batch holding the
     /// frame, and `Retry-After` for overload.
     pub(crate) fn into_http(self) -> Response {
+        crate::metrics::rejected(&self);
         let close = self.close();
         let status = StatusCode::from_u16(close.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -64,6 +64,8 @@ pub(crate) struct ServerState {
     pub(crate) registry: Registry,
     /// Bytes buffered across all sessions.
     pub(crate) buffered: AtomicUsize,
+    /// The metric handles the sessions and transports count with.
+    pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) origins: OriginPolicy,
     pub(crate) auth: Option<AuthHook>,
     /// Per-address limit on opening sessions.
@@ -597,6 +599,7 @@ impl Builder {
                 config: self.config,
                 registry: Registry::default(),
                 buffered: AtomicUsize::new(0),
+                metrics: crate::metrics::Metrics::new(),
                 origins: self.origins,
                 auth: self.auth,
                 proxies: TrustedProxies::new(self.proxies, self.proxy_headers),

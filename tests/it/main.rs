@@ -31,6 +31,8 @@ mod attachments;
 mod conformance_checks;
 /// Every limit and refusal, each with its exact status and close code.
 mod limits;
+/// A Prometheus scrape after clients on each transport, cuts and refusals.
+mod metrics_scrape;
 /// The `Origin` check and the authentication hook on every transport.
 mod origin_auth;
 /// Pings, silence timeouts, poll continuation (`PROTOCOL.md` §6).

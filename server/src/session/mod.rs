@@ -15,12 +15,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use holdfast_protocol::{
-    Close, CloseCode, Message, SendError, ServerEvent, ServerSession, TransportKind, message_charge,
+    AttachmentId, Close, CloseCode, Frame, Message, ProtocolError, SendError, ServerEvent,
+    ServerSession, Transmit, TransportKind, message_charge,
 };
 use http::{Extensions, HeaderMap};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::logs::loggable;
+use crate::metrics::Presence;
 use crate::server::ServerState;
 use crate::store::{Position, Write};
 
@@ -35,6 +38,10 @@ pub(crate) use durable::Stored;
 use durable::{AppProgress, Pending};
 pub(crate) use durable::{Durable, backoff};
 
+/// The ack-delay histogram samples the first message a session sends,
+/// then one of every this many sent while no sample is in flight.
+const ACK_SAMPLE_EVERY: u8 = 16;
+
 /// The current time on tokio's clock (so paused-time tests work too).
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -44,6 +51,9 @@ pub(crate) fn now() -> Instant {
 /// task of one session.
 pub(crate) struct Shared {
     pub(crate) session_id: Arc<str>,
+    /// The session's span (`session_id`, never the key): its lifecycle
+    /// events, and the spans of its attachments, are in it.
+    pub(crate) span: tracing::Span,
     pub(crate) key: Arc<str>,
     inner: Mutex<Inner>,
     /// The attached transport: output may be ready.
@@ -88,6 +98,23 @@ struct Inner {
     /// buffer and inbound queue are charged (payload plus
     /// `MESSAGE_OVERHEAD` per message).
     accounted: usize,
+    /// What the session adds to the sessions and attachments gauges.
+    presence: Presence,
+    /// The highest downstream sequence number written to the client:
+    /// messages up to it that are written again are replays.
+    written: u64,
+    /// The transport to count a send request's messages under when no
+    /// transport is attached: the last one that was.
+    last_transport: TransportKind,
+    /// The downstream message whose acknowledgement the ack-delay
+    /// histogram waits for, and when it was queued: one at a time.
+    ack_sample: Option<(u64, Instant)>,
+    /// Sends to let pass before the next sample (the clock is read twice
+    /// per sample: not for every round trip).
+    ack_skip: u8,
+    /// The span of the latest attachment (if a subscriber records it):
+    /// events that happen in it are logged in it.
+    attachment_span: Option<tracing::Id>,
 }
 
 /// What the guard compares to decide whom to wake.
@@ -212,6 +239,46 @@ impl CoreGuard<'_> {
         })
     }
 
+    /// [`ServerSession::poll_transmit`], counting the messages it writes.
+    /// Every transport writes through here: it shadows the core's method.
+    pub(crate) fn poll_transmit(&mut self, now: Instant, id: AttachmentId) -> Option<Transmit> {
+        let shared = self.shared;
+        let metrics = &shared.server.metrics;
+        let inner = self.inner();
+        let kind = inner.core.transport();
+        let transmit = inner.core.poll_transmit(now, id)?;
+        if let Some(kind) = kind {
+            metrics.transmitted(kind, &transmit.frames, &mut inner.written);
+        }
+        Some(transmit)
+    }
+
+    /// [`ServerSession::handle_frames`], counting the messages it accepts
+    /// (duplicates are not counted). Every transport reads through here:
+    /// it shadows the core's method.
+    pub(crate) fn handle_frames(
+        &mut self,
+        now: Instant,
+        via: Option<AttachmentId>,
+        frames: impl IntoIterator<Item = Frame>,
+    ) -> Result<(), ProtocolError> {
+        let shared = self.shared;
+        let metrics = &shared.server.metrics;
+        let inner = self.inner();
+        let (received, queued) = (inner.core.received(), inner.core.inbound_bytes());
+        let result = inner.core.handle_frames(now, via, frames);
+        // Nothing leaves the inbound queue meanwhile, and each message
+        // accepted is charged its payload plus `MESSAGE_OVERHEAD`: the
+        // payload bytes without looking at the frames.
+        let got = inner.core.received() - received;
+        let charged = inner.core.inbound_bytes().saturating_sub(queued);
+        let overhead = (got as usize).saturating_mul(holdfast_protocol::MESSAGE_OVERHEAD);
+        let bytes = charged.saturating_sub(overhead) as u64;
+        let kind = inner.core.transport().unwrap_or(inner.last_transport);
+        metrics.received(kind, got, bytes);
+        result
+    }
+
     /// `pending` is in the store: let the core act on it.
     fn stored(&mut self, pending: Pending) {
         let inner = self.inner();
@@ -227,9 +294,25 @@ impl Drop for CoreGuard<'_> {
             return;
         };
         let after = Snapshot::of(&inner.core);
+        let (before_transport, before_closed) = (self.before.transport, self.before.closed);
         let shared = self.shared;
+        let metrics = &shared.server.metrics;
+        // Logged in the span of the attachment they happen in, else in the
+        // session's: either way under the session's id.
+        let mut in_attachment = None;
         while let Some(event) = inner.core.poll_event() {
-            log_event(&shared.session_id, &event);
+            count_event(metrics, &event);
+            let here = *in_attachment.get_or_insert_with(|| {
+                let current = tracing::Span::current().id();
+                current.is_some() && current == inner.attachment_span
+            });
+            if here {
+                log_event(&shared.session_id, &event);
+            } else {
+                shared
+                    .span
+                    .in_scope(|| log_event(&shared.session_id, &event));
+            }
         }
         let total = after.unacked_bytes + after.inbound_bytes;
         let accounted = std::mem::replace(&mut inner.accounted, total);
@@ -238,11 +321,37 @@ impl Drop for CoreGuard<'_> {
                 .server
                 .buffered
                 .fetch_add(total - accounted, Ordering::Relaxed);
+            metrics.buffered(total - accounted, 0);
         } else if total < accounted {
             shared
                 .server
                 .buffered
                 .fetch_sub(accounted - total, Ordering::Relaxed);
+            metrics.buffered(0, accounted - total);
+        }
+        // Only an attachment coming or going, or the end, moves the gauges
+        // (a session forgotten or gone takes back what it added when its
+        // timer task ends).
+        if (after.transport != before_transport || after.closed != before_closed)
+            && inner.presence.differs(!after.closed, after.transport)
+        {
+            // Nothing more counts once the session is forgotten or left
+            // this node (a transport may still hold it for a moment).
+            let here = !shared.is_forgotten() && !shared.is_gone();
+            let transport = after.transport.filter(|_| here);
+            inner
+                .presence
+                .set(metrics, here && !after.closed, transport);
+            if let Some(kind) = after.transport {
+                inner.last_transport = kind;
+            }
+        }
+        if after.acked != self.before.acked
+            && let Some((seq, queued)) = inner.ack_sample
+            && after.acked >= seq
+        {
+            inner.ack_sample = None;
+            metrics.ack_delay(now().saturating_duration_since(queued));
         }
         // Only these changes can bring a deadline forward (a new message
         // to acknowledge, an attachment, a timer's effect, the end): skip
@@ -326,6 +435,22 @@ pub(crate) fn kept_copy(headers: &HeaderMap, budget: usize) -> HeaderMap {
     copy
 }
 
+/// Counts a lifecycle event in the metrics.
+fn count_event(metrics: &crate::metrics::Metrics, event: &ServerEvent) {
+    match event {
+        ServerEvent::Attached { kind, resumed, .. } => {
+            if !resumed {
+                metrics.opened();
+            }
+            metrics.attached(*kind, *resumed);
+        }
+        ServerEvent::Detached { .. } => {}
+        ServerEvent::Closed { close, initiator } => {
+            crate::metrics::session_closed(close, *initiator);
+        }
+    }
+}
+
 /// Session lifecycle (opened, closed) at `info`; transports coming and
 /// going — every SSE recycle, every reconnect — at `debug`, so a busy
 /// server's log is not one line per request.
@@ -386,7 +511,17 @@ impl Shared {
         cursors: Vec<(String, Position)>,
     ) -> Arc<Self> {
         let identity = core.identity();
+        if durable.as_ref().is_some_and(|durable| durable.continued) {
+            crate::metrics::session_moved(true);
+        }
+        let span = tracing::info_span!(parent: None, "session", session_id = %identity.session_id);
+        let written = core.sent();
+        // Counted from the start (a session taken over is detached until
+        // its client attaches).
+        let mut presence = Presence::default();
+        presence.set(&server.metrics, !core.is_closed(), core.transport());
         Arc::new(Self {
+            span,
             session_id: identity.session_id.as_str().into(),
             key: identity.key.as_str().into(),
             inner: Mutex::new(Inner {
@@ -397,6 +532,13 @@ impl Shared {
                 stored,
                 armed: None,
                 accounted: 0,
+                presence,
+                // Restored messages were written by the node before.
+                written,
+                last_transport: TransportKind::LongPoll,
+                ack_sample: None,
+                ack_skip: 0,
+                attachment_span: None,
             }),
             transmit: Notify::new(),
             app: Notify::new(),
@@ -436,8 +578,27 @@ impl Shared {
         }
     }
 
-    /// Runs the session's timers until it is finished, then forgets it.
-    pub(crate) async fn drive_timers(self: Arc<Self>) {
+    /// A span for one attachment of this session (`debug`, inside the
+    /// session's): what its transport logs is in it.
+    pub(crate) fn attachment_span(&self, kind: TransportKind) -> tracing::Span {
+        let span =
+            tracing::debug_span!(parent: &self.span, "attachment", transport = kind.as_str());
+        if let Some(id) = span.id() {
+            // Not through `lock`: nothing the guard compares changes.
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.attachment_span = Some(id);
+        }
+        span
+    }
+
+    /// Runs the session's timers until it is finished, then forgets it
+    /// (in the session's span).
+    pub(crate) fn drive_timers(self: Arc<Self>) -> impl Future<Output = ()> + Send {
+        let span = self.span.clone();
+        self.run_timers().instrument(span)
+    }
+
+    async fn run_timers(self: Arc<Self>) {
         loop {
             let notified = self.timer.notified();
             let mut notified = pin!(notified);
@@ -484,9 +645,12 @@ impl Shared {
         }
         let accounted = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            // After `forgotten`: no later guard counts this session again.
+            inner.presence.set(&self.server.metrics, false, None);
             std::mem::take(&mut inner.accounted)
         };
         self.server.buffered.fetch_sub(accounted, Ordering::Relaxed);
+        self.server.metrics.buffered(0, accounted);
         self.app.notify_waiters();
         self.space.notify_waiters();
         self.transmit.notify_waiters();
@@ -563,6 +727,15 @@ impl Shared {
             }
         }
         let seq = core.send(message)?;
+        let inner = core.inner();
+        if inner.ack_sample.is_none() {
+            if inner.ack_skip == 0 {
+                inner.ack_sample = Some((seq, now()));
+                inner.ack_skip = ACK_SAMPLE_EVERY - 1;
+            } else {
+                inner.ack_skip -= 1;
+            }
+        }
         if let Some((topic, position)) = topic
             && self.durable.is_some()
         {
@@ -635,8 +808,14 @@ impl Shared {
     }
 
     /// Stores what the core holds unconfirmed, for as long as the session
-    /// is on this node (the writer task of a session with a store).
-    pub(crate) async fn write_to_store(self: Arc<Self>) {
+    /// is on this node (the writer task of a session with a store), in the
+    /// session's span.
+    pub(crate) fn write_to_store(self: Arc<Self>) -> impl Future<Output = ()> + Send {
+        let span = self.span.clone();
+        self.store_writes().instrument(span)
+    }
+
+    async fn store_writes(self: Arc<Self>) {
         let Some(durable) = &self.durable else {
             return;
         };
@@ -701,6 +880,7 @@ impl Shared {
         if durable.gone.swap(true, Ordering::AcqRel) {
             return;
         }
+        crate::metrics::session_moved(false);
         self.lock().end_attachment(now(), close);
         self.server.registry.remove(self);
         durable.stored.notify_waiters();
@@ -836,16 +1016,28 @@ impl Session {
     pub async fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let message = message.into();
         let shared = self.shared();
-        loop {
+        // When the send found no room: the clock is read only then.
+        let mut waiting = None;
+        let sent = loop {
             let notified = shared.space.notified();
             let mut notified = pin!(notified);
             notified.as_mut().enable();
             match shared.try_send(message.clone(), None) {
-                Err(SendError::Full) => notified.await,
-                Ok(Some(seq)) => return shared.stored_sent(seq).await,
-                Ok(None) => return Ok(()),
-                Err(error) => return Err(error),
+                Err(SendError::Full) => {
+                    waiting.get_or_insert_with(now);
+                    notified.await;
+                }
+                sent => break sent,
             }
+        };
+        if let Some(since) = waiting {
+            let waited = now().saturating_duration_since(since);
+            shared.server.metrics.send_waited(waited);
+        }
+        match sent {
+            Ok(Some(seq)) => shared.stored_sent(seq).await,
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
         }
     }
 

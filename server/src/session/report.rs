@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use holdfast_protocol::connector::Fallback;
+use holdfast_protocol::connector::report::Decoded;
 
 use super::{Session, Shared};
 
@@ -47,8 +48,11 @@ impl Shared {
     /// from the `report` parameter of a request that opened or resumed
     /// this session. Their values are closed sets (transports, causes,
     /// numbers), never client text.
-    pub(crate) fn record_client_report(&self, entries: Vec<Fallback>) {
+    pub(crate) fn record_client_report(&self, report: Decoded) {
+        crate::metrics::client_report(report.is_valid());
+        let entries = report.entries;
         for step in &entries {
+            crate::metrics::client_fallback(step);
             tracing::debug!(
                 session = %self.session_id,
                 from = step.from.as_str(),

@@ -100,7 +100,8 @@ impl ConnectQuery {
             && v.parse::<u32>().ok() != Some(PROTOCOL_VERSION)
         {
             return Err(Reject::bad_request(format!(
-                "unsupported protocol version {:?}; this server speaks {PROTOCOL_VERSION}",
+                "{} {:?}; this server speaks {PROTOCOL_VERSION}",
+                crate::reject::BAD_VERSION,
                 crate::logs::loggable(v)
             )));
         }
@@ -225,7 +226,9 @@ pub(crate) async fn prepare_session(
     }
     if let Some(key) = query.key {
         if state.auth.is_some() {
-            let shared = find(state, &key).await?;
+            let shared = find(state, &key).await.inspect_err(|reject| {
+                resume_refused(state, kind, reject);
+            })?;
             reauthorize(state, &shared, &headers, &uri, kind, RequestKind::Resume).await?;
         }
         return Ok(Prepared::Resume {
@@ -235,7 +238,7 @@ pub(crate) async fn prepare_session(
         });
     }
     if state.registry.open() >= state.config.max_sessions {
-        return Err(overloaded(state, "too many sessions"));
+        return Err(overloaded(state, crate::reject::TOO_MANY_SESSIONS));
     }
     admit(state, &headers, peer)?;
     let identity = match &state.auth {
@@ -286,11 +289,8 @@ fn admit(state: &ServerState, headers: &HeaderMap, peer: Peer) -> Result<(), Rej
                 tracing::debug!(%client, "refusing a new session: address over its open rate");
             }
             Err(Reject::Session(
-                Close::new(
-                    CloseCode::OVERLOADED,
-                    "too many new sessions from your address",
-                )
-                .with_retry_after(wait.max(state.config.retry_after)),
+                Close::new(CloseCode::OVERLOADED, crate::reject::RATE_LIMITED)
+                    .with_retry_after(wait.max(state.config.retry_after)),
             ))
         }
     }
@@ -353,10 +353,17 @@ pub(crate) async fn attach(
     match prepared {
         Prepared::Probe => Err(Reject::bad_request("a probe does not attach")),
         Prepared::Resume { key, last, report } => {
-            let shared = find(state, &key).await?;
-            let id = shared.lock().attach(now(), kind, last)?;
+            let attached = match find(state, &key).await {
+                Ok(shared) => {
+                    let id = shared.lock().attach(now(), kind, last);
+                    id.map(|id| (shared, id)).map_err(Reject::from)
+                }
+                Err(reject) => Err(reject),
+            };
+            let (shared, id) =
+                attached.inspect_err(|reject| resume_refused(state, kind, reject))?;
             if let Some(report) = report {
-                shared.record_client_report(report.entries);
+                shared.record_client_report(report);
             }
             Ok((shared, id))
         }
@@ -369,6 +376,14 @@ pub(crate) async fn attach(
             let id = shared.lock().attach(now(), kind, 0)?;
             Ok((shared, id))
         }
+    }
+}
+
+/// Counts a resume that could not recover its session (unknown here,
+/// expired or over) as `recovered="false"`.
+fn resume_refused(state: &ServerState, kind: TransportKind, reject: &Reject) {
+    if reject.close().code == CloseCode::SESSION_LOST {
+        state.metrics.resume_lost(kind);
     }
 }
 
@@ -402,12 +417,12 @@ async fn open(
         .insert(shared.clone(), state.config.max_sessions)
         .is_err()
     {
-        return Err(overloaded(state, "too many sessions"));
+        return Err(overloaded(state, crate::reject::TOO_MANY_SESSIONS));
     }
     // Before the application gets the session, so that it sees the report
     // from its first look.
     if let Some(report) = report {
-        shared.record_client_report(report.entries);
+        shared.record_client_report(report);
     }
     if let Err(HandOffError::NotAccepting) = state.hand_off(Session::new(shared.clone())) {
         state.registry.remove(&shared);

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Response;
-use holdfast_protocol::TransportKind;
+use holdfast_protocol::{AttachmentId, TransportKind};
 use http::{HeaderMap, Uri};
 
 use super::{DetachOnDrop, attach, batch_response, prepare};
 use crate::peer::Peer;
 use crate::server::ServerState;
-use crate::session::now;
+use crate::session::{Shared, now};
+use tracing::Instrument;
 
 pub(crate) async fn handle(
     State(state): State<Arc<ServerState>>,
@@ -29,6 +30,13 @@ pub(crate) async fn handle(
         Ok(attached) => attached,
         Err(reject) => return reject.into_http(),
     };
+    let span = shared.attachment_span(TransportKind::LongPoll);
+    answer(shared, id).instrument(span).await
+}
+
+/// Answers the poll once the session has something to deliver (or the
+/// hold is over).
+async fn answer(shared: Arc<Shared>, id: AttachmentId) -> Response {
     // If the client hangs up, this future is dropped and the poll ends.
     let _detach = DetachOnDrop {
         shared: shared.clone(),

@@ -80,7 +80,7 @@ async fn receive(
                 .collect();
             core.handle_frames(now(), None, acks)?;
             return Err(Reject::Attachment(
-                Close::new(CloseCode::OVERLOADED, "the application is not keeping up")
+                Close::new(CloseCode::OVERLOADED, crate::reject::NOT_KEEPING_UP)
                     .with_retry_after(state.config.retry_after),
             ));
         }

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::pin::pin;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -53,6 +54,7 @@ pub(crate) async fn handle(
         Err(reject) => return reject.into_http(),
     };
     let config = &state.config;
+    let span = shared.attachment_span(TransportKind::Sse);
     let feed = Feed {
         attachment: WeakAttachment::new(&shared, id),
         padding: config.sse_padding,
@@ -60,9 +62,12 @@ pub(crate) async fn handle(
         recycle_at: Instant::now() + config.sse_max_age,
         done: false,
     };
-    let body = futures_util::stream::unfold(feed, |mut feed| async move {
-        let chunk = feed.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), feed))
+    let body = futures_util::stream::unfold(feed, move |mut feed| {
+        let span = span.clone();
+        async move {
+            let chunk = feed.next_chunk().instrument(span).await?;
+            Some((Ok::<_, Infallible>(chunk), feed))
+        }
     });
     event_stream(Body::from_stream(body))
 }

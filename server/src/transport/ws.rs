@@ -23,6 +23,8 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 
 use super::upgrade::{Socket, Upgrade};
 use super::{DetachOnDrop, Prepared, attach, prepare, probe_over};
+use tracing::Instrument;
+
 use crate::peer::Peer;
 use crate::reject::Reject;
 use crate::server::ServerState;
@@ -62,7 +64,10 @@ pub(crate) async fn handle(
             Err(reject) => Err(reject),
         };
         match attached {
-            Ok((shared, id)) => run(socket, shared, id).await,
+            Ok((shared, id)) => {
+                let span = shared.attachment_span(TransportKind::WebSocket);
+                run(socket, shared, id).instrument(span).await
+            }
             Err(reject) => Box::pin(refuse(socket, reject)).await,
         }
     })
@@ -135,6 +140,7 @@ async fn probe(socket: Socket, lifetime: std::time::Duration) {
 
 /// Reports a refusal after the upgrade: the frame, then the close code.
 async fn refuse(socket: Socket, reject: Reject) {
+    crate::metrics::rejected(&reject);
     let (mut sink, stream) = socket.split();
     let _ = write_frames(&mut sink, vec![reject.frame()]).await;
     let _ = sink.send(close_message(reject.close())).await;
@@ -301,6 +307,9 @@ async fn read(
         }
         let incoming = stream.next().await;
         if let Err(reject) = receive(&shared, id, incoming) {
+            if let Some(reject) = &reject {
+                crate::metrics::rejected(reject);
+            }
             let refused = reject.is_some();
             end.set(reject);
             if refused {

@@ -101,6 +101,7 @@ async fn take(
                 left: false,
             }),
             Err(reject) => {
+                crate::metrics::rejected(&reject);
                 tracing::debug!(
                     tag,
                     code = reject.close().code.0,
