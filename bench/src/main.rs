@@ -5,6 +5,7 @@
 //! cargo run --release -p holdfast-bench              # the full table (a few minutes)
 //! cargo run --release -p holdfast-bench -- --quick   # seconds: proves the tool works (CI)
 //! cargo run --release -p holdfast-bench -- --json results.jsonl
+//! cargo run --release -p holdfast-bench -- --only echo --metrics   # servers record metrics
 //! ```
 //!
 //! Each server runs as a child process pinned to CPU 0, the load generator
@@ -18,6 +19,7 @@ mod echo;
 mod fanout;
 mod idle;
 mod process;
+mod recorder;
 mod report;
 mod resume;
 mod serve;
@@ -91,11 +93,8 @@ impl Plan {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
-        let redis = match args.get(2).map(String::as_str) {
-            Some("--redis") => args.get(3).map(String::as_str),
-            _ => None,
-        };
-        return match serve::run(args.get(1).map_or("", String::as_str), redis) {
+        let result = serve::Options::parse(&args[1..]).and_then(|options| serve::run(&options));
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("serve: {e}");
@@ -118,9 +117,11 @@ fn main() -> ExitCode {
             "--quick" => plan = Plan::quick(),
             "--json" => json_path = it.next(),
             "--only" => only = it.next().map(|s| s.split(',').map(str::to_owned).collect()),
+            "--metrics" => recorder::enable(),
             "-h" | "--help" => {
                 println!(
-                    "usage: holdfast-bench [--quick] [--json FILE] [--only echo,fanout,idle,resume,cluster,topics]"
+                    "usage: holdfast-bench [--quick] [--json FILE] [--only echo,fanout,idle,resume,cluster,topics] [--metrics]\n\
+                     --metrics: every holdfast server under test records its metrics into a Prometheus recorder"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -131,6 +132,9 @@ fn main() -> ExitCode {
         }
     }
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
+    if recorder::enabled() {
+        eprintln!("--metrics: every holdfast server under test records into a Prometheus recorder");
+    }
 
     process::pin_self(1);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -45,10 +45,15 @@ impl ServerProcess {
             }
             None => Command::new(&exe),
         };
+        // `--metrics` reaches every holdfast server of the run, whoever
+        // starts it; the raw baseline has nothing to record.
+        let metrics =
+            (kind == ServerKind::Holdfast && crate::recorder::enabled()).then_some("--metrics");
         let mut child = command
             .arg("serve")
             .arg(kind.arg())
             .args(extra)
+            .args(metrics)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

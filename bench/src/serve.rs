@@ -31,16 +31,57 @@ impl ServerKind {
     }
 }
 
+/// How `holdfast-bench serve <kind> [--redis URL] [--metrics]` was asked
+/// to run.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Options {
+    /// `raw-ws` or `holdfast` (see [`ServerKind::arg`]).
+    pub kind: String,
+    /// Keep the holdfast server's sessions in Redis at this URL.
+    pub redis: Option<String>,
+    /// Install a Prometheus recorder before serving (`crate::recorder`).
+    pub metrics: bool,
+}
+
+impl Options {
+    /// Reads the arguments after `serve`.
+    pub fn parse(args: &[String]) -> Result<Self, String> {
+        let usage = "usage: holdfast-bench serve <raw-ws|holdfast> [--redis URL] [--metrics]";
+        let mut it = args.iter();
+        let kind = it.next().ok_or(usage)?.clone();
+        let mut options = Self {
+            kind,
+            redis: None,
+            metrics: false,
+        };
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--redis" => options.redis = Some(it.next().ok_or(usage)?.clone()),
+                "--metrics" => options.metrics = true,
+                other => return Err(format!("unknown argument {other:?}; {usage}")),
+            }
+        }
+        Ok(options)
+    }
+}
+
 /// Runs a server until stdin closes (the parent died or is done).
-/// `redis`: keep the holdfast server's sessions in Redis at this URL.
-pub fn run(kind: &str, redis: Option<&str>) -> Result<(), String> {
+pub fn run(options: &Options) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let kind = options.kind.as_str();
     runtime.block_on(async {
-        let store = match redis {
+        // Installed before the server exists, so that every count from its
+        // first request on is recorded.
+        let recorder = if options.metrics {
+            Some(crate::recorder::install()?)
+        } else {
+            None
+        };
+        let store = match options.redis.as_deref() {
             Some(url) => Some(
                 holdfast_redis::RedisStore::connect(url)
                     .await
@@ -64,6 +105,10 @@ pub fn run(kind: &str, redis: Option<&str>) -> Result<(), String> {
         tokio::select! {
             () = serve => {}
             () = stdin_closed() => {}
+        }
+        if let Some(handle) = recorder {
+            // After the parent's measurement (it closes stdin last).
+            eprintln!("METRICS {} samples", crate::recorder::samples(&handle));
         }
         Ok(())
     })
@@ -206,4 +251,35 @@ fn bench_topic<'a>(
         );
     }
     topic.as_ref().ok_or(holdfast_server::TopicError::Closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn options_in_any_order() {
+        let asked = args(&["holdfast", "--metrics", "--redis", "redis://127.0.0.1:6379"]);
+        assert_eq!(
+            Options::parse(&asked),
+            Ok(Options {
+                kind: "holdfast".to_owned(),
+                redis: Some("redis://127.0.0.1:6379".to_owned()),
+                metrics: true,
+            })
+        );
+        let plain = Options::parse(&args(&["raw-ws"])).unwrap();
+        assert!(!plain.metrics && plain.redis.is_none());
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        assert!(Options::parse(&[]).is_err());
+        assert!(Options::parse(&args(&["holdfast", "--redis"])).is_err());
+        assert!(Options::parse(&args(&["holdfast", "--metric"])).is_err());
+    }
 }
