@@ -142,6 +142,11 @@ pub struct Behavior {
     /// with this status and an HTML body instead of forwarding them. Read
     /// when a request arrives.
     pub refuse_upgrade: Option<u16>,
+    /// Forward WebSocket upgrade requests as plain requests, without their
+    /// `Upgrade` and `Connection: upgrade` headers, as a proxy that does
+    /// not know WebSocket does: the server answers a GET it cannot upgrade.
+    /// Read when a request arrives.
+    pub strip_upgrade: bool,
     /// Once an upgrade went through (the 101 was passed on), stop forwarding
     /// in both directions after this point, keeping both sockets open: bytes
     /// are read and dropped, and neither side learns when the other closes.
@@ -181,6 +186,12 @@ impl Behavior {
     /// Refuse WebSocket upgrades with `status` (e.g. 403 or 400).
     pub fn refuse_upgrades(mut self, status: u16) -> Self {
         self.refuse_upgrade = Some(status);
+        self
+    }
+
+    /// Forward upgrade requests without their upgrade headers.
+    pub fn strip_upgrades(mut self) -> Self {
+        self.strip_upgrade = true;
         self
     }
 

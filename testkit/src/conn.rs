@@ -646,6 +646,7 @@ impl Conn {
             };
             return self.answer(client, page.status, detail).await;
         }
+        let upgrade = upgrade && !b.strip_upgrade;
         if upgrade {
             if let Some(status) = b.refuse_upgrade {
                 return self

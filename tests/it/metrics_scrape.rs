@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use holdfast::client::TransportKind;
 use holdfast::server::ServerConfig;
-use holdfast_testkit::{Behavior, PathFilter, Proxy};
+use holdfast_testkit::{After, Behavior, PathFilter, Proxy};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use prometheus_parse::{Sample, Scrape, Value};
 
@@ -346,4 +346,131 @@ async fn the_echo_example_serves_metrics() {
         1.0,
         "{text}"
     );
+}
+
+/// Clients pushed off their best transport by intermediaries show up as
+/// `holdfast_client_fallbacks_total`, by why: a forward proxy that strips
+/// `Upgrade` (the server answers the plain GET), a tunnel silent after the
+/// upgrade, and an event stream a proxy buffers (with upgrades refused) —
+/// and the attachments count the transports they ended up on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_shows_why_clients_fell_back() {
+    if !run_alone(module_path!(), "a_scrape_shows_why_clients_fell_back").await {
+        return;
+    }
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder of this process");
+    let server = EchoServer::start(config()).await;
+    let networks = [
+        (Behavior::default().strip_upgrades(), TransportKind::Sse),
+        (
+            Behavior::default().silence_after_upgrade(After::IMMEDIATELY),
+            TransportKind::Sse,
+        ),
+        (
+            Behavior::default()
+                .refuse_upgrades(403)
+                .buffer_responses(64 * 1024, PathFilter::ends_with("/sse")),
+            TransportKind::LongPoll,
+        ),
+    ];
+    let mut proxies = Vec::new();
+    for (behavior, ends_on) in networks {
+        let proxy = Proxy::builder()
+            .upstream(server.addr)
+            .behavior(behavior)
+            .start()
+            .await
+            .expect("proxy");
+        let mut connection = client(&server.url_at(&proxy.url()))
+            .connect()
+            .await
+            .expect("connect");
+        assert_eq!(connection.transport(), Some(ends_on));
+        exchange(&mut connection, ECHOES, |_| {}).await;
+        proxies.push((proxy, connection));
+    }
+    // Each fallback counted once, although the last client's report also
+    // reached the session its buffered event stream opened (the client
+    // never heard of that one, and reported again on long-poll).
+    let scraped = scrape_until(&handle, "four fallbacks", |s| {
+        fallbacks(s, None, None) == 4.0
+    })
+    .await;
+    let fallbacks = |to: &str, reason: &str| fallbacks(&scraped, Some(to), Some(reason));
+    // The stripped upgrade is answered by the server itself (a GET it
+    // cannot upgrade), the refused one by the proxy: both a status.
+    let stripped = scraped
+        .find(
+            "holdfast_client_fallbacks_total",
+            &[("from", "websocket"), ("to", "sse"), ("reason", "status")],
+        )
+        .map(|sample| sample.labels.get("status").unwrap_or_default().to_owned());
+    assert!(
+        stripped
+            .as_deref()
+            .is_some_and(|status| status.starts_with('4')),
+        "the stripped upgrade's status: {stripped:?}\n{}",
+        handle.render()
+    );
+    assert_eq!(fallbacks("sse", "status"), 2.0, "{}", handle.render());
+    assert_eq!(
+        fallbacks("sse", "no_first_frame"),
+        1.0,
+        "{}",
+        handle.render()
+    );
+    assert_eq!(
+        fallbacks("long-poll", "no_first_frame"),
+        1.0,
+        "{}",
+        handle.render()
+    );
+    assert_eq!(
+        scraped.value(
+            "holdfast_client_fallbacks_total",
+            &[
+                ("from", "websocket"),
+                ("to", "sse"),
+                ("reason", "status"),
+                ("status", "403")
+            ]
+        ),
+        1.0,
+        "{}",
+        handle.render()
+    );
+    assert_eq!(
+        scraped.value("holdfast_attachments", &[("transport", "sse")]),
+        2.0
+    );
+    assert_eq!(
+        scraped.value("holdfast_attachments", &[("transport", "long-poll")]),
+        1.0
+    );
+    assert_eq!(
+        scraped.value("holdfast_attachments", &[("transport", "websocket")]),
+        0.0
+    );
+    drop(proxies);
+}
+
+/// The sum of `holdfast_client_fallbacks_total` over the samples going
+/// `to` for `reason` (any, for `None`).
+fn fallbacks(scraped: &Scraped, to: Option<&str>, reason: Option<&str>) -> f64 {
+    scraped
+        .0
+        .samples
+        .iter()
+        .filter(|sample| {
+            sample.metric == "holdfast_client_fallbacks_total"
+                && to.is_none_or(|to| sample.labels.get("to") == Some(to))
+                && reason.is_none_or(|reason| sample.labels.get("reason") == Some(reason))
+        })
+        .map(|sample| match sample.value {
+            Value::Counter(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use holdfast_protocol::connector::Fallback;
 use holdfast_protocol::connector::report::Decoded;
@@ -17,24 +18,67 @@ use super::{Session, Shared};
 /// (or lies) reaches it.
 pub(crate) const MAX_KEPT: usize = 16;
 
-/// A session's kept report entries, oldest first. Apart from the core's
-/// lock: recording never waits on, nor wakes, anything the core does.
+/// A session's kept report entries, oldest first, and those not counted
+/// in the metrics yet. Apart from the core's lock: recording never waits
+/// on, nor wakes, anything the core does.
 #[derive(Default)]
 pub(crate) struct Reports {
     kept: Mutex<VecDeque<Fallback>>,
+    /// Entries counted once the client is heard on the session after the
+    /// request that carried them. A client that never got that request's
+    /// answer (a proxy buffered the event stream that opened the session)
+    /// sends the same entries again — on another session, or on its next
+    /// resume — and counting on receipt would count its fallbacks twice.
+    uncounted: Mutex<Vec<Fallback>>,
+    /// `uncounted` holds something (checked on every batch the client
+    /// sends, without the lock).
+    waiting: AtomicBool,
 }
 
 impl Reports {
-    fn record(&self, entries: Vec<Fallback>) {
+    fn record(&self, entries: &[Fallback]) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         // Only the last `MAX_KEPT` of a long batch could survive anyway.
         let skip = entries.len().saturating_sub(MAX_KEPT);
-        for entry in entries.into_iter().skip(skip) {
+        for entry in entries.iter().skip(skip) {
             if kept.len() == MAX_KEPT {
                 kept.pop_front();
             }
-            kept.push_back(entry);
+            kept.push_back(*entry);
         }
+    }
+
+    /// Holds `entries` until the client is heard; one sent again (an
+    /// answer lost) is held once.
+    fn hold(&self, entries: &[Fallback]) {
+        self.resumed(entries);
+    }
+
+    /// A request carries `entries` (those the client has not seen
+    /// answered yet): the held entries it no longer sends reached it, and
+    /// are returned to be counted; `entries` are held.
+    fn resumed(&self, entries: &[Fallback]) -> Vec<Fallback> {
+        let mut uncounted = self.uncounted.lock().unwrap_or_else(|e| e.into_inner());
+        let (still, answered): (Vec<Fallback>, Vec<Fallback>) =
+            uncounted.drain(..).partition(|held| entries.contains(held));
+        *uncounted = still;
+        for entry in entries {
+            if uncounted.len() < MAX_KEPT && !uncounted.contains(entry) {
+                uncounted.push(*entry);
+            }
+        }
+        self.waiting.store(!uncounted.is_empty(), Ordering::Release);
+        answered
+    }
+
+    /// The client was heard: the entries held so far reached it whole.
+    fn heard(&self) -> Vec<Fallback> {
+        if !self.waiting.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut uncounted = self.uncounted.lock().unwrap_or_else(|e| e.into_inner());
+        self.waiting.store(false, Ordering::Release);
+        std::mem::take(&mut *uncounted)
     }
 
     fn all(&self) -> Vec<Fallback> {
@@ -47,12 +91,32 @@ impl Shared {
     /// The one place a client's fallback report arrives: the entries read
     /// from the `report` parameter of a request that opened or resumed
     /// this session. Their values are closed sets (transports, causes,
-    /// numbers), never client text.
+    /// numbers), never client text. The application sees them at once;
+    /// the metrics count them once the client is heard after this request
+    /// ([`client_heard`](Self::client_heard)).
     pub(crate) fn record_client_report(&self, report: Decoded) {
+        self.record_report_entries(&report);
+        self.reports.hold(&report.entries);
+    }
+
+    /// A request resumed this session, with or without a report: what the
+    /// client no longer reports reached it, and is counted.
+    pub(crate) fn client_resumed(&self, report: Option<Decoded>) {
+        let entries = match &report {
+            Some(report) => {
+                self.record_report_entries(report);
+                report.entries.as_slice()
+            }
+            None => &[],
+        };
+        for step in self.reports.resumed(entries) {
+            crate::metrics::client_fallback(&step);
+        }
+    }
+
+    fn record_report_entries(&self, report: &Decoded) {
         crate::metrics::client_report(report.is_valid());
-        let entries = report.entries;
-        for step in &entries {
-            crate::metrics::client_fallback(step);
+        for step in &report.entries {
             tracing::debug!(
                 session = %self.session_id,
                 from = step.from.as_str(),
@@ -62,7 +126,16 @@ impl Shared {
                 "client fell back"
             );
         }
-        self.reports.record(entries);
+        self.reports.record(&report.entries);
+    }
+
+    /// The client sent something on this session (frames, or a request
+    /// resuming it): it got the answers before, so the report entries they
+    /// answered are counted now. One atomic load when there are none.
+    pub(crate) fn client_heard(&self) {
+        for step in self.reports.heard() {
+            crate::metrics::client_fallback(&step);
+        }
     }
 }
 
@@ -121,15 +194,39 @@ mod tests {
     #[test]
     fn keeps_the_newest_sixteen() {
         let reports = Reports::default();
-        reports.record((0..10).map(step).collect());
-        reports.record((10..20).map(step).collect());
+        reports.record(&(0..10).map(step).collect::<Vec<_>>());
+        reports.record(&(10..20).map(step).collect::<Vec<_>>());
         let all = reports.all();
         assert_eq!(all.len(), MAX_KEPT);
         assert_eq!(all.first(), Some(&step(4)));
         assert_eq!(all.last(), Some(&step(19)));
-        reports.record((100..140).map(step).collect());
+        reports.record(&(100..140).map(step).collect::<Vec<_>>());
         assert_eq!(reports.all(), (124..140).map(step).collect::<Vec<_>>());
-        reports.record(Vec::new());
+        reports.record(&[]);
         assert_eq!(reports.all().len(), MAX_KEPT);
+    }
+
+    #[test]
+    fn entries_sent_again_are_counted_once_when_the_client_is_heard() {
+        let reports = Reports::default();
+        assert!(reports.heard().is_empty(), "nothing held");
+        reports.hold(&[step(1)]);
+        // The answer was lost: the next request carries it again, and more.
+        reports.hold(&[step(1), step(2)]);
+        assert_eq!(reports.heard(), [step(1), step(2)]);
+        assert!(reports.heard().is_empty(), "counted once");
+        reports.hold(&(0..40).map(step).collect::<Vec<_>>());
+        assert_eq!(reports.heard().len(), MAX_KEPT, "bounded");
+    }
+
+    #[test]
+    fn a_resume_counts_what_the_client_no_longer_sends() {
+        let reports = Reports::default();
+        reports.hold(&[step(1), step(2)]);
+        // The client still sends 2 (its answer was lost), and a new one.
+        assert_eq!(reports.resumed(&[step(2), step(3)]), [step(1)]);
+        // Everything was answered: nothing more is sent.
+        assert_eq!(reports.resumed(&[]), [step(2), step(3)]);
+        assert!(reports.heard().is_empty());
     }
 }

@@ -362,9 +362,7 @@ pub(crate) async fn attach(
             };
             let (shared, id) =
                 attached.inspect_err(|reject| resume_refused(state, kind, reject))?;
-            if let Some(report) = report {
-                shared.record_client_report(report);
-            }
+            shared.client_resumed(report);
             Ok((shared, id))
         }
         Prepared::Open {

@@ -64,6 +64,8 @@ async fn receive(
         Err(BodyError::TimedOut) => return Ok(timed_out(timeout)),
     };
     let frames = json::decode_batch(&bytes).map_err(ProtocolError::from)?;
+    // A send request names the session: the client got its opening answer.
+    shared.client_heard();
 
     // Answered at once, never held (`PROTOCOL.md` §3.1, §8.4). Messages
     // beyond the upstream window are the client's fault: the core refuses

@@ -360,6 +360,10 @@ fn receive(
         // WebSocket-level pings prove the client alive too.
         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Vec::new(),
     };
+    if !frames.is_empty() {
+        // Frames of the session's own: the client got its opening answer.
+        shared.client_heard();
+    }
     shared
         .lock()
         .handle_frames(now(), Some(id), frames)

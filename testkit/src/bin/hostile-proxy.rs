@@ -31,8 +31,8 @@
 //! | `{"cmd":"stats"}` | [`Proxy::stats`] | `"stats"`: the [`Stats`] fields |
 //! | `{"cmd":"reset_max"}` | [`Proxy::reset_max`] | |
 //!
-//! Behaviour fields of `set`: `refuse_upgrade` (a status),
-//! `silence_after_upgrade` and `reset_after_upgrade` (`{"bytes":n,"ms":t}`,
+//! Behaviour fields of `set`: `refuse_upgrade` (a status), `strip_upgrade`
+//! (a boolean), `silence_after_upgrade` and `reset_after_upgrade` (`{"bytes":n,"ms":t}`,
 //! either or both), `error_page` (`{"status":502,"paths":P}`), `buffer`
 //! (`{"bytes":n,"paths":P}`; without `bytes`, until the response ends),
 //! `cut` (`{"bytes":n,"ms":t,"seed":s}`; `{"bytes":0}` cuts every
@@ -165,6 +165,7 @@ struct CutJson {
 #[serde(default, deny_unknown_fields)]
 struct BehaviorJson {
     refuse_upgrade: Option<u16>,
+    strip_upgrade: bool,
     silence_after_upgrade: Option<AfterJson>,
     reset_after_upgrade: Option<AfterJson>,
     error_page: Option<ErrorPageJson>,
@@ -214,6 +215,7 @@ fn status(code: u16) -> Result<u16, String> {
 fn behavior(b: BehaviorJson) -> Result<Behavior, String> {
     Ok(Behavior {
         refuse_upgrade: b.refuse_upgrade.map(status).transpose()?,
+        strip_upgrade: b.strip_upgrade,
         silence_after_upgrade: b.silence_after_upgrade.map(After::from),
         reset_after_upgrade: b.reset_after_upgrade.map(After::from),
         error_page: b
