@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use holdfast::client::TransportKind;
+use holdfast::client::{ProxyConfig, TransportKind};
 use holdfast::server::ServerConfig;
 use holdfast_testkit::{After, Behavior, PathFilter, Proxy};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -349,10 +349,11 @@ async fn the_echo_example_serves_metrics() {
 }
 
 /// Clients pushed off their best transport by intermediaries show up as
-/// `holdfast_client_fallbacks_total`, by why: a forward proxy that strips
+/// `holdfast_client_fallbacks_total`, by why: a proxy that strips
 /// `Upgrade` (the server answers the plain GET), a tunnel silent after the
-/// upgrade, and an event stream a proxy buffers (with upgrades refused) —
-/// and the attachments count the transports they ended up on.
+/// upgrade, an event stream a proxy buffers (with upgrades refused), and a
+/// forward proxy refusing the WebSocket's `CONNECT` — and the attachments
+/// count the transports they ended up on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_shows_why_clients_fell_back() {
     if !run_alone(module_path!(), "a_scrape_shows_why_clients_fell_back").await {
@@ -391,11 +392,31 @@ async fn a_scrape_shows_why_clients_fell_back() {
         exchange(&mut connection, ECHOES, |_| {}).await;
         proxies.push((proxy, connection));
     }
+    // A forward proxy that lets no WebSocket through: the client's
+    // WebSocket goes through `CONNECT`, which it refuses.
+    let forward = Proxy::builder()
+        .behavior(Behavior::default().refuse_connect(403))
+        .start()
+        .await
+        .expect("proxy");
+    let forward_url = url::Url::parse(&forward.url()).expect("proxy url");
+    let mut connection = client(&server.url())
+        .proxy(ProxyConfig {
+            http: Some(forward_url.clone()),
+            https: Some(forward_url),
+            ..ProxyConfig::none()
+        })
+        .connect()
+        .await
+        .expect("connect through the forward proxy");
+    assert_eq!(connection.transport(), Some(TransportKind::Sse));
+    exchange(&mut connection, ECHOES, |_| {}).await;
+    proxies.push((forward, connection));
     // Each fallback counted once, although the last client's report also
     // reached the session its buffered event stream opened (the client
     // never heard of that one, and reported again on long-poll).
-    let scraped = scrape_until(&handle, "four fallbacks", |s| {
-        fallbacks(s, None, None) == 4.0
+    let scraped = scrape_until(&handle, "five fallbacks", |s| {
+        fallbacks(s, None, None) == 5.0
     })
     .await;
     let fallbacks = |to: &str, reason: &str| fallbacks(&scraped, Some(to), Some(reason));
@@ -414,7 +435,7 @@ async fn a_scrape_shows_why_clients_fell_back() {
         "the stripped upgrade's status: {stripped:?}\n{}",
         handle.render()
     );
-    assert_eq!(fallbacks("sse", "status"), 2.0, "{}", handle.render());
+    assert_eq!(fallbacks("sse", "status"), 3.0, "{}", handle.render());
     assert_eq!(
         fallbacks("sse", "no_first_frame"),
         1.0,
@@ -437,13 +458,13 @@ async fn a_scrape_shows_why_clients_fell_back() {
                 ("status", "403")
             ]
         ),
-        1.0,
+        2.0,
         "{}",
         handle.render()
     );
     assert_eq!(
         scraped.value("holdfast_attachments", &[("transport", "sse")]),
-        2.0
+        3.0
     );
     assert_eq!(
         scraped.value("holdfast_attachments", &[("transport", "long-poll")]),
