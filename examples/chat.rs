@@ -141,10 +141,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Installs the Prometheus exporter as the process's metrics recorder;
 /// the route that serves its text (`GET /metrics`).
 fn prometheus() -> Result<axum::routing::MethodRouter, Box<dyn std::error::Error>> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    // Buckets for holdfast's `_seconds` histograms (0.5 ms to 30 s): without
+    // them the exporter writes summaries, which cannot be added up across
+    // nodes (docs/operations.md).
+    const BUCKETS: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Prefix("holdfast_".to_owned()), BUCKETS)?
+        .install_recorder()?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
-        // Keeps the summaries' windows moving.
+        // Drains the histograms' samples into their buckets.
         let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             every.tick().await;

@@ -346,6 +346,14 @@ async fn the_echo_example_serves_metrics() {
         1.0,
         "{text}"
     );
+    // With buckets, as docs/operations.md asks: a histogram, not a summary.
+    assert!(
+        scraped.0.samples.iter().any(|sample| {
+            sample.metric == "holdfast_ack_delay_seconds"
+                && matches!(sample.value, Value::Histogram(_))
+        }),
+        "the ack delay has buckets\n{text}"
+    );
 }
 
 /// Clients pushed off their best transport by intermediaries show up as
