@@ -31,9 +31,13 @@ test("behind nginx's default proxying, the page falls back and chats exactly", a
   for (const page of [ada, bob]) {
     await page.locator("#status[data-state=live]").waitFor({ timeout: 15000 });
   }
-  // nginx did not forward the upgrade: not WebSocket.
-  const transport = await ada.locator("#transport").textContent();
-  assert.doesNotMatch(transport, /websocket/i, `through nginx's defaults: ${transport}`);
+  // nginx did not forward the upgrade: not WebSocket, and the badge says
+  // why ("· on SSE: WebSocket blocked …").
+  const badge = await ada.locator("#transport").textContent();
+  const [, transport, why] = badge.match(/^· (?:on )?([^:]+)(?:: (.+))?$/) ?? [];
+  assert.ok(transport, `a transport in the badge: ${badge}`);
+  assert.doesNotMatch(transport, /websocket/i, `through nginx's defaults: ${badge}`);
+  assert.match(why ?? "", /websocket/i, `the badge says why: ${badge}`);
 
   const sent = [];
   for (let i = 0; i < 20; i++) {
