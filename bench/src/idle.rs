@@ -17,6 +17,17 @@ use crate::process::ServerProcess;
 enum Held {
     Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
     Tcp(TcpStream),
+    /// A fallback session: its stream or held poll, and the client's
+    /// kept-alive send connection (one send answered, then idle).
+    Pair(TcpStream, TcpStream),
+}
+
+/// Whether each fallback client also keeps a send connection open, as the
+/// real clients do after their first `POST …/send`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendConn {
+    None,
+    KeptAlive,
 }
 
 pub struct IdleResult {
@@ -31,11 +42,21 @@ pub async fn run(
     kind: TransportKind,
     sessions: usize,
 ) -> Result<IdleResult, String> {
+    run_with(server, kind, sessions, SendConn::None).await
+}
+
+/// [`run`], choosing whether fallback clients keep a send connection.
+pub async fn run_with(
+    server: &ServerProcess,
+    kind: TransportKind,
+    sessions: usize,
+    send: SendConn,
+) -> Result<IdleResult, String> {
     // Warm the server up (allocator pools, first-use tables), then measure.
-    let warm = open_many(server.addr, kind, 200.min(sessions)).await?;
+    let warm = open_many(server.addr, kind, 200.min(sessions), send).await?;
     settle().await;
     let before = server.rss_bytes();
-    let held = open_many(server.addr, kind, sessions).await?;
+    let held = open_many(server.addr, kind, sessions, send).await?;
     settle().await;
     let after = server.rss_bytes();
     drop(held);
@@ -52,22 +73,30 @@ pub async fn hold(
     kind: TransportKind,
     sessions: usize,
     duration: Duration,
+    send: SendConn,
 ) -> Result<(), String> {
-    let held = open_many(addr, kind, sessions).await?;
+    let held = open_many(addr, kind, sessions, send).await?;
     tokio::time::sleep(duration).await;
     drop(held);
     Ok(())
 }
 
 /// Lets the server finish what the last connections started.
+/// `HOLDFAST_BENCH_SETTLE_MS` (default 300) lengthens it, e.g. past the
+/// server's header read timeout that closes idle keep-alive connections.
 async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ms = std::env::var("HOLDFAST_BENCH_SETTLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 async fn open_many(
     addr: SocketAddr,
     kind: TransportKind,
     count: usize,
+    send: SendConn,
 ) -> Result<Vec<Held>, String> {
     let mut held = Vec::with_capacity(count);
     let mut remaining = count;
@@ -75,7 +104,7 @@ async fn open_many(
         let batch = remaining.min(250);
         let mut tasks = Vec::with_capacity(batch);
         for _ in 0..batch {
-            tasks.push(tokio::spawn(open_one(addr, kind)));
+            tasks.push(tokio::spawn(open_one(addr, kind, send)));
         }
         for task in tasks {
             held.push(task.await.map_err(|e| e.to_string())??);
@@ -85,7 +114,7 @@ async fn open_many(
     Ok(held)
 }
 
-async fn open_one(addr: SocketAddr, kind: TransportKind) -> Result<Held, String> {
+async fn open_one(addr: SocketAddr, kind: TransportKind, send: SendConn) -> Result<Held, String> {
     match kind {
         TransportKind::WebSocket => {
             let (mut ws, _) =
@@ -101,7 +130,18 @@ async fn open_one(addr: SocketAddr, kind: TransportKind) -> Result<Held, String>
         }
         TransportKind::Sse => {
             let mut tcp = request(addr, "/realtime/sse?v=1").await?;
-            read_until(&mut tcp, b"\"open\"").await?;
+            let answer = read_until(&mut tcp, b"\"open\"").await?;
+            if send == SendConn::KeptAlive {
+                // Wait for the whole open frame (it carries the key).
+                let answer = if extract_key(&answer).is_some() {
+                    answer
+                } else {
+                    read_until(&mut tcp, b"\"key\"").await?
+                };
+                let key = extract_key(&answer).ok_or("no key in the open frame")?;
+                let conn = send_once(addr, &key).await?;
+                return Ok(Held::Pair(tcp, conn));
+            }
             Ok(Held::Tcp(tcp))
         }
         TransportKind::LongPoll => {
@@ -110,6 +150,10 @@ async fn open_one(addr: SocketAddr, kind: TransportKind) -> Result<Held, String>
             let key = extract_key(&answer).ok_or("no key in the open frame")?;
             // The held poll keeps the session attached.
             let held = request(addr, &format!("/realtime/poll?v=1&key={key}&last=0")).await?;
+            if send == SendConn::KeptAlive {
+                let conn = send_once(addr, &key).await?;
+                return Ok(Held::Pair(held, conn));
+            }
             Ok(Held::Tcp(held))
         }
     }
@@ -121,6 +165,27 @@ pub(crate) async fn request(addr: SocketAddr, path: &str) -> Result<TcpStream, S
     tcp.write_all(head.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
+    Ok(tcp)
+}
+
+/// Opens a keep-alive connection, sends one `ping` on it and reads the
+/// answer, then returns the connection to be held idle — as a client's
+/// send connection sits between sends.
+async fn send_once(addr: SocketAddr, key: &str) -> Result<TcpStream, String> {
+    let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let body = r#"[{"t":"ping"}]"#;
+    let head = format!(
+        "POST /realtime/send?v=1 HTTP/1.1\r\nHost: {addr}\r\nHoldfast-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = read_until(&mut tcp, b"\"pong\"").await?;
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        return Err(format!("send: {}", String::from_utf8_lossy(&answer)));
+    }
     Ok(tcp)
 }
 

@@ -108,6 +108,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("idle-only") {
         return idle_only(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("idle-rss") {
+        return idle_rss(&args[1..]);
+    }
     let mut plan = Plan::full();
     let mut json_path = None;
     let mut only: Option<Vec<String>> = None;
@@ -243,18 +246,78 @@ fn idle_only(args: &[String]) -> ExitCode {
         let kind: TransportKind = args.first()?.parse().ok()?;
         let addr: std::net::SocketAddr = args.get(1)?.parse().ok()?;
         let sessions: usize = args.get(2)?.parse().ok()?;
-        Some((kind, addr, sessions))
+        let send = send_flag(args.get(3..)?)?;
+        Some((kind, addr, sessions, send))
     })();
-    let Some((kind, addr, sessions)) = parsed else {
-        eprintln!("usage: holdfast-bench idle-only <websocket|sse|long-poll> <addr> <sessions>");
+    let Some((kind, addr, sessions, send)) = parsed else {
+        eprintln!(
+            "usage: holdfast-bench idle-only <websocket|sse|long-poll> <addr> <sessions> [--send-conn]"
+        );
         return ExitCode::from(2);
     };
     let Ok(runtime) = tokio::runtime::Runtime::new() else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
-        match idle::hold(addr, kind, sessions, Duration::from_secs(3)).await {
+        match idle::hold(addr, kind, sessions, Duration::from_secs(3), send).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `--send-conn`: each fallback client also holds a kept-alive send
+/// connection that has answered one `POST …/send`, as the real clients do.
+fn send_flag(rest: &[String]) -> Option<idle::SendConn> {
+    match rest {
+        [] => Some(idle::SendConn::None),
+        [flag] if flag == "--send-conn" => Some(idle::SendConn::KeptAlive),
+        _ => None,
+    }
+}
+
+/// `holdfast-bench idle-rss <transport> <sessions> [--send-conn]`: starts
+/// the holdfast server (pinned to core 0), warms it with 200 sessions, opens
+/// `sessions` more and prints the server's RSS growth per session.
+fn idle_rss(args: &[String]) -> ExitCode {
+    let parsed = (|| {
+        let kind: TransportKind = args.first()?.parse().ok()?;
+        let sessions: usize = args.get(1)?.parse().ok()?;
+        let send = send_flag(args.get(2..)?)?;
+        Some((kind, sessions, send))
+    })();
+    let Some((kind, sessions, send)) = parsed else {
+        eprintln!(
+            "usage: holdfast-bench idle-rss <websocket|sse|long-poll> <sessions> [--send-conn]"
+        );
+        return ExitCode::from(2);
+    };
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        let server = match ServerProcess::start(ServerKind::Holdfast, Some(0)).await {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = idle::run_with(&server, kind, sessions, send).await;
+        server.stop().await;
+        match result {
+            Ok(result) => {
+                println!(
+                    "{kind:?} sessions={} send_conn={} KiB/session={:.1}",
+                    result.sessions,
+                    send == idle::SendConn::KeptAlive,
+                    result.bytes_per_session / 1024.0
+                );
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE
