@@ -48,16 +48,15 @@ impl Reports {
         }
     }
 
-    /// Holds `entries` until the client is heard; one sent again (an
-    /// answer lost) is held once.
-    fn hold(&self, entries: &[Fallback]) {
-        self.resumed(entries);
-    }
-
     /// A request carries `entries` (those the client has not seen
     /// answered yet): the held entries it no longer sends reached it, and
-    /// are returned to be counted; `entries` are held.
-    fn resumed(&self, entries: &[Fallback]) -> Vec<Fallback> {
+    /// are returned to be counted; `entries` are held, each once (one sent
+    /// again after a lost answer is not held twice). Without either, no
+    /// lock: every poll of a long-poll session comes through here.
+    fn carried(&self, entries: &[Fallback]) -> Vec<Fallback> {
+        if entries.is_empty() && !self.waiting.load(Ordering::Acquire) {
+            return Vec::new();
+        }
         let mut uncounted = self.uncounted.lock().unwrap_or_else(|e| e.into_inner());
         let (still, answered): (Vec<Fallback>, Vec<Fallback>) =
             uncounted.drain(..).partition(|held| entries.contains(held));
@@ -88,20 +87,14 @@ impl Reports {
 }
 
 impl Shared {
-    /// The one place a client's fallback report arrives: the entries read
-    /// from the `report` parameter of a request that opened or resumed
-    /// this session. Their values are closed sets (transports, causes,
-    /// numbers), never client text. The application sees them at once;
-    /// the metrics count them once the client is heard after this request
-    /// ([`client_heard`](Self::client_heard)).
-    pub(crate) fn record_client_report(&self, report: Decoded) {
-        self.record_report_entries(&report);
-        self.reports.hold(&report.entries);
-    }
-
-    /// A request resumed this session, with or without a report: what the
-    /// client no longer reports reached it, and is counted.
-    pub(crate) fn client_resumed(&self, report: Option<Decoded>) {
+    /// The one place a client's fallback report arrives: a request opened
+    /// or resumed this session, with the entries read from its `report`
+    /// parameter (if any). Their values are closed sets (transports,
+    /// causes, numbers), never client text. The application sees them at
+    /// once; the metrics count an entry once the client shows it got the
+    /// answer: it sends on the session ([`client_heard`](Self::client_heard)),
+    /// or a later request no longer carries the entry.
+    pub(crate) fn client_report(&self, report: Option<Decoded>) {
         let entries = match &report {
             Some(report) => {
                 self.record_report_entries(report);
@@ -109,7 +102,7 @@ impl Shared {
             }
             None => &[],
         };
-        for step in self.reports.resumed(entries) {
+        for step in self.reports.carried(entries) {
             crate::metrics::client_fallback(&step);
         }
     }
@@ -129,9 +122,10 @@ impl Shared {
         self.reports.record(&report.entries);
     }
 
-    /// The client sent something on this session (frames, or a request
-    /// resuming it): it got the answers before, so the report entries they
-    /// answered are counted now. One atomic load when there are none.
+    /// The client sent something on this session (frames on its
+    /// WebSocket, a send request): it got the answers before, so the
+    /// report entries held are counted now. One atomic load when there are
+    /// none.
     pub(crate) fn client_heard(&self) {
         for step in self.reports.heard() {
             crate::metrics::client_fallback(&step);
@@ -210,23 +204,23 @@ mod tests {
     fn entries_sent_again_are_counted_once_when_the_client_is_heard() {
         let reports = Reports::default();
         assert!(reports.heard().is_empty(), "nothing held");
-        reports.hold(&[step(1)]);
+        reports.carried(&[step(1)]);
         // The answer was lost: the next request carries it again, and more.
-        reports.hold(&[step(1), step(2)]);
+        reports.carried(&[step(1), step(2)]);
         assert_eq!(reports.heard(), [step(1), step(2)]);
         assert!(reports.heard().is_empty(), "counted once");
-        reports.hold(&(0..40).map(step).collect::<Vec<_>>());
+        reports.carried(&(0..40).map(step).collect::<Vec<_>>());
         assert_eq!(reports.heard().len(), MAX_KEPT, "bounded");
     }
 
     #[test]
     fn a_resume_counts_what_the_client_no_longer_sends() {
         let reports = Reports::default();
-        reports.hold(&[step(1), step(2)]);
+        reports.carried(&[step(1), step(2)]);
         // The client still sends 2 (its answer was lost), and a new one.
-        assert_eq!(reports.resumed(&[step(2), step(3)]), [step(1)]);
+        assert_eq!(reports.carried(&[step(2), step(3)]), [step(1)]);
         // Everything was answered: nothing more is sent.
-        assert_eq!(reports.resumed(&[]), [step(2), step(3)]);
+        assert_eq!(reports.carried(&[]), [step(2), step(3)]);
         assert!(reports.heard().is_empty());
     }
 }

@@ -362,7 +362,7 @@ pub(crate) async fn attach(
             };
             let (shared, id) =
                 attached.inspect_err(|reject| resume_refused(state, kind, reject))?;
-            shared.client_resumed(report);
+            shared.client_report(report);
             Ok((shared, id))
         }
         Prepared::Open {
@@ -419,9 +419,7 @@ async fn open(
     }
     // Before the application gets the session, so that it sees the report
     // from its first look.
-    if let Some(report) = report {
-        shared.record_client_report(report);
-    }
+    shared.client_report(report);
     if let Err(HandOffError::NotAccepting) = state.hand_off(Session::new(shared.clone())) {
         state.registry.remove(&shared);
         return Err(overloaded(
