@@ -20,10 +20,14 @@ mod fanout;
 mod idle;
 mod process;
 mod recorder;
+mod relay;
 mod report;
 mod resume;
+mod scale;
 mod serve;
+mod spread;
 mod stats;
+mod storm;
 mod topics;
 
 use std::process::ExitCode;
@@ -110,6 +114,13 @@ fn main() -> ExitCode {
     }
     if args.first().map(String::as_str) == Some("idle-rss") {
         return idle_rss(&args[1..]);
+    }
+    match args.first().map(String::as_str) {
+        Some("scale") => return scale::main(&args[1..]),
+        Some("scale-client") => return scale::client_main(&args[1..]),
+        Some("storm") => return storm::main(&args[1..]),
+        Some("storm-client") => return storm::client_main(&args[1..]),
+        _ => {}
     }
     let mut plan = Plan::full();
     let mut json_path = None;

@@ -90,6 +90,19 @@ impl ServerProcess {
         }
     }
 
+    /// Its process id (0 for an external server).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Kills it at once (`SIGKILL`): a crash, or a restart without a
+    /// graceful shutdown.
+    pub async fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
     /// CPU time (user + system) the server has used so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.pid).unwrap_or(0.0)
@@ -129,7 +142,7 @@ impl ServerProcess {
     }
 }
 
-fn taskset_available() -> bool {
+pub(crate) fn taskset_available() -> bool {
     std::path::Path::new("/usr/bin/taskset").exists()
         && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
 }

@@ -31,9 +31,9 @@ impl ServerKind {
     }
 }
 
-/// How `holdfast-bench serve <kind> [--redis URL] [--metrics]` was asked
-/// to run.
-#[derive(Debug, PartialEq, Eq)]
+/// How `holdfast-bench serve <kind> [--redis URL] [--metrics] [--stock]
+/// [--max-connections N] [--max-sessions N] [--addr ADDR]` was asked to run.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Options {
     /// `raw-ws` or `holdfast` (see [`ServerKind::arg`]).
     pub kind: String,
@@ -41,23 +41,41 @@ pub struct Options {
     pub redis: Option<String>,
     /// Install a Prometheus recorder before serving (`crate::recorder`).
     pub metrics: bool,
+    /// The defaults a user gets (`ServerConfig::default()`, `serve`'s
+    /// defaults) instead of the benchmark's: the open-rate limit on.
+    pub stock: bool,
+    /// `ServeConfig::max_connections` (default 200 000, or 100 000 stock).
+    pub max_connections: Option<usize>,
+    /// `ServerConfig::max_sessions` (default 200 000, or 100 000 stock).
+    pub max_sessions: Option<usize>,
+    /// Where to listen (default `127.0.0.1:0`): a restarted server takes
+    /// its predecessor's port.
+    pub addr: Option<String>,
 }
 
 impl Options {
     /// Reads the arguments after `serve`.
     pub fn parse(args: &[String]) -> Result<Self, String> {
-        let usage = "usage: holdfast-bench serve <raw-ws|holdfast> [--redis URL] [--metrics]";
+        let usage = "usage: holdfast-bench serve <raw-ws|holdfast> [--redis URL] [--metrics] \
+                     [--stock] [--max-connections N] [--max-sessions N] [--addr ADDR]";
         let mut it = args.iter();
         let kind = it.next().ok_or(usage)?.clone();
         let mut options = Self {
             kind,
-            redis: None,
-            metrics: false,
+            ..Self::default()
+        };
+        let number = |v: Option<&String>| -> Result<usize, String> {
+            v.and_then(|v| v.parse().ok())
+                .ok_or_else(|| usage.to_owned())
         };
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--redis" => options.redis = Some(it.next().ok_or(usage)?.clone()),
                 "--metrics" => options.metrics = true,
+                "--stock" => options.stock = true,
+                "--max-connections" => options.max_connections = Some(number(it.next())?),
+                "--max-sessions" => options.max_sessions = Some(number(it.next())?),
+                "--addr" => options.addr = Some(it.next().ok_or(usage)?.clone()),
                 other => return Err(format!("unknown argument {other:?}; {usage}")),
             }
         }
@@ -67,6 +85,10 @@ impl Options {
 
 /// Runs a server until stdin closes (the parent died or is done).
 pub fn run(options: &Options) -> Result<(), String> {
+    // As an application should: the soft open-files limit (often 1024)
+    // up to the hard one, so that the connections it may hold are not cut
+    // short by a default nobody chose.
+    crate::spread::raise_nofile();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -89,16 +111,17 @@ pub fn run(options: &Options) -> Result<(), String> {
             ),
             None => None,
         };
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listen = options.addr.as_deref().unwrap_or("127.0.0.1:0");
+        let listener = TcpListener::bind(listen)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("listen on {listen}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("LISTEN {addr}");
         let _ = std::io::stdout().flush();
         let serve = async move {
             match kind {
                 "raw-ws" => serve_raw(listener).await,
-                "holdfast" => serve_holdfast(listener, store).await,
+                "holdfast" => serve_holdfast(listener, store, options).await,
                 other => eprintln!("unknown server {other}"),
             }
         };
@@ -153,14 +176,25 @@ async fn serve_raw(listener: TcpListener) {
 async fn serve_holdfast(
     listener: TcpListener,
     store: Option<std::sync::Arc<holdfast_redis::RedisStore>>,
+    options: &Options,
 ) {
     let room = Fanout::new(SlowConsumer::Wait);
     let mut config = ServerConfig::default();
-    config.max_sessions = 200_000;
-    // The idle benchmark opens thousands of sessions at once from one
-    // loopback address: measure the server, not its admission control.
-    config.open_rate_limit = None;
-    config.session.max_unacked_messages = 8192;
+    let mut max_connections = holdfast_server::ServeConfig::default().max_connections;
+    if !options.stock {
+        config.max_sessions = 200_000;
+        max_connections = 200_000;
+        // The idle benchmark opens thousands of sessions at once from one
+        // loopback address: measure the server, not its admission control.
+        config.open_rate_limit = None;
+        config.session.max_unacked_messages = 8192;
+    }
+    if let Some(max) = options.max_sessions {
+        config.max_sessions = max;
+    }
+    if let Some(max) = options.max_connections {
+        max_connections = max;
+    }
     let mut builder = Holdfast::builder().config(config);
     if let Some(store) = store {
         builder = builder.store(store as _);
@@ -171,7 +205,7 @@ async fn serve_holdfast(
     });
     let app = axum::Router::new().merge(holdfast.router_at("/realtime"));
     let _ = holdfast_server::serve(listener, app)
-        .max_connections(200_000)
+        .max_connections(max_connections)
         .await;
 }
 
@@ -270,6 +304,7 @@ mod tests {
                 kind: "holdfast".to_owned(),
                 redis: Some("redis://127.0.0.1:6379".to_owned()),
                 metrics: true,
+                ..Options::default()
             })
         );
         let plain = Options::parse(&args(&["raw-ws"])).unwrap();
@@ -281,5 +316,23 @@ mod tests {
         assert!(Options::parse(&[]).is_err());
         assert!(Options::parse(&args(&["holdfast", "--redis"])).is_err());
         assert!(Options::parse(&args(&["holdfast", "--metric"])).is_err());
+        assert!(Options::parse(&args(&["holdfast", "--max-sessions", "many"])).is_err());
+    }
+
+    #[test]
+    fn stock_limits_and_address() {
+        let asked = args(&[
+            "holdfast",
+            "--stock",
+            "--max-connections",
+            "120000",
+            "--addr",
+            "127.0.0.1:4000",
+        ]);
+        let options = Options::parse(&asked).unwrap();
+        assert!(options.stock);
+        assert_eq!(options.max_connections, Some(120_000));
+        assert_eq!(options.max_sessions, None);
+        assert_eq!(options.addr.as_deref(), Some("127.0.0.1:4000"));
     }
 }
