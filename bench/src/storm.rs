@@ -444,7 +444,8 @@ fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// One client's report to the worker's printer.
+/// One client's report to the worker's printer, stamped (µs since the
+/// epoch) by the client's task as it saw the event.
 enum Report {
     Retry {
         attempt: u32,
@@ -528,7 +529,7 @@ async fn client_run(
             .collect()
             .await
     };
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Report)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Report)>();
     let mut opened = 0;
     for (i, result) in results.into_iter().enumerate() {
         let connection = result?;
@@ -550,11 +551,10 @@ async fn client_run(
                 None => return Ok(()),
             },
             event = rx.recv() => {
-                let Some((i, event)) = event else { return Ok(()) };
+                let Some((i, at, event)) = event else { return Ok(()) };
                 if !armed {
                     continue;
                 }
-                let at = unix_us();
                 match event {
                     Report::Retry { attempt, delay, refused } => spread::report(&format!(
                         "RC {at} {attempt} {} {}",
@@ -602,7 +602,7 @@ async fn follow(
     mut connection: Connection,
     url: String,
     kind: TransportKind,
-    tx: mpsc::UnboundedSender<(usize, Report)>,
+    tx: mpsc::UnboundedSender<(usize, u64, Report)>,
 ) {
     loop {
         let Some(event) = connection.next_event().await else {
@@ -620,9 +620,10 @@ async fn follow(
             },
             Event::Resumed { .. } => Report::Back,
             Event::Closed(closed) => {
-                let _ = tx.send((i, Report::Lost));
+                let _ = tx.send((i, unix_us(), Report::Lost));
                 if !closed.session_lost {
-                    let _ = tx.send((i, Report::Failed(format!("closed: {}", closed.reason))));
+                    let why = format!("closed: {}", closed.reason);
+                    let _ = tx.send((i, unix_us(), Report::Failed(why)));
                     return;
                 }
                 match connect(&url, kind).await {
@@ -631,14 +632,14 @@ async fn follow(
                         Report::Back
                     }
                     Err(e) => {
-                        let _ = tx.send((i, Report::Failed(e)));
+                        let _ = tx.send((i, unix_us(), Report::Failed(e)));
                         return;
                     }
                 }
             }
             _ => continue,
         };
-        if tx.send((i, report)).is_err() {
+        if tx.send((i, unix_us(), report)).is_err() {
             return;
         }
     }
