@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::spread::{self, Sources};
@@ -31,7 +31,11 @@ impl Relay {
         first: usize,
         span: usize,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        // A deep accept queue: the relay stands for the network, it must
+        // not drop connections of its own in a storm.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+        let listener = socket.listen(65_535)?;
         let addr = listener.local_addr()?;
         let (cut, cuts) = watch::channel(0u64);
         let counter = Arc::new(AtomicUsize::new(0));

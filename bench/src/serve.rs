@@ -51,13 +51,15 @@ pub struct Options {
     /// Where to listen (default `127.0.0.1:0`): a restarted server takes
     /// its predecessor's port.
     pub addr: Option<String>,
+    /// The listen backlog (default: tokio's `TcpListener::bind`, 1024).
+    pub backlog: Option<u32>,
 }
 
 impl Options {
     /// Reads the arguments after `serve`.
     pub fn parse(args: &[String]) -> Result<Self, String> {
         let usage = "usage: holdfast-bench serve <raw-ws|holdfast> [--redis URL] [--metrics] \
-                     [--stock] [--max-connections N] [--max-sessions N] [--addr ADDR]";
+                     [--stock] [--max-connections N] [--max-sessions N] [--addr ADDR] [--backlog N]";
         let mut it = args.iter();
         let kind = it.next().ok_or(usage)?.clone();
         let mut options = Self {
@@ -76,6 +78,7 @@ impl Options {
                 "--max-connections" => options.max_connections = Some(number(it.next())?),
                 "--max-sessions" => options.max_sessions = Some(number(it.next())?),
                 "--addr" => options.addr = Some(it.next().ok_or(usage)?.clone()),
+                "--backlog" => options.backlog = Some(number(it.next())? as u32),
                 other => return Err(format!("unknown argument {other:?}; {usage}")),
             }
         }
@@ -112,9 +115,11 @@ pub fn run(options: &Options) -> Result<(), String> {
             None => None,
         };
         let listen = options.addr.as_deref().unwrap_or("127.0.0.1:0");
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("listen on {listen}: {e}"))?;
+        let listener = match options.backlog {
+            None => TcpListener::bind(listen).await,
+            Some(backlog) => listen_with_backlog(listen, backlog),
+        }
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("LISTEN {addr}");
         let _ = std::io::stdout().flush();
@@ -135,6 +140,20 @@ pub fn run(options: &Options) -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+/// Listens on `addr` with an accept queue of `backlog` (the kernel caps it
+/// at `net.core.somaxconn`).
+fn listen_with_backlog(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 async fn stdin_closed() {

@@ -50,6 +50,12 @@ pub struct Spec {
     pub per_addr: usize,
     /// How long to wait for every session to be back.
     pub deadline: Duration,
+    /// The server's listen backlog, if not tokio's default (1024).
+    pub backlog: Option<u32>,
+    /// Load processes on any CPU instead of CPU 1 (the load side needs
+    /// about three times the server's CPU per reconnect: relay, client
+    /// handshake; on two cores it is what limits a large storm).
+    pub unpinned: bool,
 }
 
 /// What a storm measured.
@@ -68,6 +74,12 @@ pub struct Outcome {
     /// Reconnect attempts as planned (event time + delay), µs after the
     /// drop.
     pub attempts: Vec<u64>,
+    /// Why the reconnect attempts were needed (the client's reason), and
+    /// how often.
+    pub reasons: BTreeMap<String, usize>,
+    /// Connections the kernel dropped because a listen queue was full
+    /// (`TcpExtListenDrops`, the whole machine: server and relays).
+    pub listen_drops: u64,
     /// Reconnect waits that followed a refusal (503 / 4503).
     pub refusals: usize,
     /// The longest wait a refusal imposed, in ms.
@@ -93,12 +105,14 @@ impl Outcome {
 /// [--per-addr K] [--deadline S]`.
 pub fn main(args: &[String]) -> std::process::ExitCode {
     let usage = "usage: holdfast-bench storm <blip|restart> <websocket|sse|long-poll> <N> [N2 …] \
-                 [--per-addr K] [--deadline SECONDS]";
+                 [--per-addr K] [--deadline SECONDS] [--backlog N] [--unpinned]";
     let Some(specs) = parse(args) else {
         eprintln!("{usage}");
         return std::process::ExitCode::from(2);
     };
-    crate::process::pin_self(1);
+    if specs.iter().all(|s| !s.unpinned) {
+        crate::process::pin_self(1);
+    }
     spread::raise_nofile();
     let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -131,11 +145,15 @@ fn parse(args: &[String]) -> Option<Vec<Spec>> {
     let mut counts = Vec::new();
     let mut per_addr = None;
     let mut deadline = Duration::from_secs(300);
+    let mut backlog = None;
+    let mut unpinned = false;
     let mut it = args.get(2..)?.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--per-addr" => per_addr = Some(it.next()?.parse().ok().filter(|&k| k > 0)?),
             "--deadline" => deadline = Duration::from_secs(it.next()?.parse().ok()?),
+            "--backlog" => backlog = Some(it.next()?.parse().ok()?),
+            "--unpinned" => unpinned = true,
             n => counts.push(n.parse().ok().filter(|&n| n > 0)?),
         }
     }
@@ -150,6 +168,8 @@ fn parse(args: &[String]) -> Option<Vec<Spec>> {
             sessions,
             per_addr: per_addr.unwrap_or(500),
             deadline,
+            backlog,
+            unpinned,
         })
         .collect();
     Some(specs)
@@ -191,6 +211,12 @@ pub fn print(spec: &Spec, o: &Outcome) {
         o.server_peak_rss as f64 / (1024.0 * 1024.0),
         o.processes,
     );
+    println!("listen queue drops (whole machine): {}", o.listen_drops);
+    let mut reasons: Vec<_> = o.reasons.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1));
+    for (reason, n) in reasons.iter().take(6) {
+        println!("  {n:>7} × {reason}");
+    }
     print!("{}", histogram(&o.attempts, &o.returns, 100));
 }
 
@@ -236,7 +262,7 @@ fn fds_per_client(kind: TransportKind) -> u64 {
 /// Runs one storm.
 pub async fn run(spec: &Spec) -> Result<Outcome, String> {
     let target = Target::Holdfast(spec.kind);
-    let server = scale::start_server(target, spec.sessions).await?;
+    let server = scale::start_server_with(target, spec.sessions, &backlog_args(spec)).await?;
     if let Err(e) = scale::check_server_limit(&server, Target::Holdfast(spec.kind), spec.sessions) {
         server.stop().await;
         return Err(e);
@@ -256,7 +282,8 @@ pub async fn run(spec: &Spec) -> Result<Outcome, String> {
             from.to_string(),
             spec.per_addr.to_string(),
         ];
-        match Worker::spawn(&args, Some(1)) {
+        let cpu = (!spec.unpinned).then_some(1);
+        match Worker::spawn(&args, cpu) {
             Ok(w) => workers.push(w),
             Err(e) => {
                 server.stop().await;
@@ -313,6 +340,7 @@ async fn storm(
     for w in workers.iter_mut() {
         w.say("arm").await?;
     }
+    let drops_before = listen_drops();
     let t0 = unix_us();
     let cpu_before;
     match spec.case {
@@ -326,7 +354,8 @@ async fn storm(
             let addr = server.addr;
             server.kill().await;
             let target = Target::Holdfast(spec.kind);
-            let extra = ["--addr".to_owned(), addr.to_string()];
+            let mut extra = backlog_args(spec);
+            extra.extend(["--addr".to_owned(), addr.to_string()]);
             server = restart(target, spec.sessions, &extra).await?;
             cpu_before = 0.0;
         }
@@ -373,6 +402,7 @@ async fn storm(
         }
     }
     outcome.server_cpu_seconds = server.cpu_seconds() - cpu_before;
+    outcome.listen_drops = listen_drops().saturating_sub(drops_before);
     outcome.server_peak_rss = outcome.server_peak_rss.max(server.rss_bytes());
     server.stop().await;
     if done < workers_count {
@@ -382,6 +412,12 @@ async fn storm(
         ));
     }
     Ok(outcome)
+}
+
+fn backlog_args(spec: &Spec) -> Vec<String> {
+    spec.backlog
+        .map(|b| vec!["--backlog".to_owned(), b.to_string()])
+        .unwrap_or_default()
 }
 
 /// Starts the server again on its port (the old one's sockets may take a
@@ -425,6 +461,8 @@ fn take(line: &str, t0: u64, o: &mut Outcome) {
             let attempt = num();
             let delay = num();
             let refused = num() == 1;
+            let reason: Vec<&str> = parts.collect();
+            *o.reasons.entry(reason.join(" ")).or_default() += 1;
             o.attempts.push(at + delay * 1000);
             if attempt == 1 {
                 o.first_delays_ms.push(delay);
@@ -436,6 +474,28 @@ fn take(line: &str, t0: u64, o: &mut Outcome) {
         }
         _ => {}
     }
+}
+
+/// `TcpExtListenDrops` from `/proc/net/netstat`: connections dropped by a
+/// full accept queue, machine-wide.
+fn listen_drops() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/net/netstat") else {
+        return 0;
+    };
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let names = names.split_whitespace();
+        let values = values.split_whitespace();
+        for (name, value) in names.zip(values) {
+            if name == "ListenDrops" {
+                return value.parse().unwrap_or(0);
+            }
+        }
+    }
+    0
 }
 
 fn unix_us() -> u64 {
@@ -451,6 +511,7 @@ enum Report {
         attempt: u32,
         delay: Duration,
         refused: bool,
+        reason: String,
     },
     Back,
     Lost,
@@ -556,11 +617,14 @@ async fn client_run(
                     continue;
                 }
                 match event {
-                    Report::Retry { attempt, delay, refused } => spread::report(&format!(
-                        "RC {at} {attempt} {} {}",
-                        delay.as_millis(),
-                        u8::from(refused)
-                    )),
+                    Report::Retry { attempt, delay, refused, reason } => {
+                        spread::report(&format!(
+                            "RC {at} {attempt} {} {} {}",
+                            delay.as_millis(),
+                            u8::from(refused),
+                            reason.escape_debug()
+                        ));
+                    }
                     Report::Back => {
                         if std::mem::replace(&mut back[i], true) {
                             // Back once already: dropped again meanwhile.
@@ -617,6 +681,7 @@ async fn follow(
                 attempt,
                 delay,
                 refused: reason.contains("503"),
+                reason,
             },
             Event::Resumed { .. } => Report::Back,
             Event::Closed(closed) => {
