@@ -380,7 +380,11 @@ async fn open(target: Target, src: Ipv4Addr, addr: SocketAddr) -> Result<Held, S
         Target::Raw | Target::Holdfast(TransportKind::WebSocket) => {
             let tcp = connect().await?;
             let url = format!("ws://{addr}/realtime/ws?v=1");
-            let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
+            // A small read buffer (tungstenite's default is 128 KiB): the
+            // load side holds tens of thousands of these.
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(4096);
+            let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
                 .await
                 .map_err(|e| format!("ws: {e}"))?;
             if target != Target::Raw {

@@ -65,6 +65,8 @@ pub struct Outcome {
     pub back: usize,
     /// Clients that gave up.
     pub failed: usize,
+    /// Why the first client that gave up did.
+    pub first_failure: Option<String>,
     /// Returns of a session already back (it dropped again meanwhile).
     pub again: usize,
     /// Clients told their session was lost (restart: all of them).
@@ -212,6 +214,9 @@ pub fn print(spec: &Spec, o: &Outcome) {
         o.processes,
     );
     println!("listen queue drops (whole machine): {}", o.listen_drops);
+    if let Some(why) = &o.first_failure {
+        println!("first client to give up: {why}");
+    }
     let mut reasons: Vec<_> = o.reasons.iter().collect();
     reasons.sort_by(|a, b| b.1.cmp(a.1));
     for (reason, n) in reasons.iter().take(6) {
@@ -455,7 +460,13 @@ fn take(line: &str, t0: u64, o: &mut Outcome) {
         }
         "AGAIN" => o.again += 1,
         "LOST" => o.lost += 1,
-        "FAILED" => o.failed += 1,
+        "FAILED" => {
+            o.failed += 1;
+            if o.first_failure.is_none() {
+                let _ = num();
+                o.first_failure = Some(parts.collect::<Vec<_>>().join(" "));
+            }
+        }
         "RC" => {
             let at = num().saturating_sub(t0);
             let attempt = num();
