@@ -6,6 +6,8 @@
 //! cargo run --release -p holdfast-bench -- --quick   # seconds: proves the tool works (CI)
 //! cargo run --release -p holdfast-bench -- --json results.jsonl
 //! cargo run --release -p holdfast-bench -- --only echo --metrics   # servers record metrics
+//! cargo run --release -p holdfast-bench -- scale websocket 1000 10000   # many idle sessions
+//! cargo run --release -p holdfast-bench -- storm blip sse 5000          # reconnect storm
 //! ```
 //!
 //! Each server runs as a child process pinned to CPU 0, the load generator

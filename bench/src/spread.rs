@@ -67,7 +67,7 @@ impl Sources {
         let (net, host) = (slot / 250, slot % 250 + 1);
         let [_, _, b, c] = u32::try_from(net).unwrap_or(u32::MAX).to_be_bytes();
         // 127.1.0.x, 127.1.1.x, …, 127.2.0.x: all of 127/8 is loopback.
-        Ipv4Addr::new(127, 1 + b, c, host as u8)
+        Ipv4Addr::new(127, b.saturating_add(1), c, host as u8)
     }
 }
 
