@@ -336,7 +336,7 @@ impl ClientSession {
                 self.params = Some(params);
                 self.greeted(now, false);
             }
-            Frame::Resumed { ack, room } if via.is_some() && self.params.is_some() => {
+            Frame::Resumed { ack, room, .. } if via.is_some() && self.params.is_some() => {
                 // On long-polling a `resumed` may start any poll's answer.
                 self.acknowledged(ack, room)?;
                 self.out.rewind();

@@ -562,7 +562,11 @@ impl ServerSession {
             None
         } else {
             // `ack` and `room` are filled in when it is written.
-            Some(Frame::Resumed { ack: 0, room: None })
+            Some(Frame::Resumed {
+                ack: 0,
+                room: None,
+                native_text: false,
+            })
         };
         let id = AttachmentId(self.next_attachment);
         self.next_attachment += 1;
@@ -846,9 +850,10 @@ impl ServerSession {
             // The room is what is left when the greeting is written.
             let room = self.grant.announce(self.inb.confirmed_bytes());
             frames.push(match greeting {
-                Frame::Resumed { .. } => Frame::Resumed {
+                Frame::Resumed { native_text, .. } => Frame::Resumed {
                     ack: self.inb.confirmed(),
                     room: Some(room),
+                    native_text,
                 },
                 other => other,
             });
@@ -988,6 +993,8 @@ impl ServerSession {
             max_batch: self.config.max_batch,
             window: Some(self.grant.size()),
             mux: (self.config.max_shared_sessions > 0).then_some(self.config.max_shared_sessions),
+            // The WebSocket transport grants it, on its own attachments.
+            native_text: false,
         }
     }
 
@@ -1166,7 +1173,11 @@ mod tests {
         assert_eq!(
             server.poll_transmit(now, poll).map(|t| t.frames),
             Some(vec![
-                Frame::Resumed { ack: 0, room },
+                Frame::Resumed {
+                    ack: 0,
+                    room,
+                    native_text: false
+                },
                 Frame::Message {
                     seq: 2,
                     message: Message::text("b"),
