@@ -383,3 +383,111 @@ async fn native_texts_in_flight_survive_a_cut_and_a_switch_to_sse_exactly_once()
         (101..=104).map(|n| Payload::Text(big(n))).collect::<Vec<_>>()
     );
 }
+
+// ---- the Rust client -------------------------------------------------------
+
+mod rust_client {
+    use super::big;
+    use crate::client_support::*;
+    use holdfast::client::{Connection, Event, Message, TransportKind};
+    use holdfast_testkit::Behavior;
+
+    /// Sends texts `from..to` (numbered, [`big`]) and checks their echoes
+    /// come back exactly once, in order; `during(n)` after each send.
+    async fn echo_texts(
+        connection: &mut Connection,
+        from: u64,
+        to: u64,
+        mut during: impl FnMut(u64),
+    ) -> Vec<TransportKind> {
+        let mut transports = Vec::new();
+        let (mut sent, mut expected) = (from, from);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while expected < to {
+            while sent < to && sent < expected + 16 {
+                connection
+                    .send(Message::text(big(sent)))
+                    .await
+                    .expect("send");
+                sent += 1;
+                during(sent);
+            }
+            let event = tokio::time::timeout_at(deadline, connection.next_event())
+                .await
+                .unwrap_or_else(|_| panic!("timed out at {expected}/{to}"))
+                .expect("the connection ended early");
+            match event {
+                Event::Message(message) => {
+                    assert_eq!(
+                        message.as_text(),
+                        Some(big(expected).as_str()),
+                        "echo out of order, duplicated or damaged"
+                    );
+                    expected += 1;
+                }
+                Event::Open { transport, .. } | Event::Resumed { transport } => {
+                    transports.push(transport)
+                }
+                Event::Closed(closed) => panic!("session closed: {closed:?}"),
+                _ => {}
+            }
+        }
+        transports
+    }
+
+    /// Bytes both ways through a proxy for 40 escaped texts echoed over
+    /// WebSocket, with the server's native text on or off.
+    async fn bytes_for(native: bool) -> (u64, u64) {
+        let mut config = quick_server_config();
+        config.ws_native_text = native;
+        let (_server, proxy, url) = proxied(config, Behavior::transparent()).await;
+        let mut connection = client(&url)
+            .transport(TransportKind::WebSocket)
+            .connect()
+            .await
+            .expect("connect");
+        echo_texts(&mut connection, 0, 40, |_| {}).await;
+        connection.close().await;
+        let stats = proxy.stats();
+        (stats.bytes_up, stats.bytes_down)
+    }
+
+    /// The client offers native text and uses it both ways once granted
+    /// (its texts escape heavily in JSON, so the bytes tell), and works as
+    /// before with a server that does not grant it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_rust_client_sends_and_receives_native_text_only_where_granted() {
+        let (up_native, down_native) = bytes_for(true).await;
+        let (up_json, down_json) = bytes_for(false).await;
+        println!("native: {up_native} up, {down_native} down; JSON: {up_json} up, {down_json} down");
+        // 40 texts of 1500 bytes: JSON escapes about a third more.
+        assert!(up_native * 5 < up_json * 4, "upstream not native: {up_native} vs {up_json}");
+        assert!(
+            down_native * 5 < down_json * 4,
+            "downstream not native: {down_native} vs {down_json}"
+        );
+    }
+
+    /// Texts sent natively and cut off in flight arrive exactly once after
+    /// a WebSocket cut and a fallback to SSE, where they travel as JSON.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn native_texts_in_flight_survive_a_cut_and_a_fallback_to_sse() {
+        let (_server, proxy, url) =
+            proxied(quick_server_config(), Behavior::transparent()).await;
+        let proxy = std::sync::Arc::new(proxy);
+        let mut connection = client(&url).connect().await.expect("connect");
+        assert_eq!(connection.transport(), Some(TransportKind::WebSocket));
+        let cutter = proxy.clone();
+        let transports = echo_texts(&mut connection, 0, 200, move |sent| {
+            if sent == 100 {
+                // WebSocket is refused from now on, and the live one cut
+                // with texts in flight both ways.
+                cutter.set(Behavior::default().refuse_upgrades(403));
+                cutter.cut_all();
+            }
+        })
+        .await;
+        assert!(proxy.stats().cut >= 1);
+        assert_eq!(connection.transport(), Some(TransportKind::Sse), "{transports:?}");
+    }
+}
