@@ -3317,7 +3317,11 @@ class Engine {
       sentMessages = this.out.take(budget, nativeBinary, parts, window, nativeText);
     }
     const unacked = this.received > this.ackedOut || this.resendAck;
-    if (unacked && (att.ackDue || parts.length > 0)) {
+    // An ack rides along only in a JSON batch going out anyway: a native
+    // text is no batch (§2.3), so next to one alone the ack waits for its
+    // deadline.
+    const batchGoing = parts.some((p) => typeof p === "string" || p.bytes !== undefined);
+    if (unacked && (att.ackDue || batchGoing)) {
       att.ackDue = false;
       parts.push(`{"t":"ack","seq":${this.received}}`);
       this.ackedOut = this.received;

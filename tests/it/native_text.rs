@@ -491,3 +491,49 @@ mod rust_client {
         assert_eq!(connection.transport(), Some(TransportKind::Sse), "{transports:?}");
     }
 }
+
+/// An ack rides along only in a JSON batch that goes out anyway: next to a
+/// native text it would be a WebSocket message of its own, so the server
+/// keeps it for its deadline (§3) — while small texts still carry theirs.
+#[tokio::test]
+async fn acks_ride_only_on_json_batches_and_otherwise_wait_for_their_deadline() {
+    let mut config = ServerConfig::default();
+    config.session.ack_delay = std::time::Duration::from_secs(1);
+    let server = TestServer::echo(config).await;
+    let (mut ws, open) = open_raw(&server, "v=1&wstext=1").await;
+    assert_eq!(open["wstext"], 1);
+    // Small texts: each echo's batch carries the ack of what came.
+    ws.send_frames(&[Frame::Msg {
+        seq: 1,
+        data: "small".into(),
+    }])
+    .await;
+    match ws.recv().await {
+        WsIn::Frames(frames) => assert!(
+            frames.contains(&Frame::Ack { seq: 1 }),
+            "the ack rides on the echo's batch: {frames:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Large texts, natively: the echoes come alone, and one ack for all
+    // of them follows at its deadline.
+    let started = std::time::Instant::now();
+    for seq in 2..=4 {
+        ws.send_binary(encode_native_text(seq, big(seq).as_bytes()))
+            .await;
+    }
+    for seq in 2..=4 {
+        match ws.recv().await {
+            WsIn::NativeText { seq: got, text } => assert_eq!((got, text), (seq, big(seq))),
+            other => panic!("expected the native echo {seq}, got {other:?}"),
+        }
+    }
+    match ws.recv().await {
+        WsIn::Frames(frames) => assert_eq!(frames, vec![Frame::Ack { seq: 4 }]),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "the ack waited for its deadline"
+    );
+}

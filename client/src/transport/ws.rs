@@ -60,6 +60,7 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd
                     Ok(Some(frames)) => {
                         if frames.iter().any(Frame::grants_native_text) {
                             native_text_min = Some(binary::NATIVE_TEXT_MIN);
+                            link.shared.lock().core.set_native_text(native_text_min);
                         }
                         link.feed(frames, false)
                     }

@@ -203,6 +203,9 @@ struct Attachment {
     /// Long-polling: when a poll with nothing to deliver is answered `[]`.
     hold_until: Option<Instant>,
     hold_expired: bool,
+    /// WebSocket with native text granted (`PROTOCOL.md` §2.2.1): texts
+    /// of at least this many bytes travel outside any batch.
+    native_text_min: Option<usize>,
 }
 
 impl ServerSession {
@@ -588,8 +591,19 @@ impl ServerSession {
             next_ping: kind.is_streaming().then(|| now + self.config.ping_interval),
             hold_until: (kind == TransportKind::LongPoll).then(|| now + self.config.poll_hold),
             hold_expired: false,
+            native_text_min: None,
         });
         Ok(id)
+    }
+
+    /// Attachment `id` (a WebSocket) carries texts of at least `min` bytes
+    /// natively (`PROTOCOL.md` §2.2.1), which acks cannot ride along with.
+    pub fn set_native_text(&mut self, id: AttachmentId, min: Option<usize>) {
+        if let Presence::Attached(a) = &mut self.presence
+            && a.id == id
+        {
+            a.native_text_min = min;
+        }
     }
 
     /// The transport of attachment `id` is gone (socket closed, stream
@@ -877,8 +891,14 @@ impl ServerSession {
         // already sent: it tells the client which of its messages the
         // session took before it ended. Room that came back is announced
         // on every transport.
+        // An ack rides along only where it is free: in a JSON batch going
+        // out anyway. Native messages are no batch (§2.3): with nothing
+        // else to send, the ack waits for its deadline (§3).
+        let batch_going = frames
+            .iter()
+            .any(|f| !super::travels_natively(f, a.native_text_min));
         if (a.kind.is_duplex()
-            && (closing || (self.inb.has_unacked() && (a.ack_due || !frames.is_empty()))))
+            && (closing || (self.inb.has_unacked() && (a.ack_due || batch_going))))
             || self.grant.update_due()
         {
             a.ack_due = false;

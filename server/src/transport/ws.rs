@@ -212,6 +212,7 @@ async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId, native_text:
         shared: shared.clone(),
         id,
     };
+    shared.lock().set_native_text(id, native_text.send_min());
     let (mut sink, stream) = socket.split();
     let end = Arc::new(ReaderEnd::default());
     let reader = tokio::spawn(read(stream, shared.clone(), id, end.clone(), native_text));
