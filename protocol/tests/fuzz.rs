@@ -76,13 +76,16 @@ fn frame() -> impl Strategy<Value = Frame> {
             }),
         (any::<u64>(), proptest::option::of(any::<u64>()))
             .prop_map(|(seq, room)| Frame::Ack { seq, room }),
-        (any::<u64>(), proptest::option::of(any::<u64>()), any::<bool>()).prop_map(
-            |(ack, room, native_text)| Frame::Resumed {
+        (
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            any::<bool>()
+        )
+            .prop_map(|(ack, room, native_text)| Frame::Resumed {
                 ack,
                 room,
                 native_text
-            }
-        ),
+            }),
         Just(Frame::Ping),
         Just(Frame::Pong),
         (any::<u16>(), text(), proptest::option::of(millis())).prop_map(|(code, reason, retry)| {

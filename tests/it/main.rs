@@ -33,12 +33,12 @@ mod conformance_checks;
 mod limits;
 /// A Prometheus scrape after clients on each transport, cuts and refusals.
 mod metrics_scrape;
+/// Native text messages on WebSocket (`PROTOCOL.md` §2.2.1).
+mod native_text;
 /// The `Origin` check and the authentication hook on every transport.
 mod origin_auth;
 /// Pings, silence timeouts, poll continuation (`PROTOCOL.md` §6).
 mod pings_and_timeouts;
-/// Native text messages on WebSocket (`PROTOCOL.md` §2.2.1).
-mod native_text;
 /// Probes (`probe=1`) prove a transport without touching the session.
 mod probes;
 /// The gaps the independent client found in the protocol (issue 11).

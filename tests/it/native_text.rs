@@ -50,7 +50,11 @@ async fn server_sending(config: ServerConfig, texts: Vec<String>) -> TestServer 
             let texts = texts.clone();
             async move {
                 for text in &texts {
-                    if session.send(to_message(&Payload::Text(text.clone()))).await.is_err() {
+                    if session
+                        .send(to_message(&Payload::Text(text.clone())))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -85,7 +89,12 @@ async fn receive_texts(ws: &mut RawWs, n: usize) -> Vec<(u64, String, bool)> {
 
 #[tokio::test]
 async fn an_offering_client_is_granted_native_text_and_gets_large_texts_natively() {
-    let texts = vec!["small".to_owned(), big(2), "x".repeat(1023), "y".repeat(1024)];
+    let texts = vec![
+        "small".to_owned(),
+        big(2),
+        "x".repeat(1023),
+        "y".repeat(1024),
+    ];
     let server = server_sending(ServerConfig::default(), texts.clone()).await;
     let (mut ws, open) = open_raw(&server, "v=1&wstext=1").await;
     assert_eq!(open["t"], "open");
@@ -121,7 +130,8 @@ async fn native_text_upstream_is_received_like_json_and_acknowledged() {
     assert_eq!(open["wstext"], 1);
     let session = accept(&mut incoming, DEADLINE).await;
     let (recorder, _) = Recorder::start(session);
-    ws.send_binary(encode_native_text(1, big(1).as_bytes())).await;
+    ws.send_binary(encode_native_text(1, big(1).as_bytes()))
+        .await;
     ws.send_frames(&[Frame::Msg {
         seq: 2,
         data: "json".into(),
@@ -187,13 +197,13 @@ async fn invalid_utf8_in_native_text_detaches_1002_and_the_session_resumes_intac
     .enumerate()
     {
         if i > 0 {
-            ws = RawWs::connect(&server.ws_url(&format!(
-                "{}&wstext=1",
-                resume_query(&key, 0)
-            )))
-            .await;
+            ws = RawWs::connect(&server.ws_url(&format!("{}&wstext=1", resume_query(&key, 0))))
+                .await;
             assert!(
-                matches!(ws.recv_frames().await.first(), Some(Frame::Resumed { ack: 1 })),
+                matches!(
+                    ws.recv_frames().await.first(),
+                    Some(Frame::Resumed { ack: 1 })
+                ),
                 "case {i}: resumed with everything before the bad message"
             );
         }
@@ -206,12 +216,14 @@ async fn invalid_utf8_in_native_text_detaches_1002_and_the_session_resumes_intac
         assert_eq!(close.map(|c| c.0), Some(1002), "case {i}");
     }
     // The session lives: resume and send message 2 properly.
-    let mut ws = RawWs::connect(&server.ws_url(&format!("{}&wstext=1", resume_query(&key, 0)))).await;
+    let mut ws =
+        RawWs::connect(&server.ws_url(&format!("{}&wstext=1", resume_query(&key, 0)))).await;
     assert!(matches!(
         ws.recv_frames().await.first(),
         Some(Frame::Resumed { ack: 1 })
     ));
-    ws.send_binary(encode_native_text(2, "ok ✓".as_bytes())).await;
+    ws.send_binary(encode_native_text(2, "ok ✓".as_bytes()))
+        .await;
     assert_eq!(
         recorder.wait_for(2, DEADLINE).await,
         vec![Payload::Text("fine".into()), Payload::Text("ok ✓".into())]
@@ -280,7 +292,8 @@ async fn native_text_is_charged_as_in_json_and_an_overrun_detaches_1008() {
     let session = accept(&mut incoming, DEADLINE).await;
     let text = "z".repeat(1024);
     for seq in 1..=4 {
-        ws.send_binary(encode_native_text(seq, text.as_bytes())).await;
+        ws.send_binary(encode_native_text(seq, text.as_bytes()))
+            .await;
     }
     let (frames, close) = ws.recv_until_closed().await;
     assert!(
@@ -358,8 +371,14 @@ async fn native_texts_in_flight_survive_a_cut_and_a_switch_to_sse_exactly_once()
     assert_eq!(
         replayed,
         vec![
-            &Frame::Msg { seq: 2, data: big(2) },
-            &Frame::Msg { seq: 3, data: big(3) }
+            &Frame::Msg {
+                seq: 2,
+                data: big(2)
+            },
+            &Frame::Msg {
+                seq: 3,
+                data: big(3)
+            }
         ]
     );
     // The client sends its last text again (it missed the ack) and a new
@@ -369,8 +388,14 @@ async fn native_texts_in_flight_survive_a_cut_and_a_switch_to_sse_exactly_once()
         &server.base,
         &key,
         &[
-            Frame::Msg { seq: 3, data: big(103) },
-            Frame::Msg { seq: 4, data: big(104) },
+            Frame::Msg {
+                seq: 3,
+                data: big(103),
+            },
+            Frame::Msg {
+                seq: 4,
+                data: big(104),
+            },
             Frame::Ack { seq: 3 },
         ],
     )
@@ -380,7 +405,9 @@ async fn native_texts_in_flight_survive_a_cut_and_a_switch_to_sse_exactly_once()
     let all = recorder.wait_for(4, DEADLINE).await;
     assert_eq!(
         all,
-        (101..=104).map(|n| Payload::Text(big(n))).collect::<Vec<_>>()
+        (101..=104)
+            .map(|n| Payload::Text(big(n)))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -459,9 +486,14 @@ mod rust_client {
     async fn the_rust_client_sends_and_receives_native_text_only_where_granted() {
         let (up_native, down_native) = bytes_for(true).await;
         let (up_json, down_json) = bytes_for(false).await;
-        println!("native: {up_native} up, {down_native} down; JSON: {up_json} up, {down_json} down");
+        println!(
+            "native: {up_native} up, {down_native} down; JSON: {up_json} up, {down_json} down"
+        );
         // 40 texts of 1500 bytes: JSON escapes about a third more.
-        assert!(up_native * 5 < up_json * 4, "upstream not native: {up_native} vs {up_json}");
+        assert!(
+            up_native * 5 < up_json * 4,
+            "upstream not native: {up_native} vs {up_json}"
+        );
         assert!(
             down_native * 5 < down_json * 4,
             "downstream not native: {down_native} vs {down_json}"
@@ -472,8 +504,7 @@ mod rust_client {
     /// a WebSocket cut and a fallback to SSE, where they travel as JSON.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn native_texts_in_flight_survive_a_cut_and_a_fallback_to_sse() {
-        let (_server, proxy, url) =
-            proxied(quick_server_config(), Behavior::transparent()).await;
+        let (_server, proxy, url) = proxied(quick_server_config(), Behavior::transparent()).await;
         let proxy = std::sync::Arc::new(proxy);
         let mut connection = client(&url).connect().await.expect("connect");
         assert_eq!(connection.transport(), Some(TransportKind::WebSocket));
@@ -488,7 +519,11 @@ mod rust_client {
         })
         .await;
         assert!(proxy.stats().cut >= 1);
-        assert_eq!(connection.transport(), Some(TransportKind::Sse), "{transports:?}");
+        assert_eq!(
+            connection.transport(),
+            Some(TransportKind::Sse),
+            "{transports:?}"
+        );
     }
 }
 

@@ -150,7 +150,10 @@ mod tests {
     #[test]
     fn native_texts_roundtrip_and_invalid_utf8_is_refused() {
         let encoded = encode_text_message(258, "añb");
-        assert_eq!(&encoded[..], &[2, 0, 0, 0, 0, 0, 0, 1, 2, b'a', 0xc3, 0xb1, b'b']);
+        assert_eq!(
+            &encoded[..],
+            &[2, 0, 0, 0, 0, 0, 0, 1, 2, b'a', 0xc3, 0xb1, b'b']
+        );
         assert_eq!(
             decode_native_message(encoded),
             Ok((258, Message::text("añb")))

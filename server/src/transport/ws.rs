@@ -68,9 +68,7 @@ pub(crate) async fn handle(
         match attached {
             Ok((shared, id)) => {
                 let span = shared.attachment_span(TransportKind::WebSocket);
-                run(socket, shared, id, native_text)
-                    .instrument(span)
-                    .await
+                run(socket, shared, id, native_text).instrument(span).await
             }
             Err(reject) => Box::pin(refuse(socket, reject)).await,
         }
@@ -259,7 +257,10 @@ async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId, native_text:
             let Some(mut transmit) = transmit else { break };
             if native_text.granted {
                 // The greeting answers the client's offer.
-                transmit.frames.iter_mut().for_each(Frame::grant_native_text);
+                transmit
+                    .frames
+                    .iter_mut()
+                    .for_each(Frame::grant_native_text);
             }
             if write_units(&mut sink, transmit.frames, native_text.send_min())
                 .await
