@@ -881,7 +881,13 @@ impl ServerSession {
         // Whoever closed, every message queued before the close goes out
         // ahead of it, and a resume replays the unacknowledged ones
         // (PROTOCOL.md §9): a close never discards messages.
-        push_messages(&mut self.out, self.config.max_message, None, &mut frames);
+        push_messages(
+            &mut self.out,
+            self.config.max_message,
+            None,
+            &mut frames,
+            a.native_text_min,
+        );
         // Behind the gates, the close also waits for what was received to
         // be confirmed: its ack tells the client what the session took.
         let closing = matches!(self.state, State::Closed { .. })
@@ -1061,12 +1067,15 @@ const TRAILER_ROOM: usize = 192;
 /// within `target` bytes when it holds more than one message (a single
 /// larger message travels alone; `PROTOCOL.md` §2.3), and the messages'
 /// charges within `window` (the client's upstream flow control,
-/// `PROTOCOL.md` §3.1; `None`: no limit).
+/// `PROTOCOL.md` §3.1; `None`: no limit). Texts that travel natively
+/// (`native_text_min`, §2.2.1) count their raw size: no JSON escaping to
+/// measure, and a transmission stays bounded all the same.
 pub(super) fn push_messages(
     out: &mut Outbound,
     target: usize,
     mut window: Option<usize>,
     frames: &mut Vec<Frame>,
+    native_text_min: Option<usize>,
 ) {
     // The brackets, the frames already in the batch and their commas.
     let used: usize = 2
@@ -1087,7 +1096,11 @@ pub(super) fn push_messages(
             seq,
             message: message.clone(),
         };
-        let len = json::encoded_len_hint(&frame) + 1;
+        let len = if super::travels_natively(&frame, native_text_min) {
+            crate::wire::binary::BINARY_HEADER_LEN + message.len()
+        } else {
+            json::encoded_len_hint(&frame) + 1
+        };
         if any && len > budget {
             break;
         }

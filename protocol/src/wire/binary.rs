@@ -266,7 +266,9 @@ pub fn websocket_units_with(
                 seq,
                 message: Message::Text(t),
             } if native_text_min.is_some_and(|min| t.len() >= min) => {
-                Some(encode_text_message(*seq, t.as_str()))
+                // Bytes, not `as_str`: a `Text` is UTF-8 already, and
+                // `as_str` would check all of it again.
+                Some(encode_native(TEXT_MESSAGE_TYPE, *seq, t.as_bytes()))
             }
             _ => None,
         };
