@@ -304,7 +304,7 @@ async fn native_text_is_charged_as_in_json_and_an_overrun_detaches_1008() {
     // Three were received (3 × 1152 fit exactly), the fourth was not.
     let mut ws = RawWs::connect(&server.ws_url(&format!(
         "{}&wstext=1",
-        resume_query(&open["key"].as_str().unwrap_or_default().to_owned(), 0)
+        resume_query(open["key"].as_str().unwrap_or_default(), 0)
     )))
     .await;
     assert!(matches!(

@@ -526,7 +526,13 @@ impl ClientSession {
                 .as_ref()
                 .map_or(self.config.max_message, |p| p.max_message);
             let window = self.credit.budget(self.out.in_flight());
-            push_messages(&mut self.out, target, window, &mut frames, a.native_text_min);
+            push_messages(
+                &mut self.out,
+                target,
+                window,
+                &mut frames,
+                a.native_text_min,
+            );
         }
         // An ack rides along only in a JSON batch going out anyway: native
         // messages are no batch (§2.3), so it then waits for its deadline.

@@ -204,8 +204,9 @@ struct Attachment {
     hold_until: Option<Instant>,
     hold_expired: bool,
     /// WebSocket with native text granted (`PROTOCOL.md` §2.2.1): texts
-    /// of at least this many bytes travel outside any batch.
-    native_text_min: Option<usize>,
+    /// of at least this many bytes travel outside any batch. Four bytes,
+    /// which fit beside the flags: an attachment stays as small as it was.
+    native_text_min: Option<std::num::NonZeroU32>,
 }
 
 impl ServerSession {
@@ -602,7 +603,10 @@ impl ServerSession {
         if let Presence::Attached(a) = &mut self.presence
             && a.id == id
         {
-            a.native_text_min = min;
+            // A threshold past u32 is as good as none: no text is that long.
+            a.native_text_min = min
+                .and_then(|min| u32::try_from(min).ok())
+                .and_then(std::num::NonZeroU32::new);
         }
     }
 
@@ -886,7 +890,7 @@ impl ServerSession {
             self.config.max_message,
             None,
             &mut frames,
-            a.native_text_min,
+            native_text_min(a),
         );
         // Behind the gates, the close also waits for what was received to
         // be confirmed: its ack tells the client what the session took.
@@ -902,7 +906,7 @@ impl ServerSession {
         // else to send, the ack waits for its deadline (§3).
         let batch_going = frames
             .iter()
-            .any(|f| !super::travels_natively(f, a.native_text_min));
+            .any(|f| !super::travels_natively(f, native_text_min(a)));
         if (a.kind.is_duplex()
             && (closing || (self.inb.has_unacked() && (a.ack_due || batch_going))))
             || self.grant.update_due()
@@ -1057,6 +1061,12 @@ fn ack_frame(inb: &mut Inbound, grant: &mut Grant) -> Frame {
         seq: inb.take_ack(),
         room: Some(grant.announce(inb.confirmed_bytes())),
     }
+}
+
+/// The native-text threshold of an attachment, as the session's helpers
+/// take it.
+fn native_text_min(a: &Attachment) -> Option<usize> {
+    a.native_text_min.map(|min| min.get() as usize)
 }
 
 /// Room kept in every batch for the control frames that may follow the
