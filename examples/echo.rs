@@ -44,6 +44,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(node = store.node_id(), "sessions kept in Redis at {url}");
         builder = builder.store(Arc::clone(&store) as _);
     }
+    if args.no_native_text {
+        // As a server from before native text (PROTOCOL.md §2.2.1): for
+        // testing clients against one.
+        let mut config = holdfast::server::ServerConfig::default();
+        config.ws_native_text = false;
+        builder = builder.config(config);
+    }
     let holdfast = builder.on_session(echo);
     let app = axum::Router::new()
         .route("/", axum::routing::get(index))
@@ -139,12 +146,14 @@ async fn index() -> &'static str {
 struct Args {
     addr: SocketAddr,
     redis: Option<String>,
+    no_native_text: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:3000".to_owned();
     let mut redis = None;
+    let mut no_native_text = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => {
@@ -158,14 +167,17 @@ fn parse_args() -> Result<Args, String> {
                         .ok_or("--redis needs a value, like redis://127.0.0.1:6379")?,
                 )
             }
+            "--no-native-text" => no_native_text = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: echo [--addr HOST:PORT] [--redis URL]\n\
+                    "usage: echo [--addr HOST:PORT] [--redis URL] [--no-native-text]\n\
                      \n\
                      --addr   where to listen (default 127.0.0.1:3000)\n\
                      --redis  keep sessions in Redis (redis://host:port, or\n\
                      \x20        redis-cluster://host:port for a Redis Cluster) and serve\n\
-                     \x20        as one node of several"
+                     \x20        as one node of several\n\
+                     --no-native-text  never grant WebSocket clients native text\n\
+                     \x20        messages, as a server written before them"
                 );
                 std::process::exit(0);
             }
@@ -175,5 +187,9 @@ fn parse_args() -> Result<Args, String> {
     let addr = addr
         .parse()
         .map_err(|e| format!("--addr {addr:?} is not HOST:PORT: {e}"))?;
-    Ok(Args { addr, redis })
+    Ok(Args {
+        addr,
+        redis,
+        no_native_text,
+    })
 }

@@ -16,6 +16,10 @@
 export const VERSION = "0.1.0";
 
 const PROTOCOL_VERSION = 1;
+/** Texts of at least this many UTF-8 bytes travel as native WebSocket
+ * messages where the greeting granted it (PROTOCOL.md §2.2.1); smaller ones
+ * share a JSON batch with their neighbours and the acks, which is cheaper. */
+const NATIVE_TEXT_MIN = 1024;
 
 /** Transport names, best first. */
 const TRANSPORTS = Object.freeze(["websocket", "sse", "long-poll"]);
@@ -418,9 +422,10 @@ class Outbox {
   /** The next messages to transmit: JSON frames while they fit in
    * `budget` bytes (a comma each; a single large one travels alone), and
    * with `nativeBinary` binary entries as they are (§2.2: no part of any
-   * batch) — all while their charges fit in `window` (§3.1; `null`: no
+   * batch), with `nativeText` also texts of NATIVE_TEXT_MIN bytes or more
+   * (§2.2.1) — all while their charges fit in `window` (§3.1; `null`: no
    * limit). Returns whether it took any. */
-  take(budget, nativeBinary, parts, window) {
+  take(budget, nativeBinary, parts, window, nativeText) {
     let took = false;
     let json = false;
     while (this.hasPending()) {
@@ -429,7 +434,10 @@ class Outbox {
         if (charge(entry) > window) break;
         window -= charge(entry);
       }
-      if (nativeBinary && entry.bytes !== undefined) {
+      if (
+        nativeBinary &&
+        (entry.bytes !== undefined || (nativeText && entry.size >= NATIVE_TEXT_MIN))
+      ) {
         parts.push(entry);
       } else {
         const size = encodedSize(entry) + 1;
@@ -469,14 +477,17 @@ function closeFrame({ code, reason }) {
   return JSON.stringify({ t: "close", code, reason });
 }
 
-/** A native WebSocket binary message (PROTOCOL.md §2.2). */
+/** A native WebSocket message (PROTOCOL.md §2.2): binary, or a text
+ * (type 2, §2.2.1; `entry.size` is its UTF-8 length). */
 function binaryMessage(entry) {
-  const out = new Uint8Array(9 + entry.bytes.length);
+  const text = entry.bytes === undefined;
+  const out = new Uint8Array(9 + (text ? entry.size : entry.bytes.length));
   const view = new DataView(out.buffer);
-  view.setUint8(0, 1);
+  view.setUint8(0, text ? 2 : 1);
   view.setUint32(1, Math.floor(entry.seq / 2 ** 32));
   view.setUint32(5, entry.seq >>> 0);
-  out.set(entry.bytes, 9);
+  if (text) new TextEncoder().encodeInto(entry.text, out.subarray(9));
+  else out.set(entry.bytes, 9);
   return out;
 }
 
@@ -572,6 +583,7 @@ class WebSocketAttachment extends Attachment {
       return;
     }
     const ws = this.ws;
+    this.nativeText = false;
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       this.responded = true;
@@ -592,6 +604,8 @@ class WebSocketAttachment extends Attachment {
       this.end("invalid");
       return;
     }
+    // The greeting's answer to our offer (§2.2.1), for this socket only.
+    if (!this.greeted && frames[0] && frames[0].wstext === 1) this.nativeText = true;
     this.engine.onFrames(this, frames, false);
   }
 
@@ -605,10 +619,11 @@ class WebSocketAttachment extends Attachment {
           : null;
     if (!buffer || buffer.byteLength < 9) throw new ProtocolViolation("short binary message");
     const view = new DataView(buffer);
-    if (view.getUint8(0) !== 1) {
-      throw new ProtocolViolation(`binary message of unknown type ${view.getUint8(0)}`);
-    }
+    const type = view.getUint8(0);
     const seq = view.getUint32(1) * 2 ** 32 + view.getUint32(5);
+    // A text (§2.2.1) must be UTF-8: a fatal decoder throws otherwise.
+    if (type === 2) return { t: "msg", seq, d: new TextDecoder("utf-8", { fatal: true }).decode(new Uint8Array(buffer, 9)) };
+    if (type !== 1) throw new ProtocolViolation(`binary message of unknown type ${type}`);
     return { t: "bin", seq, payload: buffer.slice(9) };
   }
 
@@ -616,7 +631,7 @@ class WebSocketAttachment extends Attachment {
     const ws = this.ws;
     if (!ws || ws.readyState !== 1) return;
     let parts;
-    while (!this.ended && (parts = this.engine.transmit(this, true))) {
+    while (!this.ended && (parts = this.engine.transmit(this, true, this.nativeText))) {
       let text = [];
       for (const part of parts) {
         if (typeof part === "string") {
@@ -2935,6 +2950,8 @@ class Engine {
     }
     if (probe) url.searchParams.set("probe", "1");
     if (report) url.searchParams.set("report", report);
+    // Offers native text (§2.2.1); servers without it ignore the parameter.
+    if (kind === "websocket" && !probe) url.searchParams.set("wstext", "1");
     return url.href;
   }
 
@@ -3276,9 +3293,9 @@ class Engine {
   }
 
   /** Frames to send now: strings (JSON frames), and with `nativeBinary`,
-   * queued binary entries to send as WebSocket binary messages. `null`
-   * when there is nothing to send. */
-  transmit(att, nativeBinary) {
+   * queued binary entries (with `nativeText` large texts too) to send as
+   * WebSocket binary messages. `null` when there is nothing to send. */
+  transmit(att, nativeBinary, nativeText = false) {
     if (att !== this.attachment || !att.greeted || att.ended || this.closed) return null;
     const parts = [];
     if (this.pongDue) {
@@ -3297,10 +3314,14 @@ class Engine {
       for (const part of parts) budget -= part.length + 1;
       if (this.closing) budget -= utf8Length(closeFrame(this.closing)) + 1;
       const window = this.grant === null ? null : Math.max(0, this.grant[1] - this.out.inFlight);
-      sentMessages = this.out.take(budget, nativeBinary, parts, window);
+      sentMessages = this.out.take(budget, nativeBinary, parts, window, nativeText);
     }
     const unacked = this.received > this.ackedOut || this.resendAck;
-    if (unacked && (att.ackDue || parts.length > 0)) {
+    // An ack rides along only in a JSON batch going out anyway: a native
+    // text is no batch (§2.3), so next to one alone the ack waits for its
+    // deadline.
+    const batchGoing = parts.some((p) => typeof p === "string" || p.bytes !== undefined);
+    if (unacked && (att.ackDue || batchGoing)) {
       att.ackDue = false;
       parts.push(`{"t":"ack","seq":${this.received}}`);
       this.ackedOut = this.received;

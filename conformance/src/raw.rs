@@ -33,6 +33,12 @@ where
                 Ok(frames) => WsIn::Frames(frames),
                 Err(e) => panic!("server sent a bad batch: {e}"),
             },
+            Some(Ok(WsMessage::Binary(bytes))) if bytes.first() == Some(&wire::TEXT_MESSAGE) => {
+                match wire::decode_native_text(&bytes) {
+                    Ok((seq, text)) => WsIn::NativeText { seq, text },
+                    Err(e) => panic!("server sent a bad native text message: {e}"),
+                }
+            }
             Some(Ok(WsMessage::Binary(bytes))) => match wire::decode_binary(&bytes) {
                 Ok((seq, payload)) => WsIn::Binary { seq, payload },
                 Err(e) => panic!("server sent a bad binary message: {e}"),
@@ -59,6 +65,7 @@ where
         match next_in(stream, DEADLINE).await {
             WsIn::Frames(batch) => frames.extend(batch),
             WsIn::Binary { seq, payload } => frames.push(Frame::Bin { seq, data: payload }),
+            WsIn::NativeText { seq, text } => frames.push(Frame::Msg { seq, data: text }),
             WsIn::Closed(close) => return (frames, close),
             WsIn::Ended(why) => panic!(
                 "the socket ended without a WebSocket close ({why}); frames so far {frames:?}"
@@ -264,6 +271,13 @@ pub enum WsIn {
         seq: u64,
         /// Its payload.
         payload: Vec<u8>,
+    },
+    /// A native text message (§2.2.1: only where the greeting granted it).
+    NativeText {
+        /// Its seq.
+        seq: u64,
+        /// Its text.
+        text: String,
     },
     /// A WebSocket close: code and reason, if a close frame was given.
     Closed(Option<(u16, String)>),

@@ -396,6 +396,30 @@ pub fn encode_binary(seq: u64, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The header byte of a native WebSocket text message (§2.2.1), sent only
+/// where the greeting granted it (`wstext`).
+pub const TEXT_MESSAGE: u8 = 0x02;
+
+/// Encodes a native WebSocket text message: `0x02`, seq big-endian, the
+/// payload (bytes, so that a test can send invalid UTF-8).
+pub fn encode_native_text(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = encode_binary(seq, payload);
+    out[0] = TEXT_MESSAGE;
+    out
+}
+
+/// Decodes a native WebSocket text message into `(seq, text)`.
+pub fn decode_native_text(bytes: &[u8]) -> Result<(u64, String), String> {
+    if bytes.first() != Some(&TEXT_MESSAGE) || bytes.len() < 9 {
+        return Err(format!("not a native text message: {} bytes", bytes.len()));
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&bytes[1..9]);
+    let text = String::from_utf8(bytes[9..].to_vec())
+        .map_err(|e| format!("native text that is not UTF-8: {e}"))?;
+    Ok((u64::from_be_bytes(seq), text))
+}
+
 /// Decodes a native WebSocket binary message into `(seq, payload)`.
 pub fn decode_binary(bytes: &[u8]) -> Result<(u64, Vec<u8>), String> {
     if bytes.len() < 9 {

@@ -718,7 +718,8 @@ fn the_restored_inbound_queue_counts_in_the_window() {
         greeting,
         [Frame::Resumed {
             ack: 5,
-            room: Some(CHARGE as u64)
+            room: Some(CHARGE as u64),
+            native_text: false,
         }]
     );
     assert_eq!(server.poll_transmit(t0, ws), None);
@@ -761,7 +762,8 @@ fn a_restored_core_admits_what_the_previous_node_gave_room_for() {
         greeting,
         [Frame::Resumed {
             ack: 4,
-            room: Some(0)
+            room: Some(0),
+            native_text: false,
         }],
         "the room announced counts the restored queue"
     );

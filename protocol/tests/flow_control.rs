@@ -116,7 +116,8 @@ fn open_announces_the_window_and_every_ack_and_resumed_the_room_left() {
         greeting,
         Frame::Resumed {
             ack: 2,
-            room: Some(window - CHARGE as u64)
+            room: Some(window - CHARGE as u64),
+            native_text: false,
         }
     );
 }
@@ -266,6 +267,7 @@ fn open_params(window: Option<usize>) -> OpenParams {
         max_batch: 6 * LEN + 4096,
         window,
         mux: None,
+        native_text: false,
     }
 }
 
@@ -351,6 +353,7 @@ fn a_resume_restarts_the_window_from_the_resumed_ack_and_room() {
             vec![Frame::Resumed {
                 ack: 1,
                 room: Some(3 * CHARGE as u64),
+                native_text: false,
             }],
         )
         .expect("resumed");

@@ -76,8 +76,16 @@ fn frame() -> impl Strategy<Value = Frame> {
             }),
         (any::<u64>(), proptest::option::of(any::<u64>()))
             .prop_map(|(seq, room)| Frame::Ack { seq, room }),
-        (any::<u64>(), proptest::option::of(any::<u64>()))
-            .prop_map(|(ack, room)| Frame::Resumed { ack, room }),
+        (
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            any::<bool>()
+        )
+            .prop_map(|(ack, room, native_text)| Frame::Resumed {
+                ack,
+                room,
+                native_text
+            }),
         Just(Frame::Ping),
         Just(Frame::Pong),
         (any::<u16>(), text(), proptest::option::of(millis())).prop_map(|(code, reason, retry)| {
@@ -90,7 +98,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         (any::<u16>(), text()).prop_map(|(code, reason)| Frame::detach(CloseCode(code), reason)),
         (
             any::<u32>(),
-            text(),
+            (text(), any::<bool>()),
             text(),
             (millis(), millis(), millis(), millis()),
             (
@@ -100,7 +108,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 proptest::option::of(0usize..1 << 40),
             ),
         )
-            .prop_map(|(version, key, session_id, timers, sizes)| {
+            .prop_map(|(version, (key, native_text), session_id, timers, sizes)| {
                 Frame::Open(OpenParams {
                     version,
                     key,
@@ -113,6 +121,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     max_batch: sizes.1,
                     window: sizes.2,
                     mux: sizes.3,
+                    native_text,
                 })
             }),
     ]

@@ -83,6 +83,13 @@ pub struct ServerConfig {
     /// memory of an idle WebSocket session; larger messages simply take
     /// several reads. Default 2 KiB.
     pub ws_read_buffer: usize,
+    /// Whether a WebSocket client that offers native text (`wstext=1`,
+    /// `PROTOCOL.md` §2.2.1) gets it: large text messages then travel as
+    /// WebSocket binary messages with a 9-byte header instead of escaped
+    /// in JSON batches, both ways. Off, the server behaves exactly as one
+    /// written before native text: it never grants it and refuses native
+    /// text messages as malformed (1002). Default on.
+    pub ws_native_text: bool,
     /// New sessions waiting for [`Incoming::accept`](crate::Incoming::accept);
     /// past it, new sessions are refused with `503`. Default 1024.
     pub accept_backlog: usize,
@@ -125,6 +132,7 @@ impl Default for ServerConfig {
             sse_max_age: Duration::from_secs(300),
             probe_lifetime: Duration::from_secs(10),
             ws_read_buffer: 2048,
+            ws_native_text: true,
             accept_backlog: 1024,
             write_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(15),

@@ -383,10 +383,11 @@ fn protocol_errors() -> Vec<Bad> {
             applied_before: 1,
         },
         Bad {
+            // 0x02 is a native text (§2.2.1), accepted; 0x03 is reserved.
             name: "reserved binary type byte",
             unit: Unit::Binary({
                 let mut b = encode_binary(3, b"c");
-                b[0] = 0x02;
+                b[0] = 0x03;
                 b
             }),
             applied_before: 0,

@@ -33,6 +33,8 @@ mod conformance_checks;
 mod limits;
 /// A Prometheus scrape after clients on each transport, cuts and refusals.
 mod metrics_scrape;
+/// Native text messages on WebSocket (`PROTOCOL.md` §2.2.1).
+mod native_text;
 /// The `Origin` check and the authentication hook on every transport.
 mod origin_auth;
 /// Pings, silence timeouts, poll continuation (`PROTOCOL.md` §6).

@@ -80,6 +80,11 @@ impl Ctx {
             if let Some(report) = report {
                 query.append_pair("report", report);
             }
+            if kind == TransportKind::WebSocket {
+                // Offers native text (PROTOCOL.md §2.2.1); a server
+                // without it ignores the parameter.
+                query.append_pair("wstext", "1");
+            }
         }
         url
     }

@@ -1,9 +1,11 @@
 //! The WebSocket transport: both directions on one socket; text messages
-//! carry JSON batches, binary application messages travel natively.
+//! carry JSON batches, binary application messages travel natively, and so
+//! do large texts once the server's greeting granted it (`PROTOCOL.md`
+//! §2.2.1).
 
 use futures_util::{SinkExt, StreamExt};
 use holdfast_protocol::wire::{binary, json};
-use holdfast_protocol::{Frame, Message, TransportKind};
+use holdfast_protocol::{Frame, TransportKind};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
@@ -33,10 +35,13 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd
         }
     };
     let (mut sink, mut stream) = ws.split();
+    // Native text, once the greeting granted it: the client sends nothing
+    // before the greeting (§4), so every text is sent knowing.
+    let mut native_text_min = None;
     let end = loop {
         let mut failed = None;
         while let Some(frames) = link.transmit() {
-            if let Err(e) = write(&mut sink, frames).await {
+            if let Err(e) = write(&mut sink, frames, native_text_min).await {
                 failed = Some(ended(AttemptEnd::Closed, format_args!("write: {e}")));
                 break;
             }
@@ -52,7 +57,13 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd
         let step = tokio::select! {
             incoming = stream.next(), if reading => match incoming {
                 Some(Ok(message)) => match frames_of(message) {
-                    Ok(Some(frames)) => link.feed(frames, false),
+                    Ok(Some(frames)) => {
+                        if frames.iter().any(Frame::grants_native_text) {
+                            native_text_min = Some(binary::NATIVE_TEXT_MIN);
+                            link.shared.lock().core.set_native_text(native_text_min);
+                        }
+                        link.feed(frames, false)
+                    }
                     Ok(None) => Step::End(ended(AttemptEnd::Closed, "closed by the server")),
                     Err(why) => Step::End(ended(AttemptEnd::Invalid, why)),
                 },
@@ -81,12 +92,10 @@ fn frames_of(message: WsMessage) -> Result<Option<Vec<Frame>>, String> {
             .map(Some)
             .map_err(|e| format!("bad batch from the server: {e}")),
         WsMessage::Binary(bytes) => {
-            let (seq, payload) = binary::decode_binary_message(bytes)
+            // Binary (0x01), or text (0x02) that must be UTF-8.
+            let (seq, message) = binary::decode_native_message(bytes)
                 .map_err(|e| format!("bad binary message from the server: {e}"))?;
-            Ok(Some(vec![Frame::Message {
-                seq,
-                message: Message::Binary(payload),
-            }]))
+            Ok(Some(vec![Frame::Message { seq, message }]))
         }
         // Proof of life, no frames.
         WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(Some(Vec::new())),
@@ -94,11 +103,16 @@ fn frames_of(message: WsMessage) -> Result<Option<Vec<Frame>>, String> {
     }
 }
 
-async fn write<S>(sink: &mut S, frames: Vec<Frame>) -> Result<(), tungstenite::Error>
+/// Writes frames; texts of at least `native_text_min` bytes natively.
+async fn write<S>(
+    sink: &mut S,
+    frames: Vec<Frame>,
+    native_text_min: Option<usize>,
+) -> Result<(), tungstenite::Error>
 where
     S: futures_util::Sink<WsMessage, Error = tungstenite::Error> + Unpin,
 {
-    for unit in binary::websocket_units(frames) {
+    for unit in binary::websocket_units_with(frames, native_text_min) {
         sink.feed(match unit {
             binary::WsUnit::Text(text) => WsMessage::text(text),
             binary::WsUnit::Binary(bytes) => WsMessage::Binary(bytes),

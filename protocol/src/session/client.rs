@@ -156,6 +156,9 @@ struct Attachment {
     greeting_deadline: Instant,
     last_heard: Instant,
     ack_due: bool,
+    /// Native text granted on this WebSocket (`PROTOCOL.md` §2.2.1): texts
+    /// of at least this many bytes travel outside any batch.
+    native_text_min: Option<usize>,
 }
 
 impl ClientSession {
@@ -286,8 +289,18 @@ impl ClientSession {
             greeting_deadline: now + self.config.probe_timeout,
             last_heard: now,
             ack_due: false,
+            native_text_min: None,
         });
         id
+    }
+
+    /// The current attachment (a WebSocket whose greeting granted native
+    /// text, `PROTOCOL.md` §2.2.1) carries texts of at least `min` bytes
+    /// natively, which acks cannot ride along with.
+    pub fn set_native_text(&mut self, min: Option<usize>) {
+        if let Some(a) = &mut self.attachment {
+            a.native_text_min = min;
+        }
     }
 
     /// Attachment `id`'s transport is gone. A no-op for older attachments.
@@ -336,7 +349,7 @@ impl ClientSession {
                 self.params = Some(params);
                 self.greeted(now, false);
             }
-            Frame::Resumed { ack, room } if via.is_some() && self.params.is_some() => {
+            Frame::Resumed { ack, room, .. } if via.is_some() && self.params.is_some() => {
                 // On long-polling a `resumed` may start any poll's answer.
                 self.acknowledged(ack, room)?;
                 self.out.rewind();
@@ -513,9 +526,20 @@ impl ClientSession {
                 .as_ref()
                 .map_or(self.config.max_message, |p| p.max_message);
             let window = self.credit.budget(self.out.in_flight());
-            push_messages(&mut self.out, target, window, &mut frames);
+            push_messages(
+                &mut self.out,
+                target,
+                window,
+                &mut frames,
+                a.native_text_min,
+            );
         }
-        if self.inb.has_unacked() && (a.ack_due || !frames.is_empty()) {
+        // An ack rides along only in a JSON batch going out anyway: native
+        // messages are no batch (§2.3), so it then waits for its deadline.
+        let batch_going = frames
+            .iter()
+            .any(|f| !super::travels_natively(f, a.native_text_min));
+        if self.inb.has_unacked() && (a.ack_due || batch_going) {
             a.ack_due = false;
             frames.push(Frame::ack(self.inb.take_ack()));
         }

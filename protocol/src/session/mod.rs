@@ -28,6 +28,17 @@ pub use server::{Restore, ServerEvent, ServerSession, SessionIdentity};
 
 use crate::wire::{Close, Frame};
 
+/// Whether `frame` travels as a native WebSocket message of its own rather
+/// than in a JSON batch, given the text threshold of a WebSocket that
+/// negotiated native text (`PROTOCOL.md` §2.2.1; `None`: not negotiated).
+/// Only texts count: binary messages keep their acks as before.
+fn travels_natively(frame: &Frame, native_text_min: Option<usize>) -> bool {
+    matches!(
+        (frame, native_text_min),
+        (Frame::Message { message: crate::wire::Message::Text(t), .. }, Some(min)) if t.len() >= min
+    )
+}
+
 /// The highest sequence number [`ServerSession::restore`] accepts from a
 /// store, in either direction: 2^63, which a session never reaches (292
 /// years at a billion messages a second), so that counting on from a

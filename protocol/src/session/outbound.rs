@@ -290,7 +290,7 @@ mod tests {
         }
         out.set_release(1);
         let mut frames = Vec::new();
-        crate::session::server::push_messages(&mut out, 1 << 16, None, &mut frames);
+        crate::session::server::push_messages(&mut out, 1 << 16, None, &mut frames, None);
         assert_eq!(frames.len(), 1, "2 waits: {frames:?}");
         assert!(out.has_pending(), "but it is pending");
         assert_eq!(
@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(out.messages_after(1).count(), 2);
         out.set_release(3);
         frames.clear();
-        crate::session::server::push_messages(&mut out, 1 << 16, None, &mut frames);
+        crate::session::server::push_messages(&mut out, 1 << 16, None, &mut frames, None);
         assert_eq!(frames.len(), 2, "2 and 3 go: {frames:?}");
         let restored = Outbound::restored(1024, 16, 5, vec![msg("f"), msg("g")]);
         let restored = restored.expect("valid");

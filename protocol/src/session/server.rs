@@ -203,6 +203,10 @@ struct Attachment {
     /// Long-polling: when a poll with nothing to deliver is answered `[]`.
     hold_until: Option<Instant>,
     hold_expired: bool,
+    /// WebSocket with native text granted (`PROTOCOL.md` §2.2.1): texts
+    /// of at least this many bytes travel outside any batch. Four bytes,
+    /// which fit beside the flags: an attachment stays as small as it was.
+    native_text_min: Option<std::num::NonZeroU32>,
 }
 
 impl ServerSession {
@@ -562,7 +566,11 @@ impl ServerSession {
             None
         } else {
             // `ack` and `room` are filled in when it is written.
-            Some(Frame::Resumed { ack: 0, room: None })
+            Some(Frame::Resumed {
+                ack: 0,
+                room: None,
+                native_text: false,
+            })
         };
         let id = AttachmentId(self.next_attachment);
         self.next_attachment += 1;
@@ -584,8 +592,22 @@ impl ServerSession {
             next_ping: kind.is_streaming().then(|| now + self.config.ping_interval),
             hold_until: (kind == TransportKind::LongPoll).then(|| now + self.config.poll_hold),
             hold_expired: false,
+            native_text_min: None,
         });
         Ok(id)
+    }
+
+    /// Attachment `id` (a WebSocket) carries texts of at least `min` bytes
+    /// natively (`PROTOCOL.md` §2.2.1), which acks cannot ride along with.
+    pub fn set_native_text(&mut self, id: AttachmentId, min: Option<usize>) {
+        if let Presence::Attached(a) = &mut self.presence
+            && a.id == id
+        {
+            // A threshold past u32 is as good as none: no text is that long.
+            a.native_text_min = min
+                .and_then(|min| u32::try_from(min).ok())
+                .and_then(std::num::NonZeroU32::new);
+        }
     }
 
     /// The transport of attachment `id` is gone (socket closed, stream
@@ -846,9 +868,10 @@ impl ServerSession {
             // The room is what is left when the greeting is written.
             let room = self.grant.announce(self.inb.confirmed_bytes());
             frames.push(match greeting {
-                Frame::Resumed { .. } => Frame::Resumed {
+                Frame::Resumed { native_text, .. } => Frame::Resumed {
                     ack: self.inb.confirmed(),
                     room: Some(room),
+                    native_text,
                 },
                 other => other,
             });
@@ -862,7 +885,13 @@ impl ServerSession {
         // Whoever closed, every message queued before the close goes out
         // ahead of it, and a resume replays the unacknowledged ones
         // (PROTOCOL.md §9): a close never discards messages.
-        push_messages(&mut self.out, self.config.max_message, None, &mut frames);
+        push_messages(
+            &mut self.out,
+            self.config.max_message,
+            None,
+            &mut frames,
+            native_text_min(a),
+        );
         // Behind the gates, the close also waits for what was received to
         // be confirmed: its ack tells the client what the session took.
         let closing = matches!(self.state, State::Closed { .. })
@@ -872,8 +901,14 @@ impl ServerSession {
         // already sent: it tells the client which of its messages the
         // session took before it ended. Room that came back is announced
         // on every transport.
+        // An ack rides along only where it is free: in a JSON batch going
+        // out anyway. Native messages are no batch (§2.3): with nothing
+        // else to send, the ack waits for its deadline (§3).
+        let batch_going = frames
+            .iter()
+            .any(|f| !super::travels_natively(f, native_text_min(a)));
         if (a.kind.is_duplex()
-            && (closing || (self.inb.has_unacked() && (a.ack_due || !frames.is_empty()))))
+            && (closing || (self.inb.has_unacked() && (a.ack_due || batch_going))))
             || self.grant.update_due()
         {
             a.ack_due = false;
@@ -988,6 +1023,8 @@ impl ServerSession {
             max_batch: self.config.max_batch,
             window: Some(self.grant.size()),
             mux: (self.config.max_shared_sessions > 0).then_some(self.config.max_shared_sessions),
+            // The WebSocket transport grants it, on its own attachments.
+            native_text: false,
         }
     }
 
@@ -1026,6 +1063,12 @@ fn ack_frame(inb: &mut Inbound, grant: &mut Grant) -> Frame {
     }
 }
 
+/// The native-text threshold of an attachment, as the session's helpers
+/// take it.
+fn native_text_min(a: &Attachment) -> Option<usize> {
+    a.native_text_min.map(|min| min.get() as usize)
+}
+
 /// Room kept in every batch for the control frames that may follow the
 /// messages (an `ack`, a `close`).
 const TRAILER_ROOM: usize = 192;
@@ -1034,12 +1077,15 @@ const TRAILER_ROOM: usize = 192;
 /// within `target` bytes when it holds more than one message (a single
 /// larger message travels alone; `PROTOCOL.md` §2.3), and the messages'
 /// charges within `window` (the client's upstream flow control,
-/// `PROTOCOL.md` §3.1; `None`: no limit).
+/// `PROTOCOL.md` §3.1; `None`: no limit). Texts that travel natively
+/// (`native_text_min`, §2.2.1) count their raw size: no JSON escaping to
+/// measure, and a transmission stays bounded all the same.
 pub(super) fn push_messages(
     out: &mut Outbound,
     target: usize,
     mut window: Option<usize>,
     frames: &mut Vec<Frame>,
+    native_text_min: Option<usize>,
 ) {
     // The brackets, the frames already in the batch and their commas.
     let used: usize = 2
@@ -1060,7 +1106,11 @@ pub(super) fn push_messages(
             seq,
             message: message.clone(),
         };
-        let len = json::encoded_len_hint(&frame) + 1;
+        let len = if super::travels_natively(&frame, native_text_min) {
+            crate::wire::binary::BINARY_HEADER_LEN + message.len()
+        } else {
+            json::encoded_len_hint(&frame) + 1
+        };
         if any && len > budget {
             break;
         }
@@ -1166,7 +1216,11 @@ mod tests {
         assert_eq!(
             server.poll_transmit(now, poll).map(|t| t.frames),
             Some(vec![
-                Frame::Resumed { ack: 0, room },
+                Frame::Resumed {
+                    ack: 0,
+                    room,
+                    native_text: false
+                },
                 Frame::Message {
                     seq: 2,
                     message: Message::text("b"),

@@ -38,6 +38,7 @@ pub(crate) struct Fields<'a> {
     pub room: Option<u64>,
     pub win: Option<u64>,
     pub mux: Option<u64>,
+    pub wstext: Option<u64>,
 }
 
 /// Reads a batch, turning the fields of each frame into a `T` as it goes.
@@ -217,6 +218,10 @@ impl<'a> Reader<'a> {
             "mux" => {
                 let v = self.opt_number()?;
                 set(&mut fields.mux, v, key)
+            }
+            "wstext" => {
+                let v = self.opt_number()?;
+                set(&mut fields.wstext, v, key)
             }
             "code" => {
                 let v = self.opt_number()?;

@@ -22,6 +22,10 @@ pub enum Frame {
         /// The upstream window left after `ack`, in charged bytes
         /// (`PROTOCOL.md` §3.1). `None` from a server without flow control.
         room: Option<u64>,
+        /// `wstext`: on a WebSocket whose client offered native text, the
+        /// server's answer that both sides may send it (`PROTOCOL.md`
+        /// §2.2.1). `false` everywhere else.
+        native_text: bool,
     },
     /// An application message with its sequence number.
     Message {
@@ -161,4 +165,35 @@ pub struct OpenParams {
     /// `mux`: the most sessions one shared request may carry
     /// (`PROTOCOL.md` §11). `None` from a server without shared requests.
     pub mux: Option<usize>,
+    /// `wstext`: on a WebSocket whose client offered native text, the
+    /// server's answer that both sides may send it (`PROTOCOL.md` §2.2.1).
+    /// `false` everywhere else, and from servers without it.
+    pub native_text: bool,
+}
+
+impl Frame {
+    /// Whether this is a greeting (`open` or `resumed`) answering a
+    /// WebSocket client's offer of native text with `wstext`.
+    pub fn grants_native_text(&self) -> bool {
+        matches!(
+            self,
+            Self::Open(OpenParams {
+                native_text: true,
+                ..
+            }) | Self::Resumed {
+                native_text: true,
+                ..
+            }
+        )
+    }
+
+    /// Marks a greeting (`open` or `resumed`) as granting native text on
+    /// its WebSocket; any other frame is left as it is.
+    pub fn grant_native_text(&mut self) {
+        match self {
+            Self::Open(params) => params.native_text = true,
+            Self::Resumed { native_text, .. } => *native_text = true,
+            _ => {}
+        }
+    }
 }

@@ -151,12 +151,18 @@ pub fn encode_frame(frame: &Frame, out: &mut impl JsonOut) {
                 out.push_str(r#","mux":"#);
                 write_u64(out, mux as u64);
             }
+            write_native_text(out, p.native_text);
             out.push_str("}");
         }
-        Frame::Resumed { ack, room } => {
+        Frame::Resumed {
+            ack,
+            room,
+            native_text,
+        } => {
             out.push_str(r#"{"t":"resumed","ack":"#);
             write_u64(out, *ack);
             write_room(out, *room);
+            write_native_text(out, *native_text);
             out.push_str("}");
         }
         Frame::Message { seq, message } => {
@@ -204,10 +210,12 @@ pub fn encoded_len_hint(frame: &Frame) -> usize {
                 Message::Binary(b) => 25 + digits + b.len().div_ceil(3) * 4,
             }
         }
-        Frame::Open(p) => 192 + json_str_len(&p.key) + json_str_len(&p.session_id),
+        Frame::Open(p) => 208 + json_str_len(&p.key) + json_str_len(&p.session_id),
         Frame::Close(c) | Frame::Detach(c) => 80 + json_str_len(&c.reason),
-        // {"t":"resumed","ack":N,"room":N}, N up to 20 digits.
-        Frame::Ack { .. } | Frame::Resumed { .. } => 80,
+        // {"t":"ack","seq":N,"room":N}, N up to 20 digits.
+        Frame::Ack { .. } => 80,
+        // {"t":"resumed","ack":N,"room":N,"wstext":1}
+        Frame::Resumed { .. } => 96,
         _ => 48,
     }
 }
@@ -254,6 +262,13 @@ fn encode_close(t: &str, close: &Close, out: &mut impl JsonOut) {
         write_u64(out, millis(retry_after));
     }
     out.push_str("}");
+}
+
+/// The `wstext` field of a greeting that grants native text (§2.2.1).
+fn write_native_text(out: &mut impl JsonOut, native_text: bool) {
+    if native_text {
+        out.push_str(r#","wstext":1"#);
+    }
 }
 
 /// The `room` field of an `ack` or `resumed`, when it has one.
@@ -361,6 +376,7 @@ impl<'a> Fields<'a> {
             "resumed" => Frame::Resumed {
                 ack: self.ack.ok_or_else(|| missing("ack"))?,
                 room: self.room,
+                native_text: self.wstext == Some(1),
             },
             "open" => Frame::Open(OpenParams {
                 version: self.v.ok_or_else(|| missing("v"))?,
@@ -374,6 +390,7 @@ impl<'a> Fields<'a> {
                 max_batch: to_usize(self.max_batch.ok_or_else(|| missing("max_batch"))?),
                 window: self.win.map(to_usize),
                 mux: self.mux.map(to_usize),
+                native_text: self.wstext == Some(1),
             }),
             other => return Err(DecodeError::UnknownFrameType(other.to_owned())),
         })
@@ -424,6 +441,7 @@ mod tests {
         room: Option<u64>,
         win: Option<u64>,
         mux: Option<u64>,
+        wstext: Option<u64>,
     }
 
     fn decode_reference(input: &[u8]) -> Result<Vec<Frame>, DecodeError> {
@@ -451,6 +469,7 @@ mod tests {
                     room: r.room,
                     win: r.win,
                     mux: r.mux,
+                    wstext: r.wstext,
                 }
                 .into_frame()
             })
@@ -690,14 +709,17 @@ mod tests {
                 max_batch: 397_312,
                 window: Some(1 << 20),
                 mux: Some(64),
+                native_text: true,
             }),
             Frame::Resumed {
                 ack: 17,
                 room: Some(1000),
+                native_text: false,
             },
             Frame::Resumed {
                 ack: 18,
                 room: None,
+                native_text: true,
             },
             Frame::Message {
                 seq: 1,
@@ -808,6 +830,7 @@ mod tests {
             Frame::Resumed {
                 ack: u64::MAX,
                 room: Some(u64::MAX),
+                native_text: true,
             },
             Frame::close(CloseCode::NORMAL, "a \u{1} reason"),
         ] {

@@ -1,6 +1,7 @@
 //! `GET <mount>/ws`: one WebSocket carries both directions (`PROTOCOL.md`
 //! §8.1). Text messages are JSON batches; binary application messages
-//! travel natively with a 9-byte header.
+//! travel natively with a 9-byte header, and so do large text messages
+//! where the client offered it (`wstext=1`, §2.2.1).
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub(crate) async fn handle(
     // Pages from foreign origins never get here: the Origin layer
     // (`origin::enforce`) refused them before the upgrade. Every other
     // refusal is made after it, as frames on the socket.
+    let native_text = NativeText::offered(&state, &uri);
     let prepared = prepare(&state, headers, uri, peer, TransportKind::WebSocket, None).await;
     let session = &state.config.session;
     let max_batch = session.max_batch;
@@ -66,11 +68,41 @@ pub(crate) async fn handle(
         match attached {
             Ok((shared, id)) => {
                 let span = shared.attachment_span(TransportKind::WebSocket);
-                run(socket, shared, id).instrument(span).await
+                run(socket, shared, id, native_text).instrument(span).await
             }
             Err(reject) => Box::pin(refuse(socket, reject)).await,
         }
     })
+}
+
+/// Native text on one WebSocket (`PROTOCOL.md` §2.2.1).
+#[derive(Clone, Copy, Debug)]
+struct NativeText {
+    /// The server reads native text messages (type `0x02`): whenever it
+    /// has the feature, whether or not this client asked.
+    accepted: bool,
+    /// The client offered it (`wstext=1`) and the server has it: its
+    /// greeting says so (`wstext`), and its large texts travel natively.
+    granted: bool,
+}
+
+impl NativeText {
+    fn offered(state: &ServerState, uri: &Uri) -> Self {
+        let accepted = state.config.ws_native_text;
+        let offered = uri
+            .query()
+            .and_then(|query| super::query_value(query, "wstext"))
+            .is_some_and(|value| value == "1");
+        Self {
+            accepted,
+            granted: accepted && offered,
+        }
+    }
+
+    /// The threshold for [`binary::websocket_units_with`].
+    fn send_min(self) -> Option<usize> {
+        self.granted.then_some(binary::NATIVE_TEXT_MIN)
+    }
 }
 
 /// Bytes of outgoing frames tungstenite gathers before it writes them to
@@ -173,14 +205,15 @@ async fn drain(mut stream: SplitStream<Socket>) {
 /// client that stops reading fails the write, which ends this task and
 /// detaches (the session lives on). The task also ends once the session is
 /// over for good, so an attachment never outlives its session.
-async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId) {
+async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId, native_text: NativeText) {
     let _detach = DetachOnDrop {
         shared: shared.clone(),
         id,
     };
+    shared.lock().set_native_text(id, native_text.send_min());
     let (mut sink, stream) = socket.split();
     let end = Arc::new(ReaderEnd::default());
-    let reader = tokio::spawn(read(stream, shared.clone(), id, end.clone()));
+    let reader = tokio::spawn(read(stream, shared.clone(), id, end.clone(), native_text));
     let mut reader = AbortOnDrop(reader);
     loop {
         let notified = shared.transmit.notified();
@@ -221,8 +254,18 @@ async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId) {
                 }
                 transmit
             };
-            let Some(transmit) = transmit else { break };
-            if write_frames(&mut sink, transmit.frames).await.is_err() {
+            let Some(mut transmit) = transmit else { break };
+            if native_text.granted {
+                // The greeting answers the client's offer.
+                transmit
+                    .frames
+                    .iter_mut()
+                    .for_each(Frame::grant_native_text);
+            }
+            if write_units(&mut sink, transmit.frames, native_text.send_min())
+                .await
+                .is_err()
+            {
                 return;
             }
             if let Some(close) = transmit.end {
@@ -292,6 +335,7 @@ async fn read(
     shared: Arc<Shared>,
     id: AttachmentId,
     end: Arc<ReaderEnd>,
+    native_text: NativeText,
 ) {
     loop {
         // Past the server-wide total, with no acks awaited, stop reading:
@@ -306,7 +350,7 @@ async fn read(
             drained.await;
         }
         let incoming = stream.next().await;
-        if let Err(reject) = receive(&shared, id, incoming) {
+        if let Err(reject) = receive(&shared, id, incoming, native_text) {
             if let Some(reject) = &reject {
                 crate::metrics::rejected(reject);
             }
@@ -328,6 +372,7 @@ fn receive(
     shared: &Shared,
     id: AttachmentId,
     incoming: Option<Result<WsMessage, tungstenite::Error>>,
+    native_text: NativeText,
 ) -> Result<(), Option<Reject>> {
     let frames = match incoming {
         None | Some(Ok(WsMessage::Close(_))) => return Err(None),
@@ -350,12 +395,16 @@ fn receive(
                 .map_err(|e| Some(ProtocolError::from(e).into()))?
         }
         Some(Ok(WsMessage::Binary(bytes))) => {
-            let (seq, payload) = binary::decode_binary_message(bytes)
-                .map_err(|e| Some(ProtocolError::from(e).into()))?;
-            vec![Frame::Message {
-                seq,
-                message: Message::Binary(payload),
-            }]
+            // A text message (0x02) is malformed if it is not UTF-8, and
+            // for a server without the feature, as its type byte was
+            // reserved before: 1002 either way.
+            let (seq, message) = if native_text.accepted {
+                binary::decode_native_message(bytes)
+            } else {
+                binary::decode_binary_message(bytes).map(|(seq, b)| (seq, Message::Binary(b)))
+            }
+            .map_err(|e| Some(ProtocolError::from(e).into()))?;
+            vec![Frame::Message { seq, message }]
         }
         // WebSocket-level pings prove the client alive too.
         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Vec::new(),
@@ -385,7 +434,17 @@ fn too_big(error: &tungstenite::Error) -> Option<usize> {
 /// Writes a batch: JSON frames as text messages, binary application
 /// messages natively, in order. Does not flush.
 async fn write_frames(sink: &mut Sink, frames: Vec<Frame>) -> Result<(), tungstenite::Error> {
-    for unit in binary::websocket_units(frames) {
+    write_units(sink, frames, None).await
+}
+
+/// [`write_frames`], and with `native_text_min` texts of at least that
+/// many bytes natively too (a client that negotiated it, §2.2.1).
+async fn write_units(
+    sink: &mut Sink,
+    frames: Vec<Frame>,
+    native_text_min: Option<usize>,
+) -> Result<(), tungstenite::Error> {
+    for unit in binary::websocket_units_with(frames, native_text_min) {
         sink.feed(match unit {
             binary::WsUnit::Text(text) => WsMessage::Text(Utf8Bytes::from(text)),
             binary::WsUnit::Binary(bytes) => WsMessage::Binary(bytes),
