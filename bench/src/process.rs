@@ -36,6 +36,24 @@ impl ServerProcess {
         cpu: Option<usize>,
         extra: &[String],
     ) -> Result<Self, String> {
+        // `--metrics` reaches every holdfast server of the run, whoever
+        // starts it; the raw baseline has nothing to record.
+        let metrics =
+            (kind == ServerKind::Holdfast && crate::recorder::enabled()).then_some("--metrics");
+        let mut args = vec!["serve".to_owned(), kind.arg().to_owned()];
+        args.extend(extra.iter().cloned());
+        args.extend(metrics.map(str::to_owned));
+        Self::start_subcommand(&args, cpu, kind.arg()).await
+    }
+
+    /// Starts `holdfast-bench <args…>`, a subcommand that prints
+    /// `LISTEN <addr>` and serves until its stdin closes, pinned to CPU
+    /// `cpu` (when `taskset` exists and the machine has that CPU).
+    pub async fn start_subcommand(
+        args: &[String],
+        cpu: Option<usize>,
+        name: &str,
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut command = match cpu.filter(|_| taskset_available()) {
             Some(cpu) => {
@@ -45,21 +63,14 @@ impl ServerProcess {
             }
             None => Command::new(&exe),
         };
-        // `--metrics` reaches every holdfast server of the run, whoever
-        // starts it; the raw baseline has nothing to record.
-        let metrics =
-            (kind == ServerKind::Holdfast && crate::recorder::enabled()).then_some("--metrics");
         let mut child = command
-            .arg("serve")
-            .arg(kind.arg())
-            .args(extra)
-            .args(metrics)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start the {} server: {e}", kind.arg()))?;
+            .map_err(|e| format!("cannot start the {name} server: {e}"))?;
         let pid = child.id().ok_or("the server exited at once")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
