@@ -120,6 +120,11 @@ impl ServerProcess {
             .sum()
     }
 
+    /// The CPUs the server may run on (`Cpus_allowed_list`), if known.
+    pub fn cpus_allowed(&self) -> Option<String> {
+        cpus_allowed(self.pid)
+    }
+
     /// Resident memory now, in bytes.
     pub fn rss_bytes(&self) -> u64 {
         rss_bytes(self.pid).unwrap_or(0)
@@ -141,8 +146,36 @@ impl ServerProcess {
 }
 
 fn taskset_available() -> bool {
-    std::path::Path::new("/usr/bin/taskset").exists()
-        && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
+    std::path::Path::new("/usr/bin/taskset").exists() && machine_cpus() >= 2
+}
+
+/// CPUs the machine has online. Not `available_parallelism`: that counts
+/// the CPUs this process may run on, which is one once the load generator
+/// has pinned itself (`pin_self`), and the server it starts next would then
+/// not be pinned at all and share the generator's core.
+fn machine_cpus() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|list| count_cpu_list(&list))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// How many CPUs a kernel CPU list (`0-3,6,8-9`) names.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    let mut count = 0;
+    for part in list.trim().split(',') {
+        count += match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last): (usize, usize) = (first.parse().ok()?, last.parse().ok()?);
+                last.checked_sub(first)? + 1
+            }
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+    }
+    Some(count)
 }
 
 /// Pins this process (the load generator) to `cpu`, best effort.
@@ -171,9 +204,44 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / CLK_TCK)
 }
 
+/// The CPUs `pid` may run on, as the kernel lists them (`0-1`).
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"))?;
+    Some(line.split_whitespace().nth(1)?.to_owned())
+}
+
 fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpu_list("0-1\n"), Some(2));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("0-3,6,8-9"), Some(7));
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
+    }
+
+    /// The server is pinned to its own core even once the generator has
+    /// pinned itself to another: its affinity must not decide.
+    #[test]
+    fn pinning_does_not_depend_on_this_process_affinity() {
+        let (Ok(online), Ok(allowed)) = (
+            std::fs::read_to_string("/sys/devices/system/cpu/online"),
+            std::thread::available_parallelism(),
+        ) else {
+            return;
+        };
+        assert_eq!(count_cpu_list(&online), Some(machine_cpus()));
+        assert!(machine_cpus() >= allowed.get());
+    }
 }

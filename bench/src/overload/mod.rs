@@ -338,6 +338,11 @@ async fn measure_capacity(options: &Options) -> Result<f64, String> {
 
 async fn run_one(options: &Options, capacity: f64, multiple: f64) -> Result<RunResult, String> {
     let server = Arc::new(start_server(&options.serve).await?);
+    println!(
+        "{multiple}×: server on CPU {}, load generator on CPU {}",
+        server.cpus_allowed().unwrap_or_default(),
+        process::cpus_allowed(std::process::id()).unwrap_or_default()
+    );
     let stop_sampling = Arc::new(AtomicBool::new(false));
     let sampling = tokio::spawn(sampler::run(server.clone(), stop_sampling.clone()));
     let offered = capacity * multiple;
@@ -478,12 +483,12 @@ fn print_run(r: &RunResult) {
     );
     print!("  server RSS MiB over time:");
     for sample in r.samples.iter().step_by(4) {
-        print!(
-            " {:.0}s:{:.0}/{:.0}",
-            sample.at,
-            mib(sample.rss),
-            mib(sample.stat("buffered_bytes"))
-        );
+        // `?`: `/stats` did not answer in time (the server is saturated).
+        let buffered = sample
+            .stats
+            .get("buffered_bytes")
+            .map_or("?".to_owned(), |b| format!("{:.0}", mib(*b)));
+        print!(" {:.0}s:{:.0}/{buffered}", sample.at, mib(sample.rss));
     }
     println!(" (rss/buffered)");
     for (name, tally) in [("established", &r.established), ("arrivals", &r.arrivals)] {
