@@ -207,7 +207,9 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// The CPUs `pid` may run on, as the kernel lists them (`0-1`).
 pub fn cpus_allowed(pid: u32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))?;
     Some(line.split_whitespace().nth(1)?.to_owned())
 }
 

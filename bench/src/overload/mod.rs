@@ -139,7 +139,7 @@ impl Options {
         }
         options.serve = ServeOptions::parse(&serve_args)?;
         if options.quick && !serve_args.iter().any(|a| a == "--work-us") {
-            // At most 1000 echoes a second: 3 × 600 is overload.
+            // At most 1000 echoes a second: 3 × 400 is overload.
             options.serve.work = Duration::from_millis(1);
         }
         options.serve.max_sessions = max_sessions.unwrap_or(if options.quick {
@@ -164,7 +164,7 @@ impl Options {
         self.drain = Duration::from_secs(20);
         self.arrivals = 10.0;
         self.arrival_messages = 5;
-        self.capacity.get_or_insert(600.0);
+        self.capacity.get_or_insert(400.0);
     }
 }
 
@@ -198,6 +198,8 @@ struct Tally {
     connect_failed: u64,
     timed_out: u64,
     ended_by_server: u64,
+    /// The codes those sessions were ended with, and how many each.
+    end_codes: std::collections::BTreeMap<String, u64>,
     due: u64,
     echoed: u64,
     violations: u64,
@@ -219,11 +221,13 @@ impl Tally {
             Opening::ConnectFailed => self.connect_failed += 1,
             Opening::TimedOut => self.timed_out += 1,
         }
-        if outcome
+        if let Some(code) = outcome
             .ended_by_server
-            .is_some_and(|code| code != CloseCode::NORMAL.0)
+            .filter(|code| *code != CloseCode::NORMAL.0)
         {
             self.ended_by_server += 1;
+            let kind = if outcome.detached { "detach" } else { "close" };
+            *self.end_codes.entry(format!("{kind} {code}")).or_default() += 1;
         }
         self.due += outcome.due;
         self.echoed += outcome.echoed;
@@ -378,7 +382,10 @@ async fn run_one(options: &Options, capacity: f64, multiple: f64) -> Result<RunR
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_from.into()).await;
             let me = std::process::id();
-            let before = (server.cpu_seconds(), process::cpu_seconds(me).unwrap_or(0.0));
+            let before = (
+                server.cpu_seconds(),
+                process::cpu_seconds(me).unwrap_or(0.0),
+            );
             tokio::time::sleep_until(stop.into()).await;
             let seconds = (stop - measure_from).as_secs_f64();
             (
@@ -426,7 +433,10 @@ async fn run_one(options: &Options, capacity: f64, multiple: f64) -> Result<RunR
     [result.p50, result.p99, _] = latencies.percentiles();
     stop_sampling.store(true, Ordering::Relaxed);
     result.samples = sampling.await.map_err(|e| e.to_string())?;
-    result.final_stats = sampler::stats(&reqwest::Client::new(), &server).await;
+    // The server may still be working through the backlog the sessions
+    // left: wait for it to answer.
+    result.final_stats =
+        sampler::stats(&reqwest::Client::new(), &server, Duration::from_secs(30)).await;
     if let Ok(server) = Arc::try_unwrap(server) {
         server.stop().await;
     }
@@ -495,7 +505,7 @@ fn print_run(r: &RunResult) {
         let [open_p50, open_p99] = tally.open_percentiles;
         println!(
             "  {name}: admitted {} (open p50 {:.1} ms p99 {:.1} ms), 4503 {}, other refusals {}, \
-             connect failed {}, timed out {}, ended by the server {}; due {}, echoed {}, \
+             connect failed {}, timed out {}, ended by the server {} {:?}; due {}, echoed {}, \
              exactly-once breaches {}{}",
             tally.admitted,
             open_p50 / 1000.0,
@@ -505,6 +515,7 @@ fn print_run(r: &RunResult) {
             tally.connect_failed,
             tally.timed_out,
             tally.ended_by_server,
+            tally.end_codes,
             tally.due,
             tally.echoed,
             tally.violations,
@@ -542,14 +553,20 @@ fn print_table(options: &Options, capacity: f64, results: &[RunResult]) {
         let (p50, p99) = (r.p50, r.p99);
         let peak = r.samples.iter().map(|s| s.rss).max().unwrap_or(0);
         let last = r.samples.last().map_or(0, |s| s.rss);
-        let buffered = r
+        // `/stats` waits in line with everything else: when it mostly did
+        // not answer, its peak says nothing.
+        let answered: Vec<u64> = r
             .samples
             .iter()
-            .map(|s| s.stat("buffered_bytes"))
-            .max()
-            .unwrap_or(0);
+            .filter_map(|s| s.stats.get("buffered_bytes").copied())
+            .collect();
+        let buffered = if answered.len() * 2 >= r.samples.len() {
+            format!("{:.1}", mib(answered.iter().copied().max().unwrap_or(0)))
+        } else {
+            "?".to_owned()
+        };
         println!(
-            "| {:.1}× | {:.0} | {:.0} | {:.0} % | {:.1} | {:.1} | {:.0} | {} | {:.0} | {:.0} | {:.1} | {} / {} | {} |",
+            "| {:.1}× | {:.0} | {:.0} | {:.0} % | {:.1} | {:.1} | {:.0} | {} | {:.0} | {:.0} | {} | {} / {} | {} |",
             r.multiple,
             r.offered,
             r.achieved,
@@ -560,7 +577,7 @@ fn print_table(options: &Options, capacity: f64, results: &[RunResult]) {
             r.unechoed,
             mib(peak),
             mib(last),
-            mib(buffered),
+            buffered,
             r.arrivals.admitted,
             r.arrivals.refused_4503,
             r.established.violations + r.arrivals.violations,
@@ -591,7 +608,10 @@ fn check(options: &Options, results: &[RunResult]) -> bool {
     for r in results {
         let breaches = r.established.violations + r.arrivals.violations;
         if breaches > 0 {
-            eprintln!("FAIL {:.1}×: {breaches} breaches of exactly-once", r.multiple);
+            eprintln!(
+                "FAIL {:.1}×: {breaches} breaches of exactly-once",
+                r.multiple
+            );
             ok = false;
         }
         if !options.quick {
@@ -611,10 +631,13 @@ fn check(options: &Options, results: &[RunResult]) -> bool {
                 r.established.echoed == r.established.due && r.established.due > 0,
                 "every message of the established sessions echoed",
             ),
-            (r.arrivals.refused_4503 > 0, "arrivals refused with 4503"),
+            // An opening the client gave up on may still have been refused
+            // (and counted) by the server later: the server's count lies
+            // between what the clients saw and that plus what they gave up.
             (
-                r.arrivals.refused_4503 == counted,
-                "the server counted each refusal the clients saw",
+                r.arrivals.refused_4503 <= counted
+                    && counted <= r.arrivals.refused_4503 + r.arrivals.timed_out + r.arrivals.other,
+                "the server counted each refusal the clients saw, and no more",
             ),
         ];
         for (held, what) in expectations {
@@ -623,6 +646,11 @@ fn check(options: &Options, results: &[RunResult]) -> bool {
                 ok = false;
             }
         }
+    }
+    let refused: u64 = results.iter().map(|r| r.arrivals.refused_4503).sum();
+    if options.quick && refused == 0 {
+        eprintln!("FAIL: no arrival was refused with 4503");
+        ok = false;
     }
     if ok {
         println!(
@@ -641,11 +669,74 @@ mod tests {
         list.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    fn result(violations: u64, refused: u64, counted: u64) -> RunResult {
+        let mut final_stats = std::collections::BTreeMap::new();
+        final_stats.insert("rejected_too_many_sessions".to_owned(), counted);
+        RunResult {
+            multiple: 3.0,
+            offered: 1800.0,
+            achieved: 1000.0,
+            p50: 0.0,
+            p99: 0.0,
+            max_latency_us: 0.0,
+            unechoed: 0,
+            established: Tally {
+                admitted: 8,
+                due: 100,
+                echoed: 100,
+                violations,
+                ..Tally::default()
+            },
+            arrivals: Tally {
+                refused_4503: refused,
+                ..Tally::default()
+            },
+            samples: Vec::new(),
+            final_stats,
+            max_waiting: 0,
+            server_cpu: 0.0,
+            generator_cpu: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_checks_fail_on_a_breach_or_uncounted_refusals() {
+        let quick = Options::parse(&args(&["websocket", "1", "--quick"])).unwrap();
+        assert!(check(&quick, &[result(0, 5, 5)]));
+        assert!(
+            !check(&quick, &[result(1, 5, 5)]),
+            "a breach of exactly-once"
+        );
+        assert!(
+            !check(&quick, &[result(0, 5, 4)]),
+            "a refusal the server missed"
+        );
+        assert!(
+            !check(&quick, &[result(0, 5, 6)]),
+            "a refusal no client saw"
+        );
+        assert!(!check(&quick, &[result(0, 0, 0)]), "no refusal at all");
+        assert!(check(&quick, &[result(0, 0, 0), result(0, 3, 3)]));
+        let mut lost = result(0, 5, 5);
+        lost.established.echoed -= 1;
+        assert!(!check(&quick, &[lost]), "a message never echoed");
+        // Outside CI mode only exactly-once is required.
+        let full = Options::parse(&args(&["websocket", "1"])).unwrap();
+        assert!(check(&full, &[result(0, 0, 0)]));
+        assert!(!check(&full, &[result(2, 0, 0)]));
+    }
+
     #[test]
     fn options_parse_and_bad_ones_are_refused() {
-        let options =
-            Options::parse(&args(&["websocket", "1,1.5,3", "--sessions", "100", "--work-us", "40"]))
-                .unwrap();
+        let options = Options::parse(&args(&[
+            "websocket",
+            "1,1.5,3",
+            "--sessions",
+            "100",
+            "--work-us",
+            "40",
+        ]))
+        .unwrap();
         assert_eq!(options.multiples, vec![1.0, 1.5, 3.0]);
         assert_eq!(options.sessions, 100);
         assert_eq!(options.serve.work, Duration::from_micros(40));

@@ -22,12 +22,6 @@ pub struct Sample {
     pub stats: BTreeMap<String, u64>,
 }
 
-impl Sample {
-    pub fn stat(&self, name: &str) -> u64 {
-        self.stats.get(name).copied().unwrap_or(0)
-    }
-}
-
 /// Reads `/stats` (`name value` lines); unreadable lines are skipped.
 pub fn parse_stats(text: &str) -> BTreeMap<String, u64> {
     text.lines()
@@ -38,13 +32,17 @@ pub fn parse_stats(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// One `/stats` read.
-pub async fn stats(client: &reqwest::Client, server: &ServerProcess) -> BTreeMap<String, u64> {
+/// One `/stats` read, empty when the server does not answer within `wait`.
+pub async fn stats(
+    client: &reqwest::Client,
+    server: &ServerProcess,
+    wait: Duration,
+) -> BTreeMap<String, u64> {
     let url = format!("http://{}/stats", server.addr);
     // A saturated server answers late: memory is read from `/proc` on time
     // whatever `/stats` does.
     let read = async { client.get(url).send().await?.text().await };
-    match tokio::time::timeout(Duration::from_millis(500), read).await {
+    match tokio::time::timeout(wait, read).await {
         Ok(Ok(text)) => parse_stats(&text),
         _ => BTreeMap::new(),
     }
@@ -59,7 +57,7 @@ pub async fn run(server: Arc<ServerProcess>, stop: Arc<AtomicBool>) -> Vec<Sampl
     while !stop.load(Ordering::Relaxed) {
         ticks.tick().await;
         let rss = server.rss_bytes();
-        let stats = stats(&client, &server).await;
+        let stats = stats(&client, &server, EVERY * 2).await;
         samples.push(Sample {
             at: began.elapsed().as_secs_f64(),
             rss,
@@ -75,7 +73,9 @@ mod tests {
 
     #[test]
     fn stats_lines_are_read_and_junk_skipped() {
-        let stats = parse_stats("buffered_bytes 123\nsessions 4\nrejected_too_many_sessions 7\njunk\nx y\n");
+        let stats = parse_stats(
+            "buffered_bytes 123\nsessions 4\nrejected_too_many_sessions 7\njunk\nx y\n",
+        );
         assert_eq!(stats.get("buffered_bytes"), Some(&123));
         assert_eq!(stats.get("rejected_too_many_sessions"), Some(&7));
         assert_eq!(stats.len(), 3);

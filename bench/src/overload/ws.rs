@@ -100,8 +100,12 @@ pub struct Outcome {
     pub unechoed_measured: u64,
     /// The longest of `latencies`.
     pub max_latency: Duration,
-    /// The session's end, when the server ended it: `close`/`detach` code.
+    /// The session's end, when the server ended it: `close`/`detach` code
+    /// (1006: the connection dropped without one).
     pub ended_by_server: Option<u16>,
+    /// …and it was a `detach`: the session lives on, resumable (this
+    /// client does not resume).
+    pub detached: bool,
     /// Most messages waiting in the client for window room at once.
     pub max_waiting: u64,
 }
@@ -120,6 +124,7 @@ impl Outcome {
             unechoed_measured: 0,
             max_latency: Duration::ZERO,
             ended_by_server: None,
+            detached: false,
             max_waiting: 0,
         }
     }
@@ -204,7 +209,8 @@ pub async fn run(addr: SocketAddr, plan: Plan) -> Outcome {
     outcome
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The upstream window as the client tracks it (`PROTOCOL.md` §3.1).
 struct Upstream {
@@ -265,8 +271,8 @@ async fn drive(ws: Ws, window: Option<usize>, plan: Plan, outcome: &mut Outcome)
                 message: Message::text(payload(up.sent, plan.size)),
             });
         }
-        let ack_alone = down_seq - down_acked >= ACK_ALONE_AFTER
-            || (now >= plan.stop && down_acked < down_seq);
+        let ack_alone =
+            down_seq - down_acked >= ACK_ALONE_AFTER || (now >= plan.stop && down_acked < down_seq);
         if !frames.is_empty() || ack_alone {
             frames.push(Frame::ack(down_seq));
             down_acked = down_seq;
@@ -319,8 +325,13 @@ async fn drive(ws: Ws, window: Option<usize>, plan: Plan, outcome: &mut Outcome)
                             }
                             Frame::Ack { seq, room } => up.heard(seq, room),
                             Frame::Ping => pong_owed = true,
-                            Frame::Close(close) | Frame::Detach(close) => {
+                            Frame::Close(close) => {
                                 outcome.ended_by_server = Some(close.code.0);
+                                ended = true;
+                            }
+                            Frame::Detach(close) => {
+                                outcome.ended_by_server = Some(close.code.0);
+                                outcome.detached = true;
                                 ended = true;
                             }
                             _ => {}
@@ -354,7 +365,12 @@ async fn drive(ws: Ws, window: Option<usize>, plan: Plan, outcome: &mut Outcome)
 }
 
 /// Checks and times one echo.
-fn echoed(plan: &Plan, due_at: &impl Fn(u64) -> Instant, text: Option<&str>, outcome: &mut Outcome) {
+fn echoed(
+    plan: &Plan,
+    due_at: &impl Fn(u64) -> Instant,
+    text: Option<&str>,
+    outcome: &mut Outcome,
+) {
     let expected = outcome.echoed + 1;
     let Some(k) = text.and_then(index_of) else {
         outcome.violation(|| "an echo without an index".into());
