@@ -259,6 +259,9 @@ mod tests {
             Some(1),
             "this thread is pinned"
         );
-        assert!(taskset_available(), "the server would share the caller's CPU");
+        assert!(
+            taskset_available(),
+            "the server would share the caller's CPU"
+        );
     }
 }
