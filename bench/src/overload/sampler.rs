@@ -17,6 +17,7 @@ pub const EVERY: Duration = Duration::from_millis(250);
 pub struct Sample {
     /// Seconds since sampling began.
     pub at: f64,
+    /// The server's resident memory, bytes.
     pub rss: u64,
     /// `name value` pairs of `/stats`.
     pub stats: BTreeMap<String, u64>,
