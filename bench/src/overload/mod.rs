@@ -1,4 +1,4 @@
-//! `holdfast-bench overload websocket <multiples> [options]`: open-loop load
+//! `holdfast-bench overload <websocket|sse|long-poll> <multiples> [options]`: open-loop load
 //! at multiples of what the server can echo, to see what holdfast does when
 //! offered more than it can carry.
 //!
@@ -17,6 +17,7 @@
 //! also unless every message was echoed and the refusals the clients saw
 //! are the ones the server counted.
 
+mod client;
 mod report;
 mod results;
 pub mod sampler;
@@ -33,6 +34,7 @@ use crate::echo::{self, EchoSpec, Target};
 use crate::process::{self, ServerProcess};
 use crate::serve::ServerKind;
 use crate::stats::Latencies;
+use holdfast_client::TransportKind;
 
 use self::report::{check, print_run, print_table};
 use self::results::{RunResult, Tally};
@@ -42,6 +44,9 @@ use self::ws::Outcome;
 /// What an overload run does.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// `None`: WebSocket through the wire client ([`ws`]); otherwise
+    /// `holdfast-client` forced onto this transport ([`client`]).
+    pub transport: Option<TransportKind>,
     /// Offered load, as multiples of the measured capacity.
     pub multiples: Vec<f64>,
     /// Sessions open from the start, sharing the offered load.
@@ -66,7 +71,7 @@ pub struct Options {
     pub quick: bool,
 }
 
-const USAGE: &str = "usage: holdfast-bench overload websocket <multiple[,multiple…]> \
+const USAGE: &str = "usage: holdfast-bench overload <websocket|sse|long-poll> <multiple[,multiple…]> \
     [--sessions N] [--size BYTES] [--seconds S] [--warmup-ms MS] [--drain-ms MS] \
     [--arrivals PER_S] [--arrival-messages N] [--capacity MSGS_PER_S] [--work-us US] \
     [--max-sessions N] [--max-buffered-bytes N] [--retry-after-ms MS] [--quick]\n\
@@ -76,15 +81,15 @@ impl Options {
     /// Reads the arguments after `overload`.
     pub fn parse(args: &[String]) -> Result<Self, String> {
         let mut it = args.iter();
-        match it.next().map(String::as_str) {
-            Some("websocket") => {}
-            Some(other) => {
-                return Err(format!(
-                    "transport {other:?}: the overload run drives WebSocket only; {USAGE}"
-                ));
-            }
+        let transport = match it.next().map(String::as_str) {
+            Some("websocket") => None,
+            Some(other) => Some(
+                other
+                    .parse::<TransportKind>()
+                    .map_err(|_| format!("unknown transport {other:?}; {USAGE}"))?,
+            ),
             None => return Err(USAGE.to_owned()),
-        }
+        };
         let multiples = it
             .next()
             .ok_or(USAGE)?
@@ -93,6 +98,7 @@ impl Options {
             .collect::<Option<Vec<f64>>>()
             .ok_or_else(|| format!("multiples must be positive numbers; {USAGE}"))?;
         let mut options = Self {
+            transport,
             multiples,
             sessions: 200,
             size: 64,
@@ -244,7 +250,10 @@ async fn measure_capacity(options: &Options) -> Result<f64, String> {
         duration: Duration::from_secs(3),
     };
     let server = start_server(&options.serve).await?;
-    let result = echo::run(&server, Target::HoldfastWire, spec).await;
+    let target = options
+        .transport
+        .map_or(Target::HoldfastWire, Target::Holdfast);
+    let result = echo::run(&server, target, spec).await;
     server.stop().await;
     let result = result?;
     let capacity = result.round_trips as f64 / result.seconds;
@@ -255,9 +264,14 @@ async fn measure_capacity(options: &Options) -> Result<f64, String> {
     let baseline = baseline?;
     let raw_rate = baseline.round_trips as f64 / baseline.seconds;
     println!(
-        "capacity: holdfast websocket (wire client, {} sessions × {} B, window 8, work {} µs/msg) \
+        "capacity: holdfast {} ({} sessions × {} B, window 8, work {} µs/msg) \
          {capacity:.0} echoes/s, server CPU {:.0} % of its core; raw tokio-tungstenite echo \
          (no work) {raw_rate:.0} echoes/s, server CPU {:.0} %",
+        options
+            .transport
+            .map_or("websocket, wire client".to_owned(), |kind| format!(
+                "{kind}, holdfast-client"
+            )),
         options.sessions,
         options.size,
         options.serve.work.as_micros(),
@@ -301,7 +315,7 @@ async fn run_one(options: &Options, capacity: f64, multiple: f64) -> Result<RunR
             start: t0 + phase,
             ..plan
         };
-        established.push(tokio::spawn(ws::run(addr, plan)));
+        established.push(tokio::spawn(session(addr, options.transport, plan)));
     }
     let arrivals = tokio::spawn(arrivals(addr, options.clone(), plan));
     let cpu = {
@@ -370,6 +384,14 @@ async fn run_one(options: &Options, capacity: f64, multiple: f64) -> Result<RunR
     Ok(result)
 }
 
+/// One session on the transport asked for.
+async fn session(addr: SocketAddr, transport: Option<TransportKind>, plan: ws::Plan) -> Outcome {
+    match transport {
+        None => ws::run(addr, plan).await,
+        Some(kind) => client::run(addr, kind, plan).await,
+    }
+}
+
 /// New sessions at a steady rate while the load runs, each sending
 /// `arrival_messages` at the established sessions' rate.
 async fn arrivals(addr: SocketAddr, options: Options, plan: ws::Plan) -> Vec<Outcome> {
@@ -386,7 +408,7 @@ async fn arrivals(addr: SocketAddr, options: Options, plan: ws::Plan) -> Vec<Out
                 latency_from: plan.give_up,
                 ..plan
             };
-            tasks.push(tokio::spawn(ws::run(addr, plan)));
+            tasks.push(tokio::spawn(session(addr, options.transport, plan)));
             next += every;
         }
     }
@@ -424,7 +446,9 @@ mod tests {
         assert_eq!(options.serve.max_sessions, 150);
         let quick = Options::parse(&args(&["websocket", "1", "--quick"])).unwrap();
         assert_eq!(quick.serve.max_sessions, quick.sessions);
-        assert!(Options::parse(&args(&["sse", "1"])).is_err());
+        let sse = Options::parse(&args(&["sse", "1.5"])).unwrap();
+        assert_eq!(sse.transport, Some(TransportKind::Sse));
+        assert!(Options::parse(&args(&["smoke-signals", "1"])).is_err());
         assert!(Options::parse(&args(&["websocket", "0"])).is_err());
         assert!(Options::parse(&args(&["websocket", "1,x"])).is_err());
         assert!(Options::parse(&args(&["websocket", "1", "--sessions"])).is_err());

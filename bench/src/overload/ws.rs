@@ -111,7 +111,9 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn refused(opening: Opening) -> Self {
+    /// A session that ended at its opening (or, with `Admitted`, the
+    /// outcome of one about to run).
+    pub(super) fn refused(opening: Opening) -> Self {
         Self {
             opening,
             due: 0,
@@ -129,7 +131,7 @@ impl Outcome {
         }
     }
 
-    fn timed(&mut self, latency: Duration) {
+    pub(super) fn timed(&mut self, latency: Duration) {
         self.latencies.record(latency);
         self.max_latency = self.max_latency.max(latency);
     }
@@ -365,7 +367,7 @@ async fn drive(ws: Ws, window: Option<usize>, plan: Plan, outcome: &mut Outcome)
 }
 
 /// Checks and times one echo.
-fn echoed(
+pub(super) fn echoed(
     plan: &Plan,
     due_at: &impl Fn(u64) -> Instant,
     text: Option<&str>,
