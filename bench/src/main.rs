@@ -20,6 +20,7 @@ mod cluster;
 mod echo;
 mod fanout;
 mod idle;
+mod overload;
 mod process;
 mod recorder;
 mod relay;
@@ -107,6 +108,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if args.first().map(String::as_str) == Some("overload") {
+        return overload::main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("overload-serve") {
+        return overload::serve_main(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("load") {
         return load(&args[1..]);

@@ -36,6 +36,24 @@ impl ServerProcess {
         cpu: Option<usize>,
         extra: &[String],
     ) -> Result<Self, String> {
+        // `--metrics` reaches every holdfast server of the run, whoever
+        // starts it; the raw baseline has nothing to record.
+        let metrics =
+            (kind == ServerKind::Holdfast && crate::recorder::enabled()).then_some("--metrics");
+        let mut args = vec!["serve".to_owned(), kind.arg().to_owned()];
+        args.extend(extra.iter().cloned());
+        args.extend(metrics.map(str::to_owned));
+        Self::start_subcommand(&args, cpu, kind.arg()).await
+    }
+
+    /// Starts `holdfast-bench <args…>`, a subcommand that prints
+    /// `LISTEN <addr>` and serves until its stdin closes, pinned to CPU
+    /// `cpu` (when `taskset` exists and the machine has that CPU).
+    pub async fn start_subcommand(
+        args: &[String],
+        cpu: Option<usize>,
+        name: &str,
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut command = match cpu.filter(|_| taskset_available()) {
             Some(cpu) => {
@@ -45,21 +63,14 @@ impl ServerProcess {
             }
             None => Command::new(&exe),
         };
-        // `--metrics` reaches every holdfast server of the run, whoever
-        // starts it; the raw baseline has nothing to record.
-        let metrics =
-            (kind == ServerKind::Holdfast && crate::recorder::enabled()).then_some("--metrics");
         let mut child = command
-            .arg("serve")
-            .arg(kind.arg())
-            .args(extra)
-            .args(metrics)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start the {} server: {e}", kind.arg()))?;
+            .map_err(|e| format!("cannot start the {name} server: {e}"))?;
         let pid = child.id().ok_or("the server exited at once")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -122,6 +133,11 @@ impl ServerProcess {
             .sum()
     }
 
+    /// The CPUs the server may run on (`Cpus_allowed_list`), if known.
+    pub fn cpus_allowed(&self) -> Option<String> {
+        cpus_allowed(self.pid)
+    }
+
     /// Resident memory now, in bytes.
     pub fn rss_bytes(&self) -> u64 {
         rss_bytes(self.pid).unwrap_or(0)
@@ -143,8 +159,36 @@ impl ServerProcess {
 }
 
 pub(crate) fn taskset_available() -> bool {
-    std::path::Path::new("/usr/bin/taskset").exists()
-        && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
+    std::path::Path::new("/usr/bin/taskset").exists() && machine_cpus() >= 2
+}
+
+/// CPUs the machine has online. Not `available_parallelism`: that counts
+/// the CPUs this process may run on, which is one once the load generator
+/// has pinned itself (`pin_self`), and the server it starts next would then
+/// not be pinned at all and share the generator's core.
+fn machine_cpus() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|list| count_cpu_list(&list))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// How many CPUs a kernel CPU list (`0-3,6,8-9`) names.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    let mut count = 0;
+    for part in list.trim().split(',') {
+        count += match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last): (usize, usize) = (first.parse().ok()?, last.parse().ok()?);
+                last.checked_sub(first)? + 1
+            }
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+    }
+    Some(count)
 }
 
 /// Pins this process (the load generator) to `cpu`, best effort.
@@ -173,9 +217,64 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / CLK_TCK)
 }
 
+/// The CPUs `pid` may run on, as the kernel lists them (`0-1`).
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))?;
+    Some(line.split_whitespace().nth(1)?.to_owned())
+}
+
 fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpu_list("0-1\n"), Some(2));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("0-3,6,8-9"), Some(7));
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
+    }
+
+    /// The server is pinned to its own core even once the generator has
+    /// pinned itself to another: the caller's affinity must not decide.
+    /// This thread (alone: `taskset -p` on its thread id) is pinned to one
+    /// CPU, as `pin_self` pins the generator.
+    #[test]
+    fn pinning_does_not_depend_on_the_callers_affinity() {
+        if !std::path::Path::new("/usr/bin/taskset").exists() || machine_cpus() < 2 {
+            return;
+        }
+        let thread = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+        let tid = thread
+            .file_name()
+            .and_then(|name| name.to_str())
+            .expect("a thread id")
+            .to_owned();
+        let pinned = std::process::Command::new("taskset")
+            .args(["-p", "-c", "0", &tid])
+            .stdout(Stdio::null())
+            .status()
+            .expect("taskset runs");
+        assert!(pinned.success());
+        assert_eq!(
+            std::thread::available_parallelism().map(|n| n.get()).ok(),
+            Some(1),
+            "this thread is pinned"
+        );
+        assert!(
+            taskset_available(),
+            "the server would share the caller's CPU"
+        );
+    }
 }
