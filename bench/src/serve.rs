@@ -41,23 +41,28 @@ pub struct Options {
     pub redis: Option<String>,
     /// Install a Prometheus recorder before serving (`crate::recorder`).
     pub metrics: bool,
+    /// Also accept HTTP/2 in cleartext (`ServeConfig::http2_cleartext`).
+    pub h2c: bool,
 }
 
 impl Options {
     /// Reads the arguments after `serve`.
     pub fn parse(args: &[String]) -> Result<Self, String> {
-        let usage = "usage: holdfast-bench serve <raw-ws|holdfast> [--redis URL] [--metrics]";
+        let usage =
+            "usage: holdfast-bench serve <raw-ws|holdfast> [--redis URL] [--metrics] [--h2c]";
         let mut it = args.iter();
         let kind = it.next().ok_or(usage)?.clone();
         let mut options = Self {
             kind,
             redis: None,
             metrics: false,
+            h2c: false,
         };
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--redis" => options.redis = Some(it.next().ok_or(usage)?.clone()),
                 "--metrics" => options.metrics = true,
+                "--h2c" => options.h2c = true,
                 other => return Err(format!("unknown argument {other:?}; {usage}")),
             }
         }
@@ -73,6 +78,7 @@ pub fn run(options: &Options) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let kind = options.kind.as_str();
+    let h2c = options.h2c;
     runtime.block_on(async {
         // Installed before the server exists, so that every count from its
         // first request on is recorded.
@@ -98,7 +104,7 @@ pub fn run(options: &Options) -> Result<(), String> {
         let serve = async move {
             match kind {
                 "raw-ws" => serve_raw(listener).await,
-                "holdfast" => serve_holdfast(listener, store).await,
+                "holdfast" => serve_holdfast(listener, store, h2c).await,
                 other => eprintln!("unknown server {other}"),
             }
         };
@@ -153,6 +159,7 @@ async fn serve_raw(listener: TcpListener) {
 async fn serve_holdfast(
     listener: TcpListener,
     store: Option<std::sync::Arc<holdfast_redis::RedisStore>>,
+    h2c: bool,
 ) {
     let room = Fanout::new(SlowConsumer::Wait);
     let mut config = ServerConfig::default();
@@ -170,9 +177,10 @@ async fn serve_holdfast(
         async move { app(session, room).await }
     });
     let app = axum::Router::new().merge(holdfast.router_at("/realtime"));
-    let _ = holdfast_server::serve(listener, app)
-        .max_connections(200_000)
-        .await;
+    let mut serve = holdfast_server::ServeConfig::default();
+    serve.max_connections = 200_000;
+    serve.http2_cleartext = h2c;
+    let _ = holdfast_server::serve(listener, app).config(serve).await;
 }
 
 /// The topic of the `topics` benchmark.
@@ -270,6 +278,7 @@ mod tests {
                 kind: "holdfast".to_owned(),
                 redis: Some("redis://127.0.0.1:6379".to_owned()),
                 metrics: true,
+                h2c: false,
             })
         );
         let plain = Options::parse(&args(&["raw-ws"])).unwrap();
