@@ -26,8 +26,10 @@ async fn echo_server(http2_cleartext: bool) -> SocketAddr {
     let app = axum::Router::new().merge(holdfast.router_at("/rt"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    let mut config = ServeConfig::default();
-    config.http2_cleartext = http2_cleartext;
+    let config = ServeConfig {
+        http2_cleartext,
+        ..ServeConfig::default()
+    };
     tokio::spawn(async move {
         let _ = crate::serve(listener, app).config(config).await;
     });
