@@ -114,3 +114,41 @@ async fn read_until(mut body: Incoming, needle: &[u8]) -> Result<(Incoming, Vec<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both fallback transports open, send and stay held on one h2c
+    /// connection each (what `idle-rss … --h2c` counts on).
+    #[tokio::test]
+    async fn each_fallback_session_is_held_on_one_h2c_connection() {
+        let holdfast = holdfast_server::Holdfast::builder().on_session(|session| async move {
+            while let Some(message) = session.recv().await {
+                if session.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let app = axum::Router::new().merge(holdfast.router_at("/realtime"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut config = holdfast_server::ServeConfig::default();
+        config.http2_cleartext = true;
+        tokio::spawn(async move {
+            let _ = holdfast_server::serve(listener, app).config(config).await;
+        });
+        let sse = open_one(addr, TransportKind::Sse)
+            .await
+            .expect("an SSE session");
+        assert!(matches!(sse, H2Held::Stream(..)));
+        let poll = open_one(addr, TransportKind::LongPoll)
+            .await
+            .expect("a long-poll session");
+        assert!(matches!(poll, H2Held::Poll(..)));
+        assert_eq!(holdfast.session_count(), 2);
+        assert!(open_one(addr, TransportKind::WebSocket).await.is_err());
+    }
+}
