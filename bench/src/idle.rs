@@ -20,6 +20,9 @@ enum Held {
     /// A fallback session: its stream or held poll, and the client's
     /// kept-alive send connection (one send answered, then idle).
     Pair(TcpStream, TcpStream),
+    /// A fallback session on one h2c connection (stream or held poll, and
+    /// one answered send).
+    H2(crate::h2c::H2Held),
 }
 
 /// Whether each fallback client also keeps a send connection open, as the
@@ -28,6 +31,9 @@ enum Held {
 pub enum SendConn {
     None,
     KeptAlive,
+    /// Stream or held poll and the send on one h2c connection (the server
+    /// must accept h2c).
+    H2c,
 }
 
 pub struct IdleResult {
@@ -115,6 +121,9 @@ async fn open_many(
 }
 
 async fn open_one(addr: SocketAddr, kind: TransportKind, send: SendConn) -> Result<Held, String> {
+    if send == SendConn::H2c {
+        return crate::h2c::open_one(addr, kind).await.map(Held::H2);
+    }
     match kind {
         TransportKind::WebSocket => {
             let (mut ws, _) =

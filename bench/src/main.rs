@@ -19,6 +19,7 @@
 mod cluster;
 mod echo;
 mod fanout;
+mod h2c;
 mod idle;
 mod overload;
 mod process;
@@ -271,7 +272,7 @@ fn idle_only(args: &[String]) -> ExitCode {
     })();
     let Some((kind, addr, sessions, send)) = parsed else {
         eprintln!(
-            "usage: holdfast-bench idle-only <websocket|sse|long-poll> <addr> <sessions> [--send-conn]"
+            "usage: holdfast-bench idle-only <websocket|sse|long-poll> <addr> <sessions> [--send-conn|--h2c]"
         );
         return ExitCode::from(2);
     };
@@ -295,6 +296,7 @@ fn send_flag(rest: &[String]) -> Option<idle::SendConn> {
     match rest {
         [] => Some(idle::SendConn::None),
         [flag] if flag == "--send-conn" => Some(idle::SendConn::KeptAlive),
+        [flag] if flag == "--h2c" => Some(idle::SendConn::H2c),
         _ => None,
     }
 }
@@ -311,7 +313,7 @@ fn idle_rss(args: &[String]) -> ExitCode {
     })();
     let Some((kind, sessions, send)) = parsed else {
         eprintln!(
-            "usage: holdfast-bench idle-rss <websocket|sse|long-poll> <sessions> [--send-conn]"
+            "usage: holdfast-bench idle-rss <websocket|sse|long-poll> <sessions> [--send-conn|--h2c]"
         );
         return ExitCode::from(2);
     };
@@ -319,7 +321,12 @@ fn idle_rss(args: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
-        let server = match ServerProcess::start(ServerKind::Holdfast, Some(0)).await {
+        let extra = if send == idle::SendConn::H2c {
+            vec!["--h2c".to_owned()]
+        } else {
+            Vec::new()
+        };
+        let server = match ServerProcess::start_with(ServerKind::Holdfast, Some(0), &extra).await {
             Ok(server) => server,
             Err(e) => {
                 eprintln!("{e}");
@@ -331,9 +338,10 @@ fn idle_rss(args: &[String]) -> ExitCode {
         match result {
             Ok(result) => {
                 println!(
-                    "{kind:?} sessions={} send_conn={} KiB/session={:.1}",
+                    "{kind:?} sessions={} send_conn={} h2c={} KiB/session={:.1}",
                     result.sessions,
-                    send == idle::SendConn::KeptAlive,
+                    send != idle::SendConn::None,
+                    send == idle::SendConn::H2c,
                     result.bytes_per_session / 1024.0
                 );
                 ExitCode::SUCCESS

@@ -53,13 +53,15 @@ pub struct Options {
     pub addr: Option<String>,
     /// The listen backlog (default: tokio's `TcpListener::bind`, 1024).
     pub backlog: Option<u32>,
+    /// Also accept HTTP/2 in cleartext (`ServeConfig::http2_cleartext`).
+    pub h2c: bool,
 }
 
 impl Options {
     /// Reads the arguments after `serve`.
     pub fn parse(args: &[String]) -> Result<Self, String> {
         let usage = "usage: holdfast-bench serve <raw-ws|holdfast> [--redis URL] [--metrics] \
-                     [--stock] [--max-connections N] [--max-sessions N] [--addr ADDR] [--backlog N]";
+                     [--stock] [--max-connections N] [--max-sessions N] [--addr ADDR] [--backlog N] [--h2c]";
         let mut it = args.iter();
         let kind = it.next().ok_or(usage)?.clone();
         let mut options = Self {
@@ -79,6 +81,7 @@ impl Options {
                 "--max-sessions" => options.max_sessions = Some(number(it.next())?),
                 "--addr" => options.addr = Some(it.next().ok_or(usage)?.clone()),
                 "--backlog" => options.backlog = Some(number(it.next())? as u32),
+                "--h2c" => options.h2c = true,
                 other => return Err(format!("unknown argument {other:?}; {usage}")),
             }
         }
@@ -223,9 +226,10 @@ async fn serve_holdfast(
         async move { app(session, room).await }
     });
     let app = axum::Router::new().merge(holdfast.router_at("/realtime"));
-    let _ = holdfast_server::serve(listener, app)
-        .max_connections(max_connections)
-        .await;
+    let mut serve = holdfast_server::ServeConfig::default();
+    serve.max_connections = max_connections;
+    serve.http2_cleartext = options.h2c;
+    let _ = holdfast_server::serve(listener, app).config(serve).await;
 }
 
 /// The topic of the `topics` benchmark.

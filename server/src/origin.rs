@@ -1,35 +1,83 @@
 //! Which web pages may talk to the server: the `Origin` check, applied as
-//! one layer ([`enforce`]) in front of every session endpoint — WebSocket,
+//! one layer ([`OriginLayer`]) in front of every session endpoint — WebSocket,
 //! SSE, long-polling, `send`, shared requests — and the matching CORS layer.
 //! No handler checks the origin itself: a request refused here never
 //! reaches one (no upgrade, no body read, no session looked up).
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
 use axum::response::Response;
+use futures_util::future::Either;
 use holdfast_protocol::CloseCode;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::peer::Peer;
 use crate::reject::Reject;
 use crate::server::ServerState;
 
-/// The layer's body, run once per request before the endpoint: a page from
-/// an origin the policy refuses gets `403` with a `close` 4403 frame
-/// (`PROTOCOL.md` §7) — on `/ws` before the upgrade, so a foreign page
-/// gets no socket at all — and everything else goes on untouched.
-pub(crate) async fn enforce(
-    State(state): State<Arc<ServerState>>,
-    peer: Peer,
-    request: Request,
-    next: Next,
-) -> Response {
-    match state.check_origin(request.headers(), peer) {
-        Ok(()) => next.run(request).await,
-        Err(reject) => reject.into_http(),
+/// The layer in front of every session endpoint, run once per request
+/// before the endpoint: a page from an origin the policy refuses gets `403`
+/// with a `close` 4403 frame (`PROTOCOL.md` §7) — on `/ws` before the
+/// upgrade, so a foreign page gets no socket at all — and everything else
+/// goes on untouched.
+///
+/// A hand-written tower layer rather than `axum::middleware::from_fn`:
+/// its future is the endpoint's own, with no boxed wrapper holding the
+/// request's parts beside it — which a held poll would keep allocated
+/// (about 1.5 KiB) for its whole hold.
+#[derive(Clone)]
+pub(crate) struct OriginLayer {
+    state: Arc<ServerState>,
+}
+
+impl OriginLayer {
+    pub(crate) fn new(state: Arc<ServerState>) -> Self {
+        Self { state }
+    }
+}
+
+impl<I> Layer<I> for OriginLayer {
+    type Service = OriginChecked<I>;
+
+    fn layer(&self, inner: I) -> OriginChecked<I> {
+        OriginChecked {
+            state: self.state.clone(),
+            inner,
+        }
+    }
+}
+
+/// An endpoint behind [`OriginLayer`].
+#[derive(Clone)]
+pub(crate) struct OriginChecked<I> {
+    state: Arc<ServerState>,
+    inner: I,
+}
+
+impl<I> Service<Request> for OriginChecked<I>
+where
+    I: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = I::Error;
+    type Future = Either<I::Future, Ready<Result<Response, I::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), I::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let peer = Peer::of(request.extensions());
+        match self.state.check_origin(request.headers(), peer) {
+            Ok(()) => Either::Left(self.inner.call(request)),
+            Err(reject) => Either::Right(ready(Ok(reject.into_http()))),
+        }
     }
 }
 

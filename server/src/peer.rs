@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::FromRequestParts;
 use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, header};
+use http::{Extensions, HeaderMap, HeaderName, header};
 use ipnet::IpNet;
 
 /// The TCP peer of a request, when the server was started with connect
@@ -29,7 +29,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
-        let extensions = &parts.extensions;
+        Ok(Self::of(&parts.extensions))
+    }
+}
+
+impl Peer {
+    /// The peer named in a request's extensions.
+    pub(crate) fn of(extensions: &Extensions) -> Self {
         let addr = extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0)
@@ -38,7 +44,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
                     .get::<MockConnectInfo<SocketAddr>>()
                     .map(|info| info.0)
             });
-        Ok(Self(addr))
+        Self(addr)
     }
 }
 

@@ -30,6 +30,9 @@ use tower::ServiceExt as _;
 
 use crate::write_deadline::WriteDeadline;
 
+#[cfg(feature = "http2")]
+mod h2c;
+
 /// The knobs of [`serve`]. With the defaults, a client that stops sending
 /// or stops reading cannot hold a connection past a deadline, and a flood
 /// of connections cannot take more than a set number of sockets.
@@ -77,6 +80,21 @@ pub struct ServeConfig {
     /// setups (nginx allows 32 KiB by default). At least 8 KiB.
     /// Default 64 KiB.
     pub max_request_head_bytes: usize,
+    /// Also serve HTTP/2 over cleartext TCP ("h2c" with prior knowledge,
+    /// RFC 9113 §3.3) on the same port: a connection that opens with the
+    /// HTTP/2 preface is served as HTTP/2, any other as HTTP/1.1, as
+    /// before. One HTTP/2 connection carries a fallback client's stream or
+    /// held poll and its sends together, and a proxy that speaks h2c to
+    /// its upstream can carry many clients on one connection. Browsers
+    /// never speak h2c (they use HTTP/2 only over TLS, negotiated with
+    /// ALPN), and WebSocket stays on HTTP/1.1. Memory: hyper's HTTP/2
+    /// connection holds about 28 KiB of buffers of its own, so one h2c
+    /// connection per client saves only about 3 KiB per idle fallback
+    /// session against an HTTP/1.1 stream plus a kept-alive send
+    /// connection (see BENCHMARKS.md). Needs the `http2` feature.
+    /// Default `false`.
+    #[cfg(feature = "http2")]
+    pub http2_cleartext: bool,
 }
 
 impl Default for ServeConfig {
@@ -86,6 +104,8 @@ impl Default for ServeConfig {
             write_timeout: Duration::from_secs(30),
             max_connections: 100_000,
             max_request_head_bytes: 64 * 1024,
+            #[cfg(feature = "http2")]
+            http2_cleartext: false,
         }
     }
 }
@@ -95,8 +115,9 @@ impl Default for ServeConfig {
 /// wait for Nagle's algorithm), hyper's header read timeout, a write-stall
 /// deadline and a place under a connection limit ([`ServeConfig`]);
 /// WebSocket upgrades work; each request carries the client's address as
-/// [`ConnectInfo<SocketAddr>`](ConnectInfo) in its extensions. HTTP/1.1
-/// only, like the holdfast transports.
+/// [`ConnectInfo<SocketAddr>`](ConnectInfo) in its extensions. HTTP/1.1,
+/// and with the `http2` feature optionally HTTP/2 in cleartext too
+/// (`ServeConfig::http2_cleartext`).
 ///
 /// Like `axum::serve`, it runs until the process stops, unless given a
 /// [`with_graceful_shutdown`](Serve::with_graceful_shutdown) signal.
@@ -217,11 +238,7 @@ impl Serve {
         // Each connection task holds a receiver: when none is left, all
         // are done.
         let (done, done_rx) = watch::channel(());
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
-            .max_header_size(config.max_request_head_bytes.max(8192));
-        let http = Arc::new(http);
+        let http = Arc::new(Protocols::new(&config));
 
         loop {
             let accepted = tokio::select! {
@@ -320,11 +337,39 @@ async fn accept_error(error: io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// hyper's connection builders, set up once from the [`ServeConfig`].
+struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    /// Set when [`ServeConfig::http2_cleartext`] is.
+    #[cfg(feature = "http2")]
+    http2: Option<hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>>,
+    #[cfg(feature = "http2")]
+    header_read_timeout: Duration,
+}
+
+impl Protocols {
+    fn new(config: &ServeConfig) -> Self {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_header_size(config.max_request_head_bytes.max(8192));
+        Self {
+            http1,
+            #[cfg(feature = "http2")]
+            http2: config.http2_cleartext.then(|| h2c::builder(config)),
+            #[cfg(feature = "http2")]
+            header_read_timeout: config.header_read_timeout,
+        }
+    }
+}
+
 /// Serves one connection until it ends, or until a graceful shutdown lets
 /// its current request finish.
 async fn serve_connection(
-    http: Arc<hyper::server::conn::http1::Builder>,
-    connection: Connection,
+    protocols: Arc<Protocols>,
+    #[allow(unused_mut)] // Without the `http2` feature, nothing is read here.
+    mut connection: Connection,
     remote: SocketAddr,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
@@ -335,10 +380,62 @@ async fn serve_connection(
         request.extensions_mut().insert(ConnectInfo(remote));
         router.clone().oneshot(request)
     });
-    let conn = http
-        .serve_connection(TokioIo::new(connection), service)
-        .with_upgrades();
-    let mut conn = pin!(conn);
+    #[cfg(feature = "http2")]
+    if let Some(http2) = &protocols.http2 {
+        // Like hyper's header read timeout: a client that sends nothing
+        // is not waited for.
+        // Boxed, as it is over before the connection is served: inline,
+        // it would add to the size of every connection's task.
+        let sniffing = Box::pin(tokio::time::timeout(
+            protocols.header_read_timeout,
+            h2c::sniff(&mut connection),
+        ));
+        let sniffed = tokio::select! {
+            sniffed = sniffing => sniffed,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        match sniffed {
+            Ok(Ok(true)) => {
+                // Boxed: held inline, HTTP/2's connection state would
+                // make every HTTP/1.1 connection's task as big.
+                let mut conn = Box::pin(http2.serve_connection(TokioIo::new(connection), service));
+                drive(conn.as_mut(), &mut shutdown, |conn| {
+                    conn.graceful_shutdown()
+                })
+                .await;
+                return;
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "connection ended before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("no request on a new connection before the header read timeout");
+                return;
+            }
+        }
+    }
+    // Pinned here and lent to `drive`: moved into it, the connection's
+    // state would take its room twice in this task.
+    let conn = pin!(
+        protocols
+            .http1
+            .serve_connection(TokioIo::new(connection), service)
+            .with_upgrades()
+    );
+    drive(conn, &mut shutdown, |conn| conn.graceful_shutdown()).await;
+}
+
+/// Runs a hyper connection to its end, or — told to shut down — lets it
+/// finish its current requests.
+async fn drive<C>(
+    mut conn: Pin<&mut C>,
+    shutdown: &mut watch::Receiver<bool>,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
     tokio::select! {
         result = conn.as_mut() => {
             finished(result);
@@ -346,7 +443,7 @@ async fn serve_connection(
         }
         _ = shutdown.wait_for(|stop| *stop) => {}
     }
-    conn.as_mut().graceful_shutdown();
+    graceful_shutdown(conn.as_mut());
     finished(conn.await);
 }
 
@@ -363,6 +460,11 @@ fn finished(result: Result<(), hyper::Error>) {
 /// hyper.
 struct Connection {
     io: WriteDeadline<TcpStream>,
+    /// Bytes read to tell HTTP/2 from HTTP/1.1, given back to hyper
+    /// before anything else is read (boxed: most connections never have
+    /// any, or only for their first read).
+    #[cfg(feature = "http2")]
+    replay: Option<Box<[u8]>>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -375,6 +477,8 @@ impl Connection {
         }
         Self {
             io: WriteDeadline::new(tcp, write_timeout),
+            #[cfg(feature = "http2")]
+            replay: None,
             _slot: slot,
         }
     }
@@ -386,6 +490,15 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        #[cfg(feature = "http2")]
+        if let Some(replay) = &mut self.replay
+            && buf.remaining() > 0
+        {
+            let n = replay.len().min(buf.remaining());
+            buf.put_slice(&replay[..n]);
+            self.replay = (n < replay.len()).then(|| replay[n..].into());
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }

@@ -263,7 +263,7 @@ impl Holdfast {
     /// The endpoints under `mount`, as one node serves them.
     ///
     /// The session endpoints sit behind one Origin layer
-    /// ([`origin::enforce`](crate::origin::enforce)): each request is
+    /// ([`OriginLayer`](crate::origin::OriginLayer)): each request is
     /// checked there once, before its handler runs. The JavaScript client
     /// is not: any page may load the script (the requests it then makes
     /// are checked). CORS, when cross-origin pages are allowed, wraps the
@@ -274,8 +274,7 @@ impl Holdfast {
         S: Clone + Send + Sync + 'static,
     {
         let path = |name: &str| format!("{mount}/{name}");
-        let origin_checked =
-            axum::middleware::from_fn_with_state(self.state.clone(), crate::origin::enforce);
+        let origin_checked = crate::origin::OriginLayer::new(self.state.clone());
         let http_sessions = Router::new().route(&path("send"), post(transport::send::handle));
         // Shared requests (PROTOCOL.md §11): `POST` on the same paths.
         // Turned off, they are not routed, and axum answers `405`.

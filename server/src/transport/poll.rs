@@ -22,10 +22,16 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let attached = match prepare(&state, headers, uri, peer, TransportKind::LongPoll, None).await {
-        Ok(prepared) => attach(&state, prepared, TransportKind::LongPoll).await,
-        Err(reject) => Err(reject),
-    };
+    // Boxed, and freed before the wait: opening or resuming a session
+    // (authentication hook, store) needs far more future state than
+    // waiting does, and inline it would stay allocated for the whole hold
+    // of every held poll (about 3 KiB each).
+    let attached = Box::pin(async {
+        let prepared = prepare(&state, headers, uri, peer, TransportKind::LongPoll, None).await?;
+        attach(&state, prepared, TransportKind::LongPoll).await
+    })
+    .await;
+    drop(state);
     let (shared, id) = match attached {
         Ok(attached) => attached,
         Err(reject) => return reject.into_http(),

@@ -100,7 +100,12 @@ pub(crate) fn recycled() -> Frame {
 pub(crate) fn event_stream(body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
+    // hyper keeps a response's header map after writing it, to reuse for
+    // the connection's next request — which a stream's connection has not
+    // for the stream's whole life: sized to exactly what it holds (half
+    // of what growing it one insert at a time allocates).
     let headers = response.headers_mut();
+    *headers = HeaderMap::with_capacity(3);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),

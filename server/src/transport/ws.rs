@@ -41,7 +41,7 @@ pub(crate) async fn handle(
     upgrade: Upgrade,
 ) -> Response {
     // Pages from foreign origins never get here: the Origin layer
-    // (`origin::enforce`) refused them before the upgrade. Every other
+    // (`origin::OriginLayer`) refused them before the upgrade. Every other
     // refusal is made after it, as frames on the socket.
     let native_text = NativeText::offered(&state, &uri);
     let prepared = prepare(&state, headers, uri, peer, TransportKind::WebSocket, None).await;

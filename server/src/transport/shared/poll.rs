@@ -24,12 +24,23 @@ pub(crate) async fn handle(
     body: Body,
 ) -> Response {
     // Every member is detached when this future ends — answered, or
-    // dropped because the client hung up — as a single poll is.
-    let (mut members, mut batch) =
-        match accept(&state, peer, &headers, &uri, body, TransportKind::LongPoll).await {
-            Ok(accepted) => accepted,
-            Err(refusal) => return refusal,
-        };
+    // dropped because the client hung up — as a single poll is. Boxed, and
+    // the request's parts dropped, so that the held poll keeps only what
+    // waiting needs (see the single poll).
+    let accepted = Box::pin(accept(
+        &state,
+        peer,
+        &headers,
+        &uri,
+        body,
+        TransportKind::LongPoll,
+    ))
+    .await;
+    drop((state, headers, uri));
+    let (mut members, mut batch) = match accepted {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refusal,
+    };
     loop {
         let live = upgrade(&members);
         // Registered before looking, so that no output is missed.

@@ -1,0 +1,179 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{PREFACE, read_preface};
+use crate::{Holdfast, ServeConfig};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// An echo server on 127.0.0.1, with or without h2c.
+async fn echo_server(http2_cleartext: bool) -> SocketAddr {
+    let holdfast = Holdfast::builder().on_session(|session| async move {
+        while let Some(message) = session.recv().await {
+            if session.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let app = axum::Router::new().merge(holdfast.router_at("/rt"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let config = ServeConfig {
+        http2_cleartext,
+        ..ServeConfig::default()
+    };
+    tokio::spawn(async move {
+        let _ = crate::serve(listener, app).config(config).await;
+    });
+    addr
+}
+
+/// Reads `body` until `needle` has arrived; all that was read.
+async fn read_until(body: &mut Incoming, needle: &str) -> String {
+    let mut seen = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .expect("an answer in time")
+            .expect("the body goes on")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            seen.extend_from_slice(&data);
+        }
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains(needle) {
+            return text.into_owned();
+        }
+    }
+}
+
+fn key_of(open: &str) -> String {
+    let start = open.find("\"key\":\"").expect("a key") + 7;
+    let end = open[start..].find('"').expect("the key's end") + start;
+    open[start..end].to_owned()
+}
+
+/// What h2c is for: the stream and the sends of a session on one HTTP/2
+/// connection.
+#[tokio::test]
+async fn one_http2_connection_carries_the_stream_and_the_sends() {
+    let addr = echo_server(true).await;
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/2 handshake");
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{addr}/rt/sse?v=1"))
+        .body(Full::new(Bytes::new()))
+        .expect("a request");
+    let response = sender.send_request(request).await.expect("a response");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let mut stream = response.into_body();
+    let key = key_of(&read_until(&mut stream, "\"key\"").await);
+    let send = hyper::Request::post(format!("http://{addr}/rt/send?v=1"))
+        .header("holdfast-key", key.as_str())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"[{"t":"msg","seq":1,"d":"over h2c"}]"#,
+        )))
+        .expect("a request");
+    let answer = sender.send_request(send).await.expect("a send answer");
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    let echoed = read_until(&mut stream, "over h2c").await;
+    assert!(echoed.contains("\"msg\""), "{echoed}");
+}
+
+/// Turning h2c on leaves HTTP/1.1 on the same port as it was.
+#[tokio::test]
+async fn http1_is_served_beside_it() {
+    let addr = echo_server(true).await;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /rt/poll?v=1 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"open\"") {
+        let n = tokio::time::timeout(PATIENCE, tcp.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+}
+
+/// Without the setting, an HTTP/2 client is not served.
+#[tokio::test]
+async fn off_by_default() {
+    assert!(!ServeConfig::default().http2_cleartext);
+    let addr = echo_server(false).await;
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let handshake = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    );
+    let failed = match tokio::time::timeout(PATIENCE, handshake)
+        .await
+        .expect("in time")
+    {
+        Err(_) => true,
+        Ok((mut sender, connection)) => {
+            tokio::spawn(connection);
+            let request = hyper::Request::get(format!("http://{addr}/rt/poll?v=1"))
+                .body(Full::new(Bytes::new()))
+                .expect("a request");
+            tokio::time::timeout(PATIENCE, sender.send_request(request))
+                .await
+                .expect("in time")
+                .is_err()
+        }
+    };
+    assert!(failed, "an HTTP/1.1-only server answered HTTP/2");
+}
+
+/// The preface may arrive in pieces: the server waits for the rest, and
+/// gives back every byte it read.
+#[tokio::test]
+async fn a_preface_in_pieces() {
+    let (mut client, mut server) = tokio::io::duplex(64);
+    let mut sniffing = Box::pin(read_preface(&mut server));
+    client.write_all(&PREFACE[..7]).await.expect("write");
+    assert!(
+        sniffing.as_mut().now_or_never().is_none(),
+        "waits for the rest"
+    );
+    client.write_all(&PREFACE[7..]).await.expect("write");
+    let (matched, seen) = sniffing.await.expect("read");
+    assert!(matched);
+    assert_eq!(&seen[..], &PREFACE[..]);
+}
+
+/// Anything else is told apart at its first differing byte, and what was
+/// read is kept for HTTP/1.1; a client that hangs up at once is left to
+/// HTTP/1.1 too.
+#[tokio::test]
+async fn not_a_preface() {
+    let (mut client, mut server) = tokio::io::duplex(64);
+    client.write_all(b"POST /rt/send").await.expect("write");
+    let (matched, seen) = read_preface(&mut server).await.expect("read");
+    assert!(!matched);
+    assert_eq!(&seen[..], b"POST /rt/send");
+
+    let (client, mut server) = tokio::io::duplex(64);
+    drop(client);
+    let (matched, seen) = read_preface(&mut server).await.expect("read");
+    assert!(!matched);
+    assert!(seen.is_empty());
+}
