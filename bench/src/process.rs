@@ -54,16 +54,7 @@ impl ServerProcess {
         cpu: Option<usize>,
         name: &str,
     ) -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut command = match cpu.filter(|_| taskset_available()) {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        let mut child = command
+        let mut child = self_command(cpu)?
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -158,7 +149,21 @@ impl ServerProcess {
     }
 }
 
-pub(crate) fn taskset_available() -> bool {
+/// This program (`holdfast-bench`) as a child command, pinned to `cpu` with
+/// `taskset` when it can be.
+pub(crate) fn self_command(cpu: Option<usize>) -> Result<Command, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Ok(match cpu.filter(|_| taskset_available()) {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    })
+}
+
+fn taskset_available() -> bool {
     std::path::Path::new("/usr/bin/taskset").exists() && machine_cpus() >= 2
 }
 

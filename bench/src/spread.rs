@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::process::{ChildStdin, ChildStdout, Command};
+use tokio::process::{ChildStdin, ChildStdout};
 
 /// File descriptors a process keeps for itself (runtime, pipes, listener,
 /// `/proc` reads) on top of its connections.
@@ -101,16 +101,7 @@ pub struct Worker {
 impl Worker {
     /// Starts `holdfast-bench <args…>` on `cpu` (when `taskset` works).
     pub fn spawn(args: &[String], cpu: Option<usize>) -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut command = match cpu.filter(|_| crate::process::taskset_available()) {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        let mut child = command
+        let mut child = crate::process::self_command(cpu)?
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

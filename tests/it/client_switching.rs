@@ -469,3 +469,57 @@ async fn wait_until(done: impl Fn() -> bool) {
     .await
     .expect("in time");
 }
+
+/// An idle long-polling session whose held poll is cut: the server may take
+/// the next poll as continuing the poll attachment (no `resumed`) and hold
+/// it with nothing to deliver, so only a send request can prove the session
+/// at once. The client must say it resumed long before the hold ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_long_poll_cut_resumes_before_its_next_poll_is_answered() {
+    let hold = Duration::from_secs(20);
+    let mut config = quick_server_config();
+    config.session.poll_hold = hold;
+    config.session.timeout = Duration::from_secs(30);
+    let (_server, proxy, url) = proxied(config, Behavior::transparent()).await;
+    let mut connection = client(&url)
+        .transports([TransportKind::LongPoll])
+        .connect()
+        .await
+        .expect("connect");
+    exchange(&mut connection, 20, |_| {}).await;
+    // Idle now: the next poll goes out and is held with nothing to deliver.
+    // A cut in the instant between two polls ends only idle connections,
+    // which the client does not notice: cut again until it does.
+    let mut cuts = 0;
+    loop {
+        proxy.cut_all();
+        cuts += 1;
+        let noticed = tokio::time::timeout(
+            Duration::from_secs(2),
+            wait_for(&mut connection, |event| {
+                matches!(event, Event::Reconnecting { .. }).then_some(())
+            }),
+        )
+        .await;
+        if noticed.is_ok() {
+            break;
+        }
+        assert!(cuts < 5, "five cuts and the client never lost its poll");
+    }
+    let cut = tokio::time::Instant::now();
+    let resumed = tokio::time::timeout(
+        hold / 2,
+        wait_for(&mut connection, |event| {
+            matches!(event, Event::Resumed { .. }).then_some(())
+        }),
+    )
+    .await;
+    assert!(
+        resumed.is_ok(),
+        "no Resumed within {:?} of the cut: the client waited for the held poll",
+        hold / 2
+    );
+    println!("resumed {:?} after the cut", cut.elapsed());
+    // Nothing lost or doubled across the cut.
+    exchange(&mut connection, 20, |_| {}).await;
+}

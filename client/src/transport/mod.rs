@@ -126,6 +126,11 @@ pub(crate) struct Link<'a> {
     report: Option<String>,
     sent_any: bool,
     received_any: bool,
+    /// A poll continuing a poll attachment gets no `resumed` and may be
+    /// held with nothing to deliver (`PROTOCOL.md` §5), so after a lost
+    /// poll nothing would prove the session until the hold ends: a `ping`
+    /// in a send request does at once (its reply confirms the link).
+    ping_due: bool,
 }
 
 impl<'a> Link<'a> {
@@ -151,6 +156,7 @@ impl<'a> Link<'a> {
                 report,
                 sent_any: false,
                 received_any: false,
+                ping_due: greeted && kind == TransportKind::LongPoll,
             },
             target,
         ))
@@ -192,7 +198,12 @@ impl<'a> Link<'a> {
 
     /// Frames to send upstream now.
     pub(crate) fn transmit(&mut self) -> Option<Vec<Frame>> {
-        let transmit = self.shared.lock().core.poll_transmit(now())?;
+        let transmit = self.shared.lock().core.poll_transmit(now());
+        let ping = std::mem::take(&mut self.ping_due);
+        let Some(transmit) = transmit else {
+            // Anything sent proves the session as well as a ping does.
+            return ping.then(|| vec![Frame::Ping]);
+        };
         if transmit
             .frames
             .iter()
@@ -323,9 +334,10 @@ impl<'a> Link<'a> {
         step
     }
 
-    /// A poll answer arrived: a continuing poll attachment (greeted at
-    /// once) is proven now, and the application hears the session is on
-    /// this link if the greeting did not already tell it.
+    /// A poll answer (or a send reply) arrived: a continuing poll
+    /// attachment (greeted at once) is proven now, and the application
+    /// hears the session is on this link if the greeting did not already
+    /// tell it.
     pub(crate) fn confirm(&mut self) {
         if self.greeted {
             self.mark_opened();

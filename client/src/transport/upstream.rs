@@ -121,7 +121,13 @@ impl<'c> Upstream<'c> {
         let (failure, end) = match result {
             Ok(frames) => {
                 self.policy.succeeded();
-                return link.feed(frames, true);
+                let step = link.feed(frames, true);
+                // The session answered on this server: a continuing poll
+                // attachment need not wait for its held poll to say so.
+                if matches!(step, Step::Continue) {
+                    link.confirm();
+                }
+                return step;
             }
             // holdfast closed the session: the core hears it.
             Err(AttemptEnd::Refused(close)) => return link.feed(vec![Frame::Close(close)], true),
