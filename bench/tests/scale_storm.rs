@@ -41,13 +41,9 @@ fn scale_opens_and_holds_every_session_on_every_transport() {
     }
 }
 
-/// Long-polling is left out: after a blip its `Resumed` comes only with
-/// the answer to the held poll, 25 s later (BENCHMARKS.md, "Reconnect
-/// storm"); its resume is checked by the restart test and holdfast's own
-/// tests.
 #[test]
 fn a_blip_resumes_every_session() {
-    for kind in ["websocket", "sse"] {
+    for kind in ["websocket", "sse", "long-poll"] {
         let out = bench(&[
             "storm",
             "blip",
