@@ -4,9 +4,8 @@
 //! No handler checks the origin itself: a request refused here never
 //! reaches one (no upgrade, no body read, no session looked up).
 
-use std::sync::Arc;
-
 use std::future::{Ready, ready};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;

@@ -38,6 +38,8 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd
     // Native text, once the greeting granted it: the client sends nothing
     // before the greeting (§4), so every text is sent knowing.
     let mut native_text_min = None;
+    // Only the greeting grants it, and it is the server's first frame.
+    let mut awaiting_greeting = true;
     let end = loop {
         let mut failed = None;
         while let Some(frames) = link.transmit() {
@@ -58,9 +60,12 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd
             incoming = stream.next(), if reading => match incoming {
                 Some(Ok(message)) => match frames_of(message) {
                     Ok(Some(frames)) => {
-                        if frames.iter().any(Frame::grants_native_text) {
-                            native_text_min = Some(binary::NATIVE_TEXT_MIN);
-                            link.shared.lock().core.set_native_text(native_text_min);
+                        if awaiting_greeting && !frames.is_empty() {
+                            awaiting_greeting = false;
+                            if frames.iter().any(Frame::grants_native_text) {
+                                native_text_min = Some(binary::NATIVE_TEXT_MIN);
+                                link.shared.lock().core.set_native_text(native_text_min);
+                            }
                         }
                         link.feed(frames, false)
                     }

@@ -598,11 +598,19 @@ impl ServerSession {
     }
 
     /// Attachment `id` (a WebSocket) carries texts of at least `min` bytes
-    /// natively (`PROTOCOL.md` §2.2.1), which acks cannot ride along with.
+    /// natively (`PROTOCOL.md` §2.2.1), which acks cannot ride along with;
+    /// `Some` grants it, and the attachment's greeting says so. Call it
+    /// before the attachment's first transmit.
     pub fn set_native_text(&mut self, id: AttachmentId, min: Option<usize>) {
         if let Presence::Attached(a) = &mut self.presence
             && a.id == id
         {
+            // Granted: the greeting, if not written yet, says so.
+            if min.is_some()
+                && let Some(greeting) = &mut a.greeting
+            {
+                greeting.grant_native_text();
+            }
             // A threshold past u32 is as good as none: no text is that long.
             a.native_text_min = min
                 .and_then(|min| u32::try_from(min).ok())

@@ -254,14 +254,7 @@ async fn run(socket: Socket, shared: Arc<Shared>, id: AttachmentId, native_text:
                 }
                 transmit
             };
-            let Some(mut transmit) = transmit else { break };
-            if native_text.granted {
-                // The greeting answers the client's offer.
-                transmit
-                    .frames
-                    .iter_mut()
-                    .for_each(Frame::grant_native_text);
-            }
+            let Some(transmit) = transmit else { break };
             if write_units(&mut sink, transmit.frames, native_text.send_min())
                 .await
                 .is_err()
