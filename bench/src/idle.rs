@@ -148,7 +148,8 @@ async fn open_one(addr: SocketAddr, kind: TransportKind, send: SendConn) -> Resu
                     read_until(&mut tcp, b"\"key\"").await?
                 };
                 let key = extract_key(&answer).ok_or("no key in the open frame")?;
-                let conn = send_once(addr, &key).await?;
+                let send = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                let conn = send_once(send, addr, &key).await?;
                 return Ok(Held::Pair(tcp, conn));
             }
             Ok(Held::Tcp(tcp))
@@ -160,7 +161,8 @@ async fn open_one(addr: SocketAddr, kind: TransportKind, send: SendConn) -> Resu
             // The held poll keeps the session attached.
             let held = request(addr, &format!("/realtime/poll?v=1&key={key}&last=0")).await?;
             if send == SendConn::KeptAlive {
-                let conn = send_once(addr, &key).await?;
+                let send = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                let conn = send_once(send, addr, &key).await?;
                 return Ok(Held::Pair(held, conn));
             }
             Ok(Held::Tcp(held))
@@ -177,11 +179,14 @@ pub(crate) async fn request(addr: SocketAddr, path: &str) -> Result<TcpStream, S
     Ok(tcp)
 }
 
-/// Opens a keep-alive connection, sends one `ping` on it and reads the
-/// answer, then returns the connection to be held idle — as a client's
-/// send connection sits between sends.
-async fn send_once(addr: SocketAddr, key: &str) -> Result<TcpStream, String> {
-    let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+/// Sends one `ping` on the connected `tcp` and reads the answer, then
+/// returns the connection to be held idle — as a client's kept-alive send
+/// connection sits between sends.
+pub(crate) async fn send_once(
+    mut tcp: TcpStream,
+    addr: SocketAddr,
+    key: &str,
+) -> Result<TcpStream, String> {
     let body = r#"[{"t":"ping"}]"#;
     let head = format!(
         "POST /realtime/send?v=1 HTTP/1.1\r\nHost: {addr}\r\nHoldfast-Key: {key}\r\n\
@@ -193,7 +198,10 @@ async fn send_once(addr: SocketAddr, key: &str) -> Result<TcpStream, String> {
         .map_err(|e| e.to_string())?;
     let answer = read_until(&mut tcp, b"\"pong\"").await?;
     if !answer.starts_with(b"HTTP/1.1 200") {
-        return Err(format!("send: {}", String::from_utf8_lossy(&answer)));
+        return Err(format!(
+            "send: {}",
+            String::from_utf8_lossy(&answer).escape_debug()
+        ));
     }
     Ok(tcp)
 }

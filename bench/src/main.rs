@@ -161,11 +161,7 @@ fn main() -> ExitCode {
     }
 
     process::pin_self(1);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::process::one_worker_runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("{e}");

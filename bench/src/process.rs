@@ -149,6 +149,15 @@ impl ServerProcess {
     }
 }
 
+/// The runtime of every bench process: one worker thread, so that a
+/// process pinned to one core measures that core.
+pub(crate) fn one_worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+}
+
 /// This program (`holdfast-bench`) as a child command, pinned to `cpu` with
 /// `taskset` when it can be.
 pub(crate) fn self_command(cpu: Option<usize>) -> Result<Command, String> {

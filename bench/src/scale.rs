@@ -16,7 +16,7 @@ use holdfast_client::TransportKind;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::idle::{extract_key, read_until};
+use crate::idle::{extract_key, read_until, send_once};
 use crate::process::ServerProcess;
 use crate::serve::ServerKind;
 use crate::spread::{self, Commands, Sources, Worker};
@@ -98,11 +98,7 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
     };
     crate::process::pin_self(1);
     let (_, hard) = spread::raise_nofile();
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    else {
+    let Ok(runtime) = crate::process::one_worker_runtime() else {
         return std::process::ExitCode::FAILURE;
     };
     runtime.block_on(async {
@@ -440,28 +436,6 @@ async fn get(tcp: &mut TcpStream, addr: SocketAddr, path: &str) -> Result<(), St
     tcp.write_all(head.as_bytes())
         .await
         .map_err(|e| e.to_string())
-}
-
-/// One `POST …/send` answered on `tcp`, which is then held idle as a
-/// client's kept-alive send connection.
-async fn send_once(mut tcp: TcpStream, addr: SocketAddr, key: &str) -> Result<TcpStream, String> {
-    let body = r#"[{"t":"ping"}]"#;
-    let head = format!(
-        "POST /realtime/send?v=1 HTTP/1.1\r\nHost: {addr}\r\nHoldfast-Key: {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let answer = read_until(&mut tcp, b"\"pong\"").await?;
-    if !answer.starts_with(b"HTTP/1.1 200") {
-        return Err(format!(
-            "send: {}",
-            String::from_utf8_lossy(&answer).escape_debug()
-        ));
-    }
-    Ok(tcp)
 }
 
 #[cfg(test)]

@@ -95,11 +95,7 @@ pub fn run(options: &Options) -> Result<(), String> {
     // up to the hard one, so that the connections it may hold are not cut
     // short by a default nobody chose.
     crate::spread::raise_nofile();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = crate::process::one_worker_runtime().map_err(|e| e.to_string())?;
     let kind = options.kind.as_str();
     runtime.block_on(async {
         // Installed before the server exists, so that every count from its

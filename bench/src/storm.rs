@@ -116,11 +116,7 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
         crate::process::pin_self(1);
     }
     spread::raise_nofile();
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    else {
+    let Ok(runtime) = crate::process::one_worker_runtime() else {
         return std::process::ExitCode::FAILURE;
     };
     runtime.block_on(async {
@@ -339,8 +335,9 @@ async fn storm(
             return Err(e);
         }
     }
-    // Every client's backoff starts afresh after 10 s of a stable
-    // connection (`Backoff::reset_after`); the storm hits settled clients.
+    // A moment for the last clients' attachments to settle (greetings
+    // read, first acks sent) before the cut. Their backoff has never
+    // failed, so each first retry waits attempt 0's delay (125–250 ms).
     tokio::time::sleep(Duration::from_millis(500)).await;
     for w in workers.iter_mut() {
         w.say("arm").await?;
@@ -552,11 +549,7 @@ pub fn client_main(args: &[String]) -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     };
     let (soft, _) = spread::raise_nofile();
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    else {
+    let Ok(runtime) = crate::process::one_worker_runtime() else {
         return std::process::ExitCode::FAILURE;
     };
     runtime.block_on(async {

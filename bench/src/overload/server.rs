@@ -96,11 +96,7 @@ impl ServeOptions {
 /// is pinned to one core).
 pub fn run(options: &ServeOptions) -> Result<(), String> {
     let config = options.config()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = crate::process::one_worker_runtime().map_err(|e| e.to_string())?;
     let work = options.work;
     runtime.block_on(async move {
         // Before the server exists, so that every refusal is counted.
