@@ -33,13 +33,29 @@ pub enum H2Held {
 /// Opens one fallback session on one h2c connection, sends one `ping` on
 /// the same connection, and returns what holds it.
 pub async fn open_one(addr: SocketAddr, kind: TransportKind) -> Result<H2Held, String> {
+    open_on(connect(addr).await?, addr, kind).await
+}
+
+/// One h2c connection: the handle that sends requests on it.
+pub async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let (mut sender, connection) =
+    let (sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .map_err(|e| format!("h2 handshake: {e}"))?;
     tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Opens one fallback session on the h2c connection of `sender` (which
+/// may carry others: a proxy speaking h2c to its upstream multiplexes its
+/// clients so), sends one `ping` on it, and returns what holds it.
+pub async fn open_on(
+    mut sender: SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+    kind: TransportKind,
+) -> Result<H2Held, String> {
     match kind {
         TransportKind::Sse => {
             let response = sender
@@ -150,5 +166,17 @@ mod tests {
         assert!(matches!(poll, H2Held::Poll(..)));
         assert_eq!(holdfast.session_count(), 2);
         assert!(open_one(addr, TransportKind::WebSocket).await.is_err());
+        // Many sessions on one connection (`--h2c-shared`), as a proxy
+        // speaking h2c to its upstream carries them.
+        let shared = connect(addr).await.expect("an h2c connection");
+        let mut held = Vec::new();
+        for kind in [TransportKind::Sse, TransportKind::LongPoll].repeat(5) {
+            held.push(
+                open_on(shared.clone(), addr, kind)
+                    .await
+                    .expect("a session"),
+            );
+        }
+        assert_eq!(holdfast.session_count(), 12);
     }
 }

@@ -34,6 +34,9 @@ pub enum SendConn {
     /// Stream or held poll and the send on one h2c connection (the server
     /// must accept h2c).
     H2c,
+    /// As [`SendConn::H2c`], this many sessions to one h2c connection, as
+    /// a proxy speaking h2c to its upstream carries its clients.
+    H2cShared(usize),
 }
 
 pub struct IdleResult {
@@ -104,6 +107,9 @@ async fn open_many(
     count: usize,
     send: SendConn,
 ) -> Result<Vec<Held>, String> {
+    if let SendConn::H2cShared(per_connection) = send {
+        return open_shared(addr, kind, count, per_connection.max(1)).await;
+    }
     let mut held = Vec::with_capacity(count);
     let mut remaining = count;
     while remaining > 0 {
@@ -114,6 +120,34 @@ async fn open_many(
         }
         for task in tasks {
             held.push(task.await.map_err(|e| e.to_string())??);
+        }
+        remaining -= batch;
+    }
+    Ok(held)
+}
+
+/// `count` fallback sessions, `per_connection` to each h2c connection.
+async fn open_shared(
+    addr: SocketAddr,
+    kind: TransportKind,
+    count: usize,
+    per_connection: usize,
+) -> Result<Vec<Held>, String> {
+    let mut held = Vec::with_capacity(count);
+    let mut remaining = count;
+    while remaining > 0 {
+        let batch = remaining.min(per_connection);
+        let sender = crate::h2c::connect(addr).await?;
+        let mut tasks = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            tasks.push(tokio::spawn(crate::h2c::open_on(
+                sender.clone(),
+                addr,
+                kind,
+            )));
+        }
+        for task in tasks {
+            held.push(Held::H2(task.await.map_err(|e| e.to_string())??));
         }
         remaining -= batch;
     }

@@ -268,7 +268,7 @@ fn idle_only(args: &[String]) -> ExitCode {
     })();
     let Some((kind, addr, sessions, send)) = parsed else {
         eprintln!(
-            "usage: holdfast-bench idle-only <websocket|sse|long-poll> <addr> <sessions> [--send-conn|--h2c]"
+            "usage: holdfast-bench idle-only <websocket|sse|long-poll> <addr> <sessions> [--send-conn|--h2c|--h2c-shared N]"
         );
         return ExitCode::from(2);
     };
@@ -288,11 +288,15 @@ fn idle_only(args: &[String]) -> ExitCode {
 
 /// `--send-conn`: each fallback client also holds a kept-alive send
 /// connection that has answered one `POST …/send`, as the real clients do.
+/// `--h2c`: stream or held poll and the send on one h2c connection per
+/// client; `--h2c-shared N`: N clients to one h2c connection, as a proxy
+/// speaking h2c to its upstream would carry them.
 fn send_flag(rest: &[String]) -> Option<idle::SendConn> {
     match rest {
         [] => Some(idle::SendConn::None),
         [flag] if flag == "--send-conn" => Some(idle::SendConn::KeptAlive),
         [flag] if flag == "--h2c" => Some(idle::SendConn::H2c),
+        [flag, n] if flag == "--h2c-shared" => n.parse().ok().map(idle::SendConn::H2cShared),
         _ => None,
     }
 }
@@ -309,7 +313,7 @@ fn idle_rss(args: &[String]) -> ExitCode {
     })();
     let Some((kind, sessions, send)) = parsed else {
         eprintln!(
-            "usage: holdfast-bench idle-rss <websocket|sse|long-poll> <sessions> [--send-conn|--h2c]"
+            "usage: holdfast-bench idle-rss <websocket|sse|long-poll> <sessions> [--send-conn|--h2c|--h2c-shared N]"
         );
         return ExitCode::from(2);
     };
@@ -317,7 +321,7 @@ fn idle_rss(args: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
-        let extra = if send == idle::SendConn::H2c {
+        let extra = if matches!(send, idle::SendConn::H2c | idle::SendConn::H2cShared(_)) {
             vec!["--h2c".to_owned()]
         } else {
             Vec::new()
@@ -337,7 +341,11 @@ fn idle_rss(args: &[String]) -> ExitCode {
                     "{kind:?} sessions={} send_conn={} h2c={} KiB/session={:.1}",
                     result.sessions,
                     send != idle::SendConn::None,
-                    send == idle::SendConn::H2c,
+                    match send {
+                        idle::SendConn::H2c => "1 session per connection".to_owned(),
+                        idle::SendConn::H2cShared(n) => format!("{n} sessions per connection"),
+                        _ => "no".to_owned(),
+                    },
                     result.bytes_per_session / 1024.0
                 );
                 ExitCode::SUCCESS

@@ -16,6 +16,15 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// An echo server on 127.0.0.1, with or without h2c.
 async fn echo_server(http2_cleartext: bool) -> SocketAddr {
+    echo_server_with(ServeConfig {
+        http2_cleartext,
+        ..ServeConfig::default()
+    })
+    .await
+}
+
+/// An echo server on 127.0.0.1 served with `config`.
+async fn echo_server_with(config: ServeConfig) -> SocketAddr {
     let holdfast = Holdfast::builder().on_session(|session| async move {
         while let Some(message) = session.recv().await {
             if session.send(message).await.is_err() {
@@ -26,10 +35,6 @@ async fn echo_server(http2_cleartext: bool) -> SocketAddr {
     let app = axum::Router::new().merge(holdfast.router_at("/rt"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    let config = ServeConfig {
-        http2_cleartext,
-        ..ServeConfig::default()
-    };
     tokio::spawn(async move {
         let _ = crate::serve(listener, app).config(config).await;
     });
@@ -176,4 +181,151 @@ async fn not_a_preface() {
     let (matched, seen) = read_preface(&mut server).await.expect("read");
     assert!(!matched);
     assert!(seen.is_empty());
+}
+
+/// An HTTP/2 frame as read off the wire: its type, flags, stream and
+/// payload.
+struct RawFrame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+async fn read_frame(tcp: &mut TcpStream) -> RawFrame {
+    let mut head = [0u8; 9];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut head))
+        .await
+        .expect("a frame in time")
+        .expect("a frame header");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.expect("a frame payload");
+    RawFrame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    }
+}
+
+/// What one HTTP/2 connection can make the server hold is bounded by the
+/// server's settings, not hyper's defaults (200 streams, 1 MiB windows).
+#[tokio::test]
+async fn streams_and_flow_control_windows_are_bounded() {
+    let addr = echo_server(true).await;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(PREFACE).await.expect("preface");
+    // An empty SETTINGS frame: the client's own settings are the defaults.
+    tcp.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+        .await
+        .expect("settings");
+    let settings = read_frame(&mut tcp).await;
+    assert_eq!(
+        (settings.kind, settings.flags, settings.stream),
+        (0x4, 0, 0)
+    );
+    let values: Vec<(u16, u32)> = settings
+        .payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    let setting = |id: u16| values.iter().find(|(i, _)| *i == id).map(|(_, v)| *v);
+    assert_eq!(
+        setting(0x3),
+        Some(super::MAX_CONCURRENT_STREAMS),
+        "{values:?}"
+    );
+    // The stream window is HTTP/2's default: sent or not, it is 65 535.
+    assert_eq!(setting(0x4).unwrap_or(65_535), super::STREAM_WINDOW);
+    // The connection's window starts at 65 535; a WINDOW_UPDATE on stream
+    // 0 raises it to the server's.
+    let mut connection_window = 65_535u32;
+    for _ in 0..4 {
+        let frame = read_frame(&mut tcp).await;
+        if frame.kind == 0x8 && frame.stream == 0 {
+            let raw = &frame.payload[..4];
+            connection_window += u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) & 0x7fff_ffff;
+            break;
+        }
+    }
+    assert_eq!(connection_window, super::CONNECTION_WINDOW);
+}
+
+/// An HTTP/2 connection that carries no request is closed after the
+/// header read timeout, as an idle HTTP/1.1 one is.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let addr = echo_server_with(ServeConfig {
+        http2_cleartext: true,
+        header_read_timeout: Duration::from_millis(300),
+        ..ServeConfig::default()
+    })
+    .await;
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .expect("an HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    // One answered request, then nothing.
+    let request = hyper::Request::get(format!("http://{addr}/rt/nothing-here"))
+        .body(Full::new(Bytes::new()))
+        .expect("a request");
+    let answer = sender.send_request(request).await.expect("an answer");
+    assert_eq!(answer.status(), http::StatusCode::NOT_FOUND);
+    drop(answer);
+    tokio::time::timeout(PATIENCE, connection)
+        .await
+        .expect("the server closes the idle connection")
+        .expect("the connection task")
+        .expect("a clean close (GOAWAY)");
+}
+
+/// A held stream is a request in flight: its connection stays open past
+/// the header read timeout, and carries sends then.
+#[tokio::test]
+async fn a_held_stream_keeps_its_http2_connection() {
+    let timeout = Duration::from_millis(200);
+    let addr = echo_server_with(ServeConfig {
+        http2_cleartext: true,
+        header_read_timeout: timeout,
+        ..ServeConfig::default()
+    })
+    .await;
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/2 handshake");
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{addr}/rt/sse?v=1"))
+        .body(Full::new(Bytes::new()))
+        .expect("a request");
+    let response = sender.send_request(request).await.expect("a response");
+    let mut stream = response.into_body();
+    let key = key_of(&read_until(&mut stream, "\"key\"").await);
+    // Time passing is what is tested: several idle deadlines with only
+    // the stream open.
+    tokio::time::sleep(timeout * 4).await;
+    let send = hyper::Request::post(format!("http://{addr}/rt/send?v=1"))
+        .header("holdfast-key", key.as_str())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"[{"t":"msg","seq":1,"d":"still here"}]"#,
+        )))
+        .expect("a request");
+    let answer = sender
+        .send_request(send)
+        .await
+        .expect("the connection is open");
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    read_until(&mut stream, "still here").await;
 }
