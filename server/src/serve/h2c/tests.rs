@@ -66,17 +66,23 @@ fn key_of(open: &str) -> String {
     open[start..end].to_owned()
 }
 
-/// What h2c is for: the stream and the sends of a session on one HTTP/2
-/// connection.
-#[tokio::test]
-async fn one_http2_connection_carries_the_stream_and_the_sends() {
-    let addr = echo_server(true).await;
+/// An HTTP/2 client connection to `addr`.
+async fn h2_connect(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) =
+    let (sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .expect("an HTTP/2 handshake");
     tokio::spawn(connection);
+    sender
+}
+
+/// Opens an SSE session on `sender`'s connection: its response (checked
+/// to be HTTP/2 and 200), its stream and its key.
+async fn open_sse(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+) -> (Incoming, String) {
     let request = hyper::Request::get(format!("http://{addr}/rt/sse?v=1"))
         .body(Full::new(Bytes::new()))
         .expect("a request");
@@ -85,15 +91,39 @@ async fn one_http2_connection_carries_the_stream_and_the_sends() {
     assert_eq!(response.status(), http::StatusCode::OK);
     let mut stream = response.into_body();
     let key = key_of(&read_until(&mut stream, "\"key\"").await);
+    (stream, key)
+}
+
+/// Sends `text` as message 1 of the session `key` on `sender`'s
+/// connection; the answer's status.
+async fn send_text(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+    key: &str,
+    text: &str,
+) -> http::StatusCode {
+    let body = format!(r#"[{{"t":"msg","seq":1,"d":"{text}"}}]"#);
     let send = hyper::Request::post(format!("http://{addr}/rt/send?v=1"))
-        .header("holdfast-key", key.as_str())
+        .header("holdfast-key", key)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"[{"t":"msg","seq":1,"d":"over h2c"}]"#,
-        )))
+        .body(Full::new(Bytes::from(body)))
         .expect("a request");
-    let answer = sender.send_request(send).await.expect("a send answer");
-    assert_eq!(answer.status(), http::StatusCode::OK);
+    sender
+        .send_request(send)
+        .await
+        .expect("a send answer on the same connection")
+        .status()
+}
+
+/// What h2c is for: the stream and the sends of a session on one HTTP/2
+/// connection.
+#[tokio::test]
+async fn one_http2_connection_carries_the_stream_and_the_sends() {
+    let addr = echo_server(true).await;
+    let mut sender = h2_connect(addr).await;
+    let (mut stream, key) = open_sse(&mut sender, addr).await;
+    let sent = send_text(&mut sender, addr, &key, "over h2c").await;
+    assert_eq!(sent, http::StatusCode::OK);
     let echoed = read_until(&mut stream, "over h2c").await;
     assert!(echoed.contains("\"msg\""), "{echoed}");
 }
@@ -300,32 +330,12 @@ async fn a_held_stream_keeps_its_http2_connection() {
         ..ServeConfig::default()
     })
     .await;
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("an HTTP/2 handshake");
-    tokio::spawn(connection);
-    let request = hyper::Request::get(format!("http://{addr}/rt/sse?v=1"))
-        .body(Full::new(Bytes::new()))
-        .expect("a request");
-    let response = sender.send_request(request).await.expect("a response");
-    let mut stream = response.into_body();
-    let key = key_of(&read_until(&mut stream, "\"key\"").await);
+    let mut sender = h2_connect(addr).await;
+    let (mut stream, key) = open_sse(&mut sender, addr).await;
     // Time passing is what is tested: several idle deadlines with only
     // the stream open.
     tokio::time::sleep(timeout * 4).await;
-    let send = hyper::Request::post(format!("http://{addr}/rt/send?v=1"))
-        .header("holdfast-key", key.as_str())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"[{"t":"msg","seq":1,"d":"still here"}]"#,
-        )))
-        .expect("a request");
-    let answer = sender
-        .send_request(send)
-        .await
-        .expect("the connection is open");
-    assert_eq!(answer.status(), http::StatusCode::OK);
+    let sent = send_text(&mut sender, addr, &key, "still here").await;
+    assert_eq!(sent, http::StatusCode::OK);
     read_until(&mut stream, "still here").await;
 }
