@@ -332,14 +332,18 @@ export declare class Connector {
   ended(now: number, end: ConnectorEnding): void;
   probed(now: number, id: number, works: boolean): void;
   wake(now: number, networkChanged: boolean): void;
+  /** A send request failed. `carried`: whether it held messages (or the
+   * close behind them) or only acks, pings and pongs; the two count their
+   * failures apart. Default "messages". */
   sendFailed(
     failure:
       | "failed"
       | "refused"
       | { failed: { retryAfter?: number } }
       | { overloaded: { retryAfter?: number } },
+    carried?: "messages" | "control",
   ): { resend: number } | { endAttachment: true };
-  sendSucceeded(): void;
+  sendSucceeded(carried?: "messages" | "control"): void;
   poll(now: number): ConnectorAction | null;
   pollTimeout(): number | null;
   fallbacks(): {

@@ -667,24 +667,48 @@ class WebSocketAttachment extends Attachment {
   }
 }
 
+/** Whether a send request's frames hold messages (or the close behind
+ * them), rather than only acks, pings and pongs. */
+function carriesMessages(parts) {
+  return parts.some(
+    (p) => p.startsWith('{"t":"msg"') || p.startsWith('{"t":"bin"') || p.startsWith('{"t":"close"'),
+  );
+}
+
 /** Sends the client's frames for SSE and long-polling: one request in
  * flight at a time, each answered with an ack (PROTOCOL.md §8.4). What to
  * do when one fails — send the same messages again (the server drops what
  * it already has) and when, or give the attachment up — is the connection
- * policy's verdict (`Connector.sendFailed`). */
+ * policy's verdict (`Connector.sendFailed`).
+ *
+ * A failed request holds back only what it carried: messages refused for
+ * now (a 503's Retry-After) or lost (a failed request's backoff) wait, and
+ * meanwhile acks, pongs and pings still go in ack-only requests, on time —
+ * the server needs those acks to free the buffers that made it refuse. */
 class Upstream {
   constructor(attachment) {
     this.attachment = attachment;
     this.busy = false;
+    /** What the request in flight carries: "messages" or "control". */
+    this.carried = null;
+    /** Messages wait until then (ms), ack-only requests until then. */
+    this.messagesAt = null;
+    this.controlAt = null;
     this.retry = null;
   }
 
   start() {
     const att = this.attachment;
     if (this.busy || att.ended) return;
-    const parts = att.engine.transmit(att, false);
+    this.expire();
+    let only = null;
+    if (this.messagesAt !== null && this.controlAt !== null) return;
+    if (this.messagesAt !== null) only = "control";
+    else if (this.controlAt !== null) only = "messages";
+    const parts = att.engine.transmit(att, false, false, only);
     if (!parts) return;
     this.busy = true;
+    this.carried = carriesMessages(parts) ? "messages" : "control";
     this.post(`[${parts.join(",")}]`);
   }
 
@@ -696,17 +720,46 @@ class Upstream {
   failed(failure) {
     const att = this.attachment;
     const engine = att.engine;
+    const carried = this.carried;
+    this.busy = false;
+    // What it carried goes again: the messages from the oldest
+    // unacknowledged one, the acknowledgement as it then stands.
     engine.requestFailed();
-    const verdict = engine.connector.sendFailed(failure);
+    const verdict = engine.connector.sendFailed(failure, carried);
     if (verdict.resend === undefined) {
       att.lost();
       return;
     }
-    // Sends again, from the oldest unacknowledged message.
-    this.retry = setTimeout(() => {
-      this.busy = false;
-      this.start();
-    }, verdict.resend);
+    const at = now() + verdict.resend;
+    if (carried === "messages") this.messagesAt = at;
+    else this.controlAt = at;
+    this.wake();
+    // Whatever may still go (acks, while the messages wait) goes now.
+    this.start();
+  }
+
+  /** Forgets the holds that are over. */
+  expire() {
+    const t = now();
+    if (this.messagesAt !== null && t >= this.messagesAt) this.messagesAt = null;
+    if (this.controlAt !== null && t >= this.controlAt) this.controlAt = null;
+  }
+
+  /** Starts what may go when the next hold ends (a request in flight
+   * then starts it when it is answered). */
+  wake() {
+    clearTimeout(this.retry);
+    this.expire();
+    const holds = [this.messagesAt, this.controlAt].filter((at) => at !== null);
+    if (holds.length === 0) return;
+    this.retry = setTimeout(
+      () => {
+        this.expire();
+        this.start();
+        this.wake();
+      },
+      Math.max(0, Math.min(...holds) - now()),
+    );
   }
 
   async post(body) {
@@ -753,7 +806,7 @@ class Upstream {
       return;
     }
     this.busy = false;
-    engine.connector.sendSucceeded();
+    engine.connector.sendSucceeded(this.carried);
     engine.onFrames(att, frames, true);
     if (!att.ended) engine.confirm(att);
   }
@@ -2189,7 +2242,7 @@ const ATTACHMENTS = {
 //
 //   opened / trusted / ended(now, ending) ──▶           ──▶ poll(now): action
 //   probed(now, id, works) / wake(…)      ──▶ Connector ──▶ pollTimeout()
-//   sendFailed(failure) ──────────────────▶           ──▶ verdict (at once)
+//   sendFailed(failure, carried) ─────────▶           ──▶ verdict (at once)
 //
 // Endings (how an attachment ended): "unreachable" (nothing answered),
 // { status, retryAfter } (an HTTP answer not from holdfast), "timeout" (no
@@ -2204,8 +2257,9 @@ const ATTACHMENTS = {
 // { check: true }, { giveUp: { refused: close } | { noTransport: [failure] } }.
 //
 // Send failures: "failed", { failed: { retryAfter } }, { overloaded:
-// { retryAfter } }, "refused"; verdicts: { resend: ms }, { endAttachment:
-// true }.
+// { retryAfter } }, "refused", of a request that `carried` "messages" or
+// only "control" frames (acks, pings, pongs); verdicts: { resend: ms },
+// { endAttachment: true }.
 //
 // The rules:
 // - a transport that never delivers its first frame (refused upgrade, error
@@ -2224,7 +2278,8 @@ const ATTACHMENTS = {
 //   the session switches up when one works;
 // - a send request that failed is sent again (up to `sendRetries` times,
 //   then the attachment is given up); one refused with 4503 is sent again
-//   after its `retryAfter`, as often as it takes.
+//   after its `retryAfter`, as often as it takes; meanwhile acks, pings and
+//   pongs still go, in ack-only requests that count their failures apart;
 
 /** A transport that died without carrying frames both ways within this
  * long (ms) after opening counts as a flap… */
@@ -2465,7 +2520,9 @@ export class Connector {
     /** The better transport to attach once the stopped one ended. */
     this.switchTo = null;
     this.report = [];
-    this.sendFailures = 0;
+    /** Failures in a row of send requests carrying messages, and of
+     * ack-only ones. */
+    this.sendFailures = { messages: 0, control: 0 };
     this.actions = [];
     if (this.config.transports.length === 0) this.giveUp({ noTransport: [] });
     this.index = this.bestIndex();
@@ -2504,7 +2561,7 @@ export class Connector {
     const a = this.attached;
     this.attached = null;
     this.phase = "ready";
-    this.sendFailures = 0;
+    this.sendFailures = { messages: 0, control: 0 };
     if (end === "session_closed") {
       this.phase = "done";
       return;
@@ -2538,20 +2595,25 @@ export class Connector {
     }
   }
 
-  /** A send request failed: what to do with its messages. */
-  sendFailed(failure) {
+  /** A send request that `carried` "messages" (or the close behind them)
+   * or only "control" frames (acks, pings, pongs) failed: what to do with
+   * what it carried. The two kinds count their failures in a row apart. */
+  sendFailed(failure, carried = "messages") {
     const kind = typeof failure === "string" ? failure : Object.keys(failure ?? {})[0];
     const fields = typeof failure === "object" && failure !== null ? failure[kind] : undefined;
     const retryAfter = Number.isFinite(fields?.retryAfter) ? fields.retryAfter : null;
+    if (carried !== "messages" && carried !== "control") {
+      throw new TypeError(`a send request carries "messages" or "control", not ${JSON.stringify(carried)}`);
+    }
     switch (kind) {
       case "overloaded":
         return { resend: retryAfter ?? this.config.backoff.initial };
       case "refused":
         return { endAttachment: true };
       case "failed": {
-        if (this.sendFailures >= this.config.sendRetries) return { endAttachment: true };
-        this.sendFailures += 1;
-        const delay = SEND_RETRY * 2 ** (this.sendFailures - 1);
+        if (this.sendFailures[carried] >= this.config.sendRetries) return { endAttachment: true };
+        this.sendFailures[carried] += 1;
+        const delay = SEND_RETRY * 2 ** (this.sendFailures[carried] - 1);
         return { resend: Math.max(delay, retryAfter ?? 0) };
       }
       default:
@@ -2559,9 +2621,10 @@ export class Connector {
     }
   }
 
-  /** A send request was answered: the retry count starts again. */
-  sendSucceeded() {
-    this.sendFailures = 0;
+  /** A send request that `carried` "messages" or "control" was answered:
+   * its retry count starts again. */
+  sendSucceeded(carried = "messages") {
+    if (carried === "messages" || carried === "control") this.sendFailures[carried] = 0;
   }
 
   // ---- outputs --------------------------------------------------------------
@@ -3294,20 +3357,24 @@ class Engine {
 
   /** Frames to send now: strings (JSON frames), and with `nativeBinary`,
    * queued binary entries (with `nativeText` large texts too) to send as
-   * WebSocket binary messages. `null` when there is nothing to send. */
-  transmit(att, nativeBinary, nativeText = false) {
+   * WebSocket binary messages. `null` when there is nothing to send.
+   *
+   * `only`, for a send request while part of the upstream waits
+   * (PROTOCOL.md §8.4): "control" takes only the ack, pong and ping due
+   * (the messages, and the close behind them, wait out a refusal's
+   * Retry-After or a failed request's backoff, and must not hold back the
+   * acks that free the server's buffers); "messages" takes nothing unless
+   * a message or the close goes, acks and pongs riding along (a failed
+   * ack-only request's acks wait their own retry delay). */
+  transmit(att, nativeBinary, nativeText = false, only = null) {
     if (att !== this.attachment || !att.greeted || att.ended || this.closed) return null;
+    const messages = only !== "control";
     const parts = [];
-    if (this.pongDue) {
-      this.pongDue = false;
-      parts.push('{"t":"pong"}');
-    }
-    if (att.pingDue) {
-      att.pingDue = false;
-      parts.push('{"t":"ping"}');
-    }
+    if (this.pongDue) parts.push('{"t":"pong"}');
+    if (att.pingDue) parts.push('{"t":"ping"}');
+    const control = parts.length;
     let sentMessages = false;
-    if (!this.closing || this.closing.sentAt === null) {
+    if (messages && (!this.closing || this.closing.sentAt === null)) {
       // A batch stays within max_msg bytes, brackets, commas and control
       // frames included (§2.3): room is kept for an ack and a close.
       let budget = this.params.max_msg - 2 - ACK_ROOM;
@@ -3315,6 +3382,13 @@ class Engine {
       if (this.closing) budget -= utf8Length(closeFrame(this.closing)) + 1;
       const window = this.grant === null ? null : Math.max(0, this.grant[1] - this.out.inFlight);
       sentMessages = this.out.take(budget, nativeBinary, parts, window, nativeText);
+    }
+    const closeDue = messages && this.closing && this.closing.sentAt === null && !this.out.hasUnsent();
+    if (only === "messages" && !sentMessages && !closeDue) return null;
+    if (control > 0) {
+      // Taken: they go in this batch.
+      this.pongDue = false;
+      att.pingDue = false;
     }
     const unacked = this.received > this.ackedOut || this.resendAck;
     // An ack rides along only in a JSON batch going out anyway: a native
@@ -3328,7 +3402,7 @@ class Engine {
       this.unackedSince = null;
       this.resendAck = false;
     }
-    if (this.closing && this.closing.sentAt === null && !this.out.hasUnsent()) {
+    if (closeDue) {
       parts.push(closeFrame(this.closing));
       this.closing.sentAt = now();
     }

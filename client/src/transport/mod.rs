@@ -14,8 +14,8 @@ use std::time::Duration;
 use holdfast_protocol::connector::{AttemptEnd, SendPolicy};
 use holdfast_protocol::wire::PROTOCOL_VERSION;
 use holdfast_protocol::{
-    AttachmentId, ClientEvent, Close, ConnectTarget, Frame, ProtocolError, TransportFailure,
-    TransportKind,
+    AttachmentId, ClientEvent, Close, ConnectTarget, Frame, ProtocolError, TransmitOnly,
+    TransportFailure, TransportKind,
 };
 use url::Url;
 
@@ -196,14 +196,25 @@ impl<'a> Link<'a> {
             .map(tokio::time::Instant::from_std)
     }
 
-    /// Frames to send upstream now.
-    pub(crate) fn transmit(&mut self) -> Option<Vec<Frame>> {
-        let transmit = self.shared.lock().core.poll_transmit(now());
-        let ping = std::mem::take(&mut self.ping_due);
-        let Some(transmit) = transmit else {
-            // Anything sent proves the session as well as a ping does.
-            return ping.then(|| vec![Frame::Ping]);
+    /// Frames to send upstream now: everything due, or (`only`) the part
+    /// a send request may carry while the rest waits.
+    pub(crate) fn transmit(&mut self, only: Option<TransmitOnly>) -> Option<Vec<Frame>> {
+        let transmit = {
+            let mut inner = self.shared.lock();
+            match only {
+                None => inner.core.poll_transmit(now()),
+                Some(only) => inner.core.poll_transmit_only(now(), only),
+            }
         };
+        let Some(transmit) = transmit else {
+            // Anything sent proves the session as well as a ping does; the
+            // ping is control, and waits while only messages may go.
+            if only == Some(TransmitOnly::Messages) {
+                return None;
+            }
+            return std::mem::take(&mut self.ping_due).then(|| vec![Frame::Ping]);
+        };
+        self.ping_due = false;
         if transmit
             .frames
             .iter()

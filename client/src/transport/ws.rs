@@ -42,7 +42,7 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd
     let mut awaiting_greeting = true;
     let end = loop {
         let mut failed = None;
-        while let Some(frames) = link.transmit() {
+        while let Some(frames) = link.transmit(None) {
             if let Err(e) = write(&mut sink, frames, native_text_min).await {
                 failed = Some(ended(AttemptEnd::Closed, format_args!("write: {e}")));
                 break;

@@ -32,7 +32,8 @@
 //!   and the session switches up when one works;
 //! - a send request that failed is sent again (up to `send_retries` times,
 //!   then the attachment is given up); one refused with 4503 is sent again
-//!   after its `retry_after`, as often as it takes.
+//!   after its `retry_after`, as often as it takes; meanwhile acks, pings
+//!   and pongs still go, in ack-only requests ([`Carried`]);
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -66,7 +67,7 @@ use std::time::{Duration, Instant};
 pub use attempt::{AttemptEnd, Cause, Failure, Fallback};
 pub use backoff::Backoff;
 pub use reprobe::MAX_REPROBE;
-pub use send::{SEND_RETRY, SendFailure, SendPolicy, SendVerdict};
+pub use send::{Carried, SEND_RETRY, SendFailure, SendPolicy, SendVerdict};
 
 use crate::{Close, CloseCode, TransportKind};
 use reprobe::Reprobe;
@@ -305,7 +306,7 @@ impl Connector {
         let Phase::Attached(a) = std::mem::replace(&mut self.phase, Phase::Ready) else {
             return;
         };
-        self.send.succeeded();
+        self.send.reset();
         if end == AttemptEnd::SessionClosed {
             self.phase = Phase::Done;
             return;
@@ -348,16 +349,17 @@ impl Connector {
         }
     }
 
-    /// A send request of the current attachment failed: what to do with
-    /// its messages. (A driver may as well give each attachment its own
-    /// [`send_policy`](Self::send_policy).)
-    pub fn send_failed(&mut self, failure: SendFailure) -> SendVerdict {
-        self.send.failed(failure)
+    /// A send request of the current attachment, which carried `carried`,
+    /// failed: what to do with what it carried. (A driver may as well give
+    /// each attachment its own [`send_policy`](Self::send_policy).)
+    pub fn send_failed(&mut self, carried: Carried, failure: SendFailure) -> SendVerdict {
+        self.send.failed(carried, failure)
     }
 
-    /// A send request was answered: the retry count starts again.
-    pub fn send_succeeded(&mut self) {
-        self.send.succeeded();
+    /// A send request that carried `carried` was answered: its retry count
+    /// starts again.
+    pub fn send_succeeded(&mut self, carried: Carried) {
+        self.send.succeeded(carried);
     }
 
     /// A fresh send policy for an attachment, with this configuration.
@@ -665,3 +667,4 @@ impl Connector {
             .unwrap_or(0)
     }
 }
+

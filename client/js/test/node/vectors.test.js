@@ -156,7 +156,10 @@ function apply(connector, now, input, lastProbe) {
         connector.trusted(now);
         return null;
       case "send_ok":
-        connector.sendSucceeded();
+        connector.sendSucceeded("messages");
+        return null;
+      case "ack_send_ok":
+        connector.sendSucceeded("control");
         return null;
       default:
         throw new Error(`unknown input ${JSON.stringify(input)}`);
@@ -175,8 +178,10 @@ function apply(connector, now, input, lastProbe) {
     case "wake":
       connector.wake(now, value === "online");
       return null;
-    case "send_failed": {
-      const verdict = connector.sendFailed(sendFailure(value));
+    case "send_failed":
+    case "ack_send_failed": {
+      const carried = name === "send_failed" ? "messages" : "control";
+      const verdict = connector.sendFailed(sendFailure(value), carried);
       if (verdict.endAttachment === true) return { end_attachment: true };
       if (typeof verdict.resend === "number") return { resend: verdict.resend };
       throw new Error(`a verdict of an unknown kind: ${JSON.stringify(verdict)}`);
