@@ -498,10 +498,14 @@ function binaryMessage(entry) {
 // policy" below), which the engine reports to its Connector.
 
 class Attachment {
-  constructor(engine, kind, target) {
+  constructor(engine, kind, target, greetingTimeout = engine.options.probeTimeout) {
     this.engine = engine;
     this.kind = kind;
     this.target = target;
+    // How long (ms) it has to deliver its first frame: the connection
+    // policy's deadline for it (the probe timeout, longer for a transport
+    // this session already used).
+    this.greetingTimeout = greetingTimeout;
     this.startedAt = now();
     this.lastHeard = this.startedAt;
     this.greeted = false;
@@ -823,7 +827,7 @@ class SseAttachment extends Attachment {
     const url = engine.endpoint("sse", this.target, false, this.report);
     let response;
     try {
-      response = await engine.fetchStream(this, url, engine.options.probeTimeout, {
+      response = await engine.fetchStream(this, url, this.greetingTimeout, {
         headers: { Accept: "text/event-stream", ...engine.keyHeaders(this.target.key) },
       });
     } catch (error) {
@@ -940,8 +944,8 @@ class SseParser {
 }
 
 class PollAttachment extends Attachment {
-  constructor(engine, kind, target) {
-    super(engine, kind, target);
+  constructor(engine, kind, target, greetingTimeout) {
+    super(engine, kind, target, greetingTimeout);
     this.upstream = new Upstream(this);
     this.answered = false;
     // A resumed poll may be held with nothing to deliver (a continuing
@@ -959,7 +963,7 @@ class PollAttachment extends Attachment {
       // the network time on top. The first poll is answered at once.
       const timeout = engine.params
         ? (engine.params.hold ?? engine.params.timeout) + Math.max(engine.options.probeTimeout, 5000)
-        : engine.options.probeTimeout;
+        : this.greetingTimeout;
       this.polling = new AbortController();
       const url = engine.endpoint("long-poll", target, false, this.report);
       let response;
@@ -1292,7 +1296,7 @@ class Hub {
       report: att.report,
       mux: engine.params?.mux,
       hold: engine.params?.hold,
-      probeTimeout: engine.options.probeTimeout,
+      probeTimeout: att.greetingTimeout,
     });
   }
 
@@ -2105,8 +2109,8 @@ function due(member) {
  * re-probing, flaps, liveness — is the same). Downstream comes from the
  * hub; upstream is its own `POST …/send`. */
 class SharedAttachment extends Attachment {
-  constructor(engine, kind, target, hub) {
-    super(engine, kind, target);
+  constructor(engine, kind, target, hub, greetingTimeout) {
+    super(engine, kind, target, greetingTimeout);
     this.hub = hub;
     this.upstream = new Upstream(this);
     this.sharedId = null;
@@ -2252,7 +2256,7 @@ const ATTACHMENTS = {
 // ended the attachment / closed the session), "session_closed", "stopped"
 // (the driver stopped it); `close` is { code, reason, retryAfter }.
 //
-// Actions: { attach: transport, fresh }, { stop: true }, { probe: transport,
+// Actions: { attach: transport, fresh, greeting }, { stop: true }, { probe: transport,
 // id }, { remember: transport }, { reconnecting: { attempt, delay, reason } },
 // { check: true }, { giveUp: { refused: close } | { noTransport: [failure] } }.
 //
@@ -2280,6 +2284,12 @@ const ATTACHMENTS = {
 //   then the attachment is given up); one refused with 4503 is sent again
 //   after its `retryAfter`, as often as it takes; meanwhile acks, pings and
 //   pongs still go, in ack-only requests that count their failures apart;
+// - an attachment has `probeTimeout` to deliver its first frame; a
+//   transport that carried frames both ways in this session gets
+//   PROVEN_GREETING_FACTOR times that when attached again, and each
+//   greeting timeout in a row doubles it, up to MAX_GREETING_FACTOR times
+//   (the attach action's `greeting`), so that a busy server is not sent a
+//   new handshake every 2 s by each of its returning clients.
 
 /** A transport that died without carrying frames both ways within this
  * long (ms) after opening counts as a flap… */
@@ -2303,6 +2313,14 @@ const MAX_FAILURES = 8;
 const SEND_RETRY = 100;
 /** Longest wait (ms) between re-probes of a better transport. */
 const MAX_REPROBE = 5 * 60 * 1000;
+/** A transport that carried frames both ways in this session has this many
+ * probe timeouts to greet when attached again (a slow attempt is far more
+ * likely a busy server than a buffering proxy)… */
+const PROVEN_GREETING_FACTOR = 2;
+/** …and greeting timeouts in a row double its deadline up to this many
+ * (16 s by default: past the kernel's SYN retransmissions at 1, 3, 7 and
+ * 15 s, under the 30 s connect timeout). */
+const MAX_GREETING_FACTOR = 8;
 
 const CONNECTOR_DEFAULTS = Object.freeze({
   transports: TRANSPORTS,
@@ -2311,6 +2329,7 @@ const CONNECTOR_DEFAULTS = Object.freeze({
   reprobeAfter: 15000,
   connectTimeout: 30000,
   sendRetries: 3,
+  probeTimeout: 2000,
 });
 
 const FAILURE_ENDINGS = ["unreachable", "timeout", "no_first_frame", "invalid", "closed", "silent"];
@@ -2478,7 +2497,8 @@ function describeFailure({ transport, cause, status, code, afterOpen }) {
  * `config` (all optional): `transports` (best first), `remembered` (a
  * transport or null), `backoff` ({ initial, max, jitter, resetAfter }, ms),
  * `reprobeAfter`, `connectTimeout` (null: forever; default 30 s),
- * `sendRetries` (default 3). `random()` gives uniform numbers in [0, 1).
+ * `sendRetries` (default 3), `probeTimeout` (default 2 s). `random()` gives
+ * uniform numbers in [0, 1).
  */
 export class Connector {
   /** A failure of a give-up's `noTransport` list, for people. */
@@ -2495,6 +2515,7 @@ export class Connector {
       connectTimeout:
         config.connectTimeout === undefined ? CONNECTOR_DEFAULTS.connectTimeout : config.connectTimeout,
       sendRetries: config.sendRetries ?? CONNECTOR_DEFAULTS.sendRetries,
+      probeTimeout: config.probeTimeout ?? CONNECTOR_DEFAULTS.probeTimeout,
     };
     this.random = random;
     this.started = now;
@@ -2511,6 +2532,10 @@ export class Connector {
     this.attempt = 0;
     /** Early deaths per transport. */
     this.flaps = this.config.transports.map(() => 0);
+    /** Per transport: whether it carried frames both ways in this session,
+     * and its greeting timeouts in a row (since an attachment opened). */
+    this.proven = this.config.transports.map(() => false);
+    this.greetingTimeouts = this.config.transports.map(() => 0);
     /** Whether any attachment ever opened (the session exists). */
     this.sessionOpen = false;
     this.freshSession = false;
@@ -2536,6 +2561,8 @@ export class Connector {
     this.attached.opened ??= now;
     this.sessionOpen = true;
     this.freshSession = false;
+    // Whatever made attempts slow has passed: every deadline starts again.
+    this.greetingTimeouts.fill(0);
   }
 
   /** The current attachment carried frames both ways. */
@@ -2547,6 +2574,8 @@ export class Connector {
     a.trusted = true;
     this.sessionOpen = true;
     this.flaps[a.index] = 0;
+    this.greetingTimeouts.fill(0);
+    this.proven[a.index] = true;
     if (this.config.transports.length > 1) {
       const kind = this.config.transports[a.index];
       this.config.remembered = kind;
@@ -2641,7 +2670,11 @@ export class Connector {
       this.attached = { index: this.index, started: now, opened: null, trusted: false, stopping: false };
       const fresh = this.freshSession;
       this.freshSession = false;
-      return { attach: this.config.transports[this.index], fresh };
+      return {
+        attach: this.config.transports[this.index],
+        fresh,
+        greeting: this.greetingTimeout(this.index),
+      };
     }
     if (!this.probingAllowed()) return null;
     const found = this.reprobe.found;
@@ -2697,6 +2730,7 @@ export class Connector {
     }
     const cause = causeOf(end);
     if (cause === null) return;
+    if (cause.cause === "timeout" || cause.cause === "no_first_frame") this.greetingTimeouts[a.index] += 1;
     this.record({ transport: this.config.transports[a.index], ...cause, afterOpen: false });
     this.failuresRetryAfter = Math.max(this.failuresRetryAfter, retryAfterOf(end) ?? 0);
     if (cause.cause !== "unreachable" && a.index + 1 < this.config.transports.length) {
@@ -2831,6 +2865,17 @@ export class Connector {
     const delay = backoffDelay(this.config.backoff, this.attempt, this.random());
     this.attempt += 1;
     return delay;
+  }
+
+  /** How long (ms) an attachment of transport `index` has to greet: the
+   * probe timeout, times PROVEN_GREETING_FACTOR once it carried frames both
+   * ways in this session, doubled for each greeting timeout in a row, at
+   * most MAX_GREETING_FACTOR times. A first attempt on a transport never
+   * proven gets the plain probe timeout. */
+  greetingTimeout(index) {
+    const base = this.proven[index] ? PROVEN_GREETING_FACTOR : 1;
+    const factor = Math.min(base * 2 ** Math.min(this.greetingTimeouts[index], 16), MAX_GREETING_FACTOR);
+    return this.config.probeTimeout * factor;
   }
 
   record(failure) {
@@ -3465,7 +3510,7 @@ class Engine {
     if (this.closing) deadlines.push(this.closing.deadline);
     const att = this.attachment;
     if (att && !att.ended) {
-      if (!att.greeted) deadlines.push(att.startedAt + this.options.probeTimeout);
+      if (!att.greeted) deadlines.push(att.startedAt + att.greetingTimeout);
       else {
         if (att.streaming) deadlines.push(att.lastHeard + this.deadAfter());
         if (att.verifyBy) deadlines.push(att.verifyBy);
@@ -3503,7 +3548,7 @@ class Engine {
     const att = this.attachment;
     if (att && !att.ended) {
       if (!att.greeted) {
-        if (t >= att.startedAt + this.options.probeTimeout) {
+        if (t >= att.startedAt + att.greetingTimeout) {
           att.end(att.responded ? "no_first_frame" : "timeout");
         }
       } else if (att.streaming && t >= att.lastHeard + this.deadAfter()) {
@@ -3585,6 +3630,7 @@ class Engine {
         backoff: options.backoff,
         reprobeAfter: options.reprobeAfter,
         connectTimeout: options.connectTimeout,
+        probeTimeout: options.probeTimeout,
       },
       now(),
       Math.random,
@@ -3610,7 +3656,7 @@ class Engine {
 
   perform(action) {
     if (action.attach !== undefined) {
-      this.attach(action.attach);
+      this.attach(action.attach, action.greeting);
     } else if (action.stop) {
       // A better transport works: this attachment ends, that one follows.
       this.attachment?.end("stopped");
@@ -3631,13 +3677,13 @@ class Engine {
   /** Attaches transport `kind`. (The Connector's `fresh`, a new session
    * after the server refused to open one, needs nothing here: there is no
    * session to resume until one opened.) */
-  attach(kind) {
+  attach(kind, greetingTimeout = this.options.probeTimeout) {
     this.out.rewind();
     if (this.closing) this.closing.sentAt = null;
     const hub = this.sharedHub(kind);
     const att = hub
-      ? new SharedAttachment(this, kind, this.target(), hub)
-      : new ATTACHMENTS[kind](this, kind, this.target());
+      ? new SharedAttachment(this, kind, this.target(), hub, greetingTimeout)
+      : new ATTACHMENTS[kind](this, kind, this.target(), greetingTimeout);
     this.attachment = att;
     this.offerReport(att, hub ? SHARED_REPORT_BYTES : REPORT_BYTES);
     if (kind === "long-poll" && this.params) {

@@ -75,12 +75,15 @@ impl Driver {
                 Action::Attach {
                     transport,
                     fresh_session,
+                    greeting_timeout,
                 } => {
                     if fresh_session {
                         self.shared.lock().core = ClientSession::new(self.core_config.clone());
                     }
                     let riding = self.offer_report(&connector, reported);
-                    let end = self.attach(transport, &mut connector, &mut probe).await;
+                    let end = self
+                        .attach(transport, greeting_timeout, &mut connector, &mut probe)
+                        .await;
                     tracing::debug!(%transport, ?end, "attachment ended");
                     {
                         let mut inner = self.shared.lock();
@@ -108,19 +111,23 @@ impl Driver {
     async fn attach<'a>(
         &'a self,
         kind: TransportKind,
+        greeting_timeout: Duration,
         connector: &mut Connector,
         probe: &mut Option<Probe<'a>>,
     ) -> AttemptEnd {
         self.shared.lock().progress = Progress::default();
         let stop = Notify::new();
         let run = async {
+            let (ctx, shared, stop) = (&self.ctx, &*self.shared, &stop);
             match kind {
                 TransportKind::WebSocket => {
-                    transport::ws::run(&self.ctx, &self.shared, &stop).await
+                    transport::ws::run(ctx, shared, stop, greeting_timeout).await
                 }
-                TransportKind::Sse => transport::sse::run(&self.ctx, &self.shared, &stop).await,
+                TransportKind::Sse => {
+                    transport::sse::run(ctx, shared, stop, greeting_timeout).await
+                }
                 TransportKind::LongPoll => {
-                    transport::poll::run(&self.ctx, &self.shared, &stop).await
+                    transport::poll::run(ctx, shared, stop, greeting_timeout).await
                 }
             }
         };

@@ -135,7 +135,12 @@ fn encode(action: &Action) -> Value {
         Action::Attach {
             transport,
             fresh_session,
-        } => json!({"attach": transport.as_str(), "fresh": fresh_session}),
+            greeting_timeout,
+        } => json!({
+            "attach": transport.as_str(),
+            "fresh": fresh_session,
+            "greeting": greeting_timeout.as_millis() as u64,
+        }),
         Action::Stop => json!({"stop": true}),
         Action::Probe { transport, .. } => json!({"probe": transport.as_str()}),
         Action::Remember(transport) => json!({"remember": transport.as_str()}),
@@ -302,6 +307,7 @@ fn config(value: &Value) -> Result<ConnectorConfig, String> {
             "send_retries" => {
                 config.send_retries = value.as_u64().ok_or("send_retries")? as u32;
             }
+            "probe_timeout" => config.probe_timeout = millis(value).ok_or("probe_timeout")?,
             other => return Err(format!("unknown config field {other:?}")),
         }
     }

@@ -1,6 +1,7 @@
 //! The Rust client's connection policy against the real server, where the
 //! overload and reconnect-storm benchmarks found it wanting: acks that do
-//! not wait out a refused send's `Retry-After`.
+//! not wait out a refused send's `Retry-After`, and a longer greeting
+//! deadline for a transport the session already used.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use crate::client_support::*;
 use holdfast::client::{Event, Message, TransportKind};
 use holdfast::server::{Holdfast, ServerConfig, Session};
-use holdfast_testkit::Proxy;
+use holdfast_testkit::{Behavior, Proxy};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
@@ -146,6 +147,53 @@ async fn acks_go_out_while_a_refused_send_waits_out_its_retry_after() {
         );
     }
     assert!(got.try_recv().is_err(), "nothing twice");
+}
+
+/// In a reconnect storm the server (or the network to it) is slow for a
+/// while: a WebSocket that carried this session already gets twice the
+/// probe timeout to greet when it comes back, so a slow upgrade resumes
+/// on it instead of being dropped and falling back. A client that never
+/// used it keeps the plain probe timeout (its buffering-proxy check): the
+/// same slow upgrade makes it fall back to SSE at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_that_carried_the_session_gets_longer_to_greet_when_it_comes_back() {
+    const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+    // Slower than the probe timeout, well within twice it.
+    const SLOW_UPGRADE: Duration = Duration::from_millis(1400);
+    let (_server, proxy, url) = proxied(quick_server_config(), Behavior::default()).await;
+    let mut connection = client(&url)
+        .probe_timeout(PROBE_TIMEOUT)
+        .connect()
+        .await
+        .expect("connect");
+    assert_eq!(connection.transport(), Some(TransportKind::WebSocket));
+    // Frames both ways: proven for this session.
+    exchange(&mut connection, 20, |_| {}).await;
+    proxy.set(Behavior::default().delay_upgrades(SLOW_UPGRADE));
+    proxy.cut_all();
+    let resumed_on = wait_for(&mut connection, |event| match event {
+        Event::Resumed { transport } => Some(*transport),
+        Event::TransportChanged { from, to } => panic!("fell back from {from} to {to}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(resumed_on, TransportKind::WebSocket);
+    let seen = exchange(&mut connection, 20, |_| {}).await;
+    assert!(seen.changes.is_empty(), "{seen:?}");
+
+    // The control: the same slow upgrade is past the plain probe timeout.
+    let started = Instant::now();
+    let other = client(&url)
+        .probe_timeout(PROBE_TIMEOUT)
+        .connect()
+        .await
+        .expect("connect");
+    assert_eq!(other.transport(), Some(TransportKind::Sse));
+    assert!(
+        started.elapsed() < PROBE_TIMEOUT + SLOW_UPGRADE,
+        "a first attempt waits the plain probe timeout: {:?}",
+        started.elapsed()
+    );
 }
 
 /// Waits, with [`DEADLINE`], until `done` holds (a state the test can only

@@ -22,7 +22,11 @@ use crate::wire::{Close, Frame, Message, OpenParams};
 #[non_exhaustive]
 pub struct ClientConfig {
     /// A new attachment whose first frame has not arrived after this long
-    /// failed (this is how a buffering proxy is caught). Default 2 s.
+    /// failed (this is how a buffering proxy is caught). Default 2 s. The
+    /// holdfast clients give an attachment longer when its transport
+    /// already carried this session and after greeting timeouts in a row
+    /// ([`ClientSession::attach_within`], the connection policy's
+    /// `Action::Attach`).
     pub probe_timeout: Duration,
     /// A streaming attachment is dead when nothing arrived for the server's
     /// ping interval plus this. Default `None`: half the ping interval (so
@@ -291,6 +295,18 @@ impl ClientSession {
     /// While closing, the new attachment carries the unacknowledged
     /// messages again, then the `close`.
     pub fn attach(&mut self, now: Instant, kind: TransportKind) -> AttachmentId {
+        self.attach_within(now, kind, self.config.probe_timeout)
+    }
+
+    /// [`attach`](Self::attach), the first frame being awaited for
+    /// `greeting_timeout` instead of the configured probe timeout (the
+    /// connection policy's deadline for this attachment).
+    pub fn attach_within(
+        &mut self,
+        now: Instant,
+        kind: TransportKind,
+        greeting_timeout: Duration,
+    ) -> AttachmentId {
         let id = AttachmentId(self.next_attachment);
         self.next_attachment += 1;
         self.out.rewind();
@@ -301,7 +317,7 @@ impl ClientSession {
             id,
             kind,
             greeted: kind == TransportKind::LongPoll && self.params.is_some(),
-            greeting_deadline: now + self.config.probe_timeout,
+            greeting_deadline: now + greeting_timeout,
             last_heard: now,
             ack_due: false,
             native_text_min: None,

@@ -4,14 +4,19 @@
 // - on SSE the client's acks travel in send requests: a send the server
 //   refuses for now (503 + Retry-After: its buffer budget is full) must
 //   hold back only its messages, never the acks (and pongs) the server
-//   needs to free that budget (PROTOCOL.md §8.4).
+//   needs to free that budget (PROTOCOL.md §8.4);
+// - a transport that carried this session already gets longer to greet
+//   when it comes back (a slow upgrade in a storm is a busy server, not a
+//   buffering proxy); one never used keeps the plain probe timeout.
 
 import assert from "node:assert/strict";
 import http from "node:http";
-import { test } from "node:test";
+import { after, before, describe, test } from "node:test";
 
 import { Holdfast } from "../../holdfast.js";
-import { nextEvent, record, until } from "../support/helpers.js";
+import { echoExchange, nextEvent, record, until } from "../support/helpers.js";
+import { startProxy } from "../support/proxy.js";
+import { startExample } from "../support/servers.js";
 
 /** The server's side of one SSE session whose buffer budget is full, as
  * holdfast's own server behaves then (server/src/transport/send.rs): a
@@ -143,4 +148,57 @@ test("sse: acks and pongs go on while a refused send waits out its Retry-After",
     client.close();
     await server.close();
   }
+});
+
+describe("greeting deadline", () => {
+  let echo;
+  let proxy;
+  before(async () => {
+    echo = await startExample("echo");
+    proxy = await startProxy(echo.port);
+  });
+  after(async () => {
+    await proxy?.close();
+    await echo?.stop();
+  });
+
+  test("a WebSocket that carried the session gets longer to greet when it comes back", async () => {
+    const PROBE_TIMEOUT = 1000;
+    // Slower than the probe timeout, well within twice it.
+    const SLOW_UPGRADE = 1400;
+    const options = {
+      probeTimeout: PROBE_TIMEOUT,
+      backoff: { initial: 20, max: 200, jitter: 0.5 },
+      rememberFor: 0,
+      reprobeAfter: 60000,
+    };
+    const client = new Holdfast(`${proxy.origin}/realtime`, options);
+    try {
+      const events = record(client);
+      assert.equal((await nextEvent(client, "open", 5000)).transport, "websocket");
+      await echoExchange(client, { count: 20 }); // frames both ways: proven
+      await proxy.set({ upgradeDelay: SLOW_UPGRADE });
+      const resumed = nextEvent(client, "resumed", 5000);
+      await proxy.cut();
+      assert.equal((await resumed).transport, "websocket");
+      assert.deepEqual(events.filter((e) => e.type === "transportchange"), [], "no fallback");
+
+      // The control: a first attempt keeps the plain probe timeout, and
+      // the same slow upgrade makes it fall back at once.
+      const started = Date.now();
+      const other = new Holdfast(`${proxy.origin}/realtime`, options);
+      try {
+        assert.equal((await nextEvent(other, "open", 5000)).transport, "sse");
+        const elapsed = Date.now() - started;
+        assert.ok(elapsed < PROBE_TIMEOUT + SLOW_UPGRADE, `fell back after ${elapsed} ms`);
+      } finally {
+        other.close();
+      }
+      client.close();
+      await nextEvent(client, "close", 5000);
+    } finally {
+      client.close();
+      await proxy.set({ upgradeDelay: 0 });
+    }
+  });
 });

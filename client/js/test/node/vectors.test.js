@@ -108,8 +108,8 @@ function drain(connector, now, probes) {
 function encode(action) {
   const keys = Object.keys(action).sort().join(",");
   switch (keys) {
-    case "attach,fresh":
-      return { attach: action.attach, fresh: action.fresh };
+    case "attach,fresh,greeting":
+      return { attach: action.attach, fresh: action.fresh, greeting: action.greeting };
     case "stop":
       return { stop: action.stop };
     case "id,probe":
@@ -276,6 +276,10 @@ function config(value) {
       case "send_retries":
         if (millis(field) === undefined) throw new Error("send_retries");
         result.sendRetries = field;
+        break;
+      case "probe_timeout":
+        if (millis(field) === undefined) throw new Error("probe_timeout");
+        result.probeTimeout = field;
         break;
       default:
         throw new Error(`unknown config field ${JSON.stringify(key)}`);
