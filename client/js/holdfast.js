@@ -2284,6 +2284,9 @@ const ATTACHMENTS = {
 //   then the attachment is given up); one refused with 4503 is sent again
 //   after its `retryAfter`, as often as it takes; meanwhile acks, pings and
 //   pongs still go, in ack-only requests that count their failures apart;
+// - a server's `retryAfter` is a floor: the client waits a random delay
+//   between it and half as long again (RETRY_AFTER_SPREAD), so that the
+//   clients it refused together do not come back together;
 // - an attachment has `probeTimeout` to deliver its first frame; a
 //   transport that carried frames both ways in this session gets
 //   PROVEN_GREETING_FACTOR times that when attached again, and each
@@ -2313,6 +2316,9 @@ const MAX_FAILURES = 8;
 const SEND_RETRY = 100;
 /** Longest wait (ms) between re-probes of a better transport. */
 const MAX_REPROBE = 5 * 60 * 1000;
+/** A server's Retry-After is waited out plus up to this fraction of it, at
+ * random (see `RETRY_AFTER_SPREAD` in the Rust connector for why half). */
+const RETRY_AFTER_SPREAD = 0.5;
 /** A transport that carried frames both ways in this session has this many
  * probe timeouts to greet when attached again (a slow attempt is far more
  * likely a busy server than a buffering proxy)… */
@@ -2359,6 +2365,12 @@ function backoffDelay(backoff, attempt, random) {
   const base = Math.min(backoff.initial * 2 ** Math.min(attempt, 30), backoff.max);
   const jitter = clamp01(backoff.jitter) * clamp01(random);
   return wholeMillis(durationMillis(base) * (1 - jitter));
+}
+
+/** The wait (ms) for a server's `retryAfter`: a random delay in
+ * `[after, after × (1 + RETRY_AFTER_SPREAD)]`, whole milliseconds. */
+function spreadRetryAfter(after, random) {
+  return wholeMillis(after * (1 + RETRY_AFTER_SPREAD * clamp01(random)));
 }
 
 /** `delay` spread over ±25 %. */
@@ -2634,16 +2646,19 @@ export class Connector {
     if (carried !== "messages" && carried !== "control") {
       throw new TypeError(`a send request carries "messages" or "control", not ${JSON.stringify(carried)}`);
     }
+    // One draw per failure, used or not, as the Rust connector does.
+    const random = this.random();
     switch (kind) {
       case "overloaded":
-        return { resend: retryAfter ?? this.config.backoff.initial };
+        // Without a Retry-After our own wait stands in for it, spread alike.
+        return { resend: spreadRetryAfter(retryAfter ?? this.config.backoff.initial, random) };
       case "refused":
         return { endAttachment: true };
       case "failed": {
         if (this.sendFailures[carried] >= this.config.sendRetries) return { endAttachment: true };
         this.sendFailures[carried] += 1;
         const delay = SEND_RETRY * 2 ** (this.sendFailures[carried] - 1);
-        return { resend: Math.max(delay, retryAfter ?? 0) };
+        return { resend: retryAfter === null ? delay : Math.max(delay, spreadRetryAfter(retryAfter, random)) };
       }
       default:
         throw new TypeError(`not a send failure: ${JSON.stringify(failure)}`);
@@ -2740,7 +2755,8 @@ export class Connector {
     // The server is down, or nothing is left: from the best again, after a
     // backoff.
     this.index = this.bestIndex();
-    const delay = Math.max(this.nextBackoff(), this.failuresRetryAfter);
+    const backoff = this.nextBackoff();
+    const delay = Math.max(backoff, this.spread(this.failuresRetryAfter));
     this.failuresRetryAfter = 0;
     this.wait(now, delay, this.failures.map(describeFailure).join("; "));
   }
@@ -2752,9 +2768,10 @@ export class Connector {
       return;
     }
     if (close.code === CloseCodes.OVERLOADED && Number.isFinite(close.retryAfter)) {
-      // Overloaded before the session opened: honour retryAfter, with
-      // jitter on top, and open a fresh session then.
-      const delay = close.retryAfter + this.nextBackoff();
+      // Overloaded before the session opened: honour retryAfter, spread,
+      // and open a fresh session then.
+      const backoff = this.nextBackoff();
+      const delay = Math.max(backoff, this.spread(close.retryAfter));
       const reason = `the server is overloaded (${close.code} ${close.reason ?? ""})`;
       if (!this.pastConnectTimeout(now, delay)) {
         this.freshSession = true;
@@ -2805,7 +2822,8 @@ export class Connector {
       const detail = typeof end === "object" && end.detached ? end.detached.reason : "";
       reason = detail ? `${describeFailure(failure)}: ${detail}` : describeFailure(failure);
     }
-    const delay = Math.max(this.nextBackoff(), retryAfterOf(end) ?? 0);
+    const backoff = this.nextBackoff();
+    const delay = Math.max(backoff, this.spread(retryAfterOf(end) ?? 0));
     this.wait(now, delay, reason);
   }
 
@@ -2865,6 +2883,12 @@ export class Connector {
     const delay = backoffDelay(this.config.backoff, this.attempt, this.random());
     this.attempt += 1;
     return delay;
+  }
+
+  /** The wait (ms) for a server's `retryAfter` (0: none), spread; draws a
+   * random number only when there is one. */
+  spread(retryAfter) {
+    return retryAfter > 0 ? spreadRetryAfter(retryAfter, this.random()) : 0;
   }
 
   /** How long (ms) an attachment of transport `index` has to greet: the

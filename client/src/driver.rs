@@ -275,7 +275,7 @@ async fn finish_probe(probe: &mut Option<Probe<'_>>) -> (u64, bool) {
 /// A uniform random number in `[0, 1)` from the operating system's RNG
 /// (jitter needs no cryptographic quality, but needs to differ between
 /// processes started together).
-fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         // Fall back on the clock's low bits: still differs between clients.

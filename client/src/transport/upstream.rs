@@ -19,6 +19,7 @@ use http::header;
 use tokio::time::Instant;
 
 use super::{Ctx, KEY_HEADER, Link, Step};
+use crate::driver::random_unit;
 use crate::error::{classify_http, ended, request_end};
 use crate::shared::now;
 
@@ -191,7 +192,7 @@ impl<'c> Upstream<'c> {
         // unacknowledged one (the server drops what it already has), the
         // acknowledgement as it then stands.
         link.shared.lock().core.request_failed(now());
-        match self.policy.failed(carried, failure) {
+        match self.policy.failed(carried, failure, random_unit()) {
             SendVerdict::Retry(delay) => {
                 tracing::debug!(
                     ?failure,

@@ -34,6 +34,9 @@
 //!   then the attachment is given up); one refused with 4503 is sent again
 //!   after its `retry_after`, as often as it takes; meanwhile acks, pings
 //!   and pongs still go, in ack-only requests ([`Carried`]);
+//! - a server's `retry_after` is a floor: the client waits a random delay
+//!   between it and half as long again ([`RETRY_AFTER_SPREAD`]), so that
+//!   the clients it refused together do not come back together;
 //! - an attachment has `probe_timeout` to deliver its first frame; a
 //!   transport that carried frames both ways in this session gets
 //!   [`PROVEN_GREETING_FACTOR`] times that when attached again, and each
@@ -80,7 +83,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub use attempt::{AttemptEnd, Cause, Failure, Fallback};
-pub use backoff::Backoff;
+pub use backoff::{Backoff, RETRY_AFTER_SPREAD, spread_retry_after};
 pub use reprobe::MAX_REPROBE;
 pub use send::{Carried, SEND_RETRY, SendFailure, SendPolicy, SendVerdict};
 
@@ -412,9 +415,11 @@ impl Connector {
 
     /// A send request of the current attachment, which carried `carried`,
     /// failed: what to do with what it carried. (A driver may as well give
-    /// each attachment its own [`send_policy`](Self::send_policy).)
+    /// each attachment its own [`send_policy`](Self::send_policy), and
+    /// draw its own random numbers.)
     pub fn send_failed(&mut self, carried: Carried, failure: SendFailure) -> SendVerdict {
-        self.send.failed(carried, failure)
+        let random = (self.random)();
+        self.send.failed(carried, failure, random)
     }
 
     /// A send request that carried `carried` was answered: its retry count
@@ -540,9 +545,9 @@ impl Connector {
         // The server is down, or nothing is left: from the best again,
         // after a backoff.
         self.index = self.best_index();
-        let delay = self
-            .next_backoff()
-            .max(std::mem::take(&mut self.failures_retry_after));
+        let backoff = self.next_backoff();
+        let retry_after = std::mem::take(&mut self.failures_retry_after);
+        let delay = backoff.max(self.spread(retry_after));
         let reason = self.failures_reason();
         self.wait(now, delay, reason);
     }
@@ -557,8 +562,9 @@ impl Connector {
             && let Some(after) = close.retry_after
         {
             // Overloaded before the session opened: honour retry_after,
-            // with jitter on top, and open a fresh session then.
-            let delay = after + self.next_backoff();
+            // spread, and open a fresh session then.
+            let backoff = self.next_backoff();
+            let delay = backoff.max(self.spread(after));
             let reason = format!(
                 "the server is overloaded ({} {})",
                 close.code.0, close.reason
@@ -621,9 +627,8 @@ impl Connector {
                 _ => failure.to_string(),
             }
         });
-        let delay = self
-            .next_backoff()
-            .max(end.retry_after().unwrap_or_default());
+        let backoff = self.next_backoff();
+        let delay = backoff.max(self.spread(end.retry_after().unwrap_or_default()));
         self.wait(now, delay, reason);
     }
 
@@ -687,6 +692,17 @@ impl Connector {
         let delay = self.config.backoff.delay(self.attempt, random);
         self.attempt = self.attempt.saturating_add(1);
         delay
+    }
+
+    /// The wait for a server's `retry_after` (zero: none), spread
+    /// ([`spread_retry_after`]). Draws a random number only when there is
+    /// one.
+    fn spread(&mut self, retry_after: Duration) -> Duration {
+        if retry_after.is_zero() {
+            return Duration::ZERO;
+        }
+        let random = (self.random)();
+        spread_retry_after(retry_after, random)
     }
 
     /// How long an attachment of transport `index` has to greet: the
@@ -847,6 +863,51 @@ mod tests {
         assert_eq!(
             attach(&mut c, at + 4000 * MS),
             (TransportKind::Sse, 2000 * MS)
+        );
+    }
+
+    #[test]
+    fn a_retry_after_is_spread_everywhere_it_is_honoured() {
+        let t0 = Instant::now();
+        let overloaded = Close::new(CloseCode::OVERLOADED, "busy").with_retry_after(5000 * MS);
+        let delay = |c: &mut Connector, now| loop {
+            match c.poll(now) {
+                Some(Action::Reconnecting { delay, .. }) => return delay,
+                Some(_) => {}
+                None => panic!("no reconnecting"),
+            }
+        };
+        // Refused before the session opened.
+        let mut c = connector(&[TransportKind::WebSocket], t0);
+        attach(&mut c, t0);
+        c.ended(t0, AttemptEnd::Refused(overloaded.clone()));
+        assert_eq!(delay(&mut c, t0), 6250 * MS);
+        // Detached after it opened.
+        let mut c = connector(&[TransportKind::WebSocket], t0);
+        attach(&mut c, t0);
+        c.opened(t0);
+        c.ended(t0, AttemptEnd::Detached(overloaded));
+        assert_eq!(delay(&mut c, t0), 6250 * MS);
+        // A gateway's 503 on every transport.
+        let mut c = connector(&[TransportKind::LongPoll], t0);
+        attach(&mut c, t0);
+        c.ended(
+            t0,
+            AttemptEnd::Status {
+                status: 503,
+                retry_after: Some(4000 * MS),
+            },
+        );
+        assert_eq!(delay(&mut c, t0), 5000 * MS);
+        // A send refused for now.
+        assert_eq!(
+            c.send_failed(
+                Carried::Messages,
+                SendFailure::Overloaded {
+                    retry_after: Some(2000 * MS)
+                }
+            ),
+            SendVerdict::Retry(2500 * MS)
         );
     }
 }

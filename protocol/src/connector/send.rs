@@ -13,6 +13,8 @@
 
 use std::time::Duration;
 
+use super::backoff::spread_retry_after;
+
 /// The first retry of a failed send request waits this long, doubling.
 pub const SEND_RETRY: Duration = Duration::from_millis(100);
 
@@ -60,9 +62,10 @@ pub enum SendVerdict {
 }
 
 /// The retry rule of one attachment's send requests (`PROTOCOL.md` §7):
-/// a failed request is sent again after 100, 200, 400… ms (or its
-/// `Retry-After`, if longer), up to `retries` times in a row; a 4503 is
-/// sent again after its `retry_after` as often as it takes. Requests
+/// a failed request is sent again after 100, 200, 400… ms (or a random
+/// delay between its `Retry-After` and half as long again, if longer), up
+/// to `retries` times in a row; a 4503 is sent again after its
+/// `retry_after` (spread the same way) as often as it takes. Requests
 /// carrying messages and ack-only requests each count their own failures
 /// in a row ([`Carried`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,8 +90,10 @@ impl SendPolicy {
         }
     }
 
-    /// A send request that carried `carried` failed: what to do.
-    pub fn failed(&mut self, carried: Carried, failure: SendFailure) -> SendVerdict {
+    /// A send request that carried `carried` failed: what to do. `random`
+    /// is a uniform number in `[0, 1)` that spreads a `Retry-After` (see
+    /// [`Backoff`](super::Backoff)); it is only used when there is one.
+    pub fn failed(&mut self, carried: Carried, failure: SendFailure, random: f64) -> SendVerdict {
         let retries = self.retries;
         let overloaded_wait = self.overloaded_wait;
         let failures = match carried {
@@ -96,9 +101,13 @@ impl SendPolicy {
             Carried::Control => &mut self.control_failures,
         };
         match failure {
-            SendFailure::Overloaded { retry_after } => {
-                SendVerdict::Retry(retry_after.unwrap_or(overloaded_wait))
-            }
+            // The server names no wait: ours stands in for it, spread the
+            // same way, so that the clients refused together do not all
+            // come back together.
+            SendFailure::Overloaded { retry_after } => SendVerdict::Retry(spread_retry_after(
+                retry_after.unwrap_or(overloaded_wait),
+                random,
+            )),
             SendFailure::Refused => SendVerdict::EndAttachment,
             SendFailure::Failed { retry_after } => {
                 if *failures >= retries {
@@ -106,7 +115,10 @@ impl SendPolicy {
                 }
                 *failures += 1;
                 let delay = SEND_RETRY * 2u32.saturating_pow(*failures - 1);
-                SendVerdict::Retry(delay.max(retry_after.unwrap_or_default()))
+                match retry_after {
+                    Some(after) => SendVerdict::Retry(delay.max(spread_retry_after(after, random))),
+                    None => SendVerdict::Retry(delay),
+                }
             }
         }
     }
@@ -131,25 +143,50 @@ impl SendPolicy {
 mod tests {
     use super::*;
 
+    const SECOND: Option<Duration> = Some(Duration::from_secs(1));
+
     #[test]
     fn messages_and_acks_count_their_failures_apart() {
         let mut policy = SendPolicy::new(2, Duration::from_millis(250));
         let failed = SendFailure::Failed { retry_after: None };
         let ms = |n| SendVerdict::Retry(Duration::from_millis(n));
-        assert_eq!(policy.failed(Carried::Messages, failed), ms(100));
+        assert_eq!(policy.failed(Carried::Messages, failed, 0.5), ms(100));
         // Ack-only requests answered meanwhile do not hide that the
         // messages keep failing...
         policy.succeeded(Carried::Control);
-        assert_eq!(policy.failed(Carried::Messages, failed), ms(200));
+        assert_eq!(policy.failed(Carried::Messages, failed, 0.5), ms(200));
         // ...and an ack-only request failing starts its own count.
-        assert_eq!(policy.failed(Carried::Control, failed), ms(100));
+        assert_eq!(policy.failed(Carried::Control, failed, 0.5), ms(100));
         assert_eq!(
-            policy.failed(Carried::Messages, failed),
+            policy.failed(Carried::Messages, failed, 0.5),
             SendVerdict::EndAttachment
         );
         policy.succeeded(Carried::Messages);
-        assert_eq!(policy.failed(Carried::Messages, failed), ms(100));
+        assert_eq!(policy.failed(Carried::Messages, failed, 0.5), ms(100));
         policy.reset();
-        assert_eq!(policy.failed(Carried::Control, failed), ms(100));
+        assert_eq!(policy.failed(Carried::Control, failed, 0.5), ms(100));
+    }
+
+    #[test]
+    fn a_retry_after_is_spread_over_half_again() {
+        let mut policy = SendPolicy::new(3, Duration::from_millis(250));
+        let overloaded = SendFailure::Overloaded {
+            retry_after: SECOND,
+        };
+        let ms = |n| SendVerdict::Retry(Duration::from_millis(n));
+        assert_eq!(policy.failed(Carried::Messages, overloaded, 0.0), ms(1000));
+        assert_eq!(policy.failed(Carried::Messages, overloaded, 0.5), ms(1250));
+        assert_eq!(
+            policy.failed(Carried::Messages, overloaded, 0.999_999),
+            ms(1499)
+        );
+        // Without a Retry-After, our own wait is spread the same way.
+        let bare = SendFailure::Overloaded { retry_after: None };
+        assert_eq!(policy.failed(Carried::Control, bare, 0.5), ms(312));
+        // A gateway's Retry-After, when longer than the retry delay.
+        let gateway = SendFailure::Failed {
+            retry_after: SECOND,
+        };
+        assert_eq!(policy.failed(Carried::Messages, gateway, 0.5), ms(1250));
     }
 }
