@@ -42,9 +42,12 @@ export interface HoldfastOptions {
   /** Transports to use, in the order to try them. Default all:
    * `["websocket", "sse", "long-poll"]`. */
   transports?: Transport[];
-  /** A new transport that has not delivered its first frame after this
-   * long (ms) is blocked: the next one is tried. Also the time a re-probe
-   * of a better transport gets. Default 2000. */
+  /** A first attempt on a transport that has not delivered its first
+   * frame after this long (ms) is blocked: the next one is tried. Also the
+   * time a re-probe of a better transport gets. A transport that already
+   * carried this session gets twice as long when it comes back, and each
+   * greeting timeout in a row doubles the deadline, up to 8 × this.
+   * Default 2000. */
   probeTimeout?: number;
   /** A WebSocket or SSE connection is dead when nothing arrived for the
    * server's ping interval plus this (ms). Default: half the ping
@@ -297,7 +300,8 @@ export interface ConnectorFailure {
 }
 
 export type ConnectorAction =
-  | { attach: Transport; fresh: boolean }
+  /** `greeting`: ms the attachment has to deliver its first frame. */
+  | { attach: Transport; fresh: boolean; greeting: number }
   | { stop: true }
   | { probe: Transport; id: number }
   | { remember: Transport }
@@ -323,6 +327,7 @@ export declare class Connector {
       reprobeAfter?: number;
       connectTimeout?: number | null;
       sendRetries?: number;
+      probeTimeout?: number;
     },
     now?: number,
     random?: () => number,
@@ -332,14 +337,18 @@ export declare class Connector {
   ended(now: number, end: ConnectorEnding): void;
   probed(now: number, id: number, works: boolean): void;
   wake(now: number, networkChanged: boolean): void;
+  /** A send request failed. `carried`: whether it held messages (or the
+   * close behind them) or only acks, pings and pongs; the two count their
+   * failures apart. Default "messages". */
   sendFailed(
     failure:
       | "failed"
       | "refused"
       | { failed: { retryAfter?: number } }
       | { overloaded: { retryAfter?: number } },
+    carried?: "messages" | "control",
   ): { resend: number } | { endAttachment: true };
-  sendSucceeded(): void;
+  sendSucceeded(carried?: "messages" | "control"): void;
   poll(now: number): ConnectorAction | null;
   pollTimeout(): number | null;
   fallbacks(): {

@@ -498,10 +498,14 @@ function binaryMessage(entry) {
 // policy" below), which the engine reports to its Connector.
 
 class Attachment {
-  constructor(engine, kind, target) {
+  constructor(engine, kind, target, greetingTimeout = engine.options.probeTimeout) {
     this.engine = engine;
     this.kind = kind;
     this.target = target;
+    // How long (ms) it has to deliver its first frame: the connection
+    // policy's deadline for it (the probe timeout, longer for a transport
+    // this session already used).
+    this.greetingTimeout = greetingTimeout;
     this.startedAt = now();
     this.lastHeard = this.startedAt;
     this.greeted = false;
@@ -667,24 +671,48 @@ class WebSocketAttachment extends Attachment {
   }
 }
 
+/** Whether a send request's frames hold messages (or the close behind
+ * them), rather than only acks, pings and pongs. */
+function carriesMessages(parts) {
+  return parts.some(
+    (p) => p.startsWith('{"t":"msg"') || p.startsWith('{"t":"bin"') || p.startsWith('{"t":"close"'),
+  );
+}
+
 /** Sends the client's frames for SSE and long-polling: one request in
  * flight at a time, each answered with an ack (PROTOCOL.md §8.4). What to
  * do when one fails — send the same messages again (the server drops what
  * it already has) and when, or give the attachment up — is the connection
- * policy's verdict (`Connector.sendFailed`). */
+ * policy's verdict (`Connector.sendFailed`).
+ *
+ * A failed request holds back only what it carried: messages refused for
+ * now (a 503's Retry-After) or lost (a failed request's backoff) wait, and
+ * meanwhile acks, pongs and pings still go in ack-only requests, on time —
+ * the server needs those acks to free the buffers that made it refuse. */
 class Upstream {
   constructor(attachment) {
     this.attachment = attachment;
     this.busy = false;
+    /** What the request in flight carries: "messages" or "control". */
+    this.carried = null;
+    /** Messages wait until then (ms), ack-only requests until then. */
+    this.messagesAt = null;
+    this.controlAt = null;
     this.retry = null;
   }
 
   start() {
     const att = this.attachment;
     if (this.busy || att.ended) return;
-    const parts = att.engine.transmit(att, false);
+    this.expire();
+    let only = null;
+    if (this.messagesAt !== null && this.controlAt !== null) return;
+    if (this.messagesAt !== null) only = "control";
+    else if (this.controlAt !== null) only = "messages";
+    const parts = att.engine.transmit(att, false, false, only);
     if (!parts) return;
     this.busy = true;
+    this.carried = carriesMessages(parts) ? "messages" : "control";
     this.post(`[${parts.join(",")}]`);
   }
 
@@ -696,17 +724,46 @@ class Upstream {
   failed(failure) {
     const att = this.attachment;
     const engine = att.engine;
+    const carried = this.carried;
+    this.busy = false;
+    // What it carried goes again: the messages from the oldest
+    // unacknowledged one, the acknowledgement as it then stands.
     engine.requestFailed();
-    const verdict = engine.connector.sendFailed(failure);
+    const verdict = engine.connector.sendFailed(failure, carried);
     if (verdict.resend === undefined) {
       att.lost();
       return;
     }
-    // Sends again, from the oldest unacknowledged message.
-    this.retry = setTimeout(() => {
-      this.busy = false;
-      this.start();
-    }, verdict.resend);
+    const at = now() + verdict.resend;
+    if (carried === "messages") this.messagesAt = at;
+    else this.controlAt = at;
+    this.wake();
+    // Whatever may still go (acks, while the messages wait) goes now.
+    this.start();
+  }
+
+  /** Forgets the holds that are over. */
+  expire() {
+    const t = now();
+    if (this.messagesAt !== null && t >= this.messagesAt) this.messagesAt = null;
+    if (this.controlAt !== null && t >= this.controlAt) this.controlAt = null;
+  }
+
+  /** Starts what may go when the next hold ends (a request in flight
+   * then starts it when it is answered). */
+  wake() {
+    clearTimeout(this.retry);
+    this.expire();
+    const holds = [this.messagesAt, this.controlAt].filter((at) => at !== null);
+    if (holds.length === 0) return;
+    this.retry = setTimeout(
+      () => {
+        this.expire();
+        this.start();
+        this.wake();
+      },
+      Math.max(0, Math.min(...holds) - now()),
+    );
   }
 
   async post(body) {
@@ -753,7 +810,7 @@ class Upstream {
       return;
     }
     this.busy = false;
-    engine.connector.sendSucceeded();
+    engine.connector.sendSucceeded(this.carried);
     engine.onFrames(att, frames, true);
     if (!att.ended) engine.confirm(att);
   }
@@ -770,7 +827,7 @@ class SseAttachment extends Attachment {
     const url = engine.endpoint("sse", this.target, false, this.report);
     let response;
     try {
-      response = await engine.fetchStream(this, url, engine.options.probeTimeout, {
+      response = await engine.fetchStream(this, url, this.greetingTimeout, {
         headers: { Accept: "text/event-stream", ...engine.keyHeaders(this.target.key) },
       });
     } catch (error) {
@@ -887,8 +944,8 @@ class SseParser {
 }
 
 class PollAttachment extends Attachment {
-  constructor(engine, kind, target) {
-    super(engine, kind, target);
+  constructor(engine, kind, target, greetingTimeout) {
+    super(engine, kind, target, greetingTimeout);
     this.upstream = new Upstream(this);
     this.answered = false;
     // A resumed poll may be held with nothing to deliver (a continuing
@@ -906,7 +963,7 @@ class PollAttachment extends Attachment {
       // the network time on top. The first poll is answered at once.
       const timeout = engine.params
         ? (engine.params.hold ?? engine.params.timeout) + Math.max(engine.options.probeTimeout, 5000)
-        : engine.options.probeTimeout;
+        : this.greetingTimeout;
       this.polling = new AbortController();
       const url = engine.endpoint("long-poll", target, false, this.report);
       let response;
@@ -1239,7 +1296,7 @@ class Hub {
       report: att.report,
       mux: engine.params?.mux,
       hold: engine.params?.hold,
-      probeTimeout: engine.options.probeTimeout,
+      probeTimeout: att.greetingTimeout,
     });
   }
 
@@ -2052,8 +2109,8 @@ function due(member) {
  * re-probing, flaps, liveness — is the same). Downstream comes from the
  * hub; upstream is its own `POST …/send`. */
 class SharedAttachment extends Attachment {
-  constructor(engine, kind, target, hub) {
-    super(engine, kind, target);
+  constructor(engine, kind, target, hub, greetingTimeout) {
+    super(engine, kind, target, greetingTimeout);
     this.hub = hub;
     this.upstream = new Upstream(this);
     this.sharedId = null;
@@ -2189,7 +2246,7 @@ const ATTACHMENTS = {
 //
 //   opened / trusted / ended(now, ending) ──▶           ──▶ poll(now): action
 //   probed(now, id, works) / wake(…)      ──▶ Connector ──▶ pollTimeout()
-//   sendFailed(failure) ──────────────────▶           ──▶ verdict (at once)
+//   sendFailed(failure, carried) ─────────▶           ──▶ verdict (at once)
 //
 // Endings (how an attachment ended): "unreachable" (nothing answered),
 // { status, retryAfter } (an HTTP answer not from holdfast), "timeout" (no
@@ -2199,13 +2256,14 @@ const ATTACHMENTS = {
 // ended the attachment / closed the session), "session_closed", "stopped"
 // (the driver stopped it); `close` is { code, reason, retryAfter }.
 //
-// Actions: { attach: transport, fresh }, { stop: true }, { probe: transport,
+// Actions: { attach: transport, fresh, greeting }, { stop: true }, { probe: transport,
 // id }, { remember: transport }, { reconnecting: { attempt, delay, reason } },
 // { check: true }, { giveUp: { refused: close } | { noTransport: [failure] } }.
 //
 // Send failures: "failed", { failed: { retryAfter } }, { overloaded:
-// { retryAfter } }, "refused"; verdicts: { resend: ms }, { endAttachment:
-// true }.
+// { retryAfter } }, "refused", of a request that `carried` "messages" or
+// only "control" frames (acks, pings, pongs); verdicts: { resend: ms },
+// { endAttachment: true }.
 //
 // The rules:
 // - a transport that never delivers its first frame (refused upgrade, error
@@ -2224,7 +2282,17 @@ const ATTACHMENTS = {
 //   the session switches up when one works;
 // - a send request that failed is sent again (up to `sendRetries` times,
 //   then the attachment is given up); one refused with 4503 is sent again
-//   after its `retryAfter`, as often as it takes.
+//   after its `retryAfter`, as often as it takes; meanwhile acks, pings and
+//   pongs still go, in ack-only requests that count their failures apart;
+// - a server's `retryAfter` is a floor: the client waits a random delay
+//   between it and half as long again (RETRY_AFTER_SPREAD), so that the
+//   clients it refused together do not come back together;
+// - an attachment has `probeTimeout` to deliver its first frame; a
+//   transport that carried frames both ways in this session gets
+//   PROVEN_GREETING_FACTOR times that when attached again, and each
+//   greeting timeout in a row doubles it, up to MAX_GREETING_FACTOR times
+//   (the attach action's `greeting`), so that a busy server is not sent a
+//   new handshake every 2 s by each of its returning clients.
 
 /** A transport that died without carrying frames both ways within this
  * long (ms) after opening counts as a flap… */
@@ -2248,6 +2316,17 @@ const MAX_FAILURES = 8;
 const SEND_RETRY = 100;
 /** Longest wait (ms) between re-probes of a better transport. */
 const MAX_REPROBE = 5 * 60 * 1000;
+/** A server's Retry-After is waited out plus up to this fraction of it, at
+ * random (see `RETRY_AFTER_SPREAD` in the Rust connector for why half). */
+const RETRY_AFTER_SPREAD = 0.5;
+/** A transport that carried frames both ways in this session has this many
+ * probe timeouts to greet when attached again (a slow attempt is far more
+ * likely a busy server than a buffering proxy)… */
+const PROVEN_GREETING_FACTOR = 2;
+/** …and greeting timeouts in a row double its deadline up to this many
+ * (16 s by default: past the kernel's SYN retransmissions at 1, 3, 7 and
+ * 15 s, under the 30 s connect timeout). */
+const MAX_GREETING_FACTOR = 8;
 
 const CONNECTOR_DEFAULTS = Object.freeze({
   transports: TRANSPORTS,
@@ -2256,6 +2335,7 @@ const CONNECTOR_DEFAULTS = Object.freeze({
   reprobeAfter: 15000,
   connectTimeout: 30000,
   sendRetries: 3,
+  probeTimeout: 2000,
 });
 
 const FAILURE_ENDINGS = ["unreachable", "timeout", "no_first_frame", "invalid", "closed", "silent"];
@@ -2285,6 +2365,12 @@ function backoffDelay(backoff, attempt, random) {
   const base = Math.min(backoff.initial * 2 ** Math.min(attempt, 30), backoff.max);
   const jitter = clamp01(backoff.jitter) * clamp01(random);
   return wholeMillis(durationMillis(base) * (1 - jitter));
+}
+
+/** The wait (ms) for a server's `retryAfter`: a random delay in
+ * `[after, after × (1 + RETRY_AFTER_SPREAD)]`, whole milliseconds. */
+function spreadRetryAfter(after, random) {
+  return wholeMillis(after * (1 + RETRY_AFTER_SPREAD * clamp01(random)));
 }
 
 /** `delay` spread over ±25 %. */
@@ -2423,7 +2509,8 @@ function describeFailure({ transport, cause, status, code, afterOpen }) {
  * `config` (all optional): `transports` (best first), `remembered` (a
  * transport or null), `backoff` ({ initial, max, jitter, resetAfter }, ms),
  * `reprobeAfter`, `connectTimeout` (null: forever; default 30 s),
- * `sendRetries` (default 3). `random()` gives uniform numbers in [0, 1).
+ * `sendRetries` (default 3), `probeTimeout` (default 2 s). `random()` gives
+ * uniform numbers in [0, 1).
  */
 export class Connector {
   /** A failure of a give-up's `noTransport` list, for people. */
@@ -2440,6 +2527,7 @@ export class Connector {
       connectTimeout:
         config.connectTimeout === undefined ? CONNECTOR_DEFAULTS.connectTimeout : config.connectTimeout,
       sendRetries: config.sendRetries ?? CONNECTOR_DEFAULTS.sendRetries,
+      probeTimeout: config.probeTimeout ?? CONNECTOR_DEFAULTS.probeTimeout,
     };
     this.random = random;
     this.started = now;
@@ -2456,6 +2544,10 @@ export class Connector {
     this.attempt = 0;
     /** Early deaths per transport. */
     this.flaps = this.config.transports.map(() => 0);
+    /** Per transport: whether it carried frames both ways in this session,
+     * and its greeting timeouts in a row (since an attachment opened). */
+    this.proven = this.config.transports.map(() => false);
+    this.greetingTimeouts = this.config.transports.map(() => 0);
     /** Whether any attachment ever opened (the session exists). */
     this.sessionOpen = false;
     this.freshSession = false;
@@ -2465,7 +2557,9 @@ export class Connector {
     /** The better transport to attach once the stopped one ended. */
     this.switchTo = null;
     this.report = [];
-    this.sendFailures = 0;
+    /** Failures in a row of send requests carrying messages, and of
+     * ack-only ones. */
+    this.sendFailures = { messages: 0, control: 0 };
     this.actions = [];
     if (this.config.transports.length === 0) this.giveUp({ noTransport: [] });
     this.index = this.bestIndex();
@@ -2479,6 +2573,8 @@ export class Connector {
     this.attached.opened ??= now;
     this.sessionOpen = true;
     this.freshSession = false;
+    // Whatever made attempts slow has passed: every deadline starts again.
+    this.greetingTimeouts.fill(0);
   }
 
   /** The current attachment carried frames both ways. */
@@ -2490,6 +2586,8 @@ export class Connector {
     a.trusted = true;
     this.sessionOpen = true;
     this.flaps[a.index] = 0;
+    this.greetingTimeouts.fill(0);
+    this.proven[a.index] = true;
     if (this.config.transports.length > 1) {
       const kind = this.config.transports[a.index];
       this.config.remembered = kind;
@@ -2504,7 +2602,7 @@ export class Connector {
     const a = this.attached;
     this.attached = null;
     this.phase = "ready";
-    this.sendFailures = 0;
+    this.sendFailures = { messages: 0, control: 0 };
     if (end === "session_closed") {
       this.phase = "done";
       return;
@@ -2538,30 +2636,39 @@ export class Connector {
     }
   }
 
-  /** A send request failed: what to do with its messages. */
-  sendFailed(failure) {
+  /** A send request that `carried` "messages" (or the close behind them)
+   * or only "control" frames (acks, pings, pongs) failed: what to do with
+   * what it carried. The two kinds count their failures in a row apart. */
+  sendFailed(failure, carried = "messages") {
     const kind = typeof failure === "string" ? failure : Object.keys(failure ?? {})[0];
     const fields = typeof failure === "object" && failure !== null ? failure[kind] : undefined;
     const retryAfter = Number.isFinite(fields?.retryAfter) ? fields.retryAfter : null;
+    if (carried !== "messages" && carried !== "control") {
+      throw new TypeError(`a send request carries "messages" or "control", not ${JSON.stringify(carried)}`);
+    }
+    // One draw per failure, used or not, as the Rust connector does.
+    const random = this.random();
     switch (kind) {
       case "overloaded":
-        return { resend: retryAfter ?? this.config.backoff.initial };
+        // Without a Retry-After our own wait stands in for it, spread alike.
+        return { resend: spreadRetryAfter(retryAfter ?? this.config.backoff.initial, random) };
       case "refused":
         return { endAttachment: true };
       case "failed": {
-        if (this.sendFailures >= this.config.sendRetries) return { endAttachment: true };
-        this.sendFailures += 1;
-        const delay = SEND_RETRY * 2 ** (this.sendFailures - 1);
-        return { resend: Math.max(delay, retryAfter ?? 0) };
+        if (this.sendFailures[carried] >= this.config.sendRetries) return { endAttachment: true };
+        this.sendFailures[carried] += 1;
+        const delay = SEND_RETRY * 2 ** (this.sendFailures[carried] - 1);
+        return { resend: retryAfter === null ? delay : Math.max(delay, spreadRetryAfter(retryAfter, random)) };
       }
       default:
         throw new TypeError(`not a send failure: ${JSON.stringify(failure)}`);
     }
   }
 
-  /** A send request was answered: the retry count starts again. */
-  sendSucceeded() {
-    this.sendFailures = 0;
+  /** A send request that `carried` "messages" or "control" was answered:
+   * its retry count starts again. */
+  sendSucceeded(carried = "messages") {
+    if (carried === "messages" || carried === "control") this.sendFailures[carried] = 0;
   }
 
   // ---- outputs --------------------------------------------------------------
@@ -2578,7 +2685,11 @@ export class Connector {
       this.attached = { index: this.index, started: now, opened: null, trusted: false, stopping: false };
       const fresh = this.freshSession;
       this.freshSession = false;
-      return { attach: this.config.transports[this.index], fresh };
+      return {
+        attach: this.config.transports[this.index],
+        fresh,
+        greeting: this.greetingTimeout(this.index),
+      };
     }
     if (!this.probingAllowed()) return null;
     const found = this.reprobe.found;
@@ -2634,6 +2745,7 @@ export class Connector {
     }
     const cause = causeOf(end);
     if (cause === null) return;
+    if (cause.cause === "timeout" || cause.cause === "no_first_frame") this.greetingTimeouts[a.index] += 1;
     this.record({ transport: this.config.transports[a.index], ...cause, afterOpen: false });
     this.failuresRetryAfter = Math.max(this.failuresRetryAfter, retryAfterOf(end) ?? 0);
     if (cause.cause !== "unreachable" && a.index + 1 < this.config.transports.length) {
@@ -2643,7 +2755,8 @@ export class Connector {
     // The server is down, or nothing is left: from the best again, after a
     // backoff.
     this.index = this.bestIndex();
-    const delay = Math.max(this.nextBackoff(), this.failuresRetryAfter);
+    const backoff = this.nextBackoff();
+    const delay = Math.max(backoff, this.spread(this.failuresRetryAfter));
     this.failuresRetryAfter = 0;
     this.wait(now, delay, this.failures.map(describeFailure).join("; "));
   }
@@ -2655,9 +2768,10 @@ export class Connector {
       return;
     }
     if (close.code === CloseCodes.OVERLOADED && Number.isFinite(close.retryAfter)) {
-      // Overloaded before the session opened: honour retryAfter, with
-      // jitter on top, and open a fresh session then.
-      const delay = close.retryAfter + this.nextBackoff();
+      // Overloaded before the session opened: honour retryAfter, spread,
+      // and open a fresh session then.
+      const backoff = this.nextBackoff();
+      const delay = Math.max(backoff, this.spread(close.retryAfter));
       const reason = `the server is overloaded (${close.code} ${close.reason ?? ""})`;
       if (!this.pastConnectTimeout(now, delay)) {
         this.freshSession = true;
@@ -2708,7 +2822,8 @@ export class Connector {
       const detail = typeof end === "object" && end.detached ? end.detached.reason : "";
       reason = detail ? `${describeFailure(failure)}: ${detail}` : describeFailure(failure);
     }
-    const delay = Math.max(this.nextBackoff(), retryAfterOf(end) ?? 0);
+    const backoff = this.nextBackoff();
+    const delay = Math.max(backoff, this.spread(retryAfterOf(end) ?? 0));
     this.wait(now, delay, reason);
   }
 
@@ -2768,6 +2883,23 @@ export class Connector {
     const delay = backoffDelay(this.config.backoff, this.attempt, this.random());
     this.attempt += 1;
     return delay;
+  }
+
+  /** The wait (ms) for a server's `retryAfter` (0: none), spread; draws a
+   * random number only when there is one. */
+  spread(retryAfter) {
+    return retryAfter > 0 ? spreadRetryAfter(retryAfter, this.random()) : 0;
+  }
+
+  /** How long (ms) an attachment of transport `index` has to greet: the
+   * probe timeout, times PROVEN_GREETING_FACTOR once it carried frames both
+   * ways in this session, doubled for each greeting timeout in a row, at
+   * most MAX_GREETING_FACTOR times. A first attempt on a transport never
+   * proven gets the plain probe timeout. */
+  greetingTimeout(index) {
+    const base = this.proven[index] ? PROVEN_GREETING_FACTOR : 1;
+    const factor = Math.min(base * 2 ** Math.min(this.greetingTimeouts[index], 16), MAX_GREETING_FACTOR);
+    return this.config.probeTimeout * factor;
   }
 
   record(failure) {
@@ -3294,20 +3426,24 @@ class Engine {
 
   /** Frames to send now: strings (JSON frames), and with `nativeBinary`,
    * queued binary entries (with `nativeText` large texts too) to send as
-   * WebSocket binary messages. `null` when there is nothing to send. */
-  transmit(att, nativeBinary, nativeText = false) {
+   * WebSocket binary messages. `null` when there is nothing to send.
+   *
+   * `only`, for a send request while part of the upstream waits
+   * (PROTOCOL.md §8.4): "control" takes only the ack, pong and ping due
+   * (the messages, and the close behind them, wait out a refusal's
+   * Retry-After or a failed request's backoff, and must not hold back the
+   * acks that free the server's buffers); "messages" takes nothing unless
+   * a message or the close goes, acks and pongs riding along (a failed
+   * ack-only request's acks wait their own retry delay). */
+  transmit(att, nativeBinary, nativeText = false, only = null) {
     if (att !== this.attachment || !att.greeted || att.ended || this.closed) return null;
+    const messages = only !== "control";
     const parts = [];
-    if (this.pongDue) {
-      this.pongDue = false;
-      parts.push('{"t":"pong"}');
-    }
-    if (att.pingDue) {
-      att.pingDue = false;
-      parts.push('{"t":"ping"}');
-    }
+    if (this.pongDue) parts.push('{"t":"pong"}');
+    if (att.pingDue) parts.push('{"t":"ping"}');
+    const control = parts.length;
     let sentMessages = false;
-    if (!this.closing || this.closing.sentAt === null) {
+    if (messages && (!this.closing || this.closing.sentAt === null)) {
       // A batch stays within max_msg bytes, brackets, commas and control
       // frames included (§2.3): room is kept for an ack and a close.
       let budget = this.params.max_msg - 2 - ACK_ROOM;
@@ -3315,6 +3451,13 @@ class Engine {
       if (this.closing) budget -= utf8Length(closeFrame(this.closing)) + 1;
       const window = this.grant === null ? null : Math.max(0, this.grant[1] - this.out.inFlight);
       sentMessages = this.out.take(budget, nativeBinary, parts, window, nativeText);
+    }
+    const closeDue = messages && this.closing && this.closing.sentAt === null && !this.out.hasUnsent();
+    if (only === "messages" && !sentMessages && !closeDue) return null;
+    if (control > 0) {
+      // Taken: they go in this batch.
+      this.pongDue = false;
+      att.pingDue = false;
     }
     const unacked = this.received > this.ackedOut || this.resendAck;
     // An ack rides along only in a JSON batch going out anyway: a native
@@ -3328,7 +3471,7 @@ class Engine {
       this.unackedSince = null;
       this.resendAck = false;
     }
-    if (this.closing && this.closing.sentAt === null && !this.out.hasUnsent()) {
+    if (closeDue) {
       parts.push(closeFrame(this.closing));
       this.closing.sentAt = now();
     }
@@ -3391,7 +3534,7 @@ class Engine {
     if (this.closing) deadlines.push(this.closing.deadline);
     const att = this.attachment;
     if (att && !att.ended) {
-      if (!att.greeted) deadlines.push(att.startedAt + this.options.probeTimeout);
+      if (!att.greeted) deadlines.push(att.startedAt + att.greetingTimeout);
       else {
         if (att.streaming) deadlines.push(att.lastHeard + this.deadAfter());
         if (att.verifyBy) deadlines.push(att.verifyBy);
@@ -3429,7 +3572,7 @@ class Engine {
     const att = this.attachment;
     if (att && !att.ended) {
       if (!att.greeted) {
-        if (t >= att.startedAt + this.options.probeTimeout) {
+        if (t >= att.startedAt + att.greetingTimeout) {
           att.end(att.responded ? "no_first_frame" : "timeout");
         }
       } else if (att.streaming && t >= att.lastHeard + this.deadAfter()) {
@@ -3511,6 +3654,7 @@ class Engine {
         backoff: options.backoff,
         reprobeAfter: options.reprobeAfter,
         connectTimeout: options.connectTimeout,
+        probeTimeout: options.probeTimeout,
       },
       now(),
       Math.random,
@@ -3536,7 +3680,7 @@ class Engine {
 
   perform(action) {
     if (action.attach !== undefined) {
-      this.attach(action.attach);
+      this.attach(action.attach, action.greeting);
     } else if (action.stop) {
       // A better transport works: this attachment ends, that one follows.
       this.attachment?.end("stopped");
@@ -3557,13 +3701,13 @@ class Engine {
   /** Attaches transport `kind`. (The Connector's `fresh`, a new session
    * after the server refused to open one, needs nothing here: there is no
    * session to resume until one opened.) */
-  attach(kind) {
+  attach(kind, greetingTimeout = this.options.probeTimeout) {
     this.out.rewind();
     if (this.closing) this.closing.sentAt = null;
     const hub = this.sharedHub(kind);
     const att = hub
-      ? new SharedAttachment(this, kind, this.target(), hub)
-      : new ATTACHMENTS[kind](this, kind, this.target());
+      ? new SharedAttachment(this, kind, this.target(), hub, greetingTimeout)
+      : new ATTACHMENTS[kind](this, kind, this.target(), greetingTimeout);
     this.attachment = att;
     this.offerReport(att, hub ? SHARED_REPORT_BYTES : REPORT_BYTES);
     if (kind === "long-poll" && this.params) {

@@ -91,6 +91,14 @@ impl ClientBuilder {
 
     /// A transport whose first frame has not arrived after this long is
     /// unusable (this is how a buffering proxy is caught). Default 2 s.
+    ///
+    /// That is the deadline of a first attempt on a transport. Attached
+    /// again after it carried frames both ways in this session, a transport
+    /// gets twice as long, and each greeting timeout in a row doubles the
+    /// deadline, up to 8 × this (16 s by default), until an attachment
+    /// opens: a server swamped by returning clients is not sent a new
+    /// handshake every 2 s by each of them. Probes of a better transport
+    /// always wait this long.
     pub fn probe_timeout(mut self, timeout: Duration) -> Self {
         self.core.probe_timeout = timeout;
         self
@@ -180,11 +188,14 @@ impl ClientBuilder {
     /// Connects: opens a session on the first transport that works, and
     /// returns once the session is open. From then on the connection
     /// reconnects and resumes by itself.
-    pub async fn connect(self) -> Result<Connection, ConnectError> {
+    pub async fn connect(mut self) -> Result<Connection, ConnectError> {
         if let Some(error) = self.header_error {
             return Err(ConnectError::Build(error));
         }
         let base = parse_base(&self.url)?;
+        // The connection policy gives each attachment its greeting deadline
+        // from it (longer for a transport this session already used).
+        self.policy.probe_timeout = self.core.probe_timeout;
         let tls = tls_config(&self.extra_roots).map_err(|e| ConnectError::Build(e.to_string()))?;
         let proxy = self.proxy.unwrap_or_else(ProxyConfig::from_env);
         let net = Net::new(tls, proxy, self.headers, self.core.probe_timeout)

@@ -75,12 +75,15 @@ impl Driver {
                 Action::Attach {
                     transport,
                     fresh_session,
+                    greeting_timeout,
                 } => {
                     if fresh_session {
                         self.shared.lock().core = ClientSession::new(self.core_config.clone());
                     }
                     let riding = self.offer_report(&connector, reported);
-                    let end = self.attach(transport, &mut connector, &mut probe).await;
+                    let end = self
+                        .attach(transport, greeting_timeout, &mut connector, &mut probe)
+                        .await;
                     tracing::debug!(%transport, ?end, "attachment ended");
                     {
                         let mut inner = self.shared.lock();
@@ -108,19 +111,23 @@ impl Driver {
     async fn attach<'a>(
         &'a self,
         kind: TransportKind,
+        greeting_timeout: Duration,
         connector: &mut Connector,
         probe: &mut Option<Probe<'a>>,
     ) -> AttemptEnd {
         self.shared.lock().progress = Progress::default();
         let stop = Notify::new();
         let run = async {
+            let (ctx, shared, stop) = (&self.ctx, &*self.shared, &stop);
             match kind {
                 TransportKind::WebSocket => {
-                    transport::ws::run(&self.ctx, &self.shared, &stop).await
+                    transport::ws::run(ctx, shared, stop, greeting_timeout).await
                 }
-                TransportKind::Sse => transport::sse::run(&self.ctx, &self.shared, &stop).await,
+                TransportKind::Sse => {
+                    transport::sse::run(ctx, shared, stop, greeting_timeout).await
+                }
                 TransportKind::LongPoll => {
-                    transport::poll::run(&self.ctx, &self.shared, &stop).await
+                    transport::poll::run(ctx, shared, stop, greeting_timeout).await
                 }
             }
         };
@@ -268,7 +275,7 @@ async fn finish_probe(probe: &mut Option<Probe<'_>>) -> (u64, bool) {
 /// A uniform random number in `[0, 1)` from the operating system's RNG
 /// (jitter needs no cryptographic quality, but needs to differ between
 /// processes started together).
-fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         // Fall back on the clock's low bits: still differs between clients.

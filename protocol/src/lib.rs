@@ -52,7 +52,7 @@ pub use config::{
 pub use error::{AttachError, ProtocolError, RestoreError, SendError};
 pub use session::{
     AttachmentId, ClientConfig, ClientEvent, ClientSession, ConnectTarget, Initiator,
-    MAX_RESTORED_SEQ, Restore, ServerEvent, ServerSession, SessionIdentity, Transmit,
+    MAX_RESTORED_SEQ, Restore, ServerEvent, ServerSession, SessionIdentity, Transmit, TransmitOnly,
     TransportFailure, TransportKind,
 };
 pub use wire::{Close, DecodeError, Frame, Message, OpenParams, Text};

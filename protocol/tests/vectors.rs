@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use holdfast_protocol::connector::{
-    Action, AttemptEnd, Backoff, Connector, ConnectorConfig, GiveUp, SendFailure, SendVerdict,
+    Action, AttemptEnd, Backoff, Carried, Connector, ConnectorConfig, GiveUp, SendFailure,
+    SendVerdict,
 };
 use holdfast_protocol::{Close, CloseCode, TransportKind};
 use serde_json::{Value, json};
@@ -134,7 +135,12 @@ fn encode(action: &Action) -> Value {
         Action::Attach {
             transport,
             fresh_session,
-        } => json!({"attach": transport.as_str(), "fresh": fresh_session}),
+            greeting_timeout,
+        } => json!({
+            "attach": transport.as_str(),
+            "fresh": fresh_session,
+            "greeting": greeting_timeout.as_millis() as u64,
+        }),
         Action::Stop => json!({"stop": true}),
         Action::Probe { transport, .. } => json!({"probe": transport.as_str()}),
         Action::Remember(transport) => json!({"remember": transport.as_str()}),
@@ -175,7 +181,8 @@ fn apply(
         match name {
             "opened" => connector.opened(now),
             "trusted" => connector.trusted(now),
-            "send_ok" => connector.send_succeeded(),
+            "send_ok" => connector.send_succeeded(Carried::Messages),
+            "ack_send_ok" => connector.send_succeeded(Carried::Control),
             other => return Err(format!("unknown input {other:?}")),
         }
         return Ok(None);
@@ -191,7 +198,12 @@ fn apply(
             connector.probed(now, id, value.as_bool().ok_or("`probed` takes a boolean")?);
         }
         "wake" => connector.wake(now, value == "online"),
-        "send_failed" => {
+        "send_failed" | "ack_send_failed" => {
+            let carried = if name == "send_failed" {
+                Carried::Messages
+            } else {
+                Carried::Control
+            };
             let failure = match (
                 value.as_str(),
                 value.as_object().and_then(|o| o.iter().next()),
@@ -206,7 +218,7 @@ fn apply(
                 },
                 _ => return Err(format!("bad send_failed {value}")),
             };
-            return Ok(Some(match connector.send_failed(failure) {
+            return Ok(Some(match connector.send_failed(carried, failure) {
                 SendVerdict::Retry(delay) => json!({"resend": delay.as_millis() as u64}),
                 SendVerdict::EndAttachment => json!({"end_attachment": true}),
             }));
@@ -295,6 +307,7 @@ fn config(value: &Value) -> Result<ConnectorConfig, String> {
             "send_retries" => {
                 config.send_retries = value.as_u64().ok_or("send_retries")? as u32;
             }
+            "probe_timeout" => config.probe_timeout = millis(value).ok_or("probe_timeout")?,
             other => return Err(format!("unknown config field {other:?}")),
         }
     }

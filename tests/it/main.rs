@@ -85,6 +85,8 @@ mod chaos;
 mod chaos_findings;
 /// `HTTP_PROXY` / `NO_PROXY` honoured, in a child process.
 mod client_env_proxy;
+/// Acks during a refused send's `Retry-After`; greeting deadlines.
+mod client_policy;
 /// Fallback reports: the client tells the server why, once; hostile ones.
 mod client_reports;
 /// Fallback, switching up, error pages, cuts, expiry, overload.

@@ -14,8 +14,8 @@ use std::time::Duration;
 use holdfast_protocol::connector::{AttemptEnd, SendPolicy};
 use holdfast_protocol::wire::PROTOCOL_VERSION;
 use holdfast_protocol::{
-    AttachmentId, ClientEvent, Close, ConnectTarget, Frame, ProtocolError, TransportFailure,
-    TransportKind,
+    AttachmentId, ClientEvent, Close, ConnectTarget, Frame, ProtocolError, TransmitOnly,
+    TransportFailure, TransportKind,
 };
 use url::Url;
 
@@ -32,6 +32,10 @@ pub(crate) struct Ctx {
     /// `http(s)://host[:port]/mount`, without a trailing slash.
     pub(crate) base: Url,
     pub(crate) net: Net,
+    /// How long a probe waits for its answer; also bounds a few waits of
+    /// an attachment that are not its greeting (a refusal's body, a
+    /// goodbye). An attachment's greeting gets the connection policy's
+    /// deadline instead (`Action::Attach`).
     pub(crate) probe_timeout: Duration,
     /// How long a poll may be held by the server before we give up on it.
     pub(crate) poll_timeout: Duration,
@@ -134,11 +138,17 @@ pub(crate) struct Link<'a> {
 }
 
 impl<'a> Link<'a> {
-    /// Attaches a new transport to the core. `None` if the session is over.
-    pub(crate) fn attach(shared: &'a Shared, kind: TransportKind) -> Option<(Self, ConnectTarget)> {
+    /// Attaches a new transport to the core, which fails it if its first
+    /// frame has not arrived within `greeting_timeout`. `None` if the
+    /// session is over.
+    pub(crate) fn attach(
+        shared: &'a Shared,
+        kind: TransportKind,
+        greeting_timeout: Duration,
+    ) -> Option<(Self, ConnectTarget)> {
         let mut inner = shared.lock();
         let target = inner.core.connect_target()?;
-        let id = inner.core.attach(now(), kind);
+        let id = inner.core.attach_within(now(), kind, greeting_timeout);
         // A poll that continues a poll attachment gets no `resumed`
         // (`PROTOCOL.md` §5): the core counts such an attachment as greeted
         // at once, and so does the link.
@@ -196,14 +206,25 @@ impl<'a> Link<'a> {
             .map(tokio::time::Instant::from_std)
     }
 
-    /// Frames to send upstream now.
-    pub(crate) fn transmit(&mut self) -> Option<Vec<Frame>> {
-        let transmit = self.shared.lock().core.poll_transmit(now());
-        let ping = std::mem::take(&mut self.ping_due);
-        let Some(transmit) = transmit else {
-            // Anything sent proves the session as well as a ping does.
-            return ping.then(|| vec![Frame::Ping]);
+    /// Frames to send upstream now: everything due, or (`only`) the part
+    /// a send request may carry while the rest waits.
+    pub(crate) fn transmit(&mut self, only: Option<TransmitOnly>) -> Option<Vec<Frame>> {
+        let transmit = {
+            let mut inner = self.shared.lock();
+            match only {
+                None => inner.core.poll_transmit(now()),
+                Some(only) => inner.core.poll_transmit_only(now(), only),
+            }
         };
+        let Some(transmit) = transmit else {
+            // Anything sent proves the session as well as a ping does; the
+            // ping is control, and waits while only messages may go.
+            if only == Some(TransmitOnly::Messages) {
+                return None;
+            }
+            return std::mem::take(&mut self.ping_due).then(|| vec![Frame::Ping]);
+        };
+        self.ping_due = false;
         if transmit
             .frames
             .iter()

@@ -30,8 +30,18 @@ pub(crate) enum PollAnswer {
     Failed(AttemptEnd),
 }
 
-pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd {
-    let Some((mut link, target)) = Link::attach(shared, TransportKind::LongPoll) else {
+/// Carries the session on polls and send requests until it ends. A poll
+/// opening or resuming the session must be answered within
+/// `greeting_timeout` (a poll continuing the attachment is greeted at
+/// once).
+pub(crate) async fn run(
+    ctx: &Ctx,
+    shared: &Shared,
+    stop: &Notify,
+    greeting_timeout: Duration,
+) -> AttemptEnd {
+    let Some((mut link, target)) = Link::attach(shared, TransportKind::LongPoll, greeting_timeout)
+    else {
         return AttemptEnd::SessionClosed;
     };
     let poller = Poller {

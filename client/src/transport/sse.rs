@@ -3,6 +3,7 @@
 //! send requests (`http::carry`).
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use holdfast_protocol::TransportKind;
@@ -19,11 +20,20 @@ use crate::shared::Shared;
 
 type Body = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>>;
 
-pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd {
-    let Some((mut link, target)) = Link::attach(shared, TransportKind::Sse) else {
+/// Carries the session on an event stream and send requests until it
+/// ends. The response and the greeting must arrive within
+/// `greeting_timeout`.
+pub(crate) async fn run(
+    ctx: &Ctx,
+    shared: &Shared,
+    stop: &Notify,
+    greeting_timeout: Duration,
+) -> AttemptEnd {
+    let Some((mut link, target)) = Link::attach(shared, TransportKind::Sse, greeting_timeout)
+    else {
         return AttemptEnd::SessionClosed;
     };
-    let end = match open(ctx, &mut link, target).await {
+    let end = match open(ctx, &mut link, target, greeting_timeout).await {
         Ok(stream) => carry(ctx, shared, stop, &mut link, Downstream::Sse(stream)).await,
         Err(end) => end,
     };
@@ -36,6 +46,7 @@ async fn open(
     ctx: &Ctx,
     link: &mut Link<'_>,
     target: holdfast_protocol::ConnectTarget,
+    greeting_timeout: Duration,
 ) -> Result<EventStream, AttemptEnd> {
     let url = ctx.endpoint(TransportKind::Sse, &target, link.report());
     let mut request = ctx
@@ -47,7 +58,7 @@ async fn open(
     if let Some(key) = &target.key {
         request = request.header(KEY_HEADER, key);
     }
-    let response = match tokio::time::timeout(ctx.probe_timeout, request.send()).await {
+    let response = match tokio::time::timeout(greeting_timeout, request.send()).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => return Err(request_end(&e)),
         Err(_) => return Err(ended(AttemptEnd::Timeout, "no SSE answer")),

@@ -3,6 +3,8 @@
 //! do large texts once the server's greeting granted it (`PROTOCOL.md`
 //! §2.2.1).
 
+use std::time::Duration;
+
 use futures_util::{SinkExt, StreamExt};
 use holdfast_protocol::wire::{binary, json};
 use holdfast_protocol::{Frame, TransportKind};
@@ -15,15 +17,23 @@ use super::{Ctx, Link, Step, sleep_until};
 use crate::error::ended;
 use crate::shared::Shared;
 
-pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd {
-    let Some((mut link, target)) = Link::attach(shared, TransportKind::WebSocket) else {
+/// Carries the session on a WebSocket until it ends. The connect, the
+/// upgrade and the greeting must all arrive within `greeting_timeout`.
+pub(crate) async fn run(
+    ctx: &Ctx,
+    shared: &Shared,
+    stop: &Notify,
+    greeting_timeout: Duration,
+) -> AttemptEnd {
+    let Some((mut link, target)) = Link::attach(shared, TransportKind::WebSocket, greeting_timeout)
+    else {
         return AttemptEnd::SessionClosed;
     };
     let url = ctx.endpoint(TransportKind::WebSocket, &target, link.report());
     let connect = ctx
         .net
         .connect_ws(&url, ctx.max_message, target.key.as_deref());
-    let ws = match tokio::time::timeout(ctx.probe_timeout, connect).await {
+    let ws = match tokio::time::timeout(greeting_timeout, connect).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(end)) => {
             link.detach();
@@ -42,7 +52,7 @@ pub(crate) async fn run(ctx: &Ctx, shared: &Shared, stop: &Notify) -> AttemptEnd
     let mut awaiting_greeting = true;
     let end = loop {
         let mut failed = None;
-        while let Some(frames) = link.transmit() {
+        while let Some(frames) = link.transmit(None) {
             if let Err(e) = write(&mut sink, frames, native_text_min).await {
                 failed = Some(ended(AttemptEnd::Closed, format_args!("write: {e}")));
                 break;

@@ -44,6 +44,33 @@ impl Backoff {
     }
 }
 
+/// How much longer than a server's `Retry-After` a client may wait, as a
+/// fraction of it: the wait is a random delay in
+/// `[retry_after, retry_after × (1 + RETRY_AFTER_SPREAD)]`.
+///
+/// Every client refused at the same moment is told the same wait; a
+/// jitter that does not grow with it (the backoff's, 125–250 ms) brings
+/// them all back within a moment of each other, and the server, which
+/// can take only so many at once (its per-address open rate, its buffer
+/// budget), refuses most of them again: waves, one `Retry-After` apart.
+/// Spread over half the wait, a cohort refused together comes back over
+/// half a period; refused again, its spreads add up and cover the whole
+/// period by the second round, so arrivals become a steady flow the
+/// server admits at its own rate. Half, not more: the mean wait is 1.25 ×
+/// what the server asked, and never less than it (`Retry-After` is a
+/// floor: the server does not want anyone sooner).
+pub const RETRY_AFTER_SPREAD: f64 = 0.5;
+
+/// The wait for a server's `retry_after`: a delay in
+/// `[after, after × (1 + RETRY_AFTER_SPREAD)]` picked by `random`
+/// (uniform in `[0, 1)`), in whole milliseconds.
+pub fn spread_retry_after(after: Duration, random: f64) -> Duration {
+    // From whole milliseconds, as the JS client has them: both must agree
+    // to the millisecond on the scenario vectors.
+    let ms = after.as_millis() as f64;
+    whole_millis(ms * (1.0 + RETRY_AFTER_SPREAD * random.clamp(0.0, 1.0)))
+}
+
 /// `ms` milliseconds rounded down to a whole millisecond: the JS client
 /// computes the same delays in milliseconds, and both must agree to the
 /// millisecond on the scenario vectors.
@@ -79,5 +106,19 @@ mod tests {
             ..Backoff::default()
         };
         assert_eq!(full.delay(0, 0.999_999), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_retry_after_is_a_floor_with_up_to_half_again_on_top() {
+        let after = Duration::from_millis(5000);
+        assert_eq!(spread_retry_after(after, 0.0), after);
+        assert_eq!(spread_retry_after(after, 0.5), Duration::from_millis(6250));
+        assert_eq!(
+            spread_retry_after(after, 0.999_999),
+            Duration::from_millis(7499)
+        );
+        // Out-of-range draws are clamped, never below the floor.
+        assert_eq!(spread_retry_after(after, -1.0), after);
+        assert_eq!(spread_retry_after(Duration::ZERO, 0.7), Duration::ZERO);
     }
 }

@@ -32,7 +32,18 @@
 //!   and the session switches up when one works;
 //! - a send request that failed is sent again (up to `send_retries` times,
 //!   then the attachment is given up); one refused with 4503 is sent again
-//!   after its `retry_after`, as often as it takes.
+//!   after its `retry_after`, as often as it takes; meanwhile acks, pings
+//!   and pongs still go, in ack-only requests ([`Carried`]);
+//! - a server's `retry_after` is a floor: the client waits a random delay
+//!   between it and half as long again ([`RETRY_AFTER_SPREAD`]), so that
+//!   the clients it refused together do not come back together;
+//! - an attachment has `probe_timeout` to deliver its first frame; a
+//!   transport that carried frames both ways in this session gets
+//!   [`PROVEN_GREETING_FACTOR`] times that when attached again, and each
+//!   greeting timeout in a row doubles it, up to [`MAX_GREETING_FACTOR`]
+//!   times (`Action::Attach`'s `greeting_timeout`), so that a busy server
+//!   is not sent a new handshake every 2 s by each of its returning
+//!   clients.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -43,14 +54,22 @@
 //! let mut connector = Connector::new(ConnectorConfig::default(), t0, Box::new(|| 0.5));
 //! assert_eq!(
 //!     connector.poll(t0),
-//!     Some(Action::Attach { transport: TransportKind::WebSocket, fresh_session: false })
+//!     Some(Action::Attach {
+//!         transport: TransportKind::WebSocket,
+//!         fresh_session: false,
+//!         greeting_timeout: Duration::from_secs(2),
+//!     })
 //! );
 //! // A proxy refuses the upgrade: SSE next, at once.
 //! let t1 = t0 + Duration::from_millis(30);
 //! connector.ended(t1, AttemptEnd::Status { status: 426, retry_after: None });
 //! assert_eq!(
 //!     connector.poll(t1),
-//!     Some(Action::Attach { transport: TransportKind::Sse, fresh_session: false })
+//!     Some(Action::Attach {
+//!         transport: TransportKind::Sse,
+//!         fresh_session: false,
+//!         greeting_timeout: Duration::from_secs(2),
+//!     })
 //! );
 //! ```
 
@@ -64,9 +83,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub use attempt::{AttemptEnd, Cause, Failure, Fallback};
-pub use backoff::Backoff;
+pub use backoff::{Backoff, RETRY_AFTER_SPREAD, spread_retry_after};
 pub use reprobe::MAX_REPROBE;
-pub use send::{SEND_RETRY, SendFailure, SendPolicy, SendVerdict};
+pub use send::{Carried, SEND_RETRY, SendFailure, SendPolicy, SendVerdict};
 
 use crate::{Close, CloseCode, TransportKind};
 use reprobe::Reprobe;
@@ -80,6 +99,25 @@ pub const FLAPS_TO_DEMOTE: u32 = 2;
 pub const MAX_FALLBACKS: usize = 16;
 /// The most failures kept for a reconnect reason or a give-up.
 const MAX_FAILURES: usize = 8;
+/// A transport that carried frames both ways in this session has this many
+/// probe timeouts to deliver its first frame when attached again.
+///
+/// It is known to pass here, so an attempt that is slow is far more likely
+/// a busy server or network (every client returning at once after a blip
+/// or a restart: a full accept queue, a dropped SYN retransmitted after
+/// 1 s and 3 s) than a buffering proxy; abandoning it at the plain probe
+/// timeout throws away a handshake the server already paid for and sends
+/// it another. Twice covers the SYN retransmission at 1 s with room for
+/// the upgrade and the greeting.
+pub const PROVEN_GREETING_FACTOR: u32 = 2;
+/// The longest greeting deadline, in probe timeouts (16 s by default).
+///
+/// Each greeting timeout in a row on a transport doubles its deadline up
+/// to this: 16 s covers the kernel's SYN retransmissions at 1, 3, 7 and
+/// 15 s, stays well under the connect timeout (30 s: a session that never
+/// opened still gets more than one attempt) and the server's resume window
+/// (120 s).
+pub const MAX_GREETING_FACTOR: u32 = 8;
 
 /// The connection policy's settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +139,12 @@ pub struct ConnectorConfig {
     /// How many times a failed send request is sent again before its
     /// attachment is given up. Default 3.
     pub send_retries: u32,
+    /// How long a first attempt on a transport has to deliver its first
+    /// frame (the client's probe timeout: how a buffering proxy is
+    /// caught). Default 2 s. Proven transports and greeting timeouts in a
+    /// row get longer ([`PROVEN_GREETING_FACTOR`],
+    /// [`MAX_GREETING_FACTOR`]).
+    pub probe_timeout: Duration,
 }
 
 impl Default for ConnectorConfig {
@@ -112,6 +156,7 @@ impl Default for ConnectorConfig {
             reprobe_after: Duration::from_secs(15),
             connect_timeout: Some(Duration::from_secs(30)),
             send_retries: 3,
+            probe_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -126,6 +171,13 @@ pub enum Action {
         transport: TransportKind,
         /// Whether to open a new session rather than resume.
         fresh_session: bool,
+        /// How long the attachment has to deliver its first frame (connect,
+        /// upgrade or response headers included) before it failed with
+        /// [`AttemptEnd::Timeout`] or [`AttemptEnd::NoFirstFrame`]: the
+        /// probe timeout, longer for a transport proven in this session and
+        /// after greeting timeouts in a row (see the [module
+        /// documentation](self)).
+        greeting_timeout: Duration,
     },
     /// Stop the current attachment (a better transport works): it ends with
     /// [`AttemptEnd::Stopped`], and the better one is attached next.
@@ -205,6 +257,11 @@ pub struct Connector {
     attempt: u32,
     /// Early deaths per transport.
     flaps: Vec<u32>,
+    /// Per transport: whether it carried frames both ways in this session.
+    proven: Vec<bool>,
+    /// Per transport: greeting timeouts in a row (since an attachment last
+    /// opened).
+    greeting_timeouts: Vec<u32>,
     /// Whether any attachment ever opened (the session exists).
     session_open: bool,
     fresh_session: bool,
@@ -242,6 +299,8 @@ impl Connector {
         let send = SendPolicy::new(config.send_retries, config.backoff.initial);
         let mut connector = Self {
             flaps: vec![0; config.transports.len()],
+            proven: vec![false; config.transports.len()],
+            greeting_timeouts: vec![0; config.transports.len()],
             config,
             random,
             started: now,
@@ -273,6 +332,10 @@ impl Connector {
             a.opened.get_or_insert(now);
             self.session_open = true;
             self.fresh_session = false;
+            // Whatever made attempts slow (a busy server, a congested
+            // network) has passed: every deadline starts again from the
+            // probe timeout.
+            self.greeting_timeouts.fill(0);
         }
     }
 
@@ -288,6 +351,8 @@ impl Connector {
         a.trusted = true;
         self.session_open = true;
         self.flaps[a.index] = 0;
+        self.greeting_timeouts.fill(0);
+        self.proven[a.index] = true;
         if self.config.transports.len() > 1 {
             let kind = self.config.transports[a.index];
             self.config.remembered = Some(kind);
@@ -305,7 +370,7 @@ impl Connector {
         let Phase::Attached(a) = std::mem::replace(&mut self.phase, Phase::Ready) else {
             return;
         };
-        self.send.succeeded();
+        self.send.reset();
         if end == AttemptEnd::SessionClosed {
             self.phase = Phase::Done;
             return;
@@ -348,16 +413,19 @@ impl Connector {
         }
     }
 
-    /// A send request of the current attachment failed: what to do with
-    /// its messages. (A driver may as well give each attachment its own
-    /// [`send_policy`](Self::send_policy).)
-    pub fn send_failed(&mut self, failure: SendFailure) -> SendVerdict {
-        self.send.failed(failure)
+    /// A send request of the current attachment, which carried `carried`,
+    /// failed: what to do with what it carried. (A driver may as well give
+    /// each attachment its own [`send_policy`](Self::send_policy), and
+    /// draw its own random numbers.)
+    pub fn send_failed(&mut self, carried: Carried, failure: SendFailure) -> SendVerdict {
+        let random = (self.random)();
+        self.send.failed(carried, failure, random)
     }
 
-    /// A send request was answered: the retry count starts again.
-    pub fn send_succeeded(&mut self) {
-        self.send.succeeded();
+    /// A send request that carried `carried` was answered: its retry count
+    /// starts again.
+    pub fn send_succeeded(&mut self, carried: Carried) {
+        self.send.succeeded(carried);
     }
 
     /// A fresh send policy for an attachment, with this configuration.
@@ -394,6 +462,7 @@ impl Connector {
             return Some(Action::Attach {
                 transport: self.config.transports[self.index],
                 fresh_session: std::mem::take(&mut self.fresh_session),
+                greeting_timeout: self.greeting_timeout(self.index),
             });
         }
         if !self.probing_allowed() {
@@ -457,6 +526,9 @@ impl Connector {
             _ => {}
         }
         let Some(cause) = end.cause() else { return };
+        if matches!(cause, Cause::Timeout | Cause::NoFirstFrame) {
+            self.greeting_timeouts[a.index] = self.greeting_timeouts[a.index].saturating_add(1);
+        }
         let transport = self.config.transports[a.index];
         self.record(Failure {
             transport,
@@ -473,9 +545,9 @@ impl Connector {
         // The server is down, or nothing is left: from the best again,
         // after a backoff.
         self.index = self.best_index();
-        let delay = self
-            .next_backoff()
-            .max(std::mem::take(&mut self.failures_retry_after));
+        let backoff = self.next_backoff();
+        let retry_after = std::mem::take(&mut self.failures_retry_after);
+        let delay = backoff.max(self.spread(retry_after));
         let reason = self.failures_reason();
         self.wait(now, delay, reason);
     }
@@ -490,8 +562,9 @@ impl Connector {
             && let Some(after) = close.retry_after
         {
             // Overloaded before the session opened: honour retry_after,
-            // with jitter on top, and open a fresh session then.
-            let delay = after + self.next_backoff();
+            // spread, and open a fresh session then.
+            let backoff = self.next_backoff();
+            let delay = backoff.max(self.spread(after));
             let reason = format!(
                 "the server is overloaded ({} {})",
                 close.code.0, close.reason
@@ -554,9 +627,8 @@ impl Connector {
                 _ => failure.to_string(),
             }
         });
-        let delay = self
-            .next_backoff()
-            .max(end.retry_after().unwrap_or_default());
+        let backoff = self.next_backoff();
+        let delay = backoff.max(self.spread(end.retry_after().unwrap_or_default()));
         self.wait(now, delay, reason);
     }
 
@@ -622,6 +694,36 @@ impl Connector {
         delay
     }
 
+    /// The wait for a server's `retry_after` (zero: none), spread
+    /// ([`spread_retry_after`]). Draws a random number only when there is
+    /// one.
+    fn spread(&mut self, retry_after: Duration) -> Duration {
+        if retry_after.is_zero() {
+            return Duration::ZERO;
+        }
+        let random = (self.random)();
+        spread_retry_after(retry_after, random)
+    }
+
+    /// How long an attachment of transport `index` has to greet: the
+    /// probe timeout, times [`PROVEN_GREETING_FACTOR`] once it carried
+    /// frames both ways in this session, doubled for each greeting timeout
+    /// in a row, at most [`MAX_GREETING_FACTOR`] times. A first attempt on
+    /// a transport never proven gets the plain probe timeout: catching a
+    /// buffering proxy and falling back take no longer than they did.
+    fn greeting_timeout(&self, index: usize) -> Duration {
+        let base = if self.proven[index] {
+            PROVEN_GREETING_FACTOR
+        } else {
+            1
+        };
+        let doubled =
+            base.saturating_mul(2u32.saturating_pow(self.greeting_timeouts[index].min(16)));
+        self.config
+            .probe_timeout
+            .saturating_mul(doubled.min(MAX_GREETING_FACTOR))
+    }
+
     fn record(&mut self, failure: Failure) {
         if self.failures.len() == MAX_FAILURES {
             self.failures.remove(0);
@@ -663,5 +765,149 @@ impl Connector {
             .remembered
             .and_then(|kind| self.config.transports.iter().position(|k| *k == kind))
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn connector(transports: &[TransportKind], t0: Instant) -> Connector {
+        let config = ConnectorConfig {
+            transports: transports.to_vec(),
+            ..ConnectorConfig::default()
+        };
+        Connector::new(config, t0, Box::new(|| 0.5))
+    }
+
+    /// The next attach's transport and greeting deadline, at `now`.
+    fn attach(connector: &mut Connector, now: Instant) -> (TransportKind, Duration) {
+        loop {
+            match connector.poll(now) {
+                Some(Action::Attach {
+                    transport,
+                    greeting_timeout,
+                    ..
+                }) => return (transport, greeting_timeout),
+                Some(_) => {}
+                None => panic!("no attach at {now:?}: {connector:?}"),
+            }
+        }
+    }
+
+    /// Ends the current attachment and returns when the next attach is due.
+    fn end(connector: &mut Connector, now: Instant, end: AttemptEnd) -> Instant {
+        connector.ended(now, end);
+        while connector.poll(now).is_some() {}
+        connector.poll_timeout().unwrap_or(now)
+    }
+
+    #[test]
+    fn a_first_attempt_gets_the_probe_timeout_and_falls_back_as_fast() {
+        let t0 = Instant::now();
+        let mut c = connector(&TransportKind::ALL, t0);
+        assert_eq!(attach(&mut c, t0), (TransportKind::WebSocket, 2000 * MS));
+        let t1 = t0 + 2000 * MS;
+        c.ended(t1, AttemptEnd::NoFirstFrame);
+        // Blocked: the next transport at once, never proven either.
+        assert_eq!(attach(&mut c, t1), (TransportKind::Sse, 2000 * MS));
+    }
+
+    #[test]
+    fn a_proven_transport_gets_longer_doubling_to_the_cap_until_one_opens() {
+        let t0 = Instant::now();
+        let mut c = connector(&[TransportKind::WebSocket], t0);
+        assert_eq!(attach(&mut c, t0).1, 2000 * MS);
+        c.opened(t0 + 10 * MS);
+        c.trusted(t0 + 20 * MS);
+        let mut at = end(&mut c, t0 + 1000 * MS, AttemptEnd::Closed);
+        let mut deadlines = Vec::new();
+        for ending in [
+            AttemptEnd::Timeout,
+            AttemptEnd::NoFirstFrame,
+            AttemptEnd::Timeout,
+            AttemptEnd::Timeout,
+        ] {
+            let (_, deadline) = attach(&mut c, at);
+            deadlines.push(deadline.as_millis());
+            at = end(&mut c, at + deadline, ending);
+        }
+        assert_eq!(deadlines, [4000, 8000, 16000, 16000]);
+        // Other failures neither grow nor reset it.
+        assert_eq!(attach(&mut c, at).1, 16000 * MS);
+        at = end(&mut c, at + 5 * MS, AttemptEnd::Unreachable);
+        assert_eq!(attach(&mut c, at).1, 16000 * MS);
+        // An attachment that opened resets it: proven, so twice.
+        c.opened(at + 100 * MS);
+        at = end(&mut c, at + 200 * MS, AttemptEnd::Closed);
+        assert_eq!(attach(&mut c, at).1, 4000 * MS);
+    }
+
+    #[test]
+    fn only_the_transport_that_carried_frames_both_ways_is_proven() {
+        let t0 = Instant::now();
+        let mut c = connector(&TransportKind::ALL, t0);
+        attach(&mut c, t0);
+        // Opened but never trusted: not proven.
+        c.opened(t0 + 10 * MS);
+        let at = end(&mut c, t0 + 20_000 * MS, AttemptEnd::Closed);
+        assert_eq!(attach(&mut c, at), (TransportKind::WebSocket, 2000 * MS));
+        c.opened(at + 10 * MS);
+        c.trusted(at + 20 * MS);
+        let at = end(&mut c, at + 20_000 * MS, AttemptEnd::Closed);
+        assert_eq!(attach(&mut c, at), (TransportKind::WebSocket, 4000 * MS));
+        // It times out: blocked, so SSE at once, with the plain timeout.
+        c.ended(at + 4000 * MS, AttemptEnd::Timeout);
+        assert_eq!(
+            attach(&mut c, at + 4000 * MS),
+            (TransportKind::Sse, 2000 * MS)
+        );
+    }
+
+    #[test]
+    fn a_retry_after_is_spread_everywhere_it_is_honoured() {
+        let t0 = Instant::now();
+        let overloaded = Close::new(CloseCode::OVERLOADED, "busy").with_retry_after(5000 * MS);
+        let delay = |c: &mut Connector, now| loop {
+            match c.poll(now) {
+                Some(Action::Reconnecting { delay, .. }) => return delay,
+                Some(_) => {}
+                None => panic!("no reconnecting"),
+            }
+        };
+        // Refused before the session opened.
+        let mut c = connector(&[TransportKind::WebSocket], t0);
+        attach(&mut c, t0);
+        c.ended(t0, AttemptEnd::Refused(overloaded.clone()));
+        assert_eq!(delay(&mut c, t0), 6250 * MS);
+        // Detached after it opened.
+        let mut c = connector(&[TransportKind::WebSocket], t0);
+        attach(&mut c, t0);
+        c.opened(t0);
+        c.ended(t0, AttemptEnd::Detached(overloaded));
+        assert_eq!(delay(&mut c, t0), 6250 * MS);
+        // A gateway's 503 on every transport.
+        let mut c = connector(&[TransportKind::LongPoll], t0);
+        attach(&mut c, t0);
+        c.ended(
+            t0,
+            AttemptEnd::Status {
+                status: 503,
+                retry_after: Some(4000 * MS),
+            },
+        );
+        assert_eq!(delay(&mut c, t0), 5000 * MS);
+        // A send refused for now.
+        assert_eq!(
+            c.send_failed(
+                Carried::Messages,
+                SendFailure::Overloaded {
+                    retry_after: Some(2000 * MS)
+                }
+            ),
+            SendVerdict::Retry(2500 * MS)
+        );
     }
 }

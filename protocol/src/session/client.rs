@@ -22,7 +22,11 @@ use crate::wire::{Close, Frame, Message, OpenParams};
 #[non_exhaustive]
 pub struct ClientConfig {
     /// A new attachment whose first frame has not arrived after this long
-    /// failed (this is how a buffering proxy is caught). Default 2 s.
+    /// failed (this is how a buffering proxy is caught). Default 2 s. The
+    /// holdfast clients give an attachment longer when its transport
+    /// already carried this session and after greeting timeouts in a row
+    /// ([`ClientSession::attach_within`], the connection policy's
+    /// `Action::Attach`).
     pub probe_timeout: Duration,
     /// A streaming attachment is dead when nothing arrived for the server's
     /// ping interval plus this. Default `None`: half the ping interval (so
@@ -69,6 +73,21 @@ pub struct ConnectTarget {
     pub key: Option<String>,
     /// The `last` query parameter.
     pub last: u64,
+}
+
+/// What a send request may carry while part of the upstream waits
+/// ([`ClientSession::poll_transmit_only`], `PROTOCOL.md` §8.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransmitOnly {
+    /// Only the acknowledgement and the `pong` that are due: the messages
+    /// (and the `close` behind them) wait out a refused request's
+    /// `Retry-After` or a failed one's backoff, and must not hold back the
+    /// acks that free the server's buffers.
+    Control,
+    /// Nothing unless a message (or the `close`) goes; acks and pongs
+    /// ride along: a failed ack-only request's acks wait their own retry
+    /// delay.
+    Messages,
 }
 
 /// Why an attachment failed, as seen from the client.
@@ -276,6 +295,18 @@ impl ClientSession {
     /// While closing, the new attachment carries the unacknowledged
     /// messages again, then the `close`.
     pub fn attach(&mut self, now: Instant, kind: TransportKind) -> AttachmentId {
+        self.attach_within(now, kind, self.config.probe_timeout)
+    }
+
+    /// [`attach`](Self::attach), the first frame being awaited for
+    /// `greeting_timeout` instead of the configured probe timeout (the
+    /// connection policy's deadline for this attachment).
+    pub fn attach_within(
+        &mut self,
+        now: Instant,
+        kind: TransportKind,
+        greeting_timeout: Duration,
+    ) -> AttachmentId {
         let id = AttachmentId(self.next_attachment);
         self.next_attachment += 1;
         self.out.rewind();
@@ -286,7 +317,7 @@ impl ClientSession {
             id,
             kind,
             greeted: kind == TransportKind::LongPoll && self.params.is_some(),
-            greeting_deadline: now + self.config.probe_timeout,
+            greeting_deadline: now + greeting_timeout,
             last_heard: now,
             ack_due: false,
             native_text_min: None,
@@ -511,15 +542,29 @@ impl ClientSession {
     /// request for SSE and long-polling (call only when no send request is
     /// in flight). `None` until the attachment greeted.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.transmit(now, true, true)
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit) for a send request that may
+    /// carry only part of what is due (see [`TransmitOnly`]).
+    pub fn poll_transmit_only(&mut self, now: Instant, only: TransmitOnly) -> Option<Transmit> {
+        match only {
+            TransmitOnly::Control => self.transmit(now, false, true),
+            TransmitOnly::Messages => self.transmit(now, true, false),
+        }
+    }
+
+    /// Frames to send now: messages and the `close` if `messages`; acks
+    /// and pongs alone (without a message or the `close` going) if
+    /// `control_alone`.
+    fn transmit(&mut self, now: Instant, messages: bool, control_alone: bool) -> Option<Transmit> {
         let a = self.attachment.as_mut().filter(|a| a.greeted)?;
         let mut frames = Vec::new();
-        if std::mem::take(&mut self.pong_due) {
-            frames.push(Frame::Pong);
-        }
-        let open = matches!(
-            self.state,
-            State::Open | State::Closing { sent_at: None, .. }
-        );
+        let open = messages
+            && matches!(
+                self.state,
+                State::Open | State::Closing { sent_at: None, .. }
+            );
         if open {
             let target = self
                 .params
@@ -534,6 +579,15 @@ impl ClientSession {
                 a.native_text_min,
             );
         }
+        let close_due = messages
+            && matches!(self.state, State::Closing { sent_at: None, .. })
+            && !self.out.has_pending();
+        if frames.is_empty() && !close_due && !control_alone {
+            return None;
+        }
+        if std::mem::take(&mut self.pong_due) {
+            frames.insert(0, Frame::Pong);
+        }
         // An ack rides along only in a JSON batch going out anyway: native
         // messages are no batch (§2.3), so it then waits for its deadline.
         let batch_going = frames
@@ -544,8 +598,7 @@ impl ClientSession {
             frames.push(Frame::ack(self.inb.take_ack()));
         }
         if let State::Closing { close, sent_at } = &mut self.state
-            && sent_at.is_none()
-            && !self.out.has_pending()
+            && close_due
         {
             frames.push(Frame::Close(close.clone()));
             *sent_at = Some(now);

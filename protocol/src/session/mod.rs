@@ -23,7 +23,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Instant;
 
-pub use client::{ClientConfig, ClientEvent, ClientSession, ConnectTarget, TransportFailure};
+pub use client::{
+    ClientConfig, ClientEvent, ClientSession, ConnectTarget, TransmitOnly, TransportFailure,
+};
 pub use server::{Restore, ServerEvent, ServerSession, SessionIdentity};
 
 use crate::wire::{Close, Frame};

@@ -108,8 +108,8 @@ function drain(connector, now, probes) {
 function encode(action) {
   const keys = Object.keys(action).sort().join(",");
   switch (keys) {
-    case "attach,fresh":
-      return { attach: action.attach, fresh: action.fresh };
+    case "attach,fresh,greeting":
+      return { attach: action.attach, fresh: action.fresh, greeting: action.greeting };
     case "stop":
       return { stop: action.stop };
     case "id,probe":
@@ -156,7 +156,10 @@ function apply(connector, now, input, lastProbe) {
         connector.trusted(now);
         return null;
       case "send_ok":
-        connector.sendSucceeded();
+        connector.sendSucceeded("messages");
+        return null;
+      case "ack_send_ok":
+        connector.sendSucceeded("control");
         return null;
       default:
         throw new Error(`unknown input ${JSON.stringify(input)}`);
@@ -175,8 +178,10 @@ function apply(connector, now, input, lastProbe) {
     case "wake":
       connector.wake(now, value === "online");
       return null;
-    case "send_failed": {
-      const verdict = connector.sendFailed(sendFailure(value));
+    case "send_failed":
+    case "ack_send_failed": {
+      const carried = name === "send_failed" ? "messages" : "control";
+      const verdict = connector.sendFailed(sendFailure(value), carried);
       if (verdict.endAttachment === true) return { end_attachment: true };
       if (typeof verdict.resend === "number") return { resend: verdict.resend };
       throw new Error(`a verdict of an unknown kind: ${JSON.stringify(verdict)}`);
@@ -271,6 +276,10 @@ function config(value) {
       case "send_retries":
         if (millis(field) === undefined) throw new Error("send_retries");
         result.sendRetries = field;
+        break;
+      case "probe_timeout":
+        if (millis(field) === undefined) throw new Error("probe_timeout");
+        result.probeTimeout = field;
         break;
       default:
         throw new Error(`unknown config field ${JSON.stringify(key)}`);
