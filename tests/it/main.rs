@@ -37,6 +37,9 @@ mod metrics_scrape;
 mod native_text;
 /// The `Origin` check and the authentication hook on every transport.
 mod origin_auth;
+/// CPU overload: busy sessions yield their worker, a lagging runtime
+/// refuses new sessions (not resumes).
+mod cpu_overload;
 /// Pings, silence timeouts, poll continuation (`PROTOCOL.md` §6).
 mod pings_and_timeouts;
 /// Probes (`probe=1`) prove a transport without touching the session.
