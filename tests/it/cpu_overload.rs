@@ -143,7 +143,9 @@ async fn a_lagging_runtime_refuses_new_sessions_but_not_resumes() {
                 .await
                 .expect("bind 127.0.0.1:0");
             let addr = listener.local_addr().expect("local address");
-            tokio::spawn(holdfast::server::serve(listener, app));
+            tokio::spawn(async move {
+                let _ = holdfast::server::serve(listener, app).await;
+            });
             (holdfast, addr)
         })
         .await
