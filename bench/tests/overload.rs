@@ -30,7 +30,8 @@ fn quick(transport: &str) {
     let refused = stdout
         .lines()
         .filter(|line| {
-            line.contains("server counted: rejected_") && line.contains("rejected_too_many_sessions")
+            line.contains("server counted: rejected_")
+                && line.contains("rejected_too_many_sessions")
         })
         .count();
     assert_eq!(refused, 2, "refusals not counted in both runs:\n{stdout}");

@@ -25,7 +25,10 @@ const QUEUED: usize = 1000;
 async fn a_busy_session_yields_its_worker_before_draining_its_queue() {
     let (server, mut incoming) = TestServer::start(ServerConfig::default()).await;
     let mut ws = RawWs::connect(&server.ws_url("v=1")).await;
-    assert!(matches!(ws.recv_frames().await.as_slice(), [Frame::Open(_)]));
+    assert!(matches!(
+        ws.recv_frames().await.as_slice(),
+        [Frame::Open(_)]
+    ));
     let session = accept(&mut incoming, DEADLINE).await;
     // Same-length payloads, so that the queue's charge is known exactly.
     let frames: Vec<Frame> = (1..=QUEUED as u64)
@@ -38,9 +41,7 @@ async fn a_busy_session_yields_its_worker_before_draining_its_queue() {
         ws.send_frames(batch).await;
     }
     let charge = 6 + holdfast::protocol::MESSAGE_OVERHEAD;
-    server
-        .wait_buffered_bytes(QUEUED * charge, DEADLINE)
-        .await;
+    server.wait_buffered_bytes(QUEUED * charge, DEADLINE).await;
 
     let drained = tokio::spawn(async move {
         let other_ran = Arc::new(AtomicBool::new(false));
@@ -210,7 +211,12 @@ async fn a_lagging_runtime_refuses_new_sessions_but_not_resumes() {
         ),
         "a WebSocket resume while busy"
     );
-    let reply = raw::get(&http, &format!("{base}/poll?{}", resume_query(&key, 0)), &[]).await;
+    let reply = raw::get(
+        &http,
+        &format!("{base}/poll?{}", resume_query(&key, 0)),
+        &[],
+    )
+    .await;
     assert_eq!(reply.status, 200, "a resume while busy: {:?}", reply.frames);
     assert!(
         matches!(reply.batch().first(), Some(Frame::Resumed { .. })),

@@ -137,7 +137,9 @@ impl Options {
                 "--arrival-messages" => options.arrival_messages = number as u64,
                 "--capacity" => options.capacity = Some(number),
                 "--max-sessions" => max_sessions = Some(number as usize),
-                "--work-us" | "--max-buffered-bytes" | "--retry-after-ms"
+                "--work-us"
+                | "--max-buffered-bytes"
+                | "--retry-after-ms"
                 | "--open-lag-limit-ms" => {
                     serve_args.extend([flag.clone(), value.clone()]);
                 }

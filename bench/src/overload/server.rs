@@ -68,8 +68,7 @@ impl ServeOptions {
                 "--max-buffered-bytes" => options.max_buffered_bytes = number as usize,
                 "--retry-after-ms" => options.retry_after = Duration::from_millis(number),
                 "--open-lag-limit-ms" => {
-                    options.open_lag_limit =
-                        (number > 0).then(|| Duration::from_millis(number));
+                    options.open_lag_limit = (number > 0).then(|| Duration::from_millis(number));
                 }
                 other => return Err(format!("unknown argument {other:?}; {USAGE}")),
             }
@@ -86,7 +85,8 @@ impl ServeOptions {
             ("--retry-after-ms", self.retry_after.as_millis() as u64),
             (
                 "--open-lag-limit-ms",
-                self.open_lag_limit.map_or(0, |limit| limit.as_millis() as u64),
+                self.open_lag_limit
+                    .map_or(0, |limit| limit.as_millis() as u64),
             ),
         ]
         .iter()
