@@ -73,11 +73,11 @@ pub struct ServerConfig {
     /// counting once it is overdue by more than the limit), so that one
     /// stall — a long computation, the process paused — refuses nothing.
     ///
-    /// Default 1 s: far above what a runtime that keeps up shows (a few
-    /// milliseconds; tens in a debug build on a loaded machine), and
-    /// reached when the workers have a second of ready work queued, at
-    /// which point an opening takes seconds. At least 10 ms. `None`: no
-    /// limit, and no probe.
+    /// Default 1 s: above what a runtime that keeps up shows (milliseconds
+    /// with CPU to spare, peaks of a few hundred at 100 % CPU without a
+    /// backlog), and reached when the workers have about a second of ready
+    /// work queued, at which point an opening takes seconds. At least
+    /// 10 ms. `None`: no limit, and no probe.
     pub open_lag_limit: Option<Duration>,
     /// Most bytes buffered across all sessions: replay buffers and
     /// received-but-unread messages, each message counting its payload plus
