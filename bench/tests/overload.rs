@@ -26,9 +26,11 @@ fn quick(transport: &str) {
         stdout.contains("OVERLOAD CHECKS HELD: 2 runs"),
         "no verdict:\n{stdout}"
     );
+    // At `max_sessions` (`rejected_too_many_sessions`), or while the
+    // runtime lagged (`rejected_busy`), should a loaded CI machine make it.
     let refused = stdout
         .lines()
-        .filter(|line| line.contains("server counted: rejected_too_many_sessions"))
+        .filter(|line| line.contains("server counted: rejected_"))
         .count();
     assert_eq!(refused, 2, "refusals not counted in both runs:\n{stdout}");
 }

@@ -7,6 +7,10 @@ use holdfast_protocol::SessionConfig;
 
 use crate::admission::OpenRateLimit;
 
+/// The smallest `open_lag_limit`: tokio's timers tick every millisecond,
+/// and below this ordinary jitter would refuse sessions.
+const MIN_OPEN_LAG_LIMIT: Duration = Duration::from_millis(10);
+
 /// Parameters of a [`Holdfast`](crate::Holdfast) server. Every field has a
 /// default sized for proxies that cut silent connections at 30 s.
 ///
@@ -51,6 +55,30 @@ pub struct ServerConfig {
     /// default `max_sessions`. Lower it with `max_sessions`. `None`: no
     /// limit.
     pub open_rate_limit: Option<OpenRateLimit>,
+    /// How late the runtime may run ready work before new sessions are
+    /// refused: past it, new sessions get `503` + `Retry-After` (WebSocket:
+    /// close 4503), checked before anything else is done for them (no
+    /// authentication, no store, no registry). Resumes, sends and polls
+    /// are never refused for it: sessions already open keep their
+    /// guarantee, and a reconnect storm does not lose sessions.
+    ///
+    /// The lag is measured by one task per server that sleeps 100 ms at a
+    /// time and records how late it wakes
+    /// ([`Holdfast::scheduling_lag`](crate::Holdfast::scheduling_lag),
+    /// the `holdfast_scheduling_lag_seconds` gauge): about how long work
+    /// that is ready waits for a worker. Under CPU overload every step of
+    /// an opening (accept, request, upgrade, `open`) waits that long, and
+    /// clients give up on them; a refusal is an answer they act on. It
+    /// must be over the limit for two probes in a row (the one in flight
+    /// counting once it is overdue by more than the limit), so that one
+    /// stall — a long computation, the process paused — refuses nothing.
+    ///
+    /// Default 1 s: above what a runtime that keeps up shows (milliseconds
+    /// with CPU to spare, peaks of a few hundred at 100 % CPU without a
+    /// backlog), and reached when the workers have about a second of ready
+    /// work queued, at which point an opening takes seconds. At least
+    /// 10 ms. `None`: no limit, and no probe.
+    pub open_lag_limit: Option<Duration>,
     /// Most bytes buffered across all sessions: replay buffers and
     /// received-but-unread messages, each message counting its payload plus
     /// [`MESSAGE_OVERHEAD`](holdfast_protocol::MESSAGE_OVERHEAD) (the
@@ -125,6 +153,7 @@ impl Default for ServerConfig {
             session: SessionConfig::default(),
             max_sessions: 100_000,
             open_rate_limit: Some(OpenRateLimit::default()),
+            open_lag_limit: Some(Duration::from_secs(1)),
             max_buffered_bytes: 512 * 1024 * 1024,
             retry_after: Duration::from_secs(5),
             sse_padding: 2048,
@@ -149,6 +178,14 @@ impl ServerConfig {
         if let Some(limit) = &self.open_rate_limit {
             limit.validate()?;
         }
+        if self
+            .open_lag_limit
+            .is_some_and(|limit| limit < MIN_OPEN_LAG_LIMIT)
+        {
+            return Err(holdfast_protocol::ConfigError(
+                "open_lag_limit must be at least 10 ms",
+            ));
+        }
         if self.max_sessions == 0 || self.accept_backlog == 0 {
             return Err(holdfast_protocol::ConfigError(
                 "max_sessions and accept_backlog must be at least 1",
@@ -165,5 +202,25 @@ impl ServerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_lag_limit_is_at_least_10_ms_or_none() {
+        let mut config = ServerConfig::default();
+        assert_eq!(config.open_lag_limit, Some(Duration::from_secs(1)));
+        assert!(config.validate().is_ok());
+        config.open_lag_limit = Some(Duration::from_millis(9));
+        assert!(config.validate().is_err());
+        config.open_lag_limit = Some(Duration::ZERO);
+        assert!(config.validate().is_err());
+        config.open_lag_limit = Some(MIN_OPEN_LAG_LIMIT);
+        assert!(config.validate().is_ok());
+        config.open_lag_limit = None;
+        assert!(config.validate().is_ok());
     }
 }

@@ -113,7 +113,13 @@ impl Fanout {
         for session in members {
             let result = match self.inner.policy {
                 SlowConsumer::Wait => session.send(message.clone()).await,
-                SlowConsumer::Disconnect => session.try_send(message.clone()),
+                SlowConsumer::Disconnect => {
+                    // `try_send` never waits: yield now and then (tokio's
+                    // cooperative budget, as `send` does) across thousands
+                    // of members.
+                    tokio::task::coop::consume_budget().await;
+                    session.try_send(message.clone())
+                }
             };
             match result {
                 Ok(()) => report.delivered += 1,

@@ -30,6 +30,7 @@ mod client_js;
 mod cluster;
 mod config;
 mod fanout;
+mod load;
 mod logs;
 mod metrics;
 mod origin;

@@ -53,6 +53,8 @@ pub(crate) const ACK_DELAY: &str = "holdfast_ack_delay_seconds";
 pub(crate) const SEND_WAIT: &str = "holdfast_send_wait_seconds";
 /// Requests and attachments refused (counter), by `reason`.
 pub(crate) const REJECTIONS: &str = "holdfast_rejections_total";
+/// How late the runtime ran the lag probe last (gauge).
+pub(crate) const SCHEDULING_LAG: &str = "holdfast_scheduling_lag_seconds";
 /// Fallbacks the clients reported (counter), by `from`, `to`, `reason`,
 /// `status`.
 pub(crate) const CLIENT_FALLBACKS: &str = "holdfast_client_fallbacks_total";
@@ -145,7 +147,12 @@ pub(crate) fn describe() {
     describe_counter!(
         REJECTIONS,
         Unit::Count,
-        "Requests and attachments refused, by reason: origin, auth, too_large, too_many_sessions, rate_limited, protocol, session_lost, overloaded, version, unavailable, timeout."
+        "Requests and attachments refused, by reason: origin, auth, too_large, too_many_sessions, rate_limited, busy, protocol, session_lost, overloaded, version, unavailable, timeout."
+    );
+    describe_gauge!(
+        SCHEDULING_LAG,
+        Unit::Seconds,
+        "How late the runtime ran the server's lag probe, which sleeps 100 ms at a time: about how long work that is ready waits for a worker. New sessions are refused while it stays above ServerConfig::open_lag_limit."
     );
     describe_counter!(
         CLIENT_FALLBACKS,
@@ -388,6 +395,7 @@ pub(crate) fn session_moved(here: bool) {
 /// - `too_large`: a message or batch over the limits (1009);
 /// - `too_many_sessions`: `max_sessions` reached;
 /// - `rate_limited`: the client address opens sessions too fast;
+/// - `busy`: the runtime has lagged past `open_lag_limit` (CPU overload);
 /// - `overloaded`: the server-wide buffer is full (a send refused for now);
 /// - `unavailable`: the server cannot take the session now (the
 ///   application stopped accepting sessions, the store is unavailable or
@@ -408,6 +416,7 @@ pub(crate) fn rejection_reason(reject: &Reject) -> Option<&'static str> {
         CloseCode::OVERLOADED => match &*close.reason {
             crate::reject::TOO_MANY_SESSIONS => "too_many_sessions",
             crate::reject::RATE_LIMITED => "rate_limited",
+            crate::reject::BUSY => "busy",
             crate::reject::NOT_KEEPING_UP => "overloaded",
             _ => "unavailable",
         },
@@ -533,7 +542,7 @@ mod tests {
 
     #[test]
     fn rejection_reasons() {
-        use crate::reject::{BAD_VERSION, NOT_KEEPING_UP, RATE_LIMITED, TOO_MANY_SESSIONS};
+        use crate::reject::{BAD_VERSION, BUSY, NOT_KEEPING_UP, RATE_LIMITED, TOO_MANY_SESSIONS};
         let session = |code, reason: &str| Reject::session(CloseCode(code), reason.to_owned());
         let origin = Reject::Origin(
             Close::new(CloseCode::FORBIDDEN, "origin"),
@@ -548,6 +557,7 @@ mod tests {
         for (reason, label) in [
             (TOO_MANY_SESSIONS, "too_many_sessions"),
             (RATE_LIMITED, "rate_limited"),
+            (BUSY, "busy"),
             (NOT_KEEPING_UP, "overloaded"),
             ("the session store is slow", "unavailable"),
         ] {

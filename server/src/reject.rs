@@ -12,6 +12,8 @@ use http::{HeaderValue, StatusCode, header};
 pub(crate) const TOO_MANY_SESSIONS: &str = "too many sessions";
 /// The client address opens sessions faster than its rate.
 pub(crate) const RATE_LIMITED: &str = "too many new sessions from your address";
+/// The runtime has lagged past `open_lag_limit`: no new sessions for now.
+pub(crate) const BUSY: &str = "the server is too busy for new sessions";
 /// A send refused for now: the server-wide buffer is full.
 pub(crate) const NOT_KEEPING_UP: &str = "the application is not keeping up";
 /// How the refusal of a protocol version begins.

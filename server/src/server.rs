@@ -18,6 +18,7 @@ use crate::admission::Admission;
 use crate::auth::{AuthHook, OpenRequest, Refusal};
 use crate::cluster::{Cluster, Routing};
 use crate::config::ServerConfig;
+use crate::load::Lag;
 use crate::origin::{OriginPolicy, Served};
 use crate::peer::{Forwarded, Peer, ProxyHeaders, TrustedProxies};
 use crate::registry::Registry;
@@ -70,6 +71,9 @@ pub(crate) struct ServerState {
     pub(crate) auth: Option<AuthHook>,
     /// Per-address limit on opening sessions.
     pub(crate) admission: Admission,
+    /// The runtime's scheduling lag, which refuses new sessions past
+    /// `open_lag_limit`.
+    pub(crate) lag: Arc<Lag>,
     /// Reverse proxies whose forwarded headers are believed.
     proxies: TrustedProxies,
     /// Clients reach the server over https (TLS terminated in front).
@@ -339,6 +343,16 @@ impl Holdfast {
         self.state.admission.tracked()
     }
 
+    /// How late the runtime last ran the server's lag probe, which sleeps
+    /// 100 ms at a time: about how long work that is ready waits for a
+    /// worker. Past
+    /// [`ServerConfig::open_lag_limit`](crate::ServerConfig::open_lag_limit)
+    /// for two probes in a row, new sessions are refused. Zero without
+    /// that limit (no probe runs) and before the first probe.
+    pub fn scheduling_lag(&self) -> std::time::Duration {
+        self.state.lag.latest()
+    }
+
     /// Bytes buffered across all sessions now, as the limits count them:
     /// each queued message (replay buffers and received-but-unread
     /// messages) at its payload plus
@@ -595,6 +609,7 @@ impl Builder {
                 cluster: cluster.clone(),
                 topics: std::sync::OnceLock::new(),
                 admission: Admission::new(self.config.open_rate_limit.clone()),
+                lag: Arc::new(Lag::new(self.config.open_lag_limit, now())),
                 config: self.config,
                 registry: Registry::default(),
                 buffered: AtomicUsize::new(0),
@@ -608,6 +623,9 @@ impl Builder {
                 sink,
             }),
         };
+        // Built outside a runtime, the probe starts with the first new
+        // session instead.
+        holdfast.state.lag.start();
         if let Some(cluster) = cluster {
             cluster.start(Arc::downgrade(&holdfast.state), holdfast.routes(""));
         }

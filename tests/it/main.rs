@@ -29,6 +29,9 @@ mod support;
 mod attachments;
 /// `holdfast-conformance <url>`'s checks, and a server that fails them.
 mod conformance_checks;
+/// CPU overload: busy sessions yield their worker, a lagging runtime
+/// refuses new sessions (not resumes).
+mod cpu_overload;
 /// Every limit and refusal, each with its exact status and close code.
 mod limits;
 /// A Prometheus scrape after clients on each transport, cuts and refusals.

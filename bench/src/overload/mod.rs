@@ -74,7 +74,8 @@ pub struct Options {
 const USAGE: &str = "usage: holdfast-bench overload <websocket|sse|long-poll> <multiple[,multiple…]> \
     [--sessions N] [--size BYTES] [--seconds S] [--warmup-ms MS] [--drain-ms MS] \
     [--arrivals PER_S] [--arrival-messages N] [--capacity MSGS_PER_S] [--work-us US] \
-    [--max-sessions N] [--max-buffered-bytes N] [--retry-after-ms MS] [--quick]\n\
+    [--max-sessions N] [--max-buffered-bytes N] [--retry-after-ms MS] \
+    [--open-lag-limit-ms MS (0: none)] [--quick]\n\
     --max-sessions defaults to sessions + 50; --quick: a few seconds at tiny scale (CI)";
 
 impl Options {
@@ -136,7 +137,10 @@ impl Options {
                 "--arrival-messages" => options.arrival_messages = number as u64,
                 "--capacity" => options.capacity = Some(number),
                 "--max-sessions" => max_sessions = Some(number as usize),
-                "--work-us" | "--max-buffered-bytes" | "--retry-after-ms" => {
+                "--work-us"
+                | "--max-buffered-bytes"
+                | "--retry-after-ms"
+                | "--open-lag-limit-ms" => {
                     serve_args.extend([flag.clone(), value.clone()]);
                 }
                 other => return Err(format!("unknown argument {other:?}; {USAGE}")),

@@ -45,8 +45,10 @@ pub struct RunResult {
 pub struct Tally {
     /// Openings answered with `open`…
     pub admitted: u64,
-    /// …with `close` 4503…
+    /// …with `close` 4503 (of which `refused_busy` because the server's
+    /// runtime lagged, the rest for `max_sessions` or the open rate)…
     pub refused_4503: u64,
+    pub refused_busy: u64,
     /// …with any other refusal…
     pub other: u64,
     /// …with no TCP connection…
@@ -77,7 +79,14 @@ impl Tally {
                 self.admitted += 1;
                 self.open_times.record(*took);
             }
-            Opening::Refused { .. } => self.refused_4503 += 1,
+            Opening::Refused { reason, .. } => {
+                self.refused_4503 += 1;
+                // The server's reason for `open_lag_limit` (its text is
+                // the only thing a client sees that tells them apart).
+                if reason.contains("busy") {
+                    self.refused_busy += 1;
+                }
+            }
             Opening::Other(_) => self.other += 1,
             Opening::ConnectFailed => self.connect_failed += 1,
             Opening::TimedOut => self.timed_out += 1,

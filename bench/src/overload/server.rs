@@ -1,7 +1,8 @@
 //! The server of the overload runs (`holdfast-bench overload-serve …`): the
 //! bench's echo, with the limits under study set from the command line, a
 //! stand-in for application work per message, and a `/stats` page the load
-//! generator samples (buffered bytes, open sessions, refusals by reason).
+//! generator samples (buffered bytes, open sessions, the runtime's
+//! scheduling lag, refusals by reason).
 //!
 //! The application work matters: a pure echo costs the server about as
 //! much CPU per message as the load generator spends producing and
@@ -29,6 +30,8 @@ pub struct ServeOptions {
     pub max_buffered_bytes: usize,
     /// `ServerConfig::retry_after`.
     pub retry_after: Duration,
+    /// `ServerConfig::open_lag_limit` (`--open-lag-limit-ms 0`: `None`).
+    pub open_lag_limit: Option<Duration>,
 }
 
 impl Default for ServeOptions {
@@ -39,12 +42,13 @@ impl Default for ServeOptions {
             max_sessions: config.max_sessions,
             max_buffered_bytes: config.max_buffered_bytes,
             retry_after: config.retry_after,
+            open_lag_limit: config.open_lag_limit,
         }
     }
 }
 
 const USAGE: &str = "usage: holdfast-bench overload-serve [--work-us N] [--max-sessions N] \
-                     [--max-buffered-bytes N] [--retry-after-ms N]";
+                     [--max-buffered-bytes N] [--retry-after-ms N] [--open-lag-limit-ms N (0: none)]";
 
 impl ServeOptions {
     /// Reads the arguments after `overload-serve`.
@@ -63,6 +67,9 @@ impl ServeOptions {
                 "--max-sessions" => options.max_sessions = number as usize,
                 "--max-buffered-bytes" => options.max_buffered_bytes = number as usize,
                 "--retry-after-ms" => options.retry_after = Duration::from_millis(number),
+                "--open-lag-limit-ms" => {
+                    options.open_lag_limit = (number > 0).then(|| Duration::from_millis(number));
+                }
                 other => return Err(format!("unknown argument {other:?}; {USAGE}")),
             }
         }
@@ -76,6 +83,11 @@ impl ServeOptions {
             ("--max-sessions", self.max_sessions as u64),
             ("--max-buffered-bytes", self.max_buffered_bytes as u64),
             ("--retry-after-ms", self.retry_after.as_millis() as u64),
+            (
+                "--open-lag-limit-ms",
+                self.open_lag_limit
+                    .map_or(0, |limit| limit.as_millis() as u64),
+            ),
         ]
         .iter()
         .flat_map(|(flag, value)| [(*flag).to_owned(), value.to_string()])
@@ -87,6 +99,7 @@ impl ServeOptions {
         config.max_sessions = self.max_sessions;
         config.max_buffered_bytes = self.max_buffered_bytes;
         config.retry_after = self.retry_after;
+        config.open_lag_limit = self.open_lag_limit;
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
@@ -149,9 +162,10 @@ fn burn(work: Duration) {
 /// `/stats`: one `name value` line each, read by [`super::sampler`].
 fn stats(holdfast: &Holdfast, recorder: &PrometheusHandle) -> String {
     let mut out = format!(
-        "buffered_bytes {}\nsessions {}\n",
+        "buffered_bytes {}\nsessions {}\nlag_ms {}\n",
         holdfast.buffered_bytes(),
-        holdfast.session_count()
+        holdfast.session_count(),
+        holdfast.scheduling_lag().as_millis()
     );
     for line in recorder.render().lines() {
         // `holdfast_rejections_total{reason="too_many_sessions"} 12`
@@ -185,8 +199,14 @@ mod tests {
             max_sessions: 300,
             max_buffered_bytes: 4 << 20,
             retry_after: Duration::from_millis(1500),
+            open_lag_limit: Some(Duration::from_millis(300)),
         };
-        assert_eq!(ServeOptions::parse(&options.to_args()), Ok(options));
+        assert_eq!(ServeOptions::parse(&options.to_args()), Ok(options.clone()));
+        let off = ServeOptions {
+            open_lag_limit: None,
+            ..options
+        };
+        assert_eq!(ServeOptions::parse(&off.to_args()), Ok(off));
         let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         assert!(ServeOptions::parse(&args(&["--work-us"])).is_err());
         assert!(ServeOptions::parse(&args(&["--work-us", "x"])).is_err());

@@ -975,7 +975,15 @@ impl Session {
     /// The next message from the client, in order, exactly once. `None`
     /// once the session is over (messages received before that are
     /// returned first).
+    ///
+    /// Like tokio's channels, it takes part in tokio's cooperative
+    /// scheduling: a task that finds messages queued every time yields to
+    /// the runtime now and then (after its budget of 128 ready operations),
+    /// so that a busy session does not keep other tasks — other sessions,
+    /// new connections — off its worker. Cancelling it then loses nothing.
     pub async fn recv(&self) -> Option<Message> {
+        // Before anything is taken: a yield here leaves the message queued.
+        tokio::task::coop::consume_budget().await;
         let shared = self.shared();
         if let Some(durable) = &shared.durable {
             // Asking for the next message: the last one is processed.
@@ -1013,7 +1021,13 @@ impl Session {
     ///
     /// With a store ([`Builder::store`](crate::Builder::store)), returns
     /// once the store holds the message: a node's death cannot lose it.
+    ///
+    /// Takes part in tokio's cooperative scheduling, as
+    /// [`recv`](Self::recv) does: a task that always finds room yields now
+    /// and then.
     pub async fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        // Before the message is queued: a yield here leaves it unsent.
+        tokio::task::coop::consume_budget().await;
         let message = message.into();
         let shared = self.shared();
         // When the send found no room: the clock is read only then.

@@ -407,6 +407,10 @@ async fn send(
     position: Position,
     message: Message,
 ) -> bool {
+    // One message to thousands of subscribers finds room at once in each:
+    // yield now and then (tokio's cooperative budget), so that the hub does
+    // not keep the sessions' own tasks off its worker.
+    tokio::task::coop::consume_budget().await;
     let shared = &subscriber.shared;
     let result = match subscriber.policy {
         SlowConsumer::Disconnect => shared.try_send_topic(message, topic, position),

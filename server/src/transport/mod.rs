@@ -188,8 +188,10 @@ pub(crate) enum Prepared {
 /// before it got here): the query; for a request naming a
 /// session, the authentication hook again (the session must exist and the
 /// request carry its owner's identity); for a new session, the session
-/// limits (server-wide, then the client address's rate) and then the
-/// authentication hook — nothing is allocated for a session refused here.
+/// limits (the runtime's lag, the server-wide count, then the client
+/// address's rate) and then the authentication hook — nothing is allocated
+/// for a session refused here. Requests naming a session are never refused
+/// for the runtime's lag.
 pub(crate) async fn prepare(
     state: &ServerState,
     headers: HeaderMap,
@@ -236,6 +238,12 @@ pub(crate) async fn prepare_session(
             last: query.last,
             report: query.report,
         });
+    }
+    // First, as the cheapest: under CPU overload no work at all (an auth
+    // hook, the store) is spent on a session that will not be served.
+    state.lag.start();
+    if state.lag.busy(now()) {
+        return Err(overloaded(state, crate::reject::BUSY));
     }
     if state.registry.open() >= state.config.max_sessions {
         return Err(overloaded(state, crate::reject::TOO_MANY_SESSIONS));
