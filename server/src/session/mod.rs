@@ -756,12 +756,10 @@ impl Shared {
     ) -> Result<Option<u64>, SendError> {
         let queued = self.queue(message, topic);
         match queued {
-            Err(SendError::Full) => {
-                // The application may poll again: it waits for room, which
-                // the WebSocket reader must read on for.
-                if !self.refused_send.swap(true, Ordering::AcqRel) {
-                    self.drained.notify_waiters();
-                }
+            // The application may poll again: it waits for room, which the
+            // WebSocket reader must read on for.
+            Err(SendError::Full) if !self.refused_send.swap(true, Ordering::AcqRel) => {
+                self.drained.notify_waiters();
             }
             Ok(_) if self.refused_send.load(Ordering::Relaxed) => {
                 self.refused_send.store(false, Ordering::Release);
