@@ -63,8 +63,8 @@ pub(crate) struct Shared {
     /// Senders: room in the replay buffer, or the session closed.
     space: Notify,
     /// A WebSocket reader held back by the server-wide total: the
-    /// application read some, or began to wait for room to send (see
-    /// [`Shared::may_read_inbound`]).
+    /// application read its queue empty or below the total, or began to
+    /// wait for room to send (see [`Shared::may_read_inbound`]).
     pub(crate) drained: Notify,
     /// Senders waiting in `send` (the application's, or a topic's
     /// delivery) for room: see [`Shared::wants_room`].
@@ -400,8 +400,14 @@ impl Drop for CoreGuard<'_> {
             shared.space.notify_waiters();
         }
         // A WebSocket reader held back by the server-wide total waits for
-        // the application to read (or to wait for room: `wants_room`).
-        if after.inbound_bytes < before.inbound_bytes {
+        // the application to read (or to wait for room: `wants_room`):
+        // woken only when that lets it read (`may_read_inbound`), not for
+        // every message taken.
+        if after.inbound_bytes < before.inbound_bytes
+            && (after.inbound_bytes == 0
+                || shared.server.buffered.load(Ordering::Relaxed)
+                    < shared.server.config.max_buffered_bytes)
+        {
             shared.drained.notify_waiters();
         }
         if after.output_epoch != before.output_epoch {
@@ -733,11 +739,17 @@ impl Shared {
         WaitingForRoom(self)
     }
 
+    /// How many received messages the application has taken so far.
+    pub(crate) fn taken(&self) -> u64 {
+        self.lock().inner().taken
+    }
+
     /// The WebSocket reader is held back while the application works
     /// through its queue: the client's silence meanwhile is the server's
     /// doing (its pongs wait behind its data), so it does not count
-    /// towards the peer timeout. An application that takes nothing does
-    /// not renew it: a client that went away is still timed out then.
+    /// towards the peer timeout. The reader calls this only when the
+    /// application took messages: a client that went away while its
+    /// application takes nothing is still timed out.
     pub(crate) fn presume_heard(&self) {
         let mut core = self.lock();
         // The core's own method (no frames: only the time heard moves),

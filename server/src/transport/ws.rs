@@ -355,7 +355,13 @@ async fn read(
 /// travel behind its data: the reader reads on for it, or neither would
 /// ever move again (a deadlock).
 async fn hold_back(shared: &Shared) {
-    let mut woken = false;
+    // Held back, the reader looks again this often: the total may have
+    // come down through other sessions, and the client's silence is
+    // forgiven if the application took messages meanwhile (the client's
+    // pongs wait behind its data). A third of the timeout keeps it from
+    // ever counting a whole timeout.
+    let every = shared.server_config().session.timeout / 3;
+    let mut taken = None;
     loop {
         let drained = shared.drained.notified();
         let mut drained = pin!(drained);
@@ -363,13 +369,15 @@ async fn hold_back(shared: &Shared) {
         if shared.may_read_inbound() {
             return;
         }
-        if woken {
-            // The application took a message (or began to wait): it is
-            // working through the queue that holds the reader back.
+        let now_taken = shared.taken();
+        if taken.is_some_and(|before| now_taken > before) {
             shared.presume_heard();
         }
-        woken = true;
-        drained.await;
+        taken = Some(now_taken);
+        tokio::select! {
+            () = &mut drained => {}
+            () = tokio::time::sleep(every) => {}
+        }
     }
 }
 
