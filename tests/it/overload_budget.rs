@@ -368,11 +368,11 @@ async fn a_window_overrun_behind_the_budget_still_gets_1008() {
 /// session whose application takes nothing is timed out as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_held_back_while_its_application_reads_is_not_timed_out() {
-    const TAKEN: u64 = 3 * PER_BATCH as u64;
+    const TAKEN: u64 = 2 * PER_BATCH as u64;
     let mut config = config();
-    config.session.ping_interval = Duration::from_millis(100);
-    config.session.timeout = Duration::from_millis(400);
-    config.session.poll_hold = Duration::from_millis(200);
+    config.session.ping_interval = Duration::from_millis(250);
+    config.session.timeout = Duration::from_secs(1);
+    config.session.poll_hold = Duration::from_millis(500);
     let (server, mut incoming) = TestServer::start(config).await;
     // A session whose application never reads holds the whole budget.
     let (mut hoarder, _hoarding) = Client::open(&server, &mut incoming, true).await;
@@ -384,15 +384,15 @@ async fn a_client_held_back_while_its_application_reads_is_not_timed_out() {
     })
     .await;
     // The other's reader takes one batch into its empty queue, then waits
-    // for the application to take all of it, one message per 60 ms: each
-    // batch holds it back for 600 ms, longer than the timeout.
+    // for the application to take all of it, one message per 150 ms: each
+    // batch holds it back for 1.5 s, longer than the timeout.
     let (mut client, session) = Client::open(&server, &mut incoming, true).await;
     for batch in batches(1, window_full()) {
         client.send(batch);
     }
     for seq in 1..=TAKEN {
         expect_message(&session, seq).await;
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     // Not detached meanwhile.
     while let Ok(seen) = client.seen.try_recv() {
