@@ -702,8 +702,9 @@ impl Shared {
     /// (`PROTOCOL.md` §3.1). Held back only by the server-wide
     /// `max_buffered_bytes`: once the total is at it, while the session
     /// has received messages queued (its application has something to
-    /// take, and taking it wakes the reader: `drained`) and its
-    /// application does not wait for room to send ([`wants_room`]).
+    /// take, and a take that lets the reader read wakes it: `drained`)
+    /// and its application does not wait for room to send
+    /// ([`wants_room`]).
     ///
     /// Holding back cannot deadlock: an application waiting for room waits
     /// for acknowledgements, which travel behind the client's data, so the
