@@ -86,10 +86,16 @@ pub struct ServerConfig {
     /// reports). Past it, `send` waits and `try_send` reports full (for a
     /// session with messages in flight), send requests are refused at once
     /// with `503` (their acks still applied), and a WebSocket is not read
-    /// while its session has received messages queued and no acks awaited.
-    /// A session whose inbound queue is empty still takes one batch, so the
-    /// total can pass this by at most one batch per such session. Default
-    /// 512 MiB.
+    /// while its session has received messages queued — unless its
+    /// application waits for room to send (a `send` waiting, or its latest
+    /// `try_send` refused): the acknowledgements it waits for travel behind
+    /// the client's data, so that session's queue may fill up to its
+    /// upstream window (`SessionConfig::max_inbound_bytes`), and stays
+    /// there until the application takes it. Otherwise the total passes
+    /// this by at most one batch (one send request or WebSocket message)
+    /// and one outgoing message per session: a batch read or taken while
+    /// the total was below this or the session's queue was empty, a
+    /// message sent while the session had none in flight. Default 512 MiB.
     pub max_buffered_bytes: usize,
     /// `Retry-After` given with overload refusals. Default 5 s.
     pub retry_after: Duration,

@@ -79,6 +79,8 @@ mod hardening_deadlines;
 mod hardening_headers;
 /// Session keys outside URLs: header, subprotocol, never in access logs.
 mod hardening_keys;
+/// The server-wide budget on WebSocket input: bounded, never deadlocked.
+mod overload_budget;
 
 // ---- the Rust client through hostile networks -------------------------------
 

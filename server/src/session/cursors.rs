@@ -89,12 +89,17 @@ impl Shared {
         topic: &Arc<str>,
         position: Position,
     ) -> Result<(), SendError> {
+        // Counted as waiting for room while it waits (`wants_room`).
+        let mut waiting = None;
         loop {
             let notified = self.space.notified();
             let mut notified = pin!(notified);
             notified.as_mut().enable();
             match self.try_send(message.clone(), Some((topic, position))) {
-                Err(SendError::Full) => notified.await,
+                Err(SendError::Full) => {
+                    waiting.get_or_insert_with(|| self.wait_for_room());
+                    notified.await;
+                }
                 other => return other.map(|_| ()),
             }
         }

@@ -10,7 +10,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -63,9 +63,15 @@ pub(crate) struct Shared {
     /// Senders: room in the replay buffer, or the session closed.
     space: Notify,
     /// A WebSocket reader held back by the server-wide total: the
-    /// application read some, or the replay buffer stopped being empty
-    /// (see [`Shared::may_read_inbound`]).
+    /// application read its queue empty or below the total, or began to
+    /// wait for room to send (see [`Shared::may_read_inbound`]).
     pub(crate) drained: Notify,
+    /// Senders waiting in `send` (the application's, or a topic's
+    /// delivery) for room: see [`Shared::wants_room`].
+    waiting_senders: AtomicUsize,
+    /// The latest `try_send` found no room, and none has succeeded since:
+    /// an application that polls `try_send` waits for room too.
+    refused_send: AtomicBool,
     /// The timer task: the next deadline moved earlier (or the session was
     /// evicted).
     timer: Notify,
@@ -394,9 +400,13 @@ impl Drop for CoreGuard<'_> {
             shared.space.notify_waiters();
         }
         // A WebSocket reader held back by the server-wide total waits for
-        // the application to read, or to wait on acks.
+        // the application to read (or to wait for room: `wants_room`):
+        // woken only when that lets it read (`may_read_inbound`), not for
+        // every message taken.
         if after.inbound_bytes < before.inbound_bytes
-            || (before.unacked_bytes == 0 && after.unacked_bytes > 0)
+            && (after.inbound_bytes == 0
+                || shared.server.buffered.load(Ordering::Relaxed)
+                    < shared.server.config.max_buffered_bytes)
         {
             shared.drained.notify_waiters();
         }
@@ -479,6 +489,16 @@ fn log_event(session: &str, event: &ServerEvent) {
     }
 }
 
+/// A sender waiting for room, counted in [`Shared::wants_room`] until it
+/// drops.
+pub(crate) struct WaitingForRoom<'a>(&'a Shared);
+
+impl Drop for WaitingForRoom<'_> {
+    fn drop(&mut self) {
+        self.0.waiting_senders.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Shared {
     pub(crate) fn new(
         core: ServerSession,
@@ -544,6 +564,8 @@ impl Shared {
             app: Notify::new(),
             space: Notify::new(),
             drained: Notify::new(),
+            waiting_senders: AtomicUsize::new(0),
+            refused_send: AtomicBool::new(false),
             timer: Notify::new(),
             evicted: AtomicBool::new(false),
             forgotten: AtomicBool::new(false),
@@ -676,18 +698,64 @@ impl Shared {
 
     /// Whether a WebSocket reader may read its next message. Never held
     /// back by the session's own limit: that is the upstream window, which
-    /// a conforming client keeps within and the core enforces, and the
-    /// client's acks and pings must never wait behind data the server
-    /// refuses to read (`PROTOCOL.md` §3.1). Held back only by the
-    /// server-wide `max_buffered_bytes`, and then only while the session
-    /// has received messages queued and no messages of its own awaiting
-    /// acks — its application is then not waiting for anything this
-    /// reader could bring, so holding back cannot deadlock.
+    /// a conforming client keeps within and the core enforces
+    /// (`PROTOCOL.md` §3.1). Held back only by the server-wide
+    /// `max_buffered_bytes`: once the total is at it, while the session
+    /// has received messages queued (its application has something to
+    /// take, and a take that lets the reader read wakes it: `drained`)
+    /// and its application does not wait for room to send
+    /// ([`wants_room`]).
+    ///
+    /// Holding back cannot deadlock: an application waiting for room waits
+    /// for acknowledgements, which travel behind the client's data, so the
+    /// reader reads on for it — into the queue, which the upstream window
+    /// bounds. Any other application is free to take its queue.
+    ///
+    /// What it lets past the total: each read is one WebSocket message
+    /// (one batch), read when the total was below the limit or the queue
+    /// empty, so at most one batch per session beyond what fitted; and the
+    /// reads for an application waiting for room, up to its window.
+    ///
+    /// [`wants_room`]: Self::wants_room
     pub(crate) fn may_read_inbound(&self) -> bool {
-        let core = self.lock();
-        core.inbound_bytes() == 0
-            || core.unacked_bytes() > 0
-            || self.server.buffered.load(Ordering::Relaxed) < self.server.config.max_buffered_bytes
+        self.server.buffered.load(Ordering::Relaxed) < self.server.config.max_buffered_bytes
+            || self.wants_room()
+            || self.lock().inbound_bytes() == 0
+    }
+
+    /// Whether the session's application (or a topic's delivery) waits for
+    /// room to send: a `send` waiting, or a `try_send` refused and none
+    /// succeeded since. Room comes from the client's acknowledgements.
+    pub(crate) fn wants_room(&self) -> bool {
+        self.waiting_senders.load(Ordering::Acquire) > 0
+            || self.refused_send.load(Ordering::Acquire)
+    }
+
+    /// Counts a sender as waiting for room until the guard drops, and
+    /// wakes a WebSocket reader held back meanwhile.
+    pub(crate) fn wait_for_room(&self) -> WaitingForRoom<'_> {
+        if self.waiting_senders.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.drained.notify_waiters();
+        }
+        WaitingForRoom(self)
+    }
+
+    /// How many received messages the application has taken so far.
+    pub(crate) fn taken(&self) -> u64 {
+        self.lock().inner().taken
+    }
+
+    /// The WebSocket reader is held back while the application works
+    /// through its queue: the client's silence meanwhile is the server's
+    /// doing (its pongs wait behind its data), so it does not count
+    /// towards the peer timeout. The reader calls this only when the
+    /// application took messages: a client that went away while its
+    /// application takes nothing is still timed out.
+    pub(crate) fn presume_heard(&self) {
+        let mut core = self.lock();
+        // The core's own method (no frames: only the time heard moves),
+        // not the guard's, which counts messages.
+        let _ = ServerSession::handle_frames(&mut core, now(), None, Vec::new());
     }
 
     /// Queues a message: its sequence number, or `None` when a session
@@ -695,6 +763,27 @@ impl Shared {
     /// message (`topic`) moves the session's cursor in that topic, stored
     /// with it; it is not an answer of the handler's.
     fn try_send(
+        &self,
+        message: Message,
+        topic: Option<(&Arc<str>, Position)>,
+    ) -> Result<Option<u64>, SendError> {
+        let queued = self.queue(message, topic);
+        match queued {
+            // The application may poll again: it waits for room, which the
+            // WebSocket reader must read on for.
+            Err(SendError::Full) if !self.refused_send.swap(true, Ordering::AcqRel) => {
+                self.drained.notify_waiters();
+            }
+            Ok(_) if self.refused_send.load(Ordering::Relaxed) => {
+                self.refused_send.store(false, Ordering::Release);
+            }
+            _ => {}
+        }
+        queued
+    }
+
+    /// [`try_send`](Self::try_send) without noting a refusal.
+    fn queue(
         &self,
         message: Message,
         topic: Option<(&Arc<str>, Position)>,
@@ -1030,7 +1119,8 @@ impl Session {
         tokio::task::coop::consume_budget().await;
         let message = message.into();
         let shared = self.shared();
-        // When the send found no room: the clock is read only then.
+        // When the send found no room (the clock is read only then), and
+        // the count of senders waiting for room it is in meanwhile.
         let mut waiting = None;
         let sent = loop {
             let notified = shared.space.notified();
@@ -1038,13 +1128,14 @@ impl Session {
             notified.as_mut().enable();
             match shared.try_send(message.clone(), None) {
                 Err(SendError::Full) => {
-                    waiting.get_or_insert_with(now);
+                    waiting.get_or_insert_with(|| (now(), shared.wait_for_room()));
                     notified.await;
                 }
                 sent => break sent,
             }
         };
-        if let Some(since) = waiting {
+        if let Some((since, waited_for_room)) = waiting {
+            drop(waited_for_room);
             let waited = now().saturating_duration_since(since);
             shared.server.metrics.send_waited(waited);
         }

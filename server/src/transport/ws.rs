@@ -316,13 +316,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The reader task: feeds what arrives to the session. It always reads:
-/// the client keeps within the upstream window (`PROTOCOL.md` §3.1), and
-/// its acks and pings must never wait behind unread data — an application
-/// waiting in `send` for those acks would otherwise never read, and the
-/// reader never read again (a deadlock). A client that overruns the window
-/// is refused (`detach` 1008). Only the server-wide total may hold it back
-/// ([`Shared::may_read_inbound`]).
+/// The reader task: feeds what arrives to the session. The client keeps
+/// within the upstream window (`PROTOCOL.md` §3.1), and a client that
+/// overruns it is refused (`detach` 1008), so reading never queues more
+/// than the window. Only the server-wide `max_buffered_bytes` holds the
+/// reader back ([`hold_back`]).
 async fn read(
     mut stream: SplitStream<Socket>,
     shared: Arc<Shared>,
@@ -331,17 +329,7 @@ async fn read(
     native_text: NativeText,
 ) {
     loop {
-        // Past the server-wide total, with no acks awaited, stop reading:
-        // TCP backpressure reaches the client.
-        loop {
-            let drained = shared.drained.notified();
-            let mut drained = pin!(drained);
-            drained.as_mut().enable();
-            if shared.may_read_inbound() {
-                break;
-            }
-            drained.await;
-        }
+        hold_back(&shared).await;
         let incoming = stream.next().await;
         if let Err(reject) = receive(&shared, id, incoming, native_text) {
             if let Some(reject) = &reject {
@@ -355,6 +343,40 @@ async fn read(
                 drain(stream).await;
             }
             return;
+        }
+    }
+}
+
+/// Waits while the server-wide total holds the reader back
+/// ([`Shared::may_read_inbound`]): past `max_buffered_bytes`, while the
+/// session's application has received messages to take and does not wait
+/// for room to send. TCP backpressure then reaches the client. An
+/// application that waits for room waits for the client's acks, which
+/// travel behind its data: the reader reads on for it, or neither would
+/// ever move again (a deadlock).
+async fn hold_back(shared: &Shared) {
+    // Held back, the reader looks again this often: the total may have
+    // come down through other sessions, and the client's silence is
+    // forgiven if the application took messages meanwhile (the client's
+    // pongs wait behind its data). A third of the timeout keeps it from
+    // ever counting a whole timeout.
+    let every = shared.server_config().session.timeout / 3;
+    let mut taken = None;
+    loop {
+        let drained = shared.drained.notified();
+        let mut drained = pin!(drained);
+        drained.as_mut().enable();
+        if shared.may_read_inbound() {
+            return;
+        }
+        let now_taken = shared.taken();
+        if taken.is_some_and(|before| now_taken > before) {
+            shared.presume_heard();
+        }
+        taken = Some(now_taken);
+        tokio::select! {
+            () = &mut drained => {}
+            () = tokio::time::sleep(every) => {}
         }
     }
 }
