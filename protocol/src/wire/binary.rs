@@ -254,6 +254,14 @@ pub fn websocket_units_with(
     native_text_min: Option<usize>,
 ) -> Vec<WsUnit> {
     use crate::wire::{Frame, json};
+    // The common case, small texts and control frames only: one JSON
+    // batch, without moving the frames into a second vector.
+    if !frames.iter().any(|f| travels_natively(f, native_text_min)) {
+        if frames.is_empty() {
+            return Vec::new();
+        }
+        return vec![WsUnit::Text(json::encode_batch_to_string(&frames))];
+    }
     let mut units = Vec::new();
     let mut text: Vec<Frame> = Vec::new();
     for frame in frames {
@@ -265,7 +273,7 @@ pub fn websocket_units_with(
             Frame::Message {
                 seq,
                 message: Message::Text(t),
-            } if native_text_min.is_some_and(|min| t.len() >= min) => {
+            } if travels_natively(&frame, native_text_min) => {
                 // Bytes, not `as_str`: a `Text` is UTF-8 already, and
                 // `as_str` would check all of it again.
                 Some(encode_native(TEXT_MESSAGE_TYPE, *seq, t.as_bytes()))
@@ -287,4 +295,21 @@ pub fn websocket_units_with(
         units.push(WsUnit::Text(json::encode_batch_to_string(&text)));
     }
     units
+}
+
+/// Whether `frame` goes as a WebSocket message of its own: a binary
+/// message always, a text of at least `native_text_min` bytes when the
+/// peer negotiated native text.
+fn travels_natively(frame: &crate::wire::Frame, native_text_min: Option<usize>) -> bool {
+    match frame {
+        crate::wire::Frame::Message {
+            message: Message::Binary(_),
+            ..
+        } => true,
+        crate::wire::Frame::Message {
+            message: Message::Text(t),
+            ..
+        } => native_text_min.is_some_and(|min| t.len() >= min),
+        _ => false,
+    }
 }
