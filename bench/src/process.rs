@@ -54,17 +54,7 @@ impl ServerProcess {
         cpu: Option<usize>,
         name: &str,
     ) -> Result<Self, String> {
-        let mut child = self_command(cpu)?
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start the {name} server: {e}"))?;
-        let pid = child.id().ok_or("the server exited at once")?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
+        let (child, mut lines, pid) = spawn_piped(args, cpu, &format!("the {name} server"))?;
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
             .await
             .map_err(|_| "the server did not say where it listens")?
@@ -157,6 +147,30 @@ pub(crate) fn one_worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
 }
+
+/// Starts `holdfast-bench <args…>` on `cpu` (see [`self_command`]) with
+/// its stdin and stdout piped, killed when dropped: the child, the lines
+/// of its stdout and its process id. `what` names it in errors.
+pub(crate) fn spawn_piped(
+    args: &[String],
+    cpu: Option<usize>,
+    what: &str,
+) -> Result<(Child, ChildLines, u32), String> {
+    let mut child = self_command(cpu)?
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    let pid = child.id().ok_or(format!("{what} exited at once"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    Ok((child, BufReader::new(stdout).lines(), pid))
+}
+
+/// The lines a child writes to its stdout.
+pub(crate) type ChildLines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 
 /// This program (`holdfast-bench`) as a child command, pinned to `cpu` with
 /// `taskset` when it can be.

@@ -4,7 +4,6 @@
 //! (many loopback source addresses, bound before connecting).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -101,20 +100,11 @@ pub struct Worker {
 impl Worker {
     /// Starts `holdfast-bench <args…>` on `cpu` (when `taskset` works).
     pub fn spawn(args: &[String], cpu: Option<usize>) -> Result<Self, String> {
-        let mut child = crate::process::self_command(cpu)?
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start a load process: {e}"))?;
-        let pid = child.id().ok_or("the load process exited at once")?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (mut child, lines, pid) = crate::process::spawn_piped(args, cpu, "a load process")?;
         Ok(Self {
             stdin: child.stdin.take(),
             child,
-            lines: BufReader::new(stdout).lines(),
+            lines,
             pid,
         })
     }
