@@ -195,15 +195,3 @@ async fn a_websocket_that_carried_the_session_gets_longer_to_greet_when_it_comes
         started.elapsed()
     );
 }
-
-/// Waits, with [`DEADLINE`], until `done` holds (a state the test can only
-/// read, not be told of).
-async fn wait_until(done: impl Fn() -> bool) {
-    tokio::time::timeout(DEADLINE, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("in time");
-}

@@ -222,3 +222,15 @@ pub async fn wait_for<T>(
         }
     }
 }
+
+/// Waits, with [`DEADLINE`], until `done` holds (a state the test can only
+/// read, not be told of).
+pub async fn wait_until(done: impl Fn() -> bool) {
+    tokio::time::timeout(DEADLINE, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("in time");
+}

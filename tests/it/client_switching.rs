@@ -458,18 +458,6 @@ async fn a_send_refused_for_now_is_sent_again_after_retry_after() {
     }
 }
 
-/// Waits, with [`DEADLINE`], until `done` holds (a state the test can only
-/// read, not be told of).
-async fn wait_until(done: impl Fn() -> bool) {
-    tokio::time::timeout(DEADLINE, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("in time");
-}
-
 /// An idle long-polling session whose held poll is cut: the server may take
 /// the next poll as continuing the poll attachment (no `resumed`) and hold
 /// it with nothing to deliver, so only a send request can prove the session
