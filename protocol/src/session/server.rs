@@ -665,6 +665,13 @@ impl ServerSession {
         }
     }
 
+    /// Counts the client as heard at `now` without any frame: for a server
+    /// that is itself keeping the client's frames unread (its silence is
+    /// then the server's doing, not a sign it went away).
+    pub fn presume_heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
     /// Frames from the client, arriving on attachment `via` (WebSocket) or
     /// in a send request (`None`). On error, frames before the bad one have
     /// been applied; [`ProtocolError::ends_session`] says whether the

@@ -752,10 +752,7 @@ impl Shared {
     /// application took messages: a client that went away while its
     /// application takes nothing is still timed out.
     pub(crate) fn presume_heard(&self) {
-        let mut core = self.lock();
-        // The core's own method (no frames: only the time heard moves),
-        // not the guard's, which counts messages.
-        let _ = ServerSession::handle_frames(&mut core, now(), None, Vec::new());
+        self.lock().presume_heard(now());
     }
 
     /// Queues a message: its sequence number, or `None` when a session
